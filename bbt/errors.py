@@ -1,0 +1,131 @@
+"""Every exception bbt raises on purpose.
+
+::
+
+    BBTError
+    ├── ConfigurationError          bad or missing settings (URL, key, model, files)
+    ├── TaskError                   a task, template, verbalizer or data set that cannot work
+    ├── RunError                    a run directory that cannot be written, read or resumed
+    └── APIError                    anything that went wrong talking to an LMaaS endpoint
+        ├── APIConnectionError      no HTTP response (refused, reset, DNS, TLS)
+        │   └── APITimeoutError     no response in time
+        ├── APIStatusError          the server answered with an error status
+        │   ├── BadRequestError         400, 413, 422: the request is wrong; never retried
+        │   ├── AuthenticationError     401
+        │   ├── PermissionDeniedError   403
+        │   ├── NotFoundError           404
+        │   ├── RateLimitError          429 (retried, honouring Retry-After)
+        │   └── ServerError             5xx (retried)
+        └── ProtocolError           a response that does not follow the protocol
+
+Lower-level exceptions (httpx, pydantic) are mapped to these at one boundary, in
+``bbt.client``, and kept as ``__cause__``. No message ever contains an API key.
+"""
+
+from __future__ import annotations
+
+
+class BBTError(Exception):
+    """Base class of every bbt exception."""
+
+
+class ConfigurationError(BBTError):
+    """Settings are missing or contradictory."""
+
+
+class TaskError(BBTError):
+    """A task definition or data set cannot be used (e.g. a multi-token verbalizer word)."""
+
+
+class RunError(BBTError):
+    """A run directory cannot be created, loaded or resumed."""
+
+
+class APIError(BBTError):
+    """Base class of errors talking to an LMaaS endpoint."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+class APIConnectionError(APIError):
+    """The request got no HTTP response."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+
+class APIStatusError(APIError):
+    """The server answered with a 4xx or 5xx status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_type: str | None = None,
+        field: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.field = field
+
+    def __str__(self) -> str:
+        where = f" (field: {self.field})" if self.field else ""
+        return f"{self.status_code} {self.error_type or 'error'}: {self.message}{where}"
+
+
+class BadRequestError(APIStatusError):
+    """400/413/422: the request breaks the protocol or the model's limits."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: missing or wrong API key."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not do this."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown route or model."""
+
+
+class RateLimitError(APIStatusError):
+    """429: slow down; ``retry_after`` holds the server's hint in seconds, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed."""
+
+
+class ProtocolError(APIError):
+    """The response is not what protocol v1 says it must be."""
+
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BBTError",
+    "BadRequestError",
+    "ConfigurationError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "RateLimitError",
+    "RunError",
+    "ServerError",
+    "TaskError",
+]

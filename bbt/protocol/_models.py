@@ -1,0 +1,184 @@
+"""The wire protocol, version 1: every request and response body, shared by client and server.
+
+Endpoints (all bodies JSON; see docs/protocol.md)::
+
+    GET  /v1/models       -> ModelList          model discovery
+    POST /v1/tokenize     TokenizeRequest   -> TokenizeResponse
+    POST /v1/embeddings   EmbeddingsRequest -> EmbeddingsResponse
+    POST /v1/logits       LogitsRequest     -> LogitsResponse   (the BBT call)
+    GET  /healthz         -> Health
+    GET  /openapi.json    the OpenAPI document
+
+Every error is an :class:`ErrorEnvelope` with a 4xx status for anything the caller got
+wrong, 429 (with ``Retry-After``) when rate-limited, and 5xx only for server faults.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bbt.protocol._tensor import DType, Tensor
+
+PROTOCOL_VERSION = "1"
+API_PREFIX = "/v1"
+#: Header carrying the protocol version on every request and response.
+PROTOCOL_HEADER = "X-BBT-Protocol"
+#: Header echoing a server-assigned request id, for support and logs.
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+class Limits(_Wire):
+    """What one request may carry. A client splits larger work across requests."""
+
+    max_prompts_per_request: int = Field(ge=1, description="Largest population P in one call.")
+    max_texts_per_request: int = Field(ge=1, description="Largest batch B in one call.")
+    max_sequences_per_request: int = Field(
+        ge=1, description="Largest P x B in one call (each pair is one forward sequence)."
+    )
+    max_prompt_tokens: int = Field(ge=0, description="Largest soft prompt length n.")
+    max_candidates: int = Field(ge=1, description="Largest number of candidate token ids C.")
+    max_text_chars: int = Field(ge=1, description="Longest input text, in characters.")
+    max_embedding_ids: int = Field(ge=1, description="Most token ids in one embeddings call.")
+    max_body_bytes: int = Field(ge=1, description="Largest request body the server reads.")
+
+
+class ModelInfo(_Wire):
+    """Everything a BBT client needs to know about the served model."""
+
+    id: str = Field(description="Model id to name in requests.")
+    kind: Literal["masked_lm"] = "masked_lm"
+    protocol_version: str = PROTOCOL_VERSION
+    hidden_size: int = Field(ge=1, description="H: width of the input embeddings.")
+    vocab_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    max_sequence_length: int = Field(ge=1, description="Tokens per sequence, soft prompt included.")
+    mask_token: str = Field(
+        description="Literal text marking the position whose logits are wanted."
+    )
+    mask_token_id: int = Field(ge=0)
+    embedding_mean: float = Field(description="Mean of the input embedding table's entries.")
+    embedding_std: float = Field(
+        gt=0, description="Std of the input embedding table's entries (BBT scales A by it)."
+    )
+    dtypes: list[DType] = Field(description="Tensor dtypes the server accepts and can return.")
+    limits: Limits
+
+
+class ModelList(_Wire):
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]
+
+
+class Health(_Wire):
+    status: Literal["ok"] = "ok"
+    protocol_version: str = PROTOCOL_VERSION
+    models: list[str]
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+class TokenizeRequest(_Wire):
+    model: str
+    texts: list[str] = Field(min_length=1)
+    add_special_tokens: bool = Field(
+        default=False, description="Include the model's [CLS]/[SEP]-style tokens."
+    )
+
+
+class TokenizeResponse(_Wire):
+    model: str
+    ids: list[list[int]]
+    tokens: list[list[str]] = Field(description="Token strings as in the model's vocabulary.")
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+class EmbeddingsRequest(_Wire):
+    model: str
+    token_ids: list[int] = Field(min_length=1)
+    dtype: DType = "float32"
+
+
+class EmbeddingsResponse(_Wire):
+    model: str
+    embeddings: Tensor = Field(description="Input embeddings, shape [len(token_ids), H].")
+
+
+# --------------------------------------------------------------------------- the BBT call
+
+
+class Usage(_Wire):
+    """What a request cost.
+
+    ``prompts`` is the paper's unit: one candidate prompt evaluated (on however many
+    texts the request carried); evaluated on the whole training set it is one API call.
+    """
+
+    prompts: int = Field(ge=0, description="Candidate prompts evaluated (P).")
+    sequences: int = Field(ge=0, description="Forward sequences run (P x B).")
+    tokens: int = Field(ge=0, description="Input tokens processed, soft-prompt tokens included.")
+
+
+class LogitsRequest(_Wire):
+    """Score a population of soft prompts on a batch of texts.
+
+    The server embeds each text (which holds ``mask_token`` exactly once), puts the n
+    prompt vectors right after the first special token, and returns the logits at the
+    mask position for the candidate token ids only.
+    """
+
+    model: str
+    prompts: Tensor = Field(
+        description="Soft prompts, shape [P, n, H]; n = 0 sends the texts with no prompt."
+    )
+    texts: list[str] = Field(min_length=1, description="B input texts, each with one mask token.")
+    candidate_ids: list[int] = Field(
+        min_length=1, description="C vocabulary ids (e.g. the verbalizer words)."
+    )
+    output_dtype: DType = "float32"
+
+
+class LogitsResponse(_Wire):
+    model: str
+    logits: Tensor = Field(description="Logits at the mask position, shape [P, B, C].")
+    usage: Usage
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorType(str, Enum):
+    """Machine-readable error classes; each maps to one HTTP status family."""
+
+    invalid_request = "invalid_request"  # 400 / 422
+    authentication = "authentication"  # 401
+    permission = "permission"  # 403
+    not_found = "not_found"  # 404
+    payload_too_large = "payload_too_large"  # 413
+    rate_limit = "rate_limit"  # 429
+    server_error = "server_error"  # 500
+    unavailable = "unavailable"  # 503
+
+
+class ErrorBody(_Wire):
+    type: ErrorType
+    message: str
+    field: str | None = Field(
+        default=None, description="Dotted path of the offending field, when there is one."
+    )
+
+
+class ErrorEnvelope(_Wire):
+    error: ErrorBody

@@ -1,0 +1,161 @@
+"""Semantic checks of requests against a model's limits, shared by client and server.
+
+The server runs them before any compute (so no input can crash or hang it); the client
+runs the same checks before sending, so a mistake costs no request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bbt.protocol._models import (
+    EmbeddingsRequest,
+    ErrorType,
+    LogitsRequest,
+    ModelInfo,
+    TokenizeRequest,
+)
+from bbt.protocol._tensor import TensorDecodeError
+
+
+class ProtocolViolation(ValueError):  # noqa: N818 - a violation, not a crash
+    """A request that is well-formed JSON but breaks the protocol or the model's limits."""
+
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        error_type: ErrorType = ErrorType.invalid_request,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.error_type = error_type
+
+
+@dataclass(frozen=True)
+class DecodedLogitsRequest:
+    prompts: np.ndarray[Any, np.dtype[np.float32]]  # [P, n, H]
+    texts: list[str]
+    candidate_ids: np.ndarray[Any, np.dtype[np.int64]]  # [C]
+
+
+def _check_model(model: str, info: ModelInfo) -> None:
+    if model != info.id:
+        raise ProtocolViolation(
+            f"model {model!r} is not served here; this server serves {info.id!r}",
+            field="model",
+            error_type=ErrorType.not_found,
+        )
+
+
+def _check_texts(texts: list[str], info: ModelInfo, *, need_mask: bool) -> None:
+    limit = info.limits.max_text_chars
+    for i, text in enumerate(texts):
+        if len(text) > limit:
+            raise ProtocolViolation(
+                f"text {i} has {len(text)} characters; the limit is {limit}", field=f"texts.{i}"
+            )
+        if need_mask:
+            count = text.count(info.mask_token)
+            if count != 1:
+                raise ProtocolViolation(
+                    f"text {i} must contain the mask token {info.mask_token!r} exactly once "
+                    f"(found {count})",
+                    field=f"texts.{i}",
+                )
+
+
+def _check_ids(ids: list[int], info: ModelInfo, field: str) -> None:
+    for i, tid in enumerate(ids):
+        if not 0 <= tid < info.vocab_size:
+            raise ProtocolViolation(
+                f"token id {tid} is outside the vocabulary [0, {info.vocab_size})",
+                field=f"{field}.{i}",
+            )
+
+
+def check_tokenize_request(req: TokenizeRequest, info: ModelInfo) -> None:
+    _check_model(req.model, info)
+    if len(req.texts) > info.limits.max_texts_per_request:
+        raise ProtocolViolation(
+            f"{len(req.texts)} texts; at most {info.limits.max_texts_per_request} per request",
+            field="texts",
+        )
+    _check_texts(req.texts, info, need_mask=False)
+
+
+def check_embeddings_request(req: EmbeddingsRequest, info: ModelInfo) -> None:
+    _check_model(req.model, info)
+    if len(req.token_ids) > info.limits.max_embedding_ids:
+        raise ProtocolViolation(
+            f"{len(req.token_ids)} token ids; at most {info.limits.max_embedding_ids} per request",
+            field="token_ids",
+        )
+    _check_ids(req.token_ids, info, "token_ids")
+    if req.dtype not in info.dtypes:
+        raise ProtocolViolation(f"dtype {req.dtype!r} is not supported here", field="dtype")
+
+
+def check_logits_request(req: LogitsRequest, info: ModelInfo) -> DecodedLogitsRequest:
+    """Validate ``req`` against ``info`` and decode its tensor; raise ProtocolViolation."""
+    _check_model(req.model, info)
+    lim = info.limits
+    t = req.prompts
+    if t.dtype not in info.dtypes:
+        raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="prompts.dtype")
+    if req.output_dtype not in info.dtypes:
+        raise ProtocolViolation(
+            f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
+        )
+    if len(t.shape) != 3:
+        raise ProtocolViolation(
+            f"prompts must have shape [P, n, H]; got rank {len(t.shape)}", field="prompts.shape"
+        )
+    p, n, h = t.shape
+    if h != info.hidden_size:
+        raise ProtocolViolation(
+            f"prompt width {h} does not match the model's hidden size {info.hidden_size}",
+            field="prompts.shape",
+        )
+    if not 1 <= p <= lim.max_prompts_per_request:
+        raise ProtocolViolation(
+            f"population P={p}; must be between 1 and {lim.max_prompts_per_request}",
+            field="prompts.shape",
+        )
+    if n > lim.max_prompt_tokens:
+        raise ProtocolViolation(
+            f"prompt length n={n}; at most {lim.max_prompt_tokens}", field="prompts.shape"
+        )
+    b = len(req.texts)
+    if b > lim.max_texts_per_request:
+        raise ProtocolViolation(
+            f"{b} texts; at most {lim.max_texts_per_request} per request", field="texts"
+        )
+    if p * b > lim.max_sequences_per_request:
+        raise ProtocolViolation(
+            f"P x B = {p * b} sequences; at most {lim.max_sequences_per_request} per request",
+            field="texts",
+        )
+    if len(req.candidate_ids) > lim.max_candidates:
+        raise ProtocolViolation(
+            f"{len(req.candidate_ids)} candidate ids; at most {lim.max_candidates}",
+            field="candidate_ids",
+        )
+    _check_ids(req.candidate_ids, info, "candidate_ids")
+    _check_texts(req.texts, info, need_mask=True)
+    try:
+        prompts = t.to_numpy()
+    except TensorDecodeError as exc:
+        raise ProtocolViolation(str(exc), field="prompts.data") from None
+    prompts = prompts.astype(np.float32, copy=False)
+    if not np.isfinite(prompts).all():
+        raise ProtocolViolation("prompts contain NaN or infinite values", field="prompts.data")
+    return DecodedLogitsRequest(
+        prompts=prompts,
+        texts=list(req.texts),
+        candidate_ids=np.asarray(req.candidate_ids, dtype=np.int64),
+    )
