@@ -1,0 +1,72 @@
+"""What the tuner needs from a model service, whatever carries the calls.
+
+:class:`bbt.Client` (HTTP), and :class:`bbt.client.LocalClient` (a backend in the same
+process, no HTTP) both satisfy :class:`Service`; the tuner depends on nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from bbt.protocol import ModelInfo, TokenizeResponse
+
+
+@dataclass
+class UsageStats:
+    """Running totals of what a client spent. Thread-safe enough for one client per thread.
+
+    ``calls`` is the paper's unit: candidate prompts evaluated, counted once per
+    :meth:`Service.logits` call and prompt however the client split the work into requests.
+    """
+
+    calls: int = 0
+    requests: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    sequences: int = 0
+    tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def copy(self) -> UsageStats:
+        return UsageStats(**asdict(self))
+
+    def __sub__(self, other: UsageStats) -> UsageStats:
+        a, b = asdict(self), asdict(other)
+        return UsageStats(**{k: a[k] - b[k] for k in a})
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A masked LM reachable through protocol v1 (or an in-process stand-in for one)."""
+
+    @property
+    def usage(self) -> UsageStats: ...
+
+    def model_info(self) -> ModelInfo:
+        """Discovery data of the model in use (cached after the first call)."""
+        ...
+
+    def tokenize(
+        self, texts: Sequence[str], add_special_tokens: bool = False
+    ) -> TokenizeResponse: ...
+
+    def embed(self, token_ids: Sequence[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Input embeddings, shape [len(token_ids), H]."""
+        ...
+
+    def logits(
+        self,
+        prompts: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits [P, B, C] for prompts [P, n, H]; work above the server's limits is split
+        into several requests and reassembled in order."""
+        ...
