@@ -6,6 +6,8 @@
     ├── ConfigurationError          bad or missing settings (URL, key, model, files)
     ├── TaskError                   a task, template, verbalizer or data set that cannot work
     ├── RunError                    a run directory that cannot be written, read or resumed
+    ├── InvalidRequestError         (also a ValueError) a call the client refused before
+    │                               sending: it breaks the protocol or the model's limits
     └── APIError                    anything that went wrong talking to an LMaaS endpoint
         ├── APIConnectionError      no HTTP response (refused, reset, DNS, TLS)
         │   └── APITimeoutError     no response in time
@@ -39,6 +41,27 @@ class TaskError(BBTError):
 
 class RunError(BBTError):
     """A run directory cannot be created, loaded or resumed."""
+
+
+class InvalidRequestError(BBTError, ValueError):
+    """A call rejected by the client's pre-flight checks, so it cost no request.
+
+    Raised for the same mistakes a server answers with 400/404/413/422 (``field`` names
+    the offending field, ``error_type`` the protocol's error class), but locally: no
+    request was sent and nothing was billed.
+    """
+
+    def __init__(
+        self, message: str, *, field: str | None = None, error_type: str = "invalid_request"
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.error_type = error_type
+
+    def __str__(self) -> str:
+        where = f" (field: {self.field})" if self.field else ""
+        return f"{self.message}{where}"
 
 
 class APIError(BBTError):
@@ -105,7 +128,9 @@ class RateLimitError(APIStatusError):
 
 
 class ServerError(APIStatusError):
-    """5xx: the server failed."""
+    """5xx: the server failed; ``retry_after`` holds a 503's Retry-After in seconds, if any."""
+
+    retry_after: float | None = None
 
 
 class ProtocolError(APIError):
@@ -121,6 +146,7 @@ __all__ = [
     "BBTError",
     "BadRequestError",
     "ConfigurationError",
+    "InvalidRequestError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
