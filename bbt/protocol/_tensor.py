@@ -62,7 +62,13 @@ class Tensor(BaseModel):
             dtype = "float16" if array.dtype == np.float16 else "float32"
         if dtype not in _NUMPY_DTYPES:
             raise ValueError(f"unsupported dtype {dtype!r}; supported: {SUPPORTED_DTYPES}")
-        arr = np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[dtype])
+        target = _NUMPY_DTYPES[dtype]
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(array, dtype=target)
+        if arr.dtype != array.dtype and not np.isfinite(arr).all() and np.isfinite(array).all():
+            raise ValueError(f"values exceed the range of {dtype}; send them as float32")
+        if not arr.flags.c_contiguous:  # ascontiguousarray would turn a 0-d array into 1-d
+            arr = arr.copy(order="C")
         return cls(
             dtype=dtype,
             shape=list(arr.shape),
