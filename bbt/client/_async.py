@@ -1,0 +1,209 @@
+"""The asyncio HTTP client: the same requests as :class:`Client`, sent without blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, SecretStr
+from tenacity import AsyncRetrying
+
+from bbt.client._base import (
+    BaseClient,
+    FloatArray,
+    M,
+    plan_embed,
+    plan_logits,
+    plan_tokenize,
+    select_model,
+)
+from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.protocol import (
+    DType,
+    EmbeddingsResponse,
+    Health,
+    LogitsResponse,
+    ModelInfo,
+    ModelList,
+    TokenizeResponse,
+)
+
+#: Sub-requests of one split call in flight at once; a server that limits per-request size
+#: usually also limits concurrency, so stay polite by default.
+DEFAULT_MAX_CONCURRENCY = 4
+
+
+class AsyncClient(BaseClient):
+    """The async twin of :class:`bbt.Client`: same arguments, same behaviour, ``await`` it.
+
+    The split sub-requests of one call run concurrently, at most ``max_concurrency`` at a
+    time; results are still reassembled in order. ``transport`` takes any
+    ``httpx.AsyncBaseTransport``, e.g. ``httpx.ASGITransport(app=...)``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | SecretStr | None = None,
+        model: str | None = None,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        dtype: DType | None = None,
+        max_retry_wait: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        env_file: str | Path | None = DEFAULT_ENV_FILE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        rng: random.Random | None = None,
+    ) -> None:
+        settings = ClientSettings(
+            env_file=env_file,
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            timeout=timeout,
+            max_retries=max_retries,
+            dtype=dtype,
+            max_retry_wait=max_retry_wait,
+        )
+        self._init(settings, transport, max_concurrency, rng)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ClientSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        rng: random.Random | None = None,
+    ) -> AsyncClient:
+        self = cls.__new__(cls)
+        self._init(settings, transport, max_concurrency, rng)
+        return self
+
+    def _init(
+        self,
+        settings: ClientSettings,
+        transport: httpx.AsyncBaseTransport | None,
+        max_concurrency: int,
+        rng: random.Random | None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        super().__init__(settings, rng=rng)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, transport=transport, timeout=self._timeout()
+        )
+        self._max_concurrency = max_concurrency
+        #: How retries wait; tests replace it to record the waits instead of sleeping.
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    # ---------------------------------------------------------------- sending
+
+    async def _send(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
+        request = self._build_request(self._http, method, path, body)
+
+        async def sleep(seconds: float) -> None:
+            await self._sleep(seconds)
+
+        retrying = AsyncRetrying(sleep=sleep, **self._retry_kwargs())
+        result: M = await retrying(self._send_once, request, model)
+        return result
+
+    async def _send_once(self, request: httpx.Request, model: type[M]) -> M:
+        self._count_sent(request)
+        try:
+            response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        return self._parse(response, model)
+
+    async def _gather(self, jobs: Sequence[Awaitable[M]]) -> list[M]:
+        """Run ``jobs`` at most ``max_concurrency`` at a time; results in job order.
+
+        On the first failure the remaining jobs are cancelled and that error is raised.
+        """
+        gate = asyncio.Semaphore(self._max_concurrency)
+
+        async def run(job: Awaitable[M]) -> M:
+            async with gate:
+                return await job
+
+        tasks = [asyncio.ensure_future(run(job)) for job in jobs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    # ---------------------------------------------------------------- API
+
+    async def health(self) -> Health:
+        return await self._send("GET", "/healthz", None, Health)
+
+    async def models(self) -> list[ModelInfo]:
+        return (await self._send("GET", self._api("/models"), None, ModelList)).data
+
+    async def model_info(self) -> ModelInfo:
+        if self._info is None:
+            self._info = select_model(await self.models(), self._settings.model)
+        return self._info
+
+    async def tokenize(
+        self, texts: Sequence[str], add_special_tokens: bool = False
+    ) -> TokenizeResponse:
+        requests = plan_tokenize(await self.model_info(), texts, add_special_tokens)
+        responses = await self._gather(
+            [self._send("POST", self._api("/tokenize"), r, TokenizeResponse) for r in requests]
+        )
+        return self._tokenize_result(requests, responses)
+
+    async def embed(self, token_ids: Sequence[int]) -> FloatArray:
+        info = await self.model_info()
+        requests = plan_embed(info, token_ids)
+        responses = await self._gather(
+            [self._send("POST", self._api("/embeddings"), r, EmbeddingsResponse) for r in requests]
+        )
+        return self._embed_result(info, requests, [r.embeddings for r in responses])
+
+    async def logits(
+        self,
+        prompts: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        info = await self.model_info()
+        chunks = plan_logits(info, prompts, texts, candidate_ids, self._settings.dtype)
+        n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
+        responses = await self._gather(
+            [self._send("POST", self._api("/logits"), c.request, LogitsResponse) for c in chunks]
+        )
+        out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
+        for chunk, resp in zip(chunks, responses, strict=True):
+            self._logits_into(out, chunk, resp)
+        self._usage.calls += n_prompts
+        return out
+
+    # ---------------------------------------------------------------- lifetime
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

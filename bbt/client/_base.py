@@ -1,0 +1,578 @@
+"""Everything the clients share that does no I/O.
+
+:class:`Client` and :class:`AsyncClient` only differ in how they send a request; building
+it, validating it before sending, splitting work over the server's limits, mapping
+responses and transport failures to :mod:`bbt.errors`, the retry policy and usage
+accounting all live here, so the two cannot drift. :class:`LocalClient` reuses the
+pre-flight checks, the splitting and the accounting.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, SecretStr, ValidationError
+from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base
+
+from bbt._version import __version__
+from bbt.client._config import ClientSettings
+from bbt.client._service import UsageStats
+from bbt.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+)
+from bbt.protocol import (
+    API_PREFIX,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    REQUEST_ID_HEADER,
+    DecodedLogitsRequest,
+    DType,
+    EmbeddingsRequest,
+    ErrorEnvelope,
+    Limits,
+    LogitsRequest,
+    LogitsResponse,
+    ModelInfo,
+    ProtocolViolation,
+    Tensor,
+    TokenizeRequest,
+    TokenizeResponse,
+    check_embeddings_request,
+    check_logits_request,
+    check_tokenize_request,
+    encoded_size,
+)
+
+logger = logging.getLogger("bbt.client")
+
+USER_AGENT = f"bbt/{__version__} python-httpx/{httpx.__version__}"
+#: First backoff step in seconds; attempt k waits about BACKOFF_BASE * 2**(k-1), jittered.
+BACKOFF_BASE = 0.5
+#: Statuses worth another try: the same request may well succeed later.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Room in a logits body for everything but the prompt tensor (JSON keys, model id, ids).
+_BODY_SLACK = 4096
+
+M = TypeVar("M", bound=BaseModel)
+FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+def redact(text: str, secret: SecretStr | None) -> str:
+    """``text`` with every occurrence of the API key replaced, for anything we print."""
+    if secret is None:
+        return text
+    key = secret.get_secret_value()
+    return text.replace(key, "***") if key else text
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (RFC 9110)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; be lenient with servers that omit it
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _status_class(status: int) -> type[APIStatusError]:
+    if status in (400, 413, 422):
+        return BadRequestError
+    if status == 401:
+        return AuthenticationError
+    if status == 403:
+        return PermissionDeniedError
+    if status == 404:
+        return NotFoundError
+    if status == 429:
+        return RateLimitError
+    if status >= 500:
+        return ServerError
+    # 408 and any other status the protocol does not name: the generic status error.
+    return APIStatusError
+
+
+def status_error(response: httpx.Response, secret: SecretStr | None = None) -> APIStatusError:
+    """The exception for an error response: its class from the status, details from the body."""
+    status = response.status_code
+    request_id = response.headers.get(REQUEST_ID_HEADER)
+    error_type: str | None = None
+    field: str | None = None
+    try:
+        envelope = ErrorEnvelope.model_validate_json(response.content)
+    except ValidationError:
+        # Not our envelope (a proxy's HTML page, say): keep a short excerpt for the reader.
+        excerpt = response.text[:200].strip()
+        message = response.reason_phrase or "error"
+        if excerpt:
+            message = f"{message}: {excerpt}"
+    else:
+        message = envelope.error.message
+        error_type = envelope.error.type.value
+        field = envelope.error.field
+    message = redact(message, secret)
+    cls = _status_class(status)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if cls is RateLimitError:
+        return RateLimitError(
+            message,
+            retry_after=retry_after,
+            status_code=status,
+            error_type=error_type,
+            field=field,
+            request_id=request_id,
+        )
+    exc = cls(
+        message, status_code=status, error_type=error_type, field=field, request_id=request_id
+    )
+    if isinstance(exc, ServerError):
+        exc.retry_after = retry_after
+    return exc
+
+
+def transport_error(exc: httpx.HTTPError, secret: SecretStr | None = None) -> APIError:
+    """Map an httpx failure to :mod:`bbt.errors`; the caller raises it ``from exc``."""
+    detail = redact(f"{type(exc).__name__}: {exc}", secret)
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"request timed out ({detail})")
+    if isinstance(exc, httpx.DecodingError):
+        return ProtocolError(f"response body could not be decoded ({detail})")
+    return APIConnectionError(f"connection failed ({detail})")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection errors, timeouts, 408, 429 and 5xx; never another 4xx nor a bad body."""
+    if isinstance(exc, APIConnectionError):  # includes APITimeoutError
+        return True
+    return isinstance(exc, APIStatusError) and (
+        exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
+    )
+
+
+def server_retry_after(exc: BaseException | None) -> float | None:
+    if isinstance(exc, RateLimitError | ServerError):
+        return exc.retry_after
+    return None
+
+
+class RetryWait(wait_base):
+    """Wait before retry k: the server's Retry-After if it sent one, else jittered backoff.
+
+    Backoff is "equal jitter": half of ``base * 2**(k-1)`` fixed, half uniform, so clients
+    that failed together spread out but never hammer straight back. Either way the wait is
+    capped by ``max_wait``.
+    """
+
+    def __init__(
+        self, max_wait: float, base: float = BACKOFF_BASE, rng: random.Random | None = None
+    ) -> None:
+        self.max_wait = max_wait
+        self.base = base
+        self.rng = rng or random.Random()
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        hint = server_retry_after(outcome.exception() if outcome is not None else None)
+        if hint is not None:
+            return min(hint, self.max_wait)
+        step = min(self.max_wait, self.base * 2.0 ** (retry_state.attempt_number - 1))
+        return step / 2 + self.rng.uniform(0, step / 2)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+@dataclass(frozen=True)
+class LogitsChunk:
+    """One request's share of a P x B job: prompts [p0:p1] on texts [b0:b1]."""
+
+    p0: int
+    p1: int
+    b0: int
+    b1: int
+    request: LogitsRequest
+    decoded: DecodedLogitsRequest
+
+
+def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering ``range(total)``, sizes differing by at most 1."""
+    q, r = divmod(total, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        end = start + q + (1 if i < r else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def plan_grid(
+    n_prompts: int,
+    n_texts: int,
+    limits: Limits,
+    *,
+    prompt_bytes: int = 0,
+    texts_bytes: int = 0,
+) -> tuple[int, int]:
+    """How many prompt groups and text groups to split a P x B job into.
+
+    Picks the split with the fewest requests such that every request respects
+    ``max_prompts_per_request``, ``max_texts_per_request``, ``max_sequences_per_request``
+    and (given the encoded size of one prompt and of all the texts) ``max_body_bytes``.
+    Ties go to fewer text groups, so each request carries many texts per prompt.
+    """
+    max_b = min(n_texts, limits.max_texts_per_request, limits.max_sequences_per_request)
+    body_room = limits.max_body_bytes - _BODY_SLACK - texts_bytes
+    max_p_body = body_room // prompt_bytes if prompt_bytes else n_prompts
+    best: tuple[int, int] | None = None
+    for b in range(max_b, 0, -1):
+        p = min(n_prompts, limits.max_prompts_per_request, limits.max_sequences_per_request // b)
+        p = min(p, max_p_body)
+        if p < 1:
+            continue
+        grid = (math.ceil(n_prompts / p), math.ceil(n_texts / b))
+        if best is None or grid[0] * grid[1] < best[0] * best[1]:
+            best = grid
+    if best is None:
+        raise InvalidRequestError(
+            f"one prompt of {prompt_bytes} encoded bytes does not fit the server's "
+            f"{limits.max_body_bytes}-byte request limit",
+            field="prompts",
+            error_type="payload_too_large",
+        )
+    return best
+
+
+def _shift_field(field: str | None, offset: int) -> str | None:
+    """Report a chunk's ``texts.i`` as the caller's index into the whole batch."""
+    if field and field.startswith("texts."):
+        head, _, rest = field[len("texts.") :].partition(".")
+        if head.isdigit():
+            return f"texts.{int(head) + offset}" + (f".{rest}" if rest else "")
+    return field
+
+
+def invalid(exc: ProtocolViolation | ValidationError, offset: int = 0) -> InvalidRequestError:
+    """The local form of a request the server would reject; raised ``from exc``."""
+    if isinstance(exc, ProtocolViolation):
+        return InvalidRequestError(
+            exc.message, field=_shift_field(exc.field, offset), error_type=exc.error_type.value
+        )
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    return InvalidRequestError(first["msg"], field=field)
+
+
+def plan_logits(
+    info: ModelInfo,
+    prompts: np.ndarray[Any, Any],
+    texts: Sequence[str],
+    candidate_ids: Sequence[int],
+    dtype: DType = "float32",
+) -> list[LogitsChunk]:
+    """Split and pre-flight check a logits job; every chunk passes ``check_logits_request``.
+
+    All chunks are built and checked before anything is sent, so a mistake anywhere costs
+    no request at all.
+    """
+    arr = np.asarray(prompts)
+    if arr.ndim != 3:
+        raise InvalidRequestError(
+            f"prompts must have shape [P, n, H]; got shape {list(arr.shape)}", field="prompts"
+        )
+    n_prompts, n_tokens, hidden = arr.shape
+    texts = list(texts)
+    ids = [int(i) for i in candidate_ids]
+    if n_prompts == 0 or not texts or not ids:
+        raise InvalidRequestError(
+            "need at least one prompt, one text and one candidate id",
+            field="prompts" if n_prompts == 0 else "texts" if not texts else "candidate_ids",
+        )
+    prompt_bytes = encoded_size((1, n_tokens, hidden), dtype)
+    # Upper bound of the texts' JSON: non-ASCII may be escaped to 6 bytes per character.
+    texts_bytes = sum(6 * len(t) + 3 for t in texts)
+    groups_p, groups_b = plan_grid(
+        n_prompts,
+        len(texts),
+        info.limits,
+        prompt_bytes=prompt_bytes,
+        texts_bytes=texts_bytes,
+    )
+    chunks = []
+    for p0, p1 in _even_bounds(n_prompts, groups_p):
+        tensor = Tensor.from_numpy(arr[p0:p1], dtype)
+        for b0, b1 in _even_bounds(len(texts), groups_b):
+            try:
+                req = LogitsRequest(
+                    model=info.id, prompts=tensor, texts=texts[b0:b1], candidate_ids=ids
+                )
+                decoded = check_logits_request(req, info)
+            except ProtocolViolation as exc:
+                raise invalid(exc, offset=b0) from exc
+            except ValidationError as exc:
+                raise invalid(exc) from exc
+            chunks.append(LogitsChunk(p0, p1, b0, b1, req, decoded))
+    return chunks
+
+
+def plan_tokenize(
+    info: ModelInfo, texts: Sequence[str], add_special_tokens: bool
+) -> list[TokenizeRequest]:
+    texts = list(texts)
+    if not texts:
+        raise InvalidRequestError("need at least one text", field="texts")
+    size = info.limits.max_texts_per_request
+    requests = []
+    for start in range(0, len(texts), size):
+        try:
+            req = TokenizeRequest(
+                model=info.id,
+                texts=texts[start : start + size],
+                add_special_tokens=add_special_tokens,
+            )
+            check_tokenize_request(req, info)
+        except ProtocolViolation as exc:
+            raise invalid(exc, offset=start) from exc
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+        requests.append(req)
+    return requests
+
+
+def plan_embed(info: ModelInfo, token_ids: Sequence[int]) -> list[EmbeddingsRequest]:
+    ids = [int(i) for i in token_ids]
+    if not ids:
+        raise InvalidRequestError("need at least one token id", field="token_ids")
+    size = info.limits.max_embedding_ids
+    requests = []
+    for start in range(0, len(ids), size):
+        try:
+            req = EmbeddingsRequest(model=info.id, token_ids=ids[start : start + size])
+            check_embeddings_request(req, info)
+        except ProtocolViolation as exc:
+            if exc.field and exc.field.startswith("token_ids."):
+                exc.field = f"token_ids.{int(exc.field.split('.')[1]) + start}"
+            raise invalid(exc) from exc
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+        requests.append(req)
+    return requests
+
+
+def select_model(models: list[ModelInfo], wanted: str | None) -> ModelInfo:
+    """The model named in the settings, or the first one served."""
+    if not models:
+        raise ConfigurationError("the service serves no models")
+    if wanted is None:
+        return models[0]
+    for info in models:
+        if info.id == wanted:
+            return info
+    served = ", ".join(repr(m.id) for m in models)
+    raise ConfigurationError(f"model {wanted!r} is not served here; served: {served}")
+
+
+def decode_tensor(tensor: Tensor, shape: list[int], what: str) -> FloatArray:
+    """A response tensor as float32, after checking it has the shape the request implies."""
+    if tensor.shape != shape:
+        raise ProtocolError(f"{what} has shape {tensor.shape}; the request implies {shape}")
+    try:
+        return tensor.to_numpy().astype(np.float32, copy=False)
+    except ValueError as exc:
+        raise ProtocolError(f"{what} could not be decoded: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- the base client
+
+
+class BaseClient:
+    """Settings, request building, response parsing, retry policy and usage: no I/O."""
+
+    def __init__(self, settings: ClientSettings, *, rng: random.Random | None = None) -> None:
+        self._settings = settings
+        self._base_url = settings.require_base_url()
+        self._usage = UsageStats()
+        self._info: ModelInfo | None = None
+        self._wait = RetryWait(settings.max_retry_wait, rng=rng)
+
+    @property
+    def settings(self) -> ClientSettings:
+        return self._settings
+
+    @property
+    def usage(self) -> UsageStats:
+        """Live running totals; take ``usage.copy()`` for a snapshot."""
+        return self._usage
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._settings.api_key is not None else "None"
+        return (
+            f"{type(self).__name__}(base_url={self._base_url!r}, "
+            f"model={self._settings.model!r}, api_key={key})"
+        )
+
+    # ---------------------------------------------------------------- requests
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            PROTOCOL_HEADER: PROTOCOL_VERSION,
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+        if self._settings.api_key is not None:
+            headers["Authorization"] = f"Bearer {self._settings.api_key.get_secret_value()}"
+        return headers
+
+    def _timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self._settings.timeout)
+
+    def _build_request(
+        self, http: httpx.Client | httpx.AsyncClient, method: str, path: str, body: BaseModel | None
+    ) -> httpx.Request:
+        headers = self._headers()
+        content: bytes | None = None
+        if body is not None:
+            # Serialise here, not through httpx's json=, so bytes_sent is the real body size.
+            content = body.model_dump_json().encode()
+            headers["Content-Type"] = "application/json"
+        return http.build_request(method, path, content=content, headers=headers)
+
+    @staticmethod
+    def _api(path: str) -> str:
+        return f"{API_PREFIX}{path}"
+
+    # ---------------------------------------------------------------- responses
+
+    def _count_sent(self, request: httpx.Request) -> None:
+        self._usage.requests += 1
+        self._usage.bytes_sent += len(request.content)
+
+    def _transport_error(self, exc: httpx.HTTPError) -> APIError:
+        return transport_error(exc, self._settings.api_key)
+
+    def _parse(self, response: httpx.Response, model: type[M]) -> M:
+        self._usage.bytes_received += response.num_bytes_downloaded
+        if not response.is_success:
+            raise status_error(response, self._settings.api_key)
+        request_id = response.headers.get(REQUEST_ID_HEADER)
+        version = response.headers.get(PROTOCOL_HEADER)
+        if version is not None and version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"server speaks protocol {version!r}; this client speaks {PROTOCOL_VERSION!r}",
+                request_id=request_id,
+            )
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            # A short summary: the full pydantic text can echo megabytes of base64.
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in exc.errors()[:3]
+            )
+            raise ProtocolError(
+                redact(
+                    f"response is not a valid {model.__name__}: {detail}", self._settings.api_key
+                ),
+                request_id=request_id,
+            ) from exc
+
+    # ---------------------------------------------------------------- retries
+
+    def _retry_kwargs(self) -> dict[str, Any]:
+        """Arguments for tenacity's Retrying/AsyncRetrying; the caller adds ``sleep``."""
+        return {
+            "stop": stop_after_attempt(self._settings.max_retries + 1),
+            "retry": retry_if_exception(is_retryable),
+            "wait": self._wait,
+            "before_sleep": self._before_retry,
+            "reraise": True,
+        }
+
+    def _before_retry(self, retry_state: RetryCallState) -> None:
+        self._usage.retries += 1
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        # str(exc) is already redacted; the key is never formatted into a log record.
+        logger.warning(
+            "retrying %s after %s (attempt %d of %d, waiting %.2fs)",
+            retry_state.args[0].url.path if retry_state.args else "request",
+            type(exc).__name__ if exc else "error",
+            retry_state.attempt_number + 1,
+            self._settings.max_retries + 1,
+            wait,
+        )
+
+    # ---------------------------------------------------------------- results
+
+    def _logits_into(self, out: FloatArray, chunk: LogitsChunk, resp: LogitsResponse) -> None:
+        """Place one chunk's answer at its place in ``out`` [P, B, C]; count its usage."""
+        shape = [chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, out.shape[2]]
+        out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")
+        self._usage.sequences += resp.usage.sequences
+        self._usage.tokens += resp.usage.tokens
+
+    def _tokenize_result(
+        self, requests: list[TokenizeRequest], responses: list[TokenizeResponse]
+    ) -> TokenizeResponse:
+        ids: list[list[int]] = []
+        tokens: list[list[str]] = []
+        for req, resp in zip(requests, responses, strict=True):
+            if len(resp.ids) != len(req.texts) or len(resp.tokens) != len(req.texts):
+                raise ProtocolError(
+                    f"tokenize answered {len(resp.ids)} id lists and {len(resp.tokens)} token "
+                    f"lists for {len(req.texts)} texts"
+                )
+            ids.extend(resp.ids)
+            tokens.extend(resp.tokens)
+        return TokenizeResponse(model=requests[0].model, ids=ids, tokens=tokens)
+
+    def _embed_result(
+        self, info: ModelInfo, requests: list[EmbeddingsRequest], tensors: list[Tensor]
+    ) -> FloatArray:
+        parts = [
+            decode_tensor(t, [len(req.token_ids), info.hidden_size], "embeddings")
+            for req, t in zip(requests, tensors, strict=True)
+        ]
+        return np.concatenate(parts, axis=0)

@@ -1,0 +1,176 @@
+"""The synchronous HTTP client."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, SecretStr
+from tenacity import Retrying
+
+from bbt.client._base import (
+    BaseClient,
+    FloatArray,
+    M,
+    plan_embed,
+    plan_logits,
+    plan_tokenize,
+    select_model,
+)
+from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.protocol import (
+    DType,
+    EmbeddingsResponse,
+    Health,
+    LogitsResponse,
+    ModelInfo,
+    ModelList,
+    TokenizeResponse,
+)
+
+
+class Client(BaseClient):
+    """A blocking client for a protocol v1 service; satisfies :class:`bbt.client.Service`.
+
+    Arguments left as ``None`` come from ``BBT_*`` environment variables, then from
+    ``env_file`` (``None`` reads no file), then from the defaults in
+    :class:`ClientSettings`. ``transport`` replaces the network, e.g. with
+    ``httpx.MockTransport`` in tests.
+
+    Usage: ``requests`` and the byte counters include every attempt, retries too;
+    ``calls`` counts candidate prompts per completed :meth:`logits` call.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | SecretStr | None = None,
+        model: str | None = None,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        dtype: DType | None = None,
+        max_retry_wait: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+        env_file: str | Path | None = DEFAULT_ENV_FILE,
+        rng: random.Random | None = None,
+    ) -> None:
+        settings = ClientSettings(
+            env_file=env_file,
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            timeout=timeout,
+            max_retries=max_retries,
+            dtype=dtype,
+            max_retry_wait=max_retry_wait,
+        )
+        self._init(settings, transport, rng)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ClientSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> Client:
+        self = cls.__new__(cls)
+        self._init(settings, transport, rng)
+        return self
+
+    def _init(
+        self,
+        settings: ClientSettings,
+        transport: httpx.BaseTransport | None,
+        rng: random.Random | None,
+    ) -> None:
+        super().__init__(settings, rng=rng)
+        self._http = httpx.Client(
+            base_url=self.base_url, transport=transport, timeout=self._timeout()
+        )
+        #: How retries wait; tests replace it to record the waits instead of sleeping.
+        self._sleep: Callable[[float], None] = time.sleep
+
+    # ---------------------------------------------------------------- sending
+
+    def _send(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
+        request = self._build_request(self._http, method, path, body)
+        retrying = Retrying(sleep=lambda s: self._sleep(s), **self._retry_kwargs())
+        result: M = retrying(self._send_once, request, model)
+        return result
+
+    def _send_once(self, request: httpx.Request, model: type[M]) -> M:
+        self._count_sent(request)
+        try:
+            response = self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        return self._parse(response, model)
+
+    # ---------------------------------------------------------------- API
+
+    def health(self) -> Health:
+        return self._send("GET", "/healthz", None, Health)
+
+    def models(self) -> list[ModelInfo]:
+        return self._send("GET", self._api("/models"), None, ModelList).data
+
+    def model_info(self) -> ModelInfo:
+        if self._info is None:
+            self._info = select_model(self.models(), self._settings.model)
+        return self._info
+
+    def tokenize(self, texts: Sequence[str], add_special_tokens: bool = False) -> TokenizeResponse:
+        requests = plan_tokenize(self.model_info(), texts, add_special_tokens)
+        responses = [
+            self._send("POST", self._api("/tokenize"), r, TokenizeResponse) for r in requests
+        ]
+        return self._tokenize_result(requests, responses)
+
+    def embed(self, token_ids: Sequence[int]) -> FloatArray:
+        info = self.model_info()
+        requests = plan_embed(info, token_ids)
+        tensors = [
+            self._send("POST", self._api("/embeddings"), r, EmbeddingsResponse).embeddings
+            for r in requests
+        ]
+        return self._embed_result(info, requests, tensors)
+
+    def logits(
+        self,
+        prompts: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        info = self.model_info()
+        chunks = plan_logits(info, prompts, texts, candidate_ids, self._settings.dtype)
+        n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
+        out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
+        for chunk in chunks:
+            resp = self._send("POST", self._api("/logits"), chunk.request, LogitsResponse)
+            self._logits_into(out, chunk, resp)
+        self._usage.calls += n_prompts
+        return out
+
+    # ---------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

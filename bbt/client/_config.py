@@ -1,0 +1,64 @@
+"""Client settings: explicit arguments, then ``BBT_*`` environment variables, then a ``.env`` file.
+
+The precedence is pydantic-settings' own (init kwargs > environment > dotenv > defaults);
+the clients pass only the arguments a caller actually gave, so ``None`` means "not given"
+and the next source decides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bbt.errors import ConfigurationError
+from bbt.protocol import DType
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_RETRY_WAIT = 60.0
+DEFAULT_ENV_FILE = ".env"
+
+
+class ClientSettings(BaseSettings):
+    """Where the service is and how to talk to it.
+
+    ``ClientSettings(env_file=None)`` ignores any ``.env`` file; ``env_file="path"`` reads
+    another one. ``base_url`` may stay unset here (a caller that falls back to an
+    in-process model checks :attr:`base_url` itself); an HTTP client calls
+    :meth:`require_base_url`, which raises :class:`ConfigurationError`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="BBT_",
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        # The same .env may hold server-side BBT_SERVER_* variables: not ours, not an error.
+        extra="ignore",
+        validate_default=True,
+    )
+
+    base_url: str | None = Field(default=None, description="Service root, e.g. http://host:8000")
+    api_key: SecretStr | None = Field(default=None, description="Bearer key; never printed.")
+    model: str | None = Field(default=None, description="Model id; default: the first served.")
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, description="Seconds per request.")
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, description="0 turns retries off.")
+    max_retry_wait: float = Field(
+        default=DEFAULT_MAX_RETRY_WAIT, ge=0, description="Cap on one wait, Retry-After included."
+    )
+    dtype: DType = Field(default="float32", description="Element type of prompts on the wire.")
+
+    def __init__(self, env_file: str | Path | None = DEFAULT_ENV_FILE, **values: Any) -> None:
+        # Only explicitly given values reach pydantic-settings, so None never shadows the env.
+        given = {k: v for k, v in values.items() if v is not None}
+        super().__init__(_env_file=env_file, **given)
+
+    def require_base_url(self) -> str:
+        if not self.base_url:
+            raise ConfigurationError(
+                "no service URL: pass base_url=..., or set BBT_BASE_URL in the environment "
+                "or in a .env file"
+            )
+        return self.base_url.rstrip("/")
