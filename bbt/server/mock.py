@@ -1,0 +1,276 @@
+"""A deterministic, numpy-only masked LM that behaves like a real one under BBT.
+
+The mock has its own word vocabulary and a built-in binary sentiment task: every word has a
+hidden polarity (-1, 0 or +1, fixed for all seeds) and a sentence is positive when its
+polar words sum above zero. The model *knows* the polarity (it is a direction ``u`` in its
+embedding table), but with no prompt that knowledge never reaches the verbalizer logits,
+so the zero prompt is at chance. A soft prompt acts the way attention does in a real LM:
+
+* the prompt's n vectors are summed and layer-normalised into a summary ``s`` (so its
+  scale does not matter, only its direction, as after a transformer's LayerNorm);
+* a query ``Q s`` is matched against keys ``K x`` of the text features ``x`` (the mean of
+  the text's token embeddings); one key dimension is the model's sentiment detector;
+* the match gates a value ``G s`` written into the mask-position state
+  ``h = tanh(U x + (Q s . K x) G s + C s)``; ``U`` is blind to the polarity direction;
+* the logits are ``h`` dotted with the candidates' output embeddings (tied to the input
+  table through a fixed projection), as in an MLM head.
+
+A good prompt therefore has to *select* the sentiment key and *write* along the difference
+of the two verbalizer outputs at the same time: a non-trivial, non-convex function of the
+prompt that CMA-ES in a random subspace solves within a few hundred candidates.
+
+Everything per (prompt i, text j) is computed independently, so logits do not depend on
+how a client splits its work (up to float rounding of batched products).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from bbt.protocol import Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.server.backend import Backend, FloatArray, IntArray
+
+#: Literal mask token of the mock model.
+MOCK_MASK_TOKEN = "[MASK]"
+#: Template of the built-in task: ``MOCK_TEMPLATE.format(text=..., mask=MOCK_MASK_TOKEN)``.
+MOCK_TEMPLATE = "{text} It was {mask} ."
+#: Verbalizer of the built-in task: label 0 -> "bad", label 1 -> "great" (single tokens).
+MOCK_VERBALIZER: tuple[str, str] = ("bad", "great")
+#: Id the mock serves under unless told otherwise.
+MOCK_MODEL_ID = "bbt-mock"
+
+_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", MOCK_MASK_TOKEN)
+_FUNCTION_WORDS = ("it", "was", "the", "a", "and", "but", "not", "very", "so", ".", ",", "!")
+_VERBALIZER_WORDS = ("bad", "great", "good", "terrible", "yes", "no")
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+_CONTENT_WORDS = 1000
+# The vocabulary and the polarities are part of the task, not of a model seed: every mock
+# (any seed, any width) must agree on which sentences are positive.
+_TASK_SEED = 20220101
+_KEY_DIM = 32  # d_k of the single attention-like read
+_STATE_DIM = 64  # width of the mask-position state before the output head
+_SENTIMENT_GAIN = 2.0  # polar words' offset along u, in units of the embedding std
+_DETECTOR_GAIN = 2.0  # how strongly the sentiment key responds
+_HEAD_GAIN = 0.2  # scale of the output head
+_TOKEN_RE = re.compile(re.escape(MOCK_MASK_TOKEN) + r"|\[[A-Z]+\]|\w+|[^\w\s]")
+
+
+def _build_vocab() -> tuple[list[str], np.ndarray[Any, np.dtype[np.int8]]]:
+    rng = np.random.default_rng(_TASK_SEED)
+    syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
+    words = sorted({a + b for a in syllables for b in syllables} - set(_FUNCTION_WORDS))
+    picked = sorted(rng.choice(len(words), size=_CONTENT_WORDS, replace=False).tolist())
+    content = [words[i] for i in picked]
+    vocab = [*_SPECIALS, *_FUNCTION_WORDS, *_VERBALIZER_WORDS, *content]
+    polarity = np.zeros(len(vocab), dtype=np.int8)
+    first = len(vocab) - _CONTENT_WORDS
+    # A third positive, a third negative, a third neutral.
+    polarity[first:] = rng.permutation(np.resize(np.array([1, -1, 0], dtype=np.int8), len(content)))
+    return vocab, polarity
+
+
+_VOCAB, _POLARITY = _build_vocab()
+_INDEX = {w: i for i, w in enumerate(_VOCAB)}
+_POLAR_WORDS = [w for w, p in zip(_VOCAB, _POLARITY, strict=True) if p != 0]
+_NEUTRAL_WORDS = [
+    w for i, (w, p) in enumerate(zip(_VOCAB, _POLARITY, strict=True)) if p == 0 and i >= 26
+]
+
+
+def _tokenize_one(text: str) -> list[str]:
+    return [t if t == MOCK_MASK_TOKEN else t.lower() for t in _TOKEN_RE.findall(text)]
+
+
+def sample_mock_dataset(n: int, seed: int) -> list[tuple[str, int]]:
+    """``n`` (text, label) pairs of the mock's sentiment task, balanced and deterministic.
+
+    Texts are 6 to 12 made-up words; the label is 1 when the hidden polarities of the
+    words sum above zero, else 0 (ties are never drawn). Classes alternate 0, 1, 0, ...
+    so any prefix of even length is balanced. Wrap a text with :data:`MOCK_TEMPLATE`.
+    """
+    if n < 0:
+        raise ValueError("n must be non-negative")
+    rng = np.random.default_rng([_TASK_SEED, seed])
+    out: list[tuple[str, int]] = []
+    while len(out) < n:
+        want = len(out) % 2
+        length = int(rng.integers(6, 13))
+        n_polar = int(rng.integers(1, max(2, length // 2 + 1)))
+        polar = [_POLAR_WORDS[k] for k in rng.integers(0, len(_POLAR_WORDS), size=n_polar)]
+        score = sum(int(_POLARITY[_INDEX[w]]) for w in polar)
+        if score == 0 or (score > 0) != bool(want):
+            continue
+        neutral = [
+            _NEUTRAL_WORDS[k] for k in rng.integers(0, len(_NEUTRAL_WORDS), size=length - n_polar)
+        ]
+        words = polar + neutral
+        order = rng.permutation(len(words))
+        out.append((" ".join(words[k] for k in order), want))
+    return out
+
+
+class MockBackend(Backend):
+    """The mock masked LM. Cheap: a paper-scale request (H=1024, P=20, n=50, B=32) takes ms.
+
+    Args:
+        hidden_size: H, the width of the input embeddings.
+        seed: draws the embedding table and the weights; the task itself is fixed.
+        limits: request limits to advertise (and that the app enforces).
+        max_sequence_length: tokens per sequence, [CLS] + prompt + text + [SEP].
+        model_id: the id to serve under.
+        embedding_std: target std of the embedding table's entries.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 64,
+        seed: int = 0,
+        *,
+        limits: Limits | None = None,
+        max_sequence_length: int = 512,
+        model_id: str = MOCK_MODEL_ID,
+        embedding_std: float = 0.05,
+    ) -> None:
+        if hidden_size < _KEY_DIM:
+            raise ValueError(f"hidden_size must be at least {_KEY_DIM}")
+        self.hidden_size = hidden_size
+        self.seed = seed
+        rng = np.random.default_rng([seed, hidden_size])
+        h, sd = hidden_size, embedding_std
+
+        u = rng.standard_normal(h)
+        u /= np.linalg.norm(u)
+        table = rng.standard_normal((len(_VOCAB), h)) * sd
+        table -= np.outer(table @ u, u)  # the polarity lives only along u...
+        table += np.outer(_POLARITY.astype(np.float64) * _SENTIMENT_GAIN * sd, u)  # ...here
+        self._table = table.astype(np.float32)
+        self._std = float(self._table.std())
+
+        def proj(rows: int, cols: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+            out: np.ndarray[Any, np.dtype[np.float64]] = rng.standard_normal((rows, cols))
+            out /= np.sqrt(cols)
+            return out
+
+        keys = proj(_KEY_DIM, h)
+        keys[0] = u * _DETECTOR_GAIN  # key 0 is the model's sentiment detector
+        blind = proj(_STATE_DIM, h)
+        blind -= np.outer(blind @ u, u)  # without a prompt the state cannot see polarity
+        # Inputs are pre-scaled by 1/std (text features) or layer-normalised (prompt
+        # summary), so these weights see unit-scale vectors whatever embedding_std is.
+        self._keys = keys.astype(np.float32)
+        self._blind = blind.astype(np.float32)
+        self._query = proj(_KEY_DIM, h).astype(np.float32)
+        self._value = proj(_STATE_DIM, h).astype(np.float32)
+        self._shift = (proj(_STATE_DIM, h) * 0.3).astype(np.float32)
+        # Output embeddings are tied to the input table: out_c = head @ E[c].
+        self._head = (proj(_STATE_DIM, h) * (_HEAD_GAIN / sd)).astype(np.float32)
+        self._bias = (rng.standard_normal(len(_VOCAB)) * 0.1).astype(np.float32)
+
+        lim = limits or Limits(
+            max_prompts_per_request=64,
+            max_texts_per_request=128,
+            max_sequences_per_request=4096,
+            max_prompt_tokens=128,
+            max_candidates=len(_VOCAB),
+            max_text_chars=4096,
+            max_embedding_ids=len(_VOCAB),
+            max_body_bytes=32 * 1024 * 1024,
+        )
+        self._info = ModelInfo(
+            id=model_id,
+            hidden_size=h,
+            vocab_size=len(_VOCAB),
+            num_layers=1,
+            max_sequence_length=max_sequence_length,
+            mask_token=MOCK_MASK_TOKEN,
+            mask_token_id=_INDEX[MOCK_MASK_TOKEN],
+            embedding_mean=float(self._table.mean()),
+            embedding_std=self._std,
+            dtypes=["float32", "float16"],
+            limits=lim,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def vocab(self) -> list[str]:
+        """Every token of the mock's vocabulary, by id."""
+        return list(_VOCAB)
+
+    def tokenize(
+        self, texts: list[str], add_special_tokens: bool = False
+    ) -> tuple[list[list[int]], list[list[str]]]:
+        ids: list[list[int]] = []
+        toks: list[list[str]] = []
+        unk = _INDEX["[UNK]"]
+        for text in texts:
+            words = _tokenize_one(text)
+            tids = [_INDEX.get(w, unk) for w in words]
+            if add_special_tokens:
+                tids = [_INDEX["[CLS]"], *tids, _INDEX["[SEP]"]]
+            ids.append(tids)
+            toks.append([_VOCAB[t] for t in tids])
+        return ids, toks
+
+    def embed(self, token_ids: IntArray) -> FloatArray:
+        return self._table[np.asarray(token_ids, dtype=np.int64)].copy()
+
+    def _text_features(self, texts: list[str], n: int) -> tuple[FloatArray, int]:
+        """Mean token embedding per text (scaled to unit std) and the tokens they cost."""
+        feats = np.empty((len(texts), self.hidden_size), dtype=np.float32)
+        tokens = 0
+        limit = self._info.max_sequence_length
+        ids_all, _ = self.tokenize(texts)
+        for j, ids in enumerate(ids_all):
+            length = len(ids) + 2 + n  # [CLS] prompt text [SEP]
+            if length > limit:
+                raise ProtocolViolation(
+                    f"text {j} needs {length} tokens with the prompt; the model takes {limit}",
+                    field=f"texts.{j}",
+                )
+            tokens += length
+            feats[j] = self._table[np.asarray(ids, dtype=np.int64)].mean(axis=0)
+        return feats / np.float32(self._std), tokens
+
+    def _prompt_summary(self, prompts: FloatArray) -> FloatArray:
+        """Sum of each prompt's vectors, layer-normalised; exactly zero for the zero prompt."""
+        total = prompts.astype(np.float32, copy=False).sum(axis=1)  # [P, H]
+        total = total - total.mean(axis=1, keepdims=True)
+        # eps in embedding units: a prompt far smaller than one token fades out smoothly.
+        eps = np.float32((0.1 * self._std) ** 2)
+        rms = np.sqrt((total * total).mean(axis=1, keepdims=True) + eps)
+        summary: FloatArray = (total / rms).astype(np.float32)
+        return summary
+
+    def logits(
+        self, prompts: FloatArray, texts: list[str], candidate_ids: IntArray
+    ) -> tuple[FloatArray, Usage]:
+        p, n, _ = prompts.shape
+        x, tokens_per_prompt = self._text_features(texts, n)  # [B, H]
+        s = self._prompt_summary(prompts)  # [P, H]
+        match = (s @ self._query.T) @ (x @ self._keys.T).T / np.float32(np.sqrt(_KEY_DIM))
+        state = (
+            (x @ self._blind.T)[None, :, :]  # [1, B, R]
+            + match[:, :, None] * (s @ self._value.T)[:, None, :]  # [P, B, R]
+            + (s @ self._shift.T)[:, None, :]
+        )
+        out = self._head @ self._table[candidate_ids].T  # [R, C]
+        logits = np.tanh(state) @ out + self._bias[candidate_ids]
+        usage = Usage(prompts=p, sequences=p * len(texts), tokens=p * tokens_per_prompt)
+        return logits.astype(np.float32, copy=False), usage
+
+
+__all__ = [
+    "MOCK_MASK_TOKEN",
+    "MOCK_MODEL_ID",
+    "MOCK_TEMPLATE",
+    "MOCK_VERBALIZER",
+    "MockBackend",
+    "sample_mock_dataset",
+]
