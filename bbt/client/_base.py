@@ -492,7 +492,9 @@ class BaseClient:
         return transport_error(exc, self._settings.api_key)
 
     def _parse(self, response: httpx.Response, model: type[M]) -> M:
-        self._usage.bytes_received += response.num_bytes_downloaded
+        # Bytes as they came off the wire (compressed, if the server compressed); a response
+        # built in memory (a mock transport) never streamed, so count its body instead.
+        self._usage.bytes_received += response.num_bytes_downloaded or len(response.content)
         if not response.is_success:
             raise status_error(response, self._settings.api_key)
         request_id = response.headers.get(REQUEST_ID_HEADER)
