@@ -1,0 +1,483 @@
+"""Runs on disk: artifacts, atomic checkpoints after every generation, and exact resume.
+
+Layout of a run directory::
+
+    manifest.json     what was run and what came out (model, task, recipes, config, result,
+                      usage, versions); the base URL only, never a credential
+    train.jsonl       the sampled k-shot training set   (resume needs no original files)
+    dev.jsonl         the sampled dev set
+    p0.npy            the initial prompt [n, H]
+    checkpoint.pkl    the state after the last finished generation (atomic: temp + fsync +
+                      os.replace); a pickle, so only resume runs you trust
+    history.jsonl     one line per generation (calls, loss stats, dev metric when scored)
+    prompt.npy        the selected (best-on-dev) prompt [n, H], float32   (at the end)
+    z.npy             its z [d], float64                                   (at the end)
+    plot.png          loss and dev metric against API calls (needs ``bbt[plot]``)
+
+A killed run loses at most the generation in flight: ``resume(run_dir, service)`` reloads the
+checkpoint (CMA-ES, RNG stream, counters, best-on-dev), cuts ``history.jsonl`` back to the
+checkpoint's offset, and carries on; with the same deterministic service it ends with the
+same z, bit for bit, as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from bbt._version import __version__
+from bbt.client import Service, UsageStats
+from bbt.errors import RunError
+from bbt.tuner.data import Example, read_jsonl, write_jsonl
+from bbt.tuner.plot import plot_history
+from bbt.tuner.prompts import InitialPrompt
+from bbt.tuner.tasks import Task, get_preset
+from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner
+
+log = logging.getLogger("bbt.tuner")
+
+MANIFEST = "manifest.json"
+CHECKPOINT = "checkpoint.pkl"
+HISTORY = "history.jsonl"
+PROMPT = "prompt.npy"
+Z_FILE = "z.npy"
+P0_FILE = "p0.npy"
+TRAIN_FILE = "train.jsonl"
+DEV_FILE = "dev.jsonl"
+PLOT = "plot.png"
+RUN_FORMAT = "bbt-run/1"
+CHECKPOINT_FORMAT = 1
+
+F32 = np.ndarray[Any, np.dtype[np.float32]]
+F64 = np.ndarray[Any, np.dtype[np.float64]]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either the old or the new content, never a mix:
+    a temp file in the same directory, fsync, os.replace, then fsync of the directory."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _save_npy(path: Path, array: np.ndarray[Any, Any]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write(path, buf.getvalue())
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} is not a run directory (no {MANIFEST})") from None
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot read {path}: {exc}") from None
+    if data.get("format") != RUN_FORMAT:
+        raise RunError(f"{path} is not a bbt run manifest (format {data.get('format')!r})")
+    return data
+
+
+def safe_url(url: str | None) -> str | None:
+    """The URL with any user:password part and query string removed (never stored)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def versions() -> dict[str, str]:
+    import cma
+
+    return {
+        "bbt": __version__,
+        "numpy": np.__version__,
+        "cma": str(cma.__version__),
+        "python": platform.python_version(),
+        "platform": sys.platform,
+    }
+
+
+def _add_usage(base: dict[str, int], now: UsageStats, start: UsageStats) -> dict[str, int]:
+    delta = (now - start).as_dict()
+    return {k: int(base.get(k, 0)) + v for k, v in delta.items()}
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class TuneResult:
+    """What a run produced. ``prompt`` is the selected (best-on-dev) prompt [n, H]."""
+
+    prompt: F32
+    z: F64
+    dev_metric: float | None
+    metric: str
+    initial_dev_metric: float | None
+    train_loss: float | None
+    selected_at_calls: int
+    calls: int
+    dev_calls: int
+    generations: int
+    stop_reason: str | None
+    usage: dict[str, int]
+    run_dir: Path | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return {
+            f"dev_{self.metric}": self.dev_metric,
+            f"initial_dev_{self.metric}": self.initial_dev_metric,
+            "train_loss": self.train_loss,
+            "selected_at_calls": self.selected_at_calls,
+            "calls": self.calls,
+            "dev_calls": self.dev_calls,
+            "generations": self.generations,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or x != x else float(x)  # NaN -> None (JSON has no NaN)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """Drives a :class:`Tuner` and keeps its run directory in step with it."""
+
+    def __init__(
+        self,
+        tuner: Tuner,
+        run_dir: Path | None,
+        manifest: dict[str, Any],
+        usage_base: dict[str, int],
+        history_offset: int,
+    ) -> None:
+        self.tuner = tuner
+        self.dir = run_dir
+        self.manifest = manifest
+        self.usage_base = usage_base
+        self.usage_start = tuner.service.usage.copy()
+        self.history_offset = history_offset
+
+    def usage(self) -> dict[str, int]:
+        return _add_usage(self.usage_base, self.tuner.service.usage, self.usage_start)
+
+    def on_generation(self, rec: GenerationRecord) -> None:
+        if self.dir is None:
+            return
+        line = json.dumps(
+            {k: _num(v) if isinstance(v, float) else v for k, v in rec.as_dict().items()}
+        )
+        hist = self.dir / HISTORY
+        with hist.open("ab") as fh:
+            fh.write((line + "\n").encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+            self.history_offset = fh.tell()
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if self.dir is None:
+            return
+        data = {
+            "format": CHECKPOINT_FORMAT,
+            "tuner": self.tuner.state_dict(),
+            "history_offset": self.history_offset,
+            "usage": self.usage(),
+            "generation": self.tuner.generation,
+        }
+        atomic_write(self.dir / CHECKPOINT, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def set_status(self, status: str) -> None:
+        self.manifest["status"] = status
+        self.manifest["usage"] = self.usage()
+        if self.dir is not None:
+            _write_json(self.dir / MANIFEST, self.manifest)
+
+    def execute(self, plot: bool) -> TuneResult:
+        t = self.tuner
+        t.callbacks.append(self.on_generation)
+        try:
+            if t.generation == 0 and t.selected is None:
+                t.start()
+                self.checkpoint()
+            while not t.done():
+                t.step()
+            sel = t.finish()
+        except KeyboardInterrupt:
+            self.set_status("interrupted")
+            raise
+        except BaseException:
+            self.set_status("failed")
+            raise
+        finally:
+            t.callbacks.remove(self.on_generation)
+        prompt = t.prompts(sel.z)[0]
+        metric = t.task.metric
+        result = TuneResult(
+            prompt=prompt,
+            z=np.asarray(sel.z, dtype=np.float64),
+            dev_metric=sel.dev_metric,
+            metric=metric,
+            initial_dev_metric=t.initial_dev_metric,
+            train_loss=_num(sel.train_loss),
+            selected_at_calls=sel.calls,
+            calls=t.calls,
+            dev_calls=t.dev_calls,
+            generations=t.generation,
+            stop_reason=t.stop_reason,
+            usage=self.usage(),
+            run_dir=self.dir,
+        )
+        self.manifest["result"] = {
+            "z": [float(v) for v in result.z],
+            **{k: (_num(v) if isinstance(v, float) else v) for k, v in result.metrics.items()},
+            "elapsed_s": round(t.elapsed, 3),
+        }
+        self.manifest["finished"] = _now()
+        if self.dir is not None:
+            _save_npy(self.dir / PROMPT, prompt)
+            _save_npy(self.dir / Z_FILE, result.z)
+            self.checkpoint()
+            if plot:
+                note = plot_history(self.dir / HISTORY, self.dir / PLOT, metric)
+                self.manifest["plot"] = PLOT if note is None else None
+                if note:
+                    log.warning(note)
+        self.set_status("completed")
+        result.usage = self.manifest["usage"]
+        result.manifest = self.manifest
+        return result
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _prepare_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} exists and is not a directory")
+    if (run_dir / MANIFEST).exists() and not overwrite:
+        raise RunError(
+            f"{run_dir} already holds a run; resume it with `bbt tune --resume {run_dir}` "
+            "or choose another output directory"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in (CHECKPOINT, HISTORY, PROMPT, Z_FILE, PLOT):
+            (run_dir / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+
+
+def tune(
+    service: Service,
+    task: Task | str,
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    config: TuneConfig | None = None,
+    *,
+    initial_prompt: InitialPrompt | None = None,
+    run_dir: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    base_url: str | None = None,
+    data_info: dict[str, Any] | None = None,
+    plot: bool = True,
+    overwrite: bool = False,
+) -> TuneResult:
+    """Tune a soft prompt for ``task`` on ``train``, selecting on ``dev``; see :class:`Tuner`.
+
+    With ``run_dir`` every generation is checkpointed there and the artifacts are written
+    at the end (see this module's docstring); without it the run stays in memory. The
+    manifest records ``base_url`` (or the service's own, if it has one) without credentials.
+    """
+    task_obj = get_preset(task) if isinstance(task, str) else task
+    cfg = config or TuneConfig()
+    path = Path(run_dir) if run_dir is not None else None
+    if path is not None:
+        _prepare_dir(path, overwrite)
+    usage_start = service.usage.copy()
+    tuner = Tuner(
+        service, task_obj, train, dev, cfg, initial_prompt=initial_prompt, callbacks=callbacks
+    )
+    info = tuner.model_info
+    manifest: dict[str, Any] = {
+        "format": RUN_FORMAT,
+        "status": "running",
+        "created": _now(),
+        "model": {
+            "id": info.id,
+            "hidden_size": info.hidden_size,
+            "vocab_size": info.vocab_size,
+            "mask_token": info.mask_token,
+            "embedding_std": info.embedding_std,
+        },
+        "service": {"base_url": safe_url(base_url or getattr(service, "base_url", None))},
+        "task": task_obj.as_dict(),
+        "candidate_ids": tuner.candidate_ids,
+        "config": cfg.as_dict(),
+        "projection": tuner.recipe.as_dict(),
+        "initial_prompt": tuner.initial_prompt.as_dict(),
+        "data": {
+            "train": TRAIN_FILE,
+            "dev": DEV_FILE,
+            "n_train": len(train),
+            "n_dev": len(dev),
+            **(data_info or {}),
+        },
+        "versions": versions(),
+    }
+    if path is not None:
+        write_jsonl(path / TRAIN_FILE, train)
+        write_jsonl(path / DEV_FILE, dev)
+        _save_npy(path / P0_FILE, tuner.p0)
+        _write_json(path / MANIFEST, manifest)
+    run = _Run(tuner, path, manifest, {}, 0)
+    run.usage_start = usage_start
+    return run.execute(plot)
+
+
+def resume(
+    run_dir: str | Path,
+    service: Service,
+    *,
+    callbacks: Sequence[Callback] = (),
+    plot: bool = True,
+) -> TuneResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (see the module docstring).
+
+    A completed run is not run again: its recorded result is returned.
+    """
+    path = Path(run_dir)
+    manifest = read_manifest(path)
+    usage_start = service.usage.copy()
+    try:
+        task = Task.from_dict(manifest["task"])
+        cfg = TuneConfig.from_dict(manifest["config"])
+        train = read_jsonl(path / TRAIN_FILE)
+        dev = read_jsonl(path / DEV_FILE)
+        p0 = np.load(path / P0_FILE, allow_pickle=False)
+        initial = InitialPrompt.from_dict(manifest["initial_prompt"])
+    except (KeyError, OSError, ValueError) as exc:
+        raise RunError(f"run directory {path} is incomplete or damaged: {exc}") from None
+    info = service.model_info()
+    want = manifest["model"]
+    if info.id != want["id"] or info.hidden_size != want["hidden_size"]:
+        raise RunError(
+            f"run {path} was made with model {want['id']!r} (H={want['hidden_size']}); this "
+            f"service serves {info.id!r} (H={info.hidden_size})"
+        )
+    tuner = Tuner(
+        service, task, train, dev, cfg, initial_prompt=initial, p0=p0, callbacks=callbacks
+    )
+    if tuner.candidate_ids != manifest["candidate_ids"]:
+        raise RunError(f"the service's tokenizer maps the verbalizer of run {path} differently")
+    usage_base: dict[str, int] = {}
+    offset = 0
+    ckpt = path / CHECKPOINT
+    if ckpt.exists():
+        try:
+            data = pickle.loads(ckpt.read_bytes())
+            if data.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"checkpoint format {data.get('format')!r}")
+            tuner.load_state_dict(data["tuner"])
+        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
+            raise RunError(f"cannot load checkpoint {ckpt}: {exc}") from None
+        usage_base = dict(data["usage"])
+        offset = int(data["history_offset"])
+    if manifest.get("status") == "completed" and "result" in manifest:
+        return _recorded_result(path, manifest)
+    hist = path / HISTORY
+    if hist.exists():
+        with hist.open("r+b") as fh:
+            fh.truncate(offset)  # drop lines of a generation that never checkpointed
+    run = _Run(tuner, path, manifest, usage_base, offset)
+    run.usage_start = usage_start
+    run.manifest["resumed"] = [*run.manifest.get("resumed", []), _now()]
+    run.set_status("running")
+    return run.execute(plot)
+
+
+def _recorded_result(path: Path, manifest: dict[str, Any]) -> TuneResult:
+    r = manifest["result"]
+    metric = manifest["task"]["metric"]
+    return TuneResult(
+        prompt=np.load(path / PROMPT, allow_pickle=False),
+        z=np.load(path / Z_FILE, allow_pickle=False),
+        dev_metric=r.get(f"dev_{metric}"),
+        metric=metric,
+        initial_dev_metric=r.get(f"initial_dev_{metric}"),
+        train_loss=r.get("train_loss"),
+        selected_at_calls=r["selected_at_calls"],
+        calls=r["calls"],
+        dev_calls=r["dev_calls"],
+        generations=r["generations"],
+        stop_reason=r.get("stop_reason"),
+        usage=manifest.get("usage", {}),
+        run_dir=path,
+        manifest=manifest,
+    )
+
+
+def load_result(run_dir: str | Path) -> TuneResult:
+    """The recorded result of a completed run."""
+    path = Path(run_dir)
+    manifest = read_manifest(path)
+    if manifest.get("status") != "completed" or "result" not in manifest:
+        raise RunError(
+            f"run {path} has not finished (status {manifest.get('status')!r}); "
+            f"resume it with `bbt tune --resume {path}`"
+        )
+    return _recorded_result(path, manifest)

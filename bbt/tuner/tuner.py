@@ -1,0 +1,532 @@
+"""The Black-Box Tuning loop: CMA-ES over z, one API call per candidate, dev-set selection.
+
+Algorithm 1 of Sun et al. (ICML 2022): CMA-ES (Hansen, 2016; pycma) proposes a population
+of z in R^d, each is projected to a prompt p = A z + p0, scored on the whole k-shot training
+set by the model (one *API call* per candidate), and the losses go back to CMA-ES. Every
+``eval_every`` calls the best candidate so far is scored on the dev set; the prompt that
+scores best there is the run's result.
+
+Determinism (what makes ``--resume`` exact):
+
+- pycma draws its samples from NumPy's *global* RNG. The tuner keeps that stream to itself:
+  it swaps its own saved state in around every pycma call and swaps the caller's back out,
+  so nothing else in the process (a mock backend, user code) can shift it, and the state
+  is part of every checkpoint.
+- A CMA-ES object restored from a pickle does not always continue bit-for-bit like the
+  object it was pickled from (internal caches are rebuilt differently). So after every
+  generation the tuner continues with the restored copy of the very pickle it checkpoints:
+  an uninterrupted run and a resumed run then execute identical code on identical state.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from bbt.client import Service
+from bbt.errors import ConfigurationError, TaskError
+from bbt.tuner.data import Example
+from bbt.tuner.losses import LOSSES, cross_entropy, get_loss, get_metric
+from bbt.tuner.projection import Distribution, Projection, ProjectionRecipe
+from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
+from bbt.tuner.tasks import Task, verbalizer_ids
+
+F32 = np.ndarray[Any, np.dtype[np.float32]]
+F64 = np.ndarray[Any, np.dtype[np.float64]]
+
+# Defaults of the paper (Sun et al., 2022, Sec. 4.1 and their released code).
+DEFAULT_N_TOKENS = 50
+DEFAULT_DIM = 500
+DEFAULT_POPSIZE = 20
+DEFAULT_SIGMA = 1.0
+DEFAULT_ALPHA = 1.0
+DEFAULT_BUDGET = 8000
+DEFAULT_EVAL_EVERY = 100
+DEFAULT_LOSS = "ce"
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameters of one run. ``None`` for ``popsize`` means pycma's default
+    4 + floor(3 ln d) (Hansen, 2016); the paper sets 20."""
+
+    n_tokens: int = DEFAULT_N_TOKENS
+    dim: int = DEFAULT_DIM
+    popsize: int | None = DEFAULT_POPSIZE
+    sigma: float = DEFAULT_SIGMA
+    alpha: float = DEFAULT_ALPHA
+    bound: float | None = None
+    budget: int = DEFAULT_BUDGET
+    loss: str = DEFAULT_LOSS
+    eval_every: int = DEFAULT_EVAL_EVERY
+    patience: int | None = None
+    seed: int = DEFAULT_SEED
+    projection: Distribution = "normal"
+    eval_initial: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_tokens < 1:
+            problems.append("n (prompt tokens) must be at least 1")
+        if self.dim < 1:
+            problems.append("d (intrinsic dimension) must be at least 1")
+        if self.popsize is not None and self.popsize < 2:
+            problems.append("popsize must be at least 2")
+        if not self.sigma > 0:
+            problems.append("sigma must be positive")
+        if not self.alpha > 0:
+            problems.append("alpha must be positive")
+        if self.bound is not None and not self.bound > 0:
+            problems.append("bound must be positive (or unset)")
+        if self.budget < 1:
+            problems.append("budget must be at least 1 API call")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {', '.join(LOSSES)}")
+        if self.eval_every < 1:
+            problems.append("eval_every must be at least 1")
+        if self.patience is not None and self.patience < 1:
+            problems.append("patience must be at least 1 dev evaluation (or unset)")
+        if self.seed < 0:
+            problems.append("seed must be non-negative")
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+
+    @property
+    def population(self) -> int:
+        return self.popsize if self.popsize is not None else 4 + int(3 * math.log(self.dim))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuneConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Candidate:
+    """A point of the search space and what is known about it."""
+
+    z: F64
+    train_loss: float
+    calls: int  # API calls spent when it was found
+    dev_metric: float | None = None
+    dev_ce: float | None = None
+
+
+@dataclass
+class GenerationRecord:
+    """One line of the run's history."""
+
+    generation: int
+    calls: int
+    dev_calls: int
+    loss_min: float
+    loss_mean: float
+    loss_max: float
+    loss_std: float
+    best_loss: float
+    train_metric: float
+    sigma: float
+    wall_time: float
+    dev_metric: float | None = None
+    dev_ce: float | None = None
+    best_dev_metric: float | None = None
+    selected_calls: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Callback = Callable[[GenerationRecord], "bool | None"]
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint must hold to continue a run exactly."""
+
+    generation: int = 0
+    calls: int = 0
+    dev_calls: int = 0
+    es_blob: bytes = b""
+    rng_state: Any = None
+    best_train: Candidate | None = None
+    selected: Candidate | None = None
+    evaluated_calls: int | None = None  # `calls` of the last candidate scored on dev
+    stale_evals: int = 0
+    stop_reason: str | None = None
+    elapsed: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _cma_seed(seed: int) -> int:
+    # pycma treats seed 0 as "pick one at random"; derive a fixed non-zero 32-bit seed.
+    return int(np.random.SeedSequence([seed, 0xC3A]).generate_state(1, dtype=np.uint32)[0]) | 1
+
+
+class Tuner:
+    """Black-Box Tuning with an ask/tell interface.
+
+    ``step()`` runs one generation (ask, score on the service, tell); ``run()`` runs until the
+    budget is spent or a stop condition holds. Those who drive it themselves call
+    :meth:`ask`, score the candidates however they like (:meth:`evaluate` does what
+    ``step`` does), and hand the losses to :meth:`tell`.
+
+    Budget accounting: one API call is one candidate scored on the whole training set. A
+    generation of P candidates costs P calls and runs only if it fits in what is left of
+    the budget. Dev-set scoring is counted apart (``dev_calls``), as in the paper's code.
+
+    Selection: the best candidate so far (lowest train loss; the earlier one on a tie) is
+    scored on the dev set when a multiple of ``eval_every`` calls is reached, and at the end
+    of the run. It becomes the selected prompt when its dev metric is higher than the
+    selection's, or equal with a lower dev cross-entropy; on a full tie the earlier one stays.
+    With ``eval_initial`` (default) p0 itself (z = 0) is scored first, so a run always ends
+    with a selected prompt.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        task: Task,
+        train: Sequence[Example],
+        dev: Sequence[Example],
+        config: TuneConfig | None = None,
+        *,
+        initial_prompt: InitialPrompt | None = None,
+        p0: F32 | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.service = service
+        self.task = task
+        self.config = config or TuneConfig()
+        self.callbacks: list[Callback] = list(callbacks)
+        cfg = self.config
+        info = service.model_info()
+        self.model_info = info
+        if cfg.n_tokens > info.limits.max_prompt_tokens:
+            raise ConfigurationError(
+                f"n={cfg.n_tokens} prompt tokens; model {info.id!r} takes at most "
+                f"{info.limits.max_prompt_tokens}"
+            )
+        if not train:
+            raise TaskError("the training set is empty")
+        if not dev and cfg.eval_initial:
+            raise TaskError("the dev set is empty; dev-set selection needs examples")
+        self.train = list(train)
+        self.dev = list(dev)
+        self.candidate_ids = verbalizer_ids(task, service)
+        limit = info.limits.max_text_chars
+        self.train_texts = [task.render(e.fields, info.mask_token, limit) for e in self.train]
+        self.dev_texts = [task.render(e.fields, info.mask_token, limit) for e in self.dev]
+        self.train_labels = self._labels(self.train, "training")
+        self.dev_labels = self._labels(self.dev, "dev")
+        self._loss = get_loss(cfg.loss)
+        self._metric = get_metric(task.metric)
+
+        self.initial_prompt = initial_prompt or InitialPrompt()
+        if p0 is None:
+            p0, self.initial_prompt = build_initial_prompt(
+                self.initial_prompt, service, cfg.n_tokens
+            )
+        if p0.shape != (cfg.n_tokens, info.hidden_size):
+            raise ConfigurationError(
+                f"p0 has shape {list(p0.shape)}; expected [{cfg.n_tokens}, {info.hidden_size}]"
+            )
+        self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
+        self.recipe = ProjectionRecipe(
+            seed=cfg.seed,
+            n_tokens=cfg.n_tokens,
+            hidden_size=info.hidden_size,
+            dim=cfg.dim,
+            embedding_std=info.embedding_std,
+            alpha=cfg.alpha,
+            sigma=cfg.sigma,
+            distribution=cfg.projection,
+        )
+        self.projection = Projection(self.recipe)
+        self._state = _State()
+        self._pending: F64 | None = None
+        self._session_start = time.perf_counter()
+        self._elapsed_base = 0.0
+        blob = pickle.dumps(self._new_es(), protocol=pickle.HIGHEST_PROTOCOL)
+        self._es = pickle.loads(blob)  # as after every tell(): continue from the pickle
+        self._state.es_blob = blob
+
+    # ------------------------------------------------------------------ set-up
+
+    def _labels(self, examples: Sequence[Example], what: str) -> np.ndarray[Any, Any]:
+        labels = [e.label for e in examples]
+        if any(lab is None for lab in labels):
+            raise TaskError(f"every {what} example needs a label")
+        return np.asarray(labels, dtype=np.int64)
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run pycma on the tuner's private copy of NumPy's global RNG state."""
+        outside = np.random.get_state()
+        if self._state.rng_state is not None:
+            np.random.set_state(self._state.rng_state)
+        try:
+            with warnings.catch_warnings():
+                # pycma reports conditions such as flat fitness as warnings; the run records
+                # its stop reasons instead, and warnings must not turn into errors here.
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            self._state.rng_state = np.random.get_state()
+            np.random.set_state(outside)
+
+    def _new_es(self) -> Any:
+        import cma
+
+        cfg = self.config
+        opts: dict[str, Any] = {
+            "popsize": cfg.population,
+            "seed": _cma_seed(cfg.seed),
+            "verbose": -9,
+            "verb_log": 0,
+            "verb_disp": 0,
+            # The budget is ours; pycma's own evaluation limits must never cut in first.
+            "maxfevals": float("inf"),
+            "maxiter": float("inf"),
+        }
+        if cfg.bound is not None:
+            opts["bounds"] = [-cfg.bound, cfg.bound]
+        with self._own_rng():
+            return cma.CMAEvolutionStrategy(np.zeros(cfg.dim), cfg.sigma, inopts=opts)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def generation(self) -> int:
+        return self._state.generation
+
+    @property
+    def calls(self) -> int:
+        """API calls spent on training candidates (the budget's unit)."""
+        return self._state.calls
+
+    @property
+    def dev_calls(self) -> int:
+        return self._state.dev_calls
+
+    @property
+    def popsize(self) -> int:
+        return self.config.population
+
+    @property
+    def best(self) -> Candidate | None:
+        """The candidate with the lowest training loss so far."""
+        return self._state.best_train
+
+    @property
+    def selected(self) -> Candidate | None:
+        """The best-on-dev candidate: the run's result."""
+        return self._state.selected
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._state.stop_reason
+
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed_base + time.perf_counter() - self._session_start
+
+    @property
+    def sigma(self) -> float:
+        return float(self._es.sigma)
+
+    def done(self) -> bool:
+        """Whether the run is over (budget, early stopping, CMA-ES converged, or a callback)."""
+        if self._state.stop_reason is None:
+            if self._state.calls + self.popsize > self.config.budget:
+                self._state.stop_reason = "budget"
+            else:
+                with self._own_rng():
+                    stops = {k: v for k, v in self._es.stop().items() if k not in ("maxiter",)}
+                if stops:
+                    self._state.stop_reason = "cma:" + ",".join(sorted(stops))
+        return self._state.stop_reason is not None
+
+    # ------------------------------------------------------------------ scoring
+
+    def prompts(self, z: np.ndarray[Any, Any]) -> F32:
+        """Prompts [P, n, H] for z [P, d] (p = A z + p0)."""
+        return self.projection.project(z, self.p0)
+
+    def _logits(self, z: np.ndarray[Any, Any], texts: list[str]) -> F32:
+        return self.service.logits(self.prompts(z), texts, self.candidate_ids)
+
+    def evaluate(self, candidates: np.ndarray[Any, Any]) -> tuple[F64, F64]:
+        """Score candidates on the training set in one service call (P API calls): the loss
+        and the task metric of each, both [P]."""
+        logits = self._logits(candidates, self.train_texts)
+        return self._loss(logits, self.train_labels), self._metric(logits, self.train_labels)
+
+    def evaluate_dev(self, z: np.ndarray[Any, Any]) -> tuple[float, float]:
+        """Dev metric and dev cross-entropy of one z (counted in ``dev_calls``)."""
+        logits = self._logits(np.asarray(z)[None, :], self.dev_texts)
+        self._state.dev_calls += 1
+        return (
+            float(self._metric(logits, self.dev_labels)[0]),
+            float(cross_entropy(logits, self.dev_labels)[0]),
+        )
+
+    # ------------------------------------------------------------------ ask / tell
+
+    def ask(self) -> F64:
+        """The next population, [P, d] (float64)."""
+        if self._pending is not None:
+            return self._pending
+        with self._own_rng():
+            sols = self._es.ask()
+        self._pending = np.asarray(sols, dtype=np.float64)
+        return self._pending
+
+    def tell(
+        self, losses: Sequence[float] | np.ndarray[Any, Any], metrics: Any = None
+    ) -> GenerationRecord:
+        """Report the losses of the population from :meth:`ask`; runs dev selection when due
+        and the callbacks. ``metrics`` (train metric per candidate) is optional."""
+        if self._pending is None:
+            raise RuntimeError("tell() without a pending ask()")
+        pop = self._pending
+        loss = np.asarray(losses, dtype=np.float64)
+        if loss.shape != (pop.shape[0],) or not np.isfinite(loss).all():
+            raise ValueError(f"losses must be {pop.shape[0]} finite numbers")
+        with self._own_rng():
+            self._es.tell(list(pop), loss.tolist())
+        # Continue from the pickled copy (see the module docstring).
+        blob = pickle.dumps(self._es, protocol=pickle.HIGHEST_PROTOCOL)
+        self._es = pickle.loads(blob)
+        st = self._state
+        st.es_blob = blob
+        self._pending = None
+        before = st.calls
+        st.calls += pop.shape[0]
+        st.generation += 1
+        i = int(np.argmin(loss))  # first minimum: the earlier candidate wins a tie
+        if st.best_train is None or loss[i] < st.best_train.train_loss:
+            st.best_train = Candidate(pop[i].copy(), float(loss[i]), st.calls)
+        m = np.asarray(metrics, dtype=np.float64) if metrics is not None else None
+        rec = GenerationRecord(
+            generation=st.generation,
+            calls=st.calls,
+            dev_calls=st.dev_calls,
+            loss_min=float(loss.min()),
+            loss_mean=float(loss.mean()),
+            loss_max=float(loss.max()),
+            loss_std=float(loss.std()),
+            best_loss=st.best_train.train_loss,
+            train_metric=float(m[i]) if m is not None else float("nan"),
+            sigma=self.sigma,
+            wall_time=0.0,
+        )
+        if st.calls // self.config.eval_every > before // self.config.eval_every:
+            self._dev_select(rec)
+        rec.dev_calls = st.dev_calls
+        rec.best_dev_metric = st.selected.dev_metric if st.selected else None
+        rec.selected_calls = st.selected.calls if st.selected else None
+        rec.wall_time = round(self.elapsed, 6)
+        st.elapsed = self.elapsed
+        for cb in self.callbacks:
+            if cb(rec) is True and st.stop_reason is None:
+                st.stop_reason = "callback"
+        return rec
+
+    def step(self) -> GenerationRecord:
+        """One generation: ask, score the population in one service call, tell."""
+        pop = self.ask()
+        losses, metrics = self.evaluate(pop)
+        return self.tell(losses, metrics)
+
+    def start(self) -> None:
+        """Score p0 (z = 0) on the dev set, once, before the first generation."""
+        st = self._state
+        if self.config.eval_initial and st.selected is None and st.generation == 0:
+            z0 = np.zeros(self.config.dim)
+            metric, ce = self.evaluate_dev(z0)
+            st.selected = Candidate(z0, float("nan"), 0, metric, ce)
+            st.extra["initial_dev_metric"] = metric
+
+    def finish(self) -> Candidate:
+        """Score the best candidate on dev if it has not been yet; return the selection."""
+        st = self._state
+        if st.best_train is not None and st.evaluated_calls != st.best_train.calls:
+            self._dev_select(None)
+        if st.selected is None:
+            if st.best_train is None:
+                raise TaskError("the run ended before any candidate was scored")
+            st.selected = st.best_train  # no dev set: fall back to the training loss
+        return st.selected
+
+    def run(self) -> Candidate:
+        """Run generations until :meth:`done`, then return the selected candidate."""
+        self.start()
+        while not self.done():
+            self.step()
+        return self.finish()
+
+    def _dev_select(self, rec: GenerationRecord | None) -> None:
+        st = self._state
+        cand = st.best_train
+        if cand is None or not self.dev:
+            return
+        if st.evaluated_calls == cand.calls:
+            # Same best candidate as at the last dev evaluation: nothing new to learn.
+            st.stale_evals += 1
+        else:
+            metric, ce = self.evaluate_dev(cand.z)
+            cand.dev_metric, cand.dev_ce = metric, ce
+            st.evaluated_calls = cand.calls
+            if rec is not None:
+                rec.dev_metric, rec.dev_ce = metric, ce
+            sel = st.selected
+            better = (
+                sel is None
+                or sel.dev_metric is None
+                or metric > sel.dev_metric
+                or (metric == sel.dev_metric and ce < (sel.dev_ce or math.inf))
+            )
+            if better:
+                st.selected = replace(cand, z=cand.z.copy())
+                st.stale_evals = 0
+            else:
+                st.stale_evals += 1
+        p = self.config.patience
+        if p is not None and st.stale_evals >= p and st.stop_reason is None:
+            st.stop_reason = "early_stopping"
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """A picklable snapshot taken between generations (after :meth:`tell`)."""
+        if self._pending is not None:
+            raise RuntimeError("checkpoint between generations only (after tell())")
+        self._state.elapsed = self.elapsed
+        return {"version": 1, "state": pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)}
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        if data.get("version") != 1:
+            raise ValueError("unsupported checkpoint version")
+        state: _State = pickle.loads(data["state"])
+        self._state = state
+        self._es = pickle.loads(state.es_blob)
+        self._pending = None
+        self._elapsed_base = state.elapsed
+        self._session_start = time.perf_counter()
+
+    @property
+    def initial_dev_metric(self) -> float | None:
+        v = self._state.extra.get("initial_dev_metric")
+        return None if v is None else float(v)
