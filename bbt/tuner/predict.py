@@ -139,7 +139,10 @@ class TunedPrompt:
             return np.zeros((0, self.task.num_classes), dtype=np.float32)
         texts = self._inputs(inputs)
         assert self.candidate_ids is not None  # set by the service property's bind()
-        return self.service.logits(self.prompt[None], texts, self.candidate_ids)[0]
+        out: np.ndarray[Any, Any] = self.service.logits(
+            self.prompt[None], texts, self.candidate_ids
+        )[0]
+        return out
 
     def predict(self, inputs: Sequence[str | Mapping[str, str]]) -> list[Prediction]:
         """Predictions for texts (single-field tasks) or field mappings (any task)."""

@@ -67,7 +67,8 @@ class InitialPrompt:
 
     @classmethod
     def parse(cls, spec: str, seed: int = 0) -> InitialPrompt:
-        """Parse a CLI spec: ``zeros``, ``vocab``, ``vocab:START``, ``text:WORDS``, ``file:PATH``."""
+        """Parse a CLI spec: ``zeros``, ``vocab``, ``vocab:START``, ``text:WORDS`` or
+        ``file:PATH``."""
         head, _, rest = spec.partition(":")
         if head == "zeros" and not rest:
             return cls("zeros")
