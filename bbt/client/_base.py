@@ -337,7 +337,10 @@ def plan_logits(
     )
     chunks = []
     for p0, p1 in _even_bounds(n_prompts, groups_p):
-        tensor = Tensor.from_numpy(arr[p0:p1], dtype)
+        try:
+            tensor = Tensor.from_numpy(arr[p0:p1], dtype)
+        except ValueError as exc:  # e.g. values beyond float16's range
+            raise InvalidRequestError(str(exc), field="prompts") from exc
         for b0, b1 in _even_bounds(len(texts), groups_b):
             try:
                 req = LogitsRequest(

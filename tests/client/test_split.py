@@ -133,6 +133,10 @@ def test_embed_is_split_and_concatenated_in_order(
             lambda c: c.logits(np.full((1, 1, 4), np.nan, dtype=np.float32), texts(1), [5]),
             "prompts.data",
         ),
+        (
+            lambda c: c.logits(np.full((1, 1, 4), 1e6, dtype=np.float32), texts(1), [5]),
+            "prompts",
+        ),
         (lambda c: c.tokenize([*texts(5), "x" * 201]), "texts.5"),
         (lambda c: c.tokenize([]), "texts"),
         (lambda c: c.embed([1, 2, 3, 4, 5, 6, 100]), "token_ids.6"),
@@ -145,7 +149,7 @@ def test_preflight_checks_cost_no_request(
     call: Callable[[Client], object],
     field: str,
 ) -> None:
-    client = make_client()
+    client = make_client(dtype="float16")
     client.model_info()
     before = len(service.requests)
     with pytest.raises(InvalidRequestError) as info:
