@@ -1,1 +1,101 @@
-"""pytest plugin: bbt's fixtures for offline tests (registered through the pytest11 entry point)."""
+"""Pytest fixtures for offline tests of code that talks to a bbt service.
+
+Registered through the ``pytest11`` entry point ``bbt``, so they are available in any
+project that installs bbt. All of them serve the deterministic :class:`MockBackend`
+(H=64, seed 0; its sentiment task: :func:`bbt.server.mock.sample_mock_dataset`).
+
+``mock_client`` is a real :class:`bbt.Client` whose transport is
+:class:`~bbt.testing.CoreTransport`: each request runs the server's framework-free core
+synchronously in the test's thread (no sockets, no event loop, no FastAPI needed), with
+the same validation, envelopes and headers as the HTTP app. For an ``AsyncClient`` pass
+``transport=bbt.testing.AsyncCoreTransport(backend)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from bbt.server.faults import FaultConfig
+from bbt.server.mock import MockBackend
+from bbt.server.settings import ServerSettings
+from bbt.testing._live import LiveServer, live_server
+from bbt.testing._transport import (
+    MOCK_BASE_URL,
+    CoreTransport,
+    mock_respx_router,
+)
+
+if TYPE_CHECKING:
+    import respx
+    from fastapi import FastAPI
+
+    from bbt.client import Client
+
+LiveFactory = Callable[..., str]
+
+
+@pytest.fixture
+def mock_backend() -> MockBackend:
+    """The mock masked LM (numpy, deterministic)."""
+    return MockBackend()
+
+
+@pytest.fixture
+def mock_app(mock_backend: MockBackend) -> FastAPI:
+    """The FastAPI app over ``mock_backend`` (no API keys); needs ``bbt[server]``."""
+    from bbt.server.app import create_app
+
+    return create_app(mock_backend, ServerSettings(api_keys=[]))
+
+
+@pytest.fixture
+def mock_client(mock_backend: MockBackend) -> Iterator[Client]:
+    """A :class:`bbt.Client` wired in-process to ``mock_backend`` (reads no env or .env)."""
+    from bbt.client import Client
+
+    client = Client(MOCK_BASE_URL, transport=CoreTransport(mock_backend), env_file=None)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def mock_respx(mock_backend: MockBackend) -> Iterator[respx.MockRouter]:
+    """An active respx router serving the protocol at ``bbt.testing.MOCK_BASE_URL``."""
+    with mock_respx_router(mock_backend) as router:
+        yield router
+
+
+@pytest.fixture
+def live_mock_server_factory() -> Iterator[LiveFactory]:
+    """Start mock servers on loopback ports: ``factory(faults=..., settings=..., backend=...)``
+    returns the base URL. Every server started is stopped at teardown."""
+    servers: list[LiveServer] = []
+
+    def start(
+        *,
+        faults: FaultConfig | None = None,
+        settings: ServerSettings | None = None,
+        backend: Any = None,
+    ) -> str:
+        server = live_server(
+            backend if backend is not None else MockBackend(), settings=settings, faults=faults
+        )
+        servers.append(server)
+        return server.start().base_url
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def live_mock_server(live_mock_server_factory: LiveFactory) -> str:
+    """Base URL of a fault-free mock server (uvicorn) on a free loopback port."""
+    return live_mock_server_factory()
