@@ -222,7 +222,7 @@ def load_task_file(path: str | Path) -> Task:
         data: dict[str, Any] = _parse_toml(raw) if p.suffix == ".toml" else json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TaskError(
-            f"task file {p} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}"
+            f"task file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
         ) from None
     if not isinstance(data, dict):
         raise TaskError(f"task file {p} must hold a table/object")
