@@ -249,22 +249,22 @@ def plan_grid(
     limits: Limits,
     *,
     prompt_bytes: int = 0,
-    texts_bytes: int = 0,
+    text_bytes: int = 0,
 ) -> tuple[int, int]:
     """How many prompt groups and text groups to split a P x B job into.
 
     Picks the split with the fewest requests such that every request respects
     ``max_prompts_per_request``, ``max_texts_per_request``, ``max_sequences_per_request``
-    and (given the encoded size of one prompt and of all the texts) ``max_body_bytes``.
-    Ties go to fewer text groups, so each request carries many texts per prompt.
+    and, given the encoded size of one prompt and an upper bound on one text's,
+    ``max_body_bytes``. Ties go to fewer text groups (larger batches per request).
     """
     max_b = min(n_texts, limits.max_texts_per_request, limits.max_sequences_per_request)
-    body_room = limits.max_body_bytes - _BODY_SLACK - texts_bytes
-    max_p_body = body_room // prompt_bytes if prompt_bytes else n_prompts
     best: tuple[int, int] | None = None
     for b in range(max_b, 0, -1):
         p = min(n_prompts, limits.max_prompts_per_request, limits.max_sequences_per_request // b)
-        p = min(p, max_p_body)
+        if prompt_bytes:
+            room = limits.max_body_bytes - _BODY_SLACK - b * text_bytes
+            p = min(p, room // prompt_bytes)
         if p < 1:
             continue
         grid = (math.ceil(n_prompts / p), math.ceil(n_texts / b))
@@ -326,14 +326,11 @@ def plan_logits(
             field="prompts" if n_prompts == 0 else "texts" if not texts else "candidate_ids",
         )
     prompt_bytes = encoded_size((1, n_tokens, hidden), dtype)
-    # Upper bound of the texts' JSON: non-ASCII may be escaped to 6 bytes per character.
-    texts_bytes = sum(6 * len(t) + 3 for t in texts)
+    # Upper bound of one text in JSON: quotes, comma, and at most 6 bytes per character
+    # (a \uXXXX escape); UTF-8 itself needs at most 4.
+    text_bytes = max(6 * len(t) + 3 for t in texts)
     groups_p, groups_b = plan_grid(
-        n_prompts,
-        len(texts),
-        info.limits,
-        prompt_bytes=prompt_bytes,
-        texts_bytes=texts_bytes,
+        n_prompts, len(texts), info.limits, prompt_bytes=prompt_bytes, text_bytes=text_bytes
     )
     chunks = []
     for p0, p1 in _even_bounds(n_prompts, groups_p):

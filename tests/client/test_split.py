@@ -51,9 +51,13 @@ def test_plan_grid_takes_the_fewest_requests(
 
 
 def test_plan_grid_respects_the_body_limit() -> None:
-    limits = _limits(max_body_bytes=4096 + 1000 + 3 * 2000)
-    # Three 2000-byte prompts fit beside 1000 bytes of texts; four do not.
-    assert plan_grid(10, 4, limits, prompt_bytes=2000, texts_bytes=1000) == (4, 1)
+    limits = _limits(max_body_bytes=4096 + 4 * 250 + 3 * 2000)
+    # Three 2000-byte prompts fit beside four 250-byte texts; four do not.
+    assert plan_grid(10, 4, limits, prompt_bytes=2000, text_bytes=250) == (4, 1)
+    # Fewer texts per request leave room for more prompts when that needs fewer requests.
+    limits = _limits(max_body_bytes=4096 + 100 * 250 + 10 * 2000)
+    assert plan_grid(10, 200, limits, prompt_bytes=2000, text_bytes=250) == (1, 2)
+    assert plan_grid(40, 200, limits, prompt_bytes=2000, text_bytes=250) == (4, 2)
 
 
 def test_plan_grid_refuses_a_prompt_larger_than_the_body_limit() -> None:
@@ -182,3 +186,17 @@ def test_model_info_is_cached_and_picks_the_named_model(
 def test_unknown_model_is_a_configuration_error(make_client: MakeClient) -> None:
     with pytest.raises(ConfigurationError, match=r"'other'.*served: 'fake-mlm'"):
         make_client(model="other").model_info()
+
+
+def test_body_limit_splits_logits_further(make_client: MakeClient, service: FakeService) -> None:
+    limit = 4096 + 400
+    service.backend._info = INFO.model_copy(  # type: ignore[attr-defined]
+        update={"limits": INFO.limits.model_copy(update={"max_body_bytes": limit})}
+    )
+    client = make_client()
+    out = client.logits(tagged_prompts(6), texts(4), [5])
+    np.testing.assert_array_equal(out, expected_logits(6, 4, 1))
+    bodies = [r.content for r in service.requests if r.url.path == "/v1/logits"]
+    # Without the body limit 6 x 4 takes 3 requests (2 prompts x 4 texts each).
+    assert len(bodies) > 3
+    assert all(len(b) <= limit for b in bodies)
