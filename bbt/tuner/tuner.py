@@ -8,10 +8,11 @@ scores best there is the run's result.
 
 Determinism (what makes ``--resume`` exact):
 
-- pycma draws its samples from NumPy's *global* RNG. The tuner keeps that stream to itself:
-  it swaps its own saved state in around every pycma call and swaps the caller's back out,
-  so nothing else in the process (a mock backend, user code) can shift it, and the state
-  is part of every checkpoint.
+- pycma draws its samples from NumPy's *global* RNG unless given another ``randn``. The
+  tuner gives it a private, seeded ``RandomState``, which pickles with the strategy, so
+  nothing else in the process (a mock backend, user code) can shift the stream and every
+  checkpoint holds it. Any other use of the global RNG inside pycma runs on a saved copy of
+  the global state that the tuner swaps in around each pycma call (and checkpoints).
 - A CMA-ES object restored from a pickle does not always continue bit-for-bit like the
   object it was pickled from (internal caches are rebuilt differently). So after every
   generation the tuner continues with the restored copy of the very pickle it checkpoints:
@@ -170,7 +171,7 @@ class _State:
 
 
 def _cma_seed(seed: int) -> int:
-    # pycma treats seed 0 as "pick one at random"; derive a fixed non-zero 32-bit seed.
+    # A 32-bit seed for CMA-ES's sampler, decorrelated from the projection's PCG64(seed).
     return int(np.random.SeedSequence([seed, 0xC3A]).generate_state(1, dtype=np.uint32)[0]) | 1
 
 
@@ -255,6 +256,8 @@ class Tuner:
         )
         self.projection = Projection(self.recipe)
         self._state = _State()
+        # The global-RNG state pycma sees; seeded so that even that is part of the recipe.
+        self._state.rng_state = np.random.RandomState(_cma_seed(cfg.seed) ^ 1).get_state()
         self._pending: F64 | None = None
         self._session_start = time.perf_counter()
         self._elapsed_base = 0.0
@@ -274,8 +277,7 @@ class Tuner:
     def _own_rng(self) -> Iterator[None]:
         """Run pycma on the tuner's private copy of NumPy's global RNG state."""
         outside = np.random.get_state()
-        if self._state.rng_state is not None:
-            np.random.set_state(self._state.rng_state)
+        np.random.set_state(self._state.rng_state)
         try:
             with warnings.catch_warnings():
                 # pycma reports conditions such as flat fitness as warnings; the run records
@@ -292,7 +294,11 @@ class Tuner:
         cfg = self.config
         opts: dict[str, Any] = {
             "popsize": cfg.population,
-            "seed": _cma_seed(cfg.seed),
+            # pycma samples with `randn`, by default NumPy's global RNG. A private, seeded
+            # RandomState instead travels inside the pickled strategy (by value), so a
+            # checkpoint carries the exact sampling stream. `seed` is then unused: NaN.
+            "randn": np.random.RandomState(_cma_seed(cfg.seed)).randn,
+            "seed": float("nan"),
             "verbose": -9,
             "verb_log": 0,
             "verb_disp": 0,

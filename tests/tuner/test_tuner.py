@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bbt.client import LocalClient
+from bbt.errors import ConfigurationError, TaskError
+from bbt.tuner import Example, GenerationRecord, Task, TuneConfig, Tuner, tune
+
+from .conftest import small_config
+
+Split = tuple[list[Example], list[Example]]
+
+
+def test_learns_the_mock_task_from_chance(
+    service: LocalClient, mock_task: Task, split: Split
+) -> None:
+    train, dev = split
+    res = tune(
+        service,
+        mock_task,
+        train,
+        dev,
+        small_config(n_tokens=10, dim=50, popsize=20, budget=600, eval_every=100),
+    )
+    assert res.initial_dev_metric is not None
+    assert res.initial_dev_metric <= 0.7
+    assert res.dev_metric is not None
+    assert res.dev_metric >= 0.85
+    assert res.calls == 600
+    assert res.stop_reason == "budget"
+    assert res.prompt.shape == (10, 32)
+
+
+def test_one_service_call_per_generation_and_budget_in_calls(
+    service: LocalClient, mock_task: Task, split: Split
+) -> None:
+    train, dev = split
+    cfg = small_config(budget=70, popsize=8, eval_every=1000, eval_initial=False)
+    tuner = Tuner(service, mock_task, train, dev, cfg)
+    before = service.usage.copy()
+    rec = tuner.step()
+    spent = service.usage - before
+    assert spent.calls == 8  # P candidates on the whole training set, one logits call
+    assert rec.calls == 8
+    assert rec.generation == 1
+    sel = tuner.run()
+    # 70 // 8 = 8 whole generations fit; a partial one never runs.
+    assert tuner.calls == 64
+    assert tuner.stop_reason == "budget"
+    # no dev evaluation was due, so the final one picks the best candidate on dev
+    assert sel.dev_metric is not None
+    assert tuner.dev_calls == 1
+
+
+def test_ask_tell_by_hand_matches_step(service: LocalClient, mock_task: Task, split: Split) -> None:
+    train, dev = split
+    a = Tuner(service, mock_task, train, dev, small_config())
+    b = Tuner(service, mock_task, train, dev, small_config())
+    for _ in range(3):
+        a.step()
+        pop = b.ask()
+        assert b.ask() is pop  # asking again before tell returns the same population
+        losses, metrics = b.evaluate(pop)
+        b.tell(losses, metrics)
+    assert a.best is not None
+    assert b.best is not None
+    assert np.array_equal(a.best.z, b.best.z)
+    with pytest.raises(RuntimeError, match="pending"):
+        b.tell([0.0] * b.popsize)
+    b.ask()
+    with pytest.raises(ValueError, match="finite"):
+        b.tell([float("nan")] * b.popsize)
+
+
+def test_global_numpy_rng_does_not_change_a_run(
+    service: LocalClient, mock_task: Task, split: Split
+) -> None:
+    train, dev = split
+    a = Tuner(service, mock_task, train, dev, small_config())
+    np.random.seed(1)
+    za = [a.step() and a.best.z.copy() for _ in range(3)]  # type: ignore[union-attr]
+    b = Tuner(service, mock_task, train, dev, small_config())
+    zb = []
+    for _ in range(3):
+        np.random.seed(999)
+        np.random.standard_normal(100)
+        b.step()
+        assert b.best is not None
+        zb.append(b.best.z.copy())
+    assert all(np.array_equal(x, y) for x, y in zip(za, zb, strict=True))
+    assert np.random.standard_normal() == pytest.approx(
+        np.random.RandomState(999).standard_normal(101)[-1]
+    )
+
+
+def test_dev_selection_ties_and_early_stopping(
+    service: LocalClient, mock_task: Task, split: Split
+) -> None:
+    train, dev = split
+    records: list[GenerationRecord] = []
+    cfg = small_config(budget=2000, eval_every=8, patience=2, loss="neg_accuracy")
+    tuner = Tuner(service, mock_task, train, dev, cfg, callbacks=[records.append])
+    sel = tuner.run()
+    assert tuner.stop_reason is not None
+    assert tuner.calls < 2000 or tuner.stop_reason == "budget"
+    # the selection is the best dev metric seen, the earliest among equals
+    evaluated = [r for r in records if r.dev_metric is not None]
+    best = max([tuner.initial_dev_metric or 0.0] + [r.dev_metric or 0.0 for r in evaluated])
+    assert sel.dev_metric == best
+    assert [r.best_dev_metric for r in records] == sorted(r.best_dev_metric or 0 for r in records)
+
+
+def test_callback_can_stop_the_run(service: LocalClient, mock_task: Task, split: Split) -> None:
+    train, dev = split
+    tuner = Tuner(
+        service, mock_task, train, dev, small_config(), callbacks=[lambda r: r.generation >= 2]
+    )
+    tuner.run()
+    assert tuner.generation == 2
+    assert tuner.stop_reason == "callback"
+
+
+def test_bad_configs_and_inputs(service: LocalClient, mock_task: Task, split: Split) -> None:
+    with pytest.raises(ConfigurationError, match="popsize"):
+        TuneConfig(popsize=1)
+    with pytest.raises(ConfigurationError, match="loss"):
+        TuneConfig(loss="l2")
+    train, dev = split
+    with pytest.raises(ConfigurationError, match="at most 128"):
+        Tuner(service, mock_task, train, dev, small_config(n_tokens=500))
+    with pytest.raises(TaskError, match="empty"):
+        Tuner(service, mock_task, [], dev, small_config())
+    assert TuneConfig(popsize=None, dim=500).population == 4 + int(3 * np.log(500))
+
+
+@pytest.mark.parametrize(
+    "kw", [{"loss": "hinge"}, {"loss": "neg_f1"}, {"bound": 0.5}, {"projection": "uniform"}]
+)
+def test_options_run(
+    service: LocalClient, mock_task: Task, split: Split, kw: dict[str, Any]
+) -> None:
+    train, dev = split
+    tuner = Tuner(service, mock_task, train, dev, small_config(budget=32, **kw))
+    tuner.run()
+    assert tuner.selected is not None
+    if "bound" in kw and tuner.best is not None:
+        assert np.abs(tuner.best.z).max() <= 0.5
