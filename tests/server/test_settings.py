@@ -1,0 +1,57 @@
+"""ServerSettings: keys from the environment and from a file; validation fails fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bbt.errors import ConfigurationError
+from bbt.server import ServerSettings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("API_KEYS", "API_KEY_FILE", "MAX_BODY_BYTES", "MAX_CONCURRENCY"):
+        monkeypatch.delenv(f"BBT_SERVER_{name}", raising=False)
+
+
+def _keys(s: ServerSettings) -> list[str]:
+    return [k.get_secret_value() for k in s.api_keys]
+
+
+def test_defaults() -> None:
+    s = ServerSettings()
+    assert s.api_keys == []
+    assert s.max_body_bytes is None
+    assert s.max_concurrency == 1
+
+
+def test_keys_from_env_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BBT_SERVER_API_KEYS", "k1, k2,,")
+    monkeypatch.setenv("BBT_SERVER_MAX_CONCURRENCY", "4")
+    s = ServerSettings()
+    assert _keys(s) == ["k1", "k2"]
+    assert s.max_concurrency == 4
+    assert "k1" not in repr(s)
+
+
+def test_keys_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    f = tmp_path / "keys"
+    f.write_text("# team keys\nalpha\n\n  beta  \n", encoding="utf-8")
+    monkeypatch.setenv("BBT_SERVER_API_KEYS", "gamma")
+    monkeypatch.setenv("BBT_SERVER_API_KEY_FILE", str(f))
+    assert _keys(ServerSettings()) == ["gamma", "alpha", "beta"]
+
+
+def test_missing_key_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read API key file"):
+        ServerSettings(api_key_file=tmp_path / "absent")
+
+
+def test_bad_values_fail_fast() -> None:
+    with pytest.raises(ValidationError):
+        ServerSettings(max_concurrency=0)
+    with pytest.raises(ValidationError):
+        ServerSettings(max_body_bytes=0)
