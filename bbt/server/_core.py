@@ -108,6 +108,10 @@ def validation_failure(errors: Sequence[Mapping[str, Any]], *, strip: str | None
     return APIFailure(422, ErrorType.invalid_request, f"{first.get('msg', 'invalid')}{more}", where)
 
 
+def empty_body_failure() -> APIFailure:
+    return APIFailure(400, ErrorType.invalid_request, "request body is empty; send a JSON object")
+
+
 def new_request_id(offered: str | None) -> str:
     """Echo a client's well-formed request id, else make one."""
     if offered is not None and _REQUEST_ID_RE.fullmatch(offered):
@@ -302,6 +306,8 @@ class ServiceCore:
         if model is None:
             result: BaseModel = handler()
             return result
+        if not body.strip():
+            raise empty_body_failure()
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

@@ -38,6 +38,7 @@ from bbt.protocol import (
 from bbt.server._core import (
     APIFailure,
     ServiceCore,
+    empty_body_failure,
     internal_failure,
     new_request_id,
     protocol_headers,
@@ -85,7 +86,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _is_raw(value: object) -> bool:
-    return isinstance(value, bytes | bytearray | str)
+    return isinstance(value, bytes | bytearray)
 
 
 def _failure_response(fail: APIFailure) -> JSONResponse:
@@ -154,7 +155,10 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         errors = list(exc.errors())
-        if any(tuple(e.get("loc", ())) == ("body",) and _is_raw(e.get("input")) for e in errors):
+        whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+        if any(e.get("type") == "missing" for e in whole_body):
+            return _failure_response(empty_body_failure())
+        if any(_is_raw(e.get("input")) for e in whole_body):
             # FastAPI hands over raw bytes when the body is not declared as JSON.
             return _failure_response(
                 APIFailure(

@@ -135,8 +135,8 @@ class MockBackend(Backend):
         model_id: str = MOCK_MODEL_ID,
         embedding_std: float = 0.05,
     ) -> None:
-        if hidden_size < _KEY_DIM:
-            raise ValueError(f"hidden_size must be at least {_KEY_DIM}")
+        if hidden_size < 8:
+            raise ValueError("hidden_size must be at least 8")
         self.hidden_size = hidden_size
         self.seed = seed
         rng = np.random.default_rng([seed, hidden_size])
