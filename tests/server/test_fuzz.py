@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from bbt.protocol import (
     EmbeddingsResponse,
@@ -37,7 +38,7 @@ SETTINGS = ServerSettings(api_keys=[], max_body_bytes=256 * 1024)
 CLIENT = TestClient(create_app(BACKEND, SETTINGS))
 # The in-process transport of bbt.testing runs the same core without FastAPI: fuzz it too.
 CORE_CLIENT = httpx.Client(transport=CoreTransport(BACKEND, SETTINGS), base_url="http://core")
-OK_MODELS = {
+OK_MODELS: dict[str, type[BaseModel]] = {
     "/v1/logits": LogitsResponse,
     "/v1/embeddings": EmbeddingsResponse,
     "/v1/tokenize": TokenizeResponse,
