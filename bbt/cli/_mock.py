@@ -1,7 +1,174 @@
+"""``bbt mock-server``: the numpy mock model behind the real app factory, with optional faults.
+
+Missing FastAPI/uvicorn, a busy port or bad settings end the command with a one-line
+message and a non-zero status, never a traceback.
+"""
+
 from __future__ import annotations
 
+import errno
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
 import typer
+
+from bbt.errors import BBTError
+
+EXIT_ERROR = 2
+EXIT_PORT_IN_USE = 3
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _describe(exc: ValueError) -> str:
+    # pydantic's ValidationError lists messages; never print input values (keys!).
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}".lstrip(": ")
+            for e in errors()
+        )
+    return str(exc)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn so a busy port is a clear, early error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"cannot resolve host {host!r}: {exc.strerror}")
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            _fail(f"port {port} on {host} is already in use (try --port 0)", EXIT_PORT_IN_USE)
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return sock
+
+
+def mock_server(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any)."),
+    hidden_size: int = typer.Option(64, "--hidden-size", min=8, help="H of the mock model."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the mock model's weights."),
+    model_id: str = typer.Option("bbt-mock", "--model-id", help="Model id to serve under."),
+    api_key: list[str] = typer.Option(
+        [],
+        "--api-key",
+        help="Accepted bearer key (repeatable; also BBT_SERVER_API_KEYS). Prefer the "
+        "environment or --api-key-file: arguments show in process lists.",
+    ),
+    api_key_file: Path | None = typer.Option(
+        None, "--api-key-file", help="File with one accepted key per line."
+    ),
+    max_body_bytes: int | None = typer.Option(
+        None, "--max-body-bytes", min=1, help="Largest request body (default: 32 MiB)."
+    ),
+    max_concurrency: int = typer.Option(
+        1, "--max-concurrency", min=1, help="Backend calls run at once."
+    ),
+    latency_ms: float = typer.Option(0.0, "--latency-ms", min=0, help="Added to every request."),
+    jitter_ms: float = typer.Option(0.0, "--jitter-ms", min=0, help="Extra uniform delay."),
+    rate_429: float = typer.Option(0.0, "--rate-429", min=0, max=1, help="Share of 429s."),
+    retry_after: int = typer.Option(1, "--retry-after", min=0, help="Retry-After of 429s (s)."),
+    rate_500: float = typer.Option(0.0, "--rate-500", min=0, max=1, help="Share of 500s."),
+    rate_503: float = typer.Option(0.0, "--rate-503", min=0, max=1, help="Share of 503s."),
+    rate_timeout: float = typer.Option(
+        0.0, "--rate-timeout", min=0, max=1, help="Share of answers delayed by --timeout-s."
+    ),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", min=0, help="Delay of slow answers."),
+    rate_drop: float = typer.Option(
+        0.0, "--rate-drop", min=0, max=1, help="Share of connections dropped mid-response."
+    ),
+    rate_malformed: float = typer.Option(
+        0.0, "--rate-malformed", min=0, max=1, help="Share of 200s with a broken body."
+    ),
+    fault_seed: int = typer.Option(0, "--fault-seed", help="Seed of the fault sequence."),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
+) -> None:
+    """Serve the deterministic mock masked LM over protocol v1 (needs bbt[server])."""
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        _fail(f"--log-level must be debug, info or warning, not {log_level!r}")
+    try:
+        import uvicorn
+
+        from bbt.server.app import create_app
+    except ImportError as exc:
+        _fail(f"bbt mock-server needs {exc.name or 'FastAPI'}: pip install 'bbt[server]'")
+    except BBTError as exc:  # create_app's own message names the extra
+        _fail(str(exc))
+    from pydantic import SecretStr
+
+    from bbt.server.faults import FaultConfig
+    from bbt.server.mock import MockBackend
+    from bbt.server.settings import ServerSettings
+
+    try:
+        given: dict[str, Any] = {"max_concurrency": max_concurrency}
+        if api_key:
+            given["api_keys"] = [SecretStr(k) for k in api_key]
+        if api_key_file is not None:
+            given["api_key_file"] = api_key_file
+        if max_body_bytes is not None:
+            given["max_body_bytes"] = max_body_bytes
+        settings = ServerSettings(**given)
+        faults = FaultConfig(
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            rate_429=rate_429,
+            retry_after_s=retry_after,
+            rate_500=rate_500,
+            rate_503=rate_503,
+            rate_timeout=rate_timeout,
+            timeout_s=timeout_s,
+            rate_drop=rate_drop,
+            rate_malformed=rate_malformed,
+            seed=fault_seed,
+        )
+    except BBTError as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(f"invalid settings: {_describe(exc)}")
+
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    backend = MockBackend(hidden_size=hidden_size, seed=seed, model_id=model_id)
+    app = create_app(backend, settings, faults)
+    sock = _listen(host, port)
+    bound = sock.getsockname()
+    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no authentication"
+    typer.echo(
+        f"bbt mock-server: {model_id} (H={hidden_size}, seed {seed}) on "
+        f"http://{host}:{bound[1]} ({auth}"
+        + (", faults on" if faults.active else "")
+        + "); Ctrl-C stops",
+        err=True,
+    )
+    config = uvicorn.Config(
+        app,
+        log_level=log_level.lower(),
+        access_log=False,  # the app logs one structured line per request itself
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("mock-server")(mock_server)
