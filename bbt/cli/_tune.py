@@ -1,7 +1,475 @@
+"""``bbt tune``, ``bbt eval`` and ``bbt predict``: Black-Box Tuning from the command line.
+
+Which model answers, in order: ``--mock`` (the mock model in this process), then a URL from
+``--base-url`` / ``BBT_BASE_URL`` / ``.env``, and with none of those the embedded default
+server, started for the command and stopped after it. Every bbt error ends the command
+with a one-line message and a non-zero status, never a traceback.
+"""
+
 from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
+from bbt.errors import BBTError, ConfigurationError, TaskError
+
+T = TypeVar("T")
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+MOCK_EXAMPLES = 400  # examples drawn from the mock's task when it gets no --data
+DEFAULT_MOCK_HIDDEN = 64
+
+
+def _err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    _err(message)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T], resume_hint: Path | None = None) -> T:
+    """Run ``fn``, turning bbt errors and Ctrl-C into messages and exit codes."""
+    try:
+        return fn()
+    except BBTError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        if resume_hint is not None:
+            _err(
+                "interrupted; the last finished generation is checkpointed. "
+                f"Continue with: bbt tune --resume {resume_hint}"
+            )
+        else:
+            _err("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+# --------------------------------------------------------------------------- service
+
+
+@contextmanager
+def _service(
+    *,
+    mock: bool,
+    mock_hidden_size: int,
+    base_url: str | None,
+    api_key: str | None,
+    model: str | None,
+    say: Callable[[str], None],
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The service to use and how the manifest should describe it (no credentials)."""
+    if mock:
+        from bbt.client import LocalClient
+        from bbt.server.mock import MockBackend
+
+        yield (
+            LocalClient(MockBackend(hidden_size=mock_hidden_size)),
+            {"kind": "mock", "hidden_size": mock_hidden_size},
+        )
+        return
+    from bbt.client import Client, ClientSettings
+
+    settings = ClientSettings(base_url=base_url, api_key=api_key, model=model)
+    if settings.base_url:
+        with Client.from_settings(settings) as client:
+            yield client, {"kind": "http", "base_url": settings.base_url}
+        return
+    try:
+        from bbt.server.embedded import embedded_server
+    except ImportError as exc:
+        raise ConfigurationError(
+            "no service URL configured (--base-url or BBT_BASE_URL) and the embedded default "
+            f"server is not available ({exc}); install it with: pip install 'bbt[serve]'"
+        ) from None
+    say("no service URL configured: starting the embedded default server (stopped at the end)")
+    with embedded_server() as url:
+        say(f"embedded server listening at {url}")
+        with Client.from_settings(settings.model_copy(update={"base_url": url})) as client:
+            yield client, {"kind": "embedded", "base_url": url}
+    say("embedded server stopped")
+
+
+def _service_for_run(
+    run_dir: Path,
+    mock: bool | None,
+    base_url: str | None,
+    api_key: str | None,
+    model: str | None,
+    say: Callable[[str], None],
+) -> Any:
+    """A run made against the in-process mock is resumed/used against it again."""
+    from bbt.tuner import read_manifest
+
+    manifest = read_manifest(run_dir)
+    svc = manifest.get("service", {})
+    use_mock = mock if mock is not None else (svc.get("kind") == "mock" and not base_url)
+    hidden = int(svc.get("hidden_size") or manifest["model"]["hidden_size"])
+    return _service(
+        mock=use_mock,
+        mock_hidden_size=hidden,
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        say=say,
+    )
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich progress bar: API calls spent, current loss, best dev metric."""
+
+    def __init__(self, budget: int, metric: str, quiet: bool) -> None:
+        self.quiet = quiet
+        self.metric = metric
+        self._bar: Any = None
+        self._task: Any = None
+        self.budget = budget
+
+    def __enter__(self) -> _Progress:
+        if self.quiet:
+            return self
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]tuning[/bold]"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} calls"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("best dev {task.fields[metric]} {task.fields[dev]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self._bar.__enter__()
+        self._task = self._bar.add_task(
+            "tune", total=self.budget, loss="-", dev="-", metric=self.metric
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def __call__(self, rec: Any) -> None:
+        if self._bar is None:
+            return
+        dev = "-" if rec.best_dev_metric is None else f"{rec.best_dev_metric:.4f}"
+        self._bar.update(self._task, completed=rec.calls, loss=f"{rec.loss_min:.4f}", dev=dev)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _task(
+    task: str | None,
+    task_file: Path | None,
+    template: str | None,
+    verbalizer: str | None,
+    metric: str,
+) -> Any:
+    from bbt.tuner import custom_task, get_preset, load_task_file
+
+    given = sum(x is not None for x in (task, task_file, template))
+    if given != 1:
+        raise TaskError(
+            "name the task once: --task PRESET, --task-file FILE, or --template with --verbalizer"
+        )
+    if task is not None:
+        return get_preset(task)
+    if task_file is not None:
+        return load_task_file(task_file)
+    if verbalizer is None:
+        raise TaskError("--template needs --verbalizer, e.g. --verbalizer 0=bad,1=great")
+    if metric not in ("accuracy", "f1"):
+        raise TaskError(f"--metric must be accuracy or f1, not {metric!r}")
+    return custom_task(str(template), verbalizer, metric=metric)  # type: ignore[arg-type]
+
+
+def _examples(
+    task: Any,
+    path: Path,
+    columns: list[str],
+    label_column: str | None,
+    fmt: str | None,
+    labels: bool = True,
+) -> Any:
+    from bbt.tuner import load_examples, parse_columns
+
+    return load_examples(
+        path,
+        task,
+        columns=parse_columns(columns),
+        label_column=label_column,
+        fmt=fmt,
+        require_labels=labels,
+    )
+
+
+def _default_out(task_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{task_name}-{stamp}"
+
+
+def _summary(result: Any, say: Callable[[str], None]) -> None:
+    m = result.metric
+    init = result.initial_dev_metric
+    say(
+        f"done: dev {m} {result.dev_metric:.4f}"
+        + (f" (p0: {init:.4f})" if init is not None else "")
+        + f", selected at {result.selected_at_calls} of {result.calls} calls "
+        f"({result.dev_calls} dev), stop: {result.stop_reason}"
+    )
+    if result.run_dir is not None:
+        say(f"run directory: {result.run_dir}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def tune_command(
+    task: str | None = typer.Option(
+        None, "--task", "-t", help="Preset: sst2, yelp, agnews, dbpedia, mrpc, snli, rte, mock."
+    ),
+    task_file: Path | None = typer.Option(None, "--task-file", help="Task from a JSON/TOML file."),
+    template: str | None = typer.Option(
+        None, help="Custom template, e.g. '{text} It was {mask} .'"
+    ),
+    verbalizer: str | None = typer.Option(None, help="Custom verbalizer, e.g. 0=bad,1=great."),
+    metric: str = typer.Option("accuracy", help="Custom task's metric: accuracy or f1."),
+    data: Path | None = typer.Option(None, "--data", help="Labelled examples (TSV, CSV, JSONL)."),
+    dev_data: Path | None = typer.Option(None, help="Draw the dev set from this file instead."),
+    column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
+    label_column: str | None = typer.Option(None, help="Label column (default: label)."),
+    data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
+    k_shot: int = typer.Option(16, "--k-shot", "-k", help="Training examples per class."),
+    dev_k: int | None = typer.Option(None, help="Dev examples per class (default: k)."),
+    seed: int = typer.Option(42, help="Seed of CMA-ES and the projection."),
+    data_seed: int | None = typer.Option(None, help="Seed of k-shot sampling (default: --seed)."),
+    budget: int = typer.Option(8000, help="API calls (one candidate on the training set)."),
+    n_tokens: int = typer.Option(50, "--n-tokens", "-n", help="Soft prompt length n."),
+    dim: int = typer.Option(500, "--dim", "-d", help="Intrinsic dimension d."),
+    popsize: int = typer.Option(20, help="CMA-ES population size."),
+    sigma: float = typer.Option(1.0, help="CMA-ES initial step size."),
+    alpha: float = typer.Option(1.0, help="Projection scale alpha."),
+    bound: float | None = typer.Option(None, help="Box bound on z (none by default)."),
+    loss: str = typer.Option("ce", help="ce, hinge, neg_accuracy or neg_f1."),
+    eval_every: int = typer.Option(100, help="Score the best candidate on dev every N calls."),
+    patience: int | None = typer.Option(None, help="Stop after N dev evaluations without gain."),
+    projection: str = typer.Option("normal", help="Projection distribution: normal or uniform."),
+    init: str = typer.Option("zeros", help="p0: zeros, vocab, vocab:START, text:WORDS, file:PATH."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory (default runs/TASK-TIME)."
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this directory."
+    ),
+    base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
+    api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env); never stored."),
+    model: str | None = typer.Option(None, help="Model id (default: the first served)."),
+    mock: bool = typer.Option(
+        False, "--mock", help="Use the mock model in this process (offline)."
+    ),
+    mock_hidden_size: int = typer.Option(DEFAULT_MOCK_HIDDEN, help="Hidden size of --mock."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write plot.png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Tune a soft prompt with Black-Box Tuning (Sun et al., ICML 2022)."""
+    say = _sayer(quiet)
+
+    if resume is not None:
+        _guard(
+            lambda: _resume(resume, mock or None, base_url, api_key, model, plot, quiet, say),
+            resume,
+        )
+        return
+
+    def prepare() -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        from bbt.tuner import InitialPrompt, TuneConfig, sample_k_shot
+
+        t = _task(task, task_file, template, verbalizer, metric)
+        cfg = TuneConfig(
+            n_tokens=n_tokens,
+            dim=dim,
+            popsize=popsize,
+            sigma=sigma,
+            alpha=alpha,
+            bound=bound,
+            budget=budget,
+            loss=loss,
+            eval_every=eval_every,
+            patience=patience,
+            seed=seed,
+            projection=projection,  # type: ignore[arg-type]
+        )
+        dseed = seed if data_seed is None else data_seed
+        info: dict[str, Any] = {"k_shot": k_shot, "dev_k": dev_k or k_shot, "data_seed": dseed}
+        if data is None:
+            if t.name != "mock":
+                raise TaskError("--data FILE is required (only the mock task has built-in data)")
+            from bbt.server.mock import sample_mock_dataset
+            from bbt.tuner import Example
+
+            pool = [Example({t.fields[0]: s}, y) for s, y in sample_mock_dataset(MOCK_EXAMPLES, 0)]
+            info["source"] = f"bbt.server.mock.sample_mock_dataset({MOCK_EXAMPLES}, 0)"
+        else:
+            pool = _examples(t, data, column, label_column, data_format)
+            info["source"] = str(data)
+        if dev_data is None:
+            train, dev = sample_k_shot(pool, k_shot, dseed, t.num_classes, dev_k=dev_k)
+        else:
+            train, _ = sample_k_shot(pool, k_shot, dseed, t.num_classes, dev_k=0)
+            dpool = _examples(t, dev_data, column, label_column, data_format)
+            dev, _ = sample_k_shot(dpool, dev_k or k_shot, dseed + 1, t.num_classes, dev_k=0)
+            info["dev_source"] = str(dev_data)
+        p0 = InitialPrompt.parse(init, seed=seed)
+        return t, cfg, train, dev, {"p0": p0, "info": info}
+
+    t, cfg, train, dev, extra = _guard(prepare)
+    run_dir = out or _default_out(t.name)
+
+    def go() -> None:
+        from bbt.tuner import tune
+
+        with ExitStack() as stack:
+            svc, svc_info = stack.enter_context(
+                _service(
+                    mock=mock,
+                    mock_hidden_size=mock_hidden_size,
+                    base_url=base_url,
+                    api_key=api_key,
+                    model=model,
+                    say=say,
+                )
+            )
+            bar = stack.enter_context(_Progress(cfg.budget, t.metric, quiet))
+            say(f"tuning {t.name} on {len(train)} train / {len(dev)} dev examples -> {run_dir}")
+            result = tune(
+                svc,
+                t,
+                train,
+                dev,
+                cfg,
+                initial_prompt=extra["p0"],
+                run_dir=run_dir,
+                callbacks=[bar],
+                base_url=svc_info.get("base_url"),
+                data_info=extra["info"],
+                service_info=svc_info,
+                plot=plot,
+            )
+        _summary(result, say)
+
+    _guard(go, run_dir)
+
+
+def _resume(
+    run_dir: Path,
+    mock: bool | None,
+    base_url: str | None,
+    api_key: str | None,
+    model: str | None,
+    plot: bool,
+    quiet: bool,
+    say: Callable[[str], None],
+) -> None:
+    from bbt.tuner import read_manifest, resume
+
+    manifest = read_manifest(run_dir)
+    with ExitStack() as stack:
+        svc, _ = stack.enter_context(_service_for_run(run_dir, mock, base_url, api_key, model, say))
+        bar = stack.enter_context(
+            _Progress(int(manifest["config"]["budget"]), manifest["task"]["metric"], quiet)
+        )
+        say(f"resuming {run_dir}")
+        result = resume(run_dir, svc, callbacks=[bar], plot=plot)
+    _summary(result, say)
+
+
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    data: Path = typer.Option(..., "--data", help="Labelled examples (TSV, CSV, JSONL)."),
+    column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
+    label_column: str | None = typer.Option(None, help="Label column (default: the task's)."),
+    data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
+    base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
+    api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env)."),
+    model: str | None = typer.Option(None, help="Model id."),
+    mock: bool | None = typer.Option(None, "--mock/--no-mock", help="Use the in-process mock."),
+) -> None:
+    """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
+
+    def go() -> None:
+        from bbt.tuner import TunedPrompt
+
+        with _service_for_run(run_dir, mock, base_url, api_key, model, _say_err) as (svc, _):
+            tp = TunedPrompt.load(run_dir, svc)
+            examples = _examples(tp.task, data, column, label_column, data_format)
+            metrics = tp.evaluate(examples)
+        typer.echo(json.dumps(metrics))
+
+    _guard(go)
+
+
+def predict_command(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    texts: list[str] = typer.Argument(None, help="Texts to classify (single-field tasks)."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="Inputs from a TSV/CSV/JSONL file."
+    ),
+    column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
+    data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
+    base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
+    api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env)."),
+    model: str | None = typer.Option(None, help="Model id."),
+    mock: bool | None = typer.Option(None, "--mock/--no-mock", help="Use the in-process mock."),
+) -> None:
+    """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
+
+    def go() -> None:
+        from bbt.tuner import TunedPrompt
+
+        if bool(texts) == (file is not None):
+            raise TaskError("give texts as arguments or --file FILE (one of the two)")
+        with _service_for_run(run_dir, mock, base_url, api_key, model, _say_err) as (svc, _):
+            tp = TunedPrompt.load(run_dir, svc)
+            inputs: list[Any]
+            if file is not None:
+                examples = _examples(tp.task, file, column, None, data_format, labels=False)
+                inputs = [dict(e.fields) for e in examples]
+            else:
+                inputs = list(texts)
+            preds = tp.predict(inputs)
+        for item, pred in zip(inputs, preds, strict=True):
+            sys.stdout.write(json.dumps({"input": item, **pred.as_dict()}) + "\n")
+
+    _guard(go)
+
+
+def _sayer(quiet: bool) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if not quiet:
+            typer.echo(message, err=True)
+
+    return say
+
+
+def _say_err(message: str) -> None:
+    typer.echo(message, err=True)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``tune``, ``eval`` and ``predict`` to ``app``."""
+    app.command("tune")(tune_command)
+    app.command("eval")(eval_command)
+    app.command("predict")(predict_command)

@@ -334,6 +334,7 @@ def tune(
     callbacks: Sequence[Callback] = (),
     base_url: str | None = None,
     data_info: dict[str, Any] | None = None,
+    service_info: dict[str, Any] | None = None,
     plot: bool = True,
     overwrite: bool = False,
 ) -> TuneResult:
@@ -341,7 +342,8 @@ def tune(
 
     With ``run_dir`` every generation is checkpointed there and the artifacts are written
     at the end (see this module's docstring); without it the run stays in memory. The
-    manifest records ``base_url`` (or the service's own, if it has one) without credentials.
+    manifest records ``base_url`` (or the service's own, if it has one) without credentials,
+    and ``service_info`` (e.g. how to rebuild an in-process service) next to it.
     """
     task_obj = get_preset(task) if isinstance(task, str) else task
     cfg = config or TuneConfig()
@@ -364,7 +366,10 @@ def tune(
             "mask_token": info.mask_token,
             "embedding_std": info.embedding_std,
         },
-        "service": {"base_url": safe_url(base_url or getattr(service, "base_url", None))},
+        "service": {
+            **{k: v for k, v in (service_info or {}).items() if k != "base_url"},
+            "base_url": safe_url(base_url or getattr(service, "base_url", None)),
+        },
         "task": task_obj.as_dict(),
         "candidate_ids": tuner.candidate_ids,
         "config": cfg.as_dict(),

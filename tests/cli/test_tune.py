@@ -1,0 +1,126 @@
+"""``bbt tune``, ``bbt eval`` and ``bbt predict`` against the in-process mock model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bbt.cli import app
+from bbt.tuner import read_manifest
+
+runner = CliRunner()
+SMALL = ["--mock", "--mock-hidden-size", "32", "-n", "5", "-d", "20", "--popsize", "8", "-q"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
+
+
+def test_tune_then_eval_then_predict(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["tune", "--task", "mock", "--budget", "80", "--out", str(run), *SMALL])
+    assert r.exit_code == 0, r.output
+    m = read_manifest(run)
+    assert m["status"] == "completed"
+    assert m["service"] == {"kind": "mock", "hidden_size": 32, "base_url": None}
+    assert m["data"]["k_shot"] == 16
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"text": t, "label": y}) for t, y in [("vate sato", 0), ("pepe", 1)])
+    )
+    r = runner.invoke(app, ["eval", str(run), "--data", str(data)])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert metrics["n"] == 2
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+    r = runner.invoke(app, ["predict", str(run), "vate sato kune", "pepe vate"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert [x["input"] for x in lines] == ["vate sato kune", "pepe vate"]
+    assert all(set(x["probs"]) == {"negative", "positive"} for x in lines)
+
+    r = runner.invoke(app, ["predict", str(run), "--file", str(data)])
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.strip().splitlines()) == 2
+
+
+def test_tune_with_data_file_and_custom_task(tmp_path: Path) -> None:
+    run = tmp_path / "c"
+    r = runner.invoke(
+        app,
+        [
+            "tune",
+            "--template",
+            "{review} It was {mask} .",
+            "--verbalizer",
+            "0=bad,1=great",
+            "--data",
+            str(EXAMPLES / "sst2.tsv"),
+            "--column",
+            "review=sentence",
+            "-k",
+            "4",
+            "--budget",
+            "16",
+            "--out",
+            str(run),
+            *SMALL,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    m = read_manifest(run)
+    assert m["task"]["template"] == "{review} It was {mask} ."
+    assert m["data"]["n_train"] == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "imdb"], "unknown task 'imdb'"),
+        (["--task", "sst2"], "--data FILE is required"),
+        (["--task", "mock", "--popsize", "1"], "popsize must be at least 2"),
+        (["--task", "mock", "--loss", "mse"], "loss must be one of"),
+        (["--task", "mock", "-k", "500"], "too few examples per class"),
+        (["--task", "mock", "--init", "vocab:99999"], "past the vocabulary"),
+        (
+            [
+                "--template",
+                "{text} {mask}",
+                "--verbalizer",
+                "0=bad,1=great fun",
+                "-k",
+                "2",
+                "--data",
+                str(EXAMPLES / "sst2.tsv"),
+            ],
+            "is 2 tokens",
+        ),
+        (["--task", "sst2", "--data", "missing.tsv"], "cannot read data file"),
+        (["--resume", "nowhere"], "not a run directory"),
+        (["--task", "mock", "--template", "{text} {mask}"], "name the task once"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_a_non_zero_exit(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    r = runner.invoke(app, ["tune", *SMALL, "--out", str(tmp_path / "x"), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_eval_and_predict_errors(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["predict", str(tmp_path), "some text"])
+    assert r.exit_code == 2
+    assert "not a run directory" in r.output
+    run = tmp_path / "run"
+    runner.invoke(app, ["tune", "--task", "mock", "--budget", "16", "--out", str(run), *SMALL])
+    r = runner.invoke(app, ["predict", str(run)])
+    assert r.exit_code == 2
+    assert "one of the two" in r.output
+    r = runner.invoke(app, ["eval", str(run), "--data", str(tmp_path / "none.csv")])
+    assert r.exit_code == 2
+    assert "cannot read data file" in r.output
