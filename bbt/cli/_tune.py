@@ -92,7 +92,7 @@ def _service(
             f"server is not available ({exc}); install it with: pip install 'bbt[serve]'"
         ) from None
     say("no service URL configured: starting the embedded default server (stopped at the end)")
-    with embedded_server() as url:
+    with embedded_server(say=say) as url:
         say(f"embedded server listening at {url}")
         with Client.from_settings(settings.model_copy(update={"base_url": url})) as client:
             yield client, {"kind": "embedded", "base_url": url}
