@@ -1,0 +1,128 @@
+"""Helpers shared by the benchmark scripts: data splits, the model, result files.
+
+Data: the splits of ``scripts/quality_data.py`` (the embedded-quality benchmark's), so every
+figure here is measured on the same held-out rows as docs/server.md's: k-shot train and dev
+sets are drawn from the pool, which shares no text with the held-out rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import quality_data  # noqa: E402
+
+#: The paper's templates (Sun et al., 2022, Table 6) with the model's mask token filled in
+#: later, and the label order of ``../shared/data``. Both implementations use these texts.
+TEMPLATES = {"sst2": "{text} . It was {mask} .", "agnews": "{mask} News: {text}"}
+LABELS = {"sst2": ("0", "1"), "agnews": ("World", "Sports", "Business", "Sci/Tech")}
+
+
+def k_shot(task: str, k: int, seed: int) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
+    """k per class for train and the next k per class for dev, the way the paper's code
+    draws them (``construct_true_few_shot_data``): shuffle the pool's indices with a seeded
+    NumPy RNG and walk them, filling train first, then dev."""
+    pool = quality_data.pool_rows(task)
+    if task == "sst2":  # short phrases carry little sentiment (see quality_data)
+        pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
+    order = np.random.RandomState(seed).permutation(len(pool))
+    train: list[quality_data.Row] = []
+    dev: list[quality_data.Row] = []
+    counts_train = dict.fromkeys(LABELS[task], 0)
+    counts_dev = dict.fromkeys(LABELS[task], 0)
+    for i in order:
+        row = pool[int(i)]
+        if counts_train[row.label] < k:
+            train.append(row)
+            counts_train[row.label] += 1
+        elif counts_dev[row.label] < k:
+            dev.append(row)
+            counts_dev[row.label] += 1
+        if len(train) + len(dev) == 2 * k * len(LABELS[task]):
+            break
+    return train, dev
+
+
+def heldout(task: str, size: int) -> list[quality_data.Row]:
+    rows = quality_data.heldout_rows(task)
+    if size > len(rows):
+        raise SystemExit(f"only {len(rows)} held-out rows for {task}")
+    return list(rows[:size])
+
+
+def render(task: str, rows: list[quality_data.Row], mask: str) -> list[str]:
+    return [TEMPLATES[task].format(text=r.text, mask=mask) for r in rows]
+
+
+def labels(task: str, rows: list[quality_data.Row]) -> np.ndarray[Any, Any]:
+    index = {lab: i for i, lab in enumerate(LABELS[task])}
+    return np.array([index[r.label] for r in rows], dtype=np.int64)
+
+
+def to_examples(task: str, rows: list[quality_data.Row]) -> list[Any]:
+    """The same rows as ``bbt.tuner.Example`` for the preset's template field."""
+    from bbt.tuner import Example, get_preset
+
+    field = get_preset(task).fields[0]
+    y = labels(task, rows)
+    return [Example({field: r.text}, int(lab)) for r, lab in zip(rows, y, strict=True)]
+
+
+def load_backend(dtype: str = "bfloat16", threads: int = 2, head: str = "auto") -> Any:
+    """The embedded default model (MiniLM, bbt's default head) in this process."""
+    from bbt.server.hf import HFBackend
+
+    return HFBackend(head=head, dtype=dtype, num_threads=threads)  # type: ignore[arg-type]
+
+
+def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Accuracy of each prompt; logits [P, B, C]."""
+    return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "gpu": None,
+    }
+
+
+def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Write ``record`` (with the command, machine and date) to ``<out_dir>/<name>.json``."""
+    out = out_dir or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    full = {
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        **record,
+    }
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(full, indent=1, default=_jsonable) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
