@@ -1,0 +1,233 @@
+"""Client-side cost of one BBT generation at paper scale, with a model that costs nothing.
+
+Paper scale (Sun et al., ICML 2022): n = 50 prompt tokens, H = 1024 (RoBERTa-large),
+d = 500, a population of P = 20, B = 32 training texts (SST-2, 16-shot), C = 2. The model is
+a trivial backend that answers zeros instantly; it sits behind the real server core and is
+reached through the real :class:`bbt.Client` over an in-process transport
+(:class:`bbt.testing.CoreTransport`: no sockets), so everything bbt itself does per
+generation is on the clock:
+
+- ``projection``: p = A z + p0 for the population (``Tuner.prompts``);
+- ``encoding``: the client's request planning (float32 -> base64 tensor, pydantic model,
+  the pre-flight ``check_logits_request``) and JSON serialisation of the body;
+- ``transport``: the in-process round trip, i.e. the server side (parse, validate, decode,
+  call the zero backend, encode the answer); with a real network this is where latency goes;
+- ``decoding``: response JSON parsing and base64 -> float32 logits;
+- ``loss``: cross-entropy over the population, [P, B, C] -> [P];
+- ``cma`` (reported apart): pycma's ask + tell and the pickle round trip of its state
+  that every generation's checkpoint needs.
+
+The ratio compares the sum of the five phases above with the bare projection matmul
+(``Z @ A``, float32) timed in the same run. Phases are timed by wrapping the client's own
+methods; medians over the measured generations.
+
+    .venv/bin/python benchmarks/client_overhead.py [--generations 30]
+
+Prints the figures and writes them to benchmarks/results/client_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import bbt.client._client as client_module
+from bbt.client import Client
+from bbt.protocol import Limits, ModelInfo, Usage
+from bbt.server.backend import Backend, FloatArray, IntArray
+from bbt.server.settings import ServerSettings
+from bbt.testing import MOCK_BASE_URL, CoreTransport
+from bbt.tuner import Example, TuneConfig, Tuner, cross_entropy, get_preset, load_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+N, H, D, P, B = 50, 1024, 500, 20, 32
+PHASES = ("projection", "encoding", "transport", "decoding", "loss")
+
+
+class ZeroBackend(Backend):
+    """A 'model' that answers zeros at once: only bbt's own work is left to time."""
+
+    def __init__(self) -> None:
+        self._vocab: dict[str, int] = {}
+        self._info = ModelInfo(
+            id="zero",
+            hidden_size=H,
+            vocab_size=50_000,
+            num_layers=1,
+            max_sequence_length=512,
+            mask_token="<mask>",
+            mask_token_id=4,
+            embedding_mean=0.0,
+            embedding_std=0.05,  # about RoBERTa-large's
+            dtypes=["float32", "float16"],
+            limits=Limits(
+                max_prompts_per_request=64,
+                max_texts_per_request=256,
+                max_sequences_per_request=8192,
+                max_prompt_tokens=128,
+                max_candidates=64,
+                max_text_chars=4096,
+                max_embedding_ids=4096,
+                max_body_bytes=64 * 1024 * 1024,
+            ),
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def tokenize(
+        self, texts: list[str], add_special_tokens: bool = False
+    ) -> tuple[list[list[int]], list[list[str]]]:
+        toks = [t.split() for t in texts]
+        return [[self._vocab.setdefault(w, 10 + len(self._vocab)) for w in t] for t in toks], toks
+
+    def embed(self, token_ids: IntArray) -> FloatArray:
+        return np.zeros((len(token_ids), H), dtype=np.float32)
+
+    def logits(
+        self, prompts: FloatArray, texts: list[str], candidate_ids: IntArray
+    ) -> tuple[FloatArray, Usage]:
+        p, b = prompts.shape[0], len(texts)
+        out = np.zeros((p, b, len(candidate_ids)), dtype=np.float32)
+        return out, Usage(prompts=p, sequences=p * b, tokens=p * b * 64)
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+
+    def wrap(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.current[phase] += time.perf_counter() - t0
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        out = dict(self.current)
+        self.current = defaultdict(float)
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--generations", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=RESULTS / "client_overhead.json")
+    args = ap.parse_args()
+
+    task = get_preset("sst2")
+    rows = load_examples(ROOT / "examples" / "data" / "sst2.tsv", task)
+    train = rows[:B]
+    dev = [Example(dict(r.fields), r.label) for r in rows[B : 2 * B]]
+
+    timers = Timers()
+    transport = CoreTransport(ZeroBackend(), ServerSettings(api_keys=[]))
+    client = Client(MOCK_BASE_URL, transport=transport, env_file=None)
+    # Wrap the client's own steps (the real code path; see the module docstring).
+    planner = client_module.plan_logits  # type: ignore[attr-defined]
+    client_module.plan_logits = timers.wrap("encoding", planner)  # type: ignore[attr-defined]
+    build = client._build_request
+    client._build_request = timers.wrap("encoding", build)  # type: ignore[method-assign]
+    client._http.send = timers.wrap("transport", client._http.send)  # type: ignore[method-assign]
+    client._parse = timers.wrap("decoding", client._parse)  # type: ignore[method-assign]
+    client._logits_into = timers.wrap("decoding", client._logits_into)  # type: ignore[method-assign]
+
+    t0 = time.perf_counter()
+    cfg = TuneConfig(n_tokens=N, dim=D, popsize=P, budget=10**9, eval_every=10**9)
+    tuner = Tuner(client, task, train, dev, cfg)
+    setup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tuner.projection.__init__(tuner.recipe)  # type: ignore[misc]  # time A's generation alone
+    generate_s = time.perf_counter() - t0
+    timers.take()
+
+    per_gen: list[dict[str, float]] = []
+    matmul: list[float] = []
+    for g in range(args.warmup + args.generations):
+        t = time.perf_counter()
+        pop = tuner.ask()
+        cma_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        z32 = pop.astype(np.float32)
+        _ = z32 @ tuner.projection.matrix
+        bare = time.perf_counter() - t
+
+        t = time.perf_counter()
+        prompts = tuner.prompts(pop)
+        proj_s = time.perf_counter() - t
+
+        logits = client.logits(prompts, tuner.train_texts, tuner.candidate_ids)
+
+        t = time.perf_counter()
+        losses = cross_entropy(logits, tuner.train_labels)
+        loss_s = time.perf_counter() - t
+
+        t = time.perf_counter()
+        tuner.tell(losses)
+        cma_s += time.perf_counter() - t
+
+        phases = timers.take()
+        if g >= args.warmup:
+            per_gen.append({"projection": proj_s, "loss": loss_s, "cma": cma_s, **phases})
+            matmul.append(bare)
+
+    def med(key: str) -> float:
+        return statistics.median(x.get(key, 0.0) for x in per_gen) * 1000
+
+    ms = {k: med(k) for k in (*PHASES, "cma")}
+    total = sum(ms[k] for k in PHASES)
+    bare_ms = statistics.median(matmul) * 1000
+    result = {
+        "scale": {"n": N, "H": H, "d": D, "P": P, "B": B, "C": len(tuner.candidate_ids)},
+        "generations": args.generations,
+        "ms_per_generation": {k: round(v, 3) for k, v in ms.items()},
+        "overhead_ms_per_generation": round(total, 3),
+        "bare_projection_matmul_ms": round(bare_ms, 3),
+        "overhead_to_matmul_ratio": round(total / bare_ms, 2),
+        "projection_matrix": {
+            "generate_s": round(generate_s, 3),
+            "megabytes": tuner.recipe.nbytes / 1e6,
+        },
+        "setup_s": round(setup_s, 3),
+        "request_body_bytes": client.usage.bytes_sent // max(client.usage.requests, 1),
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
+    }
+    print(f"client-side cost per generation at n={N}, H={H}, d={D}, P={P}, B={B} (median ms):")
+    for k in PHASES:
+        print(f"  {k:<11}{ms[k]:9.2f}")
+    print(
+        f"  {'total':<11}{total:9.2f}   ({total / bare_ms:.1f}x the bare Z @ A matmul, "
+        f"{bare_ms:.2f} ms)"
+    )
+    print(f"  {'cma':<11}{ms['cma']:9.2f}   (pycma ask + tell + state pickle, reported apart)")
+    print(f"  A: {tuner.recipe.nbytes / 1e6:.1f} MB, generated in {generate_s:.2f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
