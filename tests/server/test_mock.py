@@ -138,3 +138,19 @@ def test_bbt_reaches_90_percent_within_1000_calls(seed: int) -> None:
     assert reached is not None
     assert reached <= 1000
     assert test_acc >= 0.85
+
+
+def test_logits_are_bitwise_independent_of_the_split() -> None:
+    backend = MockBackend(hidden_size=128)
+    texts, _ = _wrap(sample_mock_dataset(6, seed=4))
+    prompts = (np.random.default_rng(0).standard_normal((5, 7, 128)) * 0.05).astype(np.float32)
+    cands = np.array([17, 18, 20])
+    whole, _ = backend.logits(prompts, texts, cands)
+    for i in range(5):
+        for j in range(6):
+            one, _ = backend.logits(prompts[i : i + 1], texts[j : j + 1], cands)
+            assert one[0, 0].tobytes() == whole[i, j].tobytes()
+    halves = np.concatenate(
+        [backend.logits(prompts[:2], texts, cands)[0], backend.logits(prompts[2:], texts, cands)[0]]
+    )
+    assert halves.tobytes() == whole.tobytes()
