@@ -15,10 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from bbt.protocol import ErrorType, ModelInfo, Usage
+from bbt.protocol import ErrorType, ModelInfo, ProtocolViolation, Usage
 from bbt.server import MockBackend, ServerSettings
+from bbt.server._core import STATUS_OF
 from bbt.server.app import create_app
 from bbt.server.backend import FloatArray, IntArray
+from bbt.testing import CoreTransport
 
 from .helpers import assert_envelope, logits_body
 
@@ -316,3 +318,35 @@ def test_max_concurrency_allows_overlap(make_client: MakeClient) -> None:
 
 def test_info_is_the_backend_info(client: TestClient, mock: MockBackend) -> None:
     assert ModelInfo.model_validate(client.get("/v1/models").json()["data"][0]) == mock.info
+
+
+class _Refusing(MockBackend):
+    """Raises the ProtocolViolation it is given from every tokenize call."""
+
+    def __init__(self, error_type: ErrorType) -> None:
+        super().__init__()
+        self.error_type = error_type
+
+    def tokenize(
+        self, texts: list[str], add_special_tokens: bool = False
+    ) -> tuple[list[list[int]], list[list[str]]]:
+        raise ProtocolViolation("refused", field="texts.0", error_type=self.error_type)
+
+
+@pytest.mark.parametrize("error_type", list(ErrorType))
+def test_every_error_class_has_its_status(make_client: MakeClient, error_type: ErrorType) -> None:
+    client = make_client(_Refusing(error_type))
+    r = client.post("/v1/tokenize", json={"model": "bbt-mock", "texts": ["a"]})
+    env = assert_envelope(r, STATUS_OF[error_type])
+    assert env.error.type == error_type
+    assert env.error.field == "texts.0"
+    # The in-process transport answers identically.
+    core = httpx.Client(transport=CoreTransport(_Refusing(error_type)), base_url="http://x")
+    same = core.post("/v1/tokenize", json={"model": "bbt-mock", "texts": ["a"]})
+    assert (same.status_code, same.json()) == (r.status_code, r.json())
+
+
+def test_status_table_is_complete() -> None:
+    assert set(STATUS_OF) == set(ErrorType)
+    assert all(400 <= s < 600 for s in STATUS_OF.values())
+    assert all(s >= 500 for t, s in STATUS_OF.items() if t.value in ("server_error", "unavailable"))
