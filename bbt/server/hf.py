@@ -422,7 +422,14 @@ class HFBackend(Backend):
 
     @property
     def token_budget(self) -> int:
+        """Most padded tokens in one forward pass (at least one sequence runs per pass)."""
         return self._token_budget
+
+    @token_budget.setter
+    def token_budget(self, value: int) -> None:
+        if value < 1:
+            raise ConfigurationError(f"token_budget must be positive, got {value}")
+        self._token_budget = value
 
     def tokenize(
         self, texts: list[str], add_special_tokens: bool = False
@@ -442,7 +449,7 @@ class HFBackend(Backend):
     def logits(
         self, prompts: FloatArray, texts: list[str], candidate_ids: IntArray
     ) -> tuple[FloatArray, Usage]:
-        cand = np.asarray(candidate_ids, dtype=np.int64)
+        cand = np.ascontiguousarray(candidate_ids, dtype=np.int64)
         if cand.ndim != 1 or cand.size == 0 or cand.min() < 0 or cand.max() >= self._vocab:
             raise ProtocolViolation("candidate ids out of range", field="candidate_ids")
         return self._run(prompts, texts, cand)
@@ -459,7 +466,7 @@ class HFBackend(Backend):
         self, prompts: FloatArray, texts: list[str], cand: IntArray | None
     ) -> tuple[FloatArray, Usage]:
         torch = self._torch
-        prompts = np.asarray(prompts, dtype=np.float32)
+        prompts = np.ascontiguousarray(prompts, dtype=np.float32)
         if prompts.ndim != 3 or prompts.shape[2] != self._hidden:
             raise ProtocolViolation(
                 f"prompts must have shape [P, n, {self._hidden}]", field="prompts.shape"

