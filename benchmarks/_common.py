@@ -57,6 +57,16 @@ def k_shot(task: str, k: int, seed: int) -> tuple[list[quality_data.Row], list[q
     return train, dev
 
 
+def sample_rows(task: str, count: int, seed: int) -> list[quality_data.Row]:
+    """``count`` rows from before the held-out region, by seed: realistic inputs for
+    measurements that train nothing (no overlap check, so it is fast)."""
+    rows = quality_data.read_task(task)[: quality_data.heldout_region_start(task)]
+    if task == "sst2":
+        rows = tuple(r for r in rows if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
+    picked = np.random.RandomState(seed).choice(len(rows), size=count, replace=False)
+    return [rows[int(i)] for i in picked]
+
+
 def heldout(task: str, size: int) -> list[quality_data.Row]:
     rows = quality_data.heldout_rows(task)
     if size > len(rows):

@@ -45,14 +45,14 @@ TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
 def token_lengths(k: int, seed: int, smoke: bool) -> list[int]:
-    """Tokens per SST-2 training example (with [CLS]/[SEP]) in the paper's template."""
+    """Tokens (with [CLS]/[SEP]) of 2k SST-2 training sentences in the paper's template."""
     import transformers
 
     from bbt.server.hf import default_model_path
 
     tok = transformers.AutoTokenizer.from_pretrained(str(default_model_path()))
-    train, _ = _common.k_shot("sst2", k, seed)
-    texts = _common.render("sst2", train, tok.mask_token)
+    rows = _common.sample_rows("sst2", 2 * k, seed)
+    texts = _common.render("sst2", rows, tok.mask_token)
     if smoke:
         texts = texts[:2]
     return [len(ids) for ids in tok(texts)["input_ids"]]

@@ -1,0 +1,113 @@
+"""Every benchmark script, run in ``--smoke`` mode (tiny sizes), so none of them can rot.
+
+Each test runs the script's ``main`` in-process with ``--out-dir`` in a temporary folder and
+checks that it printed its figures and wrote its JSON (and plot). The figures themselves are
+not checked: at smoke sizes they mean nothing. Scripts that load the real model are marked
+``model``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("BBT_BASE_URL", raising=False)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+def _module(name: str) -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def _run(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    mod = _module(name)
+    code = mod.main(["--smoke", "--out-dir", str(tmp_path), *extra])
+    assert code == 0
+    return capsys.readouterr().out
+
+
+def _json(path: Path) -> dict[str, Any]:
+    assert path.is_file(), f"{path} was not written"
+    data: dict[str, Any] = json.loads(path.read_text())
+    assert data["command"]
+    assert data["machine"]["cpus"]
+    return data
+
+
+def test_wire_bytes_prints_paper_scale_bodies(capsys: pytest.CaptureFixture[str]) -> None:
+    _module("wire_bytes").main()
+    out = capsys.readouterr().out
+    assert "| float32 |" in out
+    assert "| float16 |" in out
+
+
+def test_wire_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("wire_cost", tmp_path, capsys)
+    assert "| vLLM prompt_embeds | bfloat16 |" in out
+    assert "| bbt protocol v1 | float16 |" in out
+    data = _json(tmp_path / "wire_cost_smoke.json")
+    assert {r["encoding"] for r in data["rows"]} == {"float32", "float16", "bfloat16"}
+    assert all(r["up"] > 0 and r["down"] > 0 for r in data["rows"])
+
+
+def test_reference_losses_match_their_definitions() -> None:
+    import numpy as np
+
+    ref = _module("reference_bbt")
+    logits = np.array([[2.0, 0.0], [0.0, 1.0]])
+    y = np.array([0, 0])
+    # CE: mean of -log softmax at the gold class.
+    expected = float(np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0))]))
+    assert ref.ce_loss(logits, y) == pytest.approx(expected)
+    # Hinge, margin 2: max(0, 0 - 2 + 2) = 0 and max(0, 1 - 0 + 2) = 3, over 2 examples.
+    assert ref.hinge_loss(logits, y) == pytest.approx(1.5)
+
+
+@pytest.mark.model
+def test_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("parity", tmp_path, capsys)
+    assert "| API calls | reference held-out" in out
+    assert "[reference" in out
+    assert "[bbt" in out
+    data = _json(tmp_path / "parity_smoke.json")
+    assert {r["impl"] for r in data["runs"]} == {"reference", "bbt"}
+    # Same budget accounting: both spent the same training calls.
+    calls = {r["impl"]: r["calls"] for r in data["runs"]}
+    assert calls["reference"] == calls["bbt"] == data["checkpoints"][-1]
+    assert (tmp_path / "parity_smoke.png").stat().st_size > 0
+
+
+@pytest.mark.model
+def test_throughput_scaling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("throughput_scaling", tmp_path, capsys)
+    assert "B sweep" in out
+    assert "n sweep" in out
+    data = _json(tmp_path / "throughput_scaling_smoke.json")
+    assert all(r["batched_seq_per_s"] > 0 for r in data["by_batch"] + data["by_n"])
+    assert (tmp_path / "throughput_scaling_smoke.png").stat().st_size > 0
+
+
+@pytest.mark.model
+def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("end_to_end", tmp_path, capsys)
+    assert "| agnews |" in out
+    data = _json(tmp_path / "end_to_end_smoke.json")
+    (run,) = data["runs"]
+    assert run["calls"] > 0
+    assert run["wall_seconds"] > 0
+    assert run["stop_reason"] in ("early_stopping", "budget")
