@@ -45,7 +45,7 @@ from bbt.tuner.data import Example, read_jsonl, write_jsonl
 from bbt.tuner.plot import plot_history
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.tasks import Task, get_preset
-from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner
+from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner, import_cma
 
 log = logging.getLogger("bbt.tuner")
 
@@ -134,7 +134,7 @@ def safe_url(url: str | None) -> str | None:
 
 
 def versions() -> dict[str, str]:
-    import cma
+    cma = import_cma()
 
     return {
         "bbt": __version__,

@@ -170,6 +170,15 @@ class _State:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def import_cma() -> Any:
+    """pycma, imported lazily; it warns when matplotlib (only needed for its own plots) is
+    missing, which says nothing about tuning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*matplotlib.*")
+        import cma
+    return cma
+
+
 def _cma_seed(seed: int) -> int:
     # A 32-bit seed for CMA-ES's sampler, decorrelated from the projection's PCG64(seed).
     return int(np.random.SeedSequence([seed, 0xC3A]).generate_state(1, dtype=np.uint32)[0]) | 1
@@ -289,7 +298,7 @@ class Tuner:
             np.random.set_state(outside)
 
     def _new_es(self) -> Any:
-        import cma
+        cma = import_cma()
 
         cfg = self.config
         opts: dict[str, Any] = {
