@@ -61,11 +61,13 @@ def hinge(
 
 
 def predictions(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Argmax class along the last axis; a tie goes to the lowest index."""
     x = np.asarray(logits)
     return np.asarray(x.argmax(axis=-1), dtype=np.int64)
 
 
 def accuracy(logits: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> F64:
+    """Share of examples whose argmax class is the label, per candidate."""
     x, y = _prep(logits, labels)
     return np.asarray((predictions(x) == y[None, :]).mean(axis=1), dtype=np.float64)
 
@@ -95,10 +97,12 @@ def f1(logits: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> F64:
 
 
 def neg_accuracy(logits: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> F64:
+    """-accuracy: the paper's "perf" loss (CMA-ES only ranks candidates)."""
     return -accuracy(logits, labels)
 
 
 def neg_f1(logits: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> F64:
+    """-F1 (see :func:`f1`)."""
     return -f1(logits, labels)
 
 
@@ -114,18 +118,21 @@ _METRICS: dict[str, LossFn] = {"accuracy": accuracy, "f1": f1}
 
 
 def get_loss(name: str) -> LossFn:
+    """The loss called ``name`` (one of :data:`LOSSES`)."""
     if name not in _LOSSES:
         raise ConfigurationError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return _LOSSES[name]
 
 
 def get_metric(name: str) -> LossFn:
+    """The metric called ``name``: ``accuracy`` or ``f1``."""
     if name not in _METRICS:
         raise ConfigurationError(f"unknown metric {name!r}; choose accuracy or f1")
     return _METRICS[name]
 
 
 def softmax(logits: np.ndarray[Any, Any]) -> F64:
+    """Class probabilities along the last axis (float64, max-shifted for stability)."""
     x = np.asarray(logits, dtype=np.float64)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=np.float64)

@@ -110,6 +110,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a run directory; :class:`RunError` when there is none or it is damaged."""
     path = Path(run_dir) / MANIFEST
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))

@@ -330,6 +330,7 @@ PRESET_NAMES = tuple(sorted(PRESETS))
 
 
 def get_preset(name: str) -> Task:
+    """A preset task by name (case, ``-`` and ``_`` ignored; ``yelp_polarity`` is ``yelp``)."""
     key = name.lower().replace("-", "").replace("_", "")
     aliases = {"yelppolarity": "yelp", "yelpp": "yelp", "sst": "sst2", "ag": "agnews"}
     key = aliases.get(key, key)

@@ -25,10 +25,10 @@ import math
 import pickle
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -149,7 +149,11 @@ class GenerationRecord:
         return asdict(self)
 
 
-Callback = Callable[[GenerationRecord], "bool | None"]
+class Callback(Protocol):
+    """Called after every generation with its record (dev scores included when the
+    generation ran a dev evaluation). Returning ``True`` stops the run after it."""
+
+    def __call__(self, record: GenerationRecord, /) -> bool | None: ...
 
 
 @dataclass
