@@ -124,3 +124,30 @@ def test_eval_and_predict_errors(tmp_path: Path) -> None:
     r = runner.invoke(app, ["eval", str(run), "--data", str(tmp_path / "none.csv")])
     assert r.exit_code == 2
     assert "cannot read data file" in r.output
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_says_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bbt.tuner.tuner import Tuner
+
+    real_step = Tuner.step
+    calls = {"n": 0}
+
+    def step(self: Tuner) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Tuner, "step", step)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["tune", *SMALL, "--task", "mock", "--budget", "80", "--out", str(run)])
+    assert r.exit_code == 130
+    assert f"bbt tune --resume {run}" in r.output
+    assert read_manifest(run)["status"] == "interrupted"
+    monkeypatch.setattr(Tuner, "step", real_step)
+    r = runner.invoke(app, ["tune", "--resume", str(run), "-q"])
+    assert r.exit_code == 0, r.output
+    assert read_manifest(run)["status"] == "completed"
+    assert read_manifest(run)["result"]["calls"] == 80
