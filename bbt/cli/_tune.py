@@ -250,6 +250,9 @@ def tune_command(
     data: Path | None = typer.Option(None, "--data", help="Labelled examples (TSV, CSV, JSONL)."),
     dev_data: Path | None = typer.Option(None, help="Draw the dev set from this file instead."),
     column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
+    text_field: str | None = typer.Option(
+        None, "--text-field", help="Column holding the text of a one-field task."
+    ),
     label_column: str | None = typer.Option(None, help="Label column (default: label)."),
     data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
     k_shot: int = typer.Option(16, "--k-shot", "-k", help="Training examples per class."),
@@ -313,6 +316,14 @@ def tune_command(
             projection=projection,  # type: ignore[arg-type]
         )
         dseed = seed if data_seed is None else data_seed
+        columns = list(column)
+        if text_field is not None:
+            if len(t.fields) != 1:
+                raise TaskError(
+                    f"--text-field needs a one-field task; {t.name!r} has fields "
+                    f"{', '.join(t.fields)}: map each with --column FIELD=COLUMN"
+                )
+            columns.append(f"{t.fields[0]}={text_field}")
         info: dict[str, Any] = {"k_shot": k_shot, "dev_k": dev_k or k_shot, "data_seed": dseed}
         if data is None:
             if t.name != "mock":
@@ -323,13 +334,13 @@ def tune_command(
             pool = [Example({t.fields[0]: s}, y) for s, y in sample_mock_dataset(MOCK_EXAMPLES, 0)]
             info["source"] = f"bbt.server.mock.sample_mock_dataset({MOCK_EXAMPLES}, 0)"
         else:
-            pool = _examples(t, data, column, label_column, data_format)
+            pool = _examples(t, data, columns, label_column, data_format)
             info["source"] = str(data)
         if dev_data is None:
             train, dev = sample_k_shot(pool, k_shot, dseed, t.num_classes, dev_k=dev_k)
         else:
             train, _ = sample_k_shot(pool, k_shot, dseed, t.num_classes, dev_k=0)
-            dpool = _examples(t, dev_data, column, label_column, data_format)
+            dpool = _examples(t, dev_data, columns, label_column, data_format)
             dev, _ = sample_k_shot(dpool, dev_k or k_shot, dseed + 1, t.num_classes, dev_k=0)
             info["dev_source"] = str(dev_data)
         p0 = InitialPrompt.parse(init, seed=seed)
