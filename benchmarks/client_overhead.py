@@ -128,8 +128,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--generations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=RESULTS / "client_overhead.json")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true", help="2 generations (seconds), for CI")
     args = ap.parse_args()
+    if args.smoke:
+        args.generations, args.warmup = 2, 1
+    if args.out is None:
+        name = "client_overhead_smoke" if args.smoke else "client_overhead"
+        args.out = RESULTS / f"{name}.json"
 
     task = get_preset("sst2")
     rows = load_examples(ROOT / "examples" / "data" / "sst2.tsv", task)

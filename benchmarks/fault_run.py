@@ -52,7 +52,10 @@ def main() -> None:
     parser.add_argument("--rate-503", type=float, default=0.3)
     parser.add_argument("--rate-drop", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="fault sequence seed")
+    parser.add_argument("--smoke", action="store_true", help="3 calls (seconds), for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.calls = 3
     # The retries and uvicorn's notes on dropped connections are expected; keep them quiet.
     logging.basicConfig(level=logging.CRITICAL)
 

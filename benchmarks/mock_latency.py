@@ -25,7 +25,10 @@ from bbt.testing import CoreTransport
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--smoke", action="store_true", help="2 repeats (seconds), for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeat = 2
 
     h, p, n, b = 1024, 20, 50, 32
     backend = MockBackend(hidden_size=h)

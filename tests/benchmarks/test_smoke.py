@@ -111,3 +111,38 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run["calls"] > 0
     assert run["wall_seconds"] > 0
     assert run["stop_reason"] in ("early_stopping", "budget")
+
+
+def _script(name: str, *args: str) -> str:
+    """Run a benchmark that parses ``sys.argv`` in a subprocess; return its stdout."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_client_overhead(tmp_path: Path) -> None:
+    out = _script("client_overhead", "--out", str(tmp_path / "co.json"))
+    assert "ratio" in out.lower()
+    data = json.loads((tmp_path / "co.json").read_text())
+    assert data["overhead_to_matmul_ratio"] > 0
+    assert set(data["ms_per_generation"]) >= {"projection", "encoding", "transport", "loss"}
+
+
+def test_mock_latency() -> None:
+    out = _script("mock_latency")
+    assert "MockBackend.logits: median" in out
+    assert "whole request in-process" in out
+
+
+def test_fault_run() -> None:
+    out = _script("fault_run")
+    assert "logits calls completed: 3/3" in out
+    assert "identical=True" in out
