@@ -275,7 +275,9 @@ def tune_command(
         None, "--out", "-o", help="Run directory (default runs/TASK-TIME)."
     ),
     resume: Path | None = typer.Option(
-        None, "--resume", help="Continue the run in this directory."
+        None,
+        "--resume",
+        help="Continue the run in this directory (its manifest fixes task, data and settings).",
     ),
     base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
     api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env); never stored."),

@@ -98,6 +98,8 @@ class TuneConfig:
             problems.append("patience must be at least 1 dev evaluation (or unset)")
         if self.seed < 0:
             problems.append("seed must be non-negative")
+        if self.projection not in ("normal", "uniform"):
+            problems.append("projection must be normal or uniform")
         if problems:
             raise ConfigurationError("; ".join(problems))
 

@@ -82,6 +82,7 @@ def test_tune_with_data_file_and_custom_task(tmp_path: Path) -> None:
         (["--task", "sst2"], "--data FILE is required"),
         (["--task", "mock", "--popsize", "1"], "popsize must be at least 2"),
         (["--task", "mock", "--loss", "mse"], "loss must be one of"),
+        (["--task", "mock", "--projection", "cauchy"], "projection must be normal or uniform"),
         (["--task", "mock", "-k", "500"], "too few examples per class"),
         (["--task", "mock", "--init", "vocab:99999"], "past the vocabulary"),
         (
