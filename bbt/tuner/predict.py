@@ -36,8 +36,8 @@ class TunedPrompt:
     """A tuned soft prompt together with its task, ready to classify new inputs.
 
     ``TunedPrompt.load(run_dir, service)`` reads a finished run. Without a service, the first
-    prediction opens a :class:`bbt.Client` configured from ``BBT_*`` settings (falling back
-    to the base URL the run recorded). The service must serve the model the prompt was
+    prediction opens a :class:`bbt.Client` configured from ``BBT_*`` settings (or ``.env``),
+    falling back to the base URL the run recorded. The service must serve the model the prompt was
     tuned for.
     """
 
@@ -101,16 +101,16 @@ class TunedPrompt:
     @property
     def service(self) -> Service:
         if self._service is None:
-            from bbt.client import Client
+            from bbt.client import Client, ClientSettings
 
-            try:
-                client = Client(base_url=self.base_url) if self.base_url else Client()
-                client.model_info()
-            except ConfigurationError:
+            # Settings (arguments, BBT_* environment, .env) first; the URL the run recorded
+            # only when they name none.
+            url = ClientSettings().base_url or self.base_url
+            if not url:
                 raise ConfigurationError(
                     "no service to predict with: pass service=..., or set BBT_BASE_URL"
-                ) from None
-            self.bind(client)
+                )
+            self.bind(Client(base_url=url))
         if self._service is None:  # pragma: no cover - bind() sets it
             raise ConfigurationError("no service")
         return self._service

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from bbt.client import Client, LocalClient
-from bbt.errors import RunError
+from bbt.errors import ConfigurationError, RunError
 from bbt.server.mock import MockBackend
 from bbt.server.settings import ServerSettings
 from bbt.testing import MOCK_BASE_URL, CoreTransport
@@ -175,3 +175,20 @@ def test_tuned_prompt_predicts_and_evaluates(
     assert ev["accuracy"] == pytest.approx(res.dev_metric)
     with pytest.raises(RunError, match="tuned for model"):
         TunedPrompt.load(run, LocalClient(MockBackend(hidden_size=64)))
+
+
+def test_tuned_prompt_without_a_service_needs_a_url(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    service: LocalClient,
+    mock_task: Task,
+    split: Split,
+) -> None:
+    monkeypatch.delenv("BBT_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    train, dev = split
+    run = tmp_path / "u"
+    tune(service, mock_task, train, dev, small_config(budget=16), run_dir=run)
+    tp = TunedPrompt.load(run)
+    with pytest.raises(ConfigurationError, match="BBT_BASE_URL"):
+        tp.predict(["vate sato"])
