@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -7,7 +11,7 @@ import pytest
 
 from bbt.client import LocalClient
 from bbt.errors import ConfigurationError, TaskError
-from bbt.tuner import Example, GenerationRecord, Task, TuneConfig, Tuner, tune
+from bbt.tuner import Example, GenerationRecord, Task, TuneConfig, Tuner, read_manifest, tune
 
 from .conftest import small_config
 
@@ -148,3 +152,27 @@ def test_options_run(
     assert tuner.selected is not None
     if "bound" in kw and tuner.best is not None:
         assert np.abs(tuner.best.z).max() <= 0.5
+
+
+@pytest.mark.slow
+def test_acceptance_mock_reaches_90_percent_within_1000_calls(tmp_path: Path) -> None:
+    # The acceptance check with `bbt tune`'s defaults (n = 50, d = 500, P = 20, 16-shot) on
+    # the mock model (H = 64), one seed; examples/mock_three_seeds.sh runs three. In a
+    # subprocess with one BLAS thread: pycma's d = 500 eigendecomposition crawls when BLAS
+    # threads fight over a busy machine.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    code = "import sys; from bbt.cli import main; sys.argv = ['bbt', *sys.argv[1:]]; main()"
+    args = ["tune", "--task", "mock", "--mock", "--seed", "1", "--budget", "1000"]
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args, "--no-plot", "-q", "--out", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    result = read_manifest(run)["result"]
+    assert result["initial_dev_accuracy"] < 0.7  # near chance: 32 dev examples, 2 classes
+    assert result["dev_accuracy"] >= 0.9
+    assert result["calls"] <= 1000
