@@ -7,6 +7,7 @@ sets are drawn from the pool, which shares no text with the held-out rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -92,8 +93,10 @@ def to_examples(task: str, rows: list[quality_data.Row]) -> list[Any]:
     return [Example({field: r.text}, int(lab)) for r, lab in zip(rows, y, strict=True)]
 
 
+@functools.lru_cache(maxsize=2)
 def load_backend(dtype: str = "bfloat16", threads: int = 2, head: str = "auto") -> Any:
-    """The embedded default model (MiniLM, bbt's default head) in this process."""
+    """The embedded default model (MiniLM, bbt's default head) in this process, loaded once
+    per process and settings (the smoke tests run several scripts in one process)."""
     from bbt.server.hf import HFBackend
 
     return HFBackend(head=head, dtype=dtype, num_threads=threads)  # type: ignore[arg-type]

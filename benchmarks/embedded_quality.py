@@ -246,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-probe", action="store_true")
     ap.add_argument("--no-bbt", action="store_true")
     ap.add_argument("--tag", default=None, help="results file name (default derived)")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.seeds, args.shots, args.budget, args.popsize = args.seeds[:1], 1, 4, 2
+        args.n_tokens, args.dim, args.eval_every, args.heldout = 2, 4, 1, 8
+        args.tag = args.tag or f"quality_{args.task}_smoke"
 
     import torch
 
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'-' if secs is None else f'{secs:.0f}'} |"
     )
 
-    out_dir = ROOT / "benchmarks" / "results"
+    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = args.tag or (
         f"quality_{args.task}_{backend.head_name}_{args.dtype}_n{args.n_tokens}_d{args.dim}"

@@ -317,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.dtype}), n={args.n_tokens}, d={args.dim}, {len(args.seeds)} seeds"
     )
     plot(args.out_dir / f"{args.name}.png", table, baseline, title)
-    backend.close()
     return 0
 
 

@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--task", choices=["sst2", "agnews"], default="sst2")
     ap.add_argument("--skip-per-sequence", action="store_true")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.population, args.batch, args.repeats, args.skip_per_sequence = 2, 2, 1, True
 
     from bbt.client import Client
     from bbt.server.embedded import embedded_server
@@ -130,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    out_dir = ROOT / "benchmarks" / "results"
+    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"throughput_{args.dtype}.json"
+    path = out_dir / f"throughput_{args.dtype}{'_smoke' if args.smoke else ''}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
     return 0

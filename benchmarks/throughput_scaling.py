@@ -155,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     _common.write_result(args.name, record, args.out_dir)
     plot(args.out_dir / f"{args.name}.png", by_b, by_n)
-    backend.close()
     return 0
 
 

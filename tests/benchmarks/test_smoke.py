@@ -146,3 +146,25 @@ def test_fault_run() -> None:
     out = _script("fault_run")
     assert "logits calls completed: 3/3" in out
     assert "identical=True" in out
+
+
+@pytest.mark.model
+def test_server_throughput(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("server_throughput", tmp_path, capsys)
+    assert "sequences/s" in out
+    data = _json_plain(tmp_path / "throughput_bfloat16_smoke.json")
+    assert data["results"]["population"]["sequences_per_second"] > 0
+
+
+@pytest.mark.model
+def test_embedded_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("embedded_quality", tmp_path, capsys, "--task", "agnews")
+    assert "| agnews |" in out
+    data = _json_plain(tmp_path / "quality_agnews_smoke.json")
+    assert data["summary"]["bbt_heldout_mean"] is not None
+
+
+def _json_plain(path: Path) -> dict[str, Any]:
+    assert path.is_file(), f"{path} was not written"
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
