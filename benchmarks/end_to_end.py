@@ -45,12 +45,12 @@ def write_jsonl(path: Path, task: str, rows: list[Any]) -> None:
             f.write(json.dumps({field: r.text, "label": r.label}) + "\n")
 
 
-def run(cmd: list[str], log: Path) -> float:
+def run(cmd: list[str], log: Path, env: dict[str, str]) -> float:
     t = time.perf_counter()
     with log.open("a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
     return time.perf_counter() - t
@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         args.eval_every, args.patience, args.budget, args.heldout = 4, 1, 12, 0
         args.name = args.name if args.name != "end_to_end" else "end_to_end_smoke"
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # BBT_TIMEOUT: a population request can take minutes on a busy 2-core CPU, more than
+    # the client's default 60 s; a timed-out request is retried while the server still
+    # computes the first, which only slows things further.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BBT_TIMEOUT": "3600"}
     env.pop("BBT_BASE_URL", None)
     os.environ.update({k: v for k, v in env.items() if k.endswith("_OFFLINE")})
     results: list[dict[str, Any]] = []
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--eval-every", str(args.eval_every), "--patience", str(args.patience),
                     "--budget", str(args.budget), "-o", str(run_dir), "--quiet", "--no-plot",
                 ]  # fmt: skip
-                wall = run(cmd, log)
+                wall = run(cmd, log, env)
                 manifest = json.loads((run_dir / "manifest.json").read_text())
                 res, usage = manifest["result"], manifest["usage"]
                 metric = next(k for k in res if k.startswith("dev_") and k != "dev_calls")

@@ -226,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     cps = checkpoints(args.budget, args.popsize, args.eval_every)
     runs: list[dict[str, Any]] = []
     baseline: float | None = None
-    with live_server(backend) as server, Client(server.base_url, env_file=None) as client:
+    # A population request can take minutes on a busy 2-core CPU: no client-side timeout
+    # (a timed-out request would be retried while the server still computes the first).
+    with (
+        live_server(backend) as server,
+        Client(server.base_url, env_file=None, timeout=3600.0) as client,
+    ):
         for seed in args.seeds:
             train, dev = _common.k_shot(args.task, args.shots, seed)
             data = {

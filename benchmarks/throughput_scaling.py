@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     cand = [i[0] for i in ids]
     need = max([*args.batches, args.b])
     texts = _common.render("sst2", _common.sample_rows("sst2", need, seed=13), info.mask_token)
-    with live_server(backend) as server, Client(server.base_url, env_file=None) as client:
+    with (
+        live_server(backend) as server,
+        Client(server.base_url, env_file=None, timeout=3600.0) as client,
+    ):
         client.logits(np.zeros((1, 1, info.hidden_size), np.float32), texts[:2], cand)  # warm-up
         by_b = [
             measure(client, info.hidden_size, texts[:b], cand, args.popsize, args.n, args.repeats)
