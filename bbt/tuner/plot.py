@@ -8,9 +8,12 @@ from pathlib import Path
 INSTALL_HINT = "install the plot extra to get plot.png: pip install 'bbt[plot]'"
 
 
-def plot_history(history: Path, out: Path, metric: str = "accuracy") -> str | None:
-    """Draw ``history`` (JSONL) into ``out`` (PNG). Returns ``None`` on success, or a note
-    saying why there is no plot (matplotlib missing, empty history); never raises for those."""
+def plot_history(
+    history: Path, out: Path, metric: str = "accuracy", initial: float | None = None
+) -> str | None:
+    """Draw ``history`` (JSONL) into ``out`` (PNG); ``initial`` is p0's dev score, drawn at 0
+    calls. Returns ``None`` on success, or a note saying why there is no plot (matplotlib
+    missing, empty history); never raises for those."""
     try:
         import matplotlib
 
@@ -31,6 +34,8 @@ def plot_history(history: Path, out: Path, metric: str = "accuracy") -> str | No
         ax1.legend(loc="upper right")
         ax1.grid(alpha=0.3)
         dev = [(r["calls"], r["dev_metric"]) for r in rows if r.get("dev_metric") is not None]
+        if initial is not None and initial == initial:  # not NaN
+            dev.insert(0, (0, initial))
         train = [(r["calls"], r["train_metric"]) for r in rows if r.get("train_metric") is not None]
         if train:
             ax2.plot(

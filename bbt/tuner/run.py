@@ -293,7 +293,9 @@ class _Run:
             _save_npy(self.dir / Z_FILE, result.z)
             self.checkpoint()
             if plot:
-                note = plot_history(self.dir / HISTORY, self.dir / PLOT, metric)
+                note = plot_history(
+                    self.dir / HISTORY, self.dir / PLOT, metric, t.initial_dev_metric
+                )
                 self.manifest["plot"] = PLOT if note is None else None
                 if note:
                     log.warning(note)
