@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from bbt.cli import app
+from bbt.server.mock import MockBackend
+from bbt.server.settings import ServerSettings
 from bbt.tuner import read_manifest
 
 runner = CliRunner()
@@ -152,3 +156,28 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how(
     assert r.exit_code == 0, r.output
     assert read_manifest(run)["status"] == "completed"
     assert read_manifest(run)["result"]["calls"] == 80
+
+
+def test_tune_over_http_with_a_key_stores_no_key(
+    tmp_path: Path, live_mock_server_factory: Callable[..., str]
+) -> None:
+    key = "sk-cli-3f9a1c7e2b-never-on-disk"
+    url = live_mock_server_factory(
+        settings=ServerSettings(api_keys=[SecretStr(key)]),
+        backend=MockBackend(hidden_size=32),
+    )
+    run = tmp_path / "http"
+    base = ["tune", "--task", "mock", "-n", "5", "-d", "20", "--popsize", "8", "-q"]
+    args = [*base, "--budget", "32", "--base-url", url, "--out", str(run)]
+    r = runner.invoke(app, [*args, "--api-key", "wrong"])
+    assert r.exit_code == 2
+    assert "401" in r.output
+    assert "wrong" not in r.output
+    r = runner.invoke(app, [*args, "--api-key", key], env={"BBT_API_KEY": ""})
+    assert r.exit_code == 0, r.output
+    manifest = read_manifest(run)
+    assert manifest["service"] == {"kind": "http", "base_url": url}
+    for f in run.iterdir():
+        assert key.encode() not in f.read_bytes(), f.name
+    r = runner.invoke(app, ["predict", str(run), "vate sato", "--base-url", url, "--api-key", key])
+    assert r.exit_code == 0, r.output
