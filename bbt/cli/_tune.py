@@ -42,6 +42,9 @@ def _guard(fn: Callable[[], T], resume_hint: Path | None = None) -> T:
     try:
         return fn()
     except BBTError as exc:
+        if resume_hint is not None and (resume_hint / "checkpoint.pkl").exists():
+            # A run that got going keeps its checkpoint: a failure mid-way costs nothing done.
+            _fail(f"{exc}\nthe run is checkpointed; continue with: bbt tune --resume {resume_hint}")
         _fail(str(exc))
     except KeyboardInterrupt:
         if resume_hint is not None:

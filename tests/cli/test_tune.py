@@ -181,3 +181,28 @@ def test_tune_over_http_with_a_key_stores_no_key(
         assert key.encode() not in f.read_bytes(), f.name
     r = runner.invoke(app, ["predict", str(run), "vate sato", "--base-url", url, "--api-key", key])
     assert r.exit_code == 0, r.output
+
+
+def test_a_service_failure_mid_run_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bbt.errors import ServerError
+    from bbt.tuner.tuner import Tuner
+
+    real_step = Tuner.step
+    calls = {"n": 0}
+
+    def step(self: Tuner) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ServerError("upstream is down", status_code=503)
+        return real_step(self)
+
+    monkeypatch.setattr(Tuner, "step", step)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["tune", *SMALL, "--task", "mock", "--budget", "40", "--out", str(run)])
+    assert r.exit_code == 2
+    assert "upstream is down" in r.output
+    assert f"bbt tune --resume {run}" in r.output
+    assert "Traceback" not in r.output
+    assert read_manifest(run)["status"] == "failed"
