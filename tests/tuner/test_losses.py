@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bbt.errors import ConfigurationError
 from bbt.tuner import (
@@ -81,3 +83,29 @@ def test_loss_lookup_and_shapes() -> None:
     with pytest.raises(ValueError, match="labels"):
         cross_entropy(np.zeros((1, 2, 2)), np.array([0, 1, 0]))
     np.testing.assert_allclose(softmax(np.array([0.0, np.log(3.0)])), [0.25, 0.75])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    p=st.integers(1, 4),
+    b=st.integers(1, 6),
+    c=st.integers(2, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_population_results_equal_one_candidate_at_a_time(
+    p: int, b: int, c: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p, b, c)).astype(np.float32) * 3
+    y = rng.integers(0, c, size=b)
+    for fn in (cross_entropy, hinge, accuracy, f1):
+        whole = fn(x, y)
+        assert whole.shape == (p,)
+        for i in range(p):
+            assert whole[i] == pytest.approx(fn(x[i : i + 1], y)[0])
+    # cross-entropy is never below 0 and hinge is 0 exactly when every margin holds
+    assert (cross_entropy(x, y) >= 0).all()
+    t = np.take_along_axis(x, np.broadcast_to(y[None, :, None], (p, b, 1)), axis=2)
+    others = np.where(np.arange(c)[None, None, :] == y[None, :, None], -np.inf, x)
+    holds = (t[..., 0] - others.max(axis=2) >= HINGE_MARGIN).all(axis=1)
+    np.testing.assert_array_equal(hinge(x, y) == 0, holds)
