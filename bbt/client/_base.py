@@ -75,6 +75,8 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Room in a logits body for everything but the prompt tensor (JSON keys, model id, ids).
 _BODY_SLACK = 4096
 
+_WIRE_DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
+
 M = TypeVar("M", bound=BaseModel)
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -338,12 +340,14 @@ def plan_logits(
             tensor = Tensor.from_numpy(arr[p0:p1], dtype)
         except ValueError as exc:  # e.g. values beyond float16's range
             raise InvalidRequestError(str(exc), field="prompts") from exc
+        # What the server will decode, without decoding the base64 we just wrote.
+        sent = np.asarray(arr[p0:p1], dtype=_WIRE_DTYPES[dtype]).astype(np.float32, copy=False)
         for b0, b1 in _even_bounds(len(texts), groups_b):
             try:
                 req = LogitsRequest(
                     model=info.id, prompts=tensor, texts=texts[b0:b1], candidate_ids=ids
                 )
-                decoded = check_logits_request(req, info)
+                decoded = check_logits_request(req, info, prompts=sent)
             except ProtocolViolation as exc:
                 raise invalid(exc, offset=b0) from exc
             except ValidationError as exc:

@@ -100,8 +100,18 @@ def check_embeddings_request(req: EmbeddingsRequest, info: ModelInfo) -> None:
         raise ProtocolViolation(f"dtype {req.dtype!r} is not supported here", field="dtype")
 
 
-def check_logits_request(req: LogitsRequest, info: ModelInfo) -> DecodedLogitsRequest:
-    """Validate ``req`` against ``info`` and decode its tensor; raise ProtocolViolation."""
+def check_logits_request(
+    req: LogitsRequest,
+    info: ModelInfo,
+    *,
+    prompts: np.ndarray[Any, Any] | None = None,
+) -> DecodedLogitsRequest:
+    """Validate ``req`` against ``info`` and decode its tensor; raise ProtocolViolation.
+
+    A client that has just encoded ``req.prompts`` may pass the array it encoded (as the
+    server will decode it) as ``prompts``, saving a base64 round trip; its shape must
+    match the tensor's.
+    """
     _check_model(req.model, info)
     lim = info.limits
     t = req.prompts
@@ -147,10 +157,13 @@ def check_logits_request(req: LogitsRequest, info: ModelInfo) -> DecodedLogitsRe
         )
     _check_ids(req.candidate_ids, info, "candidate_ids")
     _check_texts(req.texts, info, need_mask=True)
-    try:
-        prompts = t.to_numpy()
-    except TensorDecodeError as exc:
-        raise ProtocolViolation(str(exc), field="prompts.data") from None
+    if prompts is None:
+        try:
+            prompts = t.to_numpy()
+        except TensorDecodeError as exc:
+            raise ProtocolViolation(str(exc), field="prompts.data") from None
+    elif list(prompts.shape) != t.shape:
+        raise ValueError(f"prompts of shape {prompts.shape} do not match the tensor {t.shape}")
     prompts = prompts.astype(np.float32, copy=False)
     if not np.isfinite(prompts).all():
         raise ProtocolViolation("prompts contain NaN or infinite values", field="prompts.data")

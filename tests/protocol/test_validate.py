@@ -167,3 +167,17 @@ def test_embedding_limits() -> None:
 def test_wire_models_reject_unknown_fields() -> None:
     with pytest.raises(ValueError, match="extra"):
         TokenizeRequest.model_validate({"model": "m", "texts": ["a"], "surprise": 1})
+
+
+def test_already_decoded_prompts_skip_the_base64_round_trip() -> None:
+    prompts = np.ones((1, 2, 4), dtype=np.float32)
+    req = _req(prompts)
+    object.__setattr__(req.prompts, "data", "")  # decoding this would fail
+    out = check_logits_request(req, INFO, prompts=prompts)
+    np.testing.assert_array_equal(out.prompts, prompts)
+    bad = prompts.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ProtocolViolation, match="NaN"):
+        check_logits_request(req, INFO, prompts=bad)
+    with pytest.raises(ValueError, match="do not match"):
+        check_logits_request(req, INFO, prompts=prompts[:, :1])
