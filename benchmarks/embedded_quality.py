@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -185,6 +186,7 @@ def run_bbt(
     best_z = np.zeros(dim)
     curve: list[dict[str, float]] = []
     t0 = time.time()
+    c0 = time.process_time()
     while calls + popsize <= budget:
         zs = np.asarray(es.ask())
         logits, _ = backend.logits(project(zs), xtr, cand)
@@ -207,6 +209,12 @@ def run_bbt(
                 if key > best_dev:
                     best_dev, best_z = key, cands[k].copy()
             point["dev_acc_best"] = best_dev[0]
+            print(
+                f"    calls {calls}: train loss {point['train_loss_min']:.3f} "
+                f"acc {point['train_acc_best']:.3f}, best dev {best_dev[0]:.3f} "
+                f"({point['seconds']:.0f}s)",
+                flush=True,
+            )
         curve.append(point)
     return {
         "calls": calls,
@@ -216,6 +224,7 @@ def run_bbt(
         "prompt": project(best_z[None])[0],
         "curve": curve,
         "train_seconds": time.time() - t0,
+        "train_cpu_seconds": time.process_time() - c0,
     }
 
 
@@ -325,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     "bbt_dev": res["best_dev_acc"],
                     "bbt_calls": res["calls"],
                     "bbt_train_seconds": res["train_seconds"],
+                    "bbt_train_cpu_seconds": res["train_cpu_seconds"],
                     "bbt_seconds": time.time() - t,
                     "curve": res["curve"],
                 }
@@ -382,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         "backend": describe(backend),
         "verbalizer_words": list(words),
         "heldout_rows": [r.index for r in held],
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_end": list(os.getloadavg()),
+        },
         "load_seconds": load_s,
         "summary": summary,
         "runs": runs,
