@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loss", choices=["ce", "hinge"], default="ce")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--head", default="auto", help="MLM head: auto (bbt's default), tied, ...")
     ap.add_argument("--heldout", type=int, default=800)
     ap.add_argument("--out-dir", type=Path, default=_common.RESULTS)
     ap.add_argument("--name", default="parity")
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from bbt.tuner import get_preset
 
     t_start = time.perf_counter()
-    backend = _common.load_backend(args.dtype, args.threads)
+    backend = _common.load_backend(args.dtype, args.threads, args.head)
     info = backend.info
     task = get_preset(args.task)
     ids, _ = backend.tokenize(list(task.words))
