@@ -17,7 +17,8 @@ Usage::
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 nice -n 5 .venv/bin/python \\
         benchmarks/embedded_quality.py --task agnews --seeds 0 1 2 --budget 600
 
-Prints a table and writes ``benchmarks/results/<tag>.json``.
+Prints a table and writes ``benchmarks/results/<tag>.json``; ``--report [FILES]`` prints a
+markdown table of the result files (default: all ``benchmarks/results/quality_*.json``).
 """
 
 from __future__ import annotations
@@ -228,8 +229,44 @@ def run_bbt(
     }
 
 
+def report(paths: list[Path]) -> None:
+    """Print a markdown table of result files written by this script."""
+    print(
+        "| task | head | calls | manual (n=0) | p0 | BBT, 3 seeds | BBT mean | BBT - manual "
+        "| probe mean | BBT wall s / seed (CPU s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        rec = json.loads(path.read_text())
+        runs, summ = rec["runs"], rec["summary"]
+        if not runs or "bbt_heldout" not in runs[0]:
+            continue
+        seeds = " / ".join(f"{100 * r['bbt_heldout']:.1f}" for r in runs)
+        wall = np.mean([r["bbt_seconds"] for r in runs])
+        cpu = [r["bbt_train_cpu_seconds"] for r in runs if "bbt_train_cpu_seconds" in r]
+        cpu_s = f" ({np.mean(cpu):.0f})" if cpu else ""
+        probe = summ.get("probe_heldout_mean")
+        print(
+            f"| {rec['args']['task']} | {rec['backend']['head']} | {runs[0]['bbt_calls']} | "
+            f"{100 * summ['manual_heldout']:.1f} | {100 * summ['p0_heldout']:.1f} | {seeds} | "
+            f"{100 * summ['bbt_heldout_mean']:.1f} | "
+            f"{100 * (summ['bbt_heldout_mean'] - summ['manual_heldout']):+.1f} | "
+            f"{'-' if probe is None else f'{100 * probe:.1f}'} | {wall:.0f}{cpu_s} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Quality of the embedded default model.")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--report":
+        files = [Path(a) for a in argv[1:]] or sorted(
+            (ROOT / "benchmarks" / "results").glob("quality_*.json")
+        )
+        report(files)
+        return 0
+    ap = argparse.ArgumentParser(
+        description="Quality of the embedded default model (--report [FILES]: table of results)."
+    )
     ap.add_argument("--task", choices=sorted(TASKS), required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--shots", type=int, default=16)
@@ -387,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         f"_b{args.budget}_{args.loss}_{args.verbalizer}"
     )
     record = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "command": " ".join(["benchmarks/embedded_quality.py", *argv]),
         "args": vars(args),
         "backend": describe(backend),
         "verbalizer_words": list(words),
