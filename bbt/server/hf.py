@@ -353,6 +353,7 @@ class HFBackend(Backend):
             limits=self._limits,
         )
         self._lock = _FifoLock()
+        self._tok_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._cache_size = tokenizer_cache_size
@@ -434,9 +435,10 @@ class HFBackend(Backend):
     def tokenize(
         self, texts: list[str], add_special_tokens: bool = False
     ) -> tuple[list[list[int]], list[list[str]]]:
-        enc = self._tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
-        ids = [[int(i) for i in row] for row in enc]
-        toks = [list(self._tok.convert_ids_to_tokens(row)) for row in ids]
+        with self._tok_lock:  # a Rust tokenizer refuses concurrent use ("Already borrowed")
+            enc = self._tok(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+            ids = [[int(i) for i in row] for row in enc]
+            toks = [list(self._tok.convert_ids_to_tokens(row)) for row in ids]
         return ids, toks
 
     def embed(self, token_ids: IntArray) -> FloatArray:
@@ -518,7 +520,8 @@ class HFBackend(Backend):
             if hit is not None:
                 self._cache.move_to_end(text)
                 return hit
-        ids = tuple(int(i) for i in self._tok(text, add_special_tokens=False)["input_ids"])
+        with self._tok_lock:
+            ids = tuple(int(i) for i in self._tok(text, add_special_tokens=False)["input_ids"])
         with self._cache_lock:
             self._cache[text] = ids
             while len(self._cache) > self._cache_size:

@@ -317,3 +317,23 @@ def test_shipped_head_refuses_another_encoder(tiny_mlm: Path) -> None:
     # "tied" works on any encoder, "auto" picks the model's own head.
     assert HFBackend(tiny_mlm, head="tied").head_name == "tied"
     assert HFBackend(tiny_mlm).head_name == "model"
+
+
+def test_concurrent_calls_are_safe(tied: HFBackend, cand: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [_prompts(2, 3, seed=s) for s in range(4)]
+    texts = [[f"{t} {s}" for t in TEXTS[:3]] for s in range(4)]  # uncached tokenisations
+    sequential = [tied.logits(p, t, cand)[0] for p, t in zip(prompts, texts, strict=True)]
+    old = tied.token_budget
+    tied.token_budget = 64  # several chunks per call, so calls interleave
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [
+                pool.submit(tied.logits, p, t, cand) for p, t in zip(prompts, texts, strict=True)
+            ]
+            concurrent = [f.result()[0] for f in futures]
+    finally:
+        tied.token_budget = old
+    for a, b in zip(sequential, concurrent, strict=True):
+        np.testing.assert_allclose(a, b, atol=FP32_TOL, rtol=FP32_TOL)
