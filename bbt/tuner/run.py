@@ -351,12 +351,14 @@ def tune(
     task_obj = get_preset(task) if isinstance(task, str) else task
     cfg = config or TuneConfig()
     path = Path(run_dir) if run_dir is not None else None
-    if path is not None:
-        _prepare_dir(path, overwrite)
     usage_start = service.usage.copy()
+    # The tuner reaches the service (discovery, verbalizer, p0) before the run directory
+    # exists, so a wrong URL or key leaves no empty run behind.
     tuner = Tuner(
         service, task_obj, train, dev, cfg, initial_prompt=initial_prompt, callbacks=callbacks
     )
+    if path is not None:
+        _prepare_dir(path, overwrite)
     info = tuner.model_info
     manifest: dict[str, Any] = {
         "format": RUN_FORMAT,

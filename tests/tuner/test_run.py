@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from bbt.client import Client, LocalClient
-from bbt.errors import ConfigurationError, RunError
+from bbt.errors import APIConnectionError, ConfigurationError, RunError
 from bbt.server.mock import MockBackend
 from bbt.server.settings import ServerSettings
 from bbt.testing import MOCK_BASE_URL, CoreTransport
@@ -192,3 +192,15 @@ def test_tuned_prompt_without_a_service_needs_a_url(
     tp = TunedPrompt.load(run)
     with pytest.raises(ConfigurationError, match="BBT_BASE_URL"):
         tp.predict(["vate sato"])
+
+
+def test_an_unreachable_service_leaves_no_run_directory(
+    tmp_path: Path, mock_task: Task, split: Split
+) -> None:
+    run = tmp_path / "run"
+    with (
+        Client("http://127.0.0.1:9", max_retries=0, env_file=None) as client,
+        pytest.raises(APIConnectionError),
+    ):
+        tune(client, mock_task, *split, small_config(), run_dir=run)
+    assert not run.exists()
