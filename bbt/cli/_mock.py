@@ -96,7 +96,7 @@ def mock_server(
     fault_seed: int = typer.Option(0, "--fault-seed", help="Seed of the fault sequence."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
-    """Serve the deterministic mock masked LM over protocol v1 (needs bbt[server])."""
+    """Serve the deterministic mock masked LM over protocol v1 (needs bbt\\[server])."""
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         _fail(f"--log-level must be debug, info or warning, not {log_level!r}")

@@ -74,7 +74,7 @@ def serve(
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
-    """Serve a masked LM over protocol v1 (needs the serve extra of bbt)."""
+    """Serve a masked LM over protocol v1 (needs bbt\\[serve])."""
     if dtype not in ("float32", "bfloat16", "float16"):
         _fail(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}")
     if device not in ("cpu", "cuda"):
