@@ -26,6 +26,9 @@ directly, with no HTTP:
 Two deliberate differences, neither changing a result: the population of a generation is
 scored in one backend call (each row of the logits depends only on its own prompt and text,
 so this equals the code's one-call-per-candidate loop), and pycma writes no log files.
+The texts are the caller's and the backend puts the prompt right after the first special
+token; the code's inputs also have a " . " token between its prompt placeholder and the
+text. The parity benchmark gives both loops the same texts, so that it compares the loops.
 """
 
 from __future__ import annotations
