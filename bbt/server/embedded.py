@@ -22,8 +22,8 @@ from bbt.server.hf import SERVE_EXTRA_HINT, default_model_path
 
 __all__ = ["EMBEDDED_DEFAULTS", "default_model_path", "embedded_server"]
 
-#: Backend options of the embedded default unless overridden (bfloat16: ~2.6x faster than
-#: float32 on this CPU, and the precision the quality figures in docs/server.md use).
+#: Backend options of the embedded default unless overridden (bfloat16: ~1.9x faster than
+#: float32 on CPU, and the precision the quality figures in docs/server.md use).
 EMBEDDED_DEFAULTS: dict[str, Any] = {"dtype": "bfloat16", "device": "cpu"}
 
 
