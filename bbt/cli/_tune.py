@@ -26,6 +26,8 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 MOCK_EXAMPLES = 400  # examples drawn from the mock's task when it gets no --data
 DEFAULT_MOCK_HIDDEN = 64
+#: Read timeout (s) for the embedded server unless BBT_TIMEOUT or .env sets one.
+EMBEDDED_TIMEOUT = 3600.0
 
 
 def _err(message: str) -> None:
@@ -95,9 +97,15 @@ def _service(
             f"server is not available ({exc}); install it with: pip install 'bbt[serve]'"
         ) from None
     say("no service URL configured: starting the embedded default server (stopped at the end)")
+    update: dict[str, Any] = {}
+    if "timeout" not in settings.model_fields_set:
+        # The embedded model shares this machine's CPU: a population request can outlast a
+        # network timeout, and a retry would only queue the same work again behind it.
+        update["timeout"] = EMBEDDED_TIMEOUT
     with embedded_server(say=say) as url:
         say(f"embedded server listening at {url}")
-        with Client.from_settings(settings.model_copy(update={"base_url": url})) as client:
+        update["base_url"] = url
+        with Client.from_settings(settings.model_copy(update=update)) as client:
             yield client, {"kind": "embedded", "base_url": url}
     say("embedded server stopped")
 
