@@ -103,7 +103,6 @@ def _service(
         # network timeout, and a retry would only queue the same work again behind it.
         update["timeout"] = EMBEDDED_TIMEOUT
     with embedded_server(say=say) as url:
-        say(f"embedded server listening at {url}")
         update["base_url"] = url
         with Client.from_settings(settings.model_copy(update=update)) as client:
             yield client, {"kind": "embedded", "base_url": url}
