@@ -25,8 +25,20 @@ lint: install
 test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
+# The embedded default (MiniLM + shipped MLM head, bfloat16 on the CPU) on AG News 16-shot:
+# about 10 minutes on 2 cores. n=10, d=200 and 600 calls are the settings docs/server.md
+# measured (held-out accuracy from 36.5% with the manual prompt to 63.6%, mean of 3 seeds).
+DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
+DEMO_DIR ?= runs/demo-agnews-$(DEMO_STAMP)
+DEMO_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
 demo: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/bbt tune --help
+	$(DEMO_ENV) $(VENV)/bin/bbt tune --task agnews --data examples/data/agnews.tsv \
+		-k 16 -n 10 -d 200 --init vocab:1000 --budget 600 --eval-every 100 --seed 0 \
+		--out $(DEMO_DIR)
+	$(DEMO_ENV) $(VENV)/bin/bbt predict $(DEMO_DIR) \
+		"Oil prices climb as OPEC signals output cuts" \
+		"The striker scored twice as United won the derby"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
