@@ -26,7 +26,7 @@ test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
 # The embedded default (MiniLM + shipped MLM head, bfloat16 on the CPU) on AG News 16-shot:
-# about 10 minutes on 2 cores. n=10, d=200 and 600 calls are the settings docs/server.md
+# about 5 minutes on 2 idle cores. n=10, d=200 and 600 calls are the settings docs/server.md
 # measured (held-out accuracy from 36.5% with the manual prompt to 63.6%, mean of 3 seeds).
 DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
 DEMO_DIR ?= runs/demo-agnews-$(DEMO_STAMP)
