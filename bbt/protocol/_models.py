@@ -50,6 +50,14 @@ class Limits(_Wire):
     max_text_chars: int = Field(ge=1, description="Longest input text, in characters.")
     max_embedding_ids: int = Field(ge=1, description="Most token ids in one embeddings call.")
     max_body_bytes: int = Field(ge=1, description="Largest request body the server reads.")
+    max_prompt_value: float = Field(
+        default=1e4,
+        gt=0,
+        description=(
+            "Largest absolute value of a prompt entry. Input embeddings are of order 0.1; "
+            "values far beyond push a model's arithmetic to overflow (non-finite logits)."
+        ),
+    )
 
 
 class ModelInfo(_Wire):

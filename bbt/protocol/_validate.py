@@ -167,6 +167,13 @@ def check_logits_request(
     prompts = prompts.astype(np.float32, copy=False)
     if not np.isfinite(prompts).all():
         raise ProtocolViolation("prompts contain NaN or infinite values", field="prompts.data")
+    largest = float(np.abs(prompts).max(initial=0.0))
+    if largest > lim.max_prompt_value:
+        raise ProtocolViolation(
+            f"a prompt entry has absolute value {largest:.3g}; the limit is "
+            f"{lim.max_prompt_value:.3g}",
+            field="prompts.data",
+        )
     return DecodedLogitsRequest(
         prompts=prompts,
         texts=list(req.texts),

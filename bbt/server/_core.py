@@ -234,11 +234,11 @@ class ServiceCore:
             raise RuntimeError(f"backend returned logits of shape {out.shape}, not {expected}")
         if not np.isfinite(out).all():
             raise RuntimeError("backend returned non-finite logits")
-        return LogitsResponse(
-            model=self.info.id,
-            logits=Tensor.from_numpy(out, dtype=req.output_dtype),
-            usage=usage,
-        )
+        try:
+            logits = Tensor.from_numpy(out, dtype=req.output_dtype)
+        except ValueError as exc:  # logits beyond float16's range: ask for float32 instead
+            raise ProtocolViolation(str(exc), field="output_dtype") from None
+        return LogitsResponse(model=self.info.id, logits=logits, usage=usage)
 
     # ------------------------------------------------------------------ plain dispatch
 

@@ -181,3 +181,12 @@ def test_already_decoded_prompts_skip_the_base64_round_trip() -> None:
         check_logits_request(req, INFO, prompts=bad)
     with pytest.raises(ValueError, match="do not match"):
         check_logits_request(req, INFO, prompts=prompts[:, :1])
+
+
+def test_prompt_values_beyond_the_limit_are_rejected() -> None:
+    limit = INFO.limits.max_prompt_value
+    ok = np.full((1, 1, 4), limit, dtype=np.float32)
+    check_logits_request(_req(ok), INFO)
+    v = _violation(_req(-2 * ok))
+    assert "absolute value" in v.message
+    assert v.field == "prompts.data"
