@@ -18,6 +18,13 @@ from typing import Any
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+#: SST-2 and AG News beside the checkout (as in CI); a bare clone has no copy of them.
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "sst2" / "train.tsv").is_file()
+    or not (SHARED_DATA / "agnews" / "train.tsv").is_file(),
+    reason=f"the benchmark data is not at {SHARED_DATA}",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +63,7 @@ def test_wire_bytes_prints_paper_scale_bodies(capsys: pytest.CaptureFixture[str]
     assert "| float16 |" in out
 
 
+@needs_shared_data
 def test_wire_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("wire_cost", tmp_path, capsys)
     assert "| vLLM prompt_embeds | bfloat16 |" in out
@@ -78,6 +86,7 @@ def test_reference_losses_match_their_definitions() -> None:
     assert ref.hinge_loss(logits, y) == pytest.approx(1.5)
 
 
+@needs_shared_data
 @pytest.mark.model
 def test_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("parity", tmp_path, capsys)
@@ -92,6 +101,7 @@ def test_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (tmp_path / "parity_smoke.png").stat().st_size > 0
 
 
+@needs_shared_data
 @pytest.mark.model
 def test_throughput_scaling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("throughput_scaling", tmp_path, capsys)
@@ -102,6 +112,7 @@ def test_throughput_scaling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert (tmp_path / "throughput_scaling_smoke.png").stat().st_size > 0
 
 
+@needs_shared_data
 @pytest.mark.model
 def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("end_to_end", tmp_path, capsys)
@@ -148,6 +159,7 @@ def test_fault_run() -> None:
     assert "identical=True" in out
 
 
+@needs_shared_data
 @pytest.mark.model
 def test_server_throughput(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("server_throughput", tmp_path, capsys)
@@ -156,6 +168,7 @@ def test_server_throughput(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert data["results"]["population"]["sequences_per_second"] > 0
 
 
+@needs_shared_data
 @pytest.mark.model
 def test_embedded_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("embedded_quality", tmp_path, capsys, "--task", "agnews")
