@@ -6,24 +6,15 @@ message and a non-zero status, never a traceback.
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 
+from bbt.cli._common import bind_listener, fail
 from bbt.errors import BBTError
-
-EXIT_ERROR = 2
-EXIT_PORT_IN_USE = 3
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _describe(exc: ValueError) -> str:
@@ -35,25 +26,6 @@ def _describe(exc: ValueError) -> str:
             for e in errors()
         )
     return str(exc)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind before starting uvicorn so a busy port is a clear, early error."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        _fail(f"cannot resolve host {host!r}: {exc.strerror}")
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            _fail(f"port {port} on {host} is already in use (try --port 0)", EXIT_PORT_IN_USE)
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    return sock
 
 
 def mock_server(
@@ -99,15 +71,15 @@ def mock_server(
     """Serve the deterministic mock masked LM over protocol v1 (needs bbt\\[server])."""
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
-        _fail(f"--log-level must be debug, info or warning, not {log_level!r}")
+        fail(f"--log-level must be debug, info or warning, not {log_level!r}")
     try:
         import uvicorn
 
         from bbt.server.app import create_app
     except ImportError as exc:
-        _fail(f"bbt mock-server needs {exc.name or 'FastAPI'}: pip install 'bbt[server]'")
+        fail(f"bbt mock-server needs {exc.name or 'FastAPI'}: pip install 'bbt[server]'")
     except BBTError as exc:  # create_app's own message names the extra
-        _fail(str(exc))
+        fail(str(exc))
     from pydantic import SecretStr
 
     from bbt.server.faults import FaultConfig
@@ -137,16 +109,16 @@ def mock_server(
             seed=fault_seed,
         )
     except BBTError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except ValueError as exc:
-        _fail(f"invalid settings: {_describe(exc)}")
+        fail(f"invalid settings: {_describe(exc)}")
 
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     backend = MockBackend(hidden_size=hidden_size, seed=seed, model_id=model_id)
     app = create_app(backend, settings, faults)
-    sock = _listen(host, port)
+    sock = bind_listener(host, port)
     bound = sock.getsockname()
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no authentication"
     typer.echo(

@@ -8,43 +8,15 @@ command with a one-line message and a non-zero status, never a traceback.
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 
+from bbt.cli._common import bind_listener, fail
 from bbt.errors import BBTError
-
-EXIT_ERROR = 2
-EXIT_PORT_IN_USE = 3
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves, so a busy port is a clear error before loading."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        _fail(f"cannot resolve host {host!r}: {exc.strerror}")
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            _fail(f"port {port} on {host} is already in use", EXIT_PORT_IN_USE)
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    return sock
 
 
 def serve(
@@ -76,12 +48,12 @@ def serve(
 ) -> None:
     """Serve a masked LM over protocol v1 (needs bbt\\[serve])."""
     if dtype not in ("float32", "bfloat16", "float16"):
-        _fail(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}")
+        fail(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}")
     if device not in ("cpu", "cuda"):
-        _fail(f"--device must be cpu or cuda, not {device!r}")
+        fail(f"--device must be cpu or cuda, not {device!r}")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
-        _fail(f"--log-level must be debug, info or warning, not {log_level!r}")
+        fail(f"--log-level must be debug, info or warning, not {log_level!r}")
     try:
         import uvicorn
 
@@ -89,9 +61,9 @@ def serve(
         from bbt.server.hf import SERVE_EXTRA_HINT, HFBackend
         from bbt.server.settings import ServerSettings
     except ImportError as exc:
-        _fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
+        fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
     except BBTError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -102,13 +74,13 @@ def serve(
             settings_kw["api_key_file"] = api_key_file
         settings = ServerSettings(**settings_kw)
     except BBTError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except ValueError as exc:  # pydantic's ValidationError: report messages, never values
         errors = getattr(exc, "errors", None)
         detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else "invalid"
-        _fail(f"invalid server settings: {detail}")
+        fail(f"invalid server settings: {detail}")
 
-    sock = _bind(host, port)
+    sock = bind_listener(host, port)
     try:
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
         backend = HFBackend(
@@ -122,10 +94,10 @@ def serve(
         )
     except BBTError as exc:
         sock.close()
-        _fail(str(exc))
+        fail(str(exc))
     except ImportError as exc:
         sock.close()
-        _fail(f"bbt serve needs the serve extra ({exc.name} is missing): {SERVE_EXTRA_HINT}")
+        fail(f"bbt serve needs the serve extra ({exc.name} is missing): {SERVE_EXTRA_HINT}")
     info = backend.info
     bound = sock.getsockname()
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key"
