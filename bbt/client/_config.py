@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bbt.errors import ConfigurationError
@@ -49,6 +49,22 @@ class ClientSettings(BaseSettings):
         default=DEFAULT_MAX_RETRY_WAIT, ge=0, description="Cap on one wait, Retry-After included."
     )
     dtype: DType = Field(default="float32", description="Element type of prompts on the wire.")
+
+    @field_validator("base_url", "api_key", "model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """An empty or whitespace-only value means "none", from any source.
+
+        ``BBT_API_KEY=`` in a .env file (or ``api_key=""``) must not become the header
+        ``Authorization: Bearer ``, which httpx refuses to send; and ``BBT_MODEL=`` means
+        "the first model served", as .env.example says. Surrounding whitespace is dropped:
+        no URL, key or model id starts or ends with it, and a header value cannot.
+        """
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str):
+            raw = raw.strip()
+            return raw or None
+        return value
 
     def __init__(self, env_file: str | Path | None = DEFAULT_ENV_FILE, **values: Any) -> None:
         # Only explicitly given values reach pydantic-settings, so None never shadows the env.

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from bbt.client import Client, ClientSettings
 from bbt.client._config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
@@ -118,3 +118,40 @@ def test_env_example_documents_every_variable() -> None:
     client_vars = {f"BBT_{name.upper()}" for name in ClientSettings.model_fields}
     assert client_vars <= documented
     assert {"BBT_SERVER_API_KEYS", "BBT_SERVER_API_KEY_FILE"} <= documented
+
+
+# ------------------------------------------------------------------ empty means unset
+
+
+@pytest.mark.usefixtures("no_env")
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_key_is_no_key_from_every_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    # What `cp .env.example .env` used to leave behind: BBT_API_KEY= with nothing after it.
+    (tmp_path / ".env").write_text(f"BBT_API_KEY={blank}\nBBT_MODEL={blank}\n")
+    assert ClientSettings().api_key is None
+    assert ClientSettings().model is None  # "empty means the first model served"
+    monkeypatch.setenv("BBT_API_KEY", blank)
+    assert ClientSettings(env_file=None).api_key is None
+    monkeypatch.delenv("BBT_API_KEY")
+    assert ClientSettings(env_file=None, api_key=blank).api_key is None
+    assert ClientSettings(env_file=None, api_key=SecretStr(blank)).api_key is None
+    assert ClientSettings(env_file=None, base_url=blank).base_url is None
+
+
+@pytest.mark.usefixtures("no_env")
+def test_an_explicit_blank_key_overrides_a_configured_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Precedence is unchanged: an explicit empty argument says "no key" and wins.
+    monkeypatch.setenv("BBT_API_KEY", "env-key")
+    assert ClientSettings(env_file=None, api_key="").api_key is None
+
+
+@pytest.mark.usefixtures("no_env")
+def test_surrounding_whitespace_is_not_part_of_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BBT_API_KEY", "  sk-padded \n")
+    key = ClientSettings(env_file=None).api_key
+    assert key is not None
+    assert key.get_secret_value() == "sk-padded"
