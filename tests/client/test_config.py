@@ -155,3 +155,18 @@ def test_surrounding_whitespace_is_not_part_of_a_key(monkeypatch: pytest.MonkeyP
     key = ClientSettings(env_file=None).api_key
     assert key is not None
     assert key.get_secret_value() == "sk-padded"
+
+
+@pytest.mark.usefixtures("no_env")
+def test_env_example_copied_as_dotenv_leaves_the_embedded_default_on(tmp_path: Path) -> None:
+    # README: `cp .env.example .env; bbt tune ...` must reach the embedded default server,
+    # which `bbt tune` starts only while no URL is configured, and must send no key.
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    s = ClientSettings()
+    assert s.base_url is None
+    assert s.api_key is None
+    assert s.model is None
+    # Every value the file does set is one the settings accept (no ValidationError above)
+    # and the documented default.
+    assert s.timeout == DEFAULT_TIMEOUT
+    assert s.max_retries == DEFAULT_MAX_RETRIES
