@@ -273,6 +273,11 @@ class LogitsChunk:
     request: LogitsRequest
     decoded: DecodedLogitsRequest
 
+    @property
+    def sequences(self) -> int:
+        """Prompt-text pairs the server runs for this request: what its time grows with."""
+        return (self.p1 - self.p0) * (self.b1 - self.b0)
+
 
 def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering ``range(total)``, sizes differing by at most 1."""
@@ -509,11 +514,17 @@ class BaseClient:
             headers["Authorization"] = f"Bearer {self._settings.api_key.get_secret_value()}"
         return headers
 
-    def _timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self._settings.timeout)
+    def _timeout(self, sequences: int = 0) -> httpx.Timeout:
+        """The timeout of a request that carries ``sequences`` logits sequences (0: any other)."""
+        return self._settings.http_timeout(sequences)
 
     def _build_request(
-        self, http: httpx.Client | httpx.AsyncClient, method: str, path: str, body: BaseModel | None
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        sequences: int = 0,
     ) -> httpx.Request:
         headers = self._headers()
         content: bytes | None = None
@@ -521,7 +532,11 @@ class BaseClient:
             # Serialise here, not through httpx's json=, so bytes_sent is the real body size.
             content = body.model_dump_json().encode()
             headers["Content-Type"] = "application/json"
-        return http.build_request(method, path, content=content, headers=headers)
+        # The timeout travels with the request (its "timeout" extension), so every retry of
+        # it gets the same allowance.
+        return http.build_request(
+            method, path, content=content, headers=headers, timeout=self._timeout(sequences)
+        )
 
     @staticmethod
     def _api(path: str) -> str:

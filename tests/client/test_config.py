@@ -9,7 +9,11 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from bbt.client import Client, ClientSettings
-from bbt.client._config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from bbt.client._config import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT_PER_SEQUENCE,
+)
 from bbt.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +40,8 @@ def test_defaults_without_any_source() -> None:
     assert s.model is None
     assert s.timeout == DEFAULT_TIMEOUT
     assert s.max_retries == DEFAULT_MAX_RETRIES
+    assert s.timeout_per_sequence == DEFAULT_TIMEOUT_PER_SEQUENCE
+    assert s.connect_timeout is None
     assert s.dtype == "float32"
 
 
@@ -170,3 +176,5 @@ def test_env_example_copied_as_dotenv_leaves_the_embedded_default_on(tmp_path: P
     # and the documented default.
     assert s.timeout == DEFAULT_TIMEOUT
     assert s.max_retries == DEFAULT_MAX_RETRIES
+    assert s.timeout_per_sequence == DEFAULT_TIMEOUT_PER_SEQUENCE
+    assert s.connect_timeout is None
