@@ -11,6 +11,10 @@
     └── APIError                    anything that went wrong talking to an LMaaS endpoint
         ├── APIConnectionError      no HTTP response (refused, reset, DNS, TLS)
         │   └── APITimeoutError     no response in time
+        ├── MalformedRequestError   (also a ConfigurationError) httpx would not send the
+        │                           request as built (a header value such as the API key
+        │                           with illegal characters, a URL with no http(s)://);
+        │                           never retried
         ├── APIStatusError          the server answered with an error status
         │   ├── BadRequestError         400, 413, 422: the request is wrong; never retried
         │   ├── AuthenticationError     401
@@ -81,6 +85,16 @@ class APITimeoutError(APIConnectionError):
     """The request timed out."""
 
 
+class MalformedRequestError(APIError, ConfigurationError):
+    """The request could not be sent as built: a settings problem, not a network one.
+
+    httpx refused it before anything reached the server (``httpx.LocalProtocolError``, an
+    illegal header value, say, or ``httpx.UnsupportedProtocol``); sending it again would
+    fail the same way, so it is never retried. Catch it as either an :class:`APIError` or
+    a :class:`ConfigurationError`.
+    """
+
+
 class APIStatusError(APIError):
     """The server answered with a 4xx or 5xx status."""
 
@@ -147,6 +161,7 @@ __all__ = [
     "BadRequestError",
     "ConfigurationError",
     "InvalidRequestError",
+    "MalformedRequestError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",

@@ -57,6 +57,8 @@ class AsyncClient(BaseClient):
         max_retries: int | None = None,
         dtype: DType | None = None,
         max_retry_wait: float | None = None,
+        connect_timeout: float | None = None,
+        timeout_per_sequence: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         env_file: str | Path | None = DEFAULT_ENV_FILE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -71,6 +73,8 @@ class AsyncClient(BaseClient):
             max_retries=max_retries,
             dtype=dtype,
             max_retry_wait=max_retry_wait,
+            connect_timeout=connect_timeout,
+            timeout_per_sequence=timeout_per_sequence,
         )
         self._init(settings, transport, max_concurrency, rng)
 
@@ -106,8 +110,15 @@ class AsyncClient(BaseClient):
 
     # ---------------------------------------------------------------- sending
 
-    async def _send(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
-        request = self._build_request(self._http, method, path, body)
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        model: type[M],
+        sequences: int = 0,
+    ) -> M:
+        request = self._build_request(self._http, method, path, body, sequences)
 
         async def sleep(seconds: float) -> None:
             await self._sleep(seconds)
@@ -184,7 +195,10 @@ class AsyncClient(BaseClient):
         chunks = plan_logits(info, prompts, texts, candidate_ids, self._settings.dtype)
         n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
         responses = await self._gather(
-            [self._send("POST", self._api("/logits"), c.request, LogitsResponse) for c in chunks]
+            [
+                self._send("POST", self._api("/logits"), c.request, LogitsResponse, c.sequences)
+                for c in chunks
+            ]
         )
         out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
         for chunk, resp in zip(chunks, responses, strict=True):

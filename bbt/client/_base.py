@@ -13,6 +13,7 @@ import email.utils
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from bbt.errors import (
     BadRequestError,
     ConfigurationError,
     InvalidRequestError,
+    MalformedRequestError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -170,14 +172,52 @@ def status_error(response: httpx.Response, secret: SecretStr | None = None) -> A
     return exc
 
 
+#: httpx failures that mean *we* built a request it will not send (an illegal header value,
+#: a URL without http:// or https://): the same request fails the same way every time, so
+#: they are settings errors, never connection errors, and never retried.
+LOCAL_FAILURES: tuple[type[httpx.HTTPError], ...] = (
+    httpx.LocalProtocolError,
+    httpx.UnsupportedProtocol,
+)
+# A bytes literal as h11 quotes an offending header value: b'...' or b"...", escapes and all.
+_BYTES_LITERAL = re.compile(r"""\bb(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
 def transport_error(exc: httpx.HTTPError, secret: SecretStr | None = None) -> APIError:
     """Map an httpx failure to :mod:`bbt.errors`; the caller raises it ``from exc``."""
+    if isinstance(exc, LOCAL_FAILURES):
+        # h11 quotes the refused header value repr()-escaped, so a key with a control
+        # character in it would slip past redact(): withhold every quoted value instead.
+        text = _BYTES_LITERAL.sub("<value withheld>", str(exc))
+        detail = redact(f"{type(exc).__name__}: {text}", secret)
+        return MalformedRequestError(
+            f"the request could not be sent as built ({detail}); this is a settings "
+            "problem, not a network one: the API key (BBT_API_KEY) must be one token of "
+            "printable ASCII and the URL (BBT_BASE_URL) must start with http:// or https://"
+        )
     detail = redact(f"{type(exc).__name__}: {exc}", secret)
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"request timed out ({detail})")
     if isinstance(exc, httpx.DecodingError):
         return ProtocolError(f"response body could not be decoded ({detail})")
     return APIConnectionError(f"connection failed ({detail})")
+
+
+def check_api_key(secret: SecretStr | None) -> None:
+    """Refuse, before any request, a key that cannot travel in an ``Authorization`` header.
+
+    A bearer token is one run of visible ASCII (RFC 6750); anything else (an inner space
+    or newline, a non-ASCII letter) would make httpx fail on every request, or raise an
+    encoding error before it. The message names no character of the key.
+    """
+    if secret is None:
+        return
+    if not all("!" <= ch <= "~" for ch in secret.get_secret_value()):
+        raise ConfigurationError(
+            "the API key (api_key= / BBT_API_KEY) holds characters an HTTP header cannot "
+            "carry: spaces, control characters or non-ASCII letters; a key is one token of "
+            "printable ASCII"
+        )
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -232,6 +272,11 @@ class LogitsChunk:
     b1: int
     request: LogitsRequest
     decoded: DecodedLogitsRequest
+
+    @property
+    def sequences(self) -> int:
+        """Prompt-text pairs the server runs for this request: what its time grows with."""
+        return (self.p1 - self.p0) * (self.b1 - self.b0)
 
 
 def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
@@ -432,6 +477,7 @@ class BaseClient:
     def __init__(self, settings: ClientSettings, *, rng: random.Random | None = None) -> None:
         self._settings = settings
         self._base_url = settings.require_base_url()
+        check_api_key(settings.api_key)
         self._usage = UsageStats()
         self._info: ModelInfo | None = None
         self._wait = RetryWait(settings.max_retry_wait, rng=rng)
@@ -468,11 +514,17 @@ class BaseClient:
             headers["Authorization"] = f"Bearer {self._settings.api_key.get_secret_value()}"
         return headers
 
-    def _timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self._settings.timeout)
+    def _timeout(self, sequences: int = 0) -> httpx.Timeout:
+        """The timeout of a request that carries ``sequences`` logits sequences (0: any other)."""
+        return self._settings.http_timeout(sequences)
 
     def _build_request(
-        self, http: httpx.Client | httpx.AsyncClient, method: str, path: str, body: BaseModel | None
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        sequences: int = 0,
     ) -> httpx.Request:
         headers = self._headers()
         content: bytes | None = None
@@ -480,7 +532,11 @@ class BaseClient:
             # Serialise here, not through httpx's json=, so bytes_sent is the real body size.
             content = body.model_dump_json().encode()
             headers["Content-Type"] = "application/json"
-        return http.build_request(method, path, content=content, headers=headers)
+        # The timeout travels with the request (its "timeout" extension), so every retry of
+        # it gets the same allowance.
+        return http.build_request(
+            method, path, content=content, headers=headers, timeout=self._timeout(sequences)
+        )
 
     @staticmethod
     def _api(path: str) -> str:

@@ -43,6 +43,10 @@ class Client(BaseClient):
     :class:`ClientSettings`. ``transport`` replaces the network, e.g. with
     ``httpx.MockTransport`` in tests.
 
+    Timeouts: ``connect_timeout`` to open a connection (default 10 s), ``timeout`` for the
+    server's answer, plus ``timeout_per_sequence`` for each sequence of a logits request,
+    so a large request is not abandoned (and retried behind itself) while it computes.
+
     Usage: ``requests`` and the byte counters include every attempt, retries too;
     ``calls`` counts candidate prompts per completed :meth:`logits` call.
     """
@@ -57,6 +61,8 @@ class Client(BaseClient):
         max_retries: int | None = None,
         dtype: DType | None = None,
         max_retry_wait: float | None = None,
+        connect_timeout: float | None = None,
+        timeout_per_sequence: float | None = None,
         transport: httpx.BaseTransport | None = None,
         env_file: str | Path | None = DEFAULT_ENV_FILE,
         rng: random.Random | None = None,
@@ -70,6 +76,8 @@ class Client(BaseClient):
             max_retries=max_retries,
             dtype=dtype,
             max_retry_wait=max_retry_wait,
+            connect_timeout=connect_timeout,
+            timeout_per_sequence=timeout_per_sequence,
         )
         self._init(settings, transport, rng)
 
@@ -100,8 +108,15 @@ class Client(BaseClient):
 
     # ---------------------------------------------------------------- sending
 
-    def _send(self, method: str, path: str, body: BaseModel | None, model: type[M]) -> M:
-        request = self._build_request(self._http, method, path, body)
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        model: type[M],
+        sequences: int = 0,
+    ) -> M:
+        request = self._build_request(self._http, method, path, body, sequences)
         retrying = Retrying(sleep=lambda s: self._sleep(s), **self._retry_kwargs())
         result: M = retrying(self._send_once, request, model)
         return result
@@ -154,7 +169,9 @@ class Client(BaseClient):
         n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
         out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
         for chunk in chunks:
-            resp = self._send("POST", self._api("/logits"), chunk.request, LogitsResponse)
+            resp = self._send(
+                "POST", self._api("/logits"), chunk.request, LogitsResponse, chunk.sequences
+            )
             self._logits_into(out, chunk, resp)
         self._usage.calls += n_prompts
         return out

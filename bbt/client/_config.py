@@ -10,13 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+import httpx
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bbt.errors import ConfigurationError
 from bbt.protocol import DType
 
+#: Read (and write and pool) timeout of one request in seconds: how long the server may stay
+#: silent. A logits request adds ``timeout_per_sequence`` for each sequence it carries.
 DEFAULT_TIMEOUT = 60.0
+#: Seconds to open a connection. Short, because a host that has not accepted in 10 s is
+#: down or unreachable, and retrying soon beats waiting out a long read timeout; never more
+#: than ``timeout`` unless set explicitly.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Extra read seconds per sequence (one prompt on one text) of a logits request, so a large
+#: request gets the time its compute needs instead of timing out and being retried behind
+#: itself. 0.25 s is a floor of 4 sequences/s: about 8x below the slowest figure measured for
+#: the embedded default on a shared 2-core CPU (33.5 sequences/s in float32, docs/server.md),
+#: so CPU-served models get through, while a paper-scale request (P=20 x B=32 = 640
+#: sequences) waits at most 60 + 160 s. A fast (GPU) server answers long before; the cost of
+#: a generous value is only that a server which hangs without closing the connection is
+#: noticed later.
+DEFAULT_TIMEOUT_PER_SEQUENCE = 0.25
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_RETRY_WAIT = 60.0
 DEFAULT_ENV_FILE = ".env"
@@ -43,12 +59,44 @@ class ClientSettings(BaseSettings):
     base_url: str | None = Field(default=None, description="Service root, e.g. http://host:8000")
     api_key: SecretStr | None = Field(default=None, description="Bearer key; never printed.")
     model: str | None = Field(default=None, description="Model id; default: the first served.")
-    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, description="Seconds per request.")
+    timeout: float = Field(
+        default=DEFAULT_TIMEOUT,
+        gt=0,
+        description="Read timeout in seconds: how long the server may stay silent.",
+    )
+    connect_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            f"Seconds to open a connection; unset: {DEFAULT_CONNECT_TIMEOUT:g}, or timeout if less."
+        ),
+    )
+    timeout_per_sequence: float = Field(
+        default=DEFAULT_TIMEOUT_PER_SEQUENCE,
+        ge=0,
+        description="Read seconds added per sequence (prompt x text) of a logits request.",
+    )
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, description="0 turns retries off.")
     max_retry_wait: float = Field(
         default=DEFAULT_MAX_RETRY_WAIT, ge=0, description="Cap on one wait, Retry-After included."
     )
     dtype: DType = Field(default="float32", description="Element type of prompts on the wire.")
+
+    @field_validator("base_url", "api_key", "model", "connect_timeout", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """An empty or whitespace-only value means "none", from any source.
+
+        ``BBT_API_KEY=`` in a .env file (or ``api_key=""``) must not become the header
+        ``Authorization: Bearer ``, which httpx refuses to send; and ``BBT_MODEL=`` means
+        "the first model served", as .env.example says. Surrounding whitespace is dropped:
+        no URL, key or model id starts or ends with it, and a header value cannot.
+        """
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str):
+            raw = raw.strip()
+            return raw or None
+        return value
 
     def __init__(self, env_file: str | Path | None = DEFAULT_ENV_FILE, **values: Any) -> None:
         # Only explicitly given values reach pydantic-settings, so None never shadows the env.
@@ -62,3 +110,16 @@ class ClientSettings(BaseSettings):
                 "or in a .env file"
             )
         return self.base_url.rstrip("/")
+
+    def http_timeout(self, sequences: int = 0) -> httpx.Timeout:
+        """The httpx timeout of one request carrying ``sequences`` logits sequences.
+
+        Connecting is short (a dead host should fail fast and be retried); reading, the
+        wait for the server's answer, is ``timeout`` plus ``timeout_per_sequence`` for each
+        sequence, since that wait is the server's compute and grows with the request.
+        """
+        connect = self.connect_timeout
+        if connect is None:
+            connect = min(DEFAULT_CONNECT_TIMEOUT, self.timeout)
+        read = self.timeout + sequences * self.timeout_per_sequence
+        return httpx.Timeout(self.timeout, connect=connect, read=read)

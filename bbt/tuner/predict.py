@@ -36,9 +36,13 @@ class TunedPrompt:
     """A tuned soft prompt together with its task, ready to classify new inputs.
 
     ``TunedPrompt.load(run_dir, service)`` reads a finished run. Without a service, the first
-    prediction opens a :class:`bbt.Client` configured from ``BBT_*`` settings (or ``.env``),
-    falling back to the base URL the run recorded. The service must serve the model the prompt was
-    tuned for.
+    prediction opens a :class:`bbt.Client` on the URL you configured: ``base_url=`` here or
+    in :meth:`load`, else ``BBT_BASE_URL`` (environment or ``.env``); the API key comes from
+    ``BBT_API_KEY`` as usual. The service must serve the model the prompt was tuned for.
+
+    The URL a run's manifest records (:attr:`recorded_base_url`) is never contacted on its
+    own: a run directory can come from anyone, and the client would send your API key, and
+    your inputs, to whatever URL it names. Pass that URL as ``base_url=`` to opt in.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class TunedPrompt:
         service: Service | None = None,
         base_url: str | None = None,
         run_dir: Path | None = None,
+        recorded_base_url: str | None = None,
     ) -> None:
         self.prompt: F32 = np.ascontiguousarray(prompt, dtype=np.float32)
         if self.prompt.ndim != 2:
@@ -58,14 +63,21 @@ class TunedPrompt:
         self.task = task
         self.model_id = model_id
         self.candidate_ids = list(candidate_ids) if candidate_ids is not None else None
+        #: The service URL to use when no service is bound: given by the caller, never read
+        #: from a file.
         self.base_url = base_url
         self.run_dir = run_dir
+        #: The URL the run was tuned against, as its manifest says; shown, never contacted.
+        self.recorded_base_url = recorded_base_url
         self._service: Service | None = None
         if service is not None:
             self.bind(service)
 
     @classmethod
-    def load(cls, run_dir: str | Path, service: Service | None = None) -> TunedPrompt:
+    def load(
+        cls, run_dir: str | Path, service: Service | None = None, *, base_url: str | None = None
+    ) -> TunedPrompt:
+        """A finished run's prompt, bound to ``service`` now or, lazily, to ``base_url``."""
         path = Path(run_dir)
         manifest = read_manifest(path)
         load_result(path)  # raises a clear RunError for a run that has not finished
@@ -79,8 +91,9 @@ class TunedPrompt:
             manifest["model"]["id"],
             manifest.get("candidate_ids"),
             service=service,
-            base_url=manifest.get("service", {}).get("base_url"),
+            base_url=base_url,
             run_dir=path,
+            recorded_base_url=manifest.get("service", {}).get("base_url"),
         )
 
     def bind(self, service: Service) -> TunedPrompt:
@@ -103,17 +116,37 @@ class TunedPrompt:
         if self._service is None:
             from bbt.client import Client, ClientSettings
 
-            # Settings (arguments, BBT_* environment, .env) first; the URL the run recorded
-            # only when they name none.
-            url = ClientSettings().base_url or self.base_url
-            if not url:
-                raise ConfigurationError(
-                    "no service to predict with: pass service=..., or set BBT_BASE_URL"
-                )
-            self.bind(Client(base_url=url))
+            # Only a URL the user configured: an argument, then BBT_BASE_URL / .env. The
+            # client attaches BBT_API_KEY to every request, so a URL read from the run
+            # directory (which may have come from anyone) would receive the user's key.
+            settings = ClientSettings(base_url=self.base_url)
+            if not settings.base_url:
+                raise ConfigurationError(self._no_url_message())
+            client = Client.from_settings(settings)
+            try:
+                self.bind(client)
+            except BaseException:
+                client.close()
+                raise
         if self._service is None:  # pragma: no cover - bind() sets it
             raise ConfigurationError("no service")
         return self._service
+
+    def _no_url_message(self) -> str:
+        if not self.recorded_base_url:
+            return (
+                "no service to predict with: pass service=... or base_url=..., "
+                "or set BBT_BASE_URL (environment or .env)"
+            )
+        # repr(): the manifest is not ours to trust, so no raw control characters reach the
+        # terminal from it.
+        url = repr(self.recorded_base_url)
+        return (
+            f"no service URL configured; this run was tuned against {url}, which bbt does not "
+            "contact on a run directory's say-so (your API key would go with every request). "
+            f"To use it, pass base_url={url} (bbt eval/predict: --base-url) or set "
+            "BBT_BASE_URL; or pass service=..."
+        )
 
     def _inputs(self, inputs: Sequence[str | Mapping[str, str]]) -> list[str]:
         svc = self.service

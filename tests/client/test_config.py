@@ -6,10 +6,14 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from bbt.client import Client, ClientSettings
-from bbt.client._config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from bbt.client._config import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT_PER_SEQUENCE,
+)
 from bbt.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +40,8 @@ def test_defaults_without_any_source() -> None:
     assert s.model is None
     assert s.timeout == DEFAULT_TIMEOUT
     assert s.max_retries == DEFAULT_MAX_RETRIES
+    assert s.timeout_per_sequence == DEFAULT_TIMEOUT_PER_SEQUENCE
+    assert s.connect_timeout is None
     assert s.dtype == "float32"
 
 
@@ -118,3 +124,57 @@ def test_env_example_documents_every_variable() -> None:
     client_vars = {f"BBT_{name.upper()}" for name in ClientSettings.model_fields}
     assert client_vars <= documented
     assert {"BBT_SERVER_API_KEYS", "BBT_SERVER_API_KEY_FILE"} <= documented
+
+
+# ------------------------------------------------------------------ empty means unset
+
+
+@pytest.mark.usefixtures("no_env")
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_key_is_no_key_from_every_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    # What `cp .env.example .env` used to leave behind: BBT_API_KEY= with nothing after it.
+    (tmp_path / ".env").write_text(f"BBT_API_KEY={blank}\nBBT_MODEL={blank}\n")
+    assert ClientSettings().api_key is None
+    assert ClientSettings().model is None  # "empty means the first model served"
+    monkeypatch.setenv("BBT_API_KEY", blank)
+    assert ClientSettings(env_file=None).api_key is None
+    monkeypatch.delenv("BBT_API_KEY")
+    assert ClientSettings(env_file=None, api_key=blank).api_key is None
+    assert ClientSettings(env_file=None, api_key=SecretStr(blank)).api_key is None
+    assert ClientSettings(env_file=None, base_url=blank).base_url is None
+
+
+@pytest.mark.usefixtures("no_env")
+def test_an_explicit_blank_key_overrides_a_configured_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Precedence is unchanged: an explicit empty argument says "no key" and wins.
+    monkeypatch.setenv("BBT_API_KEY", "env-key")
+    assert ClientSettings(env_file=None, api_key="").api_key is None
+
+
+@pytest.mark.usefixtures("no_env")
+def test_surrounding_whitespace_is_not_part_of_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BBT_API_KEY", "  sk-padded \n")
+    key = ClientSettings(env_file=None).api_key
+    assert key is not None
+    assert key.get_secret_value() == "sk-padded"
+
+
+@pytest.mark.usefixtures("no_env")
+def test_env_example_copied_as_dotenv_leaves_the_embedded_default_on(tmp_path: Path) -> None:
+    # README: `cp .env.example .env; bbt tune ...` must reach the embedded default server,
+    # which `bbt tune` starts only while no URL is configured, and must send no key.
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    s = ClientSettings()
+    assert s.base_url is None
+    assert s.api_key is None
+    assert s.model is None
+    # Every value the file does set is one the settings accept (no ValidationError above)
+    # and the documented default.
+    assert s.timeout == DEFAULT_TIMEOUT
+    assert s.max_retries == DEFAULT_MAX_RETRIES
+    assert s.timeout_per_sequence == DEFAULT_TIMEOUT_PER_SEQUENCE
+    assert s.connect_timeout is None
