@@ -16,6 +16,7 @@ whole process group (TERM, then KILL), so nothing outlives a benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -68,10 +69,8 @@ def stop_group(proc: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=grace_s)
 
 
@@ -179,7 +178,10 @@ class ServerProc:
             self._log = None
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

@@ -35,8 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from _common import RESULTS, write_result
-from _loadfuzz import ROOT, ServerProc, child_env, cpu_flags, git_commit, parse_access_log
-from _loadfuzz import percentiles, stop_group
+from _loadfuzz import (
+    ROOT,
+    ServerProc,
+    child_env,
+    cpu_flags,
+    git_commit,
+    parse_access_log,
+    percentiles,
+    stop_group,
+)
 
 LOGITS = "/v1/logits"
 MOCK_TUNE = ["--task", "mock", "--budget", "400", "--eval-every", "100"]
@@ -161,7 +169,9 @@ def summarise(
                 "result_present": done,
                 "http_attempts": len(recs),
                 "statuses": dict(statuses),
-                "retry_after_values": sorted({r["retry_after"] for r in recs if r.get("retry_after")}),
+                "retry_after_values": sorted(
+                    {r["retry_after"] for r in recs if r.get("retry_after")}
+                ),
                 "server_ms": round(server_ms[tag], 1),
                 "server_share": round(server_ms[tag] / total_ms, 4),
                 "active_s": round(max(times) - min(times), 2) if times else 0.0,
@@ -184,9 +194,7 @@ def summarise(
     for c in clients:
         c["logits_in_common_window"] = in_window[c["client"]]
         c["window_share"] = round(in_window[c["client"]] / n_window, 4) if n_window else None
-    client_logits_ms = [
-        r["ms"] for recs in records.values() for r in recs if r["path"] == LOGITS
-    ]
+    client_logits_ms = [r["ms"] for recs in records.values() for r in recs if r["path"] == LOGITS]
     shares = [c["server_share"] for c in clients]
     jain = sum(shares) ** 2 / (len(shares) * sum(s * s for s in shares)) if any(shares) else None
     codes = [int(r["status"]) for r in access if r["status"].isdigit()]
