@@ -364,15 +364,15 @@ class Strategies:
                 )
                 raw = _dumps(body)
             elif kind == "broken_json":
-                text = _dumps(body)
-                cut = draw(st.integers(0, len(text)))
+                blob = _dumps(body)
+                cut = draw(st.integers(0, len(blob)))
                 raw = draw(
                     st.sampled_from(
                         [
-                            text[:cut],
-                            text + b"garbage",
-                            text.replace(b"{", b"\xff", 1),
-                            text.replace(b'"model"', b"'model'"),
+                            blob[:cut],
+                            blob + b"garbage",
+                            blob.replace(b"{", b"\xff", 1),
+                            blob.replace(b'"model"', b"'model'"),
                             b"[" * 100_000 + b"]" * 100_000,
                             b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
                             b"[]",
@@ -382,9 +382,9 @@ class Strategies:
                             b"",
                             b"   ",
                             b'{"model": NaN}',
-                            text[:-1] + b', "model": "other"}',
-                            b"\xef\xbb\xbf" + text,
-                            text.decode().encode("utf-16"),
+                            blob[:-1] + b', "model": "other"}',
+                            b"\xef\xbb\xbf" + blob,
+                            blob.decode().encode("utf-16"),
                         ]
                     )
                 )
@@ -673,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bbt-fuzz-") as tmp:
         work = Path(tmp)
-        targets = [("mock", "mock-server", [], total, not args.no_inprocess)]
+        targets: list[tuple[str, str, list[str], int, bool]] = [
+            ("mock", "mock-server", [], total, not args.no_inprocess)
+        ]
         if args.hf and not args.smoke:
             targets.append(
                 ("hf", "serve", ["--dtype", "bfloat16", "--threads", "2"], args.hf, False)

@@ -123,7 +123,7 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def walk(root: Path, since: float | None = None, skip: Sequence[str] = ()) -> list[Path]:
-    out = []
+    out: list[Path] = []
     if not root.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(root):
@@ -339,16 +339,31 @@ def suite_step(canary: str, work: Path, timeout: float, extra: list[str]) -> dic
             os.killpg(proc.pid, 9)
             proc.wait()
     text = out.read_text(errors="replace")
-    summary = [ln for ln in text.splitlines() if re.match(r"^=+ .*(passed|failed|error)", ln)]
+    summary = [
+        ln.strip("= ")
+        for ln in text.splitlines()
+        if re.match(r"^(=+ )?\d+ (passed|failed|error)", ln)
+    ]
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.MULTILINE)
+    probe = work / "probe"
     return {
         "step": "pytest",
+        # What the probe saw: proof that it ran, and how much text the scan covered.
+        "probe_exception_messages": _lines(probe / "exceptions.txt"),
+        "probe_log_records": _lines(probe / "log.txt"),
         "command": " ".join(["python", "-m", "pytest", *argv[3:]]).replace(str(work), "WORK"),
         "exit": proc.returncode,
         "seconds": round(time.monotonic() - started, 1),
         "summary": summary[-1] if summary else None,
         "failed": failed[:50],
     }
+
+
+def _lines(path: Path) -> int:
+    try:
+        return len(path.read_bytes().splitlines())
+    except OSError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "files_scanned": result["files"],
         "bytes_scanned": result["bytes"],
         "changed_files_outside_work": len(changed),
+        "changed_files_outside_work_list": sorted(str(p) for p in changed)[:300],
         "skipped_too_large": result["skipped_too_large"],
         "hits": hits,
         "steps_as_expected": steps_ok,
