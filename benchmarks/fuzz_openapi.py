@@ -667,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=900.0, help="seconds per target")
     args = ap.parse_args(argv)
     total = args.requests or (100 if args.smoke else 2400)
+    commit = git_commit()  # the commit this run starts on
 
     import tempfile
 
@@ -688,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r["ok"] for r in results)
     write_result(
         "fuzz_smoke" if args.smoke else "fuzz",
-        {"commit": git_commit(), "cpu_flags": cpu_flags(), "ok": ok, "targets": results},
+        {"commit": commit, "cpu_flags": cpu_flags(), "ok": ok, "targets": results},
         args.out_dir or RESULTS,
     )
     print(f"\nfuzz: {'PASS' if ok else 'FAIL'}")

@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     qname = queue_setting()
+    commit = git_commit()  # the commit this run starts on
     if args.smoke:
         scenarios = [Scenario("mock_2", "mock-server", MOCK_ARGS, 2, SMOKE_TUNE)]
     else:
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(
         "load_smoke" if args.smoke else "load",
         {
-            "commit": git_commit(),
+            "commit": commit,
             "cpu_flags": cpu_flags(),
             "scenarios": results,
             "queue_bound": queue,

@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     canary = new_canary()
+    commit = git_commit()  # the commit this run starts on
     patterns = forms(canary)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bbt-secrets-") as tmp:
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     no_traceback = not any(s.get("traceback") for s in steps)
     record = {
-        "commit": git_commit(),
+        "commit": commit,
         "cpu_flags": cpu_flags(),
         "canary": {"length": len(canary), "forms": sorted(patterns)},
         "scanner_self_check": scanner_ok,
