@@ -59,6 +59,16 @@ def _check_texts(texts: list[str], info: ModelInfo, *, need_mask: bool) -> None:
             raise ProtocolViolation(
                 f"text {i} has {len(text)} characters; the limit is {limit}", field=f"texts.{i}"
             )
+        if not text.isascii():
+            # JSON can carry lone surrogates ("\\ud800") that no tokenizer can encode; refuse
+            # them here so they are a 422, never a tokenizer crash (a 500).
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ProtocolViolation(
+                    f"text {i} is not valid Unicode (a lone surrogate at character {exc.start})",
+                    field=f"texts.{i}",
+                ) from None
         if need_mask:
             count = text.count(info.mask_token)
             if count != 1:

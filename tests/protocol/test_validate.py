@@ -190,3 +190,19 @@ def test_prompt_values_beyond_the_limit_are_rejected() -> None:
     v = _violation(_req(-2 * ok))
     assert "absolute value" in v.message
     assert v.field == "prompts.data"
+
+
+@pytest.mark.parametrize("text", ["\ud800 [MASK]", "a [MASK] \udfff b"])
+def test_lone_surrogates_are_refused_as_invalid_requests(text: str) -> None:
+    # The real tokenizer raises TypeError on these (found by benchmarks/fuzz_openapi.py as a
+    # 500); the shared check turns them into a 422 on the client and the server alike.
+    v = _violation(_req(np.zeros((1, 2, 4), np.float32), texts=["ok [MASK]", text]))
+    assert v.field == "texts.1"
+    assert "surrogate" in v.message
+    with pytest.raises(ProtocolViolation) as info:
+        check_tokenize_request(TokenizeRequest(model="m", texts=[text]), INFO)
+    assert info.value.field == "texts.0"
+
+
+def test_non_ascii_text_that_is_valid_unicode_passes() -> None:
+    check_logits_request(_req(np.zeros((1, 2, 4), np.float32), texts=["café ✓ [MASK]"]), INFO)
