@@ -242,6 +242,7 @@ class Access:
     path: str
     status: str  # "200", "503", "dropped", "0" (client gone before its body arrived)
     bytes_in: int
+    bytes_out: int
     fault: str | None
 
     @property
@@ -274,6 +275,7 @@ def read_access_log(path: Path, offset: int = 0) -> list[Access]:
                 path=m["path"],
                 status=m["status"],
                 bytes_in=int(m["bin"]),
+                bytes_out=int(m["bout"]),
                 fault=m["fault"],
             )
         )

@@ -195,6 +195,11 @@ def _drive(
         "server_kills": events,
         "server_requests_logged": len(accesses),
         "server_outcomes": status_counts(accesses),
+        # Slow answers the server still computed and sent after the client had given up
+        # (its read timeout is shorter than the delay): work done for nobody.
+        "slow_answers_computed_after_client_left": sum(
+            a.fault == "timeout" and a.status == "200" and a.bytes_out > 0 for a in accesses
+        ),
         "fingerprint": fingerprint(run_dir),
     }
 
