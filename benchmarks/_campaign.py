@@ -7,8 +7,9 @@ the exit status, ``bbt tune --resume`` and the artifacts of a run directory (``z
 the checkpoint's name and format may change freely.
 
 Every child runs in its own session (process group), from a scratch working directory (so no
-``.env`` is read), with every ``BBT_*`` variable of the caller removed and one BLAS thread
-(fast on a shared machine, and the same arithmetic in every process).
+``.env`` is read), with every ``BBT_*`` variable of the caller removed (``BBT_HOME`` points
+into the scratch directory) and one BLAS thread (fast on a shared machine, and the same
+arithmetic in every process).
 """
 
 from __future__ import annotations
@@ -48,8 +49,13 @@ def bbt_argv(*args: str) -> list[str]:
     return [sys.executable, "-c", _BBT_CODE, *args]
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without ``BBT_*`` or proxies, plus ``extra``."""
+def child_env(work: Path, **extra: str) -> dict[str, str]:
+    """The caller's environment without ``BBT_*`` or proxies, plus ``extra``.
+
+    ``BBT_HOME`` (where bbt keeps per-user state, such as a checkpoint key) points into the
+    scratch directory ``work``, the same for every child of one check: the check neither
+    reads nor leaves anything in the user's own configuration.
+    """
     proxies = {"http_proxy", "https_proxy", "all_proxy"}
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("BBT_") and k.lower() not in proxies
@@ -65,6 +71,9 @@ def child_env(**extra: str) -> dict[str, str]:
         NO_PROXY=f"{HOST},localhost",
         no_proxy=f"{HOST},localhost",
     )
+    home = work / "bbt-home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    env["BBT_HOME"] = str(home)
     env.update(extra)
     return env
 

@@ -211,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.api_key_env and not key:
         print(f"error: ${args.api_key_env} is empty or unset", file=sys.stderr)
         return 2
-    server_env = child_env(**({"BBT_SERVER_API_KEYS": key} if key else {}))
     faults = [
         "--rate-503",
         str(args.rate_503),
@@ -225,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bbt-chaos-"))
     servers: list[MockServer] = []
     try:
+        server_env = child_env(work, **({"BBT_SERVER_API_KEYS": key} if key else {}))
         clean = MockServer(work, "server-clean", [], server_env, args.fault_seed)
         chaos = MockServer(work, "server-chaos", faults, server_env, args.fault_seed)
         servers += [clean, chaos]
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, dict[str, Any]] = {}
         for name, server, kills in (("fault_free", clean, 0), ("chaos", chaos, args.kills)):
             env = child_env(
+                work,
                 BBT_BASE_URL=server.url,
                 BBT_TIMEOUT=str(args.timeout),
                 BBT_MAX_RETRIES=str(args.max_retries),

@@ -97,7 +97,7 @@ class Check:
         self.latency = args.latency_ms / 1000.0
         self.generations = args.budget // args.popsize
         self.deadline = time.monotonic() + args.time_limit
-        self.env = child_env(BBT_BASE_URL=server.url, BBT_TIMEOUT="60")
+        self.env = child_env(work, BBT_BASE_URL=server.url, BBT_TIMEOUT="60")
         self.dev_split = 0  # body size between a dev request and a population request
 
     # ------------------------------------------------------------------ helpers
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     rng = random.Random(args.rng_seed)
     work = Path(tempfile.mkdtemp(prefix="bbt-crash-"))
-    server = MockServer(work, "server", ["--latency-ms", str(args.latency_ms)], child_env())
+    server = MockServer(work, "server", ["--latency-ms", str(args.latency_ms)], child_env(work))
     record: dict[str, Any] = {
         "check": "crash_points",
         "config": {
