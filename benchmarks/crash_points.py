@@ -29,6 +29,7 @@ moment was never hit.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shutil
@@ -38,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _campaign import (
     RESULTS,
     Access,
@@ -78,7 +80,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.kills, args.budget, args.eval_every = 2, 120, 40
-        args.latency_ms, args.time_limit = 100.0, 240.0
+        args.latency_ms, args.time_limit = 250.0, 240.0
     if args.budget // args.popsize < 4:
         p.error("need at least 4 generations (--budget / --popsize)")
     return args
@@ -99,6 +101,7 @@ class Check:
         self.deadline = time.monotonic() + args.time_limit
         self.env = child_env(work, BBT_BASE_URL=server.url, BBT_TIMEOUT="60")
         self.dev_split = 0  # body size between a dev request and a population request
+        self.gap = {"pop": 0.0, "dev": 0.0}  # client time between answer and next request
 
     # ------------------------------------------------------------------ helpers
 
@@ -178,6 +181,14 @@ class Check:
         if len(sizes) < 2:
             raise RuntimeError(f"cannot tell dev from population requests by size: {sizes}")
         self.dev_split = (sizes[0] + sizes[-1]) // 2
+        # How long the client works between a population answer and its next request (CMA-ES,
+        # the checkpoint, encoding): the kills aim past it, into the next request.
+        done = sorted((a for a in acc if a.is_logits and a.status == "200"), key=lambda a: a.end)
+        gaps: dict[str, list[float]] = {"pop": [], "dev": []}
+        for a, b in itertools.pairwise(done):
+            if a.bytes_in > self.dev_split:
+                gaps["pop" if b.bytes_in > self.dev_split else "dev"].append(b.start - a.end)
+        self.gap = {k: max(0.0, float(np.median(v))) if v else 0.0 for k, v in gaps.items()}
         server_calls = self.calls(acc)
         return {
             "wall_s": round(wall, 2),
@@ -188,6 +199,7 @@ class Check:
             "server_calls": server_calls,
             "server_requests": len(acc),
             "logits_body_bytes": sizes,
+            "client_gap_s": {k: round(v, 4) for k, v in self.gap.items()},
             # The server-side count is only trusted if it agrees with the client's own.
             "counts_agree": server_calls == usage["calls"] and len(acc) == usage["requests"],
             "fingerprint": fingerprint(run_dir),
@@ -208,7 +220,7 @@ class Check:
         if kind == "request":
             if not self._wait_lines(proc, run_dir, gen, 0.002):
                 return "run ended first"
-            time.sleep(rng.uniform(0.2, 0.8) * self.latency)
+            time.sleep(self.gap["pop"] + rng.uniform(0.1, 0.6) * self.latency)
             return f"{gen} generations done, then a random point of the next request"
         if kind == "dev":
             if not self._wait_lines(proc, run_dir, gen, 0.002):
@@ -221,7 +233,7 @@ class Check:
                     return "run ended first"
                 self._check_time()
                 time.sleep(0.002)
-            time.sleep(rng.uniform(0.25, 0.75) * self.latency)
+            time.sleep(self.gap["dev"] + rng.uniform(0.1, 0.6) * self.latency)
             return f"population request of generation {gen + 1} answered, then a random point"
         # checkpoint: kill as soon as an atomic write's temp file shows up after `gen`.
         if not self._wait_lines(proc, run_dir, gen, 0.002):
