@@ -232,6 +232,21 @@ class MockServer:
         return [a for log in self.logs for a in read_access_log(log)]
 
 
+def waits_on_io(pid: int) -> bool | None:
+    """Whether ``pid`` sleeps in poll/select (as a client waiting for an answer does), from
+    /proc; None where there is no /proc or the process is gone. Running, runnable, in disk
+    wait or in ``time.sleep`` (a retry's backoff) is False."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return None
+    # "pid (comm) S ...": comm may hold spaces or parentheses, so split at the last ")".
+    if stat.rsplit(")", 1)[1].split()[0] != "S":
+        return False
+    return any(w in wchan for w in ("poll", "select", "wait_data"))
+
+
 # --------------------------------------------------------------------------- access log
 
 _ACCESS = re.compile(
