@@ -79,7 +79,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.budget, args.eval_every, args.kills = 100, 40, 1
         args.rate_503, args.rate_drop, args.rate_slow = 0.10, 0.05, 0.02
-        args.slow_s, args.timeout, args.time_limit = 1.5, 1.0, 120.0
+        args.slow_s, args.timeout, args.time_limit = 1.5, 1.0, 600.0
     if args.rate_slow and args.slow_s <= args.timeout:
         p.error("--slow-s must exceed --timeout: slow answers are meant to time out")
     return args

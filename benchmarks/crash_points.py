@@ -14,9 +14,11 @@ dev every 100 calls; d=500 makes the checkpoint ~4 MB, so its write is a target 
    a chosen kind: during a training request (a random point of a random generation's
    population request), during a checkpoint write (the moment the atomic write's temp file
    appears after a random generation), or during dev scoring (a random point of a dev
-   request after a random dev generation's population request). What was hit is then
-   established from evidence, not assumed: the server's access log (which request was in
-   flight at the kill's timestamp) and a temp file left in the run directory.
+   request after a random dev generation's population request). A request counts as sent
+   once the client sleeps in poll (/proc), so the aim holds however long the client thinks
+   on a loaded machine. What was hit is then established from evidence, not assumed: the
+   server's access log (which request was in flight at the kill's timestamp) and a temp
+   file left in the run directory.
 3. `bbt tune --resume DIR` runs each trial to completion; z.npy, prompt.npy, history
    (minus wall times) and the recorded result must be bitwise identical to the reference,
    and the calls the server answered for the trial, minus the reference's, are the calls
