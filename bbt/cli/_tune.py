@@ -70,10 +70,11 @@ SERVER_ENV = {
     "num_threads": "BBT_EMBEDDED_THREADS",
     "device": "BBT_EMBEDDED_DEVICE",
 }
+#: Command parameter -> its flag, in the order messages name them.
 _SERVER_FLAGS = {
-    "dtype": "--server-dtype",
-    "num_threads": "--server-threads",
-    "device": "--server-device",
+    "server_dtype": "--server-dtype",
+    "server_threads": "--server-threads",
+    "server_device": "--server-device",
 }
 
 
@@ -147,7 +148,7 @@ def _server_options(
         source = ctx.get_parameter_source(name)
         return source is not None and source.name == "COMMANDLINE"
 
-    given = tuple(flag for name, flag in _SERVER_FLAGS.items() if typed(f"server_{name}"))
+    given = tuple(flag for name, flag in _SERVER_FLAGS.items() if typed(name))
     return ServerOptions(dtype=dtype, num_threads=num_threads, device=device, given=given)
 
 
