@@ -3,15 +3,33 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# A CPU build of torch: an unpinned `torch` pulls a multi-gigabyte CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+
+# Which PyTorch build .venv gets (the [serve] extra needs it; the client and tuner do not):
+#   cpu    the CPU build from PyTorch's CPU index (a few hundred MB). On Linux PyPI's plain
+#          `torch` is the CUDA build, several GB, which a machine without a GPU never uses.
+#   cuda   PyPI's Linux build, with CUDA: for a machine with an NVIDIA GPU.
+#   local  whatever pip is already set up to find (pip.conf, PIP_INDEX_URL, PIP_FIND_LINKS),
+#          with no index added: the default where PIP_FIND_LINKS is set, as on this project's
+#          machines, whose CPU wheel lies on disk.
+# TORCH_SPEC (the requirement) and TORCH_INDEX (the index it comes from) override either part.
+# Switching build in an existing .venv: `make clean` first.
+TORCH_VERSION ?= 2.13.0
+TORCH ?= $(if $(PIP_FIND_LINKS),local,cpu)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+ifeq ($(TORCH),cpu)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+else ifeq ($(filter $(TORCH),cuda local),)
+$(error TORCH must be cpu, cuda or local, not '$(TORCH)')
+endif
+TORCH_INDEX ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 .PHONY: install test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q '$(TORCH_SPEC)'
+	$(PY) -m pip install -q '$(TORCH_SPEC)' $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -e '.[dev,serve]'
 	touch $@
 
@@ -28,6 +46,8 @@ test: lint
 # The embedded default (MiniLM + shipped MLM head, bfloat16 on the CPU) on AG News 16-shot:
 # about 5 minutes on 2 idle cores. n=10, d=200 and 600 calls are the settings docs/server.md
 # measured (held-out accuracy from 36.5% with the manual prompt to 63.6%, mean of 3 seeds).
+# The embedded server's dtype, threads and device come from BBT_EMBEDDED_DTYPE,
+# BBT_EMBEDDED_THREADS and BBT_EMBEDDED_DEVICE when set (e.g. BBT_EMBEDDED_DEVICE=cuda).
 DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
 DEMO_DIR ?= runs/demo-agnews-$(DEMO_STAMP)
 DEMO_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -36,6 +56,7 @@ demo: install
 	$(DEMO_ENV) $(VENV)/bin/bbt tune --task agnews --data examples/data/agnews.tsv \
 		-k 16 -n 10 -d 200 --init vocab:1000 --budget 600 --eval-every 100 --seed 0 \
 		--out $(DEMO_DIR)
+	ln -sfn $(abspath $(DEMO_DIR)) runs/demo-agnews    # README's commands use the latest demo
 	$(DEMO_ENV) $(VENV)/bin/bbt predict $(DEMO_DIR) \
 		"Oil prices climb as OPEC signals output cuts" \
 		"The striker scored twice as United won the derby"

@@ -9,9 +9,12 @@ with a one-line message and a non-zero status, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -61,6 +64,93 @@ def _guard(fn: Callable[[], T], resume_hint: Path | None = None) -> T:
 
 # --------------------------------------------------------------------------- service
 
+#: Environment variables for the embedded server's options, read when no flag is given.
+SERVER_ENV = {
+    "dtype": "BBT_EMBEDDED_DTYPE",
+    "num_threads": "BBT_EMBEDDED_THREADS",
+    "device": "BBT_EMBEDDED_DEVICE",
+}
+#: Command parameter -> its flag, in the order messages name them.
+_SERVER_FLAGS = {
+    "server_dtype": "--server-dtype",
+    "server_threads": "--server-threads",
+    "server_device": "--server-device",
+}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to run the embedded server, when the command starts one.
+
+    ``given`` names the flags typed on the command line: those are refused when another
+    service answers (a URL, ``--mock``), since they could not have any effect. Values from
+    ``BBT_EMBEDDED_*`` are meant for whenever the embedded server starts, and are ignored
+    otherwise.
+    """
+
+    dtype: str | None = None
+    num_threads: int | None = None
+    device: str | None = None
+    given: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> ServerOptions:
+        threads = os.environ.get(SERVER_ENV["num_threads"]) or None
+        try:
+            num_threads = None if threads is None else int(threads)
+        except ValueError:
+            raise ConfigurationError(
+                f"{SERVER_ENV['num_threads']} must be a whole number, not {threads!r}"
+            ) from None
+        return cls(
+            dtype=os.environ.get(SERVER_ENV["dtype"]) or None,
+            num_threads=num_threads,
+            device=os.environ.get(SERVER_ENV["device"]) or None,
+        )
+
+    def refuse(self, other: str) -> None:
+        """Raise when flags for the embedded server were given but ``other`` answers."""
+        if self.given:
+            flags = " and ".join(self.given)
+            verb = "applies" if len(self.given) == 1 else "apply"
+            raise ConfigurationError(
+                f"{flags} only {verb} to the embedded server, which this command does not "
+                f"start: the {other} answers, with its own settings"
+            )
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``embedded_server``: only what was set, so the embedded
+        defaults decide the rest; the backend validates the values."""
+        options: dict[str, Any] = {}
+        if self.dtype is not None:
+            options["dtype"] = self.dtype
+        if self.num_threads is not None:
+            options["num_threads"] = self.num_threads
+        if self.device is not None:
+            options["device"] = _resolve_device(self.device)
+        return options
+
+
+def _resolve_device(device: str) -> str:
+    """``auto``: CUDA where torch sees a device, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _server_options(
+    ctx: typer.Context, dtype: str | None, num_threads: int | None, device: str | None
+) -> ServerOptions:
+    def typed(name: str) -> bool:
+        # By name: typer may ship its own copy of click's ParameterSource enum.
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    given = tuple(flag for name, flag in _SERVER_FLAGS.items() if typed(name))
+    return ServerOptions(dtype=dtype, num_threads=num_threads, device=device, given=given)
+
 
 @contextmanager
 def _service(
@@ -71,9 +161,15 @@ def _service(
     api_key: str | None,
     model: str | None,
     say: Callable[[str], None],
+    server: ServerOptions | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """The service to use and how the manifest should describe it (no credentials)."""
+    """The service to use and how the manifest should describe it (no credentials).
+
+    ``server`` (default: the ``BBT_EMBEDDED_*`` variables) configures the embedded server.
+    """
+    server = server if server is not None else ServerOptions.from_env()
     if mock:
+        server.refuse("in-process mock")
         from bbt.client import LocalClient
         from bbt.server.mock import MockBackend
 
@@ -86,6 +182,7 @@ def _service(
 
     settings = ClientSettings(base_url=base_url, api_key=api_key, model=model)
     if settings.base_url:
+        server.refuse("service at the configured URL (--base-url, BBT_BASE_URL or .env)")
         with Client.from_settings(settings) as client:
             yield client, {"kind": "http", "base_url": settings.base_url}
         return
@@ -102,7 +199,7 @@ def _service(
         # The embedded model shares this machine's CPU: a population request can outlast a
         # network timeout, and a retry would only queue the same work again behind it.
         update["timeout"] = EMBEDDED_TIMEOUT
-    with embedded_server(say=say) as url:
+    with embedded_server(say=say, **server.backend_options()) as url:
         update["base_url"] = url
         with Client.from_settings(settings.model_copy(update=update)) as client:
             yield client, {"kind": "embedded", "base_url": url}
@@ -116,6 +213,7 @@ def _service_for_run(
     api_key: str | None,
     model: str | None,
     say: Callable[[str], None],
+    server: ServerOptions | None = None,
 ) -> Any:
     """A run made against the in-process mock is resumed/used against it again."""
     from bbt.tuner import read_manifest
@@ -131,14 +229,61 @@ def _service_for_run(
         api_key=api_key,
         model=model,
         say=say,
+        server=server,
     )
 
 
 # --------------------------------------------------------------------------- progress
 
+#: The console of the progress bar while one is on screen: messages must go through it, or
+#: the bar's next refresh draws over them (or they land glued to the bar's line).
+_live: list[Any] = []
+
+
+def _console() -> Any:
+    """Where the bar draws: stderr, with everything else the command says, so stdout stays
+    the command's result (JSON lines, a dry run's plan)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _clock(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class _Eta:
+    """Time left from the pace of the generations so far.
+
+    Records carry the run's cumulative wall time. After the first record the pace is taken
+    from there on, so the start-up before it (imports, discovery, p0's dev score) does not
+    inflate the estimate; on the first record alone, the cumulative pace is all there is
+    (after a resume it covers the earlier sessions too).
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._first: tuple[int, float] | None = None
+
+    def __call__(self, calls: int, wall_time: float) -> str:
+        if self._first is None:
+            self._first = (calls, wall_time)
+            spent_calls, spent_s = calls, wall_time
+        else:
+            spent_calls, spent_s = calls - self._first[0], wall_time - self._first[1]
+        if spent_calls <= 0 or spent_s <= 0:
+            return "-:--:--"
+        return _clock(max(self.total - calls, 0) * spent_s / spent_calls)
+
 
 class _Progress:
-    """A rich progress bar: API calls spent, current loss, best dev metric."""
+    """A rich progress bar: API calls spent, current loss, best dev metric, time, ETA.
+
+    The ETA (see :class:`_Eta`) shows from the first generation on, so a user knows at once
+    whether to wait.
+    """
 
     def __init__(self, budget: int, metric: str, quiet: bool) -> None:
         self.quiet = quiet
@@ -146,6 +291,7 @@ class _Progress:
         self._bar: Any = None
         self._task: Any = None
         self.budget = budget
+        self._eta = _Eta(budget)
 
     def __enter__(self) -> _Progress:
         if self.quiet:
@@ -154,28 +300,38 @@ class _Progress:
 
         self._bar = Progress(
             TextColumn("[bold]tuning[/bold]"),
-            BarColumn(),
+            BarColumn(bar_width=None),
             TextColumn("{task.completed}/{task.total} calls"),
             TextColumn("loss {task.fields[loss]}"),
-            TextColumn("best dev {task.fields[metric]} {task.fields[dev]}"),
+            TextColumn("dev {task.fields[metric]} {task.fields[dev]}"),
             TimeElapsedColumn(),
+            TextColumn("eta {task.fields[eta]}"),
+            console=_console(),
             transient=False,
         )
         self._bar.__enter__()
         self._task = self._bar.add_task(
-            "tune", total=self.budget, loss="-", dev="-", metric=self.metric
+            "tune", total=self.budget, loss="-", dev="-", metric=self.metric, eta="-:--:--"
         )
+        _live.append(self._bar.console)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
+            _live.remove(self._bar.console)
             self._bar.__exit__(None, None, None)
 
     def __call__(self, rec: Any) -> None:
         if self._bar is None:
             return
         dev = "-" if rec.best_dev_metric is None else f"{rec.best_dev_metric:.4f}"
-        self._bar.update(self._task, completed=rec.calls, loss=f"{rec.loss_min:.4f}", dev=dev)
+        self._bar.update(
+            self._task,
+            completed=rec.calls,
+            loss=f"{rec.loss_min:.4f}",
+            dev=dev,
+            eta=self._eta(rec.calls, rec.wall_time),
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -246,8 +402,33 @@ def _summary(result: Any, say: Callable[[str], None]) -> None:
 
 # --------------------------------------------------------------------------- commands
 
+_DTYPE_HELP = (
+    "Embedded server only: compute dtype, auto | float32 | bfloat16 | float16 (CUDA) "
+    f"(or {SERVER_ENV['dtype']}; default: the embedded default)."
+)
+_THREADS_HELP = f"Embedded server only: torch threads (or {SERVER_ENV['num_threads']})."
+_DEVICE_HELP = (
+    f"Embedded server only: auto | cpu | cuda (or {SERVER_ENV['device']}); auto picks CUDA "
+    "when torch sees a GPU."
+)
+
+
+def _server_dtype_option() -> Any:
+    return typer.Option(None, "--server-dtype", envvar=SERVER_ENV["dtype"], help=_DTYPE_HELP)
+
+
+def _server_threads_option() -> Any:
+    return typer.Option(
+        None, "--server-threads", envvar=SERVER_ENV["num_threads"], help=_THREADS_HELP
+    )
+
+
+def _server_device_option() -> Any:
+    return typer.Option(None, "--server-device", envvar=SERVER_ENV["device"], help=_DEVICE_HELP)
+
 
 def tune_command(
+    ctx: typer.Context,
     task: str | None = typer.Option(
         None, "--task", "-t", help="Preset: sst2, yelp, agnews, dbpedia, mrpc, snli, rte, mock."
     ),
@@ -296,12 +477,26 @@ def tune_command(
         False, "--mock", help="Use the mock model in this process (offline)."
     ),
     mock_hidden_size: int = typer.Option(DEFAULT_MOCK_HIDDEN, help="Hidden size of --mock."),
+    server_dtype: str | None = _server_dtype_option(),
+    server_threads: int | None = _server_threads_option(),
+    server_device: str | None = _server_device_option(),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print what the run would cost (calls, requests, bytes, time from one probe "
+        "request) and exit: no run directory, no tuning.",
+    ),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write plot.png."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Tune a soft prompt with Black-Box Tuning (Sun et al., ICML 2022)."""
     say = _sayer(quiet)
+    server = _server_options(ctx, server_dtype, server_threads, server_device)
 
+    if resume is not None and (dry_run or server.given):
+        flag = "--dry-run" if dry_run else " and ".join(server.given)
+        hint = "" if dry_run else f" (the {', '.join(SERVER_ENV.values())} variables do)"
+        _fail(f"{flag} does not apply to --resume yet{hint}")
     if resume is not None:
         _guard(
             lambda: _resume(resume, mock or None, base_url, api_key, model, plot, quiet, say),
@@ -359,6 +554,26 @@ def tune_command(
         return t, cfg, train, dev, {"p0": p0, "info": info}
 
     t, cfg, train, dev, extra = _guard(prepare)
+    if dry_run:
+        _guard(
+            lambda: _dry_run(
+                t,
+                cfg,
+                train,
+                dev,
+                extra["p0"],
+                _service(
+                    mock=mock,
+                    mock_hidden_size=mock_hidden_size,
+                    base_url=base_url,
+                    api_key=api_key,
+                    model=model,
+                    say=say,
+                    server=server,
+                ),
+            )
+        )
+        return
     run_dir = out or _default_out(t.name)
 
     def go() -> None:
@@ -373,9 +588,12 @@ def tune_command(
                     api_key=api_key,
                     model=model,
                     say=say,
+                    server=server,
                 )
             )
-            bar = stack.enter_context(_Progress(cfg.budget, t.metric, quiet))
+            # The bar counts to what the run can spend: whole generations only.
+            total = cfg.budget // cfg.population * cfg.population or cfg.budget
+            bar = stack.enter_context(_Progress(total, t.metric, quiet))
             say(f"tuning {t.name} on {len(train)} train / {len(dev)} dev examples -> {run_dir}")
             result = tune(
                 svc,
@@ -394,6 +612,22 @@ def tune_command(
         _summary(result, say)
 
     _guard(go, run_dir)
+
+
+def _dry_run(t: Any, cfg: Any, train: Any, dev: Any, p0: Any, service: Any) -> None:
+    """Build the run as ``tune`` would, plan it, time one probe request, print the plan."""
+    from bbt.cli._dry_run import describe, make_plan
+    from bbt.tuner import Tuner
+
+    started = time.perf_counter()
+    with service as (svc, svc_info):
+        before = svc.usage.copy()
+        tuner = Tuner(svc, t, train, dev, cfg, initial_prompt=p0)
+        setup = svc.usage - before
+        plan = make_plan(tuner, svc, svc_info["kind"], setup, time.perf_counter() - started)
+    summary = f"tune {t.name} on {len(train)} train / {len(dev)} dev examples"
+    for line in describe(plan, summary):
+        typer.echo(line)
 
 
 def _resume(
@@ -420,6 +654,7 @@ def _resume(
 
 
 def eval_command(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     data: Path = typer.Option(..., "--data", help="Labelled examples (TSV, CSV, JSONL)."),
     column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
@@ -429,13 +664,18 @@ def eval_command(
     api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env)."),
     model: str | None = typer.Option(None, help="Model id."),
     mock: bool | None = typer.Option(None, "--mock/--no-mock", help="Use the in-process mock."),
+    server_dtype: str | None = _server_dtype_option(),
+    server_threads: int | None = _server_threads_option(),
+    server_device: str | None = _server_device_option(),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
+    server = _server_options(ctx, server_dtype, server_threads, server_device)
 
     def go() -> None:
         from bbt.tuner import TunedPrompt
 
-        with _service_for_run(run_dir, mock, base_url, api_key, model, _say_err) as (svc, _):
+        service = _service_for_run(run_dir, mock, base_url, api_key, model, _say_err, server)
+        with service as (svc, _):
             tp = TunedPrompt.load(run_dir, svc)
             examples = _examples(tp.task, data, column, label_column, data_format)
             metrics = tp.evaluate(examples)
@@ -445,6 +685,7 @@ def eval_command(
 
 
 def predict_command(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     texts: list[str] = typer.Argument(None, help="Texts to classify (single-field tasks)."),
     file: Path | None = typer.Option(
@@ -456,15 +697,20 @@ def predict_command(
     api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env)."),
     model: str | None = typer.Option(None, help="Model id."),
     mock: bool | None = typer.Option(None, "--mock/--no-mock", help="Use the in-process mock."),
+    server_dtype: str | None = _server_dtype_option(),
+    server_threads: int | None = _server_threads_option(),
+    server_device: str | None = _server_device_option(),
 ) -> None:
     """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
+    server = _server_options(ctx, server_dtype, server_threads, server_device)
 
     def go() -> None:
         from bbt.tuner import TunedPrompt
 
         if bool(texts) == (file is not None):
             raise TaskError("give texts as arguments or --file FILE (one of the two)")
-        with _service_for_run(run_dir, mock, base_url, api_key, model, _say_err) as (svc, _):
+        service = _service_for_run(run_dir, mock, base_url, api_key, model, _say_err, server)
+        with service as (svc, _):
             tp = TunedPrompt.load(run_dir, svc)
             inputs: list[Any]
             if file is not None:
@@ -482,13 +728,17 @@ def predict_command(
 def _sayer(quiet: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if not quiet:
-            typer.echo(message, err=True)
+            _say_err(message)
 
     return say
 
 
 def _say_err(message: str) -> None:
-    typer.echo(message, err=True)
+    """A message on stderr: above the progress bar while one is live, through its console."""
+    if _live:
+        _live[-1].print(message, markup=False, highlight=False, soft_wrap=True)
+    else:
+        typer.echo(message, err=True)
 
 
 def register(app: typer.Typer) -> None:
