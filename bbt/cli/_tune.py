@@ -194,7 +194,9 @@ def _service(
             f"server is not available ({exc}); install it with: pip install 'bbt[serve]'"
         ) from None
     say("no service URL configured: starting the embedded default server (stopped at the end)")
-    update: dict[str, Any] = {}
+    # The embedded server has no keys and listens on loopback: a BBT_API_KEY meant for a
+    # remote service has no business travelling, even to 127.0.0.1.
+    update: dict[str, Any] = {"api_key": None}
     if "timeout" not in settings.model_fields_set:
         # The embedded model shares this machine's CPU: a population request can outlast a
         # network timeout, and a retry would only queue the same work again behind it.

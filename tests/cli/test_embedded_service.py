@@ -50,3 +50,13 @@ def test_a_timeout_the_user_set_is_kept(
     monkeypatch.setenv("BBT_TIMEOUT", "7")
     client, _ = _client(fake_embedded)
     assert client.settings.timeout == 7.0
+
+
+def test_a_configured_api_key_never_goes_to_the_embedded_server(
+    fake_embedded: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key is meant for a remote service; the embedded server has no keys to check.
+    monkeypatch.setenv("BBT_API_KEY", "sk-remote-only")
+    client, _ = _client(fake_embedded)
+    assert client.settings.api_key is None
+    assert "Authorization" not in client._headers()
