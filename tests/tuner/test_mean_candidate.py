@@ -232,3 +232,20 @@ def test_benchmark_replay_equals_a_real_run_without_eval_mean(
     assert everything.z.tobytes() == with_mean.z.tobytes()
     assert sum(d.source != "mean" for d in logged.dev_log) == off.dev_calls
     assert len(logged.dev_log) == logged.dev_calls
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("--eval-mean", True), ("--no-eval-mean", False)])
+def test_bbt_tune_sets_eval_mean(tmp_path: Path, flag: str, expected: bool) -> None:
+    from typer.testing import CliRunner
+
+    from bbt.cli import app
+
+    run = tmp_path / "run"
+    args = ["tune", "--task", "mock", "--mock", "--mock-hidden-size", "32", "-n", "5"]
+    args += ["-d", "20", "--popsize", "8", "--budget", "48", "--eval-every", "16", "-q"]
+    r = CliRunner().invoke(app, [*args, "--no-plot", flag, "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    manifest = read_manifest(run)
+    assert manifest["config"]["eval_mean"] is expected
+    lines = [json.loads(x) for x in (run / HISTORY).read_text().splitlines()]
+    assert any(x["mean_dev_metric"] is not None for x in lines) is expected
