@@ -139,11 +139,15 @@ def replay_selection(log: list[Candidate], sources: tuple[str, ...]) -> Candidat
     return sel
 
 
-def ridge_probe(
-    backend: Any, texts: dict[str, list[str]], labels: dict[str, np.ndarray[Any, Any]], classes: int
-) -> dict[str, float]:
+def mask_states(backend: Any, texts: list[str]) -> np.ndarray[Any, Any]:
+    """The encoder's mask-position state [B, H] for the manual prompt (n = 0)."""
     empty = np.zeros((1, 0, backend.info.hidden_size), dtype=np.float32)
-    feats = {k: backend.mask_hidden_states(empty, v)[0] for k, v in texts.items()}
+    return np.asarray(backend.mask_hidden_states(empty, texts)[0])
+
+
+def ridge_probe(
+    feats: dict[str, np.ndarray[Any, Any]], labels: dict[str, np.ndarray[Any, Any]], classes: int
+) -> dict[str, float]:
     mu = feats["train"].mean(axis=0)
     sd = feats["train"].std(axis=0) + 1e-6
     x = {k: np.hstack([(v - mu) / sd, np.ones((len(v), 1))]) for k, v in feats.items()}
@@ -209,8 +213,11 @@ def report(paths: list[Path]) -> None:
 
         wall = np.mean([r["bbt_seconds"] for r in runs])
         cpu = np.mean([r["bbt_cpu_seconds"] for r in runs])
+        task = rec["args"]["task"]
+        if not rec.get("complete", True):
+            task += f" (partial: seeds {', '.join(str(r['seed']) for r in runs)})"
         print(
-            f"| {rec['args']['task']} | {rec['backend']['head']} | "
+            f"| {task} | {rec['backend']['head']} | "
             f"{rec['backend']['compute_dtype']} | {runs[0]['bbt_calls']} | "
             f"{pct(summ['manual_heldout'])} | {pct(summ['p0_heldout'])} | "
             f"{seeds('bbt_heldout_without_mean')} | "
@@ -340,6 +347,68 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     runs: list[dict[str, Any]] = []
+
+    def write(complete: bool) -> None:
+        def mean(key: str) -> float | None:
+            vals = [r[key] for r in runs if key in r]
+            return float(np.mean(vals)) if vals else None
+
+        summary = {
+            "manual_heldout": manual_acc,
+            "p0_heldout": p0_acc,
+            "bbt_heldout_without_mean": mean("bbt_heldout_without_mean"),
+            "bbt_heldout_with_mean": mean("bbt_heldout_with_mean"),
+            "cma_mean_final_heldout": mean("cma_mean_final_heldout"),
+            "probe_heldout": mean("probe_heldout"),
+            "bbt_seconds": mean("bbt_seconds"),
+            "bbt_cpu_seconds": mean("bbt_cpu_seconds"),
+        }
+        if not complete:
+            summary["seeds_done"] = [r["seed"] for r in runs]
+        print(
+            "\n| task | head | dtype | manual (n=0) | p0 | BBT without mean | BBT with mean "
+            "| final CMA-ES mean | probe | BBT s/seed |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        secs = summary["bbt_seconds"]
+        print(
+            f"| {args.task} | {backend.head_name} | {args.dtype} | {pct(manual_acc)} | "
+            f"{pct(p0_acc)} | {pct(summary['bbt_heldout_without_mean'])} | "
+            f"{pct(summary['bbt_heldout_with_mean'])} | {pct(summary['cma_mean_final_heldout'])} | "
+            f"{pct(summary['probe_heldout'])} | {'-' if secs is None else f'{secs:.0f}'} |"
+        )
+
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tag = args.tag or f"quality_{args.task}_{backend.head_name}_{args.dtype}_b{args.budget}"
+        record = {
+            "command": " ".join(["benchmarks/embedded_quality.py", *argv]),
+            "loop": "bbt.Tuner",
+            "args": vars(args),
+            "config": config.as_dict(),
+            "task": task.as_dict(),
+            "candidate_ids": list(cand),
+            "backend": describe(backend),
+            "heldout_rows": [r.index for r in held],
+            "machine": {
+                **machine(),
+                "cpu_flags": cpu_flags(),
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "load_average_at_end": list(os.getloadavg()),
+            },
+            "load_seconds": load_s,
+            "summary": summary,
+            "runs": runs,
+            # Written after every seed, so a stopped run keeps the seeds it finished.
+            "complete": complete,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        path = out_dir / f"{tag}.json"
+        path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+        print(f"wrote {path}", flush=True)
+
+    held_states: np.ndarray[Any, Any] | None = None
     for seed in args.seeds:
         train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
         rec: dict[str, Any] = {
@@ -349,14 +418,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         if not args.no_probe:
             t = time.time()
-            rec.update(
-                ridge_probe(
-                    backend,
-                    {"train": render(train_rows), "dev": render(dev_rows), "held": xh},
-                    {"train": ids(train_rows), "dev": ids(dev_rows), "held": yh},
-                    task.num_classes,
-                )
-            )
+            if held_states is None:  # the same for every seed: computed once
+                held_states = mask_states(backend, xh)
+            feats = {
+                "train": mask_states(backend, render(train_rows)),
+                "dev": mask_states(backend, render(dev_rows)),
+                "held": held_states,
+            }
+            labels = {"train": ids(train_rows), "dev": ids(dev_rows), "held": yh}
+            rec.update(ridge_probe(feats, labels, task.num_classes))
             rec["probe_seconds"] = time.time() - t
         curve: list[GenerationRecord] = []
 
@@ -432,61 +502,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
+        if seed != args.seeds[-1]:
+            write(complete=False)
 
-    def mean(key: str) -> float | None:
-        vals = [r[key] for r in runs if key in r]
-        return float(np.mean(vals)) if vals else None
-
-    summary = {
-        "manual_heldout": manual_acc,
-        "p0_heldout": p0_acc,
-        "bbt_heldout_without_mean": mean("bbt_heldout_without_mean"),
-        "bbt_heldout_with_mean": mean("bbt_heldout_with_mean"),
-        "cma_mean_final_heldout": mean("cma_mean_final_heldout"),
-        "probe_heldout": mean("probe_heldout"),
-        "bbt_seconds": mean("bbt_seconds"),
-        "bbt_cpu_seconds": mean("bbt_cpu_seconds"),
-    }
-    print(
-        "\n| task | head | dtype | manual (n=0) | p0 | BBT without mean | BBT with mean "
-        "| final CMA-ES mean | probe | BBT s/seed |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    secs = summary["bbt_seconds"]
-    print(
-        f"| {args.task} | {backend.head_name} | {args.dtype} | {pct(manual_acc)} | "
-        f"{pct(p0_acc)} | {pct(summary['bbt_heldout_without_mean'])} | "
-        f"{pct(summary['bbt_heldout_with_mean'])} | {pct(summary['cma_mean_final_heldout'])} | "
-        f"{pct(summary['probe_heldout'])} | {'-' if secs is None else f'{secs:.0f}'} |"
-    )
-
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or f"quality_{args.task}_{backend.head_name}_{args.dtype}_b{args.budget}"
-    record = {
-        "command": " ".join(["benchmarks/embedded_quality.py", *argv]),
-        "loop": "bbt.Tuner",
-        "args": vars(args),
-        "config": config.as_dict(),
-        "task": task.as_dict(),
-        "candidate_ids": list(cand),
-        "backend": describe(backend),
-        "heldout_rows": [r.index for r in held],
-        "machine": {
-            **machine(),
-            "cpu_flags": cpu_flags(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
-        "load_seconds": load_s,
-        "summary": summary,
-        "runs": runs,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    path = out_dir / f"{tag}.json"
-    path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
-    print(f"wrote {path}")
+    write(complete=True)
     return 0
 
 
