@@ -249,3 +249,13 @@ def test_bbt_tune_sets_eval_mean(tmp_path: Path, flag: str, expected: bool) -> N
     assert manifest["config"]["eval_mean"] is expected
     lines = [json.loads(x) for x in (run / HISTORY).read_text().splitlines()]
     assert any(x["mean_dev_metric"] is not None for x in lines) is expected
+
+
+def test_with_bounds_the_mean_candidate_lies_within_them(mock_task: Task, split: Split) -> None:
+    tuner, _ = _tuner(split, mock_task, budget=160, eval_every=40, eval_mean=True, bound=0.05)
+    tuner.run()
+    mean = tuner.last_mean
+    assert mean is not None
+    assert np.abs(mean.z).max() <= 0.05
+    # pycma's own mean (its genotype) has left the box: scoring it raw would be wrong.
+    assert np.abs(np.asarray(tuner._es.mean)).max() > 0.05
