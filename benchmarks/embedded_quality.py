@@ -1,21 +1,28 @@
-"""Quality of the embedded default model: manual prompt vs BBT vs a ridge probe.
+"""Quality of the embedded default model: manual prompt vs the product's BBT loop vs a probe.
 
-A self-contained, minimal Black-Box Tuning loop (Sun et al., ICML 2022) calling
-:class:`bbt.server.hf.HFBackend` in-process (no HTTP, no ``bbt.tuner``):
+BBT here is the product: :class:`bbt.tuner.Tuner` (what ``bbt tune`` and ``bbt.tune`` run)
+driving :class:`bbt.server.hf.HFBackend` in-process through :class:`bbt.client.LocalClient`
+(no HTTP), with the README demo's settings (n = 10, d = 200, population 20, p0 = the
+embeddings of vocabulary ids 1000-1009, dev check every 100 calls, cross-entropy loss).
+Per seed s:
 
-- k-shot train and dev sets (``--shots`` per class each) sampled by seed from the pool of
-  ``scripts/quality_data.py``; held-out evaluation on its 1,000 held-out rows per task;
-- manual prompt baseline: template + verbalizer, no soft prompt (n = 0), and p = p0;
-- BBT: z in R^d, p = A z + p0, A ~ N(0, std_E / (sqrt(d) * sigma)), CMA-ES (pycma) with
-  population 20, cross-entropy (or hinge) loss on the train set over the verbalizer logits,
-  the dev set checked every few generations, the best-on-dev prompt evaluated held-out;
+- k-shot train and dev sets (``--shots`` per class each) drawn by ``random.Random(s)`` from
+  the pool of ``scripts/quality_data.py``; held-out evaluation on its 1,000 held-out rows,
+  which no tuning, selection or head fitting sees;
+- manual prompt baseline: the task's template + verbalizer, no soft prompt (n = 0); and p0
+  (the n = 10 starting prompt, z = 0);
+- BBT, run once with ``TuneConfig(eval_mean=True)``. Scoring on dev never changes the CMA-ES
+  trajectory, so the same run also gives the selection ``eval_mean=False`` would have made:
+  every dev evaluation is logged (z, dev metric, dev cross-entropy, which candidate) and the
+  tuner's selection rule is replayed over the best-by-train candidates only. Both
+  selections are scored held-out, and so is the final CMA-ES mean;
 - probe: ridge regression (one-vs-all on +-1 targets) on the mask-position hidden state of the
   manual prompt, fitted on train, its penalty chosen on dev, evaluated held-out.
 
 Usage::
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 nice -n 5 .venv/bin/python \\
-        benchmarks/embedded_quality.py --task agnews --seeds 0 1 2 --budget 600
+        benchmarks/embedded_quality.py --task agnews --seeds 0 1 2 --threads 2
 
 Prints a table and writes ``benchmarks/results/<tag>.json``; ``--report [FILES]`` prints a
 markdown table of the result files (default: all ``benchmarks/results/quality_*.json``).
@@ -24,13 +31,13 @@ markdown table of the result files (default: all ``benchmarks/results/quality_*.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
-import platform
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,49 +46,40 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality_data  # noqa: E402
+from _common import machine  # noqa: E402
 
+from bbt.tuner import (  # noqa: E402
+    Candidate,
+    Example,
+    GenerationRecord,
+    InitialPrompt,
+    Task,
+    TuneConfig,
+    Tuner,
+    build_initial_prompt,
+    get_preset,
+)
 
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    template: str  # "{text}" and "[MASK]"
-    labels: tuple[str, ...]
-    verbalizers: dict[str, tuple[str, ...]]  # option name -> one word per label
-
-
-TASKS = {
-    "sst2": TaskSpec(
-        "sst2",
-        "{text} . It was [MASK] .",
-        ("0", "1"),
-        {"paper": ("bad", "great"), "alt": ("terrible", "good")},
-    ),
-    "agnews": TaskSpec(
-        "agnews",
-        "[MASK] News: {text}",
-        ("World", "Sports", "Business", "Sci/Tech"),
-        {
-            "paper": ("world", "sports", "business", "tech"),
-            "alt": ("politics", "sports", "business", "science"),
-        },
-    ),
-}
+#: Data labels of ``../shared/data/<task>/train.tsv``, in the presets' class order.
+DATA_LABELS = {"sst2": ("0", "1"), "agnews": ("World", "Sports", "Business", "Sci/Tech")}
+#: The calls each task gets by default (the budget that fits ~10 minutes a seed here).
+DEFAULT_BUDGET = {"agnews": 600, "sst2": 1000}
 
 
 def sample_kshot(
     task: str, shots: int, seed: int
 ) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
     """``shots`` per class for train and another ``shots`` per class for dev, by seed."""
-    spec = TASKS[task]
     pool = quality_data.pool_rows(task)
     if task == "sst2":
         pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
     rng = random.Random(seed)
     train: list[quality_data.Row] = []
     dev: list[quality_data.Row] = []
-    for label in spec.labels:
+    for label in DATA_LABELS[task]:
         rows = [r for r in pool if r.label == label]
         picked = rng.sample(rows, 2 * shots)
         train += picked[:shots]
@@ -91,168 +89,184 @@ def sample_kshot(
     return train, dev
 
 
-def fill(spec: TaskSpec, rows: list[quality_data.Row] | tuple[quality_data.Row, ...]) -> list[str]:
-    return [spec.template.replace("{text}", r.text.replace("[MASK]", "[mask]")) for r in rows]
-
-
-def label_ids(spec: TaskSpec, rows: Any) -> np.ndarray[Any, Any]:
-    index = {lab: i for i, lab in enumerate(spec.labels)}
-    return np.array([index[r.label] for r in rows], dtype=np.int64)
-
-
-def ce_loss(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Mean cross-entropy per prompt; logits [P, B, C]."""
-    z = logits - logits.max(axis=2, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
-    return -logp[:, np.arange(len(y)), y].mean(axis=1)
-
-
-def hinge_loss(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Multi-class hinge (margin 2) on logits, mean per prompt."""
-    gold = logits[:, np.arange(len(y)), y]
-    other = logits.copy()
-    other[:, np.arange(len(y)), y] = -np.inf
-    return np.maximum(0.0, 2.0 - gold + other.max(axis=2)).mean(axis=1)
+def to_examples(task: Task, name: str, rows: Any) -> list[Example]:
+    index = {lab: i for i, lab in enumerate(DATA_LABELS[name])}
+    field = task.fields[0]
+    return [Example({field: r.text}, index[r.label]) for r in rows]
 
 
 def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
 
 
-def ridge_probe(backend: Any, spec: TaskSpec, train: Any, dev: Any, held: Any) -> dict[str, float]:
+class LoggingTuner(Tuner):
+    """The product's :class:`Tuner`, unchanged, with every dev evaluation logged: which
+    candidate it was (p0, the best-by-train candidate or the CMA-ES mean), its z and its dev
+    scores, in the order the tuner made them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dev_log: list[Candidate] = []
+
+    def evaluate_dev(self, z: np.ndarray[Any, Any]) -> tuple[float, float]:
+        metric, ce = super().evaluate_dev(z)
+        best = self.best
+        # The tuner scores the best-by-train candidate by its own z array and the mean by a
+        # fresh one; p0 is scored before any candidate exists.
+        source = "initial" if best is None else ("best" if z is best.z else "mean")
+        calls = 0 if best is None else (best.calls if source == "best" else self.calls)
+        self.dev_log.append(Candidate(np.array(z), math.nan, calls, metric, ce, source=source))
+        return metric, ce
+
+
+def replay_selection(log: list[Candidate], sources: tuple[str, ...]) -> Candidate | None:
+    """The tuner's selection rule (higher dev metric, then lower dev cross-entropy, earlier
+    wins a full tie) over the logged candidates whose source is in ``sources``."""
+    sel: Candidate | None = None
+    for cand in log:
+        if cand.source not in sources:
+            continue
+        metric, ce = cand.dev_metric, cand.dev_ce
+        if metric is None or ce is None:
+            continue
+        if (
+            sel is None
+            or sel.dev_metric is None
+            or metric > sel.dev_metric
+            or (metric == sel.dev_metric and ce < (sel.dev_ce or math.inf))
+        ):
+            sel = cand
+    return sel
+
+
+def mask_states(backend: Any, texts: list[str]) -> np.ndarray[Any, Any]:
+    """The encoder's mask-position state [B, H] for the manual prompt (n = 0)."""
     empty = np.zeros((1, 0, backend.info.hidden_size), dtype=np.float32)
-    feats = {
-        name: backend.mask_hidden_states(empty, fill(spec, rows))[0]
-        for name, rows in (("train", train), ("dev", dev), ("held", held))
-    }
+    return np.asarray(backend.mask_hidden_states(empty, texts)[0])
+
+
+def ridge_probe(
+    feats: dict[str, np.ndarray[Any, Any]], labels: dict[str, np.ndarray[Any, Any]], classes: int
+) -> dict[str, float]:
     mu = feats["train"].mean(axis=0)
     sd = feats["train"].std(axis=0) + 1e-6
     x = {k: np.hstack([(v - mu) / sd, np.ones((len(v), 1))]) for k, v in feats.items()}
-    ytr = label_ids(spec, train)
-    targets = -np.ones((len(ytr), len(spec.labels)))
-    targets[np.arange(len(ytr)), ytr] = 1.0
+    targets = -np.ones((len(labels["train"]), classes))
+    targets[np.arange(len(labels["train"])), labels["train"]] = 1.0
+
+    def fit(alpha: float) -> np.ndarray[Any, Any]:
+        reg = alpha * np.eye(x["train"].shape[1])
+        reg[-1, -1] = 0.0  # the bias is not penalised
+        return np.linalg.solve(x["train"].T @ x["train"] + reg, x["train"].T @ targets)
+
     best: tuple[float, float] = (-1.0, 1.0)
     for alpha in (0.1, 1.0, 10.0, 100.0, 1000.0):
-        reg = alpha * np.eye(x["train"].shape[1])
-        reg[-1, -1] = 0.0
-        w = np.linalg.solve(x["train"].T @ x["train"] + reg, x["train"].T @ targets)
-        dev_acc = float(((x["dev"] @ w).argmax(axis=1) == label_ids(spec, dev)).mean())
+        dev_acc = float(((x["dev"] @ fit(alpha)).argmax(axis=1) == labels["dev"]).mean())
         if dev_acc > best[0]:
             best = (dev_acc, alpha)
-    alpha = best[1]
-    reg = alpha * np.eye(x["train"].shape[1])
-    reg[-1, -1] = 0.0
-    w = np.linalg.solve(x["train"].T @ x["train"] + reg, x["train"].T @ targets)
-    held_acc = float(((x["held"] @ w).argmax(axis=1) == label_ids(spec, held)).mean())
-    return {"probe_dev": best[0], "probe_alpha": alpha, "probe_heldout": held_acc}
+    w = fit(best[1])
+    held_acc = float(((x["held"] @ w).argmax(axis=1) == labels["held"]).mean())
+    return {"probe_dev": best[0], "probe_alpha": best[1], "probe_heldout": held_acc}
 
 
-def run_bbt(
-    backend: Any,
-    spec: TaskSpec,
-    cand: np.ndarray[Any, Any],
-    train: Any,
-    dev: Any,
-    *,
-    seed: int,
-    budget: int,
-    n_tokens: int,
-    dim: int,
-    popsize: int,
-    sigma: float,
-    loss: str,
-    p0: np.ndarray[Any, Any],
-    eval_every: int,
-) -> dict[str, Any]:
-    import cma
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide the compute path (AVX2, AVX-512, native bfloat16)."""
+    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    found: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            found |= wanted & set(line.split(":", 1)[1].split())
+    return sorted(found)
 
-    info = backend.info
-    hidden = info.hidden_size
-    rng = np.random.default_rng(seed)
-    std = info.embedding_std / (np.sqrt(dim) * sigma)
-    a = rng.normal(0.0, std, size=(n_tokens * hidden, dim)).astype(np.float32)
-    xtr, ytr = fill(spec, train), label_ids(spec, train)
-    xdv, ydv = fill(spec, dev), label_ids(spec, dev)
-    loss_fn = ce_loss if loss == "ce" else hinge_loss
 
-    def project(zs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return (zs.astype(np.float32) @ a.T).reshape(len(zs), n_tokens, hidden) + p0[None]
+def default_dtype() -> str:
+    """bfloat16 where the CPU runs it natively (AMX or AVX-512 BF16), else float32: torch
+    emulates bfloat16 elsewhere, several times slower than float32."""
+    flags = set(cpu_flags())
+    return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
 
-    es = cma.CMAEvolutionStrategy(
-        np.zeros(dim), sigma, {"popsize": popsize, "seed": seed + 1, "verbose": -9}
-    )
-    calls = 0
-    gen = 0
-    best_dev: tuple[float, float] = (-1.0, -np.inf)  # (acc, -loss)
-    best_z = np.zeros(dim)
-    curve: list[dict[str, float]] = []
-    t0 = time.time()
-    c0 = time.process_time()
-    while calls + popsize <= budget:
-        zs = np.asarray(es.ask())
-        logits, _ = backend.logits(project(zs), xtr, cand)
-        losses = loss_fn(logits, ytr)
-        es.tell(list(zs), losses.tolist())
-        calls += popsize
-        gen += 1
-        point = {
-            "calls": calls,
-            "train_loss_min": float(losses.min()),
-            "train_acc_best": float(accuracy(logits, ytr)[int(losses.argmin())]),
-            "seconds": time.time() - t0,
-        }
-        if gen % eval_every == 0 or calls + popsize > budget:
-            cands = np.stack([es.result.xbest, es.mean])
-            dl, _ = backend.logits(project(cands), xdv, cand)
-            accs, dls = accuracy(dl, ydv), ce_loss(dl, ydv)
-            for k in range(len(cands)):
-                key = (float(accs[k]), -float(dls[k]))
-                if key > best_dev:
-                    best_dev, best_z = key, cands[k].copy()
-            point["dev_acc_best"] = best_dev[0]
-            print(
-                f"    calls {calls}: train loss {point['train_loss_min']:.3f} "
-                f"acc {point['train_acc_best']:.3f}, best dev {best_dev[0]:.3f} "
-                f"({point['seconds']:.0f}s)",
-                flush=True,
-            )
-        curve.append(point)
-    return {
-        "calls": calls,
-        "generations": gen,
-        "best_dev_acc": best_dev[0],
-        "best_z": best_z,
-        "prompt": project(best_z[None])[0],
-        "curve": curve,
-        "train_seconds": time.time() - t0,
-        "train_cpu_seconds": time.process_time() - c0,
-    }
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def report(paths: list[Path]) -> None:
     """Print a markdown table of result files written by this script."""
     print(
-        "| task | head | calls | manual (n=0) | p0 | BBT, 3 seeds | BBT mean | BBT - manual "
-        "| probe mean | BBT wall s / seed (CPU s) |"
+        "| task | head | dtype | calls | manual (n=0) | p0 | BBT without mean, seeds | mean "
+        "| BBT with mean, seeds | mean | final CMA-ES mean | probe | wall s / seed (CPU s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         rec = json.loads(path.read_text())
-        runs, summ = rec["runs"], rec["summary"]
-        if not runs or "bbt_heldout" not in runs[0]:
+        runs, summ = rec.get("runs", []), rec.get("summary", {})
+        if rec.get("loop") != "bbt.Tuner" or not runs or "bbt_heldout_with_mean" not in runs[0]:
+            print(f"(skipped {path.name}: not a result of the product loop)", file=sys.stderr)
             continue
-        seeds = " / ".join(f"{100 * r['bbt_heldout']:.1f}" for r in runs)
+
+        def seeds(key: str, runs: list[dict[str, Any]] = runs) -> str:
+            return " / ".join(pct(r[key]) for r in runs)
+
         wall = np.mean([r["bbt_seconds"] for r in runs])
-        cpu = [r["bbt_train_cpu_seconds"] for r in runs if "bbt_train_cpu_seconds" in r]
-        cpu_s = f" ({np.mean(cpu):.0f})" if cpu else ""
-        probe = summ.get("probe_heldout_mean")
+        cpu = np.mean([r["bbt_cpu_seconds"] for r in runs])
+        task = rec["args"]["task"]
+        if not rec.get("complete", True):
+            task += f" (partial: seeds {', '.join(str(r['seed']) for r in runs)})"
         print(
-            f"| {rec['args']['task']} | {rec['backend']['head']} | {runs[0]['bbt_calls']} | "
-            f"{100 * summ['manual_heldout']:.1f} | {100 * summ['p0_heldout']:.1f} | {seeds} | "
-            f"{100 * summ['bbt_heldout_mean']:.1f} | "
-            f"{100 * (summ['bbt_heldout_mean'] - summ['manual_heldout']):+.1f} | "
-            f"{'-' if probe is None else f'{100 * probe:.1f}'} | {wall:.0f}{cpu_s} |"
+            f"| {task} | {rec['backend']['head']} | "
+            f"{rec['backend']['compute_dtype']} | {runs[0]['bbt_calls']} | "
+            f"{pct(summ['manual_heldout'])} | {pct(summ['p0_heldout'])} | "
+            f"{seeds('bbt_heldout_without_mean')} | "
+            f"**{pct(summ['bbt_heldout_without_mean'])}** | "
+            f"{seeds('bbt_heldout_with_mean')} | **{pct(summ['bbt_heldout_with_mean'])}** | "
+            f"{pct(summ['cma_mean_final_heldout'])} | {pct(summ.get('probe_heldout'))} | "
+            f"{wall:.0f} ({cpu:.0f}) |"
         )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description="Quality of the embedded default model with the product's BBT loop "
+        "(--report [FILES]: table of results)."
+    )
+    ap.add_argument("--task", choices=sorted(DATA_LABELS), required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--shots", type=int, default=16, help="per class, for train and for dev")
+    ap.add_argument(
+        "--budget", type=int, default=None, help="API calls (default: agnews 600, sst2 1000)"
+    )
+    ap.add_argument("--n-tokens", type=int, default=10)
+    ap.add_argument("--dim", type=int, default=200)
+    ap.add_argument("--popsize", type=int, default=20)
+    ap.add_argument("--sigma", type=float, default=1.0)
+    ap.add_argument("--loss", default="ce", help="a loss of bbt.tuner.losses (ce, hinge, ...)")
+    ap.add_argument("--init", default="vocab:1000", help="initial prompt p0 (as bbt tune)")
+    ap.add_argument("--eval-every", type=int, default=100, help="calls between dev checks")
+    ap.add_argument(
+        "--verbalizer", default=None, help="comma-separated words (default: the preset's)"
+    )
+    ap.add_argument("--head", default="auto", help="auto | tied | shipped | PATH")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        help="HFBackend compute dtype (default: bfloat16 where the CPU has native bf16 "
+        "(AMX / AVX-512 BF16), else float32)",
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heldout", type=int, default=1000, help="held-out rows used (<= 1000)")
+    ap.add_argument("--no-probe", action="store_true")
+    ap.add_argument("--tag", default=None, help="results file name (default derived)")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny run (the real model, 2 generations, 20 held-out rows), for CI",
+    )
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,185 +278,243 @@ def main(argv: list[str] | None = None) -> int:
         )
         report(files)
         return 0
-    ap = argparse.ArgumentParser(
-        description="Quality of the embedded default model (--report [FILES]: table of results)."
-    )
-    ap.add_argument("--task", choices=sorted(TASKS), required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--budget", type=int, default=600, help="calls (candidate prompts x train)")
-    ap.add_argument("--n-tokens", type=int, default=10)
-    ap.add_argument("--dim", type=int, default=200)
-    ap.add_argument("--popsize", type=int, default=20)
-    ap.add_argument("--sigma", type=float, default=1.0)
-    ap.add_argument("--loss", choices=["ce", "hinge"], default="ce")
-    ap.add_argument(
-        "--p0",
-        choices=["vocab", "zeros"],
-        default="vocab",
-        help="p0: embeddings of n vocabulary rows from id 1000 (as the paper), or 0",
-    )
-    ap.add_argument("--verbalizer", default="paper")
-    ap.add_argument("--head", default="auto", help="auto | tied | shipped | PATH")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--token-budget", type=int, default=8192)
-    ap.add_argument("--eval-every", type=int, default=5, help="generations between dev checks")
-    ap.add_argument("--heldout", type=int, default=1000, help="held-out rows used (<= 1000)")
-    ap.add_argument("--no-probe", action="store_true")
-    ap.add_argument("--no-bbt", action="store_true")
-    ap.add_argument("--tag", default=None, help="results file name (default derived)")
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.budget is None:
+        args.budget = DEFAULT_BUDGET[args.task]
     if args.smoke:
-        args.seeds, args.shots, args.budget, args.popsize = args.seeds[:1], 1, 4, 2
-        args.n_tokens, args.dim, args.eval_every, args.heldout = 2, 4, 1, 8
+        args.seeds, args.shots, args.popsize, args.budget = args.seeds[:1], 2, 4, 8
+        args.n_tokens, args.dim, args.eval_every, args.heldout = 2, 4, 4, 20
         args.tag = args.tag or f"quality_{args.task}_smoke"
+    args.dtype = args.dtype or default_dtype()
 
     import torch
 
+    from bbt.client import LocalClient
+    from bbt.errors import BBTError
     from bbt.server.hf import HFBackend, describe
 
-    torch.set_num_threads(args.threads)
-    spec = TASKS[args.task]
-    t_load = time.time()
-    backend = HFBackend(head=args.head, dtype=args.dtype, token_budget=args.token_budget)
+    task = get_preset(args.task)
+    try:
+        if args.verbalizer:
+            words = tuple(w.strip() for w in args.verbalizer.split(","))
+            task = dataclasses.replace(task, words=words)
+        config = TuneConfig(
+            n_tokens=args.n_tokens,
+            dim=args.dim,
+            popsize=args.popsize,
+            sigma=args.sigma,
+            budget=args.budget,
+            loss=args.loss,
+            eval_every=args.eval_every,
+            eval_mean=True,
+        )
+        t_load = time.time()
+        backend = HFBackend(head=args.head, dtype=args.dtype, num_threads=args.threads)
+    except (BBTError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     load_s = time.time() - t_load
-    words = spec.verbalizers.get(args.verbalizer) or tuple(args.verbalizer.split(","))
-    ids, toks = backend.tokenize(list(words))
-    if any(len(i) != 1 for i in ids):
-        raise SystemExit(f"verbalizer words must be single tokens: {toks}")
-    cand = np.array([i[0] for i in ids], dtype=np.int64)
-    held = quality_data.heldout_rows(args.task)[: args.heldout]
-    xh, yh = fill(spec, held), label_ids(spec, held)
-    hidden = backend.info.hidden_size
-    if args.p0 == "vocab":
-        p0 = backend.embed(np.arange(1000, 1000 + args.n_tokens, dtype=np.int64))
-    else:
-        p0 = np.zeros((args.n_tokens, hidden), dtype=np.float32)
+    service = LocalClient(backend)
+    info = service.model_info()
+    hidden = info.hidden_size
 
+    def render(rows: Any) -> list[str]:
+        field, limit = task.fields[0], info.limits.max_text_chars
+        return [task.render({field: r.text}, info.mask_token, limit) for r in rows]
+
+    def ids(rows: Any) -> np.ndarray[Any, Any]:
+        index = {lab: i for i, lab in enumerate(DATA_LABELS[args.task])}
+        return np.array([index[r.label] for r in rows], dtype=np.int64)
+
+    from bbt.tuner import verbalizer_ids
+
+    cand = verbalizer_ids(task, service)
+    held = quality_data.heldout_rows(args.task)[: args.heldout]
+    xh, yh = render(held), ids(held)
+
+    def heldout_acc(prompts: np.ndarray[Any, Any]) -> list[float]:
+        return [float(a) for a in accuracy(service.logits(prompts, xh, cand), yh)]
+
+    p0, _ = build_initial_prompt(InitialPrompt.parse(args.init, seed=0), service, args.n_tokens)
     t = time.time()
-    manual_logits, _ = backend.logits(np.zeros((1, 0, hidden), np.float32), xh, cand)
-    p0_logits, _ = backend.logits(p0[None], xh, cand)
-    manual_acc = float(accuracy(manual_logits, yh)[0])
-    p0_acc = float(accuracy(p0_logits, yh)[0])
-    base_s = time.time() - t
+    manual_acc = heldout_acc(np.zeros((1, 0, hidden), np.float32))[0]
+    p0_acc = heldout_acc(p0[None])[0]
     print(
-        f"[{args.task}] head={backend.head_name} dtype={args.dtype} verbalizer={words} "
-        f"held-out={len(held)} manual={manual_acc:.4f} p0={p0_acc:.4f} ({base_s:.0f}s)",
+        f"[{args.task}] head={backend.head_name} dtype={args.dtype} words={task.words} "
+        f"held-out={len(held)} manual={manual_acc:.4f} p0={p0_acc:.4f} "
+        f"({time.time() - t:.0f}s)",
         flush=True,
     )
 
     runs: list[dict[str, Any]] = []
+
+    def write(complete: bool) -> None:
+        def mean(key: str) -> float | None:
+            vals = [r[key] for r in runs if key in r]
+            return float(np.mean(vals)) if vals else None
+
+        summary = {
+            "manual_heldout": manual_acc,
+            "p0_heldout": p0_acc,
+            "bbt_heldout_without_mean": mean("bbt_heldout_without_mean"),
+            "bbt_heldout_with_mean": mean("bbt_heldout_with_mean"),
+            "cma_mean_final_heldout": mean("cma_mean_final_heldout"),
+            "probe_heldout": mean("probe_heldout"),
+            "bbt_seconds": mean("bbt_seconds"),
+            "bbt_cpu_seconds": mean("bbt_cpu_seconds"),
+        }
+        if not complete:
+            summary["seeds_done"] = [r["seed"] for r in runs]
+        print(
+            "\n| task | head | dtype | manual (n=0) | p0 | BBT without mean | BBT with mean "
+            "| final CMA-ES mean | probe | BBT s/seed |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        secs = summary["bbt_seconds"]
+        print(
+            f"| {args.task} | {backend.head_name} | {args.dtype} | {pct(manual_acc)} | "
+            f"{pct(p0_acc)} | {pct(summary['bbt_heldout_without_mean'])} | "
+            f"{pct(summary['bbt_heldout_with_mean'])} | {pct(summary['cma_mean_final_heldout'])} | "
+            f"{pct(summary['probe_heldout'])} | {'-' if secs is None else f'{secs:.0f}'} |"
+        )
+
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tag = args.tag or f"quality_{args.task}_{backend.head_name}_{args.dtype}_b{args.budget}"
+        record = {
+            "command": " ".join(["benchmarks/embedded_quality.py", *argv]),
+            "loop": "bbt.Tuner",
+            "args": vars(args),
+            "config": config.as_dict(),
+            "task": task.as_dict(),
+            "candidate_ids": list(cand),
+            "backend": describe(backend),
+            "heldout_rows": [r.index for r in held],
+            "machine": {
+                **machine(),
+                "cpu_flags": cpu_flags(),
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "load_average_at_end": list(os.getloadavg()),
+            },
+            "load_seconds": load_s,
+            "summary": summary,
+            "runs": runs,
+            # Written after every seed, so a stopped run keeps the seeds it finished.
+            "complete": complete,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        path = out_dir / f"{tag}.json"
+        path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+        print(f"wrote {path}", flush=True)
+
+    held_states: np.ndarray[Any, Any] | None = None
     for seed in args.seeds:
-        train, dev = sample_kshot(args.task, args.shots, seed)
+        train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
         rec: dict[str, Any] = {
             "seed": seed,
-            "train_rows": [r.index for r in train],
-            "dev_rows": [r.index for r in dev],
+            "train_rows": [r.index for r in train_rows],
+            "dev_rows": [r.index for r in dev_rows],
         }
         if not args.no_probe:
             t = time.time()
-            rec.update(ridge_probe(backend, spec, train, dev, held))
+            if held_states is None:  # the same for every seed: computed once
+                held_states = mask_states(backend, xh)
+            feats = {
+                "train": mask_states(backend, render(train_rows)),
+                "dev": mask_states(backend, render(dev_rows)),
+                "held": held_states,
+            }
+            labels = {"train": ids(train_rows), "dev": ids(dev_rows), "held": yh}
+            rec.update(ridge_probe(feats, labels, task.num_classes))
             rec["probe_seconds"] = time.time() - t
-        if not args.no_bbt:
-            t = time.time()
-            res = run_bbt(
-                backend,
-                spec,
-                cand,
-                train,
-                dev,
-                seed=seed,
-                budget=args.budget,
-                n_tokens=args.n_tokens,
-                dim=args.dim,
-                popsize=args.popsize,
-                sigma=args.sigma,
-                loss=args.loss,
-                p0=p0,
-                eval_every=args.eval_every,
-            )
-            hl, _ = backend.logits(res["prompt"][None], xh, cand)
-            rec.update(
-                {
-                    "bbt_heldout": float(accuracy(hl, yh)[0]),
-                    "bbt_dev": res["best_dev_acc"],
-                    "bbt_calls": res["calls"],
-                    "bbt_train_seconds": res["train_seconds"],
-                    "bbt_train_cpu_seconds": res["train_cpu_seconds"],
-                    "bbt_seconds": time.time() - t,
-                    "curve": res["curve"],
-                }
-            )
+        curve: list[GenerationRecord] = []
+
+        def progress(r: GenerationRecord, curve: list[GenerationRecord] = curve) -> None:
+            curve.append(r)
+            if r.dev_metric is not None or r.mean_dev_metric is not None:
+                print(
+                    f"    calls {r.calls}: train loss {r.loss_min:.3f}, dev best "
+                    f"{r.dev_metric} mean {r.mean_dev_metric} -> selected {r.selected} "
+                    f"({r.best_dev_metric}) ({r.wall_time:.0f}s)",
+                    flush=True,
+                )
+
+        tuner = LoggingTuner(
+            service,
+            task,
+            to_examples(task, args.task, train_rows),
+            to_examples(task, args.task, dev_rows),
+            dataclasses.replace(config, seed=seed),
+            initial_prompt=InitialPrompt.parse(args.init, seed=seed),
+            callbacks=[progress],
+        )
+        t, c = time.time(), time.process_time()
+        with_mean = tuner.run()
+        bbt_s, bbt_cpu = time.time() - t, time.process_time() - c
+        without_mean = replay_selection(tuner.dev_log, ("initial", "best"))
+        final_mean = tuner.last_mean
+        if without_mean is None or final_mean is None:
+            raise RuntimeError("the run scored nothing on dev")
+        zs = np.stack([with_mean.z, without_mean.z, final_mean.z])
+        t = time.time()
+        acc = heldout_acc(tuner.prompts(zs))
+        rec.update(
+            {
+                "bbt_heldout_with_mean": acc[0],
+                "bbt_heldout_without_mean": acc[1],
+                "cma_mean_final_heldout": acc[2],
+                "selected_with_mean": {
+                    "source": "initial" if with_mean.calls == 0 else with_mean.source,
+                    "calls": with_mean.calls,
+                    "dev_metric": with_mean.dev_metric,
+                    "dev_ce": with_mean.dev_ce,
+                },
+                "selected_without_mean": {
+                    "source": without_mean.source,
+                    "calls": without_mean.calls,
+                    "dev_metric": without_mean.dev_metric,
+                    "dev_ce": without_mean.dev_ce,
+                },
+                "cma_mean_final_dev": final_mean.dev_metric,
+                "initial_dev_metric": tuner.initial_dev_metric,
+                "bbt_calls": tuner.calls,
+                "bbt_dev_calls": tuner.dev_calls,
+                "bbt_dev_calls_without_mean": sum(d.source != "mean" for d in tuner.dev_log),
+                "stop_reason": tuner.stop_reason,
+                "bbt_seconds": bbt_s,
+                "bbt_cpu_seconds": bbt_cpu,
+                "heldout_seconds": time.time() - t,
+                "dev_log": [
+                    {k: v for k, v in dataclasses.asdict(d).items() if k not in ("z", "train_loss")}
+                    for d in tuner.dev_log
+                ],
+                "curve": [r.as_dict() for r in curve],
+            }
+        )
         runs.append(rec)
         print(
             f"  seed {seed}: "
             + ", ".join(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in rec.items()
-                if k not in ("curve", "train_rows", "dev_rows")
+                if k not in ("curve", "train_rows", "dev_rows", "dev_log")
             ),
             flush=True,
         )
+        if seed != args.seeds[-1]:
+            write(complete=False)
 
-    def mean(key: str) -> float | None:
-        vals = [r[key] for r in runs if key in r]
-        return float(np.mean(vals)) if vals else None
-
-    summary = {
-        "manual_heldout": manual_acc,
-        "p0_heldout": p0_acc,
-        "bbt_heldout_mean": mean("bbt_heldout"),
-        "bbt_heldout_std": float(np.std([r["bbt_heldout"] for r in runs]))
-        if runs and "bbt_heldout" in runs[0]
-        else None,
-        "probe_heldout_mean": mean("probe_heldout"),
-        "bbt_seconds_mean": mean("bbt_seconds"),
-    }
-    print(
-        "\n| task | head | dtype | manual (n=0) | p0 | BBT (mean of seeds) | probe | BBT s/seed |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.1f}"
-
-    secs = summary["bbt_seconds_mean"]
-    print(
-        f"| {args.task} | {backend.head_name} | {args.dtype} | {pct(manual_acc)} | "
-        f"{pct(p0_acc)} | {pct(summary['bbt_heldout_mean'])} "
-        f"(+-{pct(summary['bbt_heldout_std'])}) | {pct(summary['probe_heldout_mean'])} | "
-        f"{'-' if secs is None else f'{secs:.0f}'} |"
-    )
-
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or (
-        f"quality_{args.task}_{backend.head_name}_{args.dtype}_n{args.n_tokens}_d{args.dim}"
-        f"_b{args.budget}_{args.loss}_{args.verbalizer}"
-    )
-    record = {
-        "command": " ".join(["benchmarks/embedded_quality.py", *argv]),
-        "args": vars(args),
-        "backend": describe(backend),
-        "verbalizer_words": list(words),
-        "heldout_rows": [r.index for r in held],
-        "machine": {
-            "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
-        "load_seconds": load_s,
-        "summary": summary,
-        "runs": runs,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    path = out_dir / f"{tag}.json"
-    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
-    print(f"wrote {path}")
+    write(complete=True)
     return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,13 @@ directly, with no HTTP:
   prompt when its dev metric is strictly higher than the best so far (which starts at 0).
   The final prompt is the selected one.
 - Loss: mean cross-entropy over the verbalizer logits (or the hinge loss with margin 2,
-  summed over classes, averaged over examples); the metric is accuracy.
+  summed over the wrong classes, averaged over examples); the metric is accuracy.
+
+The losses are imported from ``bbt.tuner.losses`` on purpose: a loss is a formula, not part
+of the loop, and one definition of it (float64 arithmetic, tested against the paper's code
+in ``tests/tuner/test_losses.py``) is what keeps the two loops scoring candidates alike.
+Everything else here (projection, CMA-ES set-up, budget, dev cadence, selection) stays
+independent of ``bbt.tuner``: that is what the parity benchmark compares.
 
 Two deliberate differences, neither changing a result: the population of a generation is
 scored in one backend call (each row of the logits depends only on its own prompt and text,
@@ -39,26 +45,25 @@ from typing import Any
 
 import numpy as np
 
+from bbt.tuner.losses import HINGE_MARGIN, cross_entropy, hinge
+
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 
 #: The paper's code inserts vocabulary tokens from this id as its prompt placeholder.
 PROMPT_OFFSET = 1000
-HINGE_MARGIN = 2.0
 
 
 def ce_loss(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
-    """``torch.nn.CrossEntropyLoss(reduction='mean')`` over logits [B, C]."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean())
+    """``torch.nn.CrossEntropyLoss(reduction='mean')`` over logits [B, C] (the shared
+    definition, :func:`bbt.tuner.losses.cross_entropy`, for one candidate)."""
+    return float(cross_entropy(logits, y)[0])
 
 
 def hinge_loss(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
-    """sum over examples and wrong classes of max(0, l_j - l_y + margin), / B."""
-    gold = logits[np.arange(len(y)), y][:, None]
-    m = np.maximum(0.0, logits - gold + HINGE_MARGIN)
-    m[np.arange(len(y)), y] = 0.0
-    return float(m.sum() / len(y))
+    """sum over examples and wrong classes of max(0, l_j - l_y + margin), / B (the shared
+    definition, :func:`bbt.tuner.losses.hinge`, margin ``HINGE_MARGIN`` = 2, for one
+    candidate)."""
+    return float(hinge(logits, y, HINGE_MARGIN)[0])
 
 
 @dataclass

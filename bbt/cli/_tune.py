@@ -462,6 +462,12 @@ def tune_command(
     loss: str = typer.Option("ce", help="ce, hinge, neg_accuracy or neg_f1."),
     eval_every: int = typer.Option(100, help="Score the best candidate on dev every N calls."),
     patience: int | None = typer.Option(None, help="Stop after N dev evaluations without gain."),
+    eval_mean: bool | None = typer.Option(
+        None,
+        "--eval-mean/--no-eval-mean",
+        help="Also score the CMA-ES mean on dev at each check (one more dev call).",
+        show_default=False,
+    ),
     projection: str = typer.Option("normal", help="Projection distribution: normal or uniform."),
     init: str = typer.Option("zeros", help="p0: zeros, vocab, vocab:START, text:WORDS, file:PATH."),
     out: Path | None = typer.Option(
@@ -523,6 +529,8 @@ def tune_command(
             patience=patience,
             seed=seed,
             projection=projection,  # type: ignore[arg-type]
+            # Unset: TuneConfig's own default.
+            **({} if eval_mean is None else {"eval_mean": eval_mean}),
         )
         dseed = seed if data_seed is None else data_seed
         columns = list(column)

@@ -53,6 +53,7 @@ DEFAULT_BUDGET = 8000
 DEFAULT_EVAL_EVERY = 100
 DEFAULT_LOSS = "ce"
 DEFAULT_SEED = 42
+DEFAULT_EVAL_MEAN = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class TuneConfig:
     seed: int = DEFAULT_SEED
     projection: Distribution = "normal"
     eval_initial: bool = True
+    # Also score the CMA-ES mean on dev at every dev check (one extra dev call) and let it
+    # compete in the selection. A manifest written before this field existed loads with
+    # False (see from_dict), so an old run resumes with the behaviour it started with.
+    eval_mean: bool = DEFAULT_EVAL_MEAN
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,6 +105,8 @@ class TuneConfig:
             problems.append("seed must be non-negative")
         if self.projection not in ("normal", "uniform"):
             problems.append("projection must be normal or uniform")
+        if not isinstance(self.eval_mean, bool):
+            problems.append("eval_mean must be true or false")
         if problems:
             raise ConfigurationError("; ".join(problems))
 
@@ -113,7 +120,10 @@ class TuneConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuneConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kwargs = {k: v for k, v in data.items() if k in known}
+        # Configs recorded before eval_mean existed ran without it: keep that on resume.
+        kwargs.setdefault("eval_mean", False)
+        return cls(**kwargs)
 
 
 @dataclass
@@ -125,6 +135,9 @@ class Candidate:
     calls: int  # API calls spent when it was found
     dev_metric: float | None = None
     dev_ce: float | None = None
+    #: "best" (lowest train loss so far), "mean" (the CMA-ES mean, with ``eval_mean``) or
+    #: "initial" (p0, z = 0). Pickles without the field read the class default.
+    source: str = "best"
 
 
 @dataclass
@@ -146,6 +159,11 @@ class GenerationRecord:
     dev_ce: float | None = None
     best_dev_metric: float | None = None
     selected_calls: int | None = None
+    # Set on the generations that ran a dev check: the CMA-ES mean's dev scores (with
+    # ``eval_mean``) and which candidate the selection is after the check.
+    mean_dev_metric: float | None = None
+    mean_dev_ce: float | None = None
+    selected: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,7 +225,8 @@ class Tuner:
     of the run. It becomes the selected prompt when its dev metric is higher than the
     selection's, or equal with a lower dev cross-entropy; on a full tie the earlier one stays.
     With ``eval_initial`` (default) p0 itself (z = 0) is scored first, so a run always ends
-    with a selected prompt.
+    with a selected prompt. With ``eval_mean`` every dev check (and the end of the run) also
+    scores the CMA-ES mean, at one more dev call, under the same rule, after the best.
     """
 
     def __init__(
@@ -481,9 +500,11 @@ class Tuner:
             st.extra["initial_dev_metric"] = metric
 
     def finish(self) -> Candidate:
-        """Score the best candidate on dev if it has not been yet; return the selection."""
+        """Score the best candidate on dev if it has not been yet (and, with ``eval_mean``,
+        the CMA-ES mean if it has not been at this point of the run); return the selection."""
         st = self._state
-        if st.best_train is not None and st.evaluated_calls != st.best_train.calls:
+        best_due = st.best_train is not None and st.evaluated_calls != st.best_train.calls
+        if best_due or self._mean_due():
             self._dev_select(None)
         if st.selected is None:
             if st.best_train is None:
@@ -498,35 +519,82 @@ class Tuner:
             self.step()
         return self.finish()
 
+    def _mean_due(self) -> bool:
+        """Whether the CMA-ES mean of this point of the run still needs its dev score."""
+        st = self._state
+        return (
+            self.config.eval_mean
+            and bool(self.dev)
+            and st.generation > 0
+            and st.extra.get("mean_scored_calls") != st.calls
+        )
+
+    def _mean_z(self) -> F64:
+        """The CMA-ES mean as a candidate z: pycma's ``mean`` mapped to the space the
+        candidates live in (within the bounds, when there are bounds)."""
+        es = self._es
+        if self.config.bound is None:
+            return np.array(es.mean, dtype=np.float64)
+        pheno = es.gp.pheno(es.mean, into_bounds=es.boundary_handler.repair)
+        return np.array(pheno, dtype=np.float64)
+
+    def _consider(self, cand: Candidate) -> bool:
+        """Make ``cand`` (already scored on dev) the selection if it beats it: higher dev
+        metric, or equal with a lower dev cross-entropy; on a full tie the earlier stays."""
+        st = self._state
+        sel = st.selected
+        metric, ce = cand.dev_metric, cand.dev_ce
+        if metric is None or ce is None:
+            return False
+        better = (
+            sel is None
+            or sel.dev_metric is None
+            or metric > sel.dev_metric
+            or (metric == sel.dev_metric and ce < (sel.dev_ce or math.inf))
+        )
+        if better:
+            st.selected = replace(cand, z=cand.z.copy())
+        return better
+
     def _dev_select(self, rec: GenerationRecord | None) -> None:
+        """One dev check: the best-by-train candidate (if new since the last check), then,
+        with ``eval_mean``, the CMA-ES mean; each may become the selection."""
         st = self._state
         cand = st.best_train
         if cand is None or not self.dev:
             return
-        if st.evaluated_calls == cand.calls:
-            # Same best candidate as at the last dev evaluation: nothing new to learn.
-            st.stale_evals += 1
-        else:
+        improved = False
+        if st.evaluated_calls != cand.calls:
+            # (The same best candidate as at the last check has nothing new to say.)
             metric, ce = self.evaluate_dev(cand.z)
             cand.dev_metric, cand.dev_ce = metric, ce
             st.evaluated_calls = cand.calls
             if rec is not None:
                 rec.dev_metric, rec.dev_ce = metric, ce
-            sel = st.selected
-            better = (
-                sel is None
-                or sel.dev_metric is None
-                or metric > sel.dev_metric
-                or (metric == sel.dev_metric and ce < (sel.dev_ce or math.inf))
-            )
-            if better:
-                st.selected = replace(cand, z=cand.z.copy())
-                st.stale_evals = 0
-            else:
-                st.stale_evals += 1
+            improved = self._consider(cand)
+        if self._mean_due():
+            # The mean moves every generation, so it is scored even when the best is stale.
+            # Scored after the best: on a full tie the best-by-train candidate stays.
+            z = self._mean_z()
+            metric, ce = self.evaluate_dev(z)
+            st.extra["mean_scored_calls"] = st.calls
+            mean = Candidate(z, float("nan"), st.calls, metric, ce, source="mean")
+            st.extra["last_mean"] = mean
+            if rec is not None:
+                rec.mean_dev_metric, rec.mean_dev_ce = metric, ce
+            improved = self._consider(mean) or improved
+        if rec is not None and st.selected is not None:
+            rec.selected = "initial" if st.selected.calls == 0 else st.selected.source
+        st.stale_evals = 0 if improved else st.stale_evals + 1
         p = self.config.patience
         if p is not None and st.stale_evals >= p and st.stop_reason is None:
             st.stop_reason = "early_stopping"
+
+    @property
+    def last_mean(self) -> Candidate | None:
+        """The CMA-ES mean as last scored on dev (with ``eval_mean``), with its dev scores."""
+        mean = self._state.extra.get("last_mean")
+        return mean if isinstance(mean, Candidate) else None
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -86,6 +86,21 @@ def test_reference_losses_match_their_definitions() -> None:
     assert ref.hinge_loss(logits, y) == pytest.approx(1.5)
 
 
+def test_reference_losses_are_the_tuners() -> None:
+    """One definition of each loss: the reference loop scores a candidate exactly as the
+    tuner does (the loop itself stays independent)."""
+    import numpy as np
+
+    from bbt.tuner import cross_entropy, hinge
+
+    ref = _module("reference_bbt")
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 4)).astype(np.float32) * 3
+    y = np.array([0, 1, 2, 3, 3, 1])
+    assert ref.hinge_loss(logits, y) == hinge(logits[None], y)[0]
+    assert ref.ce_loss(logits, y) == cross_entropy(logits[None], y)[0]
+
+
 @needs_shared_data
 @pytest.mark.model
 def test_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,8 +188,24 @@ def test_server_throughput(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_embedded_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("embedded_quality", tmp_path, capsys, "--task", "agnews")
     assert "| agnews |" in out
-    data = _json_plain(tmp_path / "quality_agnews_smoke.json")
-    assert data["summary"]["bbt_heldout_mean"] is not None
+    data = _json(tmp_path / "quality_agnews_smoke.json")
+    assert data["loop"] == "bbt.Tuner"
+    assert data["machine"]["cpu_flags"] is not None
+    assert data["backend"]["compute_dtype"] == data["args"]["dtype"]
+    (run,) = data["runs"]
+    # 2 generations of 4, dev checks after each: p0 + a best and a mean per check at most.
+    assert run["bbt_calls"] == 8
+    assert run["bbt_dev_calls"] == len(run["dev_log"]) <= 5
+    assert run["bbt_dev_calls_without_mean"] == run["bbt_dev_calls"] - 2
+    assert len(data["heldout_rows"]) == 20
+    for key in ("bbt_heldout_with_mean", "bbt_heldout_without_mean", "manual_heldout"):
+        assert 0.0 <= data["summary"][key] <= 1.0
+    assert main_report(tmp_path / "quality_agnews_smoke.json", capsys).count("| agnews |") == 1
+
+
+def main_report(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert _module("embedded_quality").main(["--report", str(path)]) == 0
+    return capsys.readouterr().out
 
 
 def _json_plain(path: Path) -> dict[str, Any]:

@@ -46,6 +46,26 @@ def test_hinge_uses_the_paper_margin() -> None:
     assert hinge(x, y, margin=0.0)[0] == pytest.approx(0.25)
 
 
+def test_hinge_is_the_papers_sum_over_wrong_classes_not_the_max() -> None:
+    """The paper's code (metrics.py of Black-Box-Tuning) adds max(0, l_j - l_y + 2) over
+    every wrong class j and every example, then divides by the number of examples. With 4
+    classes that differs from the max-over-wrong-classes hinge (Crammer-Singer) that the
+    old quality benchmark used."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 4)) * 2
+    y = rng.integers(0, 4, size=7)
+    for p in range(2):
+        total = 0.0
+        for i in range(7):
+            for j in range(4):
+                if j != y[i]:
+                    total += max(0.0, x[p, i, j] - x[p, i, y[i]] + 2.0)
+        assert hinge(x, y)[p] == pytest.approx(total / 7)
+    x = np.array([[[0.0, 0.0, 0.0, 0.0]]])
+    # all 3 wrong classes at the margin: the sum is 6, the max would be 2
+    assert hinge(x, np.array([0]))[0] == pytest.approx(6.0)
+
+
 def test_accuracy_f1_and_their_negatives() -> None:
     x = np.array(
         [
