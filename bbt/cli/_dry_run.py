@@ -98,14 +98,21 @@ def generations(budget: int, popsize: int) -> int:
 
 
 def dev_calls(
-    n_generations: int, popsize: int, eval_every: int, *, initial: bool, has_dev: bool
+    n_generations: int,
+    popsize: int,
+    eval_every: int,
+    *,
+    initial: bool,
+    has_dev: bool,
+    mean: bool = False,
 ) -> tuple[int, int]:
     """(checks, most dev calls) of a run that goes the whole budget.
 
     One dev call for p0 first, one per check (a generation that crosses a multiple of
     ``eval_every`` calls), one at the end unless the last generation was a check. A check
     whose best candidate has not changed since the last one costs nothing, so a real run
-    makes at most this many.
+    makes at most this many. With ``mean`` (``eval_mean``) every check and the final
+    evaluation also score the CMA-ES mean: one more call each.
     """
     if not has_dev:
         return 0, 0
@@ -115,7 +122,8 @@ def dev_calls(
         if (g * popsize) // eval_every > ((g - 1) * popsize) // eval_every
     ]
     final = 1 if n_generations > 0 and (not crossed or crossed[-1] != n_generations) else 0
-    return len(crossed), int(initial) + len(crossed) + final
+    per_check = 2 if mean else 1
+    return len(crossed), int(initial) + per_check * (len(crossed) + final)
 
 
 @dataclass
@@ -194,7 +202,12 @@ def make_plan(
     pop = cfg.population
     gens = generations(cfg.budget, pop)
     checks, dev_max = dev_calls(
-        gens, pop, cfg.eval_every, initial=cfg.eval_initial, has_dev=bool(tuner.dev_texts)
+        gens,
+        pop,
+        cfg.eval_every,
+        initial=cfg.eval_initial,
+        has_dev=bool(tuner.dev_texts),
+        mean=cfg.eval_mean,
     )
     ids = tuner.candidate_ids
     train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire)

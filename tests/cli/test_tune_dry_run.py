@@ -62,6 +62,8 @@ def _parts(plan: str) -> dict[str, int]:
         (["--budget", "80", "--eval-every", "100"], True),  # no check: p0 and final only
         # Checks within generations; one finds the same best candidate and costs nothing.
         (["--budget", "64", "--eval-every", "16", "--popsize", "6"], False),
+        # The CMA-ES mean is scored at every check and at the end: one more dev call each.
+        (["--budget", "85", "--eval-every", "20", "--eval-mean"], True),
     ],
 )
 def test_mock_plan_matches_the_real_run(
@@ -140,3 +142,10 @@ def test_not_with_resume() -> None:
     r = runner.invoke(app, ["tune", "--resume", "somewhere", "--dry-run"])
     assert r.exit_code == 2
     assert r.output.strip() == "error: --dry-run does not apply to --resume yet"
+
+
+def test_dev_call_bound_counts_the_mean() -> None:
+    # Checks at 24, 40, 64, 80 calls (the last generation is one), each scoring best and mean.
+    assert _dry_run.dev_calls(10, 8, 20, initial=True, has_dev=True, mean=True) == (4, 9)
+    # One check (60 calls) and a final evaluation at 80: both with the mean.
+    assert _dry_run.dev_calls(4, 20, 50, initial=True, has_dev=True, mean=True) == (1, 5)
