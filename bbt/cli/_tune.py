@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import click
 import typer
 
 from bbt.errors import BBTError, ConfigurationError, TaskError
@@ -26,6 +29,7 @@ from bbt.errors import BBTError, ConfigurationError, TaskError
 T = TypeVar("T")
 
 EXIT_ERROR = 2
+EXIT_INTERNAL = 1  # a bug in bbt (or a dependency), not a bad input
 EXIT_INTERRUPTED = 130
 MOCK_EXAMPLES = 400  # examples drawn from the mock's task when it gets no --data
 DEFAULT_MOCK_HIDDEN = 64
@@ -42,15 +46,77 @@ def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _secrets() -> list[str]:
+    """Every API key this command may hold (argument, environment, .env), for redaction."""
+    found: list[str] = []
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and isinstance(ctx.params.get("api_key"), str):
+        found.append(ctx.params["api_key"])
+    found.append(os.environ.get("BBT_API_KEY", ""))
+    try:
+        from bbt.client import ClientSettings
+
+        key = ClientSettings().api_key
+        if key is not None:
+            found.append(key.get_secret_value())
+    except Exception:  # redaction must never fail the error path
+        pass
+    # Longest first, so a key that contains another is replaced whole.
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _redact(text: str) -> str:
+    for key in _secrets():
+        text = text.replace(key, "***")
+    return text
+
+
+def _checkpointed(run_dir: Path | None) -> bool:
+    from bbt.tuner.run import CHECKPOINT
+
+    return run_dir is not None and (run_dir / CHECKPOINT).exists()
+
+
+def _resume_line(run_dir: Path) -> str:
+    return f"the run is checkpointed; continue with: bbt tune --resume {run_dir}"
+
+
+def _internal_error(exc: Exception, run_dir: Path | None) -> NoReturn:
+    """The last resort: one redacted line (no traceback on the terminal), the full traceback
+    in the run directory when there is one, and the resume hint when the run can go on."""
+    message = _redact(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])
+    if run_dir is not None and run_dir.is_dir():
+        from bbt.tuner.run import ERROR_LOG
+
+        log_path = run_dir / ERROR_LOG
+        try:
+            text = "".join(traceback.format_exception(exc))
+            with log_path.open("a", encoding="utf-8") as fh:
+                fh.write(f"--- {datetime.now().isoformat(timespec='seconds')}\n{_redact(text)}")
+            message += f" (traceback in {log_path})"
+        except OSError:
+            pass
+    if _checkpointed(run_dir):
+        assert run_dir is not None
+        message += "\n" + _resume_line(run_dir)
+    _fail(message, EXIT_INTERNAL)
+
+
 def _guard(fn: Callable[[], T], resume_hint: Path | None = None) -> T:
-    """Run ``fn``, turning bbt errors and Ctrl-C into messages and exit codes."""
+    """Run ``fn``, turning bbt errors, Ctrl-C and, as a last resort, any other exception
+    into one-line messages and exit codes: no traceback ever reaches the user."""
     try:
         return fn()
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # typer's own ways out (Exit is a RuntimeError): not failures
     except BBTError as exc:
-        if resume_hint is not None and (resume_hint / "checkpoint.pkl").exists():
+        if _checkpointed(resume_hint):
             # A run that got going keeps its checkpoint: a failure mid-way costs nothing done.
-            _fail(f"{exc}\nthe run is checkpointed; continue with: bbt tune --resume {resume_hint}")
-        _fail(str(exc))
+            assert resume_hint is not None
+            _fail(f"{_redact(str(exc))}\n{_resume_line(resume_hint)}")
+        _fail(_redact(str(exc)))
+    except Exception as exc:  # the last resort: see the docstring
+        _internal_error(exc, resume_hint)
     except KeyboardInterrupt:
         if resume_hint is not None:
             _err(
@@ -385,8 +451,11 @@ def _examples(
 
 
 def _default_out(task_name: str) -> Path:
+    """``runs/TASK-YYYYmmdd-HHMMSS-RANDOM``: readable, sorted by time, and with 32 random bits
+    so that runs started in the same second (seeds in parallel) never share a directory.
+    (Should two ever collide, the run directory's exclusive creation refuses the second.)"""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{task_name}-{stamp}"
+    return Path("runs") / f"{task_name}-{stamp}-{secrets.token_hex(4)}"
 
 
 def _summary(result: Any, say: Callable[[str], None]) -> None:
@@ -471,12 +540,18 @@ def tune_command(
     projection: str = typer.Option("normal", help="Projection distribution: normal or uniform."),
     init: str = typer.Option("zeros", help="p0: zeros, vocab, vocab:START, text:WORDS, file:PATH."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run directory (default runs/TASK-TIME)."
+        None, "--out", "-o", help="Run directory (default runs/TASK-TIME-RANDOM)."
     ),
     resume: Path | None = typer.Option(
         None,
         "--resume",
         help="Continue the run in this directory (its manifest fixes task, data and settings).",
+    ),
+    trust_checkpoint: bool = typer.Option(
+        False,
+        "--trust-checkpoint",
+        help="With --resume: load a checkpoint not written under this user's key (a pickle: "
+        "it can run code; only for run directories you trust).",
     ),
     base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
     api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env); never stored."),
@@ -501,13 +576,24 @@ def tune_command(
     say = _sayer(quiet)
     server = _server_options(ctx, server_dtype, server_threads, server_device)
 
-    if resume is not None and (dry_run or server.given):
-        flag = "--dry-run" if dry_run else " and ".join(server.given)
-        hint = "" if dry_run else f" (the {', '.join(SERVER_ENV.values())} variables do)"
-        _fail(f"{flag} does not apply to --resume yet{hint}")
+    if trust_checkpoint and resume is None:
+        _fail("--trust-checkpoint goes with --resume DIR")
+    if resume is not None and dry_run:
+        _fail("--dry-run does not apply to --resume")
     if resume is not None:
         _guard(
-            lambda: _resume(resume, mock or None, base_url, api_key, model, plot, quiet, say),
+            lambda: _resume(
+                resume,
+                mock or None,
+                base_url,
+                api_key,
+                model,
+                plot,
+                quiet,
+                say,
+                trust_checkpoint,
+                server,
+            ),
             resume,
         )
         return
@@ -649,17 +735,23 @@ def _resume(
     plot: bool,
     quiet: bool,
     say: Callable[[str], None],
+    trust_checkpoint: bool = False,
+    server: ServerOptions | None = None,
 ) -> None:
     from bbt.tuner import read_manifest, resume
 
     manifest = read_manifest(run_dir)
     with ExitStack() as stack:
-        svc, _ = stack.enter_context(_service_for_run(run_dir, mock, base_url, api_key, model, say))
+        svc, _ = stack.enter_context(
+            _service_for_run(run_dir, mock, base_url, api_key, model, say, server)
+        )
         bar = stack.enter_context(
             _Progress(int(manifest["config"]["budget"]), manifest["task"]["metric"], quiet)
         )
         say(f"resuming {run_dir}")
-        result = resume(run_dir, svc, callbacks=[bar], plot=plot)
+        if trust_checkpoint:
+            say(f"warning: --trust-checkpoint: loading {run_dir}'s checkpoint even if foreign")
+        result = resume(run_dir, svc, callbacks=[bar], plot=plot, trust_checkpoint=trust_checkpoint)
     _summary(result, say)
 
 

@@ -18,6 +18,7 @@ memory once per run: D * d * 4 bytes, i.e. 51,200 * 500 * 4 B = 102.4 MB at pape
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -100,6 +101,16 @@ class Projection:
             mat -= np.float32(math.sqrt(3.0) * recipe.std)
         self.matrix: FloatArray = mat
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the shape and of the first, middle and last rows of the stored [d, D]
+        matrix (columns of A) as little-endian float32: cheap, and any change in how A is
+        generated (another NumPy, another recipe) changes it."""
+        m = self.matrix
+        h = hashlib.sha256(f"bbt-projection/1 {m.shape[0]}x{m.shape[1]}\n".encode())
+        for row in sorted({0, m.shape[0] // 2, m.shape[0] - 1}):
+            h.update(np.ascontiguousarray(m[row], dtype="<f4").tobytes())
+        return h.hexdigest()
+
     def project(self, z: np.ndarray[Any, Any], p0: FloatArray | None = None) -> FloatArray:
         """Prompts [P, n, H] (float32) for z of shape [P, d]; a single z [d] gives [1, n, H]."""
         r = self.recipe
@@ -113,3 +124,10 @@ class Projection:
         if p0 is not None:
             out += p0
         return out
+
+
+def fingerprint_array(array: np.ndarray[Any, Any]) -> str:
+    """SHA-256 of an array's shape and values as little-endian float32 (e.g. of p0)."""
+    a = np.ascontiguousarray(array, dtype="<f4")
+    shape = "x".join(str(n) for n in a.shape)
+    return hashlib.sha256(f"bbt-array/1 {shape}\n".encode() + a.tobytes()).hexdigest()

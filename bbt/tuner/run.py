@@ -3,30 +3,40 @@
 Layout of a run directory::
 
     manifest.json     what was run and what came out (model, task, recipes, config, result,
-                      usage, versions); the base URL only, never a credential
+                      usage, versions, fingerprints of A and p0, a random run id); the base
+                      URL only, never a credential. Created exclusively: never over a run.
+    run.lock          advisory lock (flock) held by the one process driving the run, for the
+                      whole of tune() or resume(); it holds that process's pid
     train.jsonl       the sampled k-shot training set   (resume needs no original files)
     dev.jsonl         the sampled dev set
     p0.npy            the initial prompt [n, H]
-    checkpoint.pkl    the state after the last finished generation (atomic: temp + fsync +
-                      os.replace); a pickle, so only resume runs you trust
-    history.jsonl     one line per generation (calls, loss stats, dev metric when scored)
+    checkpoint.bin    the state after the last finished generation (atomic: temp + fsync +
+                      os.replace), authenticated: HMAC-SHA256 under a per-user key kept
+                      outside the run directory (see :mod:`bbt.tuner.checkpoint`)
+    history.jsonl     one line per generation (calls, loss stats, non-finite count, dev
+                      metric when scored)
     prompt.npy        the selected (best-on-dev) prompt [n, H], float32   (at the end)
     z.npy             its z [d], float64                                   (at the end)
     plot.png          loss and dev metric against API calls (needs ``bbt[plot]``)
+    error.log         the traceback of an internal error, when ``bbt tune`` met one
 
-A killed run loses at most the generation in flight: ``resume(run_dir, service)`` reloads the
-checkpoint (CMA-ES, RNG stream, counters, best-on-dev), cuts ``history.jsonl`` back to the
-checkpoint's offset, and carries on; with the same deterministic service it ends with the
-same z, bit for bit, as a run that was never interrupted.
+A killed run loses at most the generation in flight: ``resume(run_dir, service)`` checks
+that the regenerated projection and p0 match the run's fingerprints, reloads the checkpoint
+(CMA-ES, RNG stream, counters, best-on-dev) once its tag checks out, cuts ``history.jsonl``
+back to the checkpoint's offset, and carries on; with the same deterministic service it ends
+with the same z, bit for bit, as a run that was never interrupted. A completed run is never
+unpickled: its recorded result is returned.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import platform
+import secrets
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -41,16 +51,26 @@ import numpy as np
 from bbt._version import __version__
 from bbt.client import Service, UsageStats
 from bbt.errors import RunError
+from bbt.tuner import checkpoint as _ckpt
 from bbt.tuner.data import Example, read_jsonl, write_jsonl
 from bbt.tuner.plot import plot_history
+from bbt.tuner.projection import fingerprint_array
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.tasks import Task, get_preset
 from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner, import_cma
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: exclusive manifest creation still holds
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("bbt.tuner")
 
 MANIFEST = "manifest.json"
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.bin"
+LEGACY_CHECKPOINT = "checkpoint.pkl"  # unauthenticated pickles of bbt before checkpoint.bin
+LOCK = "run.lock"
+ERROR_LOG = "error.log"
 HISTORY = "history.jsonl"
 PROMPT = "prompt.npy"
 Z_FILE = "z.npy"
@@ -59,7 +79,7 @@ TRAIN_FILE = "train.jsonl"
 DEV_FILE = "dev.jsonl"
 PLOT = "plot.png"
 RUN_FORMAT = "bbt-run/1"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # the payload dict; 1 is the same dict in a legacy checkpoint.pkl
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 F64 = np.ndarray[Any, np.dtype[np.float64]]
@@ -95,6 +115,61 @@ def atomic_write(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def exclusive_create(path: Path, data: bytes) -> None:
+    """Like :func:`atomic_write`, but fail with :class:`FileExistsError` when ``path`` exists:
+    the complete file is hard-linked into place, which no other writer can race."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+class RunLock:
+    """An advisory, exclusive ``flock`` on ``run.lock``, held while one process drives a run.
+
+    ``flock`` locks belong to an open file description, so two threads of one process
+    exclude each other too, and the kernel drops the lock when its process dies (a SIGKILLed
+    run never leaves a stale lock). The file itself stays: deleting a lock file races with a
+    process that has it open.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise RunError(
+                    f"run directory {self.path.parent} is in use by another bbt process{who}; "
+                    "wait for it to finish or stop it, or choose another directory"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the last descriptor releases the flock
 
 
 def _save_npy(path: Path, array: np.ndarray[Any, Any]) -> None:
@@ -188,7 +263,8 @@ class TuneResult:
 
 
 def _num(x: float | None) -> float | None:
-    return None if x is None or x != x else float(x)  # NaN -> None (JSON has no NaN)
+    # NaN and +-inf -> None: JSON has neither, and a non-finite figure means "no figure".
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 # --------------------------------------------------------------------------- the run
@@ -204,10 +280,12 @@ class _Run:
         manifest: dict[str, Any],
         usage_base: dict[str, int],
         history_offset: int,
+        key: bytes | None = None,
     ) -> None:
         self.tuner = tuner
         self.dir = run_dir
         self.manifest = manifest
+        self.key = key
         self.usage_base = usage_base
         self.usage_start = tuner.service.usage.copy()
         self.history_offset = history_offset
@@ -239,7 +317,9 @@ class _Run:
             "usage": self.usage(),
             "generation": self.tuner.generation,
         }
-        atomic_write(self.dir / CHECKPOINT, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+        payload = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        key = self.key if self.key is not None else _ckpt.load_key()
+        atomic_write(self.dir / CHECKPOINT, _ckpt.seal(payload, self.manifest["run_id"], key))
 
     def set_status(self, status: str) -> None:
         self.manifest["status"] = status
@@ -309,20 +389,37 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _prepare_dir(run_dir: Path, overwrite: bool) -> None:
+def _prepare_dir(run_dir: Path, overwrite: bool) -> RunLock:
+    """Create (or claim) ``run_dir`` for a new run and return its lock, held."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} exists and is not a directory")
-    if (run_dir / MANIFEST).exists() and not overwrite:
-        raise RunError(
-            f"{run_dir} already holds a run; resume it with `bbt tune --resume {run_dir}` "
-            "or choose another output directory"
-        )
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in (CHECKPOINT, HISTORY, PROMPT, Z_FILE, PLOT):
-            (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)  # an empty existing directory is fine
     except OSError as exc:
         raise RunError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    lock = RunLock(run_dir).acquire()
+    try:
+        # Under the lock nobody else drives this directory, so the check below cannot race
+        # with another tune() or resume(); the manifest's exclusive creation backs it up.
+        if (run_dir / MANIFEST).exists() and not overwrite:
+            raise RunError(
+                f"{run_dir} already holds a run; resume it with `bbt tune --resume {run_dir}` "
+                "or choose another output directory"
+            )
+        for name in (CHECKPOINT, LEGACY_CHECKPOINT, HISTORY, PROMPT, Z_FILE, PLOT, ERROR_LOG):
+            (run_dir / name).unlink(missing_ok=True)
+    except OSError as exc:
+        lock.release()
+        raise RunError(f"cannot prepare run directory {run_dir}: {exc.strerror or exc}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def fingerprints(tuner: Tuner) -> dict[str, str]:
+    """What resume checks it regenerated identically: A (a few of its rows) and p0."""
+    return {"projection": tuner.projection.fingerprint(), "p0": fingerprint_array(tuner.p0)}
 
 
 def tune(
@@ -347,6 +444,10 @@ def tune(
     at the end (see this module's docstring); without it the run stays in memory. The
     manifest records ``base_url`` (or the service's own, if it has one) without credentials,
     and ``service_info`` (e.g. how to rebuild an in-process service) next to it.
+
+    The run directory is claimed exclusively: while this call runs, another :func:`tune` or
+    :func:`resume` on it raises :class:`RunError`, and so does a new run over a finished one
+    (unless ``overwrite``).
     """
     task_obj = get_preset(task) if isinstance(task, str) else task
     cfg = config or TuneConfig()
@@ -357,46 +458,119 @@ def tune(
     tuner = Tuner(
         service, task_obj, train, dev, cfg, initial_prompt=initial_prompt, callbacks=callbacks
     )
-    if path is not None:
-        _prepare_dir(path, overwrite)
-    info = tuner.model_info
-    manifest: dict[str, Any] = {
-        "format": RUN_FORMAT,
-        "status": "running",
-        "created": _now(),
-        "model": {
-            "id": info.id,
-            "hidden_size": info.hidden_size,
-            "vocab_size": info.vocab_size,
-            "mask_token": info.mask_token,
-            "embedding_std": info.embedding_std,
-        },
-        "service": {
-            **{k: v for k, v in (service_info or {}).items() if k != "base_url"},
-            "base_url": safe_url(base_url or getattr(service, "base_url", None)),
-        },
-        "task": task_obj.as_dict(),
-        "candidate_ids": tuner.candidate_ids,
-        "config": cfg.as_dict(),
-        "projection": tuner.recipe.as_dict(),
-        "initial_prompt": tuner.initial_prompt.as_dict(),
-        "data": {
-            "train": TRAIN_FILE,
-            "dev": DEV_FILE,
-            "n_train": len(train),
-            "n_dev": len(dev),
-            **(data_info or {}),
-        },
-        "versions": versions(),
-    }
-    if path is not None:
-        write_jsonl(path / TRAIN_FILE, train)
-        write_jsonl(path / DEV_FILE, dev)
-        _save_npy(path / P0_FILE, tuner.p0)
-        _write_json(path / MANIFEST, manifest)
-    run = _Run(tuner, path, manifest, {}, 0)
-    run.usage_start = usage_start
-    return run.execute(plot)
+    # The key first: a user whose key cannot be made learns it before anything is written.
+    key = _ckpt.load_key() if path is not None else None
+    lock = _prepare_dir(path, overwrite) if path is not None else None
+    try:
+        info = tuner.model_info
+        manifest: dict[str, Any] = {
+            "format": RUN_FORMAT,
+            "run_id": secrets.token_hex(16),
+            "status": "running",
+            "created": _now(),
+            "model": {
+                "id": info.id,
+                "hidden_size": info.hidden_size,
+                "vocab_size": info.vocab_size,
+                "mask_token": info.mask_token,
+                "embedding_std": info.embedding_std,
+            },
+            "service": {
+                **{k: v for k, v in (service_info or {}).items() if k != "base_url"},
+                "base_url": safe_url(base_url or getattr(service, "base_url", None)),
+            },
+            "task": task_obj.as_dict(),
+            "candidate_ids": tuner.candidate_ids,
+            "config": cfg.as_dict(),
+            "projection": tuner.recipe.as_dict(),
+            "initial_prompt": tuner.initial_prompt.as_dict(),
+            "fingerprints": fingerprints(tuner),
+            "data": {
+                "train": TRAIN_FILE,
+                "dev": DEV_FILE,
+                "n_train": len(train),
+                "n_dev": len(dev),
+                **(data_info or {}),
+            },
+            "versions": versions(),
+        }
+        if path is not None:
+            write_jsonl(path / TRAIN_FILE, train)
+            write_jsonl(path / DEV_FILE, dev)
+            _save_npy(path / P0_FILE, tuner.p0)
+            body = (json.dumps(manifest, indent=2, allow_nan=True) + "\n").encode()
+            if overwrite:
+                atomic_write(path / MANIFEST, body)
+            else:
+                try:
+                    exclusive_create(path / MANIFEST, body)
+                except FileExistsError:
+                    raise RunError(f"{path} already holds a run (created meanwhile)") from None
+        run = _Run(tuner, path, manifest, {}, 0, key)
+        run.usage_start = usage_start
+        return run.execute(plot)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_fingerprints(path: Path, manifest: dict[str, Any], tuner: Tuner) -> None:
+    recorded = manifest.get("fingerprints")
+    if not isinstance(recorded, dict):
+        log.warning(
+            "run %s records no fingerprint of its projection and p0 (made by an older bbt): "
+            "resuming without checking that they regenerate identically",
+            path,
+        )
+        return
+    now = fingerprints(tuner)
+    was, cur = manifest.get("versions", {}), versions()
+    env = ", ".join(
+        f"{name} {was.get(name, '?')} recorded, {cur[name]} now" for name in ("numpy", "cma")
+    )
+    if recorded.get("projection") != now["projection"]:
+        raise RunError(
+            f"cannot resume {path}: the projection A regenerated from its recipe differs from "
+            f"the one the run used (fingerprint {str(recorded.get('projection'))[:12]} recorded, "
+            f"{now['projection'][:12]} now; {env}); resume it with the versions it was made "
+            "with, or start a new run"
+        )
+    if recorded.get("p0") != now["p0"]:
+        raise RunError(
+            f"cannot resume {path}: {P0_FILE} differs from the p0 the run started from "
+            f"(fingerprint {str(recorded.get('p0'))[:12]} recorded, {now['p0'][:12]} now): the "
+            "file was changed or damaged"
+        )
+
+
+def load_checkpoint(
+    run_dir: str | Path, run_id: str | None = None, *, trust: bool = False
+) -> dict[str, Any] | None:
+    """The verified contents of a run's checkpoint, or ``None`` when it has none.
+
+    Nothing is unpickled unless the file's HMAC checks out under this user's key; a foreign,
+    edited or legacy (``checkpoint.pkl``) checkpoint raises :class:`RunError` unless
+    ``trust`` (see :mod:`bbt.tuner.checkpoint`).
+    """
+    path = Path(run_dir)
+    if run_id is None:
+        run_id = str(read_manifest(path).get("run_id", ""))
+    ckpt, legacy = path / CHECKPOINT, path / LEGACY_CHECKPOINT
+    try:
+        if ckpt.exists():
+            data = _ckpt.open_checkpoint(ckpt.read_bytes(), run_id, where=ckpt, trust=trust)
+            want: tuple[int, ...] = (CHECKPOINT_FORMAT,)
+        elif legacy.exists():
+            data = _ckpt.open_legacy(legacy.read_bytes(), where=legacy, trust=trust)
+            want = (1,)
+        else:
+            return None
+        if not isinstance(data, dict) or data.get("format") not in want:
+            fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"checkpoint format {fmt!r}")
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
+        raise RunError(f"cannot load the checkpoint of {path}: {exc}") from None
+    return data
 
 
 def resume(
@@ -405,13 +579,49 @@ def resume(
     *,
     callbacks: Sequence[Callback] = (),
     plot: bool = True,
+    trust_checkpoint: bool = False,
 ) -> TuneResult:
     """Continue the run in ``run_dir`` from its last checkpoint (see the module docstring).
 
-    A completed run is not run again: its recorded result is returned.
+    A completed run is not run again (nor is its checkpoint read): its recorded result is
+    returned. The checkpoint is loaded only if it is authenticated under this user's key;
+    ``trust_checkpoint=True`` loads a foreign or legacy one anyway (it is a pickle: only for
+    a run directory you trust). While this call runs, the directory is locked.
     """
     path = Path(run_dir)
     manifest = read_manifest(path)
+    if manifest.get("status") == "completed" and "result" in manifest:
+        _check_model(path, manifest, service)
+        return _recorded_result(path, manifest)
+    lock = RunLock(path).acquire()
+    try:
+        manifest = read_manifest(path)  # as it is now that nobody else drives the run
+        if manifest.get("status") == "completed" and "result" in manifest:
+            _check_model(path, manifest, service)
+            return _recorded_result(path, manifest)
+        return _resume_locked(path, manifest, service, callbacks, plot, trust_checkpoint)
+    finally:
+        lock.release()
+
+
+def _check_model(path: Path, manifest: dict[str, Any], service: Service) -> None:
+    info = service.model_info()
+    want = manifest["model"]
+    if info.id != want["id"] or info.hidden_size != want["hidden_size"]:
+        raise RunError(
+            f"run {path} was made with model {want['id']!r} (H={want['hidden_size']}); this "
+            f"service serves {info.id!r} (H={info.hidden_size})"
+        )
+
+
+def _resume_locked(
+    path: Path,
+    manifest: dict[str, Any],
+    service: Service,
+    callbacks: Sequence[Callback],
+    plot: bool,
+    trust_checkpoint: bool,
+) -> TuneResult:
     usage_start = service.usage.copy()
     try:
         task = Task.from_dict(manifest["task"])
@@ -422,42 +632,38 @@ def resume(
         initial = InitialPrompt.from_dict(manifest["initial_prompt"])
     except (KeyError, OSError, ValueError) as exc:
         raise RunError(f"run directory {path} is incomplete or damaged: {exc}") from None
-    info = service.model_info()
-    want = manifest["model"]
-    if info.id != want["id"] or info.hidden_size != want["hidden_size"]:
-        raise RunError(
-            f"run {path} was made with model {want['id']!r} (H={want['hidden_size']}); this "
-            f"service serves {info.id!r} (H={info.hidden_size})"
-        )
+    _check_model(path, manifest, service)
     tuner = Tuner(
         service, task, train, dev, cfg, initial_prompt=initial, p0=p0, callbacks=callbacks
     )
     if tuner.candidate_ids != manifest["candidate_ids"]:
         raise RunError(f"the service's tokenizer maps the verbalizer of run {path} differently")
+    _check_fingerprints(path, manifest, tuner)
+    if "run_id" not in manifest:  # a run from before run ids: give it one from now on
+        manifest["run_id"] = secrets.token_hex(16)
+    key = _ckpt.load_key()
     usage_base: dict[str, int] = {}
     offset = 0
-    ckpt = path / CHECKPOINT
-    if ckpt.exists():
+    data = load_checkpoint(path, str(manifest["run_id"]), trust=trust_checkpoint)
+    if data is not None:
         try:
-            data = pickle.loads(ckpt.read_bytes())
-            if data.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"checkpoint format {data.get('format')!r}")
             tuner.load_state_dict(data["tuner"])
-        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
-            raise RunError(f"cannot load checkpoint {ckpt}: {exc}") from None
-        usage_base = dict(data["usage"])
-        offset = int(data["history_offset"])
-    if manifest.get("status") == "completed" and "result" in manifest:
-        return _recorded_result(path, manifest)
+            usage_base = dict(data["usage"])
+            offset = int(data["history_offset"])
+        except (KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+            raise RunError(f"cannot load the checkpoint of {path}: {exc}") from None
     hist = path / HISTORY
     if hist.exists():
         with hist.open("r+b") as fh:
             fh.truncate(offset)  # drop lines of a generation that never checkpointed
-    run = _Run(tuner, path, manifest, usage_base, offset)
+    run = _Run(tuner, path, manifest, usage_base, offset, key)
     run.usage_start = usage_start
     run.manifest["resumed"] = [*run.manifest.get("resumed", []), _now()]
     run.set_status("running")
-    return run.execute(plot)
+    result = run.execute(plot)
+    # A legacy checkpoint was replaced by an authenticated one at the first generation.
+    (path / LEGACY_CHECKPOINT).unlink(missing_ok=True)
+    return result
 
 
 def _recorded_result(path: Path, manifest: dict[str, Any]) -> TuneResult:

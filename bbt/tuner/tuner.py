@@ -21,6 +21,7 @@ Determinism (what makes ``--resume`` exact):
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import time
@@ -43,6 +44,8 @@ from bbt.tuner.tasks import Task, verbalizer_ids
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 F64 = np.ndarray[Any, np.dtype[np.float64]]
 
+log = logging.getLogger("bbt.tuner")
+
 # Defaults of the paper (Sun et al., 2022, Sec. 4.1 and their released code).
 DEFAULT_N_TOKENS = 50
 DEFAULT_DIM = 500
@@ -54,6 +57,10 @@ DEFAULT_EVAL_EVERY = 100
 DEFAULT_LOSS = "ce"
 DEFAULT_SEED = 42
 DEFAULT_EVAL_MEAN = False
+#: The loss of a candidate with non-finite logits or loss when no candidate of its generation
+#: has a finite loss (otherwise it gets the generation's worst finite loss). Large but finite:
+#: CMA-ES only ranks, and a finite value keeps its arithmetic (and the history) clean.
+NONFINITE_PENALTY = 1e30
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class GenerationRecord:
     mean_dev_metric: float | None = None
     mean_dev_ce: float | None = None
     selected: str | None = None
+    nonfinite: int = 0  # candidates whose logits or loss were NaN/inf (see Tuner.tell)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +235,14 @@ class Tuner:
     With ``eval_initial`` (default) p0 itself (z = 0) is scored first, so a run always ends
     with a selected prompt. With ``eval_mean`` every dev check (and the end of the run) also
     scores the CMA-ES mean, at one more dev call, under the same rule, after the best.
+
+    Non-finite values (a service that returns NaN or inf): a candidate whose logits hold a
+    non-finite value, or whose loss is not finite, gets the worst finite loss of its
+    generation (:data:`NONFINITE_PENALTY` when none is finite), can never become the best
+    candidate, and is counted in the generation's ``nonfinite``; the first such generation
+    is logged. :meth:`tell` applies the same rule to losses handed in by hand. A dev score
+    from non-finite logits is the worst possible (metric -inf, cross-entropy inf) and is
+    never selected.
     """
 
     def __init__(
@@ -293,6 +309,7 @@ class Tuner:
         # The global-RNG state pycma sees; seeded so that even that is part of the recipe.
         self._state.rng_state = np.random.RandomState(_cma_seed(cfg.seed) ^ 1).get_state()
         self._pending: F64 | None = None
+        self._warned_nonfinite = False
         self._session_start = time.perf_counter()
         self._elapsed_base = 0.0
         blob = pickle.dumps(self._new_es(), protocol=pickle.HIGHEST_PROTOCOL)
@@ -409,18 +426,52 @@ class Tuner:
 
     def evaluate(self, candidates: np.ndarray[Any, Any]) -> tuple[F64, F64]:
         """Score candidates on the training set in one service call (P API calls): the loss
-        and the task metric of each, both [P]."""
+        and the task metric of each, both [P]. A candidate with any non-finite logit gets a
+        NaN loss and metric (a hinge or accuracy of such logits can look finite, but means
+        nothing); :meth:`tell` then applies the non-finite rule."""
         logits = self._logits(candidates, self.train_texts)
-        return self._loss(logits, self.train_labels), self._metric(logits, self.train_labels)
+        with np.errstate(all="ignore"):
+            loss = np.asarray(self._loss(logits, self.train_labels), dtype=np.float64)
+            metric = np.asarray(self._metric(logits, self.train_labels), dtype=np.float64)
+        bad = ~np.isfinite(logits).reshape(logits.shape[0], -1).all(axis=1)
+        if bad.any():
+            loss = np.where(bad, np.nan, loss)
+            metric = np.where(bad, np.nan, metric)
+        return loss, metric
 
     def evaluate_dev(self, z: np.ndarray[Any, Any]) -> tuple[float, float]:
-        """Dev metric and dev cross-entropy of one z (counted in ``dev_calls``)."""
+        """Dev metric and dev cross-entropy of one z (counted in ``dev_calls``); -inf and inf
+        when the service returned non-finite logits (the worst score, never selected)."""
         logits = self._logits(np.asarray(z)[None, :], self.dev_texts)
         self._state.dev_calls += 1
+        if not np.isfinite(logits).all():
+            log.warning("the service returned non-finite dev logits; scored as the worst")
+            return -math.inf, math.inf
         return (
             float(self._metric(logits, self.dev_labels)[0]),
             float(cross_entropy(logits, self.dev_labels)[0]),
         )
+
+    def _nonfinite_rule(self, loss: F64) -> tuple[F64, F64, int]:
+        """(losses CMA-ES sees, losses for picking the best, number of non-finite ones)."""
+        bad = ~np.isfinite(loss)
+        k = int(bad.sum())
+        if k == 0:
+            return loss, loss, 0
+        worst = float(loss[~bad].max()) if k < loss.size else NONFINITE_PENALTY
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            log.warning(
+                "generation %d: %d of %d candidates scored NaN/inf; such a candidate gets the "
+                "worst finite loss of its generation (%g if none is finite) and is counted as "
+                "`nonfinite` in the history (logged once per session)",
+                self._state.generation + 1,
+                k,
+                loss.size,
+                NONFINITE_PENALTY,
+            )
+        # inf where non-finite for picking the best: such a candidate never becomes it.
+        return np.where(bad, worst, loss), np.where(bad, math.inf, loss), k
 
     # ------------------------------------------------------------------ ask / tell
 
@@ -441,9 +492,12 @@ class Tuner:
         if self._pending is None:
             raise RuntimeError("tell() without a pending ask()")
         pop = self._pending
-        loss = np.asarray(losses, dtype=np.float64)
-        if loss.shape != (pop.shape[0],) or not np.isfinite(loss).all():
-            raise ValueError(f"losses must be {pop.shape[0]} finite numbers")
+        raw = np.asarray(losses, dtype=np.float64)
+        if raw.shape != (pop.shape[0],):
+            raise ValueError(f"losses must be {pop.shape[0]} numbers, one per candidate")
+        # Non-finite losses: see the class docstring. Raising here would lose the run for
+        # good (a resume replays the same z), so the candidate is ranked last instead.
+        loss, rank, nonfinite = self._nonfinite_rule(raw)
         with self._own_rng():
             self._es.tell(list(pop), loss.tolist())
         # Continue from the pickled copy (see the module docstring).
@@ -455,9 +509,9 @@ class Tuner:
         before = st.calls
         st.calls += pop.shape[0]
         st.generation += 1
-        i = int(np.argmin(loss))  # first minimum: the earlier candidate wins a tie
-        if st.best_train is None or loss[i] < st.best_train.train_loss:
-            st.best_train = Candidate(pop[i].copy(), float(loss[i]), st.calls)
+        i = int(np.argmin(rank))  # first minimum: the earlier candidate wins a tie
+        if math.isfinite(rank[i]) and (st.best_train is None or rank[i] < st.best_train.train_loss):
+            st.best_train = Candidate(pop[i].copy(), float(rank[i]), st.calls)
         m = np.asarray(metrics, dtype=np.float64) if metrics is not None else None
         rec = GenerationRecord(
             generation=st.generation,
@@ -467,10 +521,11 @@ class Tuner:
             loss_mean=float(loss.mean()),
             loss_max=float(loss.max()),
             loss_std=float(loss.std()),
-            best_loss=st.best_train.train_loss,
+            best_loss=st.best_train.train_loss if st.best_train else float("nan"),
             train_metric=float(m[i]) if m is not None else float("nan"),
             sigma=self.sigma,
             wall_time=0.0,
+            nonfinite=nonfinite,
         )
         if st.calls // self.config.eval_every > before // self.config.eval_every:
             self._dev_select(rec)
@@ -496,7 +551,8 @@ class Tuner:
         if self.config.eval_initial and st.selected is None and st.generation == 0:
             z0 = np.zeros(self.config.dim)
             metric, ce = self.evaluate_dev(z0)
-            st.selected = Candidate(z0, float("nan"), 0, metric, ce)
+            if math.isfinite(metric):  # a non-finite dev score is never selected
+                st.selected = Candidate(z0, float("nan"), 0, metric, ce)
             st.extra["initial_dev_metric"] = metric
 
     def finish(self) -> Candidate:
@@ -546,7 +602,8 @@ class Tuner:
         metric, ce = cand.dev_metric, cand.dev_ce
         if metric is None or ce is None:
             return False
-        better = (
+        # A dev score from non-finite logits (metric -inf) is never selected.
+        better = math.isfinite(metric) and (
             sel is None
             or sel.dev_metric is None
             or metric > sel.dev_metric

@@ -3,6 +3,7 @@ refused where another service answers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,14 +136,22 @@ def test_eval_and_predict_pass_them_and_refuse_them_alike(
     _one_error_line(r.output, BACKEND_SAYS)
 
 
-def test_not_with_resume_yet(embedded_calls: list[dict[str, Any]]) -> None:
-    r = runner.invoke(app, ["tune", "--resume", "somewhere", "--server-device", "cuda"])
+def test_resume_passes_them_too(embedded_calls: list[dict[str, Any]], tmp_path: Path) -> None:
+    r = runner.invoke(app, ["tune", "--task", "mock", "--budget", "16", *SMALL, "--mock"])
+    run = next((tmp_path / "runs").iterdir())
+    # Made against the in-process mock: resumed against it again, so the flags are refused.
+    r = runner.invoke(app, ["tune", "--resume", str(run), "--server-device", "cuda"])
     assert r.exit_code == 2
-    _one_error_line(
-        r.output,
-        "--server-device does not apply to --resume yet (the BBT_EMBEDDED_DTYPE, "
-        "BBT_EMBEDDED_THREADS, BBT_EMBEDDED_DEVICE variables do)",
-    )
+    assert "--server-device only applies to the embedded server" in r.output
+    # A run made against the embedded server is resumed against it: the flags go to it.
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["service"] = {"kind": "embedded", "base_url": "http://127.0.0.1:9"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    r = runner.invoke(app, ["tune", "--resume", str(run), "--server-dtype", "float32"])
+    assert embedded_calls == [{"dtype": "float32"}]
+    assert r.exit_code == 2
+    assert f"error: {BACKEND_SAYS}" in r.output.splitlines()
+    assert "Traceback" not in r.output
 
 
 def test_a_bad_value_from_the_real_backend_is_one_line(

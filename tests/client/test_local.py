@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bbt.client import LocalClient, Service
+from bbt.client import LocalClient
 from bbt.errors import InvalidRequestError, ProtocolError, ServerError
 from bbt.protocol import ProtocolViolation, Usage
 from bbt.server.backend import FloatArray, IntArray
 
 from .fakes import INFO, FakeBackend, expected_logits, tagged_prompts, texts
+from .service_conformance import assert_is_service
 
 
 def test_is_a_service() -> None:
-    assert isinstance(LocalClient(FakeBackend()), Service)
+    assert_is_service(LocalClient(FakeBackend()), texts(3))
 
 
 def test_logits_are_split_like_the_http_client() -> None:

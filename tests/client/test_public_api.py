@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import bbt.client
-from bbt.client import AsyncClient, Client, LocalClient, Service
+from bbt.client import AsyncClient, Client, LocalClient
+
+from .fakes import texts
+from .service_conformance import assert_is_service
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -29,7 +32,7 @@ def test_all_is_sorted_and_complete() -> None:
 
 def test_client_is_a_service(make_client: object) -> None:
     client = make_client()  # type: ignore[operator]
-    assert isinstance(client, Service)
+    assert_is_service(client, texts(3))
 
 
 def test_async_client_mirrors_every_service_method() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,17 @@ from bbt.tuner import Example, TuneConfig, get_preset, sample_k_shot
 from .fakes import WordService
 
 H = 32
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_key_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test (and its subprocesses) gets its own BBT_HOME, so the per-user checkpoint key
+    is made there, never in the real ~/.config/bbt."""
+    home = tmp_path_factory.mktemp("bbt-home")
+    monkeypatch.setenv("BBT_HOME", str(home))
+    return home
 
 
 @pytest.fixture

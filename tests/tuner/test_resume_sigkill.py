@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -14,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bbt.errors import RunError
 from bbt.tuner import read_manifest
-from bbt.tuner.run import CHECKPOINT, HISTORY
+from bbt.tuner.run import HISTORY, load_checkpoint
 
 ARGS = [
     "tune",
@@ -43,20 +43,26 @@ KILL_AFTER_GENERATION = 20
 TOTAL_GENERATIONS = 80
 CODE = "import sys; from bbt.cli import main; sys.argv = ['bbt', *sys.argv[1:]]; main()"
 # One BLAS thread: fast on a shared machine, and the same arithmetic in every process.
-ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _env() -> dict[str, str]:
+    # Read at call time: the subprocesses share the test's BBT_HOME (its checkpoint key).
+    return {**os.environ, **THREADS}
 
 
 def _bbt(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", CODE, *args], env=ENV, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", CODE, *args], env=_env(), capture_output=True, text=True, timeout=300
     )
 
 
 def _generation(run: Path) -> int:
     try:
-        return int(pickle.loads((run / CHECKPOINT).read_bytes())["generation"])
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError):
+        data = load_checkpoint(run)
+    except RunError:  # no manifest yet
         return -1
+    return -1 if data is None else int(data["generation"])
 
 
 def _history(run: Path) -> list[dict[str, object]]:
@@ -71,7 +77,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path: Path) -> No
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-c", CODE, *ARGS, "--out", str(killed)],
-        env=ENV,
+        env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

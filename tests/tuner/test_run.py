@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from bbt.server.mock import MockBackend
 from bbt.server.settings import ServerSettings
 from bbt.testing import MOCK_BASE_URL, CoreTransport
 from bbt.tuner import Example, Task, TunedPrompt, load_result, read_manifest, resume, tune
-from bbt.tuner.run import CHECKPOINT, HISTORY, safe_url
+from bbt.tuner.run import HISTORY, load_checkpoint, safe_url
 
 from .conftest import H, small_config
 
@@ -31,7 +30,8 @@ def test_run_directory_holds_every_artifact(
     names = {p.name for p in run.iterdir()}
     assert {
         "manifest.json",
-        "checkpoint.pkl",
+        "checkpoint.bin",
+        "run.lock",
         "history.jsonl",
         "prompt.npy",
         "z.npy",
@@ -113,7 +113,8 @@ def test_resume_after_interrupt_gives_the_uninterrupted_result(
             callbacks=[_interrupt_after(5)],  # type: ignore[list-item]
         )
     assert read_manifest(run)["status"] == "interrupted"
-    ckpt = pickle.loads((run / CHECKPOINT).read_bytes())
+    ckpt = load_checkpoint(run)
+    assert ckpt is not None
     assert ckpt["generation"] == 4  # the 5th generation's checkpoint never got written
     assert len((run / HISTORY).read_text().splitlines()) == 4
     # A history line past the checkpoint (as a kill between the two writes leaves) is dropped.

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -75,8 +76,8 @@ def test_ask_tell_by_hand_matches_step(service: LocalClient, mock_task: Task, sp
     with pytest.raises(RuntimeError, match="pending"):
         b.tell([0.0] * b.popsize)
     b.ask()
-    with pytest.raises(ValueError, match="finite"):
-        b.tell([float("nan")] * b.popsize)
+    with pytest.raises(ValueError, match="one per candidate"):
+        b.tell([0.0] * (b.popsize - 1))
 
 
 def test_global_numpy_rng_does_not_change_a_run(
@@ -100,21 +101,62 @@ def test_global_numpy_rng_does_not_change_a_run(
     )
 
 
-def test_dev_selection_ties_and_early_stopping(
+def test_early_stopping_fires_after_patience_stale_evaluations(
     service: LocalClient, mock_task: Task, split: Split
 ) -> None:
     train, dev = split
     records: list[GenerationRecord] = []
-    cfg = small_config(budget=2000, eval_every=8, patience=2, loss="neg_accuracy")
+    patience = 2
+    cfg = small_config(budget=2000, eval_every=8, patience=patience, loss="neg_accuracy")
+    assert cfg.eval_every == cfg.population  # a dev evaluation is due after every generation
     tuner = Tuner(service, mock_task, train, dev, cfg, callbacks=[records.append])
     sel = tuner.run()
-    assert tuner.stop_reason is not None
-    assert tuner.calls < 2000 or tuner.stop_reason == "budget"
-    # the selection is the best dev metric seen, the earliest among equals
-    evaluated = [r for r in records if r.dev_metric is not None]
-    best = max([tuner.initial_dev_metric or 0.0] + [r.dev_metric or 0.0 for r in evaluated])
+    assert tuner.stop_reason == "early_stopping"
+    assert tuner.calls < 2000  # it stopped long before the budget
+    # Stale evaluations: those that left the selection where it was (p0's is at 0 calls).
+    streak, first_stop = 0, None
+    previous = 0
+    for i, r in enumerate(records):
+        streak = streak + 1 if r.selected_calls == previous else 0
+        previous = r.selected_calls
+        if streak == patience and first_stop is None:
+            first_stop = i
+    # It stopped right after the first `patience` stale evaluations in a row, not later.
+    assert first_stop == len(records) - 1
+    assert any(r.selected_calls != 0 for r in records)  # the selection did move before
+    assert sel.calls == records[-1].selected_calls
+    best = max([tuner.initial_dev_metric or 0.0] + [r.dev_metric or 0.0 for r in records])
     assert sel.dev_metric == best
     assert [r.best_dev_metric for r in records] == sorted(r.best_dev_metric or 0 for r in records)
+
+
+def test_dev_selection_ties(
+    monkeypatch: pytest.MonkeyPatch, service: LocalClient, mock_task: Task, split: Split
+) -> None:
+    # Scripted dev scores, one new best candidate per generation, so each rule is exercised.
+    script = [
+        (0.5, 0.7),  # the first: selected
+        (0.5, 0.8),  # equal metric, higher cross-entropy: not selected
+        (0.5, 0.7),  # a full tie: the earlier selection stays
+        (0.5, 0.6),  # equal metric, lower cross-entropy: selected
+        (0.4, 0.1),  # lower metric (whatever its cross-entropy): not selected
+        (0.6, 0.9),  # higher metric: selected
+        (-math.inf, math.inf),  # non-finite dev logits: the worst, never selected
+    ]
+    train, dev = split
+    cfg = small_config(eval_every=8, popsize=8, eval_initial=False)
+    tuner = Tuner(service, mock_task, train, dev, cfg)
+    scores = iter(script)
+    monkeypatch.setattr(tuner, "evaluate_dev", lambda z: next(scores))
+    selected = []
+    for g in range(len(script)):
+        tuner.ask()
+        rec = tuner.tell([10.0 - g] * tuner.popsize)  # each generation's first is a new best
+        assert rec.dev_metric == script[g][0]
+        selected.append(rec.selected_calls)
+    assert selected == [8, 8, 8, 32, 32, 48, 48]
+    assert tuner.selected is not None
+    assert tuner.selected.dev_metric == 0.6
 
 
 def test_callback_can_stop_the_run(service: LocalClient, mock_task: Task, split: Split) -> None:
