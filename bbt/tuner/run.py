@@ -604,6 +604,14 @@ def resume(
         lock.release()
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temp files of atomic writes that a killed process left half-written (a
+    checkpoint's can be megabytes). Called under the run lock: no other writer is alive."""
+    for tmp in path.glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
 def _check_model(path: Path, manifest: dict[str, Any], service: Service) -> None:
     info = service.model_info()
     want = manifest["model"]
@@ -622,6 +630,7 @@ def _resume_locked(
     plot: bool,
     trust_checkpoint: bool,
 ) -> TuneResult:
+    _remove_stale_temps(path)
     usage_start = service.usage.copy()
     try:
         task = Task.from_dict(manifest["task"])

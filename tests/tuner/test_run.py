@@ -120,7 +120,12 @@ def test_resume_after_interrupt_gives_the_uninterrupted_result(
     # A history line past the checkpoint (as a kill between the two writes leaves) is dropped.
     with (run / HISTORY).open("a") as fh:
         fh.write('{"generation": 5, "half-written')
+    # So is the temp file of a checkpoint write that a SIGKILL cut short.
+    stale = run / ".checkpoint.bin.k1ll3d.tmp"
+    stale.write_bytes(b"\0" * 4096)
     res = resume(run, LocalClient(MockBackend(hidden_size=H)))
+    assert not stale.exists()
+    assert not list(run.glob(".*.tmp"))
     assert res.z.tobytes() == full.z.tobytes()
     assert res.metrics == full.metrics
     a = [json.loads(x) for x in (tmp_path / "a" / HISTORY).read_text().splitlines()]
