@@ -28,6 +28,9 @@ class ServerSettings(BaseSettings):
     ``api_keys`` come from ``BBT_SERVER_API_KEYS`` (comma-separated) and/or from
     ``BBT_SERVER_API_KEY_FILE`` (one key per line; blank lines and ``#`` comments skipped).
     When any key is configured every ``/v1`` route needs ``Authorization: Bearer <key>``.
+
+    Scheduling and limits (``BBT_SERVER_MAX_CONCURRENCY``, ``_MAX_QUEUE``,
+    ``_MAX_CONNECTIONS``, ``_KEEP_ALIVE_S``): see docs/server.md, *Operations and limits*.
     """
 
     model_config = SettingsConfigDict(env_prefix="BBT_SERVER_", extra="ignore")
