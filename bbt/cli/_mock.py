@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from bbt.cli._common import bind_listener, fail
+from bbt.cli._serve import warn_if_exposed
 from bbt.errors import BBTError
 
 
@@ -48,6 +49,20 @@ def mock_server(
     ),
     max_concurrency: int = typer.Option(
         1, "--max-concurrency", min=1, help="Backend calls run at once."
+    ),
+    max_queue: int | None = typer.Option(
+        None,
+        "--max-queue",
+        min=0,
+        help="Requests that may wait for the backend; more get 503 + Retry-After "
+        "(default 16; also BBT_SERVER_MAX_QUEUE).",
+    ),
+    compute_ms: float = typer.Option(
+        0.0,
+        "--compute-ms",
+        min=0,
+        help="Simulated model time per logits call; unlike --latency-ms it holds the "
+        "backend, so requests queue as on a real model.",
     ),
     latency_ms: float = typer.Option(0.0, "--latency-ms", min=0, help="Added to every request."),
     jitter_ms: float = typer.Option(0.0, "--jitter-ms", min=0, help="Extra uniform delay."),
@@ -94,6 +109,8 @@ def mock_server(
             given["api_key_file"] = api_key_file
         if max_body_bytes is not None:
             given["max_body_bytes"] = max_body_bytes
+        if max_queue is not None:
+            given["max_queue"] = max_queue
         settings = ServerSettings(**given)
         faults = FaultConfig(
             latency_ms=latency_ms,
@@ -116,7 +133,9 @@ def mock_server(
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    backend = MockBackend(hidden_size=hidden_size, seed=seed, model_id=model_id)
+    backend = MockBackend(
+        hidden_size=hidden_size, seed=seed, model_id=model_id, compute_ms=compute_ms
+    )
     app = create_app(backend, settings, faults)
     sock = bind_listener(host, port)
     bound = sock.getsockname()
@@ -128,12 +147,14 @@ def mock_server(
         + "); Ctrl-C stops",
         err=True,
     )
+    warn_if_exposed("bbt mock-server", str(bound[0]), int(bound[1]), len(settings.api_keys))
     config = uvicorn.Config(
         app,
         log_level=log_level.lower(),
         access_log=False,  # the app logs one structured line per request itself
         lifespan="off",
         timeout_graceful_shutdown=2,
+        **settings.uvicorn_options(),  # connection limit and keep-alive, as bbt serve
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -4,10 +4,15 @@ Loads :class:`~bbt.server.hf.HFBackend` (default: the embedded MiniLM with its s
 head), builds the protocol-v1 app with :func:`~bbt.server.app.create_app` and runs it under
 uvicorn. A bad model path, a missing extra, an unreadable key file or a port in use end the
 command with a one-line message and a non-zero status, never a traceback.
+
+Listening beyond loopback with no API key is allowed (a trusted network, a proxy doing auth)
+but never silent: :func:`exposure_warning` decides, and both ``bbt serve`` and
+``bbt mock-server`` print its WARNING at start-up.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +22,35 @@ import typer
 
 from bbt.cli._common import bind_listener, fail
 from bbt.errors import BBTError
+
+
+def exposure_warning(command: str, bound_host: str, port: int, n_keys: int) -> str | None:
+    """The start-up WARNING for a server reachable beyond this machine with no API key.
+
+    ``bound_host`` is the address the socket actually bound (so ``localhost`` counts as
+    loopback and ``0.0.0.0`` / ``::`` as every interface). None when there is nothing to say.
+    """
+    if n_keys > 0:
+        return None
+    try:
+        address = ipaddress.ip_address(bound_host.split("%", 1)[0])
+    except ValueError:
+        address = None
+    if address is not None and address.is_loopback:
+        return None
+    every = address is not None and address.is_unspecified
+    where = f"{bound_host} (every interface)" if every else bound_host
+    return (
+        f"WARNING: {command} is listening on {where} with NO API KEY: anyone "
+        f"who can reach port {port} can use this server and its compute. Set "
+        "BBT_SERVER_API_KEYS or --api-key-file, or listen on 127.0.0.1."
+    )
+
+
+def warn_if_exposed(command: str, bound_host: str, port: int, n_keys: int) -> None:
+    message = exposure_warning(command, bound_host, port, n_keys)
+    if message is not None:
+        typer.secho(message, err=True, fg=typer.colors.RED, bold=True)
 
 
 def serve(
@@ -43,6 +77,13 @@ def serve(
         None,
         "--api-key-file",
         help="File with one accepted API key per line (also BBT_SERVER_API_KEYS / _FILE).",
+    ),
+    max_queue: int | None = typer.Option(
+        None,
+        "--max-queue",
+        min=0,
+        help="Requests that may wait for the model; more get 503 + Retry-After "
+        "(default 16; also BBT_SERVER_MAX_QUEUE).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
@@ -72,6 +113,8 @@ def serve(
         settings_kw: dict[str, Any] = {}
         if api_key_file is not None:
             settings_kw["api_key_file"] = api_key_file
+        if max_queue is not None:
+            settings_kw["max_queue"] = max_queue
         settings = ServerSettings(**settings_kw)
     except BBTError as exc:
         fail(str(exc))
@@ -106,8 +149,17 @@ def serve(
         f"{backend.device}) at http://{host}:{bound[1]} ({auth}); Ctrl-C stops",
         err=True,
     )
+    warn_if_exposed("bbt serve", str(bound[0]), int(bound[1]), len(settings.api_keys))
     app = create_app(backend, settings)
-    config = uvicorn.Config(app, log_level=log_level.lower(), access_log=False, log_config=None)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level.lower(),
+        access_log=False,
+        log_config=None,
+        # A connection limit (uvicorn's bare 503 past it) and an idle keep-alive longer than
+        # the client's, so the client, not the server, closes idle connections.
+        **settings.uvicorn_options(),
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -5,17 +5,30 @@ Layers, outermost first::
     _Guard          request id, protocol headers, access log, auth, body limit, catch-all 500
     FaultMiddleware only when faults are configured; /v1 routes only
     FastAPI         routing, JSON parsing into the protocol models, OpenAPI
+    _Scheduler      the bounded queue in front of the backend (503 + Retry-After when full)
     ServiceCore     check_* before any compute, the backend call (in a worker thread)
 
 Routes stay thin: each one hands its parsed request to :class:`ServiceCore`, which is
 shared with ``bbt.testing``'s in-process transports.
+
+Work whose client has gone is dropped: the guard watches each request's ``receive`` channel
+for ``http.disconnect`` while the app runs. A request still waiting for the backend is taken
+out of the queue and never computes; a backend call already running gets a stop check
+(:mod:`bbt.server._cancel`) that the Hugging Face backend polls between forward chunks. The
+client is gone, so nothing is answered; the access log records status 499 (nginx's "client
+closed request") and ``app.state.scheduler.stats`` counts what was dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
+import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bbt.errors import ConfigurationError
@@ -35,6 +48,7 @@ from bbt.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from bbt.server._cancel import Cancelled, stop_when
 from bbt.server._core import (
     APIFailure,
     ServiceCore,
@@ -83,6 +97,13 @@ _DESCRIPTIONS = {
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorEnvelope, "description": _DESCRIPTIONS[s]} for s in _ERROR_STATUSES
 }
+#: Scope key of the request's :class:`ClientLink` (set by the guard).
+CLIENT_SCOPE_KEY = "bbt.client"
+#: Status recorded (never sent: nobody is listening) for work dropped because its client left.
+CLIENT_CLOSED_STATUS = 499
+#: Bounds of the Retry-After sent with a queue-full 503, in seconds.
+MIN_RETRY_AFTER_S = 1
+MAX_RETRY_AFTER_S = 60
 
 
 def _is_raw(value: object) -> bool:
@@ -95,6 +116,180 @@ def _failure_response(fail: APIFailure) -> JSONResponse:
     )
 
 
+class ClientGone(Exception):  # noqa: N818 - an outcome, not a crash
+    """The request's client disconnected; its work was dropped and nothing is answered."""
+
+
+class ClientLink:
+    """Whether one request's client is still connected, seen from the event loop and threads.
+
+    The guard calls :meth:`mark_gone` when the server's ``receive`` yields
+    ``http.disconnect``; that cancels every scope opened with :meth:`cancel_scope` (a request
+    waiting for the backend leaves the queue) and sets :attr:`stop` (a running backend call
+    polls it through :func:`bbt.server._cancel.stop_when`).
+    """
+
+    def __init__(self) -> None:
+        self.gone = anyio.Event()
+        self.stop = threading.Event()
+        self._scopes: set[anyio.CancelScope] = set()
+
+    def mark_gone(self) -> None:
+        self.stop.set()
+        self.gone.set()
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    @contextmanager
+    def cancel_scope(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that is cancelled (at once, if already gone) on disconnect."""
+        with anyio.CancelScope() as scope:
+            if self.stop.is_set():
+                scope.cancel()
+            self._scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.discard(scope)
+
+    def receive_after(self, body: bytes) -> Callable[[], Any]:
+        """The app's receive: the already-read body once, then ``http.disconnect`` when gone.
+
+        The guard's watcher is the only reader of the server's own ``receive``: two readers
+        would steal each other's messages.
+        """
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+        return receive
+
+
+@dataclass
+class SchedulerStats:
+    """Counters of the queue in front of the backend (``app.state.scheduler.stats``)."""
+
+    #: Backend calls that ran to the end.
+    completed: int = 0
+    #: Requests refused with 503 because the queue was full.
+    rejected_queue_full: int = 0
+    #: Requests whose client left while they waited: they never computed.
+    dropped_queued: int = 0
+    #: Backend calls stopped part-way (between forward chunks) because their client left.
+    cancelled_running: int = 0
+    #: Backend calls that finished after their client had left (answer discarded).
+    finished_for_nobody: int = 0
+
+
+class _Scheduler:
+    """Admits at most ``max_concurrency + max_queue`` requests; runs them FIFO in threads.
+
+    Not thread-safe on purpose: admission happens on the event loop only.
+    """
+
+    def __init__(self, max_concurrency: int, max_queue: int, rng: random.Random | None = None):
+        # FIFO-fair: anyio's limiter wakes waiters in arrival order. Backend calls run in
+        # worker threads, so the event loop keeps accepting and answering meanwhile.
+        self.limiter = anyio.CapacityLimiter(max_concurrency)
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.admitted = 0
+        self.stats = SchedulerStats()
+        self._mean_call_s: float | None = None
+        self._rng = rng or random.Random()
+
+    @property
+    def waiting(self) -> int:
+        """Admitted requests not yet running."""
+        return max(0, self.admitted - self.limiter.borrowed_tokens)
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has drained, by the mean backend call time, with jitter.
+
+        Jitter (a uniform factor in [0.5, 1]) spreads the clients refused together, so they
+        do not all come back in the same second and meet a full queue again.
+        """
+        mean = self._mean_call_s if self._mean_call_s is not None else 1.0
+        drain = mean * max(1, self.waiting) / self.max_concurrency
+        wait = math.ceil(drain * self._rng.uniform(0.5, 1.0))
+        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, wait))
+
+    def _record(self, seconds: float) -> None:
+        # Exponentially weighted: follows a change of request sizes within a few calls.
+        prev = self._mean_call_s
+        self._mean_call_s = seconds if prev is None else 0.8 * prev + 0.2 * seconds
+
+    async def run(self, fn: Callable[[Any], T], arg: Any, link: ClientLink | None) -> T:
+        if self.admitted >= self.max_concurrency + self.max_queue:
+            self.stats.rejected_queue_full += 1
+            retry = self.retry_after_s()
+            logger.warning(
+                "queue full (%d running, %d waiting): answering 503, Retry-After %ds",
+                self.limiter.borrowed_tokens,
+                self.waiting,
+                retry,
+            )
+            raise APIFailure(
+                503,
+                ErrorType.unavailable,
+                f"server busy: {self.waiting} requests are already waiting for the model; "
+                f"retry after {retry}s",
+                headers={"Retry-After": str(retry)},
+            )
+        self.admitted += 1
+        try:
+            return await self._run(fn, arg, link)
+        finally:
+            self.admitted -= 1
+
+    async def _run(self, fn: Callable[[Any], T], arg: Any, link: ClientLink | None) -> T:
+        stop = link.stop if link is not None else None
+        started = False
+        timing = [0.0]
+
+        def work(a: Any) -> T:
+            nonlocal started
+            # The disconnect may land between the limiter's grant and this thread starting.
+            if stop is not None and stop.is_set():
+                raise ClientGone
+            started = True
+            t0 = time.perf_counter()
+            try:
+                with stop_when(stop.is_set if stop is not None else None):
+                    return fn(a)
+            finally:
+                timing[0] = time.perf_counter() - t0
+
+        result: T | None = None
+        with link.cancel_scope() if link is not None else anyio.CancelScope() as scope:
+            try:
+                result = await anyio.to_thread.run_sync(work, arg, limiter=self.limiter)
+            except ClientGone:
+                pass  # counted below: it never started
+            except Cancelled:
+                self.stats.cancelled_running += 1
+                self._record(timing[0])
+                logger.info("client gone: stopped its backend call part-way")
+                raise ClientGone from None
+        if not started:
+            # Cancelled while waiting for the limiter, or refused at the thread's door.
+            self.stats.dropped_queued += 1
+            logger.info("client gone: dropped its queued request before it computed")
+            raise ClientGone
+        self._record(timing[0])
+        if scope.cancel_called:
+            self.stats.finished_for_nobody += 1
+            raise ClientGone
+        self.stats.completed += 1
+        return result  # type: ignore[return-value]  # set whenever the call started and ended
+
+
 def create_app(
     backend: Backend,
     settings: ServerSettings | None = None,
@@ -104,16 +299,16 @@ def create_app(
 
     ``settings`` defaults to :class:`ServerSettings` read from the environment;
     ``faults`` (off by default) injects failures into ``/v1`` routes for testing clients.
-    The app's ``state`` holds ``core`` (the :class:`ServiceCore`) and ``faults`` (the
-    :class:`FaultInjector`, or None).
+    The app's ``state`` holds ``core`` (the :class:`ServiceCore`), ``scheduler`` (the
+    queue in front of the backend; its ``stats`` count completed, refused and dropped work)
+    and ``faults`` (the :class:`FaultInjector`, or None).
     """
     core = ServiceCore(backend, settings)
-    # FIFO-fair: anyio's limiter wakes waiters in arrival order. Backend calls run in
-    # worker threads, so the event loop keeps accepting and answering meanwhile.
-    limiter = anyio.CapacityLimiter(core.settings.max_concurrency)
+    scheduler = _Scheduler(core.settings.max_concurrency, core.settings.max_queue)
 
-    async def run(fn: Callable[[Any], T], arg: Any) -> T:
-        return await anyio.to_thread.run_sync(fn, arg, limiter=limiter)
+    async def run(fn: Callable[[Any], T], arg: Any, request: Request) -> T:
+        link = request.scope.get(CLIENT_SCOPE_KEY)
+        return await scheduler.run(fn, arg, link if isinstance(link, ClientLink) else None)
 
     app = FastAPI(
         title="bbt LMaaS",
@@ -122,6 +317,7 @@ def create_app(
         responses=_ERROR_RESPONSES,
     )
     app.state.core = core
+    app.state.scheduler = scheduler
 
     @app.get(f"{API_PREFIX}/models", response_model=ModelList, tags=["v1"])
     async def list_models() -> ModelList:
@@ -129,24 +325,34 @@ def create_app(
         return core.models()
 
     @app.post(f"{API_PREFIX}/tokenize", response_model=TokenizeResponse, tags=["v1"])
-    async def tokenize(req: TokenizeRequest) -> TokenizeResponse:
+    async def tokenize(req: TokenizeRequest, request: Request) -> TokenizeResponse:
         """Split texts into the model's token ids and token strings."""
-        return await run(core.tokenize, req)
+        return await run(core.tokenize, req, request)
 
     @app.post(f"{API_PREFIX}/embeddings", response_model=EmbeddingsResponse, tags=["v1"])
-    async def embeddings(req: EmbeddingsRequest) -> EmbeddingsResponse:
+    async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
         """Look up input embeddings of token ids."""
-        return await run(core.embeddings, req)
+        return await run(core.embeddings, req, request)
 
     @app.post(f"{API_PREFIX}/logits", response_model=LogitsResponse, tags=["v1"])
-    async def logits(req: LogitsRequest) -> LogitsResponse:
+    async def logits(req: LogitsRequest, request: Request) -> LogitsResponse:
         """Score P soft prompts on B texts: mask-position logits [P, B, C] of candidates."""
-        return await run(core.logits, req)
+        return await run(core.logits, req, request)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
         """Liveness: the server is up and which models it serves."""
         return core.health()
+
+    @app.exception_handler(APIFailure)
+    async def _failure(_: Request, exc: APIFailure) -> Response:
+        return _failure_response(exc)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, __: ClientGone) -> Response:
+        # Nobody reads this answer (uvicorn discards sends after a disconnect); it only
+        # gives the access log its status.
+        return Response(status_code=CLIENT_CLOSED_STATUS)
 
     @app.exception_handler(ProtocolViolation)
     async def _violation(_: Request, exc: ProtocolViolation) -> Response:
@@ -234,7 +440,7 @@ class _Guard:
             if fail is not None or body is None:
                 await _failure_response(fail or internal_failure())(scope, receive, send_wrapped)
             else:
-                await self.app(scope, _replay(body, receive), send_wrapped)
+                await self._call_app(scope, body, receive, send_wrapped)
         except Exception:
             # Log the traceback here, never send it: it can hold data or paths.
             logger.exception(
@@ -271,6 +477,33 @@ class _Guard:
                 },
             )
 
+    async def _call_app(self, scope: Scope, body: bytes, receive: Any, send: Any) -> None:
+        """Run the app while a watcher task reads ``receive`` for the client's disconnect."""
+        link = ClientLink()
+        scope[CLIENT_SCOPE_KEY] = link
+
+        async def watch() -> None:
+            while True:
+                try:
+                    message = await receive()
+                except Exception:  # some servers raise instead of sending http.disconnect
+                    message = {"type": "http.disconnect"}
+                if message["type"] == "http.disconnect":
+                    link.mark_gone()
+                    return
+
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            try:
+                await self.app(scope, link.receive_after(body), send)
+            except Exception as exc:  # re-raised below, outside the group (no ExceptionGroup)
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
     async def _read_body(self, receive: Any) -> tuple[bytes | None, int]:
         """(body, bytes read); body is None on disconnect or once past the limit."""
         limit = self.core.max_body_bytes
@@ -288,21 +521,6 @@ class _Guard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), size
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """A receive callable that yields the already-read body once, then defers to the server."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        message: Message = await receive()
-        return message
-
-    return replay
 
 
 __all__ = ["create_app"]

@@ -81,7 +81,12 @@ def embedded_server(
         sock.bind((host, 0))
         port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="auto", timeout_graceful_shutdown=5
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="auto",
+            timeout_graceful_shutdown=5,
+            **app.state.core.settings.uvicorn_options(),
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +43,12 @@ import numpy as np
 
 from bbt.errors import ConfigurationError
 from bbt.protocol import SUPPORTED_DTYPES, Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.server._cancel import StopCheck, current_stop_check, raise_if_stopped
+from bbt.server._tokcache import (
+    DEFAULT_TOKENIZER_CACHE_BYTES,
+    DEFAULT_TOKENIZER_CACHE_ENTRIES,
+    TokenCache,
+)
 from bbt.server.backend import Backend, FloatArray, IntArray
 
 if TYPE_CHECKING:
@@ -211,7 +217,9 @@ class HFBackend(Backend):
         model_id: id advertised in :attr:`info`; default derived from the model and head.
         limits: request limits advertised (and enforced by the app); default
             :func:`default_limits`.
-        tokenizer_cache_size: texts whose tokenisation is remembered across calls.
+        tokenizer_cache_size: most texts whose tokenisation is remembered across calls.
+        tokenizer_cache_bytes: most bytes that memory may take (texts and their ids, see
+            :mod:`bbt.server._tokcache`); default 64 MiB. 0 turns the cache off.
     """
 
     def __init__(
@@ -225,12 +233,18 @@ class HFBackend(Backend):
         token_budget: int = 16384,
         model_id: str | None = None,
         limits: Limits | None = None,
-        tokenizer_cache_size: int = 65536,
+        tokenizer_cache_size: int = DEFAULT_TOKENIZER_CACHE_ENTRIES,
+        tokenizer_cache_bytes: int = DEFAULT_TOKENIZER_CACHE_BYTES,
     ) -> None:
         torch, transformers = _require_torch()
         self._torch = torch
         if token_budget < 1:
             raise ConfigurationError(f"token_budget must be positive, got {token_budget}")
+        if tokenizer_cache_size < 0 or tokenizer_cache_bytes < 0:
+            raise ConfigurationError(
+                "tokenizer_cache_size and tokenizer_cache_bytes must be non-negative, got "
+                f"{tokenizer_cache_size} and {tokenizer_cache_bytes}"
+            )
         if num_threads is not None:
             if num_threads < 1:
                 raise ConfigurationError(f"num_threads must be positive, got {num_threads}")
@@ -354,9 +368,7 @@ class HFBackend(Backend):
         )
         self._lock = _FifoLock()
         self._tok_lock = threading.Lock()
-        self._cache_lock = threading.Lock()
-        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-        self._cache_size = tokenizer_cache_size
+        self._cache = TokenCache(max_bytes=tokenizer_cache_bytes, max_entries=tokenizer_cache_size)
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -465,9 +477,18 @@ class HFBackend(Backend):
         return out
 
     def _run(
-        self, prompts: FloatArray, texts: list[str], cand: IntArray | None
+        self,
+        prompts: FloatArray,
+        texts: list[str],
+        cand: IntArray | None,
+        should_stop: StopCheck | None = None,
     ) -> tuple[FloatArray, Usage]:
+        """Score all pairs in chunks; ``should_stop`` (default: the app's check for this
+        request, see :mod:`bbt.server._cancel`) is polled before each forward chunk, and
+        :class:`~bbt.server._cancel.Cancelled` is raised once it says the client has gone.
+        """
         torch = self._torch
+        stop = should_stop if should_stop is not None else current_stop_check()
         prompts = np.ascontiguousarray(prompts, dtype=np.float32)
         if prompts.ndim != 3 or prompts.shape[2] != self._hidden:
             raise ProtocolViolation(
@@ -494,6 +515,8 @@ class HFBackend(Backend):
             }
             start = 0
             while start < len(pairs):
+                # Cheap (an Event read): a client that gave up frees the model within a chunk.
+                raise_if_stopped(stop, "logits")
                 longest = len(encoded[pairs[start][1]].ids) + n_tokens
                 size = max(1, self._token_budget // longest)
                 chunk = pairs[start : start + size]
@@ -509,23 +532,22 @@ class HFBackend(Backend):
         return out, Usage(prompts=n_prompts, sequences=n_prompts * n_texts, tokens=tokens)
 
     def close(self) -> None:
-        with self._cache_lock:
-            self._cache.clear()
+        self._cache.clear()
+
+    @property
+    def tokenizer_cache(self) -> TokenCache:
+        """The cache of token ids per text (its ``nbytes``, ``hits``, ``misses``...)."""
+        return self._cache
 
     # ------------------------------------------------------------------ internals
 
     def _body_ids(self, text: str) -> tuple[int, ...]:
-        with self._cache_lock:
-            hit = self._cache.get(text)
-            if hit is not None:
-                self._cache.move_to_end(text)
-                return hit
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit
         with self._tok_lock:
             ids = tuple(int(i) for i in self._tok(text, add_special_tokens=False)["input_ids"])
-        with self._cache_lock:
-            self._cache[text] = ids
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(text, ids)
         return ids
 
     def encode(self, text: str, n_prompt_tokens: int = 0) -> _Encoded:

@@ -26,11 +26,13 @@ how a client splits its work (up to float rounding of batched products).
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import numpy as np
 
 from bbt.protocol import Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.server._cancel import current_stop_check, raise_if_stopped
 from bbt.server.backend import Backend, FloatArray, IntArray
 
 #: Literal mask token of the mock model.
@@ -56,6 +58,8 @@ _STATE_DIM = 64  # width of the mask-position state before the output head
 _SENTIMENT_GAIN = 2.0  # polar words' offset along u, in units of the embedding std
 _DETECTOR_GAIN = 2.0  # how strongly the sentiment key responds
 _HEAD_GAIN = 0.2  # scale of the output head
+#: Longest uninterrupted sleep of the mock's simulated compute (see ``compute_ms``).
+COMPUTE_SLICE_S = 0.01
 _TOKEN_RE = re.compile(re.escape(MOCK_MASK_TOKEN) + r"|\[[A-Z]+\]|\w+|[^\w\s]")
 
 
@@ -123,6 +127,11 @@ class MockBackend(Backend):
         max_sequence_length: tokens per sequence, [CLS] + prompt + text + [SEP].
         model_id: the id to serve under.
         embedding_std: target std of the embedding table's entries.
+        compute_ms: simulated model time per ``logits`` call, spent in the worker thread
+            (so it holds the backend slot, serialised like a real model's forward passes, and
+            unlike the fault injector's ``latency_ms``, which delays requests concurrently).
+            Spent in slices of at most :data:`COMPUTE_SLICE_S`, polling the app's stop check
+            between slices as the Hugging Face backend does between forward chunks.
     """
 
     def __init__(
@@ -134,9 +143,13 @@ class MockBackend(Backend):
         max_sequence_length: int = 512,
         model_id: str = MOCK_MODEL_ID,
         embedding_std: float = 0.05,
+        compute_ms: float = 0.0,
     ) -> None:
         if hidden_size < 8:
             raise ValueError("hidden_size must be at least 8")
+        if not compute_ms >= 0:
+            raise ValueError("compute_ms must be non-negative")
+        self.compute_ms = float(compute_ms)
         self.hidden_size = hidden_size
         self.seed = seed
         rng = np.random.default_rng([seed, hidden_size])
@@ -248,9 +261,22 @@ class MockBackend(Backend):
         summary: FloatArray = (total / rms).astype(np.float32)
         return summary
 
+    def _simulate_compute(self) -> None:
+        """Sleep ``compute_ms`` in slices, stopping early when the app says the client left."""
+        check = current_stop_check()
+        deadline = time.perf_counter() + self.compute_ms / 1000.0
+        while True:
+            raise_if_stopped(check, "mock logits")
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            time.sleep(min(COMPUTE_SLICE_S, left))
+
     def logits(
         self, prompts: FloatArray, texts: list[str], candidate_ids: IntArray
     ) -> tuple[FloatArray, Usage]:
+        if self.compute_ms > 0:
+            self._simulate_compute()
         p, n, _ = prompts.shape
         x, tokens_per_prompt = self._text_features(texts, n)  # [B, H]
         s = self._prompt_summary(prompts)  # [P, H]

@@ -10,6 +10,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bbt.errors import ConfigurationError
 
+#: Requests that may wait for the backend (beyond those running) before the app answers 503.
+#: A tuner sends one request at a time, so 16 waiting means 16 busy clients; a longer queue
+#: mostly holds requests whose clients time out before their turn comes.
+DEFAULT_MAX_QUEUE = 16
+#: Idle keep-alive seconds. Above httpx's 5 s keepalive_expiry on purpose: the client must
+#: be the side that closes an idle connection, else a request sent just as the server closes
+#: it fails with a dropped connection (uvicorn's own default is also 5 s).
+DEFAULT_KEEP_ALIVE_S = 15
+#: Floor of the default uvicorn connection limit.
+MIN_DEFAULT_CONNECTIONS = 128
+
 
 class ServerSettings(BaseSettings):
     """How the app guards and schedules its backend.
@@ -17,6 +28,9 @@ class ServerSettings(BaseSettings):
     ``api_keys`` come from ``BBT_SERVER_API_KEYS`` (comma-separated) and/or from
     ``BBT_SERVER_API_KEY_FILE`` (one key per line; blank lines and ``#`` comments skipped).
     When any key is configured every ``/v1`` route needs ``Authorization: Bearer <key>``.
+
+    Scheduling and limits (``BBT_SERVER_MAX_CONCURRENCY``, ``_MAX_QUEUE``,
+    ``_MAX_CONNECTIONS``, ``_KEEP_ALIVE_S``): see docs/server.md, *Operations and limits*.
     """
 
     model_config = SettingsConfigDict(env_prefix="BBT_SERVER_", extra="ignore")
@@ -32,6 +46,25 @@ class ServerSettings(BaseSettings):
     )
     max_concurrency: int = Field(
         default=1, ge=1, description="Backend calls run at once (backends assume one)."
+    )
+    max_queue: int = Field(
+        default=DEFAULT_MAX_QUEUE,
+        ge=0,
+        description="Requests that may wait for the backend beyond those running; when "
+        "full, more get 503 with Retry-After. 0: only requests that can start at once.",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="uvicorn's limit_concurrency: open connections (and tasks) before "
+        "uvicorn itself answers a bare 503; None = max(128, 2 x (max_concurrency + "
+        "max_queue)). Must exceed max_concurrency + max_queue.",
+    )
+    keep_alive_s: int = Field(
+        default=DEFAULT_KEEP_ALIVE_S,
+        ge=1,
+        le=3600,
+        description="uvicorn's timeout_keep_alive: seconds an idle connection stays open.",
     )
 
     @field_validator("api_keys", mode="before")
@@ -55,4 +88,23 @@ class ServerSettings(BaseSettings):
             self.api_keys = [*self.api_keys, *(SecretStr(k) for k in keys)]
         if any(not k.get_secret_value() for k in self.api_keys):
             raise ValueError("API keys must not be empty")
+        admitted = self.max_concurrency + self.max_queue
+        if self.max_connections is not None and self.max_connections <= admitted:
+            # uvicorn's own 503 has no Retry-After and no error envelope: the app's queue
+            # bound must be reached first.
+            raise ValueError(
+                f"max_connections ({self.max_connections}) must exceed max_concurrency + "
+                f"max_queue ({admitted})"
+            )
         return self
+
+    @property
+    def connection_limit(self) -> int:
+        """The uvicorn connection limit in force (``max_connections`` or its default)."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return max(MIN_DEFAULT_CONNECTIONS, 2 * (self.max_concurrency + self.max_queue))
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``uvicorn.Config``: the connection limit and keep-alive."""
+        return {"limit_concurrency": self.connection_limit, "timeout_keep_alive": self.keep_alive_s}

@@ -212,3 +212,15 @@ def _json_plain(path: Path) -> dict[str, Any]:
     assert path.is_file(), f"{path} was not written"
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+@pytest.mark.model
+def test_tokenizer_cache_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("tokenizer_cache_memory", tmp_path, capsys)
+    assert "| old: 65,536 entries of int tuples |" in out
+    assert "| new: 64 MiB |" in out
+    data = _json(tmp_path / "tokenizer_cache_memory_smoke.json")
+    rows = {(r["variant"], r["texts"]): r for r in data["rows"]}
+    assert rows[("new", 60)]["entries"] == 60
+    # The same texts cost the new cache several times less (compact ids, same keys).
+    assert rows[("new", 60)]["cache_mib"] * 3 < rows[("old", 60)]["cache_mib"]

@@ -13,7 +13,15 @@ from bbt.server import ServerSettings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("API_KEYS", "API_KEY_FILE", "MAX_BODY_BYTES", "MAX_CONCURRENCY"):
+    for name in (
+        "API_KEYS",
+        "API_KEY_FILE",
+        "MAX_BODY_BYTES",
+        "MAX_CONCURRENCY",
+        "MAX_QUEUE",
+        "MAX_CONNECTIONS",
+        "KEEP_ALIVE_S",
+    ):
         monkeypatch.delenv(f"BBT_SERVER_{name}", raising=False)
 
 
@@ -55,3 +63,29 @@ def test_bad_values_fail_fast() -> None:
         ServerSettings(max_concurrency=0)
     with pytest.raises(ValidationError):
         ServerSettings(max_body_bytes=0)
+
+
+def test_queue_and_connection_limits_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ServerSettings()
+    assert s.max_queue == 16
+    assert s.uvicorn_options() == {"limit_concurrency": 128, "timeout_keep_alive": 15}
+    monkeypatch.setenv("BBT_SERVER_MAX_QUEUE", "100")
+    monkeypatch.setenv("BBT_SERVER_MAX_CONCURRENCY", "2")
+    monkeypatch.setenv("BBT_SERVER_KEEP_ALIVE_S", "30")
+    s = ServerSettings()
+    assert s.max_queue == 100
+    # The default connection limit grows with the queue, so the queue bound (503 with
+    # Retry-After and an envelope) is met before uvicorn's bare 503.
+    assert s.uvicorn_options() == {"limit_concurrency": 204, "timeout_keep_alive": 30}
+    monkeypatch.setenv("BBT_SERVER_MAX_CONNECTIONS", "500")
+    assert ServerSettings().uvicorn_options()["limit_concurrency"] == 500
+
+
+def test_bad_queue_settings_fail_fast() -> None:
+    with pytest.raises(ValidationError):
+        ServerSettings(max_queue=-1)
+    with pytest.raises(ValidationError):
+        ServerSettings(keep_alive_s=0)
+    with pytest.raises(ValidationError, match="must exceed max_concurrency"):
+        ServerSettings(max_queue=10, max_connections=11)
+    assert ServerSettings(max_queue=0, max_connections=2).connection_limit == 2
