@@ -65,9 +65,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
     dtype: str = typer.Option(
-        "float32", "--dtype", help="Compute dtype: float32 | bfloat16 | float16 (CUDA only)."
+        "auto",
+        "--dtype",
+        help="Compute dtype: auto (bf16 only where native, else float32) | float32 | bfloat16 "
+        "| float16 (CUDA only).",
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if present) | cpu | cuda."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     token_budget: int = typer.Option(
         16384, "--token-budget", min=1, help="Most padded tokens in one forward pass."
@@ -88,10 +91,10 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
     """Serve a masked LM over protocol v1 (needs bbt\\[serve])."""
-    if dtype not in ("float32", "bfloat16", "float16"):
-        fail(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}")
-    if device not in ("cpu", "cuda"):
-        fail(f"--device must be cpu or cuda, not {device!r}")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        fail(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        fail(f"--device must be auto, cpu or cuda, not {device!r}")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info or warning, not {log_level!r}")
@@ -149,6 +152,7 @@ def serve(
         f"{backend.device}) at http://{host}:{bound[1]} ({auth}); Ctrl-C stops",
         err=True,
     )
+    typer.echo(f"compute: {backend.compute_reason}", err=True)
     warn_if_exposed("bbt serve", str(bound[0]), int(bound[1]), len(settings.api_keys))
     app = create_app(backend, settings)
     config = uvicorn.Config(

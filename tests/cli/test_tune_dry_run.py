@@ -141,7 +141,7 @@ def test_dev_call_bound(gens: int, pop: int, every: int, expected: tuple[int, in
 def test_not_with_resume() -> None:
     r = runner.invoke(app, ["tune", "--resume", "somewhere", "--dry-run"])
     assert r.exit_code == 2
-    assert r.output.strip() == "error: --dry-run does not apply to --resume yet"
+    assert r.output.strip() == "error: --dry-run does not apply to --resume"
 
 
 def test_dev_call_bound_counts_the_mean() -> None:
