@@ -266,7 +266,50 @@ def tune_steps(canary: str, work: Path, full: bool) -> list[dict[str, Any]]:
                 r = run_cli(label, args, client_env, work, 300)
                 r["expected_exit"] = 0
                 steps.append(r)
+    if full:
+        # The chaos run (faults, server kills, retries) with the canary as its API key; every
+        # run directory and log it writes stays under work/ and is scanned with the rest.
+        steps.append(chaos_step(canary, work, client_env))
     return steps
+
+
+def chaos_step(canary: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``benchmarks/chaos.py`` serving and sending the canary, everything kept in work/chaos."""
+    out = work / "chaos.out"
+    keep = work / "chaos"
+    started = time.monotonic()
+    script = Path(__file__).resolve().parent / "chaos.py"
+    with out.open("wb") as f:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                "--api-key-env",
+                "BBT_SECRETS_CANARY",
+                "--keep",
+                str(keep),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**env, "BBT_SECRETS_CANARY": canary},
+            cwd=work,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    text = out.read_text(errors="replace")
+    return {
+        "step": "chaos_run",
+        "exit": proc.returncode,
+        "expected_exit": 0,
+        "seconds": round(time.monotonic() - started, 1),
+        "traceback": _TRACEBACK in text,
+        "error_lines": sum(1 for ln in text.splitlines() if ln.startswith("error:")),
+    }
 
 
 def _start(label: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:

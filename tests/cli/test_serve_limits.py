@@ -41,6 +41,7 @@ class _FakeHF(MockBackend):
     head_name = "tied"
     compute_dtype = "float32"
     device = "cpu"
+    compute_reason = "float32: a stand-in, no model"
 
     def __init__(self, model: object = None, **_: object) -> None:
         super().__init__()
