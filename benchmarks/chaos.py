@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 work,
                 BBT_BASE_URL=server.url,
                 BBT_TIMEOUT=str(args.timeout),
+                # A fixed read timeout: the slow answers must outlast it (by default a logits
+                # request's read timeout grows with its size, see docs/client.md).
+                BBT_TIMEOUT_PER_SEQUENCE="0",
                 BBT_MAX_RETRIES=str(args.max_retries),
                 BBT_MAX_RETRY_WAIT=str(args.max_retry_wait),
                 **({"BBT_API_KEY": key} if key else {}),
@@ -274,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "client": {
                     "BBT_TIMEOUT": args.timeout,
+                    "BBT_TIMEOUT_PER_SEQUENCE": 0.0,
                     "BBT_MAX_RETRIES": args.max_retries,
                     "BBT_MAX_RETRY_WAIT": args.max_retry_wait,
                 },

@@ -72,8 +72,11 @@ def serve(
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present) | cpu | cuda."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
-    token_budget: int = typer.Option(
-        16384, "--token-budget", min=1, help="Most padded tokens in one forward pass."
+    token_budget: int | None = typer.Option(
+        None,
+        "--token-budget",
+        min=1,
+        help="Most padded tokens in one forward pass (default: 4096 on CPU, 16384 on CUDA).",
     ),
     model_id: str | None = typer.Option(None, "--model-id", help="Model id to advertise."),
     api_key_file: Path | None = typer.Option(

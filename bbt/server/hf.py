@@ -76,6 +76,12 @@ SERVE_EXTRA_HINT = "pip install 'bbt[serve]'"
 PROBE_KEY = "encoder_probe"
 SHIPPED_HEAD = Path(__file__).resolve().parent / "heads" / "minilm_l6_h384_mlm_head.safetensors"
 DEFAULT_MODEL_ID = "all-minilm-l6-v2"
+#: Default padded tokens per forward pass, by device. On the CPU smaller passes stay in cache:
+#: MiniLM at the demo's shape (P=20 x B=64 AG News texts, n=10, 2 threads) ran 1.53x faster
+#: at 4,096 than at 16,384 in float32 with AVX2 kernels and 1.66x in native bfloat16, with
+#: logits equal to float noise (benchmarks/cpu_engines.py, docs/server.md). A GPU wants
+#: large passes.
+DEFAULT_TOKEN_BUDGET: dict[str, int] = {"cpu": 4096, "cuda": 16384}
 
 
 def _require_torch() -> tuple[Any, Any]:
@@ -253,7 +259,8 @@ class HFBackend(Backend):
             :attr:`compute_reason`. ``bfloat16`` runs on CPU or CUDA, ``float16`` on CUDA only.
         device: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch sees a GPU).
         num_threads: torch intra-op threads (process-wide); ``None`` leaves torch's choice.
-        token_budget: most padded tokens in one forward pass.
+        token_budget: most padded tokens in one forward pass; ``None``: by device,
+            :data:`DEFAULT_TOKEN_BUDGET`.
         model_id: id advertised in :attr:`info`; default derived from the model and head.
         limits: request limits advertised (and enforced by the app); default
             :func:`default_limits`.
@@ -270,7 +277,7 @@ class HFBackend(Backend):
         dtype: DTypeSpec = "float32",
         device: DeviceSpec = "cpu",
         num_threads: int | str | None = None,
-        token_budget: int = 16384,
+        token_budget: int | None = None,
         model_id: str | None = None,
         limits: Limits | None = None,
         tokenizer_cache_size: int = DEFAULT_TOKENIZER_CACHE_ENTRIES,
@@ -278,7 +285,7 @@ class HFBackend(Backend):
     ) -> None:
         torch, transformers = _require_torch()
         self._torch = torch
-        if token_budget < 1:
+        if token_budget is not None and token_budget < 1:
             raise ConfigurationError(f"token_budget must be positive, got {token_budget}")
         if tokenizer_cache_size < 0 or tokenizer_cache_bytes < 0:
             raise ConfigurationError(
@@ -307,7 +314,9 @@ class HFBackend(Backend):
         #: One line: what compute setup was chosen and why (printed by ``bbt serve``).
         self.compute_reason: str = resolved.reason
         self._dtype = dtypes[resolved.dtype]
-        self._token_budget = token_budget
+        self._token_budget = (
+            token_budget if token_budget is not None else DEFAULT_TOKEN_BUDGET[resolved.device]
+        )
 
         is_default = model_path is None
         path = default_model_path() if model_path is None else Path(model_path).expanduser()

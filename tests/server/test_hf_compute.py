@@ -36,6 +36,10 @@ def test_auto_start_up_never_picks_emulated_bf16() -> None:
     backend = HFBackend(head="tied", dtype="auto", device="auto", num_threads=2)
     assert backend.device == "cpu"
     assert backend.compute_reason.startswith(f"{backend.compute_dtype}: ")
+    # On the CPU the default forward pass holds 4,096 padded tokens (cache-friendly; see
+    # DEFAULT_TOKEN_BUDGET); an explicit budget is kept.
+    assert backend.token_budget == 4096
+    assert HFBackend(head="tied", dtype="float32", token_budget=777).token_budget == 777
     if backend.compute_dtype == "bfloat16":
         assert native_bf16_block(probe_cpu(torch, calibrate=False)) is None
     else:
