@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 from pydantic import BaseModel, SecretStr, ValidationError
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, retry_if_exception
 from tenacity.wait import wait_base
 
 from bbt._version import __version__
@@ -227,6 +227,38 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, APIStatusError) and (
         exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
     )
+
+
+def is_backpressure(exc: BaseException | None) -> bool:
+    """A 429 or 503 that says when to come back (``Retry-After``): the server is busy, not
+    broken (e.g. its queue is full), so waiting as told is expected to succeed."""
+    return isinstance(exc, RateLimitError | ServerError) and (
+        exc.status_code in (429, 503) and exc.retry_after is not None
+    )
+
+
+class RetryStop:
+    """When to give up: after ``max_retries`` ordinary failures (connection errors, timeouts,
+    5xx, a 429/503 without ``Retry-After``). Backpressure answers (:func:`is_backpressure`)
+    do not use up that count: they are retried as long as the waits they asked for add up to
+    less than ``max_backpressure_wait`` seconds, so a client behind a full queue still gets
+    its turn. ``max_retries=0`` turns every retry off. One instance per request."""
+
+    def __init__(self, max_retries: int, max_backpressure_wait: float) -> None:
+        self.max_retries = max_retries
+        self.max_backpressure_wait = max_backpressure_wait
+        self.failures = 0
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        if self.max_retries == 0:
+            return True
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if is_backpressure(exc) and self.max_backpressure_wait > 0:
+            # idle_for: the waits scheduled so far (tenacity's sum, slept or not).
+            return retry_state.idle_for >= self.max_backpressure_wait
+        self.failures += 1
+        return self.failures > self.max_retries
 
 
 def server_retry_after(exc: BaseException | None) -> float | None:
@@ -584,7 +616,7 @@ class BaseClient:
     def _retry_kwargs(self) -> dict[str, Any]:
         """Arguments for tenacity's Retrying/AsyncRetrying; the caller adds ``sleep``."""
         return {
-            "stop": stop_after_attempt(self._settings.max_retries + 1),
+            "stop": RetryStop(self._settings.max_retries, self._settings.max_backpressure_wait),
             "retry": retry_if_exception(is_retryable),
             "wait": self._wait,
             "before_sleep": self._before_retry,

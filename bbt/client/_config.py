@@ -35,6 +35,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TIMEOUT_PER_SEQUENCE = 0.25
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_RETRY_WAIT = 60.0
+#: A busy server (full queue, rate limit) asks for waits of seconds to a minute; ten minutes
+#: of them is a tuning job waiting its turn, not a broken service.
+DEFAULT_MAX_BACKPRESSURE_WAIT = 600.0
 DEFAULT_ENV_FILE = ".env"
 
 
@@ -77,6 +80,12 @@ class ClientSettings(BaseSettings):
         description="Read seconds added per sequence (prompt x text) of a logits request.",
     )
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, description="0 turns retries off.")
+    max_backpressure_wait: float = Field(
+        default=DEFAULT_MAX_BACKPRESSURE_WAIT,
+        ge=0,
+        description="Seconds of Retry-After waits a request may spend behind a busy server "
+        "(429/503 with Retry-After) without using up max_retries; 0: they count as retries.",
+    )
     max_retry_wait: float = Field(
         default=DEFAULT_MAX_RETRY_WAIT, ge=0, description="Cap on one wait, Retry-After included."
     )

@@ -171,3 +171,56 @@ def test_retries_are_logged_without_the_key(
     assert len(retry_logs) == 1
     assert "/healthz" in retry_logs[0].getMessage()
     assert "ServerError" in retry_logs[0].getMessage()
+
+
+def _busy() -> httpx.Response:
+    # What a server with a full queue answers (bbt serve's max_queue): 503 + Retry-After.
+    return error_response(503, ErrorType.unavailable, "queue full", **{"Retry-After": "2"})
+
+
+def test_a_busy_server_is_waited_out_beyond_max_retries(
+    make_client: MakeClient, service: FakeService, waits: Waits
+) -> None:
+    service.faults.extend(_busy() for _ in range(10))
+    client = make_client(max_retries=3, max_retry_wait=10)
+    assert client.health().models == ["fake-mlm"]
+    assert len(service.requests) == 11
+    assert waits == [2.0] * 10
+    assert client.usage.retries == 10
+
+
+def test_backpressure_waits_are_capped_in_total(
+    make_client: MakeClient,
+    service: FakeService,
+    waits: Waits,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BBT_MAX_BACKPRESSURE_WAIT", "7")
+    service.faults.extend(_busy() for _ in range(10))
+    client = make_client(max_retries=3, max_retry_wait=10)
+    with pytest.raises(ServerError):
+        client.health()
+    # Waits of 2 s until they add up to 7 s or more: 2, 4, 6, 8 -> stop at the 5th answer.
+    assert waits == [2.0] * 4
+    assert len(service.requests) == 5
+
+
+def test_ordinary_failures_keep_their_own_count_among_backpressure(
+    make_client: MakeClient, service: FakeService, waits: Waits
+) -> None:
+    drop = httpx.RemoteProtocolError("closed")
+    service.faults.extend([_busy(), drop, _busy(), drop, _busy(), drop, drop])
+    client = make_client(max_retries=3, max_retry_wait=10)
+    with pytest.raises(APIConnectionError):
+        client.health()
+    # The 4th connection failure is one too many; the three 503s did not count.
+    assert len(service.requests) == 7
+
+
+def test_max_retries_zero_also_turns_off_backpressure_retries(
+    make_client: MakeClient, service: FakeService, waits: Waits
+) -> None:
+    service.faults.append(_busy())
+    with pytest.raises(ServerError):
+        make_client(max_retries=0).health()
+    assert len(service.requests) == 1
