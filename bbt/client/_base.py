@@ -229,11 +229,19 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
+#: The least Retry-After (s) that marks an answer as backpressure: "come back in a second or
+#: more" is a server pacing its clients; "0" is no guidance, and retrying it outside the
+#: max_retries count would be a hot loop.
+MIN_BACKPRESSURE_RETRY_AFTER = 1.0
+
+
 def is_backpressure(exc: BaseException | None) -> bool:
-    """A 429 or 503 that says when to come back (``Retry-After``): the server is busy, not
-    broken (e.g. its queue is full), so waiting as told is expected to succeed."""
+    """A 429 or 503 that says when to come back (``Retry-After`` of at least a second): the
+    server is busy, not broken (e.g. its queue is full), so waiting as told should succeed."""
     return isinstance(exc, RateLimitError | ServerError) and (
-        exc.status_code in (429, 503) and exc.retry_after is not None
+        exc.status_code in (429, 503)
+        and exc.retry_after is not None
+        and exc.retry_after >= MIN_BACKPRESSURE_RETRY_AFTER
     )
 
 

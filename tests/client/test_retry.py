@@ -224,3 +224,15 @@ def test_max_retries_zero_also_turns_off_backpressure_retries(
     with pytest.raises(ServerError):
         make_client(max_retries=0).health()
     assert len(service.requests) == 1
+
+
+def test_a_zero_retry_after_counts_as_an_ordinary_retry(
+    make_client: MakeClient, service: FakeService, waits: Waits
+) -> None:
+    # "Retry-After: 0" is no pacing: waited out without a count it would be a hot loop.
+    service.faults.extend(
+        error_response(429, ErrorType.rate_limit, "slow", **{"Retry-After": "0"}) for _ in range(10)
+    )
+    with pytest.raises(RateLimitError):
+        make_client(max_retries=2).health()
+    assert len(service.requests) == 3
