@@ -650,25 +650,21 @@ def tune_command(
         return t, cfg, train, dev, {"p0": p0, "info": info}
 
     t, cfg, train, dev, extra = _guard(prepare)
-    if dry_run:
-        _guard(
-            lambda: _dry_run(
-                t,
-                cfg,
-                train,
-                dev,
-                extra["p0"],
-                _service(
-                    mock=mock,
-                    mock_hidden_size=mock_hidden_size,
-                    base_url=base_url,
-                    api_key=api_key,
-                    model=model,
-                    say=say,
-                    server=server,
-                ),
-            )
+
+    def service() -> Any:
+        """The service the run (or the dry run) talks to, as a context manager."""
+        return _service(
+            mock=mock,
+            mock_hidden_size=mock_hidden_size,
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            say=say,
+            server=server,
         )
+
+    if dry_run:
+        _guard(lambda: _dry_run(t, cfg, train, dev, extra["p0"], service()))
         return
     run_dir = out or _default_out(t.name)
 
@@ -676,17 +672,7 @@ def tune_command(
         from bbt.tuner import tune
 
         with ExitStack() as stack:
-            svc, svc_info = stack.enter_context(
-                _service(
-                    mock=mock,
-                    mock_hidden_size=mock_hidden_size,
-                    base_url=base_url,
-                    api_key=api_key,
-                    model=model,
-                    say=say,
-                    server=server,
-                )
-            )
+            svc, svc_info = stack.enter_context(service())
             # The bar counts to what the run can spend: whole generations only.
             total = cfg.budget // cfg.population * cfg.population or cfg.budget
             bar = stack.enter_context(_Progress(total, t.metric, quiet))
