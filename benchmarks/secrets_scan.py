@@ -166,35 +166,12 @@ def self_check(patterns: dict[str, bytes], canary: str, work: Path) -> bool:
 
 
 def run_cli(
-    label: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float
+    label: str, argv: list[str], env: dict[str, str], cwd: Path, timeout: float, expect: int = 0
 ) -> dict[str, Any]:
-    """``bbt ARGS`` with output captured to ``cwd/<label>.out``."""
-    out = cwd / f"{label}.out"
+    """Run ``argv`` to the end with output captured to ``cwd/<label>.out``; its step record."""
     started = time.monotonic()
-    with out.open("wb") as f:
-        proc = subprocess.Popen(
-            bbt_argv(*args),
-            stdin=subprocess.DEVNULL,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    text = out.read_text(errors="replace")
-    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
-    return {
-        "step": label,
-        "exit": proc.returncode,
-        "seconds": round(time.monotonic() - started, 1),
-        "traceback": _TRACEBACK in text,
-        "error_lines": len(errors),
-    }
+    result = _finish(label, _start(label, argv, env, cwd), cwd, expect, timeout)
+    return {**result, "seconds": round(time.monotonic() - started, 1)}
 
 
 def tune_steps(canary: str, work: Path, full: bool) -> list[dict[str, Any]]:
@@ -250,7 +227,7 @@ def tune_steps(canary: str, work: Path, full: bool) -> list[dict[str, Any]]:
         # Independent: run them side by side (each is mostly process start-up).
         procs = []
         for label, args, expect in jobs:
-            procs.append((label, expect, _start(label, args, client_env, work)))
+            procs.append((label, expect, _start(label, bbt_argv(*args), client_env, work)))
         for label, expect, proc in procs:
             steps.append(_finish(label, proc, work, expect))
         if full and (runs / "ok" / "prompt.npy").is_file():
@@ -263,9 +240,7 @@ def tune_steps(canary: str, work: Path, full: bool) -> list[dict[str, Any]]:
                 ),
                 ("predict", ["predict", str(runs / "ok"), "some words", "--base-url", s1.base_url]),
             ):
-                r = run_cli(label, args, client_env, work, 300)
-                r["expected_exit"] = 0
-                steps.append(r)
+                steps.append(run_cli(label, bbt_argv(*args), client_env, work, 300))
     if full:
         # The chaos run (faults, server kills, retries) with the canary as its API key; every
         # run directory and log it writes stays under work/ and is scanned with the rest.
@@ -275,47 +250,17 @@ def tune_steps(canary: str, work: Path, full: bool) -> list[dict[str, Any]]:
 
 def chaos_step(canary: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
     """``benchmarks/chaos.py`` serving and sending the canary, everything kept in work/chaos."""
-    out = work / "chaos.out"
-    keep = work / "chaos"
-    started = time.monotonic()
     script = Path(__file__).resolve().parent / "chaos.py"
-    with out.open("wb") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                "--api-key-env",
-                "BBT_SECRETS_CANARY",
-                "--keep",
-                str(keep),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env={**env, "BBT_SECRETS_CANARY": canary},
-            cwd=work,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=900)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    text = out.read_text(errors="replace")
-    return {
-        "step": "chaos_run",
-        "exit": proc.returncode,
-        "expected_exit": 0,
-        "seconds": round(time.monotonic() - started, 1),
-        "traceback": _TRACEBACK in text,
-        "error_lines": sum(1 for ln in text.splitlines() if ln.startswith("error:")),
-    }
+    argv = [sys.executable, str(script), "--api-key-env", "BBT_SECRETS_CANARY"]
+    argv += ["--keep", str(work / "chaos")]
+    env = {**env, "BBT_SECRETS_CANARY": canary}
+    return run_cli("chaos_run", argv, env, work, 900)
 
 
-def _start(label: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+def _start(label: str, argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
     out = (cwd / f"{label}.out").open("wb")
     proc = subprocess.Popen(
-        bbt_argv(*args),
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -327,9 +272,11 @@ def _start(label: str, args: list[str], env: dict[str, str], cwd: Path) -> subpr
     return proc
 
 
-def _finish(label: str, proc: subprocess.Popen[bytes], cwd: Path, expect: int) -> dict[str, Any]:
+def _finish(
+    label: str, proc: subprocess.Popen[bytes], cwd: Path, expect: int, timeout: float = 600
+) -> dict[str, Any]:
     try:
-        proc.wait(timeout=600)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.wait()
