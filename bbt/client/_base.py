@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -67,6 +67,9 @@ from bbt.protocol import (
     encoded_size,
     speaks,
 )
+
+if TYPE_CHECKING:
+    from bbt.client._sessions import SessionChunk
 
 logger = logging.getLogger("bbt.client")
 
@@ -649,7 +652,9 @@ class BaseClient:
 
     # ---------------------------------------------------------------- results
 
-    def _logits_into(self, out: FloatArray, chunk: LogitsChunk, resp: LogitsResponse) -> None:
+    def _logits_into(
+        self, out: FloatArray, chunk: LogitsChunk | SessionChunk, resp: LogitsResponse
+    ) -> None:
         """Place one chunk's answer at its place in ``out`` [P, B, C]; count its usage."""
         shape = [chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, out.shape[2]]
         out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")

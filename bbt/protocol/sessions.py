@@ -165,7 +165,7 @@ def check_session_open(req: SessionOpenRequest, info: ModelInfo, limits: Session
         )
     if spec.hidden_size != info.hidden_size:
         raise ProtocolViolation(
-            f"projection hidden_size {spec.hidden_size} does not match the model's "
+            f"projection hidden_size {spec.hidden_size} does not match the model's hidden size "
             f"{info.hidden_size}",
             field="projection.hidden_size",
         )
