@@ -18,6 +18,7 @@ from bbt.client._base import (
     BaseClient,
     FloatArray,
     M,
+    RawBody,
     plan_embed,
     plan_logits,
     plan_tokenize,
@@ -130,7 +131,7 @@ class AsyncClient(BaseClient):
         self,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         model: type[M],
         sequences: int = 0,
     ) -> M:
@@ -269,7 +270,7 @@ class AsyncClient(BaseClient):
     ) -> LogitsResponse:
         async def send() -> LogitsResponse:
             path = self._api(f"/sessions/{session.id}/logits")
-            return await self._send("POST", path, chunk.request, LogitsResponse, chunk.sequences)
+            return await self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
 
         sent_to = session.id
         try:

@@ -515,6 +515,14 @@ def decode_tensor(tensor: Tensor, shape: list[int], what: str) -> FloatArray:
 # --------------------------------------------------------------------------- the base client
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """A request body that is not a JSON model (e.g. a binary frame)."""
+
+    content: bytes
+    content_type: str
+
+
 class BaseClient:
     """Settings, request building, response parsing, retry policy and usage: no I/O."""
 
@@ -567,12 +575,15 @@ class BaseClient:
         http: httpx.Client | httpx.AsyncClient,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         sequences: int = 0,
     ) -> httpx.Request:
         headers = self._headers()
         content: bytes | None = None
-        if body is not None:
+        if isinstance(body, RawBody):
+            content = body.content
+            headers["Content-Type"] = body.content_type
+        elif body is not None:
             # Serialise here, not through httpx's json=, so bytes_sent is the real body size.
             content = body.model_dump_json().encode()
             headers["Content-Type"] = "application/json"

@@ -18,6 +18,7 @@ from bbt.client._base import (
     BaseClient,
     FloatArray,
     M,
+    RawBody,
     plan_embed,
     plan_logits,
     plan_tokenize,
@@ -128,7 +129,7 @@ class Client(BaseClient):
         self,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         model: type[M],
         sequences: int = 0,
     ) -> M:
@@ -240,7 +241,7 @@ class Client(BaseClient):
     def _session_call(self, session: ProjectionSession, chunk: SessionChunk) -> LogitsResponse:
         def send() -> LogitsResponse:
             path = self._api(f"/sessions/{session.id}/logits")
-            return self._send("POST", path, chunk.request, LogitsResponse, chunk.sequences)
+            return self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
 
         try:
             return send()

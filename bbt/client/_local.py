@@ -209,10 +209,10 @@ class LocalClient:
         host = self._host()
         for chunk in chunks:
             try:
-                decoded = host.decode("", session.id, chunk.request)
+                decoded = host.decode("", session.id, chunk.request, chunk.raw)
             except SessionNotFound:
                 self._open(session, reopening=True)
-                decoded = self._call(host.decode, "", session.id, chunk.request)
+                decoded = self._call(host.decode, "", session.id, chunk.request, chunk.raw)
             except ProtocolViolation as exc:
                 raise invalid(exc) from exc
             self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, decoded)

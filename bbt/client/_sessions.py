@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from bbt.client._base import invalid, plan_grid
+from bbt.client._base import RawBody, invalid, plan_grid
 from bbt.errors import APIStatusError, InvalidRequestError, ProtocolError
 from bbt.protocol import (
     InitialPromptSpec,
@@ -27,8 +27,8 @@ from bbt.protocol import (
     SessionLogitsRequest,
     SessionOpenRequest,
     Tensor,
-    encoded_size,
 )
+from bbt.protocol._frame import FRAME_CONTENT_TYPE, encode_frame
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import check_session_logits, spec_of
 
@@ -101,13 +101,19 @@ def is_session_gone(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class SessionChunk:
-    """One request's share of a session call: z [p0:p1] on texts [b0:b1]."""
+    """One request's share of a session call: z [p0:p1] on texts [b0:b1], sent as a
+    binary frame (``request`` with ``z.data`` empty, then ``raw``: z's bytes)."""
 
     p0: int
     p1: int
     b0: int
     b1: int
     request: SessionLogitsRequest
+    raw: bytes
+
+    @property
+    def body(self) -> RawBody:
+        return RawBody(encode_frame(self.request, self.raw), FRAME_CONTENT_TYPE)
 
     @property
     def sequences(self) -> int:
@@ -134,7 +140,7 @@ def plan_session_logits(
     """Split and pre-flight check a session call, as :func:`plan_logits` does for prompts.
 
     z travels as float32 whatever the client's prompt dtype: rounding it would change the
-    prompts, and it is small anyway (4 d bytes a candidate).
+    prompts, and it is small anyway (4 d bytes a candidate, in a binary frame: no base64).
     """
     arr = np.asarray(z)
     if arr.ndim == 1:
@@ -155,21 +161,23 @@ def plan_session_logits(
         arr.shape[0],
         len(texts),
         info.limits,
-        prompt_bytes=encoded_size((1, session.dim), "float32"),
+        prompt_bytes=4 * session.dim,
         text_bytes=text_bytes,
     )
     chunks = []
     for p0, p1 in _bounds(arr.shape[0], groups_p):
-        tensor = Tensor.from_numpy(np.asarray(arr[p0:p1], dtype=np.float32), "float32")
+        rows = np.ascontiguousarray(arr[p0:p1], dtype="<f4")
+        raw = rows.tobytes()
+        tensor = Tensor(dtype="float32", shape=list(rows.shape), data="")
         for b0, b1 in _bounds(len(texts), groups_b):
             try:
                 req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
-                check_session_logits(req, info, session.dim)
+                check_session_logits(req, info, session.dim, raw)
             except ProtocolViolation as exc:
                 raise invalid(exc, offset=b0) from exc
             except ValidationError as exc:
                 raise invalid(exc) from exc
-            chunks.append(SessionChunk(p0, p1, b0, b1, req))
+            chunks.append(SessionChunk(p0, p1, b0, b1, req, raw))
     return chunks
 
 

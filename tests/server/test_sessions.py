@@ -378,3 +378,78 @@ def test_other_session_request_faults_are_4xx(
         ),
     ]
     assert [r.status_code for r in cases] == [422, 422, 400, 422, 405, 401, 404]
+
+
+# --------------------------------------------------------------------------- binary frames
+
+
+def _frame(header: dict[str, Any], payload: bytes) -> bytes:
+    head = json.dumps(header).encode()
+    return len(head).to_bytes(4, "little") + head + payload
+
+
+FRAME = {**V11, "Content-Type": "application/vnd.bbt.frame"}
+
+
+def test_a_framed_z_gives_the_json_answer(served: tuple[TestClient, MockBackend, Clock]) -> None:
+    client, backend, _ = served
+    info = backend.info
+    sid = open_session(client, info).id
+    z = zs()
+    path = f"/v1/sessions/{sid}/logits"
+    as_json = client.post(path, json=z_body(info, z), headers=auth(KEY_A))
+    header = z_body(info, {"dtype": "float32", "shape": [4, 6], "data": ""})
+    framed = client.post(
+        path,
+        content=_frame(header, z.astype("<f4").tobytes()),
+        headers={**FRAME, "Authorization": f"Bearer {KEY_A}"},
+    )
+    assert framed.status_code == 200, framed.text
+    assert framed.content == as_json.content
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"", 400),
+        (b"\x01\x00", 400),
+        ((10**6).to_bytes(4, "little") + b"{}", 400),
+        (_frame({"z": 1}, b""), 422),
+        ((5).to_bytes(4, "little") + b"{oops" + b"x" * 8, 400),
+        (
+            _frame({"z": {"dtype": "float32", "shape": [4, 6], "data": ""}, "texts": ["x"]}, b""),
+            422,
+        ),
+    ],
+)
+def test_malformed_frames_are_4xx(
+    served: tuple[TestClient, MockBackend, Clock], body: bytes, status: int
+) -> None:
+    client, backend, _ = served
+    sid = open_session(client, backend.info).id
+    r = client.post(
+        f"/v1/sessions/{sid}/logits",
+        content=body,
+        headers={**FRAME, "Authorization": f"Bearer {KEY_A}"},
+    )
+    assert r.status_code == status, r.text
+
+
+@pytest.mark.parametrize(
+    ("data", "payload"),
+    [("", b"\x00" * 95), ("", b"\x00" * 97), ("AAAA", b"\x00" * 96), ("", b"")],
+)
+def test_a_frame_whose_payload_does_not_match_its_shape_is_422(
+    served: tuple[TestClient, MockBackend, Clock], data: str, payload: bytes
+) -> None:
+    client, backend, _ = served
+    info = backend.info
+    sid = open_session(client, info).id
+    header = z_body(info, {"dtype": "float32", "shape": [4, 6], "data": data})
+    r = client.post(
+        f"/v1/sessions/{sid}/logits",
+        content=_frame(header, payload),
+        headers={**FRAME, "Authorization": f"Bearer {KEY_A}"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "z.data"
