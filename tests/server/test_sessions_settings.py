@@ -83,3 +83,37 @@ def test_environment_sets_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     core = create_app(MockBackend(), ServerSettings(api_keys=[])).state.core
     assert core.sessions.limits.idle_timeout_s == 42
     assert core.sessions.limits.max_total_bytes == 123456789
+
+
+def test_the_torch_projector_matches_numpy_within_float32_rounding() -> None:
+    pytest.importorskip("torch")
+    import numpy as np
+
+    from bbt.protocol.projection import Projection, ProjectionRecipe
+    from bbt.server.sessions import torch_projector
+
+    recipe = ProjectionRecipe(seed=2, n_tokens=4, hidden_size=32, dim=20, embedding_std=0.05)
+    projection = Projection(recipe)
+    p0 = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32) * 0.05
+    z = np.random.default_rng(2).standard_normal((5, 20)).astype(np.float32)
+    got = torch_projector("cpu")(projection.matrix, p0)(z)
+    assert got.shape == (5, 4, 32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, projection.project(z, p0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_backend_on_cuda_gets_the_torch_projector(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bbt.server import sessions
+
+    made: list[str] = []
+    real = sessions.torch_projector
+
+    def fake(device: str) -> Any:
+        made.append(device)
+        return real("cpu")
+
+    monkeypatch.setattr(sessions, "torch_projector", fake)
+    backend = MockBackend()
+    backend.device = "cuda:0"  # type: ignore[attr-defined]
+    sessions.session_host(backend, backend.info, ServerSettings().session_limits())
+    assert made == ["cuda:0"]
