@@ -43,7 +43,7 @@ from bbt.protocol import (
 )
 from bbt.protocol._validate import DecodedLogitsRequest
 from bbt.protocol.projection import ProjectionRecipe
-from bbt.protocol.sessions import SessionHost, SessionNotFound
+from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
 from bbt.server.backend import Backend
 
 T = TypeVar("T")
@@ -174,6 +174,9 @@ class LocalClient:
                 self._info(),
                 backend.embed,
                 backend.tokenize,
+                # One caller, no tenants: any number of sessions, and the least recently
+                # used ones make room at once when memory runs short (they reopen).
+                SessionLimits(max_per_key=2**31, evict_after_s=0.0),
                 projector=getattr(backend, "session_projector", None),
             )
         return self._sessions

@@ -215,3 +215,13 @@ def test_a_server_without_sessions_says_so(no_env: None) -> None:
         assert not c.supports_sessions()
         with pytest.raises(NotFoundError, match="does not offer projection sessions"):
             c.open_session(recipe())
+
+
+def test_a_local_client_holds_any_number_of_sessions(no_env: None) -> None:
+    local = LocalClient(MockBackend(hidden_size=H))
+    sessions = [local.open_session(recipe()) for _ in range(6)]  # a server allows 4 a key
+    z = np.zeros((2, 50), np.float32)
+    texts = [f"fine . It was {local.model_info().mask_token} ."]
+    for s in sessions:
+        assert local.session_logits(s, z, texts, [3]).shape == (2, 1, 1)
+    assert all(s.reopened == 0 for s in sessions)
