@@ -42,9 +42,9 @@ from bbt.protocol import (
     TokenizeResponse,
 )
 from bbt.protocol._validate import DecodedLogitsRequest
+from bbt.protocol.backend import Backend
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
-from bbt.server.backend import Backend
 
 T = TypeVar("T")
 
