@@ -189,3 +189,24 @@ def test_resume_reopens_the_session_on_a_restarted_server(
         resumed = resume(tmp_path / "run", c2, plot=False)
     assert opened  # the resumed run opened its session anew from the manifest's recipe
     _same(ref, resumed)
+
+
+def test_bbt_tune_takes_sessions_and_refuses_a_bad_value(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bbt.cli import app
+
+    runner = CliRunner()
+    small = ["--task", "mock", "--mock", "--mock-hidden-size", "32", "-n", "4", "-d", "8"]
+    small += ["--popsize", "4", "--budget", "16", "--eval-every", "8", "--no-plot", "-q"]
+    bad = runner.invoke(app, ["tune", *small, "--sessions", "sometimes"])
+    assert bad.exit_code != 0
+    assert bad.output.startswith("error: ")
+    assert "sessions must be auto, on or off" in bad.output
+    assert "Traceback" not in bad.output
+    ok = runner.invoke(app, ["tune", *small, "--sessions", "on", "--out", str(tmp_path / "r")])
+    assert ok.exit_code == 0, ok.output
+    import json
+
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["config"]["sessions"] == "on"
