@@ -210,3 +210,29 @@ def test_bbt_tune_takes_sessions_and_refuses_a_bad_value(tmp_path: Path) -> None
 
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["config"]["sessions"] == "on"
+
+
+class _V1Server(CoreTransport):
+    """A server from before 1.1: it ignores the announced version (answers v1, no
+    capabilities) and has no session routes."""
+
+    def __init__(self) -> None:
+        super().__init__(MockBackend(hidden_size=H), ServerSettings(api_keys=[], sessions=False))
+        self.paths: list[str] = []
+
+    def handle_request(self, request: Any) -> Any:
+        self.paths.append(request.url.path)
+        del request.headers["X-BBT-Protocol"]
+        return super().handle_request(request)
+
+
+def test_auto_against_a_v1_server_falls_back_to_full_prompts(
+    tmp_path: Path, mock_task: Task, split: Split
+) -> None:
+    server = _V1Server()
+    with _client(_core()) as c_ref, Client("http://v1.test", transport=server) as old:
+        ref = _run(tmp_path, "ref", c_ref, mock_task, split, sessions="off")
+        fell_back = _run(tmp_path, "v1", old, mock_task, split)  # sessions="auto"
+    _same(ref, fell_back)
+    assert not any("/sessions" in p for p in server.paths)
+    assert "/v1/logits" in server.paths
