@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -65,7 +65,11 @@ from bbt.protocol import (
     check_logits_request,
     check_tokenize_request,
     encoded_size,
+    speaks,
 )
+
+if TYPE_CHECKING:
+    from bbt.client._sessions import SessionChunk
 
 logger = logging.getLogger("bbt.client")
 
@@ -318,6 +322,10 @@ class LogitsChunk:
         """Prompt-text pairs the server runs for this request: what its time grows with."""
         return (self.p1 - self.p0) * (self.b1 - self.b0)
 
+    @property
+    def rows_sent(self) -> int:
+        return self.p1 - self.p0
+
 
 def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering ``range(total)``, sizes differing by at most 1."""
@@ -511,6 +519,14 @@ def decode_tensor(tensor: Tensor, shape: list[int], what: str) -> FloatArray:
 # --------------------------------------------------------------------------- the base client
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """A request body that is not a JSON model (e.g. a binary frame)."""
+
+    content: bytes
+    content_type: str
+
+
 class BaseClient:
     """Settings, request building, response parsing, retry policy and usage: no I/O."""
 
@@ -563,12 +579,15 @@ class BaseClient:
         http: httpx.Client | httpx.AsyncClient,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         sequences: int = 0,
     ) -> httpx.Request:
         headers = self._headers()
         content: bytes | None = None
-        if body is not None:
+        if isinstance(body, RawBody):
+            content = body.content
+            headers["Content-Type"] = body.content_type
+        elif body is not None:
             # Serialise here, not through httpx's json=, so bytes_sent is the real body size.
             content = body.model_dump_json().encode()
             headers["Content-Type"] = "application/json"
@@ -599,7 +618,7 @@ class BaseClient:
             raise status_error(response, self._settings.api_key)
         request_id = response.headers.get(REQUEST_ID_HEADER)
         version = response.headers.get(PROTOCOL_HEADER)
-        if version is not None and version != PROTOCOL_VERSION:
+        if not speaks(version):
             raise ProtocolError(
                 f"server speaks protocol {version!r}; this client speaks {PROTOCOL_VERSION!r}",
                 request_id=request_id,
@@ -648,10 +667,13 @@ class BaseClient:
 
     # ---------------------------------------------------------------- results
 
-    def _logits_into(self, out: FloatArray, chunk: LogitsChunk, resp: LogitsResponse) -> None:
+    def _logits_into(
+        self, out: FloatArray, chunk: LogitsChunk | SessionChunk, resp: LogitsResponse
+    ) -> None:
         """Place one chunk's answer at its place in ``out`` [P, B, C]; count its usage."""
-        shape = [chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, out.shape[2]]
-        out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")
+        shape = [chunk.rows_sent, chunk.b1 - chunk.b0, out.shape[2]]
+        got = decode_tensor(resp.logits, shape, "logits")
+        out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = got[: chunk.p1 - chunk.p0]
         self._usage.sequences += resp.usage.sequences
         self._usage.tokens += resp.usage.tokens
 

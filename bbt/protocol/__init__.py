@@ -1,10 +1,12 @@
-"""The bbt wire protocol (version 1): pydantic models shared by the client and the servers."""
+"""The bbt wire protocol (version 1, with the additive 1.1): models shared by client and servers."""
 
 from bbt.protocol._models import (
     API_PREFIX,
     PROTOCOL_HEADER,
+    PROTOCOL_V1,
     PROTOCOL_VERSION,
     REQUEST_ID_HEADER,
+    SUPPORTED_VERSIONS,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ErrorBody,
@@ -20,6 +22,15 @@ from bbt.protocol._models import (
     TokenizeResponse,
     Usage,
 )
+from bbt.protocol._sessions import (
+    SESSIONS_CAPABILITY,
+    InitialPromptSpec,
+    ProjectionSpec,
+    SessionClosed,
+    SessionInfo,
+    SessionLogitsRequest,
+    SessionOpenRequest,
+)
 from bbt.protocol._tensor import (
     SUPPORTED_DTYPES,
     DType,
@@ -34,13 +45,17 @@ from bbt.protocol._validate import (
     check_logits_request,
     check_tokenize_request,
 )
+from bbt.protocol._version import negotiate, speaks, wire_json
 
 __all__ = [
     "API_PREFIX",
     "PROTOCOL_HEADER",
+    "PROTOCOL_V1",
     "PROTOCOL_VERSION",
     "REQUEST_ID_HEADER",
+    "SESSIONS_CAPABILITY",
     "SUPPORTED_DTYPES",
+    "SUPPORTED_VERSIONS",
     "DType",
     "DecodedLogitsRequest",
     "EmbeddingsRequest",
@@ -49,12 +64,18 @@ __all__ = [
     "ErrorEnvelope",
     "ErrorType",
     "Health",
+    "InitialPromptSpec",
     "Limits",
     "LogitsRequest",
     "LogitsResponse",
     "ModelInfo",
     "ModelList",
+    "ProjectionSpec",
     "ProtocolViolation",
+    "SessionClosed",
+    "SessionInfo",
+    "SessionLogitsRequest",
+    "SessionOpenRequest",
     "Tensor",
     "TensorDecodeError",
     "TokenizeRequest",
@@ -64,4 +85,7 @@ __all__ = [
     "check_logits_request",
     "check_tokenize_request",
     "encoded_size",
+    "negotiate",
+    "speaks",
+    "wire_json",
 ]
