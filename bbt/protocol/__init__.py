@@ -20,6 +20,16 @@ from bbt.protocol._models import (
     TokenizeResponse,
     Usage,
 )
+from bbt.protocol._registry import (
+    PROMPT_REGISTRY_CAPABILITY,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptLogitsRequest,
+    StoredPrompt,
+    check_prompt_create_request,
+    check_prompt_logits_request,
+    is_prompt_id,
+)
 from bbt.protocol._tensor import (
     SUPPORTED_DTYPES,
     DType,
@@ -37,6 +47,7 @@ from bbt.protocol._validate import (
 
 __all__ = [
     "API_PREFIX",
+    "PROMPT_REGISTRY_CAPABILITY",
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
     "REQUEST_ID_HEADER",
@@ -54,7 +65,11 @@ __all__ = [
     "LogitsResponse",
     "ModelInfo",
     "ModelList",
+    "PromptCreateRequest",
+    "PromptDeleted",
+    "PromptLogitsRequest",
     "ProtocolViolation",
+    "StoredPrompt",
     "Tensor",
     "TensorDecodeError",
     "TokenizeRequest",
@@ -62,6 +77,9 @@ __all__ = [
     "Usage",
     "check_embeddings_request",
     "check_logits_request",
+    "check_prompt_create_request",
+    "check_prompt_logits_request",
     "check_tokenize_request",
     "encoded_size",
+    "is_prompt_id",
 ]

@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -34,6 +34,8 @@ from bbt.protocol import (
     LogitsResponse,
     ModelInfo,
     ModelList,
+    PromptCreateRequest,
+    PromptLogitsRequest,
     ProtocolViolation,
     Tensor,
     TokenizeRequest,
@@ -42,7 +44,9 @@ from bbt.protocol import (
     check_logits_request,
     check_tokenize_request,
 )
+from bbt.server._prompts import PromptEndpoints, PromptRoute, match_route, no_registry
 from bbt.server.backend import Backend
+from bbt.server.registry import PromptRegistry
 from bbt.server.settings import ServerSettings
 
 logger = logging.getLogger("bbt.server")
@@ -58,6 +62,8 @@ STATUS_OF: dict[ErrorType, int] = {
     ErrorType.server_error: 500,
     ErrorType.unavailable: 503,
 }
+
+M = TypeVar("M", bound=BaseModel)
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -141,7 +147,12 @@ class ServiceCore:
     They block (the backend computes), so async callers run them in a worker thread.
     """
 
-    def __init__(self, backend: Backend, settings: ServerSettings | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: ServerSettings | None = None,
+        registry: PromptRegistry | None = None,
+    ) -> None:
         self.backend = backend
         self.settings = settings if settings is not None else ServerSettings()
         info = backend.info
@@ -151,6 +162,10 @@ class ServiceCore:
             info = info.model_copy(update={"limits": limits})
         self.info: ModelInfo = info
         self._keys: list[bytes] = [k.get_secret_value().encode() for k in self.settings.api_keys]
+        #: The prompt registry's endpoints (``/v1/prompts``), or None when it is off.
+        self.prompts: PromptEndpoints | None = (
+            PromptEndpoints(self, registry) if registry is not None else None
+        )
 
     @property
     def max_body_bytes(self) -> int:
@@ -183,6 +198,17 @@ class ServiceCore:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return None
+
+    def presented_key(self, authorization: str | None) -> str | None:
+        """The bearer key of an authenticated request; None on a server without keys.
+
+        Only for deriving a tenant (:meth:`PromptRegistry.tenant_of`); call it after
+        :meth:`auth_failure` has accepted the request.
+        """
+        if not self._keys:
+            return None
+        _, _, token = (authorization or "").partition(" ")
+        return token.strip()
 
     def content_length_failure(self, content_length: str | None) -> APIFailure | None:
         if content_length is None:
@@ -287,6 +313,9 @@ class ServiceCore:
         denied = self.auth_failure(path, headers.get("authorization"))
         if denied is not None:
             raise denied
+        prompt_route = match_route(path)
+        if prompt_route is not None:
+            return self._handle_prompts(method, prompt_route, headers, body)
         allowed = sorted(m for (m, p) in routes if p == path)
         if not allowed:
             raise APIFailure(404, ErrorType.not_found, f"no route {path}")
@@ -306,6 +335,9 @@ class ServiceCore:
         if model is None:
             result: BaseModel = handler()
             return result
+        return handler(self._parse_body(model, body))  # type: ignore[no-any-return]
+
+    def _parse_body(self, model: type[M], body: bytes) -> M:
         if not body.strip():
             raise empty_body_failure()
         try:
@@ -315,11 +347,39 @@ class ServiceCore:
                 400, ErrorType.invalid_request, "request body is not valid JSON"
             ) from None
         try:
-            req = model.model_validate(data)
+            return model.model_validate(data)
         except ValidationError as exc:
             raise validation_failure(exc.errors(include_input=False), strip=None) from None
-        result = handler(req)
-        return result
+
+    def _handle_prompts(
+        self, method: str, route: PromptRoute, headers: Mapping[str, str], body: bytes
+    ) -> BaseModel:
+        """The registry's endpoints (``/v1/prompts...``), as the app serves them."""
+        if method not in route.allowed:
+            raise APIFailure(
+                405,
+                ErrorType.invalid_request,
+                f"method {method} not allowed here",
+                headers={"Allow": ", ".join(route.allowed)},
+            )
+        too_big = self.content_length_failure(headers.get("content-length"))
+        if too_big is not None:
+            raise too_big
+        if len(body) > self.max_body_bytes:
+            raise self.too_large_failure()
+        if self.prompts is None:
+            raise no_registry()
+        tenant = self.prompts.tenant(self.presented_key(headers.get("authorization")))
+        if route.action == "collection":
+            stored, _ = self.prompts.create(self._parse_body(PromptCreateRequest, body), tenant)
+            return stored
+        assert route.prompt_id is not None  # every other route names an id
+        if route.action == "logits":
+            req = self._parse_body(PromptLogitsRequest, body)
+            return self.prompts.logits(route.prompt_id, req, tenant)
+        if method == "GET":
+            return self.prompts.get(route.prompt_id, tenant)
+        return self.prompts.delete(route.prompt_id, tenant)
 
 
 def is_api_path(path: str) -> bool:

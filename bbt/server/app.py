@@ -26,7 +26,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,7 +44,11 @@ from bbt.protocol import (
     LogitsRequest,
     LogitsResponse,
     ModelList,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptLogitsRequest,
     ProtocolViolation,
+    StoredPrompt,
     TokenizeRequest,
     TokenizeResponse,
 )
@@ -59,8 +63,10 @@ from bbt.server._core import (
     validation_failure,
     violation_failure,
 )
+from bbt.server._prompts import PROMPTS_PATH, PromptEndpoints, match_route, no_registry
 from bbt.server.backend import Backend
 from bbt.server.faults import FAULT_SCOPE_KEY, FaultConfig, FaultInjector, FaultMiddleware
+from bbt.server.registry import PromptRegistry
 from bbt.server.settings import ServerSettings
 
 try:
@@ -294,6 +300,7 @@ def create_app(
     backend: Backend,
     settings: ServerSettings | None = None,
     faults: FaultConfig | None = None,
+    registry: PromptRegistry | None = None,
 ) -> FastAPI:
     """Build the protocol-v1 ASGI app serving ``backend``.
 
@@ -301,9 +308,10 @@ def create_app(
     ``faults`` (off by default) injects failures into ``/v1`` routes for testing clients.
     The app's ``state`` holds ``core`` (the :class:`ServiceCore`), ``scheduler`` (the
     queue in front of the backend; its ``stats`` count completed, refused and dropped work)
-    and ``faults`` (the :class:`FaultInjector`, or None).
+    and ``faults`` (the :class:`FaultInjector`, or None). ``registry`` (off by default)
+    turns on the prompt registry's ``/v1/prompts`` endpoints over that store.
     """
-    core = ServiceCore(backend, settings)
+    core = ServiceCore(backend, settings, registry)
     scheduler = _Scheduler(core.settings.max_concurrency, core.settings.max_queue)
 
     async def run(fn: Callable[[Any], T], arg: Any, request: Request) -> T:
@@ -338,6 +346,9 @@ def create_app(
     async def logits(req: LogitsRequest, request: Request) -> LogitsResponse:
         """Score P soft prompts on B texts: mask-position logits [P, B, C] of candidates."""
         return await run(core.logits, req, request)
+
+    if core.prompts is not None:
+        _add_registry_routes(app, core.prompts, run)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
@@ -377,7 +388,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
+        if exc.status_code == 404 and core.prompts is None and match_route(request.url.path):
+            fail = violation_failure(no_registry())  # as ServiceCore.handle answers it
+        elif exc.status_code == 404:
             fail = APIFailure(404, ErrorType.not_found, f"no route {request.url.path}")
         elif exc.status_code == 405:
             fail = APIFailure(
@@ -399,6 +412,51 @@ def create_app(
         app.state.faults = injector
     app.add_middleware(_Guard, core=core)
     return app
+
+
+def _add_registry_routes(
+    app: FastAPI,
+    ep: PromptEndpoints,
+    run: Callable[[Callable[[Any], LogitsResponse], Any, Request], Awaitable[LogitsResponse]],
+) -> None:
+    """The prompt registry's routes (protocol 1.1), present only when the registry is on."""
+    core = ep.core
+
+    def tenant_of(request: Request) -> str:
+        # The guard has accepted the key (or the server has none) before any route runs.
+        return ep.tenant(core.presented_key(request.headers.get("authorization")))
+
+    @app.post(PROMPTS_PATH, response_model=StoredPrompt, tags=["registry"])
+    async def store_prompt(req: PromptCreateRequest, request: Request) -> StoredPrompt:
+        """Store a tuned prompt for this API key; answers its id (the same id for the same
+        prompt stored again)."""
+        tenant = tenant_of(request)
+        # SQLite work (an fsync per commit) off the event loop, but not behind the model's
+        # queue: storing must not wait for forward passes.
+        stored, _ = await anyio.to_thread.run_sync(ep.create, req, tenant)
+        return stored
+
+    @app.get(PROMPTS_PATH + "/{prompt_id}", response_model=StoredPrompt, tags=["registry"])
+    async def get_prompt(prompt_id: str, request: Request) -> StoredPrompt:
+        """A stored prompt's metadata (never its tensor); 404 for another key's prompt."""
+        tenant = tenant_of(request)
+        return await anyio.to_thread.run_sync(ep.get, prompt_id, tenant)
+
+    @app.delete(PROMPTS_PATH + "/{prompt_id}", response_model=PromptDeleted, tags=["registry"])
+    async def delete_prompt(prompt_id: str, request: Request) -> PromptDeleted:
+        """Delete a stored prompt for good; 404 for another key's prompt."""
+        tenant = tenant_of(request)
+        return await anyio.to_thread.run_sync(ep.delete, prompt_id, tenant)
+
+    @app.post(
+        PROMPTS_PATH + "/{prompt_id}/logits", response_model=LogitsResponse, tags=["registry"]
+    )
+    async def prompt_logits(
+        prompt_id: str, req: PromptLogitsRequest, request: Request
+    ) -> LogitsResponse:
+        """Score B texts under a stored prompt: logits [1, B, C], as POST /v1/logits."""
+        tenant = tenant_of(request)
+        return await run(lambda r: ep.logits(prompt_id, r, tenant), req, request)
 
 
 class _Guard:

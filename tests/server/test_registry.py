@@ -1,0 +1,307 @@
+"""The prompt registry's endpoints: store, describe, score by id, delete; tenants; bounds;
+damaged or foreign rows answer 4xx. Each test runs on the FastAPI app and on the in-process
+core (``bbt.testing.CoreTransport``), which must answer alike."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from bbt.protocol import LogitsResponse, StoredPrompt, Tensor, is_prompt_id
+from bbt.server import MockBackend, ServerSettings
+from bbt.server.app import create_app
+from bbt.server.registry import PromptRegistry, RegistryLimits
+from bbt.testing import CoreTransport
+
+from .helpers import assert_envelope, logits_body, prompts, texts
+
+KEY_A = "sk-tenant-a-0c1d2e3f"
+KEY_B = "sk-tenant-b-9f8e7d6c"
+H = 64
+
+Factory = Callable[..., Any]
+
+
+def _app_client(backend: MockBackend, settings: ServerSettings, registry: Any) -> Any:
+    return TestClient(create_app(backend, settings, registry=registry))
+
+
+def _core_client(backend: MockBackend, settings: ServerSettings, registry: Any) -> Any:
+    from bbt.server._core import ServiceCore
+
+    core = ServiceCore(backend, settings, registry)
+    return httpx.Client(base_url="http://core.test", transport=CoreTransport(core))
+
+
+@pytest.fixture(params=[_app_client, _core_client], ids=["app", "core"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """``make(keys=(), limits=None, registry=...)``: a client on a server with a registry."""
+    made: list[Any] = []
+    stores: list[PromptRegistry] = []
+
+    def factory(
+        keys: tuple[str, ...] = (),
+        limits: RegistryLimits | None = None,
+        registry: PromptRegistry | str | None = "new",
+        backend: MockBackend | None = None,
+    ) -> Any:
+        if registry == "new":
+            registry = PromptRegistry(tmp_path / f"reg{len(stores)}.sqlite3", limits)
+            stores.append(registry)
+        settings = ServerSettings(api_keys=[SecretStr(k) for k in keys])
+        client = request.param(backend or MockBackend(hidden_size=H, seed=0), settings, registry)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.close()
+    for store in stores:
+        store.close()
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _store(client: Any, prompt: np.ndarray[Any, Any], key: str | None = None, **extra: Any) -> Any:
+    body = {"model": "bbt-mock", "prompt": Tensor.from_numpy(prompt).model_dump(), **extra}
+    return client.post("/v1/prompts", json=body, headers=_auth(key))
+
+
+def _by_id_body(b: int = 3) -> dict[str, Any]:
+    info = MockBackend(hidden_size=H, seed=0).info
+    return {"model": info.id, "texts": texts(info, b), "candidate_ids": [5, 6]}
+
+
+def test_store_describe_score_delete(make: Factory) -> None:
+    client = make()
+    prompt = prompts(1, 4, H, seed=3)[0]
+    r = _store(client, prompt, label="sst2 seed 1", recipe={"note": "test"})
+    assert r.status_code == 200, r.text
+    stored = StoredPrompt.model_validate_json(r.content)
+    assert is_prompt_id(stored.id)
+    assert stored.shape == [4, H]
+    assert stored.nbytes == 4 * H * 4
+    assert stored.label == "sst2 seed 1"
+    assert stored.recipe == {"note": "test"}
+
+    got = client.get(f"/v1/prompts/{stored.id}")
+    assert got.status_code == 200
+    assert StoredPrompt.model_validate_json(got.content) == stored
+    assert "data" not in got.text  # metadata only: the tensor never travels back
+
+    by_id = client.post(f"/v1/prompts/{stored.id}/logits", json=_by_id_body())
+    assert by_id.status_code == 200, by_id.text
+    body = logits_body(MockBackend(hidden_size=H).info, prompt[None], b=3, candidate_ids=[5, 6])
+    sent = client.post("/v1/logits", json=body)
+    a = LogitsResponse.model_validate_json(by_id.content)
+    b = LogitsResponse.model_validate_json(sent.content)
+    assert a.logits.shape == [1, 3, 2]
+    # Bitwise the same answer as sending the prompt itself (float32 on the wire both ways).
+    assert np.array_equal(a.logits.to_numpy(), b.logits.to_numpy())
+    assert a.usage == b.usage
+
+    gone = client.delete(f"/v1/prompts/{stored.id}")
+    assert gone.status_code == 200
+    assert gone.json() == {
+        "id": stored.id,
+        "object": "prompt",
+        "deleted": True,
+    }
+    assert_envelope(client.get(f"/v1/prompts/{stored.id}"), 404)
+    assert_envelope(client.post(f"/v1/prompts/{stored.id}/logits", json=_by_id_body()), 404)
+    assert_envelope(client.delete(f"/v1/prompts/{stored.id}"), 404)
+
+
+def test_storing_the_same_prompt_again_gives_the_same_id(make: Factory) -> None:
+    client = make()
+    prompt = prompts(1, 2, H, seed=1)[0]
+    first = _store(client, prompt).json()["id"]
+    assert _store(client, prompt).json()["id"] == first
+    assert _store(client, prompt + 1e-3).json()["id"] != first
+
+
+def test_another_key_can_neither_read_use_nor_delete_a_prompt(make: Factory) -> None:
+    client = make(keys=(KEY_A, KEY_B))
+    prompt_id = _store(client, prompts(1, 2, H)[0], KEY_A).json()["id"]
+    unknown = "bp_" + "x" * 32
+    for pid in (prompt_id, unknown):
+        answers = [
+            client.get(f"/v1/prompts/{pid}", headers=_auth(KEY_B)),
+            client.post(f"/v1/prompts/{pid}/logits", json=_by_id_body(), headers=_auth(KEY_B)),
+            client.delete(f"/v1/prompts/{pid}", headers=_auth(KEY_B)),
+        ]
+        for answer in answers:
+            env = assert_envelope(answer, 404)
+            assert env.error.type.value == "not_found"
+            # Another key's prompt reads exactly like one that never existed.
+            assert env.error.message == f"no stored prompt {pid} for this API key"
+    # Key B's attempts changed nothing for key A.
+    assert client.get(f"/v1/prompts/{prompt_id}", headers=_auth(KEY_A)).status_code == 200
+    ok = client.post(f"/v1/prompts/{prompt_id}/logits", json=_by_id_body(), headers=_auth(KEY_A))
+    assert ok.status_code == 200
+    # Key B storing the same bytes gets an id of its own.
+    other = _store(client, prompts(1, 2, H)[0], KEY_B).json()["id"]
+    assert other != prompt_id
+
+
+def test_no_key_is_a_401_not_a_lookup(make: Factory) -> None:
+    client = make(keys=(KEY_A,))
+    assert_envelope(_store(client, prompts(1, 2, H)[0]), 401)
+
+
+def test_the_file_holds_no_api_key(make: Factory, tmp_path: Path) -> None:
+    client = make(keys=(KEY_A,))
+    assert _store(client, prompts(1, 2, H)[0], KEY_A).status_code == 200
+    client.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("reg0.sqlite3*"))
+    assert raw  # the database (and its WAL) is there to search
+    assert KEY_A.encode() not in raw
+    import hashlib
+
+    assert hashlib.sha256(KEY_A.encode()).hexdigest().encode() not in raw
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda t: {**t, "shape": [2, H + 1]}, "prompt.shape"),
+        (lambda t: {**t, "shape": [1, 2, H]}, "prompt.shape"),
+        (lambda t: {**t, "shape": [0, H], "data": ""}, "prompt.shape"),
+        (lambda t: {**t, "data": t["data"][:-4]}, "prompt.data"),
+        (lambda t: {**t, "data": "!" * len(t["data"])}, "prompt.data"),
+    ],
+    ids=["wrong-width", "deep-without-capability", "empty", "short-data", "not-base64"],
+)
+def test_malformed_prompts_are_refused_with_422(make: Factory, mutate: Any, field: str) -> None:
+    client = make()
+    tensor = Tensor.from_numpy(prompts(1, 2, H)[0]).model_dump()
+    r = client.post("/v1/prompts", json={"model": "bbt-mock", "prompt": mutate(tensor)})
+    env = assert_envelope(r, 422)
+    assert env.error.field == field
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e6])
+def test_non_finite_or_huge_values_are_refused(make: Factory, bad: float) -> None:
+    client = make()
+    prompt = prompts(1, 2, H)[0]
+    prompt[1, 3] = bad
+    env = assert_envelope(_store(client, prompt), 422)
+    assert env.error.field == "prompt.data"
+
+
+def test_wrong_model_and_bad_texts_are_422(make: Factory) -> None:
+    client = make()
+    assert_envelope(
+        client.post(
+            "/v1/prompts",
+            json={"model": "other", "prompt": Tensor.from_numpy(prompts(1, 2, H)[0]).model_dump()},
+        ),
+        404,
+    )
+    pid = _store(client, prompts(1, 2, H)[0]).json()["id"]
+    body = {**_by_id_body(), "texts": ["no mask here"]}
+    env = assert_envelope(client.post(f"/v1/prompts/{pid}/logits", json=body), 422)
+    assert env.error.field == "texts.0"
+
+
+def test_a_damaged_stored_prompt_is_a_422_not_a_500(make: Factory, tmp_path: Path) -> None:
+    store = PromptRegistry(tmp_path / "damaged.sqlite3")
+    client = make(registry=store)
+    pid = _store(client, prompts(1, 2, H)[0]).json()["id"]
+    db = sqlite3.connect(tmp_path / "damaged.sqlite3")
+    with db:
+        db.execute("UPDATE prompts SET payload = zeroblob(8) WHERE id = ?", (pid,))
+    db.close()
+    env = assert_envelope(client.post(f"/v1/prompts/{pid}/logits", json=_by_id_body()), 422)
+    assert env.error.field == "prompt_id"
+    assert "damaged" in env.error.message
+    # Storing the prompt again replaces the damaged copy with a working one.
+    again = _store(client, prompts(1, 2, H)[0]).json()["id"]
+    assert again != pid
+    assert client.post(f"/v1/prompts/{again}/logits", json=_by_id_body()).status_code == 200
+    store.close()
+
+
+def test_a_prompt_stored_for_another_model_is_a_422(make: Factory, tmp_path: Path) -> None:
+    store = PromptRegistry(tmp_path / "shared.sqlite3")
+    first = make(registry=store)
+    pid = _store(first, prompts(1, 2, H)[0]).json()["id"]
+    # The same file behind a server that now serves a different model under another id.
+    second = make(registry=store, backend=MockBackend(hidden_size=H, model_id="other-model"))
+    body = {**_by_id_body(), "model": "other-model"}
+    env = assert_envelope(second.post(f"/v1/prompts/{pid}/logits", json=body), 422)
+    assert env.error.field == "prompt_id"
+    assert "bbt-mock" in env.error.message
+    store.close()
+
+
+def test_bounds_per_key_are_403_with_a_way_out(make: Factory) -> None:
+    client = make(keys=(KEY_A, KEY_B), limits=RegistryLimits(max_prompts=2))
+    ids = [_store(client, prompts(1, 2, H, seed=s)[0], KEY_A).json()["id"] for s in range(2)]
+    env = assert_envelope(_store(client, prompts(1, 2, H, seed=9)[0], KEY_A), 403)
+    assert "delete some" in env.error.message
+    assert env.error.type.value == "permission"
+    # The bound is per key: key B still has room; the same prompt again needs none.
+    assert _store(client, prompts(1, 2, H, seed=9)[0], KEY_B).status_code == 200
+    assert _store(client, prompts(1, 2, H, seed=0)[0], KEY_A).json()["id"] == ids[0]
+    client.delete(f"/v1/prompts/{ids[0]}", headers=_auth(KEY_A))
+    assert _store(client, prompts(1, 2, H, seed=9)[0], KEY_A).status_code == 200
+
+
+def test_byte_bounds_are_403(make: Factory) -> None:
+    one = 2 * H * 4
+    client = make(
+        keys=(KEY_A, KEY_B), limits=RegistryLimits(max_bytes=one, max_total_bytes=one * 2)
+    )
+    assert _store(client, prompts(1, 2, H, seed=0)[0], KEY_A).status_code == 200
+    env = assert_envelope(_store(client, prompts(1, 2, H, seed=1)[0], KEY_A), 403)
+    assert f"{one}-byte bound per key" in env.error.message
+    assert _store(client, prompts(1, 2, H, seed=2)[0], KEY_B).status_code == 200
+    client2 = make(keys=("sk-third",), registry=client_registry(client))
+    env = assert_envelope(_store(client2, prompts(1, 2, H, seed=3)[0], "sk-third"), 403)
+    assert "registry is full" in env.error.message
+
+
+def client_registry(client: Any) -> PromptRegistry:
+    app = client.app if isinstance(client, TestClient) else None
+    core = app.state.core if app is not None else client._transport.core
+    assert core.prompts is not None
+    registry: PromptRegistry = core.prompts.registry
+    return registry
+
+
+def test_a_server_without_a_registry_says_so(make: Factory) -> None:
+    client = make(registry=None)
+    env = assert_envelope(_store(client, prompts(1, 2, H)[0]), 404)
+    assert "no prompt registry" in env.error.message
+    assert_envelope(client.get("/v1/prompts/bp_" + "a" * 32), 404)
+
+
+def test_wrong_methods_are_405(make: Factory) -> None:
+    client = make()
+    assert_envelope(client.get("/v1/prompts"), 405)
+    assert_envelope(client.put("/v1/prompts/bp_" + "a" * 32, json={}), 405)
+    assert_envelope(client.get("/v1/prompts/bp_" + "a" * 32 + "/logits"), 405)
+
+
+def test_openapi_lists_the_registry_routes_when_it_is_on(tmp_path: Path) -> None:
+    store = PromptRegistry(tmp_path / "openapi.sqlite3")
+    doc = TestClient(create_app(MockBackend(), registry=store)).get("/openapi.json").json()
+    routes = {(p, m) for p, ops in doc["paths"].items() for m in ops}
+    assert {
+        ("/v1/prompts", "post"),
+        ("/v1/prompts/{prompt_id}", "get"),
+        ("/v1/prompts/{prompt_id}", "delete"),
+        ("/v1/prompts/{prompt_id}/logits", "post"),
+    } <= routes
+    store.close()
