@@ -91,6 +91,12 @@ def serve(
         help="Requests that may wait for the model; more get 503 + Retry-After "
         "(default 16; also BBT_SERVER_MAX_QUEUE).",
     ),
+    registry: str | None = typer.Option(
+        None,
+        "--registry",
+        help="Prompt registry file (default: $BBT_HOME/registry.sqlite3, else "
+        "~/.local/share/bbt/registry.sqlite3); 'none' turns it off, 'memory' keeps it in RAM.",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
     """Serve a masked LM over protocol v1 (needs bbt\\[serve])."""
@@ -129,6 +135,12 @@ def serve(
         detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else "invalid"
         fail(f"invalid server settings: {detail}")
 
+    from bbt.server.registry import default_path, open_registry
+
+    try:
+        store = open_registry(registry, default=default_path())
+    except BBTError as exc:
+        fail(str(exc))
     sock = bind_listener(host, port)
     try:
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
@@ -156,8 +168,9 @@ def serve(
         err=True,
     )
     typer.echo(f"compute: {backend.compute_reason}", err=True)
+    typer.echo(f"prompt registry: {store.path if store is not None else 'off'}", err=True)
     warn_if_exposed("bbt serve", str(bound[0]), int(bound[1]), len(settings.api_keys))
-    app = create_app(backend, settings)
+    app = create_app(backend, settings, registry=store)
     config = uvicorn.Config(
         app,
         log_level=log_level.lower(),
@@ -172,6 +185,8 @@ def serve(
     finally:
         sock.close()
         backend.close()
+        if store is not None:
+            store.close()
 
 
 def register(app: typer.Typer) -> None:

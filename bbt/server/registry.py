@@ -105,6 +105,28 @@ def default_path() -> Path:
     return base / "bbt" / REGISTRY_FILE
 
 
+def open_registry(option: str | None, *, default: Path | None) -> PromptRegistry | None:
+    """The registry a ``--registry`` option names: a path, ``none`` (off) or ``memory`` (a
+    store that dies with the process); no option means ``default`` (None: off).
+
+    Raises :class:`~bbt.errors.ConfigurationError` with a one-line reason when the file
+    cannot be opened (a directory that cannot be made, a newer schema, not a database).
+    """
+    if option is None:
+        return None if default is None else PromptRegistry(default)
+    choice = option.strip()
+    if choice.lower() == "none":
+        return None
+    if choice.lower() == "memory":
+        return PromptRegistry(":memory:")
+    if not choice:
+        raise ConfigurationError("--registry needs a path, 'none' or 'memory'")
+    path = Path(choice).expanduser()
+    if path.is_dir():
+        path = path / REGISTRY_FILE
+    return PromptRegistry(path)
+
+
 class RegistryError(Exception):
     """Base class of the store's refusals (mapped to 4xx answers by the server)."""
 
@@ -433,5 +455,6 @@ __all__ = [
     "RegistryLimits",
     "default_path",
     "new_prompt_id",
+    "open_registry",
     "prompt_digest",
 ]
