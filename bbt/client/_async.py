@@ -29,6 +29,7 @@ from bbt.client._base import (
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
 from bbt.protocol import (
+    SESSIONS_CAPABILITY,
     DType,
     EmbeddingsResponse,
     Health,
@@ -173,6 +174,10 @@ class AsyncClient(BaseClient):
         if self._info is None:
             self._info = select_model(await self.models(), self._settings.model)
         return self._info
+
+    async def supports_sessions(self) -> bool:
+        """Whether the server offers projection sessions (protocol 1.1)."""
+        return SESSIONS_CAPABILITY in (await self.model_info()).capabilities
 
     async def tokenize(
         self, texts: Sequence[str], add_special_tokens: bool = False

@@ -70,6 +70,7 @@ from bbt.protocol import (
     check_tokenize_request,
     encoded_size,
     is_prompt_id,
+    speaks,
 )
 
 logger = logging.getLogger("bbt.client")
@@ -604,7 +605,7 @@ class BaseClient:
             raise status_error(response, self._settings.api_key)
         request_id = response.headers.get(REQUEST_ID_HEADER)
         version = response.headers.get(PROTOCOL_HEADER)
-        if version is not None and version != PROTOCOL_VERSION:
+        if not speaks(version):
             raise ProtocolError(
                 f"server speaks protocol {version!r}; this client speaks {PROTOCOL_VERSION!r}",
                 request_id=request_id,

@@ -29,6 +29,7 @@ from bbt.client._base import (
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
 from bbt.protocol import (
+    SESSIONS_CAPABILITY,
     DType,
     EmbeddingsResponse,
     Health,
@@ -147,6 +148,10 @@ class Client(BaseClient):
         if self._info is None:
             self._info = select_model(self.models(), self._settings.model)
         return self._info
+
+    def supports_sessions(self) -> bool:
+        """Whether the server offers projection sessions (protocol 1.1)."""
+        return SESSIONS_CAPABILITY in self.model_info().capabilities
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = False) -> TokenizeResponse:
         requests = plan_tokenize(self.model_info(), texts, add_special_tokens)

@@ -1,10 +1,12 @@
-"""The bbt wire protocol (version 1): pydantic models shared by the client and the servers."""
+"""The bbt wire protocol (version 1, with the additive 1.1): models shared by client and servers."""
 
 from bbt.protocol._models import (
     API_PREFIX,
     PROTOCOL_HEADER,
+    PROTOCOL_V1,
     PROTOCOL_VERSION,
     REQUEST_ID_HEADER,
+    SUPPORTED_VERSIONS,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ErrorBody,
@@ -30,6 +32,15 @@ from bbt.protocol._registry import (
     check_prompt_logits_request,
     is_prompt_id,
 )
+from bbt.protocol._sessions import (
+    SESSIONS_CAPABILITY,
+    InitialPromptSpec,
+    ProjectionSpec,
+    SessionClosed,
+    SessionInfo,
+    SessionLogitsRequest,
+    SessionOpenRequest,
+)
 from bbt.protocol._tensor import (
     SUPPORTED_DTYPES,
     DType,
@@ -44,14 +55,18 @@ from bbt.protocol._validate import (
     check_logits_request,
     check_tokenize_request,
 )
+from bbt.protocol._version import negotiate, speaks, wire_json
 
 __all__ = [
     "API_PREFIX",
     "PROMPT_REGISTRY_CAPABILITY",
     "PROTOCOL_HEADER",
+    "PROTOCOL_V1",
     "PROTOCOL_VERSION",
     "REQUEST_ID_HEADER",
+    "SESSIONS_CAPABILITY",
     "SUPPORTED_DTYPES",
+    "SUPPORTED_VERSIONS",
     "DType",
     "DecodedLogitsRequest",
     "EmbeddingsRequest",
@@ -60,15 +75,21 @@ __all__ = [
     "ErrorEnvelope",
     "ErrorType",
     "Health",
+    "InitialPromptSpec",
     "Limits",
     "LogitsRequest",
     "LogitsResponse",
     "ModelInfo",
     "ModelList",
+    "ProjectionSpec",
     "PromptCreateRequest",
     "PromptDeleted",
     "PromptLogitsRequest",
     "ProtocolViolation",
+    "SessionClosed",
+    "SessionInfo",
+    "SessionLogitsRequest",
+    "SessionOpenRequest",
     "StoredPrompt",
     "Tensor",
     "TensorDecodeError",
@@ -82,4 +103,7 @@ __all__ = [
     "check_tokenize_request",
     "encoded_size",
     "is_prompt_id",
+    "negotiate",
+    "speaks",
+    "wire_json",
 ]

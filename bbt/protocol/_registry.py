@@ -24,9 +24,9 @@ from bbt.protocol._models import ErrorType, ModelInfo, _Wire
 from bbt.protocol._tensor import DType, Tensor, TensorDecodeError
 from bbt.protocol._validate import (
     ProtocolViolation,
-    _check_ids,
-    _check_model,
-    _check_texts,
+    check_batch,
+    check_model,
+    check_prompt_values,
 )
 
 #: Capability name a model lists in ``ModelInfo.capabilities`` when the registry is on.
@@ -128,7 +128,7 @@ def check_prompt_create_request(
     req: PromptCreateRequest, info: ModelInfo
 ) -> np.ndarray[Any, np.dtype[np.float32]]:
     """Validate a store request against ``info``; the decoded prompt as float32."""
-    _check_model(req.model, info)
+    check_model(req.model, info)
     t = req.prompt
     if t.dtype not in info.dtypes:
         raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="prompt.dtype")
@@ -137,40 +137,19 @@ def check_prompt_create_request(
         arr = t.to_numpy().astype(np.float32, copy=False)
     except TensorDecodeError as exc:
         raise ProtocolViolation(str(exc), field="prompt.data") from None
-    if not np.isfinite(arr).all():
-        raise ProtocolViolation("prompt contains NaN or infinite values", field="prompt.data")
-    largest = float(np.abs(arr).max(initial=0.0))
-    if largest > info.limits.max_prompt_value:
-        raise ProtocolViolation(
-            f"a prompt entry has absolute value {largest:.3g}; the limit is "
-            f"{info.limits.max_prompt_value:.3g}",
-            field="prompt.data",
-        )
+    check_prompt_values(arr, info, "prompt.data")
     return arr
 
 
 def check_prompt_logits_request(req: PromptLogitsRequest, info: ModelInfo) -> None:
     """Validate a by-id logits request against ``info``'s limits (one prompt, B texts)."""
-    _check_model(req.model, info)
-    lim = info.limits
+    check_model(req.model, info)
     if req.output_dtype not in info.dtypes:
         raise ProtocolViolation(
             f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
         )
-    b = len(req.texts)
-    if b > min(lim.max_texts_per_request, lim.max_sequences_per_request):
-        raise ProtocolViolation(
-            f"{b} texts; at most {min(lim.max_texts_per_request, lim.max_sequences_per_request)} "
-            "per request",
-            field="texts",
-        )
-    if len(req.candidate_ids) > lim.max_candidates:
-        raise ProtocolViolation(
-            f"{len(req.candidate_ids)} candidate ids; at most {lim.max_candidates}",
-            field="candidate_ids",
-        )
-    _check_ids(req.candidate_ids, info, "candidate_ids")
-    _check_texts(req.texts, info, need_mask=True)
+    # The stored prompt is a population of one: the /v1/logits limits with P = 1.
+    check_batch(1, list(req.texts), list(req.candidate_ids), info, shape_field="prompt_id")
 
 
 def unknown_prompt(prompt_id: str) -> ProtocolViolation:

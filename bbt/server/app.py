@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 from bbt.errors import ConfigurationError
 from bbt.protocol import (
     API_PREFIX,
+    PROTOCOL_HEADER,
+    PROTOCOL_V1,
     PROTOCOL_VERSION,
     REQUEST_ID_HEADER,
     EmbeddingsRequest,
@@ -48,9 +50,15 @@ from bbt.protocol import (
     PromptDeleted,
     PromptLogitsRequest,
     ProtocolViolation,
+    SessionClosed,
+    SessionInfo,
+    SessionLogitsRequest,
+    SessionOpenRequest,
     StoredPrompt,
     TokenizeRequest,
     TokenizeResponse,
+    negotiate,
+    wire_json,
 )
 from bbt.server._cancel import Cancelled, stop_when
 from bbt.server._core import (
@@ -72,9 +80,9 @@ from bbt.server.settings import ServerSettings
 try:
     import anyio
     import anyio.to_thread
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Path, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ConfigurationError(
@@ -105,6 +113,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 #: Scope key of the request's :class:`ClientLink` (set by the guard).
 CLIENT_SCOPE_KEY = "bbt.client"
+#: Scope key of the protocol version negotiated with the request's client (set by the guard).
+VERSION_SCOPE_KEY = "bbt.protocol"
 #: Status recorded (never sent: nobody is listening) for work dropped because its client left.
 CLIENT_CLOSED_STATUS = 499
 #: Bounds of the Retry-After sent with a queue-full 503, in seconds.
@@ -116,10 +126,24 @@ def _is_raw(value: object) -> bool:
     return isinstance(value, bytes | bytearray)
 
 
-def _failure_response(fail: APIFailure) -> JSONResponse:
-    return JSONResponse(
-        fail.envelope.model_dump(mode="json"), status_code=fail.status, headers=fail.headers
+def _version(scope: Scope) -> str:
+    version = scope.get(VERSION_SCOPE_KEY)
+    return version if isinstance(version, str) else PROTOCOL_V1
+
+
+def _failure_response(fail: APIFailure, version: str = PROTOCOL_V1) -> Response:
+    return Response(
+        wire_json(fail.envelope, version),
+        status_code=fail.status,
+        headers=fail.headers,
+        media_type="application/json",
     )
+
+
+def _answer(model: Any, request: Request) -> Response:
+    """A 200 in the protocol version negotiated with the client: fields newer than what it
+    announced are left out, so a v1 client reads exactly what v1 servers sent."""
+    return Response(wire_json(model, _version(request.scope)), media_type="application/json")
 
 
 class ClientGone(Exception):  # noqa: N818 - an outcome, not a crash
@@ -328,36 +352,70 @@ def create_app(
     app.state.scheduler = scheduler
 
     @app.get(f"{API_PREFIX}/models", response_model=ModelList, tags=["v1"])
-    async def list_models() -> ModelList:
+    async def list_models(request: Request) -> Response:
         """Describe the served model: sizes, mask token, embedding statistics, limits."""
-        return core.models()
+        return _answer(core.models(), request)
 
     @app.post(f"{API_PREFIX}/tokenize", response_model=TokenizeResponse, tags=["v1"])
-    async def tokenize(req: TokenizeRequest, request: Request) -> TokenizeResponse:
+    async def tokenize(req: TokenizeRequest, request: Request) -> Response:
         """Split texts into the model's token ids and token strings."""
-        return await run(core.tokenize, req, request)
+        return _answer(await run(core.tokenize, req, request), request)
 
     @app.post(f"{API_PREFIX}/embeddings", response_model=EmbeddingsResponse, tags=["v1"])
-    async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    async def embeddings(req: EmbeddingsRequest, request: Request) -> Response:
         """Look up input embeddings of token ids."""
-        return await run(core.embeddings, req, request)
+        return _answer(await run(core.embeddings, req, request), request)
 
     @app.post(f"{API_PREFIX}/logits", response_model=LogitsResponse, tags=["v1"])
-    async def logits(req: LogitsRequest, request: Request) -> LogitsResponse:
+    async def logits(req: LogitsRequest, request: Request) -> Response:
         """Score P soft prompts on B texts: mask-position logits [P, B, C] of candidates."""
-        return await run(core.logits, req, request)
+        return _answer(await run(core.logits, req, request), request)
+
+    # Projection sessions (protocol 1.1): the server builds p = A z + p0 from a recipe.
+    def tenant(request: Request) -> str:
+        return core.tenant(request.headers.get("authorization"))
+
+    session_id_path = Path(description="The id from opening the session.", max_length=128)
+
+    @app.post(f"{API_PREFIX}/sessions", response_model=SessionInfo, tags=["sessions"])
+    async def open_session(req: SessionOpenRequest, request: Request) -> Response:
+        """Open a projection session: the server rebuilds A from the recipe, once (1.1)."""
+        who = tenant(request)
+        return _answer(await run(lambda r: core.open_session(who, r), req, request), request)
+
+    @app.post(
+        f"{API_PREFIX}/sessions/{{session_id}}/logits",
+        response_model=LogitsResponse,
+        tags=["sessions"],
+    )
+    async def session_logits(
+        req: SessionLogitsRequest,
+        request: Request,
+        session_id: str = session_id_path,
+    ) -> Response:
+        """Score z [P, d] through a session: the logits /v1/logits gives for A z + p0 (1.1)."""
+        who = tenant(request)
+        result = await run(lambda r: core.session_logits(who, session_id, r), req, request)
+        return _answer(result, request)
+
+    @app.delete(
+        f"{API_PREFIX}/sessions/{{session_id}}", response_model=SessionClosed, tags=["sessions"]
+    )
+    async def close_session(request: Request, session_id: str = session_id_path) -> Response:
+        """Close a session and free its memory (1.1)."""
+        return _answer(core.close_session(tenant(request), session_id), request)
 
     if core.prompts is not None:
         _add_registry_routes(app, core.prompts, run)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
-    async def healthz() -> Health:
+    async def healthz(request: Request) -> Response:
         """Liveness: the server is up and which models it serves."""
-        return core.health()
+        return _answer(core.health(), request)
 
     @app.exception_handler(APIFailure)
-    async def _failure(_: Request, exc: APIFailure) -> Response:
-        return _failure_response(exc)
+    async def _failure(request: Request, exc: APIFailure) -> Response:
+        return _failure_response(exc, _version(request.scope))
 
     @app.exception_handler(ClientGone)
     async def _gone(_: Request, __: ClientGone) -> Response:
@@ -366,11 +424,11 @@ def create_app(
         return Response(status_code=CLIENT_CLOSED_STATUS)
 
     @app.exception_handler(ProtocolViolation)
-    async def _violation(_: Request, exc: ProtocolViolation) -> Response:
-        return _failure_response(violation_failure(exc))
+    async def _violation(request: Request, exc: ProtocolViolation) -> Response:
+        return _failure_response(violation_failure(exc), _version(request.scope))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = list(exc.errors())
         whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
         if any(e.get("type") == "missing" for e in whole_body):
@@ -403,7 +461,7 @@ def create_app(
             fail = APIFailure(exc.status_code, ErrorType.invalid_request, str(exc.detail))
         else:
             fail = internal_failure()
-        return _failure_response(fail)
+        return _failure_response(fail, _version(request.scope))
 
     app.state.faults = None
     if faults is not None and faults.active:
@@ -473,7 +531,9 @@ class _Guard:
         started_at = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = new_request_id(headers.get(REQUEST_ID_HEADER.lower()))
-        extra = [(k.encode(), v.encode()) for k, v in protocol_headers(request_id).items()]
+        version = negotiate(headers.get(PROTOCOL_HEADER.lower()))
+        scope[VERSION_SCOPE_KEY] = version
+        extra = [(k.encode(), v.encode()) for k, v in protocol_headers(request_id, version).items()]
         state = {"status": 0, "out": 0, "in": 0, "started": False}
 
         async def send_wrapped(message: Message) -> None:
@@ -496,7 +556,8 @@ class _Guard:
                 if body is None:
                     fail = self.core.too_large_failure()
             if fail is not None or body is None:
-                await _failure_response(fail or internal_failure())(scope, receive, send_wrapped)
+                answer = _failure_response(fail or internal_failure(), version)
+                await answer(scope, receive, send_wrapped)
             else:
                 await self._call_app(scope, body, receive, send_wrapped)
         except Exception:
@@ -508,7 +569,7 @@ class _Guard:
                 request_id,
             )
             if not state["started"]:
-                await _failure_response(internal_failure())(scope, receive, send_wrapped)
+                await _failure_response(internal_failure(), version)(scope, receive, send_wrapped)
         finally:
             fault = scope.get(FAULT_SCOPE_KEY)
             status = "dropped" if fault == "drop" else state["status"]
