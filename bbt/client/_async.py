@@ -20,6 +20,7 @@ from bbt.client._base import (
     M,
     plan_embed,
     plan_logits,
+    plan_projected_store,
     plan_prompt_logits,
     plan_prompt_store,
     plan_tokenize,
@@ -33,9 +34,11 @@ from bbt.protocol import (
     DType,
     EmbeddingsResponse,
     Health,
+    InitialPromptSpec,
     LogitsResponse,
     ModelInfo,
     ModelList,
+    ProjectionSpec,
     PromptDeleted,
     StoredPrompt,
     TokenizeResponse,
@@ -228,6 +231,19 @@ class AsyncClient(BaseClient):
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_prompt`."""
         req = plan_prompt_store(await self.model_info(), prompt, label, recipe)
+        return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    async def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_projected_prompt`."""
+        req = plan_projected_store(await self.model_info(), projection, z, p0, label, recipe)
         return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
 
     async def get_prompt(self, prompt_id: str) -> StoredPrompt:

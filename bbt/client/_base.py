@@ -53,10 +53,12 @@ from bbt.protocol import (
     DType,
     EmbeddingsRequest,
     ErrorEnvelope,
+    InitialPromptSpec,
     Limits,
     LogitsRequest,
     LogitsResponse,
     ModelInfo,
+    ProjectionSpec,
     PromptCreateRequest,
     PromptLogitsRequest,
     ProtocolViolation,
@@ -720,6 +722,42 @@ def plan_prompt_store(
     except ValueError as exc:  # from_numpy: a dtype it cannot encode
         raise InvalidRequestError(str(exc), field="prompt") from exc
     return req
+
+
+def plan_projected_store(
+    info: ModelInfo,
+    projection: ProjectionSpec,
+    z: np.ndarray[Any, Any],
+    p0: InitialPromptSpec | None = None,
+    label: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> PromptCreateRequest:
+    """A store request that names the prompt as A z + p0 (z uploads, not the prompt)."""
+    arr = np.asarray(z)
+    if arr.shape != (projection.dim,):
+        raise InvalidRequestError(
+            f"z must have shape [{projection.dim}] (the projection's d); got {list(arr.shape)}",
+            field="z",
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidRequestError("z contains NaN or infinite values", field="z")
+    if projection.hidden_size != info.hidden_size:
+        raise InvalidRequestError(
+            f"projection hidden_size {projection.hidden_size} does not match the model's "
+            f"{info.hidden_size}",
+            field="projection.hidden_size",
+        )
+    try:
+        return PromptCreateRequest(
+            model=info.id,
+            projection=projection,
+            z=Tensor.from_numpy(arr, "float32"),
+            p0=p0,
+            label=label,
+            recipe=recipe,
+        )
+    except ValidationError as exc:
+        raise invalid(exc) from exc
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from bbt.client._base import (
     M,
     plan_embed,
     plan_logits,
+    plan_projected_store,
     plan_prompt_logits,
     plan_prompt_store,
     plan_tokenize,
@@ -33,9 +34,11 @@ from bbt.protocol import (
     DType,
     EmbeddingsResponse,
     Health,
+    InitialPromptSpec,
     LogitsResponse,
     ModelInfo,
     ModelList,
+    ProjectionSpec,
     PromptDeleted,
     StoredPrompt,
     TokenizeResponse,
@@ -202,6 +205,20 @@ class Client(BaseClient):
         Needs the ``prompt_registry`` capability (``model_info().capabilities``).
         """
         req = plan_prompt_store(self.model_info(), prompt, label, recipe)
+        return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
+        session does): z (d floats) travels instead of the prompt (n x H)."""
+        req = plan_projected_store(self.model_info(), projection, z, p0, label, recipe)
         return self._send("POST", self._api("/prompts"), req, StoredPrompt)
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:

@@ -18,6 +18,7 @@ from bbt.client._base import (
     invalid,
     plan_embed,
     plan_logits,
+    plan_projected_store,
     plan_prompt_logits,
     plan_prompt_store,
     plan_tokenize,
@@ -29,7 +30,9 @@ from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolE
 from bbt.protocol import (
     ErrorType,
     Health,
+    InitialPromptSpec,
     ModelInfo,
+    ProjectionSpec,
     ProtocolViolation,
     StoredPrompt,
     TokenizeResponse,
@@ -192,6 +195,21 @@ class LocalClient:
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_prompt`, in this process."""
         req = plan_prompt_store(self._info(), prompt, label, recipe)
+        ep = self._endpoints()
+        stored, _ = self._registry_call(ep.create, req, ep.tenant(None))
+        return stored
+
+    def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_projected_prompt`, in this process."""
+        req = plan_projected_store(self._info(), projection, z, p0, label, recipe)
         ep = self._endpoints()
         stored, _ = self._registry_call(ep.create, req, ep.tenant(None))
         return stored

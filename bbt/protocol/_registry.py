@@ -18,9 +18,10 @@ import re
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bbt.protocol._models import ErrorType, ModelInfo, _Wire
+from bbt.protocol._sessions import InitialPromptSpec, ProjectionSpec
 from bbt.protocol._tensor import DType, Tensor, TensorDecodeError
 from bbt.protocol._validate import (
     ProtocolViolation,
@@ -41,22 +42,44 @@ MAX_LABEL_CHARS = 200
 
 
 class PromptCreateRequest(_Wire):
-    """Store a tuned prompt: the tensor the model is to be prompted with.
+    """Store a tuned prompt: either the tensor itself, or how to make it.
 
     ``prompt`` has shape ``[n, H]`` (a soft prompt), or ``[L, n, H]`` (a deep prompt, one per
-    layer) on a model that lists the ``"deep_prompts"`` capability. ``recipe`` records how
-    the prompt was made (a projection recipe and z, say); the server keeps it as given and
-    hands it back, but serves ``prompt``.
+    layer) on a model that lists the ``"deep_prompts"`` capability. Instead of it, a
+    ``projection`` (the recipe of a session's A), ``z`` ``[d]`` and optionally ``p0`` (a
+    tensor or a spec the server resolves, as when opening a session): the server computes
+    ``A z + p0`` once, with the generator that sessions use, and stores that prompt (so z
+    uploads 2 KB where the prompt is 205 KB at paper scale). ``recipe`` records anything
+    else about how the prompt was made; the server keeps it as given and hands it back.
     """
 
     model: str
-    prompt: Tensor = Field(description="The prompt, shape [n, H] (or [L, n, H]: deep).")
+    prompt: Tensor | None = Field(
+        default=None, description="The prompt, shape [n, H] (or [L, n, H]: deep)."
+    )
+    projection: ProjectionSpec | None = Field(
+        default=None, description="Instead of prompt: the projection A of p = A z + p0."
+    )
+    z: Tensor | None = Field(default=None, description="With projection: z, shape [d].")
+    p0: InitialPromptSpec | None = Field(
+        default=None, description="With projection: p0 (default: zeros)."
+    )
     label: str | None = Field(
         default=None, max_length=MAX_LABEL_CHARS, description="A name for its owner's eyes."
     )
     recipe: dict[str, Any] | None = Field(
         default=None, description="How the prompt was made; kept as given, never interpreted."
     )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PromptCreateRequest:
+        if (self.prompt is None) == (self.projection is None):
+            raise ValueError("send either prompt, or projection and z (exactly one of the two)")
+        if self.projection is not None and self.z is None:
+            raise ValueError("projection needs z, shape [d]")
+        if self.projection is None and (self.z is not None or self.p0 is not None):
+            raise ValueError("z and p0 go with projection, not with prompt")
+        return self
 
 
 class StoredPrompt(_Wire):
@@ -127,9 +150,12 @@ def check_prompt_shape(shape: list[int] | tuple[int, ...], info: ModelInfo, fiel
 def check_prompt_create_request(
     req: PromptCreateRequest, info: ModelInfo
 ) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Validate a store request against ``info``; the decoded prompt as float32."""
+    """Validate a store request that carries the prompt tensor; it, decoded, as float32.
+    (A projection request is checked where the projection is built.)"""
     check_model(req.model, info)
     t = req.prompt
+    if t is None:
+        raise ProtocolViolation("no prompt tensor in this request", field="prompt")
     if t.dtype not in info.dtypes:
         raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="prompt.dtype")
     check_prompt_shape(t.shape, info, "prompt.shape")

@@ -475,7 +475,7 @@ def create_app(
 def _add_registry_routes(
     app: FastAPI,
     ep: PromptEndpoints,
-    run: Callable[[Callable[[Any], LogitsResponse], Any, Request], Awaitable[LogitsResponse]],
+    run: Callable[[Callable[[Any], Any], Any, Request], Awaitable[Any]],
 ) -> None:
     """The prompt registry's routes (protocol 1.1), present only when the registry is on."""
     core = ep.core
@@ -489,8 +489,15 @@ def _add_registry_routes(
         """Store a tuned prompt for this API key; answers its id (the same id for the same
         prompt stored again)."""
         tenant = tenant_of(request)
+        if req.projection is not None:
+            # Resolving p0 may call the backend (embeddings, tokenizer): take a turn in its
+            # queue, as every backend call does.
+            made: tuple[StoredPrompt, bool] = await run(
+                lambda r: ep.create(r, tenant), req, request
+            )
+            return made[0]
         # SQLite work (an fsync per commit) off the event loop, but not behind the model's
-        # queue: storing must not wait for forward passes.
+        # queue: storing a tensor must not wait for forward passes.
         stored, _ = await anyio.to_thread.run_sync(ep.create, req, tenant)
         return stored
 
@@ -514,7 +521,8 @@ def _add_registry_routes(
     ) -> LogitsResponse:
         """Score B texts under a stored prompt: logits [1, B, C], as POST /v1/logits."""
         tenant = tenant_of(request)
-        return await run(lambda r: ep.logits(prompt_id, r, tenant), req, request)
+        answer: LogitsResponse = await run(lambda r: ep.logits(prompt_id, r, tenant), req, request)
+        return answer
 
 
 class _Guard:

@@ -182,3 +182,31 @@ def test_by_id_uploads_only_the_texts(core: ServiceCore) -> None:
         sent = (client.usage - before).bytes_sent
     assert by_id < 600  # model id, 4 short texts, 2 candidate ids, JSON keys
     assert sent > prompt.nbytes * 4 / 3  # the prompt's base64
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_store_by_projection_uploads_z_and_names_the_same_prompt(
+    kind: str, core: ServiceCore
+) -> None:
+    from bbt.protocol import InitialPromptSpec, ProjectionSpec
+    from bbt.protocol.projection import Projection
+    from bbt.protocol.sessions import recipe_of
+
+    client = _client(kind, core)
+    info = client.model_info()
+    spec = ProjectionSpec(
+        seed=5, n_tokens=4, hidden_size=H, dim=16, embedding_std=info.embedding_std
+    )
+    z = np.random.default_rng(1).standard_normal(16).astype(np.float32)
+    before = client.usage.bytes_sent
+    stored = client.store_projected_prompt(
+        spec, z, p0=InitialPromptSpec(token_ids=[5, 6, 7, 8]), label="by z"
+    )
+    if kind == "sync":
+        assert client.usage.bytes_sent - before < 2_000  # z and the recipe, not n x H
+    assert stored.kind == "projection"
+    p0 = client.embed([5, 6, 7, 8])
+    local = Projection(recipe_of(spec)).project(z[None], p0)[0]
+    assert client.store_prompt(local).id == stored.id  # bitwise the same prompt
+    with pytest.raises(InvalidRequestError):
+        client.store_projected_prompt(spec, z[:3])

@@ -305,3 +305,76 @@ def test_openapi_lists_the_registry_routes_when_it_is_on(tmp_path: Path) -> None
         ("/v1/prompts/{prompt_id}/logits", "post"),
     } <= routes
     store.close()
+
+
+def _spec(**kw: Any) -> dict[str, Any]:
+    info = MockBackend(hidden_size=H).info
+    base = {"seed": 11, "n_tokens": 3, "hidden_size": H, "dim": 8}
+    base["embedding_std"] = info.embedding_std
+    return {**base, **kw}
+
+
+def test_a_projection_and_z_store_the_prompt_a_session_would_build(make: Factory) -> None:
+    from bbt.protocol import ProjectionSpec
+    from bbt.protocol.projection import Projection
+    from bbt.protocol.sessions import recipe_of
+
+    client = make()
+    spec = ProjectionSpec(**_spec())
+    z = np.random.default_rng(2).standard_normal(8).astype(np.float32)
+    p0 = prompts(1, 3, H, seed=4)[0]
+    body = {
+        "model": "bbt-mock",
+        "projection": spec.model_dump(),
+        "z": Tensor.from_numpy(z).model_dump(),
+        "p0": {"tensor": Tensor.from_numpy(p0).model_dump()},
+        "recipe": {"run": "r1"},
+    }
+    r = client.post("/v1/prompts", json=body)
+    assert r.status_code == 200, r.text
+    stored = StoredPrompt.model_validate_json(r.content)
+    assert stored.kind == "projection"
+    assert stored.shape == [3, H]
+    assert stored.recipe["run"] == "r1"
+    assert stored.recipe["projection"]["seed"] == 11
+    assert "tensor_sha256" in stored.recipe["p0"]  # p0's digest, not a second copy of it
+    # The client-side projection of the same recipe gives the same bytes: the same id.
+    local = Projection(recipe_of(spec)).project(z[None], p0)[0]
+    assert _store(client, local).json()["id"] == stored.id
+    # p0 from vocabulary ids, resolved by the server.
+    body_ids = {**body, "p0": {"token_ids": [5, 6, 7]}}
+    by_ids = client.post("/v1/prompts", json=body_ids)
+    assert by_ids.status_code == 200, by_ids.text
+    assert by_ids.json()["recipe"]["p0"] == {"token_ids": [5, 6, 7]}
+    logits = client.post(f"/v1/prompts/{by_ids.json()['id']}/logits", json=_by_id_body())
+    assert logits.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"projection": _spec(recipe="bbt-projection/99")}, "projection.recipe"),
+        ({"projection": _spec(hidden_size=H + 1)}, "projection.hidden_size"),
+        ({"z": Tensor.from_numpy(np.zeros(7, dtype=np.float32)).model_dump()}, "z.shape"),
+        ({"z": Tensor.from_numpy(np.full(8, np.nan, dtype=np.float32)).model_dump()}, "z.data"),
+        ({"z": Tensor.from_numpy(np.full(8, 1e30, dtype=np.float32)).model_dump()}, "z.data"),
+        ({"p0": {"token_ids": [1]}}, "p0.token_ids"),
+        ({"z": None}, "body"),
+        ({"prompt": Tensor.from_numpy(prompts(1, 3, H)[0]).model_dump()}, "body"),
+    ],
+    ids=["recipe", "width", "z-shape", "z-nan", "z-huge", "p0-ids", "no-z", "both"],
+)
+def test_malformed_projection_stores_are_4xx(
+    make: Factory, change: dict[str, Any], field: str
+) -> None:
+    client = make()
+    body = {
+        "model": "bbt-mock",
+        "projection": _spec(),
+        "z": Tensor.from_numpy(np.ones(8, dtype=np.float32)).model_dump(),
+        **change,
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    env = assert_envelope(client.post("/v1/prompts", json=body), 422)
+    if field != "body":
+        assert env.error.field == field
