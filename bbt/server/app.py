@@ -485,7 +485,7 @@ def _add_registry_routes(
         return ep.tenant(core.presented_key(request.headers.get("authorization")))
 
     @app.post(PROMPTS_PATH, response_model=StoredPrompt, tags=["registry"])
-    async def store_prompt(req: PromptCreateRequest, request: Request) -> StoredPrompt:
+    async def store_prompt(req: PromptCreateRequest, request: Request) -> Response:
         """Store a tuned prompt for this API key; answers its id (the same id for the same
         prompt stored again)."""
         tenant = tenant_of(request)
@@ -495,34 +495,32 @@ def _add_registry_routes(
             made: tuple[StoredPrompt, bool] = await run(
                 lambda r: ep.create(r, tenant), req, request
             )
-            return made[0]
+            return _answer(made[0], request)
         # SQLite work (an fsync per commit) off the event loop, but not behind the model's
         # queue: storing a tensor must not wait for forward passes.
         stored, _ = await anyio.to_thread.run_sync(ep.create, req, tenant)
-        return stored
+        return _answer(stored, request)
 
     @app.get(PROMPTS_PATH + "/{prompt_id}", response_model=StoredPrompt, tags=["registry"])
-    async def get_prompt(prompt_id: str, request: Request) -> StoredPrompt:
+    async def get_prompt(prompt_id: str, request: Request) -> Response:
         """A stored prompt's metadata (never its tensor); 404 for another key's prompt."""
         tenant = tenant_of(request)
-        return await anyio.to_thread.run_sync(ep.get, prompt_id, tenant)
+        return _answer(await anyio.to_thread.run_sync(ep.get, prompt_id, tenant), request)
 
     @app.delete(PROMPTS_PATH + "/{prompt_id}", response_model=PromptDeleted, tags=["registry"])
-    async def delete_prompt(prompt_id: str, request: Request) -> PromptDeleted:
+    async def delete_prompt(prompt_id: str, request: Request) -> Response:
         """Delete a stored prompt for good; 404 for another key's prompt."""
         tenant = tenant_of(request)
-        return await anyio.to_thread.run_sync(ep.delete, prompt_id, tenant)
+        return _answer(await anyio.to_thread.run_sync(ep.delete, prompt_id, tenant), request)
 
     @app.post(
         PROMPTS_PATH + "/{prompt_id}/logits", response_model=LogitsResponse, tags=["registry"]
     )
-    async def prompt_logits(
-        prompt_id: str, req: PromptLogitsRequest, request: Request
-    ) -> LogitsResponse:
+    async def prompt_logits(prompt_id: str, req: PromptLogitsRequest, request: Request) -> Response:
         """Score B texts under a stored prompt: logits [1, B, C], as POST /v1/logits."""
         tenant = tenant_of(request)
-        answer: LogitsResponse = await run(lambda r: ep.logits(prompt_id, r, tenant), req, request)
-        return answer
+        answer = await run(lambda r: ep.logits(prompt_id, r, tenant), req, request)
+        return _answer(answer, request)
 
 
 class _Guard:
