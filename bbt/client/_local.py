@@ -37,7 +37,7 @@ from bbt.protocol import (
     StoredPrompt,
     TokenizeResponse,
 )
-from bbt.server.backend import Backend
+from bbt.protocol.backend import Backend
 
 if TYPE_CHECKING:
     from bbt.server._prompts import PromptEndpoints
