@@ -97,6 +97,26 @@ def serve(
         help="Prompt registry file (default: $BBT_HOME/registry.sqlite3, else "
         "~/.local/share/bbt/registry.sqlite3); 'none' turns it off, 'memory' keeps it in RAM.",
     ),
+    sessions: bool | None = typer.Option(
+        None,
+        "--sessions/--no-sessions",
+        help="Offer projection sessions (protocol 1.1; default on; BBT_SERVER_SESSIONS).",
+    ),
+    session_idle_timeout: float | None = typer.Option(
+        None,
+        "--session-idle-timeout",
+        min=1,
+        help="Seconds before an unused session is dropped (default 600).",
+    ),
+    max_sessions_per_key: int | None = typer.Option(
+        None, "--max-sessions-per-key", min=1, help="Sessions one API key holds (default 4)."
+    ),
+    max_session_memory: int | None = typer.Option(
+        None,
+        "--max-session-memory",
+        min=1,
+        help="MiB all sessions together hold (default 2048; one paper-scale session: 98).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
     """Serve a masked LM over protocol v1 (needs bbt\\[serve])."""
@@ -127,6 +147,14 @@ def serve(
             settings_kw["api_key_file"] = api_key_file
         if max_queue is not None:
             settings_kw["max_queue"] = max_queue
+        if sessions is not None:
+            settings_kw["sessions"] = sessions
+        if session_idle_timeout is not None:
+            settings_kw["session_idle_timeout_s"] = session_idle_timeout
+        if max_sessions_per_key is not None:
+            settings_kw["max_sessions_per_key"] = max_sessions_per_key
+        if max_session_memory is not None:
+            settings_kw["max_session_bytes"] = max_session_memory * 1024 * 1024
         settings = ServerSettings(**settings_kw)
     except BBTError as exc:
         fail(str(exc))

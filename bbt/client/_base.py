@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -74,6 +74,9 @@ from bbt.protocol import (
     is_prompt_id,
     speaks,
 )
+
+if TYPE_CHECKING:
+    from bbt.client._sessions import SessionChunk
 
 logger = logging.getLogger("bbt.client")
 
@@ -519,6 +522,14 @@ def decode_tensor(tensor: Tensor, shape: list[int], what: str) -> FloatArray:
 # --------------------------------------------------------------------------- the base client
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """A request body that is not a JSON model (e.g. a binary frame)."""
+
+    content: bytes
+    content_type: str
+
+
 class BaseClient:
     """Settings, request building, response parsing, retry policy and usage: no I/O."""
 
@@ -571,12 +582,15 @@ class BaseClient:
         http: httpx.Client | httpx.AsyncClient,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         sequences: int = 0,
     ) -> httpx.Request:
         headers = self._headers()
         content: bytes | None = None
-        if body is not None:
+        if isinstance(body, RawBody):
+            content = body.content
+            headers["Content-Type"] = body.content_type
+        elif body is not None:
             # Serialise here, not through httpx's json=, so bytes_sent is the real body size.
             content = body.model_dump_json().encode()
             headers["Content-Type"] = "application/json"
@@ -656,7 +670,9 @@ class BaseClient:
 
     # ---------------------------------------------------------------- results
 
-    def _logits_into(self, out: FloatArray, chunk: LogitsChunk, resp: LogitsResponse) -> None:
+    def _logits_into(
+        self, out: FloatArray, chunk: LogitsChunk | SessionChunk, resp: LogitsResponse
+    ) -> None:
         """Place one chunk's answer at its place in ``out`` [P, B, C]; count its usage."""
         shape = [chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, out.shape[2]]
         out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")

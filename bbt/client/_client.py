@@ -18,6 +18,7 @@ from bbt.client._base import (
     BaseClient,
     FloatArray,
     M,
+    RawBody,
     plan_embed,
     plan_logits,
     plan_projected_store,
@@ -29,6 +30,16 @@ from bbt.client._base import (
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._sessions import (
+    ProjectionSession,
+    SessionChunk,
+    accept_open,
+    as_p0,
+    as_spec,
+    is_session_gone,
+    open_request,
+    plan_session_logits,
+)
 from bbt.protocol import (
     SESSIONS_CAPABILITY,
     DType,
@@ -40,9 +51,12 @@ from bbt.protocol import (
     ModelList,
     ProjectionSpec,
     PromptDeleted,
+    SessionClosed,
+    SessionInfo,
     StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol.projection import ProjectionRecipe
 
 
 class Client(BaseClient):
@@ -122,7 +136,7 @@ class Client(BaseClient):
         self,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         model: type[M],
         sequences: int = 0,
     ) -> M:
@@ -242,6 +256,71 @@ class Client(BaseClient):
             prompt_logits_into(out, chunk, resp, self._usage)
         self._usage.calls += 1
         return out
+
+    # ---------------------------------------------------------------- sessions (1.1)
+
+    def open_session(
+        self,
+        projection: ProjectionRecipe | ProjectionSpec,
+        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> ProjectionSession:
+        """Open a projection session: the server rebuilds A from ``projection`` and keeps it
+        with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
+        lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`)."""
+        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        self._open(session, reopening=False)
+        return session
+
+    def _open(self, session: ProjectionSession, reopening: bool) -> None:
+        req = open_request(self.model_info(), session)
+        answer = self._send("POST", self._api("/sessions"), req, SessionInfo)
+        accept_open(session, answer, reopening)
+
+    def session_logits(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        """Logits [P, B, C] of the prompts A z + p0 for z [P, d], projected by the server.
+
+        A session the server no longer has (expired, evicted, a restart) is reopened from
+        its recipe and the request sent once more."""
+        info = self.model_info()
+        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
+        n_prompts = chunks[-1].p1
+        out = np.empty((n_prompts, len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk in chunks:
+            self._logits_into(out, chunk, self._session_call(session, chunk))
+        self._usage.calls += n_prompts
+        return out
+
+    def _session_call(self, session: ProjectionSession, chunk: SessionChunk) -> LogitsResponse:
+        def send() -> LogitsResponse:
+            path = self._api(f"/sessions/{session.id}/logits")
+            return self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
+
+        try:
+            return send()
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        self._open(session, reopening=True)
+        return send()
+
+    def close_session(self, session: ProjectionSession) -> None:
+        """Close the session on the server (a session already gone is fine)."""
+        if session.info is None:
+            return
+        try:
+            self._send("DELETE", self._api(f"/sessions/{session.id}"), None, SessionClosed)
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        session.info = None
 
     # ---------------------------------------------------------------- lifetime
 

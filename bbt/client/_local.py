@@ -8,6 +8,7 @@ accounting (``requests`` counts backend calls; bytes stay 0) and the same except
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,8 +27,18 @@ from bbt.client._base import (
     prompt_path,
 )
 from bbt.client._service import UsageStats
+from bbt.client._sessions import (
+    ProjectionSession,
+    accept_open,
+    as_p0,
+    as_spec,
+    open_request,
+    plan_session_logits,
+)
 from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError
 from bbt.protocol import (
+    PROTOCOL_VERSION,
+    SESSIONS_CAPABILITY,
     ErrorType,
     Health,
     InitialPromptSpec,
@@ -37,7 +48,10 @@ from bbt.protocol import (
     StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol._validate import DecodedLogitsRequest
 from bbt.protocol.backend import Backend
+from bbt.protocol.projection import ProjectionRecipe
+from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
 
 if TYPE_CHECKING:
     from bbt.server._prompts import PromptEndpoints
@@ -59,6 +73,16 @@ class LocalClient:
         self._registry = registry
         self._owns_registry = registry is None
         self._prompt_endpoints: PromptEndpoints | None = None
+        # What a 1.1 server would advertise for this backend: sessions run in this process
+        # with the server's own session code (bbt.protocol.sessions).
+        info = backend.info
+        self._model_info = info.model_copy(
+            update={
+                "protocol_version": PROTOCOL_VERSION,
+                "capabilities": [*info.capabilities, SESSIONS_CAPABILITY],
+            }
+        )
+        self._sessions: SessionHost | None = None
 
     @property
     def backend(self) -> Backend:
@@ -73,7 +97,7 @@ class LocalClient:
         return f"LocalClient(backend={type(self._backend).__name__}, model={self._info().id!r})"
 
     def _info(self) -> ModelInfo:
-        return self._backend.info
+        return self._model_info
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """One backend call, counted, with its failures mapped as the app factory would."""
@@ -138,17 +162,7 @@ class LocalClient:
         n_prompts, n_cand = len(prompts), len(candidate_ids)
         out = np.empty((n_prompts, len(texts), n_cand), dtype=np.float32)
         for chunk in chunks:
-            d = chunk.decoded
-            logits, usage = self._call(self._backend.logits, d.prompts, d.texts, d.candidate_ids)
-            shape = (chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, n_cand)
-            logits = np.asarray(logits)
-            if logits.shape != shape:
-                raise ProtocolError(
-                    f"backend logits have shape {list(logits.shape)}; expected {list(shape)}"
-                )
-            out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = logits
-            self._usage.sequences += usage.sequences
-            self._usage.tokens += usage.tokens
+            self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, chunk.decoded)
         self._usage.calls += n_prompts
         return out
 
@@ -239,6 +253,87 @@ class LocalClient:
             prompt_logits_into(out, chunk, resp, self._usage)
         self._usage.calls += 1
         return out
+
+    def _score_into(
+        self, out: FloatArray, p0: int, p1: int, b0: int, b1: int, d: DecodedLogitsRequest
+    ) -> None:
+        logits, usage = self._call(self._backend.logits, d.prompts, d.texts, d.candidate_ids)
+        shape = (p1 - p0, b1 - b0, out.shape[2])
+        logits = np.asarray(logits)
+        if logits.shape != shape:
+            raise ProtocolError(
+                f"backend logits have shape {list(logits.shape)}; expected {list(shape)}"
+            )
+        out[p0:p1, b0:b1] = logits
+        self._usage.sequences += usage.sequences
+        self._usage.tokens += usage.tokens
+
+    # ---------------------------------------------------------------- sessions (1.1)
+
+    def supports_sessions(self) -> bool:
+        return True
+
+    def _host(self) -> SessionHost:
+        if self._sessions is None:
+            backend = self._backend
+            self._sessions = SessionHost(
+                self._info(),
+                backend.embed,
+                backend.tokenize,
+                # One caller, no tenants: any number of sessions, and the least recently
+                # used ones make room at once when memory runs short (they reopen).
+                SessionLimits(max_per_key=2**31, evict_after_s=0.0),
+                projector=getattr(backend, "session_projector", None),
+            )
+        return self._sessions
+
+    def open_session(
+        self,
+        projection: ProjectionRecipe | ProjectionSpec,
+        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> ProjectionSession:
+        """See :meth:`bbt.Client.open_session`; the session lives in this process."""
+        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        self._open(session, reopening=False)
+        return session
+
+    def _open(self, session: ProjectionSession, reopening: bool) -> None:
+        req = open_request(self._info(), session)
+        accept_open(session, self._call(self._host().open, "", req), reopening)
+
+    def session_logits(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.session_logits`."""
+        info = self._info()
+        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
+        n_prompts, n_cand = chunks[-1].p1, len(candidate_ids)
+        out = np.empty((n_prompts, len(texts), n_cand), dtype=np.float32)
+        host = self._host()
+        for chunk in chunks:
+            try:
+                decoded = host.decode("", session.id, chunk.request, chunk.raw)
+            except SessionNotFound:
+                self._open(session, reopening=True)
+                decoded = self._call(host.decode, "", session.id, chunk.request, chunk.raw)
+            except ProtocolViolation as exc:
+                raise invalid(exc) from exc
+            self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, decoded)
+        self._usage.calls += n_prompts
+        return out
+
+    def close_session(self, session: ProjectionSession) -> None:
+        if session.info is None:
+            return
+        with contextlib.suppress(SessionNotFound):
+            self._host().close("", session.id)
+        session.info = None
 
     def health(self) -> Health:
         return Health(models=[self._info().id])

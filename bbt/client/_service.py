@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from bbt.protocol import ModelInfo, StoredPrompt, TokenizeResponse
+from bbt.protocol import (
+    InitialPromptSpec,
+    ModelInfo,
+    ProjectionSpec,
+    StoredPrompt,
+    TokenizeResponse,
+)
+from bbt.protocol.projection import ProjectionRecipe
+
+if TYPE_CHECKING:
+    from bbt.client._sessions import ProjectionSession
 
 
 @dataclass
@@ -107,3 +117,37 @@ def offers_prompt_registry(service: object) -> bool:
         return False
     capabilities = getattr(service.model_info(), "capabilities", None) or ()
     return PROMPT_REGISTRY_CAPABILITY in capabilities
+
+
+class SessionService(Service, Protocol):
+    """A :class:`Service` that can also host projection sessions (protocol 1.1).
+
+    Implementing the methods is not enough to use them: the server behind must offer
+    sessions too, which :meth:`supports_sessions` asks (``"sessions"`` in the model's
+    capabilities).
+    """
+
+    def supports_sessions(self) -> bool: ...
+
+    def open_session(
+        self,
+        projection: ProjectionRecipe | ProjectionSpec,
+        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> ProjectionSession:
+        """Have the service build A (and keep p0) so that calls send z, not prompts."""
+        ...
+
+    def session_logits(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits [P, B, C] of the prompts A z + p0 for z [P, d]; a session the service
+        lost is reopened from its recipe and the call retried once."""
+        ...
+
+    def close_session(self, session: ProjectionSession) -> None: ...

@@ -165,7 +165,7 @@ def check_session_open(req: SessionOpenRequest, info: ModelInfo, limits: Session
         )
     if spec.hidden_size != info.hidden_size:
         raise ProtocolViolation(
-            f"projection hidden_size {spec.hidden_size} does not match the model's "
+            f"projection hidden_size {spec.hidden_size} does not match the model's hidden size "
             f"{info.hidden_size}",
             field="projection.hidden_size",
         )
@@ -246,9 +246,12 @@ def resolve_p0(
 
 
 def check_session_logits(
-    req: SessionLogitsRequest, info: ModelInfo, dim: int
+    req: SessionLogitsRequest, info: ModelInfo, dim: int, raw: bytes | None = None
 ) -> tuple[FloatArray, list[str], IntArray]:
-    """Validate a session logits request and decode z; ProtocolViolation otherwise."""
+    """Validate a session logits request and decode z; ProtocolViolation otherwise.
+
+    ``raw`` is z's payload when the request came as a binary frame (``z.data`` is then
+    empty)."""
     t = req.z
     if t.dtype not in info.dtypes:
         raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="z.dtype")
@@ -261,10 +264,20 @@ def check_session_logits(
             f"z must have shape [P, {dim}] for this session; got {t.shape}", field="z.shape"
         )
     check_batch(t.shape[0], req.texts, req.candidate_ids, info, "z.shape")
-    try:
-        z = t.to_numpy().astype(np.float32, copy=False)
-    except TensorDecodeError as exc:
-        raise ProtocolViolation(str(exc), field="z.data") from None
+    if raw is not None:
+        if t.data or len(raw) != t.nbytes:
+            raise ProtocolViolation(
+                f"a framed z of shape {t.shape} in {t.dtype} needs {t.nbytes} payload bytes "
+                f"and an empty data field; got {len(raw)} bytes",
+                field="z.data",
+            )
+        z = np.frombuffer(raw, dtype=np.dtype(t.dtype).newbyteorder("<")).reshape(t.shape)
+        z = z.astype(np.float32)  # a writable, native-order copy
+    else:
+        try:
+            z = t.to_numpy().astype(np.float32, copy=False)
+        except TensorDecodeError as exc:
+            raise ProtocolViolation(str(exc), field="z.data") from None
     if not np.isfinite(z).all():
         raise ProtocolViolation("z contains NaN or infinite values", field="z.data")
     largest = float(np.abs(z).max(initial=0.0))
@@ -442,11 +455,15 @@ class SessionHost:
             self.evicted = evicted
 
     def decode(
-        self, tenant: str, session_id: str, req: SessionLogitsRequest
+        self,
+        tenant: str,
+        session_id: str,
+        req: SessionLogitsRequest,
+        raw: bytes | None = None,
     ) -> DecodedLogitsRequest:
         """The prompts of a session call, projected and checked as ``/v1/logits`` would."""
         session = self._lookup(tenant, session_id)
-        z, texts, ids = check_session_logits(req, self.info, session.spec.dim)
+        z, texts, ids = check_session_logits(req, self.info, session.spec.dim, raw)
         with np.errstate(over="ignore", invalid="ignore"):
             prompts = np.asarray(session.project(z), dtype=np.float32)
         check_prompt_values(prompts, self.info, "z.data")

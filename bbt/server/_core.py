@@ -53,6 +53,7 @@ from bbt.protocol import (
     negotiate,
     wire_json,
 )
+from bbt.protocol._frame import is_frame, split_frame
 from bbt.protocol._validate import DecodedLogitsRequest
 from bbt.server._prompts import PromptEndpoints, PromptRoute, match_route, no_registry
 from bbt.server.backend import Backend
@@ -321,9 +322,14 @@ class ServiceCore:
         return self._host().open(tenant, req)
 
     def session_logits(
-        self, tenant: str, session_id: str, req: SessionLogitsRequest
+        self,
+        tenant: str,
+        session_id: str,
+        req: SessionLogitsRequest,
+        raw: bytes | None = None,
     ) -> LogitsResponse:
-        decoded = self._host().decode(tenant, session_id, req)
+        """``raw`` is z's payload when the body was a binary frame."""
+        decoded = self._host().decode(tenant, session_id, req, raw)
         return self._score(decoded, req.output_dtype)
 
     def close_session(self, tenant: str, session_id: str) -> SessionClosed:
@@ -457,9 +463,23 @@ class ServiceCore:
             return self.open_session(tenant, _parse_body(SessionOpenRequest, body))
         session_id = unquote(match.group(1))
         if match.group(2):
-            req = _parse_body(SessionLogitsRequest, body)
-            return self.session_logits(tenant, session_id, req)
+            req, raw = parse_session_logits(body, headers.get("content-type"))
+            return self.session_logits(tenant, session_id, req, raw)
         return self.close_session(tenant, session_id)
+
+
+def parse_session_logits(
+    body: bytes, content_type: str | None
+) -> tuple[SessionLogitsRequest, bytes | None]:
+    """A session logits body, JSON or a binary frame: (request, z's raw payload or None)."""
+    if not is_frame(content_type):
+        return _parse_body(SessionLogitsRequest, body), None
+    try:
+        header, payload = split_frame(body)
+    except ProtocolViolation as exc:
+        raise APIFailure(400, ErrorType.invalid_request, exc.message) from None
+    req: SessionLogitsRequest = _parse_body(SessionLogitsRequest, header)
+    return req, payload
 
 
 def _parse_body(model: type[BaseModel], body: bytes) -> Any:

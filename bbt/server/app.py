@@ -60,6 +60,7 @@ from bbt.protocol import (
     negotiate,
     wire_json,
 )
+from bbt.protocol._frame import FRAME_CONTENT_TYPE
 from bbt.server._cancel import Cancelled, stop_when
 from bbt.server._core import (
     APIFailure,
@@ -67,6 +68,7 @@ from bbt.server._core import (
     empty_body_failure,
     internal_failure,
     new_request_id,
+    parse_session_logits,
     protocol_headers,
     validation_failure,
     violation_failure,
@@ -351,6 +353,22 @@ def create_app(
     app.state.core = core
     app.state.scheduler = scheduler
 
+    def openapi() -> dict[str, Any]:
+        # The session logits body is parsed by hand (JSON or a binary frame), so FastAPI
+        # does not list its schema by itself.
+        if app.openapi_schema is None:
+            doc = FastAPI.openapi(app)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            ref = "#/components/schemas/{model}"
+            schema = SessionLogitsRequest.model_json_schema(ref_template=ref)
+            for name, sub in schema.pop("$defs", {}).items():
+                schemas.setdefault(name, sub)
+            schemas["SessionLogitsRequest"] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get(f"{API_PREFIX}/models", response_model=ModelList, tags=["v1"])
     async def list_models(request: Request) -> Response:
         """Describe the served model: sizes, mask token, embedding statistics, limits."""
@@ -387,16 +405,38 @@ def create_app(
         f"{API_PREFIX}/sessions/{{session_id}}/logits",
         response_model=LogitsResponse,
         tags=["sessions"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/SessionLogitsRequest"}
+                    },
+                    FRAME_CONTENT_TYPE: {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "uint32 LE header length, the JSON request with "
+                            "z.data empty, then z's raw little-endian bytes "
+                            "(docs/protocol.md).",
+                        },
+                    },
+                },
+            }
+        },
     )
-    async def session_logits(
-        req: SessionLogitsRequest,
-        request: Request,
-        session_id: str = session_id_path,
-    ) -> Response:
-        """Score z [P, d] through a session: the logits /v1/logits gives for A z + p0 (1.1)."""
+    async def session_logits(request: Request, session_id: str = session_id_path) -> Response:
+        """Score z [P, d] through a session: the logits /v1/logits gives for A z + p0 (1.1).
+
+        The body is JSON or a binary frame (no base64)."""
         who = tenant(request)
-        result = await run(lambda r: core.session_logits(who, session_id, r), req, request)
-        return _answer(result, request)
+        body = await request.body()
+        parsed = parse_session_logits(body, request.headers.get("content-type"))
+
+        def call(p: tuple[SessionLogitsRequest, bytes | None]) -> LogitsResponse:
+            return core.session_logits(who, session_id, p[0], p[1])
+
+        return _answer(await run(call, parsed, request), request)
 
     @app.delete(
         f"{API_PREFIX}/sessions/{{session_id}}", response_model=SessionClosed, tags=["sessions"]
