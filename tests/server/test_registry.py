@@ -378,3 +378,82 @@ def test_malformed_projection_stores_are_4xx(
     env = assert_envelope(client.post("/v1/prompts", json=body), 422)
     if field != "body":
         assert env.error.field == field
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_the_file_is_wal_versioned_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "registry.sqlite3"
+    store = PromptRegistry(path)
+    store.put(store.tenant_of("k"), "m", prompts(1, 2, 4)[0])
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()
+    assert path.stat().st_mode & 0o077 == 0
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    # Reopened, it still holds the prompt under the same tenant (the salt persists).
+    again = PromptRegistry(path)
+    assert again.usage(again.tenant_of("k")) == (1, 2 * 4 * 4)
+    assert again.usage(again.tenant_of("other")) == (0, 0)
+    again.close()
+
+
+def test_a_newer_schema_is_refused_not_rewritten(tmp_path: Path) -> None:
+    from bbt.errors import ConfigurationError
+
+    path = tmp_path / "future.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(ConfigurationError, match="newer than this bbt"):
+        PromptRegistry(path)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 99
+    db.close()
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    from bbt.errors import ConfigurationError
+
+    path = tmp_path / "junk.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigurationError, match="cannot open the prompt registry"):
+        PromptRegistry(path)
+
+
+def test_default_location_and_the_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bbt.server.registry import default_path, open_registry
+
+    monkeypatch.setenv("BBT_HOME", str(tmp_path / "home"))
+    assert default_path() == tmp_path / "home" / "registry.sqlite3"
+    monkeypatch.delenv("BBT_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_path() == tmp_path / "xdg" / "bbt" / "registry.sqlite3"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
+    assert default_path() == Path.home() / ".local" / "share" / "bbt" / "registry.sqlite3"
+    assert open_registry("none", default=tmp_path / "x.sqlite3") is None
+    assert open_registry(None, default=None) is None
+    memory = open_registry("memory", default=None)
+    assert memory is not None
+    assert memory.path == ":memory:"
+    memory.close()
+    in_dir = open_registry(str(tmp_path), default=None)
+    assert in_dir is not None
+    assert in_dir.path == str(tmp_path / "registry.sqlite3")
+    in_dir.close()
+
+
+def test_mock_server_refuses_an_unusable_registry_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bbt.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a directory should be")
+    result = CliRunner().invoke(app, ["mock-server", "--registry", str(blocker / "r.sqlite3")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: cannot create the registry directory")
+    assert "Traceback" not in result.output
