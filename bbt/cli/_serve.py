@@ -165,11 +165,19 @@ def serve(
 
     from bbt.server.registry import default_path, open_registry
 
+    sock = bind_listener(host, port)
     try:
+        # Before the model: a bad --registry fails in a second, not after a model load.
         store = open_registry(registry, default=default_path())
     except BBTError as exc:
+        sock.close()
         fail(str(exc))
-    sock = bind_listener(host, port)
+
+    def release() -> None:
+        sock.close()
+        if store is not None:
+            store.close()
+
     try:
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
         backend = HFBackend(
@@ -182,10 +190,10 @@ def serve(
             model_id=model_id,
         )
     except BBTError as exc:
-        sock.close()
+        release()
         fail(str(exc))
     except ImportError as exc:
-        sock.close()
+        release()
         fail(f"bbt serve needs the serve extra ({exc.name} is missing): {SERVE_EXTRA_HINT}")
     info = backend.info
     bound = sock.getsockname()
@@ -211,10 +219,8 @@ def serve(
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        sock.close()
         backend.close()
-        if store is not None:
-            store.close()
+        release()
 
 
 def register(app: typer.Typer) -> None:

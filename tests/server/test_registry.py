@@ -457,3 +457,47 @@ def test_mock_server_refuses_an_unusable_registry_in_one_line(tmp_path: Path) ->
     assert result.exit_code == 2
     assert result.output.startswith("error: cannot create the registry directory")
     assert "Traceback" not in result.output
+
+
+class _FakeHF(MockBackend):
+    """``bbt serve``'s backend without a model: the registry wiring is what is tested."""
+
+    head_name = "tied"
+    compute_dtype = "float32"
+    device = "cpu"
+    compute_reason = "float32: a stand-in, no model"
+
+    def __init__(self, model: object = None, **_: object) -> None:
+        super().__init__()
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [([], "default"), (["--registry", "none"], None), (["--registry", "memory"], ":memory:")],
+)
+def test_bbt_serve_opens_the_registry_it_is_told(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], where: str | None
+) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import bbt.server.hf
+    from bbt.cli import app
+
+    monkeypatch.setenv("BBT_HOME", str(tmp_path))
+    monkeypatch.setattr(bbt.server.hf, "HFBackend", _FakeHF)
+    seen: list[Any] = []
+
+    def run(self: Any, sockets: Any = None) -> None:
+        core = self.config.app.state.core
+        seen.append(None if core.prompts is None else core.prompts.registry.path)
+        seen.append(list(core.info.capabilities))
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    result = CliRunner().invoke(app, ["serve", "--port", "0", *args])
+    assert result.exit_code == 0, result.output
+    path, capabilities = seen
+    expected = str(tmp_path / "registry.sqlite3") if where == "default" else where
+    assert path == expected
+    assert f"prompt registry: {expected or 'off'}" in result.output
+    assert ("prompt_registry" in capabilities) == (where is not None)
