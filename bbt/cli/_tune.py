@@ -538,6 +538,12 @@ def tune_command(
         show_default=False,
     ),
     projection: str = typer.Option("normal", help="Projection distribution: normal or uniform."),
+    sessions: str = typer.Option(
+        "auto",
+        "--sessions",
+        help="auto: send z to a projection session when the server offers them, else full "
+        "prompts; on: require a session; off: always full prompts. Same results.",
+    ),
     init: str = typer.Option("zeros", help="p0: zeros, vocab, vocab:START, text:WORDS, file:PATH."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run directory (default runs/TASK-TIME-RANDOM)."
@@ -615,6 +621,7 @@ def tune_command(
             patience=patience,
             seed=seed,
             projection=projection,  # type: ignore[arg-type]
+            sessions=sessions,
             # Unset: TuneConfig's own default.
             **({} if eval_mean is None else {"eval_mean": eval_mean}),
         )
@@ -707,6 +714,7 @@ def _dry_run(t: Any, cfg: Any, train: Any, dev: Any, p0: Any, service: Any) -> N
         tuner = Tuner(svc, t, train, dev, cfg, initial_prompt=p0)
         setup = svc.usage - before
         plan = make_plan(tuner, svc, svc_info["kind"], setup, time.perf_counter() - started)
+        tuner.close()  # frees a projection session the tuner opened
     summary = f"tune {t.name} on {len(train)} train / {len(dev)} dev examples"
     for line in describe(plan, summary):
         typer.echo(line)

@@ -329,6 +329,10 @@ class LogitsChunk:
         """Prompt-text pairs the server runs for this request: what its time grows with."""
         return (self.p1 - self.p0) * (self.b1 - self.b0)
 
+    @property
+    def rows_sent(self) -> int:
+        return self.p1 - self.p0
+
 
 def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering ``range(total)``, sizes differing by at most 1."""
@@ -674,8 +678,9 @@ class BaseClient:
         self, out: FloatArray, chunk: LogitsChunk | SessionChunk, resp: LogitsResponse
     ) -> None:
         """Place one chunk's answer at its place in ``out`` [P, B, C]; count its usage."""
-        shape = [chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, out.shape[2]]
-        out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")
+        shape = [chunk.rows_sent, chunk.b1 - chunk.b0, out.shape[2]]
+        got = decode_tensor(resp.logits, shape, "logits")
+        out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = got[: chunk.p1 - chunk.p0]
         self._usage.sequences += resp.usage.sequences
         self._usage.tokens += resp.usage.tokens
 

@@ -67,6 +67,10 @@ class LocalClient:
     default a store in memory made on first use; everything stored is the one tenant's.
     """
 
+    #: Nothing travels: the tuner's ``sessions="auto"`` projects locally rather than through
+    #: a session here (``"on"`` uses the session path, the server's own code).
+    in_process = True
+
     def __init__(self, backend: Backend, *, registry: PromptRegistry | None = None) -> None:
         self._backend = backend
         self._usage = UsageStats()
@@ -255,16 +259,23 @@ class LocalClient:
         return out
 
     def _score_into(
-        self, out: FloatArray, p0: int, p1: int, b0: int, b1: int, d: DecodedLogitsRequest
+        self,
+        out: FloatArray,
+        p0: int,
+        p1: int,
+        b0: int,
+        b1: int,
+        d: DecodedLogitsRequest,
+        rows_sent: int | None = None,
     ) -> None:
         logits, usage = self._call(self._backend.logits, d.prompts, d.texts, d.candidate_ids)
-        shape = (p1 - p0, b1 - b0, out.shape[2])
+        shape = (p1 - p0 if rows_sent is None else rows_sent, b1 - b0, out.shape[2])
         logits = np.asarray(logits)
         if logits.shape != shape:
             raise ProtocolError(
                 f"backend logits have shape {list(logits.shape)}; expected {list(shape)}"
             )
-        out[p0:p1, b0:b1] = logits
+        out[p0:p1, b0:b1] = logits[: p1 - p0]
         self._usage.sequences += usage.sequences
         self._usage.tokens += usage.tokens
 
@@ -324,7 +335,7 @@ class LocalClient:
                 decoded = self._call(host.decode, "", session.id, chunk.request, chunk.raw)
             except ProtocolViolation as exc:
                 raise invalid(exc) from exc
-            self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, decoded)
+            self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, decoded, chunk.rows_sent)
         self._usage.calls += n_prompts
         return out
 

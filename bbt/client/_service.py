@@ -119,6 +119,7 @@ def offers_prompt_registry(service: object) -> bool:
     return PROMPT_REGISTRY_CAPABILITY in capabilities
 
 
+@runtime_checkable
 class SessionService(Service, Protocol):
     """A :class:`Service` that can also host projection sessions (protocol 1.1).
 

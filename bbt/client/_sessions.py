@@ -110,6 +110,9 @@ class SessionChunk:
     b1: int
     request: SessionLogitsRequest
     raw: bytes
+    #: Rows of z sent: p1 - p0, or 2 for a lone row of a larger population (sent twice, the
+    #: second answer dropped; see :func:`plan_session_logits`).
+    rows_sent: int
 
     @property
     def body(self) -> RawBody:
@@ -117,7 +120,7 @@ class SessionChunk:
 
     @property
     def sequences(self) -> int:
-        return (self.p1 - self.p0) * (self.b1 - self.b0)
+        return self.rows_sent * (self.b1 - self.b0)
 
 
 def _bounds(total: int, parts: int) -> list[tuple[int, int]]:
@@ -141,6 +144,12 @@ def plan_session_logits(
 
     z travels as float32 whatever the client's prompt dtype: rounding it would change the
     prompts, and it is small anyway (4 d bytes a candidate, in a binary frame: no base64).
+
+    A population split so that one request would carry a single row sends that row twice:
+    BLAS rounds a lone row's product differently from the same row among others, and the
+    full-prompt path projects the whole population at once. So the prompts the server
+    builds are bitwise the client's whatever the split (unless the server takes one prompt
+    a request, where no split can keep rows together).
     """
     arr = np.asarray(z)
     if arr.ndim == 1:
@@ -165,8 +174,12 @@ def plan_session_logits(
         text_bytes=text_bytes,
     )
     chunks = []
-    for p0, p1 in _bounds(arr.shape[0], groups_p):
+    bounds = _bounds(arr.shape[0], groups_p)
+    widest = max(p1 - p0 for p0, p1 in bounds)
+    for p0, p1 in bounds:
         rows = np.ascontiguousarray(arr[p0:p1], dtype="<f4")
+        if p1 - p0 == 1 and widest >= 2:
+            rows = np.concatenate([rows, rows])  # a lone row of a population: see above
         raw = rows.tobytes()
         tensor = Tensor(dtype="float32", shape=list(rows.shape), data="")
         for b0, b1 in _bounds(len(texts), groups_b):
@@ -177,7 +190,7 @@ def plan_session_logits(
                 raise invalid(exc, offset=b0) from exc
             except ValidationError as exc:
                 raise invalid(exc) from exc
-            chunks.append(SessionChunk(p0, p1, b0, b1, req, raw))
+            chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, rows.shape[0]))
     return chunks
 
 

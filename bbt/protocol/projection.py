@@ -132,20 +132,17 @@ class Projection:
 def project_rows(
     matrix: FloatArray, z: FloatArray, n_tokens: int, p0: FloatArray | None = None
 ) -> FloatArray:
-    """``(z @ matrix).reshape(P, n, H) + p0`` in float32, each row's bits independent of P.
+    """``(z @ matrix).reshape(P, n, H) + p0`` in float32: the one projection code of the
+    client (:meth:`Projection.project`) and of a session server, so both give bitwise the
+    same prompts for the same rows with the same NumPy and BLAS.
 
-    BLAS computes a [1, d] x [d, D] product with a matrix-vector kernel whose rounding
-    differs from the matrix-matrix kernel used for two rows or more; a single z is
-    therefore padded with a zero row. So a population projected at once (the client) and
-    the same rows projected in any split (a session server answering several requests)
-    give bitwise the same prompts with the same NumPy and BLAS.
+    BLAS rounds a one-row product ([1, d] x [d, D], a matrix-vector kernel) differently
+    from the same row inside a product of two rows or more; a client that splits a
+    population over several session requests therefore never sends a lone row of a larger
+    population on its own (see ``bbt.client._sessions.plan_session_logits``).
     """
-    p = z.shape[0]
-    rows = np.concatenate([z, np.zeros_like(z)]) if p == 1 else z
-    flat = rows @ matrix
-    if p == 1:
-        flat = flat[:1]
-    out: FloatArray = flat.reshape(p, n_tokens, matrix.shape[1] // n_tokens)
+    flat = z @ matrix
+    out: FloatArray = flat.reshape(z.shape[0], n_tokens, matrix.shape[1] // n_tokens)
     if p0 is not None:
         out += p0
     return out
