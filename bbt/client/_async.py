@@ -51,6 +51,7 @@ from bbt.protocol import (
     ModelList,
     ProjectionSpec,
     PromptDeleted,
+    PromptList,
     SessionClosed,
     SessionInfo,
     StoredPrompt,
@@ -259,6 +260,10 @@ class AsyncClient(BaseClient):
         """As :meth:`bbt.Client.store_projected_prompt`."""
         req = plan_projected_store(await self.model_info(), projection, z, p0, label, recipe)
         return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    async def list_prompts(self) -> list[StoredPrompt]:
+        """Every prompt this API key stored on the server, oldest first (metadata only)."""
+        return (await self._send("GET", self._api("/prompts"), None, PromptList)).data
 
     async def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""

@@ -51,6 +51,7 @@ from bbt.protocol import (
     ModelList,
     ProjectionSpec,
     PromptDeleted,
+    PromptList,
     SessionClosed,
     SessionInfo,
     StoredPrompt,
@@ -234,6 +235,10 @@ class Client(BaseClient):
         session does): z (d floats) travels instead of the prompt (n x H)."""
         req = plan_projected_store(self.model_info(), projection, z, p0, label, recipe)
         return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    def list_prompts(self) -> list[StoredPrompt]:
+        """Every prompt this API key stored on the server, oldest first (metadata only)."""
+        return (self._send("GET", self._api("/prompts"), None, PromptList)).data
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """A stored prompt's metadata; :class:`~bbt.errors.NotFoundError` when it is gone

@@ -232,6 +232,11 @@ class LocalClient:
         stored, _ = self._registry_call(ep.create, req, ep.tenant(None))
         return stored
 
+    def list_prompts(self) -> list[StoredPrompt]:
+        """As :meth:`bbt.Client.list_prompts`."""
+        ep = self._endpoints()
+        return self._registry_call(ep.list_all, ep.tenant(None)).data
+
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""
         prompt_path(prompt_id)

@@ -3,6 +3,7 @@
 Endpoints (see docs/protocol.md, *Prompt registry*)::
 
     POST   /v1/prompts                  PromptCreateRequest -> StoredPrompt   (201; 200 if known)
+    GET    /v1/prompts                  -> PromptList                         (this key's)
     GET    /v1/prompts/{id}             -> StoredPrompt                       (metadata only)
     DELETE /v1/prompts/{id}             -> PromptDeleted
     POST   /v1/prompts/{id}/logits      PromptLogitsRequest -> LogitsResponse (logits [1, B, C])
@@ -96,6 +97,13 @@ class StoredPrompt(_Wire):
     label: str | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(description="Unix time the prompt was stored.")
+
+
+class PromptList(_Wire):
+    """Every prompt the calling key stored, oldest first (metadata only)."""
+
+    object: Literal["list"] = "list"
+    data: list[StoredPrompt]
 
 
 class PromptDeleted(_Wire):
@@ -195,6 +203,7 @@ __all__ = [
     "PROMPT_REGISTRY_CAPABILITY",
     "PromptCreateRequest",
     "PromptDeleted",
+    "PromptList",
     "PromptLogitsRequest",
     "StoredPrompt",
     "check_prompt_create_request",

@@ -430,6 +430,8 @@ class ServiceCore:
         if self.prompts is None:
             raise no_registry()
         tenant = self.prompts.tenant(self.presented_key(headers.get("authorization")))
+        if route.action == "collection" and method == "GET":
+            return self.prompts.list_all(tenant)
         if route.action == "collection":
             stored, _ = self.prompts.create(_parse_body(PromptCreateRequest, body), tenant)
             return stored

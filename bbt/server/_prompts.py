@@ -25,6 +25,7 @@ from bbt.protocol import (
     LogitsResponse,
     PromptCreateRequest,
     PromptDeleted,
+    PromptList,
     PromptLogitsRequest,
     ProtocolViolation,
     SessionOpenRequest,
@@ -65,7 +66,9 @@ class PromptRoute:
 
     @property
     def allowed(self) -> list[str]:
-        return {"collection": ["POST"], "item": ["DELETE", "GET"], "logits": ["POST"]}[self.action]
+        return {"collection": ["GET", "POST"], "item": ["DELETE", "GET"], "logits": ["POST"]}[
+            self.action
+        ]
 
 
 def match_route(path: str) -> PromptRoute | None:
@@ -174,6 +177,13 @@ class PromptEndpoints:
             "p0": p0_kept,
         }
         return prompt, made
+
+    def list_all(self, tenant: str) -> PromptList:
+        try:
+            records = self.registry.records(tenant)
+        except DamagedPrompt as exc:
+            raise ProtocolViolation(str(exc)) from None
+        return PromptList(data=[stored_prompt(r) for r in records])
 
     def get(self, prompt_id: str, tenant: str) -> StoredPrompt:
         try:

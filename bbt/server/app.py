@@ -48,6 +48,7 @@ from bbt.protocol import (
     ModelList,
     PromptCreateRequest,
     PromptDeleted,
+    PromptList,
     PromptLogitsRequest,
     ProtocolViolation,
     SessionClosed,
@@ -540,6 +541,12 @@ def _add_registry_routes(
         # queue: storing a tensor must not wait for forward passes.
         stored, _ = await anyio.to_thread.run_sync(ep.create, req, tenant)
         return _answer(stored, request)
+
+    @app.get(PROMPTS_PATH, response_model=PromptList, tags=["registry"])
+    async def list_prompts(request: Request) -> Response:
+        """Every prompt this API key stored, oldest first (metadata only)."""
+        tenant = tenant_of(request)
+        return _answer(await anyio.to_thread.run_sync(ep.list_all, tenant), request)
 
     @app.get(PROMPTS_PATH + "/{prompt_id}", response_model=StoredPrompt, tags=["registry"])
     async def get_prompt(prompt_id: str, request: Request) -> Response:

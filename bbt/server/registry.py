@@ -392,6 +392,18 @@ class PromptRegistry:
         arr = np.frombuffer(payload, dtype=_F32).reshape(record.shape)
         return record, arr.astype(np.float32, copy=True)
 
+    def records(self, tenant: str) -> list[PromptRecord]:
+        """Every prompt ``tenant`` stored, oldest first (at most ``max_prompts``)."""
+        with self._lock:
+            ids = [
+                str(row[0])
+                for row in self._db.execute(
+                    "SELECT id FROM prompts WHERE tenant = ? ORDER BY created_at, id", (tenant,)
+                ).fetchall()
+            ]
+            found = [self._record_by_id(tenant, i) for i in ids]
+        return [r for r in found if r is not None]
+
     def delete(self, tenant: str, prompt_id: str) -> bool:
         """Delete ``tenant``'s prompt; False when there was none (or it is not theirs)."""
         with self._lock, self._transaction():

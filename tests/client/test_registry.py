@@ -88,7 +88,9 @@ def test_round_trip_matches_sending_the_prompt(kind: str, core: ServiceCore) -> 
     sent = client.logits(prompt[None], _texts(5), CANDIDATES)[0]
     assert by_id.shape == (5, 2)
     np.testing.assert_array_equal(by_id, sent)
+    assert [p.id for p in client.list_prompts()] == [stored.id]
     client.delete_prompt(stored.id)
+    assert client.list_prompts() == []
     with pytest.raises(NotFoundError):
         client.get_prompt(stored.id)
     with pytest.raises(NotFoundError):

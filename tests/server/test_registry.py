@@ -289,7 +289,7 @@ def test_a_server_without_a_registry_says_so(make: Factory) -> None:
 
 def test_wrong_methods_are_405(make: Factory) -> None:
     client = make()
-    assert_envelope(client.get("/v1/prompts"), 405)
+    assert_envelope(client.delete("/v1/prompts"), 405)
     assert_envelope(client.put("/v1/prompts/bp_" + "a" * 32, json={}), 405)
     assert_envelope(client.get("/v1/prompts/bp_" + "a" * 32 + "/logits"), 405)
 
@@ -503,3 +503,17 @@ def test_bbt_serve_opens_the_registry_it_is_told(
     assert path == expected
     assert f"prompt registry: {expected or 'off'}" in result.output
     assert ("prompt_registry" in capabilities) == (where is not None)
+
+
+def test_a_key_lists_only_its_own_prompts(make: Factory) -> None:
+    client = make(keys=(KEY_A, KEY_B))
+    assert client.get("/v1/prompts", headers=_auth(KEY_A)).json() == {"object": "list", "data": []}
+    ids = [_store(client, prompts(1, 2, H, seed=s)[0], KEY_A).json()["id"] for s in range(3)]
+    _store(client, prompts(1, 2, H, seed=7)[0], KEY_B)
+    listed = client.get("/v1/prompts", headers=_auth(KEY_A))
+    assert listed.status_code == 200
+    assert [p["id"] for p in listed.json()["data"]] == ids  # oldest first, B's not among them
+    assert all("data" not in p for p in listed.json()["data"])  # metadata only
+    client.delete(f"/v1/prompts/{ids[1]}", headers=_auth(KEY_A))
+    again = client.get("/v1/prompts", headers=_auth(KEY_A)).json()["data"]
+    assert [p["id"] for p in again] == [ids[0], ids[2]]
