@@ -91,6 +91,12 @@ def serve(
         help="Requests that may wait for the model; more get 503 + Retry-After "
         "(default 16; also BBT_SERVER_MAX_QUEUE).",
     ),
+    registry: str | None = typer.Option(
+        None,
+        "--registry",
+        help="Prompt registry file (default: $BBT_HOME/registry.sqlite3, else "
+        "~/.local/share/bbt/registry.sqlite3); 'none' turns it off, 'memory' keeps it in RAM.",
+    ),
     sessions: bool | None = typer.Option(
         None,
         "--sessions/--no-sessions",
@@ -157,7 +163,21 @@ def serve(
         detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else "invalid"
         fail(f"invalid server settings: {detail}")
 
+    from bbt.server.registry import default_path, open_registry
+
     sock = bind_listener(host, port)
+    try:
+        # Before the model: a bad --registry fails in a second, not after a model load.
+        store = open_registry(registry, default=default_path())
+    except BBTError as exc:
+        sock.close()
+        fail(str(exc))
+
+    def release() -> None:
+        sock.close()
+        if store is not None:
+            store.close()
+
     try:
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
         backend = HFBackend(
@@ -170,10 +190,10 @@ def serve(
             model_id=model_id,
         )
     except BBTError as exc:
-        sock.close()
+        release()
         fail(str(exc))
     except ImportError as exc:
-        sock.close()
+        release()
         fail(f"bbt serve needs the serve extra ({exc.name} is missing): {SERVE_EXTRA_HINT}")
     info = backend.info
     bound = sock.getsockname()
@@ -184,8 +204,9 @@ def serve(
         err=True,
     )
     typer.echo(f"compute: {backend.compute_reason}", err=True)
+    typer.echo(f"prompt registry: {store.path if store is not None else 'off'}", err=True)
     warn_if_exposed("bbt serve", str(bound[0]), int(bound[1]), len(settings.api_keys))
-    app = create_app(backend, settings)
+    app = create_app(backend, settings, registry=store)
     config = uvicorn.Config(
         app,
         log_level=log_level.lower(),
@@ -198,8 +219,8 @@ def serve(
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        sock.close()
         backend.close()
+        release()
 
 
 def register(app: typer.Typer) -> None:

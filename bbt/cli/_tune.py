@@ -763,6 +763,12 @@ def eval_command(
     server_dtype: str | None = _server_dtype_option(),
     server_threads: int | None = _server_threads_option(),
     server_device: str | None = _server_device_option(),
+    upload_prompt: bool = typer.Option(
+        False,
+        "--upload-prompt",
+        help="Send the prompt with every request instead of storing it in the service's "
+        "prompt registry once (the default when the service has one).",
+    ),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
     server = _server_options(ctx, server_dtype, server_threads, server_device)
@@ -772,7 +778,7 @@ def eval_command(
 
         service = _service_for_run(run_dir, mock, base_url, api_key, model, _say_err, server)
         with service as (svc, _):
-            tp = TunedPrompt.load(run_dir, svc)
+            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
             examples = _examples(tp.task, data, column, label_column, data_format)
             metrics = tp.evaluate(examples)
         typer.echo(json.dumps(metrics))
@@ -796,6 +802,12 @@ def predict_command(
     server_dtype: str | None = _server_dtype_option(),
     server_threads: int | None = _server_threads_option(),
     server_device: str | None = _server_device_option(),
+    upload_prompt: bool = typer.Option(
+        False,
+        "--upload-prompt",
+        help="Send the prompt with every request instead of storing it in the service's "
+        "prompt registry once (the default when the service has one).",
+    ),
 ) -> None:
     """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
     server = _server_options(ctx, server_dtype, server_threads, server_device)
@@ -807,7 +819,7 @@ def predict_command(
             raise TaskError("give texts as arguments or --file FILE (one of the two)")
         service = _service_for_run(run_dir, mock, base_url, api_key, model, _say_err, server)
         with service as (svc, _):
-            tp = TunedPrompt.load(run_dir, svc)
+            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
             inputs: list[Any]
             if file is not None:
                 examples = _examples(tp.task, file, column, None, data_format, labels=False)

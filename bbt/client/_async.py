@@ -21,7 +21,12 @@ from bbt.client._base import (
     RawBody,
     plan_embed,
     plan_logits,
+    plan_projected_store,
+    plan_prompt_logits,
+    plan_prompt_store,
     plan_tokenize,
+    prompt_logits_into,
+    prompt_path,
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
@@ -45,8 +50,11 @@ from bbt.protocol import (
     ModelInfo,
     ModelList,
     ProjectionSpec,
+    PromptDeleted,
+    PromptList,
     SessionClosed,
     SessionInfo,
+    StoredPrompt,
     TokenizeResponse,
 )
 from bbt.protocol.projection import ProjectionRecipe
@@ -225,6 +233,61 @@ class AsyncClient(BaseClient):
         for chunk, resp in zip(chunks, responses, strict=True):
             self._logits_into(out, chunk, resp)
         self._usage.calls += n_prompts
+        return out
+
+    # ---------------------------------------------------------------- prompt registry (1.1)
+
+    async def store_prompt(
+        self,
+        prompt: np.ndarray[Any, Any],
+        *,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_prompt`."""
+        req = plan_prompt_store(await self.model_info(), prompt, label, recipe)
+        return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    async def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_projected_prompt`."""
+        req = plan_projected_store(await self.model_info(), projection, z, p0, label, recipe)
+        return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    async def list_prompts(self) -> list[StoredPrompt]:
+        """Every prompt this API key stored on the server, oldest first (metadata only)."""
+        return (await self._send("GET", self._api("/prompts"), None, PromptList)).data
+
+    async def get_prompt(self, prompt_id: str) -> StoredPrompt:
+        """As :meth:`bbt.Client.get_prompt`."""
+        return await self._send("GET", prompt_path(prompt_id), None, StoredPrompt)
+
+    async def delete_prompt(self, prompt_id: str) -> None:
+        """As :meth:`bbt.Client.delete_prompt`."""
+        await self._send("DELETE", prompt_path(prompt_id), None, PromptDeleted)
+
+    async def prompt_logits(
+        self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> FloatArray:
+        """As :meth:`bbt.Client.prompt_logits`; split requests run concurrently."""
+        path = prompt_path(prompt_id) + "/logits"
+        chunks = plan_prompt_logits(
+            await self.model_info(), texts, candidate_ids, self._settings.dtype
+        )
+        responses = await self._gather(
+            [self._send("POST", path, c.request, LogitsResponse, c.b1 - c.b0) for c in chunks]
+        )
+        out = np.empty((len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk, resp in zip(chunks, responses, strict=True):
+            prompt_logits_into(out, chunk, resp, self._usage)
+        self._usage.calls += 1
         return out
 
     # ---------------------------------------------------------------- sessions (1.1)

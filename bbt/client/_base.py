@@ -53,18 +53,25 @@ from bbt.protocol import (
     DType,
     EmbeddingsRequest,
     ErrorEnvelope,
+    InitialPromptSpec,
     Limits,
     LogitsRequest,
     LogitsResponse,
     ModelInfo,
+    ProjectionSpec,
+    PromptCreateRequest,
+    PromptLogitsRequest,
     ProtocolViolation,
     Tensor,
     TokenizeRequest,
     TokenizeResponse,
     check_embeddings_request,
     check_logits_request,
+    check_prompt_create_request,
+    check_prompt_logits_request,
     check_tokenize_request,
     encoded_size,
+    is_prompt_id,
     speaks,
 )
 
@@ -700,3 +707,128 @@ class BaseClient:
             for req, t in zip(requests, tensors, strict=True)
         ]
         return np.concatenate(parts, axis=0)
+
+
+# --------------------------------------------------------------------------- prompt registry
+
+
+def prompt_path(prompt_id: str) -> str:
+    """The API path of a stored prompt; refuses, before any request, what is no prompt id
+    (an id read from a run directory must not steer the request to another route)."""
+    if not isinstance(prompt_id, str) or not is_prompt_id(prompt_id):
+        raise InvalidRequestError(
+            "not a prompt id (ids look like 'bp_' followed by letters, digits, '-' or '_')",
+            field="prompt_id",
+        )
+    return f"{API_PREFIX}/prompts/{prompt_id}"
+
+
+def plan_prompt_store(
+    info: ModelInfo,
+    prompt: np.ndarray[Any, Any],
+    label: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> PromptCreateRequest:
+    """A checked store request; the prompt travels as float32, so the server keeps (and
+    digests) exactly the bytes the caller holds."""
+    arr = np.asarray(prompt)
+    try:
+        tensor = Tensor.from_numpy(arr, "float32")
+        req = PromptCreateRequest(model=info.id, prompt=tensor, label=label, recipe=recipe)
+        check_prompt_create_request(req, info)
+    except ProtocolViolation as exc:
+        raise invalid(exc) from exc
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+    except ValueError as exc:  # from_numpy: a dtype it cannot encode
+        raise InvalidRequestError(str(exc), field="prompt") from exc
+    return req
+
+
+def plan_projected_store(
+    info: ModelInfo,
+    projection: ProjectionSpec,
+    z: np.ndarray[Any, Any],
+    p0: InitialPromptSpec | None = None,
+    label: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> PromptCreateRequest:
+    """A store request that names the prompt as A z + p0 (z uploads, not the prompt)."""
+    arr = np.asarray(z)
+    if arr.shape != (projection.dim,):
+        raise InvalidRequestError(
+            f"z must have shape [{projection.dim}] (the projection's d); got {list(arr.shape)}",
+            field="z",
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidRequestError("z contains NaN or infinite values", field="z")
+    if projection.hidden_size != info.hidden_size:
+        raise InvalidRequestError(
+            f"projection hidden_size {projection.hidden_size} does not match the model's "
+            f"{info.hidden_size}",
+            field="projection.hidden_size",
+        )
+    try:
+        return PromptCreateRequest(
+            model=info.id,
+            projection=projection,
+            z=Tensor.from_numpy(arr, "float32"),
+            p0=p0,
+            label=label,
+            recipe=recipe,
+        )
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+
+@dataclass(frozen=True)
+class PromptLogitsChunk:
+    """One request's share of a by-id logits job: texts [b0:b1]."""
+
+    b0: int
+    b1: int
+    request: PromptLogitsRequest
+
+
+def plan_prompt_logits(
+    info: ModelInfo,
+    texts: Sequence[str],
+    candidate_ids: Sequence[int],
+    dtype: DType = "float32",
+) -> list[PromptLogitsChunk]:
+    """Split a by-id job over the server's limits (texts only: the prompt does not travel)."""
+    texts = list(texts)
+    ids = [int(i) for i in candidate_ids]
+    if not texts or not ids:
+        raise InvalidRequestError(
+            "need at least one text and one candidate id",
+            field="texts" if not texts else "candidate_ids",
+        )
+    text_bytes = max(6 * len(t) + 3 for t in texts)
+    _, groups_b = plan_grid(1, len(texts), info.limits, text_bytes=text_bytes)
+    lim = info.limits
+    room = max(1, (lim.max_body_bytes - _BODY_SLACK) // text_bytes)
+    groups_b = max(groups_b, math.ceil(len(texts) / room))
+    chunks = []
+    for b0, b1 in _even_bounds(len(texts), groups_b):
+        try:
+            req = PromptLogitsRequest(
+                model=info.id, texts=texts[b0:b1], candidate_ids=ids, output_dtype=dtype
+            )
+            check_prompt_logits_request(req, info)
+        except ProtocolViolation as exc:
+            raise invalid(exc, offset=b0) from exc
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+        chunks.append(PromptLogitsChunk(b0, b1, req))
+    return chunks
+
+
+def prompt_logits_into(
+    out: FloatArray, chunk: PromptLogitsChunk, resp: LogitsResponse, usage: UsageStats
+) -> None:
+    """Place one by-id answer (logits [1, b, C]) into ``out`` [B, C]; count its usage."""
+    shape = [1, chunk.b1 - chunk.b0, out.shape[1]]
+    out[chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")[0]
+    usage.sequences += resp.usage.sequences
+    usage.tokens += resp.usage.tokens

@@ -21,7 +21,12 @@ from bbt.client._base import (
     RawBody,
     plan_embed,
     plan_logits,
+    plan_projected_store,
+    plan_prompt_logits,
+    plan_prompt_store,
     plan_tokenize,
+    prompt_logits_into,
+    prompt_path,
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
@@ -45,8 +50,11 @@ from bbt.protocol import (
     ModelInfo,
     ModelList,
     ProjectionSpec,
+    PromptDeleted,
+    PromptList,
     SessionClosed,
     SessionInfo,
+    StoredPrompt,
     TokenizeResponse,
 )
 from bbt.protocol.projection import ProjectionRecipe
@@ -195,6 +203,63 @@ class Client(BaseClient):
             )
             self._logits_into(out, chunk, resp)
         self._usage.calls += n_prompts
+        return out
+
+    # ---------------------------------------------------------------- prompt registry (1.1)
+
+    def store_prompt(
+        self,
+        prompt: np.ndarray[Any, Any],
+        *,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """Store a tuned prompt [n, H] in the server's registry; its metadata, id included.
+
+        Storing the same prompt again answers the same id (so a retried store is harmless).
+        Needs the ``prompt_registry`` capability (``model_info().capabilities``).
+        """
+        req = plan_prompt_store(self.model_info(), prompt, label, recipe)
+        return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
+        session does): z (d floats) travels instead of the prompt (n x H)."""
+        req = plan_projected_store(self.model_info(), projection, z, p0, label, recipe)
+        return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    def list_prompts(self) -> list[StoredPrompt]:
+        """Every prompt this API key stored on the server, oldest first (metadata only)."""
+        return (self._send("GET", self._api("/prompts"), None, PromptList)).data
+
+    def get_prompt(self, prompt_id: str) -> StoredPrompt:
+        """A stored prompt's metadata; :class:`~bbt.errors.NotFoundError` when it is gone
+        or was stored with another API key."""
+        return self._send("GET", prompt_path(prompt_id), None, StoredPrompt)
+
+    def delete_prompt(self, prompt_id: str) -> None:
+        """Delete a stored prompt; :class:`~bbt.errors.NotFoundError` when there is none."""
+        self._send("DELETE", prompt_path(prompt_id), None, PromptDeleted)
+
+    def prompt_logits(
+        self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> FloatArray:
+        """Logits [B, C] of ``texts`` under a stored prompt: only the texts are uploaded."""
+        path = prompt_path(prompt_id) + "/logits"
+        chunks = plan_prompt_logits(self.model_info(), texts, candidate_ids, self._settings.dtype)
+        out = np.empty((len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk in chunks:
+            resp = self._send("POST", path, chunk.request, LogitsResponse, chunk.b1 - chunk.b0)
+            prompt_logits_into(out, chunk, resp, self._usage)
+        self._usage.calls += 1
         return out
 
     # ---------------------------------------------------------------- sessions (1.1)

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from bbt.protocol import InitialPromptSpec, ModelInfo, ProjectionSpec, TokenizeResponse
+from bbt.protocol import (
+    InitialPromptSpec,
+    ModelInfo,
+    ProjectionSpec,
+    StoredPrompt,
+    TokenizeResponse,
+)
 from bbt.protocol.projection import ProjectionRecipe
 
 if TYPE_CHECKING:
@@ -74,6 +80,45 @@ class Service(Protocol):
         """Logits [P, B, C] for prompts [P, n, H]; work above the server's limits is split
         into several requests and reassembled in order."""
         ...
+
+
+@runtime_checkable
+class PromptStore(Protocol):
+    """A service that can keep tuned prompts and score texts against them by id (protocol
+    1.1's prompt registry). Having the methods is not enough: the model must also list the
+    ``"prompt_registry"`` capability (:func:`offers_prompt_registry`)."""
+
+    def model_info(self) -> ModelInfo: ...
+
+    def store_prompt(
+        self,
+        prompt: np.ndarray[Any, Any],
+        *,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt: ...
+
+    def get_prompt(self, prompt_id: str) -> StoredPrompt: ...
+
+    def list_prompts(self) -> list[StoredPrompt]: ...
+
+    def delete_prompt(self, prompt_id: str) -> None: ...
+
+    def prompt_logits(
+        self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits [B, C] of ``texts`` under the stored prompt."""
+        ...
+
+
+def offers_prompt_registry(service: object) -> bool:
+    """Whether ``service`` has the registry calls *and* its model lists the capability."""
+    from bbt.protocol import PROMPT_REGISTRY_CAPABILITY
+
+    if not isinstance(service, PromptStore):
+        return False
+    capabilities = getattr(service.model_info(), "capabilities", None) or ()
+    return PROMPT_REGISTRY_CAPABILITY in capabilities
 
 
 @runtime_checkable

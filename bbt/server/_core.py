@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from bbt.protocol import (
     API_PREFIX,
+    PROMPT_REGISTRY_CAPABILITY,
     PROTOCOL_HEADER,
     PROTOCOL_V1,
     REQUEST_ID_HEADER,
@@ -36,6 +37,8 @@ from bbt.protocol import (
     LogitsResponse,
     ModelInfo,
     ModelList,
+    PromptCreateRequest,
+    PromptLogitsRequest,
     ProtocolViolation,
     SessionClosed,
     SessionInfo,
@@ -52,7 +55,9 @@ from bbt.protocol import (
 )
 from bbt.protocol._frame import is_frame, split_frame
 from bbt.protocol._validate import DecodedLogitsRequest
+from bbt.server._prompts import PromptEndpoints, PromptRoute, match_route, no_registry
 from bbt.server.backend import Backend
+from bbt.server.registry import PromptRegistry
 from bbt.server.sessions import SessionHost, SessionsFull, session_host, tenant_of
 from bbt.server.settings import ServerSettings
 
@@ -161,7 +166,12 @@ class ServiceCore:
     They block (the backend computes), so async callers run them in a worker thread.
     """
 
-    def __init__(self, backend: Backend, settings: ServerSettings | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: ServerSettings | None = None,
+        registry: PromptRegistry | None = None,
+    ) -> None:
         self.backend = backend
         self.settings = settings if settings is not None else ServerSettings()
         info = backend.info
@@ -169,6 +179,10 @@ class ServiceCore:
             # Advertise the limit actually enforced, so clients split before hitting it.
             limits = info.limits.model_copy(update={"max_body_bytes": self.settings.max_body_bytes})
             info = info.model_copy(update={"limits": limits})
+        if registry is not None:
+            info = info.model_copy(
+                update={"capabilities": [*info.capabilities, PROMPT_REGISTRY_CAPABILITY]}
+            )
         #: Projection sessions (protocol 1.1), or None when turned off.
         self.sessions: SessionHost | None = None
         if self.settings.sessions:
@@ -179,6 +193,10 @@ class ServiceCore:
             self.sessions.info = info
         self.info: ModelInfo = info
         self._keys: list[bytes] = [k.get_secret_value().encode() for k in self.settings.api_keys]
+        #: The prompt registry's endpoints (``/v1/prompts``), or None when it is off.
+        self.prompts: PromptEndpoints | None = (
+            PromptEndpoints(self, registry) if registry is not None else None
+        )
 
     @property
     def max_body_bytes(self) -> int:
@@ -211,6 +229,17 @@ class ServiceCore:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return None
+
+    def presented_key(self, authorization: str | None) -> str | None:
+        """The bearer key of an authenticated request; None on a server without keys.
+
+        Only for deriving a tenant (:meth:`PromptRegistry.tenant_of`); call it after
+        :meth:`auth_failure` has accepted the request.
+        """
+        if not self._keys:
+            return None
+        _, _, token = (authorization or "").partition(" ")
+        return token.strip()
 
     def content_length_failure(self, content_length: str | None) -> APIFailure | None:
         if content_length is None:
@@ -354,6 +383,9 @@ class ServiceCore:
         denied = self.auth_failure(path, headers.get("authorization"))
         if denied is not None:
             raise denied
+        prompt_route = match_route(path)
+        if prompt_route is not None:
+            return self._handle_prompts(method, prompt_route, headers, body)
         session = _SESSION_PATH.fullmatch(path)
         if session is not None:
             return self._handle_session(method, session, headers, body)
@@ -378,6 +410,38 @@ class ServiceCore:
             return result
         result = handler(_parse_body(model, body))
         return result
+
+    def _handle_prompts(
+        self, method: str, route: PromptRoute, headers: Mapping[str, str], body: bytes
+    ) -> BaseModel:
+        """The registry's endpoints (``/v1/prompts...``), as the app serves them."""
+        if method not in route.allowed:
+            raise APIFailure(
+                405,
+                ErrorType.invalid_request,
+                f"method {method} not allowed here",
+                headers={"Allow": ", ".join(route.allowed)},
+            )
+        too_big = self.content_length_failure(headers.get("content-length"))
+        if too_big is not None:
+            raise too_big
+        if len(body) > self.max_body_bytes:
+            raise self.too_large_failure()
+        if self.prompts is None:
+            raise no_registry()
+        tenant = self.prompts.tenant(self.presented_key(headers.get("authorization")))
+        if route.action == "collection" and method == "GET":
+            return self.prompts.list_all(tenant)
+        if route.action == "collection":
+            stored, _ = self.prompts.create(_parse_body(PromptCreateRequest, body), tenant)
+            return stored
+        assert route.prompt_id is not None  # every other route names an id
+        if route.action == "logits":
+            req = _parse_body(PromptLogitsRequest, body)
+            return self.prompts.logits(route.prompt_id, req, tenant)
+        if method == "GET":
+            return self.prompts.get(route.prompt_id, tenant)
+        return self.prompts.delete(route.prompt_id, tenant)
 
     def _handle_session(
         self, method: str, match: re.Match[str], headers: Mapping[str, str], body: bytes

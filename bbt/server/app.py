@@ -26,7 +26,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,11 +46,16 @@ from bbt.protocol import (
     LogitsRequest,
     LogitsResponse,
     ModelList,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptList,
+    PromptLogitsRequest,
     ProtocolViolation,
     SessionClosed,
     SessionInfo,
     SessionLogitsRequest,
     SessionOpenRequest,
+    StoredPrompt,
     TokenizeRequest,
     TokenizeResponse,
     negotiate,
@@ -69,8 +74,10 @@ from bbt.server._core import (
     validation_failure,
     violation_failure,
 )
+from bbt.server._prompts import PROMPTS_PATH, PromptEndpoints, match_route, no_registry
 from bbt.server.backend import Backend
 from bbt.server.faults import FAULT_SCOPE_KEY, FaultConfig, FaultInjector, FaultMiddleware
+from bbt.server.registry import PromptRegistry
 from bbt.server.settings import ServerSettings
 
 try:
@@ -320,6 +327,7 @@ def create_app(
     backend: Backend,
     settings: ServerSettings | None = None,
     faults: FaultConfig | None = None,
+    registry: PromptRegistry | None = None,
 ) -> FastAPI:
     """Build the protocol-v1 ASGI app serving ``backend``.
 
@@ -327,9 +335,10 @@ def create_app(
     ``faults`` (off by default) injects failures into ``/v1`` routes for testing clients.
     The app's ``state`` holds ``core`` (the :class:`ServiceCore`), ``scheduler`` (the
     queue in front of the backend; its ``stats`` count completed, refused and dropped work)
-    and ``faults`` (the :class:`FaultInjector`, or None).
+    and ``faults`` (the :class:`FaultInjector`, or None). ``registry`` (off by default)
+    turns on the prompt registry's ``/v1/prompts`` endpoints over that store.
     """
-    core = ServiceCore(backend, settings)
+    core = ServiceCore(backend, settings, registry)
     scheduler = _Scheduler(core.settings.max_concurrency, core.settings.max_queue)
 
     async def run(fn: Callable[[Any], T], arg: Any, request: Request) -> T:
@@ -437,6 +446,9 @@ def create_app(
         """Close a session and free its memory (1.1)."""
         return _answer(core.close_session(tenant(request), session_id), request)
 
+    if core.prompts is not None:
+        _add_registry_routes(app, core.prompts, run)
+
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz(request: Request) -> Response:
         """Liveness: the server is up and which models it serves."""
@@ -475,7 +487,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
+        if exc.status_code == 404 and core.prompts is None and match_route(request.url.path):
+            fail = violation_failure(no_registry())  # as ServiceCore.handle answers it
+        elif exc.status_code == 404:
             fail = APIFailure(404, ErrorType.not_found, f"no route {request.url.path}")
         elif exc.status_code == 405:
             fail = APIFailure(
@@ -497,6 +511,63 @@ def create_app(
         app.state.faults = injector
     app.add_middleware(_Guard, core=core)
     return app
+
+
+def _add_registry_routes(
+    app: FastAPI,
+    ep: PromptEndpoints,
+    run: Callable[[Callable[[Any], Any], Any, Request], Awaitable[Any]],
+) -> None:
+    """The prompt registry's routes (protocol 1.1), present only when the registry is on."""
+    core = ep.core
+
+    def tenant_of(request: Request) -> str:
+        # The guard has accepted the key (or the server has none) before any route runs.
+        return ep.tenant(core.presented_key(request.headers.get("authorization")))
+
+    @app.post(PROMPTS_PATH, response_model=StoredPrompt, tags=["registry"])
+    async def store_prompt(req: PromptCreateRequest, request: Request) -> Response:
+        """Store a tuned prompt for this API key; answers its id (the same id for the same
+        prompt stored again)."""
+        tenant = tenant_of(request)
+        if req.projection is not None:
+            # Resolving p0 may call the backend (embeddings, tokenizer): take a turn in its
+            # queue, as every backend call does.
+            made: tuple[StoredPrompt, bool] = await run(
+                lambda r: ep.create(r, tenant), req, request
+            )
+            return _answer(made[0], request)
+        # SQLite work (an fsync per commit) off the event loop, but not behind the model's
+        # queue: storing a tensor must not wait for forward passes.
+        stored, _ = await anyio.to_thread.run_sync(ep.create, req, tenant)
+        return _answer(stored, request)
+
+    @app.get(PROMPTS_PATH, response_model=PromptList, tags=["registry"])
+    async def list_prompts(request: Request) -> Response:
+        """Every prompt this API key stored, oldest first (metadata only)."""
+        tenant = tenant_of(request)
+        return _answer(await anyio.to_thread.run_sync(ep.list_all, tenant), request)
+
+    @app.get(PROMPTS_PATH + "/{prompt_id}", response_model=StoredPrompt, tags=["registry"])
+    async def get_prompt(prompt_id: str, request: Request) -> Response:
+        """A stored prompt's metadata (never its tensor); 404 for another key's prompt."""
+        tenant = tenant_of(request)
+        return _answer(await anyio.to_thread.run_sync(ep.get, prompt_id, tenant), request)
+
+    @app.delete(PROMPTS_PATH + "/{prompt_id}", response_model=PromptDeleted, tags=["registry"])
+    async def delete_prompt(prompt_id: str, request: Request) -> Response:
+        """Delete a stored prompt for good; 404 for another key's prompt."""
+        tenant = tenant_of(request)
+        return _answer(await anyio.to_thread.run_sync(ep.delete, prompt_id, tenant), request)
+
+    @app.post(
+        PROMPTS_PATH + "/{prompt_id}/logits", response_model=LogitsResponse, tags=["registry"]
+    )
+    async def prompt_logits(prompt_id: str, req: PromptLogitsRequest, request: Request) -> Response:
+        """Score B texts under a stored prompt: logits [1, B, C], as POST /v1/logits."""
+        tenant = tenant_of(request)
+        answer = await run(lambda r: ep.logits(prompt_id, r, tenant), req, request)
+        return _answer(answer, request)
 
 
 class _Guard:

@@ -62,7 +62,7 @@ def test_serve_flags_set_the_session_limits(started: list[Any]) -> None:
 
 
 def test_serve_can_turn_sessions_off(started: list[Any]) -> None:
-    result = runner.invoke(app, ["serve", "--port", "0", "--no-sessions"])
+    result = runner.invoke(app, ["serve", "--port", "0", "--no-sessions", "--registry", "none"])
     assert result.exit_code == 0, result.output
     (config,) = started
     assert config.app.state.core.sessions is None
