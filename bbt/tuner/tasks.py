@@ -182,7 +182,7 @@ class Task:
             fix = (
                 "give it a decoder template that ends where the label word comes: "
                 "'causal_template' (and 'causal_words') in a task file, or --template without "
-                "{mask}, e.g. --template 'Review: {text}\\nSentiment:' "
+                "{mask}, e.g. --template $'Review: {text}\\nSentiment:' "
                 "--verbalizer '0= negative,1= positive'"
             )
         else:
