@@ -2,6 +2,7 @@
 
 from bbt.protocol._models import (
     API_PREFIX,
+    MODEL_KINDS,
     PROTOCOL_HEADER,
     PROTOCOL_V1,
     PROTOCOL_VERSION,
@@ -17,6 +18,7 @@ from bbt.protocol._models import (
     LogitsRequest,
     LogitsResponse,
     ModelInfo,
+    ModelKind,
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
@@ -60,6 +62,7 @@ from bbt.protocol._version import negotiate, speaks, wire_json
 
 __all__ = [
     "API_PREFIX",
+    "MODEL_KINDS",
     "PROMPT_REGISTRY_CAPABILITY",
     "PROTOCOL_HEADER",
     "PROTOCOL_V1",
@@ -81,6 +84,7 @@ __all__ = [
     "LogitsRequest",
     "LogitsResponse",
     "ModelInfo",
+    "ModelKind",
     "ModelList",
     "ProjectionSpec",
     "PromptCreateRequest",
