@@ -2,6 +2,7 @@
 
 from bbt.protocol._models import (
     API_PREFIX,
+    MODEL_KINDS,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     REQUEST_ID_HEADER,
@@ -15,6 +16,7 @@ from bbt.protocol._models import (
     LogitsRequest,
     LogitsResponse,
     ModelInfo,
+    ModelKind,
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
@@ -37,6 +39,7 @@ from bbt.protocol._validate import (
 
 __all__ = [
     "API_PREFIX",
+    "MODEL_KINDS",
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
     "REQUEST_ID_HEADER",
@@ -53,6 +56,7 @@ __all__ = [
     "LogitsRequest",
     "LogitsResponse",
     "ModelInfo",
+    "ModelKind",
     "ModelList",
     "ProtocolViolation",
     "Tensor",

@@ -41,6 +41,11 @@ MOCK_MASK_TOKEN = "[MASK]"
 MOCK_TEMPLATE = "{text} It was {mask} ."
 #: Verbalizer of the built-in task: label 0 -> "bad", label 1 -> "great" (single tokens).
 MOCK_VERBALIZER: tuple[str, str] = ("bad", "great")
+#: Template and verbalizer of the built-in task in causal mode (``causal=True``): the text is
+#: scored at the token after it; the words' leading space is what a real decoder's token holds
+#: (the mock's word tokenizer ignores it).
+MOCK_CAUSAL_TEMPLATE = "{text} It was"
+MOCK_CAUSAL_VERBALIZER: tuple[str, str] = (" bad", " great")
 #: Id the mock serves under unless told otherwise.
 MOCK_MODEL_ID = "bbt-mock"
 
@@ -299,6 +304,8 @@ class MockBackend(Backend):
 
 
 __all__ = [
+    "MOCK_CAUSAL_TEMPLATE",
+    "MOCK_CAUSAL_VERBALIZER",
     "MOCK_MASK_TOKEN",
     "MOCK_MODEL_ID",
     "MOCK_TEMPLATE",
