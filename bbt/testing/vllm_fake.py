@@ -128,7 +128,9 @@ class VLLMFake:
         self.vocab = self.backend.vocab
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.table = self.backend.embed(np.arange(len(self.vocab)))
-        self._norms = np.linalg.norm(self.table, axis=1)
+        self._table64 = self.table.astype(np.float64)
+        self._sqnorms = (self._table64 * self._table64).sum(axis=1)
+        self._norms = np.sqrt(self._sqnorms)
         self.hidden_size = hidden_size
         self.model_id = model_id
         self.version = version
@@ -184,20 +186,43 @@ class VLLMFake:
         self, soft: np.ndarray[Any, Any], text_ids: list[int]
     ) -> np.ndarray[Any, Any]:
         """Log-probs over the vocabulary of the token after ``[BOS] soft text``."""
-        words = [self.vocab[i] for i in text_ids if self.vocab[i] not in _SPECIAL]
-        text = " ".join(words) if words else "."
-        prompts = np.asarray(soft, dtype=np.float32)[None]
-        logits, _ = self.backend.logits(prompts, [text], np.arange(len(self.vocab)))
-        row = logits[0, 0].astype(np.float64)
-        row -= row.max()
-        lp: np.ndarray[Any, Any] = row - np.log(np.exp(row).sum())
-        return lp
+        return self.batch_logprobs([(soft, text_ids)])[0]
+
+    def batch_logprobs(
+        self, sequences: list[tuple[np.ndarray[Any, Any], list[int]]]
+    ) -> list[np.ndarray[Any, Any]]:
+        """:meth:`next_logprobs` of several sequences; those sharing a soft prompt are scored
+        in one mock call (each (prompt, text) result is independent of the batching)."""
+        groups: dict[bytes, list[int]] = {}
+        for k, (soft, _) in enumerate(sequences):
+            arr = np.ascontiguousarray(soft, dtype=np.float32)
+            groups.setdefault(arr.tobytes() + str(arr.shape).encode(), []).append(k)
+        out: list[np.ndarray[Any, Any]] = [np.empty(0)] * len(sequences)
+        every = np.arange(len(self.vocab))
+        for members in groups.values():
+            soft = np.asarray(sequences[members[0]][0], dtype=np.float32)
+            texts = []
+            for k in members:
+                words = [self.vocab[i] for i in sequences[k][1] if self.vocab[i] not in _SPECIAL]
+                texts.append(" ".join(words) if words else ".")
+            logits, _ = self.backend.logits(soft[None], texts, every)
+            rows = logits[0].astype(np.float64)
+            rows -= rows.max(axis=1, keepdims=True)
+            lps = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+            for k, lp in zip(members, lps, strict=True):
+                out[k] = lp
+        return out
 
     def split_sequence(self, rows: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], list[int]]:
         """(soft rows, text ids) of a whole embedded sequence (see the module docstring)."""
-        dist = np.linalg.norm(rows[:, None, :] - self.table[None, :, :], axis=2)  # [L, V]
-        nearest = dist.argmin(axis=1)
-        is_token = dist[np.arange(len(rows)), nearest] <= _MATCH_RTOL * self._norms[nearest]
+        r = rows.astype(np.float64)
+        # Squared distances to every table row by one product: [L, V].
+        # einsum, not matmul: a multi-threaded BLAS on a busy machine is slower at this size.
+        cross = np.einsum("lh,vh->lv", r, self._table64)
+        sq = (r * r).sum(axis=1)[:, None] + self._sqnorms[None, :] - 2.0 * cross
+        nearest = sq.argmin(axis=1)
+        dist = np.sqrt(np.maximum(sq[np.arange(len(rows)), nearest], 0.0))
+        is_token = dist <= _MATCH_RTOL * self._norms[nearest]
         start = 1 if len(rows) and is_token[0] and nearest[0] == self.index[_BOS] else 0
         end = len(rows)
         while end > start and is_token[end - 1]:
@@ -422,8 +447,8 @@ class VLLMFake:
         self._count(completions=1, sequences=len(sequences))
         choices = []
         total = 0
-        for index, (soft, tids, length) in enumerate(sequences):
-            lp = self.next_logprobs(soft, tids)
+        scored = self.batch_logprobs([(soft, tids) for soft, tids, _ in sequences])
+        for index, ((_, _, length), lp) in enumerate(zip(sequences, scored, strict=True)):
             sampled, listed = self._position(lp, k, ids, as_ids)
             token = f"token_id:{sampled}" if as_ids else self.vocab[sampled]
             logprobs = None
