@@ -35,7 +35,7 @@ That is exact for sequences bbt builds, unless a soft prompt's last row is itsel
 vocabulary embedding (e.g. an untouched ``--init vocab`` prompt).
 
 Use :class:`VLLMFake` directly (``fake.transport()`` for an ``httpx`` client in the same
-process, ``fake.app()`` for FastAPI/uvicorn), or the pytest fixtures ``vllm_fake`` and
+process, ``fake.app()`` for uvicorn), or the pytest fixtures ``vllm_fake`` and
 ``live_vllm_fake`` of ``bbt.testing.plugin``.
 """
 
@@ -58,7 +58,7 @@ import pytest
 from bbt.server.mock import MOCK_MODEL_ID, MockBackend
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from starlette.applications import Starlette
 
 #: The vLLM release whose API the fake follows.
 FAKE_VLLM_VERSION = "0.26.0"
@@ -625,24 +625,23 @@ class VLLMFake:
 
         return httpx.MockTransport(handler)
 
-    def app(self) -> FastAPI:
-        """A FastAPI app serving the fake (needs ``bbt[server]``), for uvicorn."""
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse
+    def app(self) -> Starlette:
+        """An ASGI app serving the fake (Starlette, from ``bbt[server]``), for uvicorn."""
+        from starlette.applications import Starlette
         from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
 
-        app = FastAPI(title="bbt vLLM fake")
-
-        @app.api_route("/{path:path}", methods=["GET", "POST"])
-        async def any_route(path: str, request: Request) -> JSONResponse:
+        async def endpoint(request: Request) -> JSONResponse:
             body = await request.body()
             headers = {k.lower(): v for k, v in request.headers.items()}
             status, extra, payload = await run_in_threadpool(
-                self.handle, request.method, "/" + path, headers, body
+                self.handle, request.method, request.url.path, headers, body
             )
             return JSONResponse(payload, status_code=status, headers=extra)
 
-        return app
+        return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
 
 
 def _error_body(exc: FakeError) -> dict[str, Any]:
