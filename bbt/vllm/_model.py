@@ -108,22 +108,23 @@ def _pick(tensors: dict[str, Any], key: str | None, p: Path) -> Any:
 
 
 def _from_safetensors(p: Path, key: str | None) -> Any:
+    """Read only the embedding tensor: a checkpoint shard holds gigabytes of other weights."""
     try:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
     except ImportError:
         raise ConfigurationError(
             "reading .safetensors needs the safetensors package: pip install safetensors"
         ) from None
-    # bfloat16 tensors cannot be read as numpy: go through torch for those.
-    try:
-        return _pick(load_file(str(p)), key, p)
-    except TypeError:
-        from safetensors.torch import load_file as load_torch
+    from bbt.vllm._wire import require_torch
 
-        from bbt.vllm._wire import require_torch
-
-        torch = require_torch()
-        return _pick(load_torch(str(p)), key, p).to(torch.float32).numpy()
+    torch = require_torch()  # numpy cannot hold bfloat16, the usual checkpoint dtype
+    with safe_open(str(p), framework="pt") as f:
+        names = list(f.keys())
+        if key is None:
+            key = next((k for k in EMBEDDING_KEYS if k in names), None)
+        if key is None or key not in names:
+            _pick({}, key, p)  # raises the clear error
+        return f.get_tensor(key).to(torch.float32).numpy()
 
 
 @dataclass(frozen=True)
