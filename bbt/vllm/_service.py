@@ -64,6 +64,7 @@ from bbt.vllm._wire import (
     encode_embeds,
     fill_candidates,
     parse_version,
+    require_torch,
     status_error,
     token_logprobs,
 )
@@ -167,6 +168,9 @@ class VLLMService:
         if root.endswith("/v1"):
             root = root[: -len("/v1")]
         check_api_key(settings.api_key)
+        # Every scoring request carries a torch.save tensor: fail now, not at the first call,
+        # when torch is missing (and pay its import here, not inside a timed request).
+        require_torch()
         if mode not in ("auto", "chat", "completions"):
             raise ConfigurationError(
                 f"unknown vLLM mode {mode!r}; choose auto, chat or completions"
@@ -382,11 +386,14 @@ class VLLMService:
             raise ConfigurationError(f"model {wanted!r} is not served here; served: {served}")
         max_len = int(card.get("max_model_len") or 2048)
         f = self._facts
+        # What one vLLM request carries: one (prompt, text) pair in black-box mode, one
+        # prompt on up to sequences_per_request texts in embedding-table mode. The adapter
+        # splits jobs itself; these make plans (``bbt tune --dry-run``) count requests right.
+        per = 1 if self.mode == "chat" else self._per_request
         limits = Limits(
-            # The adapter splits any job itself: these only bound what one call may ask.
-            max_prompts_per_request=1024,
-            max_texts_per_request=4096,
-            max_sequences_per_request=1024 * 4096,
+            max_prompts_per_request=1,
+            max_texts_per_request=per,
+            max_sequences_per_request=per,
             max_prompt_tokens=max(1, max_len - 2),
             max_candidates=MAX_LOGPROB_TOKEN_IDS,
             max_text_chars=max(1, max_len * 16),

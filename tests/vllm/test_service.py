@@ -291,3 +291,19 @@ def test_url_form() -> None:
         parse_vllm_url("vllm+http://gpu:8000?colour=red")
     with pytest.raises(ConfigurationError, match="holds credentials"):
         parse_vllm_url("vllm+http://user:sk-1@gpu:8000")
+
+
+def test_without_torch_the_adapter_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'bbt\[vllm\]'"):
+        VLLMService(FAKE_BASE_URL, hidden_size=64, embedding_std=0.05, vocab_size=10, env_file=None)
+
+
+def test_limits_describe_one_vllm_request(make_service: ServiceFactory) -> None:
+    chat = make_service().model_info().limits
+    assert (chat.max_prompts_per_request, chat.max_sequences_per_request) == (1, 1)
+    table = make_service(table=True, sequences_per_request=16).model_info().limits
+    assert (table.max_prompts_per_request, table.max_texts_per_request) == (1, 16)
+    assert chat.max_candidates == 128
