@@ -644,6 +644,13 @@ class VLLMService:
                     f"server takes {info.max_sequence_length}",
                     field=f"texts.{j}",
                 )
+        rows = self._table.shape[0]
+        for tids in [prefix, *text_ids]:
+            if tids and max(tids) >= rows:
+                raise ConfigurationError(
+                    f"the server's tokenizer gave token id {max(tids)}, but the embedding table "
+                    f"has {rows} rows: it is not the served model's input-embedding table"
+                )
         head = self._table[np.asarray(prefix, dtype=np.int64)]
         bodies = [self._table[np.asarray(t, dtype=np.int64)] for t in text_ids]
         jobs = [

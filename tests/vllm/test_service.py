@@ -307,3 +307,11 @@ def test_limits_describe_one_vllm_request(make_service: ServiceFactory) -> None:
     table = make_service(table=True, sequences_per_request=16).model_info().limits
     assert (table.max_prompts_per_request, table.max_texts_per_request) == (1, 16)
     assert chat.max_candidates == 128
+
+
+def test_a_table_too_small_for_the_tokenizer_is_a_clear_error(
+    make_service: ServiceFactory, vllm_fake: VLLMFake
+) -> None:
+    svc = make_service(table=True, embedding_table=vllm_fake.table[:20], config=None)
+    with pytest.raises(ConfigurationError, match="not the served model's input-embedding table"):
+        svc.logits(_prompts(1), ["pepe vate It was"], [3, 4])
