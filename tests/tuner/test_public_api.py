@@ -25,7 +25,9 @@ def test_all_is_sorted_and_complete() -> None:
     modules = {
         "checkpoint",
         "data",
+        "evaluator",
         "losses",
+        "optimizer",
         "predict",
         "projection",
         "prompts",
