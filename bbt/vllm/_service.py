@@ -324,13 +324,17 @@ class VLLMService:
         )
 
     def _map(self, fn: Callable[[T], Any], items: Sequence[T]) -> list[Any]:
-        """``fn`` over ``items`` with at most ``max_concurrency`` in flight, results in order;
-        the first failure is raised once every started call has finished."""
+        """``fn`` over ``items`` with at most ``max_concurrency`` in flight, results in order.
+        The first failure is raised once the calls in flight have finished; calls not yet
+        started are dropped (an error on the first of 640 requests must not send the rest)."""
         if len(items) <= 1 or self._concurrency == 1:
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(self._concurrency, len(items))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self._concurrency, len(items)))
+        try:
             futures = [pool.submit(fn, x) for x in items]
             return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _explain(self, exc: APIStatusError) -> Exception:
         """Turn vLLM's answers to a misconfigured server into settings errors that say what

@@ -315,3 +315,12 @@ def test_a_table_too_small_for_the_tokenizer_is_a_clear_error(
     svc = make_service(table=True, embedding_table=vllm_fake.table[:20], config=None)
     with pytest.raises(ConfigurationError, match="not the served model's input-embedding table"):
         svc.logits(_prompts(1), ["pepe vate It was"], [3, 4])
+
+
+def test_a_failing_job_stops_the_requests_not_yet_sent(make_service: ServiceFactory) -> None:
+    fake = VLLMFake(enable_prompt_embeds=False)
+    svc = make_service(fake, max_concurrency=2)
+    with pytest.raises(ConfigurationError):
+        svc.logits(_prompts(4), TEXTS, _ids(fake))
+    sent = [r for r in fake.requests_seen if r["path"] == "/v1/chat/completions"]
+    assert len(sent) <= 4  # of 12: the two in flight, and at most one more each
