@@ -45,6 +45,7 @@ import json
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class VLLMFake:
         max_logprobs: int = 20,
         api_key: str | None = None,
         faults: list[tuple[int, float | None]] | None = None,
+        keep_requests: int = 1000,
     ) -> None:
         self.backend = MockBackend(hidden_size=hidden_size, seed=seed)
         self.vocab = self.backend.vocab
@@ -147,7 +149,8 @@ class VLLMFake:
         self.api_key = api_key
         self.faults = list(faults or [])
         self.counters = FakeCounters()
-        self.requests_seen: list[dict[str, Any]] = []
+        #: The last ``keep_requests`` POST bodies (path and JSON), oldest first, for tests.
+        self.requests_seen: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self._lock = threading.Lock()
         self.created = int(time.time())
 
@@ -715,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-logprob-token-ids", action="store_true", help="as vLLM before PR #43463")
     args = ap.parse_args(argv)
     fake = VLLMFake(
+        keep_requests=0,  # a long-running server keeps no request bodies
         api_key=args.api_key,
         version=args.version,
         enable_prompt_embeds=not args.no_prompt_embeds,
