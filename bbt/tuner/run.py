@@ -374,7 +374,7 @@ class _Run:
             _save_npy(self.dir / PROMPT, prompt)
             _save_npy(self.dir / Z_FILE, result.z)
             self.checkpoint()
-            if plot:
+            if plot and (self.dir / HISTORY).is_file():
                 note = plot_history(
                     self.dir / HISTORY, self.dir / PLOT, metric, t.initial_dev_metric
                 )

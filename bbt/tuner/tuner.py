@@ -107,6 +107,16 @@ class TuneConfig:
             problems.append("bound must be positive (or unset)")
         if self.budget < 1:
             problems.append("budget must be at least 1 API call")
+        elif (
+            self.dim >= 1
+            and (self.popsize is None or self.popsize >= 2)
+            and self.budget < self.population
+        ):
+            # Not one generation fits: the run would spend nothing and select nothing.
+            problems.append(
+                f"budget {self.budget} is below one generation ({self.population} "
+                "candidates, one API call each): raise the budget or lower popsize"
+            )
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {', '.join(LOSSES)}")
         if self.eval_every < 1:

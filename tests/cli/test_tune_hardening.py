@@ -132,3 +132,12 @@ def test_no_key_file_in_the_run_directory(tmp_path: Path) -> None:
     for f in run.iterdir():
         assert key.encode() not in f.read_bytes(), f.name
         assert bytes.fromhex(key) not in f.read_bytes(), f.name
+
+
+def test_a_budget_below_one_generation_is_one_error_line(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    r = runner.invoke(app, ["tune", "--task", "mock", "--mock", "--budget", "8", "--out", str(out)])
+    assert r.exit_code != 0
+    assert "budget 8 is below one generation" in r.output
+    assert "Traceback" not in r.output
+    assert "internal error" not in r.output

@@ -182,6 +182,13 @@ def test_bad_configs_and_inputs(service: LocalClient, mock_task: Task, split: Sp
     assert TuneConfig(popsize=None, dim=500).population == 4 + int(3 * np.log(500))
 
 
+def test_a_budget_below_one_generation_is_refused() -> None:
+    # It used to run no generation at all and then fail on the missing history.
+    with pytest.raises(ConfigurationError, match=r"budget 8 is below one generation \(20 cand"):
+        TuneConfig(budget=8, popsize=20)
+    assert TuneConfig(budget=20, popsize=20).budget == 20
+
+
 @pytest.mark.parametrize(
     "kw", [{"loss": "hinge"}, {"loss": "neg_f1"}, {"bound": 0.5}, {"projection": "uniform"}]
 )
