@@ -24,7 +24,8 @@ H = 32
 
 
 def _texts(n: int) -> list[str]:
-    return [MOCK_TEMPLATE.format(text=t, mask=MOCK_MASK_TOKEN) for t, _ in sample_mock_dataset(n, 1)]
+    pairs = sample_mock_dataset(n, 1)
+    return [MOCK_TEMPLATE.format(text=t, mask=MOCK_MASK_TOKEN) for t, _ in pairs]
 
 
 def _prompts(p: int, backend: MockBackend) -> np.ndarray[Any, Any]:
