@@ -1,0 +1,106 @@
+"""``bbt serve --replicas`` wiring, the ``serve run`` builder's arguments, and Ray staying
+optional: nothing here starts Ray (tests/server/test_ray_serve.py does, once)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from bbt.cli import app
+from bbt.errors import ConfigurationError
+from bbt.server import ray_serve
+from bbt.server.ray_app import parse_args
+
+runner = CliRunner()
+
+
+def test_the_client_the_tuner_and_bbt_serve_never_import_ray() -> None:
+    code = (
+        "import sys, bbt, bbt.client, bbt.tuner, bbt.cli, bbt.cli._serve, bbt.server.app; "
+        "sys.exit(1 if 'ray' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_replicas_without_ray_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    result = runner.invoke(app, ["serve", "--replicas", "2"])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        "error: scaling out needs Ray Serve (ray is missing): pip install 'bbt[ray]'"
+    ]
+
+
+def test_ray_address_needs_replicas() -> None:
+    result = runner.invoke(app, ["serve", "--ray-address", "auto"])
+    assert result.exit_code != 0
+    assert "error: --ray-address needs --replicas" in result.output
+
+
+def test_replicas_pass_the_model_options_to_every_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("ray.serve")
+    seen: dict[str, Any] = {}
+
+    def record(spec: Any, options: Any, **kw: Any) -> None:
+        seen.update(spec=spec, options=options, **kw)
+
+    monkeypatch.setattr(ray_serve, "run_blocking", record)
+    result = runner.invoke(
+        app,
+        ["serve", "--replicas", "3", "--threads", "2", "--dtype", "float32", "--port", "0"],
+    )
+    assert result.exit_code != 0
+    assert "--replicas needs a fixed --port" in result.output
+    result = runner.invoke(
+        app,
+        ["serve", "--replicas", "3", "--threads", "2", "--ray-address", "auto", "--port", "18431"],
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["spec"].kind == "hf"
+    assert seen["spec"].options == {
+        "head": "auto",
+        "dtype": "auto",
+        "device": "auto",
+        "num_threads": 2,
+    }
+    assert seen["options"].replicas == 3
+    assert seen["options"].num_cpus == 2.0
+    assert seen["address"] == "auto"
+    assert seen["port"] == 18431
+
+
+def test_builder_arguments() -> None:
+    spec, opts = parse_args(
+        {"backend": "mock", "compute_ms": "150", "replicas": "2", "num_gpus": "0.5"}
+    )
+    assert (spec.kind, spec.options) == ("mock", {"compute_ms": 150.0})
+    assert (opts.replicas, opts.num_gpus, opts.batching) == (2, 0.5, True)
+    deploy = opts.deployment_options()
+    assert deploy["num_replicas"] == 2
+    assert deploy["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    _, auto = parse_args({"min_replicas": "1", "max_replicas": "4", "batching": "false"})
+    assert auto.batching is False
+    scaling = auto.deployment_options()["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 4)
+    assert "num_replicas" not in auto.deployment_options()
+    spec, _ = parse_args({"model": "/m", "threads": "4"})
+    assert spec.options == {"model_path": "/m", "num_threads": 4}
+    with pytest.raises(ConfigurationError, match="unknown argument 'hidden_size'"):
+        parse_args({"hidden_size": "8"})
+    with pytest.raises(ConfigurationError, match="replicas='two' is not a valid int"):
+        parse_args({"replicas": "two"})
+    with pytest.raises(ConfigurationError, match="max_replicas"):
+        parse_args({"min_replicas": "3", "max_replicas": "2"})
+
+
+def test_replica_settings_let_concurrent_requests_reach_the_batcher() -> None:
+    on = ray_serve.replica_settings(ray_serve.ReplicaOptions(max_ongoing_requests=8))
+    off = ray_serve.replica_settings(ray_serve.ReplicaOptions(batching=False))
+    assert (on.max_concurrency, on.max_queue) == (8, 8)
+    assert off.max_concurrency == 1
