@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bbt.protocol import ModelInfo, Usage
 from bbt.server._cancel import current_stop_check, raise_if_stopped
@@ -146,6 +147,13 @@ class BatchingBackend(Backend):
     @property
     def info(self) -> ModelInfo:
         return self.inner.info
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else (optional features, diagnostics such as ``token_budget``) is the
+        # inner backend's: the wrapper only changes how logits calls meet the model.
+        if name == "inner":  # not set yet (during __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def tokenize(
         self, texts: list[str], add_special_tokens: bool = False

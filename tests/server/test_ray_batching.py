@@ -150,3 +150,16 @@ def test_merged_hf_answers_match_the_lone_answers_within_dtype_tolerance() -> No
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
         assert ua == ub
     hf.close()
+
+
+def test_the_wrapper_passes_everything_else_to_the_inner_backend() -> None:
+    mock = MockBackend(hidden_size=32)
+    batcher = BatchingBackend(mock)
+    try:
+        assert batcher.info is mock.info
+        assert batcher.vocab == mock.vocab  # not part of the Backend contract: delegated
+        assert batcher.tokenize(["great"]) == mock.tokenize(["great"])
+        with pytest.raises(AttributeError):
+            _ = batcher.no_such_attribute
+    finally:
+        batcher.close()
