@@ -122,7 +122,8 @@ def part_replicas(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         f"{args.popsize} x {args.texts} texts, fan-out {args.chunks}, batching off"
     )
     print(f"{'replicas':>8} {'fan-out':>7} {'median gen (ms)':>16} {'speed-up':>9}")
-    base: float | None = None
+    # Speed-up against 1 replica with the same fan-out (the same chunks, one after another).
+    one_replica: dict[int, float] = {}
     configs = [(1, 1), *[(r, args.chunks) for r in args.replica_counts]]
     for replicas, fan in configs:
         # One request per replica at a time: Ray's router then puts each chunk on a free
@@ -134,7 +135,7 @@ def part_replicas(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         with Client(cluster.url, env_file=None, max_concurrency=fan, timeout=120) as client:
             times = _generations(client, prompts, texts, cand, args.generations)
         med = statistics.median(times)
-        base = base if base is not None else med
+        base = one_replica.setdefault(fan, med)
         rows.append({"replicas": replicas, "fan_out": fan, "gen_s": times, "median_s": med})
         print(f"{replicas:>8} {fan:>7} {med * 1e3:>16.0f} {base / med:>8.2f}x")
     return {"latency_ms": args.latency_ms, "rows": rows}
