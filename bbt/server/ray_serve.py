@@ -26,6 +26,8 @@ file named in :attr:`ReplicaOptions.api_key_file`, which must exist on every nod
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -242,7 +244,18 @@ def run_blocking(
     num_cpus: int | None = None,
     say: Any = print,
 ) -> None:
-    """``bbt serve --replicas``: deploy, report, serve until Ctrl-C, then clean up."""
+    """``bbt serve --replicas``: deploy, report, serve until Ctrl-C or SIGTERM, then clean up.
+
+    SIGTERM (what a process manager or ``docker stop`` sends) stops it like Ctrl-C, so a
+    local Ray started here never outlives the command.
+    """
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminate)
     started_here = start(spec, options, host=host, port=port, address=address, num_cpus=num_cpus)
     try:
         where = "a local Ray" if started_here else f"the Ray cluster at {address}"
@@ -256,6 +269,8 @@ def run_blocking(
         say("stopping Ray Serve ...")
     finally:
         stop(started_here)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = [

@@ -104,3 +104,28 @@ def test_replica_settings_let_concurrent_requests_reach_the_batcher() -> None:
     off = ray_serve.replica_settings(ray_serve.ReplicaOptions(batching=False))
     assert (on.max_concurrency, on.max_queue) == (8, 8)
     assert off.max_concurrency == 1
+
+
+def test_sigterm_stops_a_ray_deployment_like_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import threading
+
+    calls: list[Any] = []
+    monkeypatch.setattr(ray_serve, "start", lambda *a, **kw: calls.append("start") or True)
+    monkeypatch.setattr(ray_serve, "stop", lambda started: calls.append(("stop", started)))
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    ray_serve.run_blocking(
+        ray_serve.BackendSpec("mock"),
+        ray_serve.ReplicaOptions(),
+        host="127.0.0.1",
+        port=8000,
+        address=None,
+        say=calls.append,
+    )
+    timer.join()
+    assert calls[0] == "start"
+    assert calls[-2:] == ["stopping Ray Serve ...", ("stop", True)]
+    assert signal.getsignal(signal.SIGTERM) == before
