@@ -214,8 +214,17 @@ def start(
             ray.init(**init)
         except ConnectionError as exc:
             raise ConfigurationError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(spec, options), name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(spec, options), name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError as exc:  # a replica failed to start (bad model path, import error...)
+        stop(started_here)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigurationError(
+            f"Ray Serve could not start the bbt replicas ({first}); the replicas' own errors "
+            "are in Ray's logs (serve/replica_*.log and serve/controller_*.log under "
+            "/tmp/ray/session_latest/logs on the node)"
+        ) from None
     return started_here
 
 
@@ -253,10 +262,11 @@ def run_blocking(
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    started_here = start(spec, options, host=host, port=port, address=address, num_cpus=num_cpus)
     previous = None
     if threading.current_thread() is threading.main_thread():
+        # After start(): ray.init installs its own SIGTERM handler (a stack dump and exit).
         previous = signal.signal(signal.SIGTERM, terminate)
-    started_here = start(spec, options, host=host, port=port, address=address, num_cpus=num_cpus)
     try:
         where = "a local Ray" if started_here else f"the Ray cluster at {address}"
         say(

@@ -129,3 +129,31 @@ def test_sigterm_stops_a_ray_deployment_like_ctrl_c(monkeypatch: pytest.MonkeyPa
     assert calls[0] == "start"
     assert calls[-2:] == ["stopping Ray Serve ...", ("stop", True)]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_replicas_that_fail_to_start_are_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("ray.serve")
+    from ray import serve
+
+    stopped: list[bool] = []
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized() -> bool:
+            return True
+
+    def fail_run(*_a: Any, **_kw: Any) -> None:
+        raise RuntimeError("Deploying application bbt failed: Failed to update the deployments")
+
+    monkeypatch.setattr(ray_serve, "require_ray", lambda: (FakeRay, serve))
+    monkeypatch.setattr(serve, "start", lambda **_kw: None)
+    monkeypatch.setattr(serve, "run", fail_run)
+    monkeypatch.setattr(ray_serve, "build_app", lambda *_a: None)
+    monkeypatch.setattr(ray_serve, "stop", stopped.append)
+    with pytest.raises(ConfigurationError, match="could not start the bbt replicas") as info:
+        ray_serve.start(ray_serve.BackendSpec("mock"), ray_serve.ReplicaOptions())
+    assert "Failed to update the deployments" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert stopped == [False]
