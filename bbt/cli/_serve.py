@@ -124,6 +124,19 @@ def serve(
         help="MiB all sessions together hold (default 2048; one paper-scale session: 98).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
+    replicas: int | None = typer.Option(
+        None,
+        "--replicas",
+        min=1,
+        help="Scale out on Ray Serve: N replicas, one model each (needs bbt\\[ray]; "
+        "docs/scaling.md).",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="With --replicas: join this Ray cluster (auto | ray://host:10001) instead of "
+        "starting a local one.",
+    ),
 ) -> None:
     """Serve a masked or causal LM over protocol v1 (needs bbt\\[serve])."""
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -133,6 +146,26 @@ def serve(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info or warning, not {log_level!r}")
+    if ray_address is not None and replicas is None:
+        fail("--ray-address needs --replicas")
+    if replicas is not None:
+        _serve_on_ray(
+            replicas,
+            ray_address,
+            host=host,
+            port=port,
+            api_key_file=api_key_file,
+            backend_options={
+                "model_path": model,
+                "head": head,
+                "dtype": dtype,
+                "device": device,
+                "num_threads": threads,
+                "token_budget": token_budget,
+                "model_id": model_id,
+            },
+        )
+        return
     try:
         import uvicorn
 
@@ -237,6 +270,49 @@ def serve(
     finally:
         backend.close()
         release()
+
+
+def _serve_on_ray(
+    replicas: int,
+    address: str | None,
+    *,
+    host: str,
+    port: int,
+    api_key_file: Path | None,
+    backend_options: dict[str, Any],
+) -> None:
+    """``bbt serve --replicas``: the same backend options, one model per Ray Serve replica."""
+    try:
+        from bbt.server import ray_serve
+    except ImportError as exc:  # the server extra itself
+        fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
+    try:
+        ray_serve.require_ray()
+    except BBTError as exc:
+        fail(str(exc))
+    if port == 0:
+        fail("--replicas needs a fixed --port (Ray Serve's proxy cannot report a free one)")
+    bind_listener(host, port).close()  # a port in use: the usual one-line error, now
+    threads = backend_options.get("num_threads")
+    gpu = backend_options.get("device") == "cuda"
+    options = ray_serve.ReplicaOptions(
+        replicas=replicas,
+        num_cpus=float(threads or 1),
+        num_gpus=1.0 if gpu else 0.0,
+        api_key_file=str(api_key_file.resolve()) if api_key_file is not None else None,
+    )
+    spec = ray_serve.BackendSpec("hf", {k: v for k, v in backend_options.items() if v is not None})
+    try:
+        ray_serve.run_blocking(
+            spec,
+            options,
+            host=host,
+            port=port,
+            address=address,
+            say=lambda m: typer.echo(m, err=True),
+        )
+    except BBTError as exc:
+        fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:

@@ -30,6 +30,7 @@ from bbt.client._base import (
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._fanout import gather_ordered
 from bbt.client._sessions import (
     ProjectionSession,
     SessionChunk,
@@ -59,8 +60,9 @@ from bbt.protocol import (
 )
 from bbt.protocol.projection import ProjectionRecipe
 
-#: Sub-requests of one split call in flight at once; a server that limits per-request size
-#: usually also limits concurrency, so stay polite by default.
+#: Sub-requests of one split call in flight at once when ``max_concurrency`` is not set
+#: (argument or ``BBT_MAX_CONCURRENCY``); a server that limits per-request size usually also
+#: limits concurrency, so stay polite by default. Only a set value also fans out.
 DEFAULT_MAX_CONCURRENCY = 4
 
 
@@ -68,8 +70,10 @@ class AsyncClient(BaseClient):
     """The async twin of :class:`bbt.Client`: same arguments, same behaviour, ``await`` it.
 
     The split sub-requests of one call run concurrently, at most ``max_concurrency`` at a
-    time; results are still reassembled in order. ``transport`` takes any
-    ``httpx.AsyncBaseTransport``, e.g. ``httpx.ASGITransport(app=...)``.
+    time (:data:`DEFAULT_MAX_CONCURRENCY` when unset); results are still reassembled in
+    order. A ``max_concurrency`` that is set (argument or ``BBT_MAX_CONCURRENCY``) also
+    fans a logits call out into at least that many requests, as :class:`bbt.Client` does.
+    ``transport`` takes any ``httpx.AsyncBaseTransport``, e.g. ``httpx.ASGITransport(app=...)``.
     """
 
     def __init__(
@@ -86,7 +90,7 @@ class AsyncClient(BaseClient):
         timeout_per_sequence: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         env_file: str | Path | None = DEFAULT_ENV_FILE,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_concurrency: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
         settings = ClientSettings(
@@ -100,8 +104,9 @@ class AsyncClient(BaseClient):
             max_retry_wait=max_retry_wait,
             connect_timeout=connect_timeout,
             timeout_per_sequence=timeout_per_sequence,
+            max_concurrency=max_concurrency,
         )
-        self._init(settings, transport, max_concurrency, rng)
+        self._init(settings, transport, rng)
 
     @classmethod
     def from_settings(
@@ -109,27 +114,26 @@ class AsyncClient(BaseClient):
         settings: ClientSettings,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         rng: random.Random | None = None,
     ) -> AsyncClient:
         self = cls.__new__(cls)
-        self._init(settings, transport, max_concurrency, rng)
+        self._init(settings, transport, rng)
         return self
 
     def _init(
         self,
         settings: ClientSettings,
         transport: httpx.AsyncBaseTransport | None,
-        max_concurrency: int,
         rng: random.Random | None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
         super().__init__(settings, rng=rng)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, transport=transport, timeout=self._timeout()
         )
-        self._max_concurrency = max_concurrency
+        # Set explicitly (argument or environment): that many in flight, and fan-out.
+        chosen = "max_concurrency" in settings.model_fields_set
+        self._max_concurrency = settings.max_concurrency if chosen else DEFAULT_MAX_CONCURRENCY
+        self._fan_out = settings.max_concurrency
         #: How retries wait; tests replace it to record the waits instead of sleeping.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -165,20 +169,7 @@ class AsyncClient(BaseClient):
 
         On the first failure the remaining jobs are cancelled and that error is raised.
         """
-        gate = asyncio.Semaphore(self._max_concurrency)
-
-        async def run(job: Awaitable[M]) -> M:
-            async with gate:
-                return await job
-
-        tasks = [asyncio.ensure_future(run(job)) for job in jobs]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await gather_ordered(self._max_concurrency, jobs)
 
     # ---------------------------------------------------------------- API
 
@@ -221,7 +212,9 @@ class AsyncClient(BaseClient):
         candidate_ids: Sequence[int],
     ) -> FloatArray:
         info = await self.model_info()
-        chunks = plan_logits(info, prompts, texts, candidate_ids, self._settings.dtype)
+        chunks = plan_logits(
+            info, prompts, texts, candidate_ids, self._settings.dtype, self._fan_out
+        )
         n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
         responses = await self._gather(
             [

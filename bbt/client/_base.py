@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -408,11 +409,14 @@ def plan_logits(
     texts: Sequence[str],
     candidate_ids: Sequence[int],
     dtype: DType = "float32",
+    min_requests: int = 1,
 ) -> list[LogitsChunk]:
     """Split and pre-flight check a logits job; every chunk passes ``check_logits_request``.
 
     All chunks are built and checked before anything is sent, so a mistake anywhere costs
-    no request at all.
+    no request at all. ``min_requests`` asks for at least that many chunks (fan-out): the
+    prompts are split further, never the texts, so each chunk is a whole share of the
+    population on the whole batch.
     """
     arr = np.asarray(prompts)
     if arr.ndim != 3:
@@ -434,6 +438,7 @@ def plan_logits(
     groups_p, groups_b = plan_grid(
         n_prompts, len(texts), info.limits, prompt_bytes=prompt_bytes, text_bytes=text_bytes
     )
+    groups_p = max(groups_p, min(n_prompts, math.ceil(min_requests / groups_b)))
     chunks = []
     for p0, p1 in _even_bounds(n_prompts, groups_p):
         try:
@@ -542,6 +547,8 @@ class BaseClient:
         self._base_url = settings.require_base_url()
         check_api_key(settings.api_key)
         self._usage = UsageStats()
+        # Fanned-out requests count their bytes and retries from several threads.
+        self._usage_lock = threading.Lock()
         self._info: ModelInfo | None = None
         self._wait = RetryWait(settings.max_retry_wait, rng=rng)
 
@@ -611,8 +618,9 @@ class BaseClient:
     # ---------------------------------------------------------------- responses
 
     def _count_sent(self, request: httpx.Request) -> None:
-        self._usage.requests += 1
-        self._usage.bytes_sent += len(request.content)
+        with self._usage_lock:
+            self._usage.requests += 1
+            self._usage.bytes_sent += len(request.content)
 
     def _transport_error(self, exc: httpx.HTTPError) -> APIError:
         return transport_error(exc, self._settings.api_key)
@@ -620,7 +628,8 @@ class BaseClient:
     def _parse(self, response: httpx.Response, model: type[M]) -> M:
         # Bytes as they came off the wire (compressed, if the server compressed); a response
         # built in memory (a mock transport) never streamed, so count its body instead.
-        self._usage.bytes_received += response.num_bytes_downloaded or len(response.content)
+        with self._usage_lock:
+            self._usage.bytes_received += response.num_bytes_downloaded or len(response.content)
         if not response.is_success:
             raise status_error(response, self._settings.api_key)
         request_id = response.headers.get(REQUEST_ID_HEADER)
@@ -658,7 +667,8 @@ class BaseClient:
         }
 
     def _before_retry(self, retry_state: RetryCallState) -> None:
-        self._usage.retries += 1
+        with self._usage_lock:
+            self._usage.retries += 1
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,6 +32,7 @@ from bbt.client._base import (
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._fanout import run_ordered
 from bbt.client._sessions import (
     ProjectionSession,
     SessionChunk,
@@ -88,6 +91,7 @@ class Client(BaseClient):
         max_retry_wait: float | None = None,
         connect_timeout: float | None = None,
         timeout_per_sequence: float | None = None,
+        max_concurrency: int | None = None,
         transport: httpx.BaseTransport | None = None,
         env_file: str | Path | None = DEFAULT_ENV_FILE,
         rng: random.Random | None = None,
@@ -103,6 +107,7 @@ class Client(BaseClient):
             max_retry_wait=max_retry_wait,
             connect_timeout=connect_timeout,
             timeout_per_sequence=timeout_per_sequence,
+            max_concurrency=max_concurrency,
         )
         self._init(settings, transport, rng)
 
@@ -130,6 +135,9 @@ class Client(BaseClient):
         )
         #: How retries wait; tests replace it to record the waits instead of sleeping.
         self._sleep: Callable[[float], None] = time.sleep
+        #: Threads that send one call's requests at once (fan-out); None: one at a time.
+        width = settings.max_concurrency
+        self._pool = ThreadPoolExecutor(width, "bbt-fanout") if width > 1 else None
 
     # ---------------------------------------------------------------- sending
 
@@ -194,13 +202,15 @@ class Client(BaseClient):
         candidate_ids: Sequence[int],
     ) -> FloatArray:
         info = self.model_info()
-        chunks = plan_logits(info, prompts, texts, candidate_ids, self._settings.dtype)
+        width = self._settings.max_concurrency
+        chunks = plan_logits(info, prompts, texts, candidate_ids, self._settings.dtype, width)
         n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
         out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
-        for chunk in chunks:
-            resp = self._send(
-                "POST", self._api("/logits"), chunk.request, LogitsResponse, chunk.sequences
-            )
+        send = partial(self._send, "POST", self._api("/logits"))
+        responses = run_ordered(
+            self._pool, [partial(send, c.request, LogitsResponse, c.sequences) for c in chunks]
+        )
+        for chunk, resp in zip(chunks, responses, strict=True):
             self._logits_into(out, chunk, resp)
         self._usage.calls += n_prompts
         return out
@@ -330,6 +340,8 @@ class Client(BaseClient):
     # ---------------------------------------------------------------- lifetime
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self._http.close()
 
     def __enter__(self) -> Client:

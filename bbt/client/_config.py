@@ -90,6 +90,12 @@ class ClientSettings(BaseSettings):
         default=DEFAULT_MAX_RETRY_WAIT, ge=0, description="Cap on one wait, Retry-After included."
     )
     dtype: DType = Field(default="float32", description="Element type of prompts on the wire.")
+    max_concurrency: int = Field(
+        default=1,
+        ge=1,
+        description="Requests one call keeps in flight; a logits call splits its prompts into "
+        "at least this many requests (fan-out over server replicas). 1: one at a time.",
+    )
 
     @field_validator("base_url", "api_key", "model", "connect_timeout", mode="before")
     @classmethod
