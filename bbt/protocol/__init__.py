@@ -2,6 +2,7 @@
 
 from bbt.protocol._models import (
     API_PREFIX,
+    DEEP_PROMPTS,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     REQUEST_ID_HEADER,
@@ -37,6 +38,7 @@ from bbt.protocol._validate import (
 
 __all__ = [
     "API_PREFIX",
+    "DEEP_PROMPTS",
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
     "REQUEST_ID_HEADER",

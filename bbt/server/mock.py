@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bbt.protocol import Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol import DEEP_PROMPTS, Limits, ModelInfo, ProtocolViolation, Usage
 from bbt.server._cancel import current_stop_check, raise_if_stopped
 from bbt.server.backend import Backend, FloatArray, IntArray
 
@@ -127,6 +127,11 @@ class MockBackend(Backend):
         max_sequence_length: tokens per sequence, [CLS] + prompt + text + [SEP].
         model_id: the id to serve under.
         embedding_std: target std of the embedding table's entries.
+        num_layers: L, the layers a deep prompt [P, L, n, H] has slices for (BBTv2). Slice 0
+            acts as a shallow prompt; slice l >= 1 adds its token sum, turned by a fixed
+            per-layer matrix and rescaled from that layer's hidden-state std
+            (:attr:`ModelInfo.layer_std`), to the summary before normalisation. Zero slices
+            at l >= 1 therefore give exactly the shallow prompt's logits.
         compute_ms: simulated model time per ``logits`` call, spent in the worker thread
             (so it holds the backend slot, serialised like a real model's forward passes, and
             unlike the fault injector's ``latency_ms``, which delays requests concurrently).
@@ -144,9 +149,12 @@ class MockBackend(Backend):
         model_id: str = MOCK_MODEL_ID,
         embedding_std: float = 0.05,
         compute_ms: float = 0.0,
+        num_layers: int = 1,
     ) -> None:
         if hidden_size < 8:
             raise ValueError("hidden_size must be at least 8")
+        if num_layers < 1:
+            raise ValueError("num_layers must be at least 1")
         if not compute_ms >= 0:
             raise ValueError("compute_ms must be non-negative")
         self.compute_ms = float(compute_ms)
@@ -182,6 +190,7 @@ class MockBackend(Backend):
         # Output embeddings are tied to the input table: out_c = head @ E[c].
         self._head = (proj(_STATE_DIM, h) * (_HEAD_GAIN / sd)).astype(np.float32)
         self._bias = (rng.standard_normal(len(_VOCAB)) * 0.1).astype(np.float32)
+        self._init_deep(num_layers)
 
         lim = limits or Limits(
             max_prompts_per_request=64,
@@ -197,7 +206,7 @@ class MockBackend(Backend):
             id=model_id,
             hidden_size=h,
             vocab_size=len(_VOCAB),
-            num_layers=1,
+            num_layers=num_layers,
             max_sequence_length=max_sequence_length,
             mask_token=MOCK_MASK_TOKEN,
             mask_token_id=_INDEX[MOCK_MASK_TOKEN],
@@ -205,7 +214,23 @@ class MockBackend(Backend):
             embedding_std=self._std,
             dtypes=["float32", "float16"],
             limits=lim,
+            capabilities=[DEEP_PROMPTS],
+            layer_std=[self._std, *(float(v) for v in self._layer_std[1:])],
         )
+
+    def _init_deep(self, num_layers: int) -> None:
+        """Per-layer parts of deep prompts, drawn from their own stream so that the shallow
+        model (every weight above) is the same whatever ``num_layers`` is."""
+        h = self.hidden_size
+        rng = np.random.default_rng([self.seed, h, 0xDEE9])
+        # Hidden states of a real encoder grow in scale with depth; the mock says so in
+        # layer_std and divides a slice by its std, so a slice drawn at that scale acts
+        # like an input-embedding-scale prompt.
+        self._layer_std = np.asarray(
+            [self._std * (1.0 + 0.5 * layer) for layer in range(num_layers)], dtype=np.float64
+        )
+        turns = rng.standard_normal((max(num_layers - 1, 0), h, h)) / np.sqrt(h)
+        self._layer_turn = turns.astype(np.float32)  # [L - 1, H, H]
 
     @property
     def info(self) -> ModelInfo:
@@ -252,8 +277,20 @@ class MockBackend(Backend):
         return feats / np.float32(self._std), tokens
 
     def _prompt_summary(self, prompts: FloatArray) -> FloatArray:
-        """Sum of each prompt's vectors, layer-normalised; exactly zero for the zero prompt."""
-        total = prompts.astype(np.float32, copy=False).sum(axis=1)  # [P, H]
+        """Sum of each prompt's vectors, layer-normalised; exactly zero for the zero prompt.
+
+        A deep prompt [P, L, n, H] adds each deeper slice's sum, turned by its layer's fixed
+        matrix and scaled by ``std_0 / std_l`` (zero slices add exact zeros).
+        """
+        if prompts.ndim == 4:
+            deep = prompts.astype(np.float32, copy=False)
+            total = deep[:, 0].sum(axis=1)  # [P, H]
+            for layer in range(1, deep.shape[1]):
+                scale = np.float32(self._layer_std[0] / self._layer_std[layer])
+                part = deep[:, layer].sum(axis=1) * scale
+                total = total + np.einsum("ph,hk->pk", part, self._layer_turn[layer - 1])
+        else:
+            total = prompts.astype(np.float32, copy=False).sum(axis=1)  # [P, H]
         total = total - total.mean(axis=1, keepdims=True)
         # eps in embedding units: a prompt far smaller than one token fades out smoothly.
         eps = np.float32((0.1 * self._std) ** 2)
@@ -277,7 +314,7 @@ class MockBackend(Backend):
     ) -> tuple[FloatArray, Usage]:
         if self.compute_ms > 0:
             self._simulate_compute()
-        p, n, _ = prompts.shape
+        p, n = int(prompts.shape[0]), int(prompts.shape[-2])
         x, tokens_per_prompt = self._text_features(texts, n)  # [B, H]
         s = self._prompt_summary(prompts)  # [P, H]
         # einsum, not matmul: these products are tiny, and a multi-threaded BLAS on a
