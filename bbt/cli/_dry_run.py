@@ -48,9 +48,12 @@ def plan_call(
     texts: Sequence[str],
     candidate_ids: Sequence[int],
     dtype: DType,
+    layers: int | None = None,
 ) -> CallPlan:
-    """Split a call exactly as the client will, and say which limit made it split."""
-    prompts = np.zeros((n_prompts, n_tokens, info.hidden_size), dtype=np.float32)
+    """Split a call exactly as the client will, and say which limit made it split.
+    ``layers``: deep prompts [P, L, n, H] (BBTv2) of that many layers."""
+    deep = () if layers is None else (layers,)
+    prompts = np.zeros((n_prompts, *deep, n_tokens, info.hidden_size), dtype=np.float32)
     chunks = plan_logits(info, prompts, texts, candidate_ids, dtype)
     n_cand = len(candidate_ids)
     sizes = [len(c.request.model_dump_json().encode()) for c in chunks]
@@ -72,7 +75,7 @@ def plan_call(
             )
         # The client's own bound (plan_grid): prompts exactly, each text at its worst-case
         # JSON size (6 bytes a character, as if every one were a \uXXXX escape).
-        prompt_bytes = encoded_size((n_prompts, n_tokens, info.hidden_size), dtype)
+        prompt_bytes = encoded_size(prompts.shape, dtype)
         text_bytes = n_texts * max(6 * len(t) + 3 for t in texts)
         bound = prompt_bytes + text_bytes + _BODY_SLACK
         if bound > lim.max_body_bytes:
@@ -210,19 +213,27 @@ def make_plan(
         mean=cfg.eval_mean,
     )
     ids = tuner.candidate_ids
-    train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire)
-    dev = plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire) if tuner.dev_texts else None
+    # BBTv2 sends deep prompts [P, L, n, H] and projects z of L * d numbers.
+    layers: int | None = getattr(tuner, "num_layers", None)
+    z_size: int = getattr(tuner, "z_size", cfg.dim)
+    train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire, layers)
+    dev = (
+        plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire, layers)
+        if tuner.dev_texts
+        else None
+    )
 
     # The probe: the first request of a generation, as the run will send it.
+    deep = () if layers is None else (layers,)
     chunk = plan_logits(
         info,
-        np.zeros((pop, cfg.n_tokens, info.hidden_size), dtype=np.float32),
+        np.zeros((pop, *deep, cfg.n_tokens, info.hidden_size), dtype=np.float32),
         tuner.train_texts,
         ids,
         wire,
     )[0]
     t0 = time.perf_counter()
-    prompts = tuner.prompts(np.zeros((pop, cfg.dim)))
+    prompts = tuner.prompts(np.zeros((pop, z_size)))
     projection_s = time.perf_counter() - t0
     before = service.usage.copy()
     t0 = time.perf_counter()
