@@ -298,9 +298,10 @@ class _Run:
     def on_generation(self, rec: GenerationRecord) -> None:
         if self.dir is None:
             return
-        line = json.dumps(
-            {k: _num(v) if isinstance(v, float) else v for k, v in rec.as_dict().items()}
-        )
+        row = rec.as_dict()
+        if row.get("layer") is None:
+            row.pop("layer", None)  # BBT: history lines as they always were
+        line = json.dumps({k: _num(v) if isinstance(v, float) else v for k, v in row.items()})
         hist = self.dir / HISTORY
         with hist.open("ab") as fh:
             fh.write((line + "\n").encode())

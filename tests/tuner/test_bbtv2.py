@@ -291,3 +291,7 @@ def test_a_bbt_run_still_resumes_as_bbt(tmp_path: Path, mock_task: Task, split: 
     assert man["method"] == "bbt"
     assert "layer_projections" not in man
     assert np.load(run / PROMPT).shape == (5, H)
+    # Its history has no BBTv2 field.
+    rows = [json.loads(x) for x in (run / HISTORY).read_text().splitlines()]
+    assert rows
+    assert all("layer" not in r for r in rows)
