@@ -36,3 +36,18 @@ def test_errors_share_one_base() -> None:
     for name in bbt.errors.__all__:
         cls = getattr(bbt.errors, name)
         assert issubclass(cls, bbt.BBTError), name
+
+
+def test_import_bbt_loads_no_server_code() -> None:
+    # The client's LocalClient needs the backend contract only (bbt.protocol.backend); the
+    # server package (and the mock's vocabulary it builds) loads when a server is asked for.
+    code = "import bbt, sys; assert not any(m.startswith('bbt.server') for m in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_backend_contract_is_one_class_under_both_names() -> None:
+    from bbt.protocol.backend import Backend
+    from bbt.server.backend import Backend as ServerBackend
+
+    assert ServerBackend is Backend

@@ -23,7 +23,7 @@ from bbt.client._base import (
 from bbt.client._service import UsageStats
 from bbt.errors import BBTError, ProtocolError, ServerError
 from bbt.protocol import Health, ModelInfo, ProtocolViolation, TokenizeResponse
-from bbt.server.backend import Backend
+from bbt.protocol.backend import Backend
 
 T = TypeVar("T")
 

@@ -2,8 +2,9 @@
 
 The pieces, in the order data flows through them::
 
-    Task + data  ->  Tuner (CMA-ES asks z)  ->  Projection (p = A z + p0)  ->  Service.logits
-                 ->  losses over the verbalizer logits  ->  Tuner.tell  ->  dev selection
+    Task + data  ->  Tuner: CMAOptimizer asks z  ->  Evaluator (by default p = A z + p0,
+                 then Service.logits)  ->  losses over the verbalizer logits  ->  Tuner.tell
+                 ->  dev selection
                  ->  run directory (checkpoints, manifest, history, plot)  ->  TunedPrompt
 
 Quick start::
@@ -17,6 +18,7 @@ Quick start::
 """
 
 from bbt.tuner.data import Example, load_examples, parse_columns, read_rows, sample_k_shot
+from bbt.tuner.evaluator import Evaluator, ProjectingEvaluator, make_evaluator
 from bbt.tuner.losses import (
     HINGE_MARGIN,
     LOSSES,
@@ -30,6 +32,7 @@ from bbt.tuner.losses import (
     neg_f1,
     softmax,
 )
+from bbt.tuner.optimizer import CMAOptimizer
 from bbt.tuner.predict import Prediction, TunedPrompt
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
@@ -51,12 +54,15 @@ __all__ = [
     "LOSSES",
     "PRESETS",
     "PRESET_NAMES",
+    "CMAOptimizer",
     "Callback",
     "Candidate",
+    "Evaluator",
     "Example",
     "GenerationRecord",
     "InitialPrompt",
     "Prediction",
+    "ProjectingEvaluator",
     "Projection",
     "ProjectionRecipe",
     "Task",
@@ -76,6 +82,7 @@ __all__ = [
     "load_examples",
     "load_result",
     "load_task_file",
+    "make_evaluator",
     "neg_accuracy",
     "neg_f1",
     "parse_columns",

@@ -55,11 +55,12 @@ from bbt.errors import RunError
 from bbt.tuner import checkpoint as _ckpt
 from bbt.tuner.bbtv2 import BBTv2Tuner, make_tuner
 from bbt.tuner.data import Example, read_jsonl, write_jsonl
+from bbt.tuner.optimizer import import_cma
 from bbt.tuner.plot import plot_history
 from bbt.tuner.projection import fingerprint_array
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.tasks import Task, get_preset
-from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner, import_cma
+from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner
 
 try:
     import fcntl

@@ -6,17 +6,18 @@ set by the model (one *API call* per candidate), and the losses go back to CMA-E
 ``eval_every`` calls the best candidate so far is scored on the dev set; the prompt that
 scores best there is the run's result.
 
-Determinism (what makes ``--resume`` exact):
+The :class:`Tuner` composes two seams and owns everything between them (budget, losses,
+the non-finite rule, dev selection, callbacks, checkpoints):
 
-- pycma draws its samples from NumPy's *global* RNG unless given another ``randn``. The
-  tuner gives it a private, seeded ``RandomState``, which pickles with the strategy, so
-  nothing else in the process (a mock backend, user code) can shift the stream and every
-  checkpoint holds it. Any other use of the global RNG inside pycma runs on a saved copy of
-  the global state that the tuner swaps in around each pycma call (and checkpoints).
-- A CMA-ES object restored from a pickle does not always continue bit-for-bit like the
-  object it was pickled from (internal caches are rebuilt differently). So after every
-  generation the tuner continues with the restored copy of the very pickle it checkpoints:
-  an uninterrupted run and a resumed run then execute identical code on identical state.
+- :class:`bbt.tuner.optimizer.CMAOptimizer`, a pure ask/tell CMA-ES in z-space (no I/O, no
+  global RNG; its module says how its randomness is kept private);
+- :class:`bbt.tuner.evaluator.Evaluator`, which turns z into logits on the service (by
+  default :class:`~bbt.tuner.evaluator.ProjectingEvaluator`: p = A z + p0 locally).
+
+Determinism (what makes ``--resume`` exact): the optimiser's state, its sampling stream
+included, is one pickle that every checkpoint holds, and after every generation the run
+continues from the restored copy of that very pickle, so an uninterrupted run and a resumed
+run execute identical code on identical state.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import logging
 import math
 import pickle
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -36,7 +35,9 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import ConfigurationError, TaskError
 from bbt.tuner.data import Example
+from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
 from bbt.tuner.losses import LOSSES, cross_entropy, get_loss, get_metric
+from bbt.tuner.optimizer import CMAOptimizer
 from bbt.tuner.projection import Distribution, Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
 from bbt.tuner.tasks import Task, verbalizer_ids
@@ -203,7 +204,9 @@ class _State:
     generation: int = 0
     calls: int = 0
     dev_calls: int = 0
-    es_blob: bytes = b""
+    es_blob: bytes = b""  # CMAOptimizer.blob
+    # NumPy's global RNG state that bbt before the optimiser split swapped in around pycma;
+    # pycma no longer touches the global RNG, so it is kept (None) for the pickle's shape only.
     rng_state: Any = None
     best_train: Candidate | None = None
     selected: Candidate | None = None
@@ -214,20 +217,6 @@ class _State:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def import_cma() -> Any:
-    """pycma, imported lazily; it warns when matplotlib (only needed for its own plots) is
-    missing, which says nothing about tuning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*matplotlib.*")
-        import cma
-    return cma
-
-
-def _cma_seed(seed: int) -> int:
-    # A 32-bit seed for CMA-ES's sampler, decorrelated from the projection's PCG64(seed).
-    return int(np.random.SeedSequence([seed, 0xC3A]).generate_state(1, dtype=np.uint32)[0]) | 1
-
-
 class Tuner:
     """Black-Box Tuning with an ask/tell interface.
 
@@ -235,6 +224,11 @@ class Tuner:
     budget is spent or a stop condition holds. Those who drive it themselves call
     :meth:`ask`, score the candidates however they like (:meth:`evaluate` does what
     ``step`` does), and hand the losses to :meth:`tell`.
+
+    It composes a :class:`~bbt.tuner.optimizer.CMAOptimizer` (:attr:`optimizer`) and an
+    :class:`~bbt.tuner.evaluator.Evaluator` (:attr:`evaluator`), built by ``evaluator``
+    (default :func:`~bbt.tuner.evaluator.make_evaluator`) from the service, the projection
+    recipe and p0.
 
     Budget accounting: one API call is one candidate scored on the whole training set. A
     generation of P candidates costs P calls and runs only if it fits in what is left of
@@ -268,6 +262,7 @@ class Tuner:
         initial_prompt: InitialPrompt | None = None,
         p0: F32 | None = None,
         callbacks: Sequence[Callback] = (),
+        evaluator: EvaluatorFactory = make_evaluator,
     ) -> None:
         self.service = service
         self.task = task
@@ -316,17 +311,13 @@ class Tuner:
             sigma=cfg.sigma,
             distribution=cfg.projection,
         )
-        self.projection = Projection(self.recipe)
+        self.evaluator: Evaluator = evaluator(service, self.recipe, self.p0)
         self._state = _State()
-        # The global-RNG state pycma sees; seeded so that even that is part of the recipe.
-        self._state.rng_state = np.random.RandomState(_cma_seed(cfg.seed) ^ 1).get_state()
-        self._pending: F64 | None = None
         self._warned_nonfinite = False
         self._session_start = time.perf_counter()
         self._elapsed_base = 0.0
-        blob = pickle.dumps(self._new_es(), protocol=pickle.HIGHEST_PROTOCOL)
-        self._es = pickle.loads(blob)  # as after every tell(): continue from the pickle
-        self._state.es_blob = blob
+        self.optimizer = CMAOptimizer(cfg.dim, cfg.population, cfg.sigma, cfg.seed, bound=cfg.bound)
+        self._state.es_blob = self.optimizer.blob
 
     # ------------------------------------------------------------------ set-up
 
@@ -335,44 +326,6 @@ class Tuner:
         if any(lab is None for lab in labels):
             raise TaskError(f"every {what} example needs a label")
         return np.asarray(labels, dtype=np.int64)
-
-    @contextmanager
-    def _own_rng(self) -> Iterator[None]:
-        """Run pycma on the tuner's private copy of NumPy's global RNG state."""
-        outside = np.random.get_state()
-        np.random.set_state(self._state.rng_state)
-        try:
-            with warnings.catch_warnings():
-                # pycma reports conditions such as flat fitness as warnings; the run records
-                # its stop reasons instead, and warnings must not turn into errors here.
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            self._state.rng_state = np.random.get_state()
-            np.random.set_state(outside)
-
-    def _new_es(self) -> Any:
-        cma = import_cma()
-
-        cfg = self.config
-        opts: dict[str, Any] = {
-            "popsize": cfg.population,
-            # pycma samples with `randn`, by default NumPy's global RNG. A private, seeded
-            # RandomState instead travels inside the pickled strategy (by value), so a
-            # checkpoint carries the exact sampling stream. `seed` is then unused: NaN.
-            "randn": np.random.RandomState(_cma_seed(cfg.seed)).randn,
-            "seed": float("nan"),
-            "verbose": -9,
-            "verb_log": 0,
-            "verb_disp": 0,
-            # The budget is ours; pycma's own evaluation limits must never cut in first.
-            "maxfevals": float("inf"),
-            "maxiter": float("inf"),
-        }
-        if cfg.bound is not None:
-            opts["bounds"] = [-cfg.bound, cfg.bound]
-        with self._own_rng():
-            return cma.CMAEvolutionStrategy(np.zeros(cfg.dim), cfg.sigma, inopts=opts)
 
     # ------------------------------------------------------------------ properties
 
@@ -413,7 +366,19 @@ class Tuner:
 
     @property
     def sigma(self) -> float:
-        return float(self._es.sigma)
+        return self.optimizer.sigma
+
+    @property
+    def projection(self) -> Projection:
+        """The projection A of :attr:`recipe` (built once, shared with the evaluator when it
+        projects locally)."""
+        proj = getattr(self.evaluator, "projection", None)
+        if isinstance(proj, Projection) and proj.recipe == self.recipe:
+            return proj
+        own = self.__dict__.get("_own_projection")
+        if not isinstance(own, Projection):
+            own = self.__dict__["_own_projection"] = Projection(self.recipe)
+        return own
 
     def done(self) -> bool:
         """Whether the run is over (budget, early stopping, CMA-ES converged, or a callback)."""
@@ -421,8 +386,7 @@ class Tuner:
             if self._state.calls + self.popsize > self.config.budget:
                 self._state.stop_reason = "budget"
             else:
-                with self._own_rng():
-                    stops = {k: v for k, v in self._es.stop().items() if k not in ("maxiter",)}
+                stops = self.optimizer.stop()
                 if stops:
                     self._state.stop_reason = "cma:" + ",".join(sorted(stops))
         return self._state.stop_reason is not None
@@ -430,11 +394,12 @@ class Tuner:
     # ------------------------------------------------------------------ scoring
 
     def prompts(self, z: np.ndarray[Any, Any]) -> F32:
-        """Prompts [P, n, H] for z [P, d] (p = A z + p0)."""
-        return self.projection.project(z, self.p0)
+        """The prompts z [P, d] stand for: [P, n, H] (p = A z + p0) with the default
+        evaluator."""
+        return self.evaluator.prompts(z)
 
     def _logits(self, z: np.ndarray[Any, Any], texts: list[str]) -> F32:
-        return self.service.logits(self.prompts(z), texts, self.candidate_ids)
+        return self.evaluator.logits(z, texts, self.candidate_ids)
 
     def evaluate(self, candidates: np.ndarray[Any, Any]) -> tuple[F64, F64]:
         """Score candidates on the training set in one service call (P API calls): the loss
@@ -487,14 +452,13 @@ class Tuner:
 
     # ------------------------------------------------------------------ ask / tell
 
+    @property
+    def _pending(self) -> F64 | None:
+        return self.optimizer.pending
+
     def ask(self) -> F64:
         """The next population, [P, d] (float64)."""
-        if self._pending is not None:
-            return self._pending
-        with self._own_rng():
-            sols = self._es.ask()
-        self._pending = np.asarray(sols, dtype=np.float64)
-        return self._pending
+        return self.optimizer.ask()
 
     def tell(
         self, losses: Sequence[float] | np.ndarray[Any, Any], metrics: Any = None
@@ -510,14 +474,9 @@ class Tuner:
         # Non-finite losses: see the class docstring. Raising here would lose the run for
         # good (a resume replays the same z), so the candidate is ranked last instead.
         loss, rank, nonfinite = self._nonfinite_rule(raw)
-        with self._own_rng():
-            self._es.tell(list(pop), loss.tolist())
-        # Continue from the pickled copy (see the module docstring).
-        blob = pickle.dumps(self._es, protocol=pickle.HIGHEST_PROTOCOL)
-        self._es = pickle.loads(blob)
+        self.optimizer.tell(loss)
         st = self._state
-        st.es_blob = blob
-        self._pending = None
+        st.es_blob = self.optimizer.blob
         before = st.calls
         st.calls += pop.shape[0]
         st.generation += 1
@@ -600,11 +559,7 @@ class Tuner:
     def _mean_z(self) -> F64:
         """The CMA-ES mean as a candidate z: pycma's ``mean`` mapped to the space the
         candidates live in (within the bounds, when there are bounds)."""
-        es = self._es
-        if self.config.bound is None:
-            return np.array(es.mean, dtype=np.float64)
-        pheno = es.gp.pheno(es.mean, into_bounds=es.boundary_handler.repair)
-        return np.array(pheno, dtype=np.float64)
+        return self.optimizer.mean()
 
     def _consider(self, cand: Candidate) -> bool:
         """Make ``cand`` (already scored on dev) the selection if it beats it: higher dev
@@ -678,9 +633,11 @@ class Tuner:
         if data.get("version") != 1:
             raise ValueError("unsupported checkpoint version")
         state: _State = pickle.loads(data["state"])
+        self.optimizer = CMAOptimizer.from_blob(state.es_blob, bound=self.config.bound)
+        # A checkpoint of bbt before the optimiser split holds the global-RNG state that was
+        # swapped in around pycma; nothing reads it any more.
+        state.rng_state = None
         self._state = state
-        self._es = pickle.loads(state.es_blob)
-        self._pending = None
         self._elapsed_base = state.elapsed
         self._session_start = time.perf_counter()
 

@@ -224,3 +224,21 @@ def test_tokenizer_cache_memory(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert rows[("new", 60)]["entries"] == 60
     # The same texts cost the new cache several times less (compact ids, same keys).
     assert rows[("new", 60)]["cache_mib"] * 3 < rows[("old", 60)]["cache_mib"]
+
+
+def test_cpu_ceiling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mod = _module("cpu_ceiling")
+    out_json = tmp_path / "ceiling.json"
+    assert mod.main(["--repeats", "2", "--budget", "40", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "floor for the tuning alone" in printed
+    data = json.loads(out_json.read_text())
+    # The demo's 16-shot AG News train set: 64 sequences per call, each longer than the prompt.
+    assert data["demo"]["train_sequences_per_call"] == 64
+    assert data["demo"]["mean_tokens"] > 10
+    assert data["demo"]["sequences"] == 40 * 64
+    # The floor is the arithmetic over the measured rate, and the exact savings lower it.
+    assert data["floor_seconds"] == pytest.approx(
+        data["gflop_total"] / data["sgemm_gflops"], rel=0.01
+    )
+    assert 0 < data["floor_seconds_with_exact_savings"] < data["floor_seconds"]

@@ -49,7 +49,7 @@ def test_the_mean_is_scored_at_every_dev_check_and_at_the_end(
     assert last is not None
     assert last.calls == 144
     assert last.source == "mean"
-    assert np.array_equal(last.z, np.asarray(tuner._es.mean))
+    assert np.array_equal(last.z, np.asarray(tuner.optimizer.es.mean))
     # dev calls: p0, each new best-by-train candidate, and the mean at 3 checks + the end.
     best_scores = sum(r.dev_metric is not None for r in records)
     end_best = 0 if tuner.best is None or tuner.best.calls <= 120 else 1
@@ -258,4 +258,4 @@ def test_with_bounds_the_mean_candidate_lies_within_them(mock_task: Task, split:
     assert mean is not None
     assert np.abs(mean.z).max() <= 0.05
     # pycma's own mean (its genotype) has left the box: scoring it raw would be wrong.
-    assert np.abs(np.asarray(tuner._es.mean)).max() > 0.05
+    assert np.abs(np.asarray(tuner.optimizer.es.mean)).max() > 0.05

@@ -1,0 +1,85 @@
+"""The evaluator seam: the one place where candidates in z-space become logits.
+
+The optimiser (:mod:`bbt.tuner.optimizer`) works in z-space only; the :class:`Tuner` hands
+each population to an :class:`Evaluator` and turns the logits it returns into losses. What
+z means on the wire is the evaluator's business:
+
+- :class:`ProjectingEvaluator` (the default, protocol v1): the prompt p = A z + p0 is built
+  here, in the client, and sent in full to :meth:`bbt.client.Service.logits`.
+- a session evaluator hands z itself to a server that holds A and p0;
+- deep prompts (BBTv2) map z to one prompt per layer.
+
+So nothing outside an evaluator assumes that a prompt has the shape [P, n, H]: z goes in
+(``[P, ...]``, float64, one row per candidate), logits ``[P, B, C]`` (float32) come out.
+
+:func:`make_evaluator` is what the tuner calls to get one; it is the place to choose an
+evaluator from the service's capabilities.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bbt.client import Service
+from bbt.tuner.projection import Projection, ProjectionRecipe
+
+F32 = np.ndarray[Any, np.dtype[np.float32]]
+
+__all__ = ["Evaluator", "EvaluatorFactory", "ProjectingEvaluator", "make_evaluator"]
+
+
+class Evaluator(ABC):
+    """Scores candidates given in z-space on a list of texts."""
+
+    @abstractmethod
+    def logits(
+        self, z: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> F32:
+        """Logits ``[P, B, C]`` (float32) of the P candidates ``z`` (one per row) on the B
+        ``texts``, at the verbalizer's ``candidate_ids`` (C of them). Row ``[i, j]`` depends
+        only on candidate i and text j. Errors of the service propagate unchanged."""
+
+    @abstractmethod
+    def prompts(self, z: np.ndarray[Any, Any]) -> F32:
+        """The prompt tensors the candidates ``z`` stand for, one per row, float32: what a
+        run saves as its result (``prompt.npy``) and what predictions send."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the evaluator holds on the service (e.g. a session)."""
+
+
+class ProjectingEvaluator(Evaluator):
+    """p = A z + p0 computed locally, then one :meth:`Service.logits` call per population
+    (the service splits it over its limits). ``z`` is ``[P, d]``; prompts are ``[P, n, H]``."""
+
+    def __init__(self, service: Service, recipe: ProjectionRecipe, p0: F32) -> None:
+        if p0.shape != (recipe.n_tokens, recipe.hidden_size):
+            raise ValueError(
+                f"p0 has shape {list(p0.shape)}; expected [{recipe.n_tokens}, {recipe.hidden_size}]"
+            )
+        self.service = service
+        self.recipe = recipe
+        self.projection = Projection(recipe)
+        self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
+
+    def prompts(self, z: np.ndarray[Any, Any]) -> F32:
+        return self.projection.project(z, self.p0)
+
+    def logits(
+        self, z: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> F32:
+        return self.service.logits(self.prompts(z), texts, candidate_ids)
+
+
+#: Builds the evaluator of a run from its service, projection recipe and p0 (the Tuner's
+#: ``evaluator`` argument; resume rebuilds it the same way).
+EvaluatorFactory = Callable[[Service, ProjectionRecipe, F32], Evaluator]
+
+
+def make_evaluator(service: Service, recipe: ProjectionRecipe, p0: F32) -> Evaluator:
+    """The default evaluator for ``service``: today always a :class:`ProjectingEvaluator`."""
+    return ProjectingEvaluator(service, recipe, p0)
