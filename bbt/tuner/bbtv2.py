@@ -43,7 +43,9 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,8 @@ from bbt.client import Service
 from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
 from bbt.tuner.data import Example
+from bbt.tuner.evaluator import Evaluator
+from bbt.tuner.optimizer import CMAOptimizer, _pycma, _tpa, import_cma
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.tasks import Task
@@ -62,7 +66,6 @@ from bbt.tuner.tuner import (
     GenerationRecord,
     TuneConfig,
     Tuner,
-    import_cma,
 )
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -155,32 +158,48 @@ class DeepProjection:
         return h.hexdigest()
 
 
-class LayerwiseCMA:
-    """BBTv2's divide and conquer behind the part of pycma's interface the tuner uses
-    (``ask``, ``tell``, ``stop``, ``sigma``): L CMA-ES, one per layer, taking turns.
+@dataclass
+class _Schedule:
+    """The layer-wise state that a checkpoint holds (pickled as :attr:`blob`)."""
+
+    blobs: list[bytes]  # every layer's CMA-ES, pickled (CMAOptimizer.blob)
+    held: F64  # [L, d]: the z each layer is held at (its best so far; 0 before its turn)
+    held_loss: list[float]
+    means: F64  # [L, d]: each layer's CMA-ES mean, as of its last generation
+    sigmas: list[float]
+    stops: list[dict[str, Any]]
+    layer_generations: int
+    active: int = 0  # the layer the next generation optimises
+    visit: int = 0  # generations it has run in its current turn
+    generation: int = 0
+    last: int = 0  # the layer the last told generation optimised
+
+
+class LayerwiseOptimizer(CMAOptimizer):
+    """BBTv2's divide and conquer as an ask/tell optimiser over z in R^(L*d), with the
+    interface of :class:`~bbt.tuner.optimizer.CMAOptimizer`: L CMA-ES, one per layer,
+    taking turns.
 
     ``ask`` returns whole candidates (L * d): the active layer's samples with every other
-    layer held at the best z its CMA-ES has seen. ``tell`` feeds the active layer's part
-    back to its CMA-ES, moves that layer's held z to its best so far, and advances the
-    schedule. Between generations every CMA-ES is kept pickled (the tuner's continue-from-
-    the-pickle rule holds per layer), so pickling this object, as a checkpoint does, copies
-    bytes and runs no pycma code.
+    layer held at the best z its CMA-ES has seen. ``tell`` feeds the losses to the active
+    layer's CMA-ES, moves that layer's held z to its best so far and advances the schedule.
+    Between generations every layer's CMA-ES is kept pickled, so :attr:`blob` (what a
+    checkpoint holds) copies bytes and runs no pycma code; the active one continues from its
+    pickle like any :class:`CMAOptimizer`.
     """
 
     def __init__(
         self,
         layers: int,
         dim: int,
-        sigma: float,
         popsize: int,
+        sigma: float,
         seed: int,
-        bound: float | None,
-        layer_generations: int,
+        bound: float | None = None,
+        layer_generations: int = 1,
     ) -> None:
         cma = import_cma()
-        self.layers, self.dim, self.layer_generations = layers, dim, layer_generations
-        self.bounded = bound is not None
-        self.blobs: list[bytes] = []
+        blobs = []
         for layer in range(layers):
             opts: dict[str, Any] = {
                 "popsize": popsize,
@@ -192,102 +211,163 @@ class LayerwiseCMA:
                 "maxfevals": float("inf"),
                 "maxiter": float("inf"),
             }
+            if dim >= cma.evolution_strategy.TPA_dimension:
+                opts["AdaptSigma"] = _tpa()
             if bound is not None:
                 opts["bounds"] = [-bound, bound]
-            es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, inopts=opts)
-            self.blobs.append(pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL))
-        #: The z each layer is held at while another is optimised, [L, d].
-        self.held: F64 = np.zeros((layers, dim), dtype=np.float64)
-        self.held_loss: list[float] = [math.inf] * layers
-        self.means: F64 = np.zeros((layers, dim), dtype=np.float64)
-        self.sigmas: list[float] = [float(sigma)] * layers
-        self.stops: list[dict[str, Any]] = [{} for _ in range(layers)]
-        self.active = 0  # the layer the next generation optimises
-        self.visit = 0  # generations it has run in its current turn
-        self.generation = 0
-        self.last = 0  # the layer the last told generation optimised
-        self._live: Any = None  # the active layer's CMA-ES between ask and tell
-        self._asked: list[Any] | None = None
+            with _pycma():
+                es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, inopts=opts)
+                blobs.append(pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL))
+        sched = _Schedule(
+            blobs=blobs,
+            held=np.zeros((layers, dim), dtype=np.float64),
+            held_loss=[math.inf] * layers,
+            means=np.zeros((layers, dim), dtype=np.float64),
+            sigmas=[float(sigma)] * layers,
+            stops=[{} for _ in range(layers)],
+            layer_generations=layer_generations,
+        )
+        self._init(sched, bound, popsize)
 
-    def __getstate__(self) -> dict[str, Any]:
-        if self._live is not None:
-            raise RuntimeError("LayerwiseCMA pickles between generations only (after tell)")
-        return {k: v for k, v in self.__dict__.items() if k not in ("_live", "_asked")}
+    def _init(self, sched: _Schedule, bound: float | None, popsize: int) -> None:
+        self._sched = sched
+        self._bound = bound
+        self._popsize = popsize
+        self._pending: F64 | None = None
+        self._live: CMAOptimizer | None = None
+        self._blob = pickle.dumps((sched, popsize), protocol=pickle.HIGHEST_PROTOCOL)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._live = None
-        self._asked = None
+    @classmethod
+    def from_blob(cls, blob: bytes, bound: float | None = None) -> LayerwiseOptimizer:
+        sched, popsize = pickle.loads(blob)
+        if not isinstance(sched, _Schedule):
+            raise ValueError("not a BBTv2 layer schedule")
+        self = cls.__new__(cls)
+        self._init(sched, bound, int(popsize))
+        return self
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def schedule(self) -> _Schedule:
+        """Which layer is next, the z each layer is held at (read it; do not change it)."""
+        return self._sched
+
+    @property
+    def layers(self) -> int:
+        return len(self._sched.blobs)
+
+    @property
+    def layer_dim(self) -> int:
+        return int(self._sched.held.shape[1])
+
+    @property
+    def es(self) -> Any:
+        """The active layer's live pycma strategy."""
+        return self._active().es
+
+    @property
+    def dim(self) -> int:
+        return self.layers * self.layer_dim
+
+    @property
+    def popsize(self) -> int:
+        return self._popsize
 
     @property
     def sigma(self) -> float:
         """Step size of the layer the last generation optimised."""
-        return self.sigmas[self.last]
+        return self._sched.sigmas[self._sched.last]
 
-    def _slice(self, layer: int) -> slice:
-        return slice(layer * self.dim, (layer + 1) * self.dim)
+    def mean(self) -> F64:
+        """Every layer's CMA-ES mean, concatenated (L * d)."""
+        return np.asarray(self._sched.means.reshape(-1), dtype=np.float64).copy()
 
-    def ask(self) -> list[F64]:
+    def stop(self) -> dict[str, Any]:
+        """pycma's stop conditions once *every* layer's CMA-ES has met one (the code runs a
+        fixed number of rounds and keeps asking a converged layer; so does bbt until all have
+        converged)."""
+        if not all(self._sched.stops):
+            return {}
+        merged: dict[str, Any] = {}
+        for s in self._sched.stops:
+            merged.update(s)
+        return merged
+
+    # ------------------------------------------------------------------ ask / tell
+
+    def _active(self) -> CMAOptimizer:
         if self._live is None:
-            self._live = pickle.loads(self.blobs[self.active])
-        if self._asked is None:
-            self._asked = list(self._live.ask())
-        full = np.repeat(self.held.reshape(1, -1), len(self._asked), axis=0)
-        full[:, self._slice(self.active)] = np.asarray(self._asked, dtype=np.float64)
-        return list(full)
+            self._live = CMAOptimizer.from_blob(
+                self._sched.blobs[self._sched.active], bound=self._bound
+            )
+        return self._live
 
-    def tell(self, solutions: Sequence[Any], losses: Sequence[float]) -> None:
-        if self._live is None or self._asked is None:
+    def ask(self) -> F64:
+        if self._pending is None:
+            sched = self._sched
+            rows = self._active().ask()
+            full = np.repeat(sched.held.reshape(1, -1), rows.shape[0], axis=0)
+            d = self.layer_dim
+            full[:, sched.active * d : (sched.active + 1) * d] = rows
+            self._pending = full
+        return self._pending
+
+    def tell(self, losses: Sequence[float] | F64) -> None:
+        if self._pending is None:
             raise RuntimeError("tell() without a pending ask()")
-        layer = self.active
-        rows = np.asarray([np.asarray(s)[self._slice(layer)] for s in solutions])
-        if not np.array_equal(rows, np.asarray(self._asked, dtype=np.float64)):
-            raise ValueError("tell() must get the candidates of the last ask()")
-        es = self._live
-        es.tell(self._asked, list(losses))
+        sched = self._sched
+        layer = sched.active
+        live = self._active()
+        rows = live.pending
+        assert rows is not None  # asked through self.ask()
+        live.tell(losses)  # checks the count and that every loss is finite
         values = np.asarray(losses, dtype=np.float64)
         i = int(np.argmin(values))
         # A candidate with the penalty loss (non-finite scores) is never held.
-        if values[i] < self.held_loss[layer] and values[i] < NONFINITE_PENALTY:
-            self.held[layer] = rows[i]
-            self.held_loss[layer] = float(values[i])
-        self.means[layer] = np.asarray(self._mean(es), dtype=np.float64)
-        self.sigmas[layer] = float(es.sigma)
-        self.stops[layer] = {k: v for k, v in es.stop().items() if k != "maxiter"}
-        self.blobs[layer] = pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL)
+        if values[i] < sched.held_loss[layer] and values[i] < NONFINITE_PENALTY:
+            sched.held[layer] = rows[i]
+            sched.held_loss[layer] = float(values[i])
+        sched.means[layer] = live.mean()
+        sched.sigmas[layer] = live.sigma
+        sched.stops[layer] = live.stop()
+        sched.blobs[layer] = live.blob
+        sched.last = layer
+        sched.generation += 1
+        sched.visit += 1
+        if sched.visit >= sched.layer_generations:
+            sched.visit = 0
+            sched.active = (layer + 1) % self.layers
         self._live = None
-        self._asked = None
-        self.last = layer
-        self.generation += 1
-        self.visit += 1
-        if self.visit >= self.layer_generations:
-            self.visit = 0
-            self.active = (layer + 1) % self.layers
+        self._pending = None
+        self._blob = pickle.dumps((sched, self._popsize), protocol=pickle.HIGHEST_PROTOCOL)
 
-    def _mean(self, es: Any) -> Any:
-        """pycma's mean in the space candidates live in (within the bounds, if any)."""
-        if not self.bounded:
-            return es.mean
-        return es.gp.pheno(es.mean, into_bounds=es.boundary_handler.repair)
 
-    def stop(self) -> dict[str, Any]:
-        """pycma's stop conditions once *every* layer's CMA-ES has met one (the code runs
-        a fixed number of rounds and keeps asking a converged layer; so does bbt until all
-        have converged)."""
-        if all(self.stops):
-            merged: dict[str, Any] = {}
-            for s in self.stops:
-                merged.update(s)
-            return merged
-        return {}
+class DeepEvaluator(Evaluator):
+    """p_l = A_l z_l + p0_l for every layer, computed locally; one :meth:`Service.logits`
+    call per population with deep prompts [P, L, n, H]. ``z`` is [P, L * d]."""
 
-    def mean_z(self) -> F64:
-        """Every layer's CMA-ES mean, concatenated (L * d)."""
-        return np.asarray(self.means.reshape(-1), dtype=np.float64).copy()
+    def __init__(self, service: Service, projection: DeepProjection, p0: F32) -> None:
+        r = projection.recipes[0]
+        want = (projection.num_layers, r.n_tokens, r.hidden_size)
+        if p0.shape != want:
+            raise ValueError(f"deep p0 has shape {list(p0.shape)}; expected {list(want)}")
+        self.service = service
+        self.projection = projection
+        self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
+
+    def prompts(self, z: np.ndarray[Any, Any]) -> F32:
+        return self.projection.project(z, self.p0)
+
+    def logits(
+        self, z: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> F32:
+        return self.service.logits(self.prompts(z), texts, candidate_ids)
 
 
 class BBTv2Tuner(Tuner):
-    """:class:`~bbt.tuner.tuner.Tuner` with BBTv2's deep prompts and layer-wise CMA-ES.
+    """:class:`~bbt.tuner.tuner.Tuner` with BBTv2's deep prompts and layer-wise CMA-ES: a
+    :class:`LayerwiseOptimizer` and a :class:`DeepEvaluator` on the tuner's seams.
 
     Everything else (budget in API calls, dev selection, non-finite handling, callbacks,
     checkpoints) is the BBT tuner's. ``p0`` may be the deep p0 [L, n, H] of a run being
@@ -311,6 +391,7 @@ class BBTv2Tuner(Tuner):
         stds = require_deep(info)
         self.num_layers = len(stds)
         shallow = None
+        self._resumed_p0: F32 | None = None
         if p0 is not None:
             p0 = np.asarray(p0, dtype=np.float32)
             want = (self.num_layers, cfg.n_tokens, info.hidden_size)
@@ -319,7 +400,7 @@ class BBTv2Tuner(Tuner):
                     raise ConfigurationError(
                         f"deep p0 has shape {list(p0.shape)}; expected {list(want)}"
                     )
-                shallow = p0[0]
+                shallow, self._resumed_p0 = p0[0], p0
             else:
                 shallow = p0
         super().__init__(
@@ -331,30 +412,37 @@ class BBTv2Tuner(Tuner):
             initial_prompt=initial_prompt,
             p0=shallow,
             callbacks=[self._mark_layer, *callbacks],
+            evaluator=self._deep_evaluator,
         )
-        deep_p0 = np.zeros((self.num_layers, cfg.n_tokens, info.hidden_size), dtype=np.float32)
-        if p0 is not None and p0.ndim == 3:
-            deep_p0[:] = p0
-        else:
-            deep_p0[0] = self.p0
-        self.p0 = deep_p0
-        self.layer_recipes = layer_recipes(cfg, info)
-        self.deep_projection = DeepProjection(self.layer_recipes, first=self.projection)
-        # The tuner projects through ``self.projection``: from here on, the deep one.
-        self.projection = self.deep_projection  # type: ignore[assignment]
+        self.optimizer = LayerwiseOptimizer(
+            self.num_layers,
+            cfg.dim,
+            cfg.population,
+            cfg.sigma,
+            cfg.seed,
+            bound=cfg.bound,
+            layer_generations=cfg.layer_generations,
+        )
+        self._state.es_blob = self.optimizer.blob
+        self.p0 = self.deep_evaluator.p0
 
-    def _new_es(self) -> Any:
-        cfg = self.config
-        with self._own_rng():
-            return LayerwiseCMA(
-                layers=self.num_layers,
-                dim=cfg.dim,
-                sigma=cfg.sigma,
-                popsize=cfg.population,
-                seed=cfg.seed,
-                bound=cfg.bound,
-                layer_generations=cfg.layer_generations,
-            )
+    def _deep_evaluator(self, service: Service, recipe: ProjectionRecipe, p0: F32) -> Evaluator:
+        """The evaluator factory: layer 0 from BBT's recipe and p0, deeper layers from theirs."""
+        self.layer_recipes = layer_recipes(self.config, self.model_info)
+        if self.layer_recipes[0] != recipe:
+            raise RuntimeError("layer 0's projection must be BBT's")
+        deep = np.zeros((self.num_layers, *p0.shape), dtype=np.float32)
+        if self._resumed_p0 is not None:
+            deep[:] = self._resumed_p0
+        else:
+            deep[0] = p0
+        self.deep_evaluator = DeepEvaluator(service, DeepProjection(self.layer_recipes), deep)
+        return self.deep_evaluator
+
+    @property
+    def deep_projection(self) -> DeepProjection:
+        """Every layer's projection (what resume fingerprints)."""
+        return self.deep_evaluator.projection
 
     @property
     def z_size(self) -> int:
@@ -362,10 +450,11 @@ class BBTv2Tuner(Tuner):
         return self.num_layers * self.config.dim
 
     @property
-    def schedule(self) -> LayerwiseCMA:
-        """The layer-wise CMA-ES (which layer is next, the z each layer is held at)."""
-        es: LayerwiseCMA = self._es
-        return es
+    def schedule(self) -> _Schedule:
+        """The layer schedule (which layer is next, the z each layer is held at)."""
+        opt = self.optimizer
+        assert isinstance(opt, LayerwiseOptimizer)
+        return opt.schedule
 
     def _mark_layer(self, rec: GenerationRecord) -> None:
         rec.layer = self.schedule.last
@@ -379,8 +468,15 @@ class BBTv2Tuner(Tuner):
                 st.selected = Candidate(z0, float("nan"), 0, metric, ce)
             st.extra["initial_dev_metric"] = metric
 
-    def _mean_z(self) -> F64:
-        return self.schedule.mean_z()
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        """As :meth:`Tuner.load_state_dict`, restoring the layer-wise optimiser."""
+        if data.get("version") != 1:
+            raise ValueError("unsupported checkpoint version")
+        state = pickle.loads(data["state"])
+        self.optimizer = LayerwiseOptimizer.from_blob(state.es_blob, bound=self.config.bound)
+        self._state = state
+        self._elapsed_base = state.elapsed
+        self._session_start = time.perf_counter()
 
 
 def make_tuner(

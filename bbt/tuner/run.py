@@ -299,10 +299,9 @@ class _Run:
     def on_generation(self, rec: GenerationRecord) -> None:
         if self.dir is None:
             return
-        row = rec.as_dict()
-        if row.get("layer") is None:
-            row.pop("layer", None)  # BBT: history lines as they always were
-        line = json.dumps({k: _num(v) if isinstance(v, float) else v for k, v in row.items()})
+        line = json.dumps(
+            {k: _num(v) if isinstance(v, float) else v for k, v in rec.as_dict().items()}
+        )
         hist = self.dir / HISTORY
         with hist.open("ab") as fh:
             fh.write((line + "\n").encode())
@@ -422,8 +421,10 @@ def _prepare_dir(run_dir: Path, overwrite: bool) -> RunLock:
 
 
 def fingerprints(tuner: Tuner) -> dict[str, str]:
-    """What resume checks it regenerated identically: A (a few of its rows) and p0."""
-    return {"projection": tuner.projection.fingerprint(), "p0": fingerprint_array(tuner.p0)}
+    """What resume checks it regenerated identically: A (a few of its rows) and p0 (BBTv2:
+    every layer's A_l, and the deep p0)."""
+    proj = tuner.deep_projection if isinstance(tuner, BBTv2Tuner) else tuner.projection
+    return {"projection": proj.fingerprint(), "p0": fingerprint_array(tuner.p0)}
 
 
 def tune(

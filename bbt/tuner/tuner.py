@@ -187,7 +187,10 @@ class GenerationRecord:
     layer: int | None = None  # BBTv2: the layer this generation optimised
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        if row["layer"] is None:
+            del row["layer"]  # BBT: the record's fields as they always were
+        return row
 
 
 class Callback(Protocol):

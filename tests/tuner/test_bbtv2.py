@@ -20,7 +20,13 @@ from bbt.protocol import ModelInfo
 from bbt.server import MockBackend
 from bbt.server.backend import Backend, FloatArray, IntArray
 from bbt.tuner import Example, Task, TunedPrompt, load_result, read_manifest, resume, tune
-from bbt.tuner.bbtv2 import BBTv2Tuner, DeepProjection, LayerwiseCMA, layer_recipes, make_tuner
+from bbt.tuner.bbtv2 import (
+    BBTv2Tuner,
+    DeepProjection,
+    LayerwiseOptimizer,
+    layer_recipes,
+    make_tuner,
+)
 from bbt.tuner.run import HISTORY, P0_FILE, PROMPT, Z_FILE, load_checkpoint
 from bbt.tuner.tuner import GenerationRecord, TuneConfig, Tuner
 
@@ -210,8 +216,7 @@ def test_checkpoint_holds_the_schedule(tmp_path: Path, mock_task: Task, split: S
     ckpt = load_checkpoint(run)
     assert ckpt is not None
     state = pickle.loads(ckpt["tuner"]["state"])
-    sched = pickle.loads(state.es_blob)
-    assert isinstance(sched, LayerwiseCMA)
+    sched = LayerwiseOptimizer.from_blob(state.es_blob).schedule
     assert sched.generation == 6
     assert sched.active == 6 % LAYERS
     assert (sched.held[: LAYERS - 1] != 0).any()
