@@ -107,3 +107,15 @@ def test_bbtv2_vs_bbt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         wire["bbtv2"]["bytes_per_candidate"]["float32"]
         > wire["bbt"]["bytes_per_candidate"]["float32"]
     )
+
+
+@needs_shared_data
+@pytest.mark.model
+def test_bbtv2_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _module("bbtv2_cost").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "deep / shallow server time per generation" in out
+    data = _json(tmp_path / "bbtv2_cost_smoke.json")
+    assert data["ratio_deep_over_shallow"] > 0
+    session = data["session_bytes_per_candidate"]
+    assert session["bbtv2_all_layers_z"] > session["bbtv2_active_layer_z"]
