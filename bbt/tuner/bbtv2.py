@@ -122,13 +122,9 @@ def layer_recipes(config: TuneConfig, info: ModelInfo) -> list[ProjectionRecipe]
 class DeepProjection:
     """p_l = A_l z_l (+ p0_l) for every layer: z [P, L * d] -> prompts [P, L, n, H]."""
 
-    def __init__(self, recipes: Sequence[ProjectionRecipe], first: Projection | None = None):
+    def __init__(self, recipes: Sequence[ProjectionRecipe]) -> None:
         self.recipes = list(recipes)
-        # Layer 0's recipe is BBT's: a caller that already generated it passes it in.
-        self.layers = [
-            first if (k == 0 and first is not None and first.recipe == r) else Projection(r)
-            for k, r in enumerate(self.recipes)
-        ]
+        self.layers = [Projection(r) for r in self.recipes]
         self.dim = self.recipes[0].dim
 
     @property
