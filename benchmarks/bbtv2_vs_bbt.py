@@ -70,7 +70,7 @@ def bytes_per_candidate(info: Any, tuner: Any, popsize: int, dtype: Any) -> floa
         tuner.train_texts,
         tuner.candidate_ids,
         dtype,
-        layers,
+        layers=layers,
     )
     return plan.bytes_up / popsize
 

@@ -24,6 +24,12 @@ methods; medians over the measured generations.
     .venv/bin/python benchmarks/client_overhead.py [--generations 30]
 
 Prints the figures and writes them to benchmarks/results/client_overhead.json.
+
+``--sessions`` measures instead, in one run, a generation through a projection session
+(protocol 1.1: the client sends z, the server projects) against the full-prompt path, next
+to pycma's own ask + tell: the client's work per generation (everything but the in-process
+server), the bytes sent per candidate, and the server's projection per generation. It writes
+benchmarks/results/client_overhead_sessions.json.
 """
 
 from __future__ import annotations
@@ -130,9 +136,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--smoke", action="store_true", help="2 generations (seconds), for CI")
+    ap.add_argument(
+        "--sessions", action="store_true", help="session vs full prompt vs pycma (see above)"
+    )
     args = ap.parse_args()
     if args.smoke:
         args.generations, args.warmup = 2, 1
+    if args.sessions:
+        compare_sessions(args)
+        return
     if args.out is None:
         name = "client_overhead_smoke" if args.smoke else "client_overhead"
         args.out = RESULTS / f"{name}.json"
@@ -233,6 +245,118 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def compare_sessions(args: argparse.Namespace) -> None:
+    """Session vs full prompt vs pycma, per generation, in one run (see the docstring)."""
+    import cma
+
+    from bbt.protocol.projection import Projection, ProjectionRecipe
+    from bbt.server._core import ServiceCore
+
+    if args.out is None:
+        name = "client_overhead_sessions_smoke" if args.smoke else "client_overhead_sessions"
+        args.out = RESULTS / f"{name}.json"
+    task = get_preset("sst2")
+    rows = load_examples(ROOT / "examples" / "data" / "sst2.tsv", task)
+    texts = [task.render(r.fields, "<mask>") for r in rows[:B]]
+    labels = np.asarray([r.label for r in rows[:B]])
+    cands = [10, 11]
+    core = ServiceCore(ZeroBackend(), ServerSettings(api_keys=[]))
+    timers = Timers()
+    client = Client(MOCK_BASE_URL, transport=CoreTransport(core), env_file=None)
+    client._http.send = timers.wrap("server", client._http.send)  # type: ignore[method-assign]
+
+    recipe = ProjectionRecipe(seed=0, n_tokens=N, hidden_size=H, dim=D, embedding_std=0.05)
+    t0 = time.perf_counter()
+    projection = Projection(recipe)
+    build_a_s = time.perf_counter() - t0
+    p0 = np.zeros((N, H), np.float32)
+    t0 = time.perf_counter()
+    session = client.open_session(recipe, p0, expected_fingerprint=projection.fingerprint())
+    open_s = time.perf_counter() - t0
+    host = core.sessions
+    assert host is not None
+    es = cma.CMAEvolutionStrategy(
+        np.zeros(D), 1.0, {"popsize": P, "seed": 1, "verbose": -9, "maxiter": 10**9}
+    )
+
+    rows_out: list[dict[str, float]] = []
+    bytes_per: dict[str, float] = {}
+    for g in range(args.warmup + args.generations):
+        t = time.perf_counter()
+        pop = np.asarray(es.ask())
+        ask_s = time.perf_counter() - t
+        took: dict[str, float] = {}
+        for mode in ("full", "session"):
+            before = client.usage.copy()
+            timers.take()
+            t = time.perf_counter()
+            if mode == "full":
+                logits = client.logits(projection.project(pop, p0), texts, cands)
+            else:
+                logits = client.session_logits(session, pop, texts, cands)
+            loss = cross_entropy(logits, labels)
+            total = time.perf_counter() - t
+            took[mode] = total - timers.take().get("server", 0.0)
+            spent = client.usage - before
+            bytes_per[mode] = spent.bytes_sent / spent.calls
+        t = time.perf_counter()
+        es.tell(list(pop), list(np.asarray(loss, dtype=float)))
+        tell_s = time.perf_counter() - t
+        z32 = pop.astype(np.float32)
+        t = time.perf_counter()
+        host.decode("", session.id, _session_request(z32, texts, cands), z32.tobytes())
+        server_projection_s = time.perf_counter() - t
+        if g >= args.warmup:
+            rows_out.append(
+                {
+                    "pycma_ask_tell": ask_s + tell_s,
+                    "client_full": took["full"],
+                    "client_session": took["session"],
+                    "server_session_projection": server_projection_s,
+                }
+            )
+
+    ms = {k: statistics.median(r[k] for r in rows_out) * 1000 for k in rows_out[0]}
+    result = {
+        "scale": {"n": N, "H": H, "d": D, "P": P, "B": B, "C": len(cands)},
+        "generations": args.generations,
+        "ms_per_generation": {k: round(v, 3) for k, v in ms.items()},
+        "client_to_pycma": {
+            "full": round(ms["client_full"] / ms["pycma_ask_tell"], 2),
+            "session": round(ms["client_session"] / ms["pycma_ask_tell"], 2),
+        },
+        "bytes_up_per_candidate": {k: round(v) for k, v in bytes_per.items()},
+        "session_open_s": round(open_s, 3),
+        "client_builds_a_s": round(build_a_s, 3),
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
+    }
+    print(f"per generation at n={N}, H={H}, d={D}, P={P}, B={B} (median ms):")
+    print(f"  pycma ask + tell          {ms['pycma_ask_tell']:9.2f}")
+    for mode in ("full", "session"):
+        ratio = ms[f"client_{mode}"] / ms["pycma_ask_tell"]
+        print(
+            f"  client, {mode:<8}         {ms[f'client_{mode}']:9.2f}   ({ratio:.2f}x pycma; "
+            f"{bytes_per[mode]:,.0f} bytes up per candidate)"
+        )
+    print(f"  server projection (CPU)   {ms['server_session_projection']:9.2f}")
+    print(f"  session open (server builds A): {open_s:.2f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _session_request(z: np.ndarray[Any, Any], texts: list[str], cands: list[int]) -> Any:
+    from bbt.protocol import SessionLogitsRequest, Tensor
+
+    header = Tensor(dtype="float32", shape=list(z.shape), data="")
+    return SessionLogitsRequest(z=header, texts=texts, candidate_ids=cands)
 
 
 if __name__ == "__main__":

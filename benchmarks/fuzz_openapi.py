@@ -156,6 +156,11 @@ def schema_strategy(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     optional properties are all there is to draw.
     """
     props = schema.get("properties")
+    alternatives = schema.get("anyOf")
+    if isinstance(alternatives, list) and alternatives:
+        # An optional model (``X | None``, e.g. a session's p0 tensor): each branch here,
+        # so an object inside never reaches hypothesis-jsonschema's object generator.
+        return st.one_of([schema_strategy(branch) for branch in alternatives])
     if schema.get("type") == "object" and isinstance(props, dict):
         required = set(schema.get("required", ()))
         return st.fixed_dictionaries(

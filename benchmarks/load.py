@@ -47,6 +47,13 @@ from _loadfuzz import (
 )
 
 LOGITS = "/v1/logits"
+
+
+def _is_logits(path: str) -> bool:
+    """A logits request: full prompts, or z through a projection session (protocol 1.1)."""
+    return path == LOGITS or (path.startswith("/v1/sessions/") and path.endswith("/logits"))
+
+
 MOCK_TUNE = ["--task", "mock", "--budget", "400", "--eval-every", "100"]
 SERVE_TUNE = [
     "--task", "mock", "--budget", "100", "--popsize", "10", "--n-tokens", "5", "--dim", "50",
@@ -148,7 +155,7 @@ def summarise(
     for row in access:
         tag = row["id"].split("-", 1)[0]
         server_ms[tag] += row["ms"]
-        if row["path"] == LOGITS and row["status"] == "200":
+        if _is_logits(row["path"]) and row["status"] == "200":
             server_logits_ms.append(row["ms"])
     total_ms = sum(server_ms[t] for t, *_ in procs) or 1.0
 
@@ -188,13 +195,14 @@ def summarise(
     for tag, recs in records.items():
         for r in recs:
             end = r["start"] + r["ms"] / 1000
-            if r["path"] == LOGITS and r.get("status") == 200 and window[0] <= end <= window[1]:
+            ok = r.get("status") == 200 and window[0] <= end <= window[1]
+            if _is_logits(r["path"]) and ok:
                 in_window[tag] += 1
     n_window = sum(in_window.values())
     for c in clients:
         c["logits_in_common_window"] = in_window[c["client"]]
         c["window_share"] = round(in_window[c["client"]] / n_window, 4) if n_window else None
-    client_logits_ms = [r["ms"] for recs in records.values() for r in recs if r["path"] == LOGITS]
+    client_logits_ms = [r["ms"] for recs in records.values() for r in recs if _is_logits(r["path"])]
     shares = [c["server_share"] for c in clients]
     jain = sum(shares) ** 2 / (len(shares) * sum(s * s for s in shares)) if any(shares) else None
     codes = [int(r["status"]) for r in access if r["status"].isdigit()]

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from bbt.client import UsageStats
-from bbt.client._base import _BODY_SLACK, plan_logits
+from bbt.client._base import _BODY_SLACK, LogitsChunk, plan_logits
+from bbt.client._sessions import ProjectionSession, SessionChunk, plan_session_logits
 from bbt.protocol import DType, ModelInfo, encoded_size
 
 
@@ -48,16 +49,28 @@ def plan_call(
     texts: Sequence[str],
     candidate_ids: Sequence[int],
     dtype: DType,
+    session: ProjectionSession | None = None,
     layers: int | None = None,
 ) -> CallPlan:
     """Split a call exactly as the client will, and say which limit made it split.
+
+    With ``session`` the call goes through a projection session (z in binary frames).
     ``layers``: deep prompts [P, L, n, H] (BBTv2) of that many layers."""
-    deep = () if layers is None else (layers,)
-    prompts = np.zeros((n_prompts, *deep, n_tokens, info.hidden_size), dtype=np.float32)
-    chunks = plan_logits(info, prompts, texts, candidate_ids, dtype)
     n_cand = len(candidate_ids)
-    sizes = [len(c.request.model_dump_json().encode()) for c in chunks]
+    deep = () if layers is None else (layers,)
+    chunks: Sequence[LogitsChunk | SessionChunk]
+    if session is not None:
+        z = np.zeros((n_prompts, session.dim), dtype=np.float32)
+        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
+        sizes = [len(c.body.content) for c in chunks]
+        rows = [c.rows_sent for c in chunks]
+    else:
+        prompts = np.zeros((n_prompts, *deep, n_tokens, info.hidden_size), dtype=np.float32)
+        chunks = plan_logits(info, prompts, texts, candidate_ids, dtype)
+        sizes = [len(c.request.model_dump_json().encode()) for c in chunks]
+        rows = [c.p1 - c.p0 for c in chunks]
     groups = (len({(c.p0, c.p1) for c in chunks}), len({(c.b0, c.b1) for c in chunks}))
+    text_bounds = [(c.b0, c.b1) for c in chunks]
     reasons: list[str] = []
     if len(chunks) > 1:
         lim = info.limits
@@ -75,7 +88,10 @@ def plan_call(
             )
         # The client's own bound (plan_grid): prompts exactly, each text at its worst-case
         # JSON size (6 bytes a character, as if every one were a \uXXXX escape).
-        prompt_bytes = encoded_size(prompts.shape, dtype)
+        if session is not None:
+            prompt_bytes = 4 * n_prompts * session.dim
+        else:
+            prompt_bytes = encoded_size((n_prompts, *deep, n_tokens, info.hidden_size), dtype)
         text_bytes = n_texts * max(6 * len(t) + 3 for t in texts)
         bound = prompt_bytes + text_bytes + _BODY_SLACK
         if bound > lim.max_body_bytes:
@@ -88,7 +104,9 @@ def plan_call(
         texts=len(texts),
         requests=len(chunks),
         bytes_up=sum(sizes),
-        logits_per_request=tuple((c.p1 - c.p0) * (c.b1 - c.b0) * n_cand for c in chunks),
+        logits_per_request=tuple(
+            r * (b1 - b0) * n_cand for r, (b0, b1) in zip(rows, text_bounds, strict=True)
+        ),
         output_dtype=chunks[0].request.output_dtype,
         split=groups,
         reasons=tuple(reasons),
@@ -154,11 +172,14 @@ class RunPlan:
     probe_bytes_down: int
     projection_s: float  # client-side: one population's prompts (p = A z + p0)
     notes: list[str] = field(default_factory=list)
+    #: Through a projection session (z on the wire), which the run closes at its end.
+    session: bool = False
 
     @property
     def requests(self) -> int:
         dev = self.dev.requests * self.dev_calls_max if self.dev else 0
-        return self.setup.requests + self.n_generations * self.train.requests + dev
+        close = 1 if self.session else 0
+        return self.setup.requests + self.n_generations * self.train.requests + dev + close
 
     @property
     def bytes_up(self) -> int:
@@ -213,31 +234,41 @@ def make_plan(
         mean=cfg.eval_mean,
     )
     ids = tuner.candidate_ids
+    # The tuner opened a projection session when it will use one (sessions=auto/on).
+    session: ProjectionSession | None = getattr(tuner.evaluator, "session", None)
     # BBTv2 sends deep prompts [P, L, n, H] and projects z of L * d numbers.
     layers: int | None = getattr(tuner, "num_layers", None)
     z_size: int = getattr(tuner, "z_size", cfg.dim)
-    train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire, layers)
+    train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire, session, layers)
     dev = (
-        plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire, layers)
+        plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire, session, layers)
         if tuner.dev_texts
         else None
     )
 
     # The probe: the first request of a generation, as the run will send it.
     deep = () if layers is None else (layers,)
-    chunk = plan_logits(
+    chunk: LogitsChunk | SessionChunk = plan_logits(
         info,
         np.zeros((pop, *deep, cfg.n_tokens, info.hidden_size), dtype=np.float32),
         tuner.train_texts,
         ids,
         wire,
     )[0]
+    if session is not None:
+        chunk = plan_session_logits(
+            info, session, np.zeros((pop, cfg.dim)), tuner.train_texts, ids
+        )[0]
     t0 = time.perf_counter()
     prompts = tuner.prompts(np.zeros((pop, z_size)))
-    projection_s = time.perf_counter() - t0
+    projection_s = 0.0 if session is not None else time.perf_counter() - t0
     before = service.usage.copy()
     t0 = time.perf_counter()
-    service.logits(prompts[chunk.p0 : chunk.p1], tuner.train_texts[chunk.b0 : chunk.b1], ids)
+    texts = tuner.train_texts[chunk.b0 : chunk.b1]
+    if session is not None:
+        service.session_logits(session, np.zeros((chunk.p1 - chunk.p0, cfg.dim)), texts, ids)
+    else:
+        service.logits(prompts[chunk.p0 : chunk.p1], texts, ids)
     probe_s = time.perf_counter() - t0
     spent = service.usage - before
     return RunPlan(
@@ -261,6 +292,7 @@ def make_plan(
         probe_s=probe_s,
         probe_bytes_down=spent.bytes_received,
         projection_s=projection_s,
+        session=session is not None,
     )
 
 
@@ -314,9 +346,12 @@ def describe(plan: RunPlan, summary: str) -> list[str]:
             f"{_bytes(plan.bytes_up)} as {plan.wire_dtype})"
         )
     else:
-        lines.append(
-            f"  bytes up: {plan.bytes_up:,} ({_bytes(plan.bytes_up)}, prompts as {plan.wire_dtype})"
+        what = (
+            "z as float32 through a projection session"
+            if plan.session
+            else f"prompts as {plan.wire_dtype}"
         )
+        lines.append(f"  bytes up: {plan.bytes_up:,} ({_bytes(plan.bytes_up)}, {what})")
         lines.append(
             f"  bytes down: about {_bytes(plan.bytes_down)} (the probe's "
             f"{plan.probe_bytes_down:,}-byte response, scaled to each request's logits)"
@@ -331,8 +366,10 @@ def describe(plan: RunPlan, summary: str) -> list[str]:
         f"generation, {plan.probe_prompts} prompts x {plan.probe_texts} texts = {probe_seq:,} "
         f"sequences, took {_duration(plan.probe_s)})"
     )
+    closing = " and closing its session" if plan.session else ""
+    spent = plan.setup.requests + 1 + int(plan.session)
     lines.append(
-        f"  the dry run spent: {plan.setup.requests + 1} requests (set-up and the probe), "
+        f"  the dry run spent: {spent} requests (set-up, the probe{closing}), "
         f"{plan.probe_prompts} API calls; no run directory was created"
     )
     return lines

@@ -81,6 +81,11 @@ def mock_server(
         0.0, "--rate-malformed", min=0, max=1, help="Share of 200s with a broken body."
     ),
     fault_seed: int = typer.Option(0, "--fault-seed", help="Seed of the fault sequence."),
+    registry: str | None = typer.Option(
+        None,
+        "--registry",
+        help="Prompt registry: a file path, or 'memory' (default: none, no registry).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
     """Serve the deterministic mock masked LM over protocol v1 (needs bbt\\[server])."""
@@ -129,6 +134,12 @@ def mock_server(
         fail(str(exc))
     except ValueError as exc:
         fail(f"invalid settings: {_describe(exc)}")
+    from bbt.server.registry import open_registry
+
+    try:
+        store = open_registry(registry, default=None)
+    except BBTError as exc:
+        fail(str(exc))
 
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -136,7 +147,7 @@ def mock_server(
     backend = MockBackend(
         hidden_size=hidden_size, seed=seed, model_id=model_id, compute_ms=compute_ms
     )
-    app = create_app(backend, settings, faults)
+    app = create_app(backend, settings, faults, registry=store)
     sock = bind_listener(host, port)
     bound = sock.getsockname()
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no authentication"
@@ -144,6 +155,7 @@ def mock_server(
         f"bbt mock-server: {model_id} (H={hidden_size}, seed {seed}) on "
         f"http://{host}:{bound[1]} ({auth}"
         + (", faults on" if faults.active else "")
+        + (f", prompt registry {store.path}" if store is not None else "")
         + "); Ctrl-C stops",
         err=True,
     )
@@ -160,6 +172,8 @@ def mock_server(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+        if store is not None:
+            store.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -91,6 +91,32 @@ def serve(
         help="Requests that may wait for the model; more get 503 + Retry-After "
         "(default 16; also BBT_SERVER_MAX_QUEUE).",
     ),
+    registry: str | None = typer.Option(
+        None,
+        "--registry",
+        help="Prompt registry file (default: $BBT_HOME/registry.sqlite3, else "
+        "~/.local/share/bbt/registry.sqlite3); 'none' turns it off, 'memory' keeps it in RAM.",
+    ),
+    sessions: bool | None = typer.Option(
+        None,
+        "--sessions/--no-sessions",
+        help="Offer projection sessions (protocol 1.1; default on; BBT_SERVER_SESSIONS).",
+    ),
+    session_idle_timeout: float | None = typer.Option(
+        None,
+        "--session-idle-timeout",
+        min=1,
+        help="Seconds before an unused session is dropped (default 600).",
+    ),
+    max_sessions_per_key: int | None = typer.Option(
+        None, "--max-sessions-per-key", min=1, help="Sessions one API key holds (default 4)."
+    ),
+    max_session_memory: int | None = typer.Option(
+        None,
+        "--max-session-memory",
+        min=1,
+        help="MiB all sessions together hold (default 2048; one paper-scale session: 98).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
     """Serve a masked LM over protocol v1 (needs bbt\\[serve])."""
@@ -121,6 +147,14 @@ def serve(
             settings_kw["api_key_file"] = api_key_file
         if max_queue is not None:
             settings_kw["max_queue"] = max_queue
+        if sessions is not None:
+            settings_kw["sessions"] = sessions
+        if session_idle_timeout is not None:
+            settings_kw["session_idle_timeout_s"] = session_idle_timeout
+        if max_sessions_per_key is not None:
+            settings_kw["max_sessions_per_key"] = max_sessions_per_key
+        if max_session_memory is not None:
+            settings_kw["max_session_bytes"] = max_session_memory * 1024 * 1024
         settings = ServerSettings(**settings_kw)
     except BBTError as exc:
         fail(str(exc))
@@ -129,7 +163,21 @@ def serve(
         detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else "invalid"
         fail(f"invalid server settings: {detail}")
 
+    from bbt.server.registry import default_path, open_registry
+
     sock = bind_listener(host, port)
+    try:
+        # Before the model: a bad --registry fails in a second, not after a model load.
+        store = open_registry(registry, default=default_path())
+    except BBTError as exc:
+        sock.close()
+        fail(str(exc))
+
+    def release() -> None:
+        sock.close()
+        if store is not None:
+            store.close()
+
     try:
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
         backend = HFBackend(
@@ -142,10 +190,10 @@ def serve(
             model_id=model_id,
         )
     except BBTError as exc:
-        sock.close()
+        release()
         fail(str(exc))
     except ImportError as exc:
-        sock.close()
+        release()
         fail(f"bbt serve needs the serve extra ({exc.name} is missing): {SERVE_EXTRA_HINT}")
     info = backend.info
     bound = sock.getsockname()
@@ -156,8 +204,9 @@ def serve(
         err=True,
     )
     typer.echo(f"compute: {backend.compute_reason}", err=True)
+    typer.echo(f"prompt registry: {store.path if store is not None else 'off'}", err=True)
     warn_if_exposed("bbt serve", str(bound[0]), int(bound[1]), len(settings.api_keys))
-    app = create_app(backend, settings)
+    app = create_app(backend, settings, registry=store)
     config = uvicorn.Config(
         app,
         log_level=log_level.lower(),
@@ -170,8 +219,8 @@ def serve(
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
-        sock.close()
         backend.close()
+        release()
 
 
 def register(app: typer.Typer) -> None:

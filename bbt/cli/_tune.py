@@ -546,6 +546,12 @@ def tune_command(
         1, help="bbtv2: CMA-ES generations each layer runs per turn."
     ),
     projection: str = typer.Option("normal", help="Projection distribution: normal or uniform."),
+    sessions: str = typer.Option(
+        "auto",
+        "--sessions",
+        help="auto: send z to a projection session when the server offers them, else full "
+        "prompts; on: require a session; off: always full prompts. Same results.",
+    ),
     init: str = typer.Option("zeros", help="p0: zeros, vocab, vocab:START, text:WORDS, file:PATH."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run directory (default runs/TASK-TIME-RANDOM)."
@@ -625,6 +631,7 @@ def tune_command(
             projection=projection,  # type: ignore[arg-type]
             method=method,
             layer_generations=layer_generations,
+            sessions=sessions,
             # Unset: TuneConfig's own default.
             **({} if eval_mean is None else {"eval_mean": eval_mean}),
         )
@@ -717,6 +724,7 @@ def _dry_run(t: Any, cfg: Any, train: Any, dev: Any, p0: Any, service: Any) -> N
         tuner = make_tuner(svc, t, train, dev, cfg, initial_prompt=p0)
         setup = svc.usage - before
         plan = make_plan(tuner, svc, svc_info["kind"], setup, time.perf_counter() - started)
+        tuner.close()  # frees a projection session the tuner opened
     summary = f"tune {t.name} on {len(train)} train / {len(dev)} dev examples"
     for line in describe(plan, summary):
         typer.echo(line)
@@ -765,6 +773,12 @@ def eval_command(
     server_dtype: str | None = _server_dtype_option(),
     server_threads: int | None = _server_threads_option(),
     server_device: str | None = _server_device_option(),
+    upload_prompt: bool = typer.Option(
+        False,
+        "--upload-prompt",
+        help="Send the prompt with every request instead of storing it in the service's "
+        "prompt registry once (the default when the service has one).",
+    ),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
     server = _server_options(ctx, server_dtype, server_threads, server_device)
@@ -774,7 +788,7 @@ def eval_command(
 
         service = _service_for_run(run_dir, mock, base_url, api_key, model, _say_err, server)
         with service as (svc, _):
-            tp = TunedPrompt.load(run_dir, svc)
+            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
             examples = _examples(tp.task, data, column, label_column, data_format)
             metrics = tp.evaluate(examples)
         typer.echo(json.dumps(metrics))
@@ -798,6 +812,12 @@ def predict_command(
     server_dtype: str | None = _server_dtype_option(),
     server_threads: int | None = _server_threads_option(),
     server_device: str | None = _server_device_option(),
+    upload_prompt: bool = typer.Option(
+        False,
+        "--upload-prompt",
+        help="Send the prompt with every request instead of storing it in the service's "
+        "prompt registry once (the default when the service has one).",
+    ),
 ) -> None:
     """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
     server = _server_options(ctx, server_dtype, server_threads, server_device)
@@ -809,7 +829,7 @@ def predict_command(
             raise TaskError("give texts as arguments or --file FILE (one of the two)")
         service = _service_for_run(run_dir, mock, base_url, api_key, model, _say_err, server)
         with service as (svc, _):
-            tp = TunedPrompt.load(run_dir, svc)
+            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
             inputs: list[Any]
             if file is not None:
                 examples = _examples(tp.task, file, column, None, data_format, labels=False)

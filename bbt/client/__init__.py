@@ -8,6 +8,16 @@ from bbt.client._async import AsyncClient
 from bbt.client._client import Client
 from bbt.client._config import ClientSettings
 from bbt.client._local import LocalClient
-from bbt.client._service import Service, UsageStats
+from bbt.client._service import Service, SessionService, UsageStats
+from bbt.client._sessions import ProjectionSession
 
-__all__ = ["AsyncClient", "Client", "ClientSettings", "LocalClient", "Service", "UsageStats"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientSettings",
+    "LocalClient",
+    "ProjectionSession",
+    "Service",
+    "SessionService",
+    "UsageStats",
+]

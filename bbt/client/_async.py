@@ -18,21 +18,46 @@ from bbt.client._base import (
     BaseClient,
     FloatArray,
     M,
+    RawBody,
     plan_embed,
     plan_logits,
+    plan_projected_store,
+    plan_prompt_logits,
+    plan_prompt_store,
     plan_tokenize,
+    prompt_logits_into,
+    prompt_path,
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._sessions import (
+    ProjectionSession,
+    SessionChunk,
+    accept_open,
+    as_p0,
+    as_spec,
+    is_session_gone,
+    open_request,
+    plan_session_logits,
+)
 from bbt.protocol import (
+    SESSIONS_CAPABILITY,
     DType,
     EmbeddingsResponse,
     Health,
+    InitialPromptSpec,
     LogitsResponse,
     ModelInfo,
     ModelList,
+    ProjectionSpec,
+    PromptDeleted,
+    PromptList,
+    SessionClosed,
+    SessionInfo,
+    StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol.projection import ProjectionRecipe
 
 #: Sub-requests of one split call in flight at once; a server that limits per-request size
 #: usually also limits concurrency, so stay polite by default.
@@ -114,7 +139,7 @@ class AsyncClient(BaseClient):
         self,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         model: type[M],
         sequences: int = 0,
     ) -> M:
@@ -168,6 +193,10 @@ class AsyncClient(BaseClient):
             self._info = select_model(await self.models(), self._settings.model)
         return self._info
 
+    async def supports_sessions(self) -> bool:
+        """Whether the server offers projection sessions (protocol 1.1)."""
+        return SESSIONS_CAPABILITY in (await self.model_info()).capabilities
+
     async def tokenize(
         self, texts: Sequence[str], add_special_tokens: bool = False
     ) -> TokenizeResponse:
@@ -205,6 +234,128 @@ class AsyncClient(BaseClient):
             self._logits_into(out, chunk, resp)
         self._usage.calls += n_prompts
         return out
+
+    # ---------------------------------------------------------------- prompt registry (1.1)
+
+    async def store_prompt(
+        self,
+        prompt: np.ndarray[Any, Any],
+        *,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_prompt`."""
+        req = plan_prompt_store(await self.model_info(), prompt, label, recipe)
+        return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    async def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_projected_prompt`."""
+        req = plan_projected_store(await self.model_info(), projection, z, p0, label, recipe)
+        return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    async def list_prompts(self) -> list[StoredPrompt]:
+        """Every prompt this API key stored on the server, oldest first (metadata only)."""
+        return (await self._send("GET", self._api("/prompts"), None, PromptList)).data
+
+    async def get_prompt(self, prompt_id: str) -> StoredPrompt:
+        """As :meth:`bbt.Client.get_prompt`."""
+        return await self._send("GET", prompt_path(prompt_id), None, StoredPrompt)
+
+    async def delete_prompt(self, prompt_id: str) -> None:
+        """As :meth:`bbt.Client.delete_prompt`."""
+        await self._send("DELETE", prompt_path(prompt_id), None, PromptDeleted)
+
+    async def prompt_logits(
+        self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> FloatArray:
+        """As :meth:`bbt.Client.prompt_logits`; split requests run concurrently."""
+        path = prompt_path(prompt_id) + "/logits"
+        chunks = plan_prompt_logits(
+            await self.model_info(), texts, candidate_ids, self._settings.dtype
+        )
+        responses = await self._gather(
+            [self._send("POST", path, c.request, LogitsResponse, c.b1 - c.b0) for c in chunks]
+        )
+        out = np.empty((len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk, resp in zip(chunks, responses, strict=True):
+            prompt_logits_into(out, chunk, resp, self._usage)
+        self._usage.calls += 1
+        return out
+
+    # ---------------------------------------------------------------- sessions (1.1)
+
+    async def open_session(
+        self,
+        projection: ProjectionRecipe | ProjectionSpec,
+        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> ProjectionSession:
+        """See :meth:`bbt.Client.open_session`."""
+        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        await self._open(session, reopening=False)
+        return session
+
+    async def _open(self, session: ProjectionSession, reopening: bool) -> None:
+        req = open_request(await self.model_info(), session)
+        answer = await self._send("POST", self._api("/sessions"), req, SessionInfo)
+        accept_open(session, answer, reopening)
+
+    async def session_logits(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.session_logits`; sub-requests run concurrently."""
+        info = await self.model_info()
+        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
+        reopen = asyncio.Lock()
+        responses = await self._gather([self._session_call(session, c, reopen) for c in chunks])
+        n_prompts = chunks[-1].p1
+        out = np.empty((n_prompts, len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk, resp in zip(chunks, responses, strict=True):
+            self._logits_into(out, chunk, resp)
+        self._usage.calls += n_prompts
+        return out
+
+    async def _session_call(
+        self, session: ProjectionSession, chunk: SessionChunk, reopen: asyncio.Lock
+    ) -> LogitsResponse:
+        async def send() -> LogitsResponse:
+            path = self._api(f"/sessions/{session.id}/logits")
+            return await self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
+
+        sent_to = session.id
+        try:
+            return await send()
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        async with reopen:  # sibling chunks that also found it gone reopen it only once
+            if session.id == sent_to:
+                await self._open(session, reopening=True)
+        return await send()
+
+    async def close_session(self, session: ProjectionSession) -> None:
+        """See :meth:`bbt.Client.close_session`."""
+        if session.info is None:
+            return
+        try:
+            await self._send("DELETE", self._api(f"/sessions/{session.id}"), None, SessionClosed)
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        session.info = None
 
     # ---------------------------------------------------------------- lifetime
 

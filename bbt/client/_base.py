@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -53,19 +53,30 @@ from bbt.protocol import (
     DType,
     EmbeddingsRequest,
     ErrorEnvelope,
+    InitialPromptSpec,
     Limits,
     LogitsRequest,
     LogitsResponse,
     ModelInfo,
+    ProjectionSpec,
+    PromptCreateRequest,
+    PromptLogitsRequest,
     ProtocolViolation,
     Tensor,
     TokenizeRequest,
     TokenizeResponse,
     check_embeddings_request,
     check_logits_request,
+    check_prompt_create_request,
+    check_prompt_logits_request,
     check_tokenize_request,
     encoded_size,
+    is_prompt_id,
+    speaks,
 )
+
+if TYPE_CHECKING:
+    from bbt.client._sessions import SessionChunk
 
 logger = logging.getLogger("bbt.client")
 
@@ -318,6 +329,10 @@ class LogitsChunk:
         """Prompt-text pairs the server runs for this request: what its time grows with."""
         return (self.p1 - self.p0) * (self.b1 - self.b0)
 
+    @property
+    def rows_sent(self) -> int:
+        return self.p1 - self.p0
+
 
 def _even_bounds(total: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering ``range(total)``, sizes differing by at most 1."""
@@ -515,6 +530,14 @@ def decode_tensor(tensor: Tensor, shape: list[int], what: str) -> FloatArray:
 # --------------------------------------------------------------------------- the base client
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """A request body that is not a JSON model (e.g. a binary frame)."""
+
+    content: bytes
+    content_type: str
+
+
 class BaseClient:
     """Settings, request building, response parsing, retry policy and usage: no I/O."""
 
@@ -567,12 +590,15 @@ class BaseClient:
         http: httpx.Client | httpx.AsyncClient,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         sequences: int = 0,
     ) -> httpx.Request:
         headers = self._headers()
         content: bytes | None = None
-        if body is not None:
+        if isinstance(body, RawBody):
+            content = body.content
+            headers["Content-Type"] = body.content_type
+        elif body is not None:
             # Serialise here, not through httpx's json=, so bytes_sent is the real body size.
             content = body.model_dump_json().encode()
             headers["Content-Type"] = "application/json"
@@ -603,7 +629,7 @@ class BaseClient:
             raise status_error(response, self._settings.api_key)
         request_id = response.headers.get(REQUEST_ID_HEADER)
         version = response.headers.get(PROTOCOL_HEADER)
-        if version is not None and version != PROTOCOL_VERSION:
+        if not speaks(version):
             raise ProtocolError(
                 f"server speaks protocol {version!r}; this client speaks {PROTOCOL_VERSION!r}",
                 request_id=request_id,
@@ -652,10 +678,13 @@ class BaseClient:
 
     # ---------------------------------------------------------------- results
 
-    def _logits_into(self, out: FloatArray, chunk: LogitsChunk, resp: LogitsResponse) -> None:
+    def _logits_into(
+        self, out: FloatArray, chunk: LogitsChunk | SessionChunk, resp: LogitsResponse
+    ) -> None:
         """Place one chunk's answer at its place in ``out`` [P, B, C]; count its usage."""
-        shape = [chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, out.shape[2]]
-        out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")
+        shape = [chunk.rows_sent, chunk.b1 - chunk.b0, out.shape[2]]
+        got = decode_tensor(resp.logits, shape, "logits")
+        out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = got[: chunk.p1 - chunk.p0]
         self._usage.sequences += resp.usage.sequences
         self._usage.tokens += resp.usage.tokens
 
@@ -682,3 +711,128 @@ class BaseClient:
             for req, t in zip(requests, tensors, strict=True)
         ]
         return np.concatenate(parts, axis=0)
+
+
+# --------------------------------------------------------------------------- prompt registry
+
+
+def prompt_path(prompt_id: str) -> str:
+    """The API path of a stored prompt; refuses, before any request, what is no prompt id
+    (an id read from a run directory must not steer the request to another route)."""
+    if not isinstance(prompt_id, str) or not is_prompt_id(prompt_id):
+        raise InvalidRequestError(
+            "not a prompt id (ids look like 'bp_' followed by letters, digits, '-' or '_')",
+            field="prompt_id",
+        )
+    return f"{API_PREFIX}/prompts/{prompt_id}"
+
+
+def plan_prompt_store(
+    info: ModelInfo,
+    prompt: np.ndarray[Any, Any],
+    label: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> PromptCreateRequest:
+    """A checked store request; the prompt travels as float32, so the server keeps (and
+    digests) exactly the bytes the caller holds."""
+    arr = np.asarray(prompt)
+    try:
+        tensor = Tensor.from_numpy(arr, "float32")
+        req = PromptCreateRequest(model=info.id, prompt=tensor, label=label, recipe=recipe)
+        check_prompt_create_request(req, info)
+    except ProtocolViolation as exc:
+        raise invalid(exc) from exc
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+    except ValueError as exc:  # from_numpy: a dtype it cannot encode
+        raise InvalidRequestError(str(exc), field="prompt") from exc
+    return req
+
+
+def plan_projected_store(
+    info: ModelInfo,
+    projection: ProjectionSpec,
+    z: np.ndarray[Any, Any],
+    p0: InitialPromptSpec | None = None,
+    label: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> PromptCreateRequest:
+    """A store request that names the prompt as A z + p0 (z uploads, not the prompt)."""
+    arr = np.asarray(z)
+    if arr.shape != (projection.dim,):
+        raise InvalidRequestError(
+            f"z must have shape [{projection.dim}] (the projection's d); got {list(arr.shape)}",
+            field="z",
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidRequestError("z contains NaN or infinite values", field="z")
+    if projection.hidden_size != info.hidden_size:
+        raise InvalidRequestError(
+            f"projection hidden_size {projection.hidden_size} does not match the model's "
+            f"{info.hidden_size}",
+            field="projection.hidden_size",
+        )
+    try:
+        return PromptCreateRequest(
+            model=info.id,
+            projection=projection,
+            z=Tensor.from_numpy(arr, "float32"),
+            p0=p0,
+            label=label,
+            recipe=recipe,
+        )
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+
+@dataclass(frozen=True)
+class PromptLogitsChunk:
+    """One request's share of a by-id logits job: texts [b0:b1]."""
+
+    b0: int
+    b1: int
+    request: PromptLogitsRequest
+
+
+def plan_prompt_logits(
+    info: ModelInfo,
+    texts: Sequence[str],
+    candidate_ids: Sequence[int],
+    dtype: DType = "float32",
+) -> list[PromptLogitsChunk]:
+    """Split a by-id job over the server's limits (texts only: the prompt does not travel)."""
+    texts = list(texts)
+    ids = [int(i) for i in candidate_ids]
+    if not texts or not ids:
+        raise InvalidRequestError(
+            "need at least one text and one candidate id",
+            field="texts" if not texts else "candidate_ids",
+        )
+    text_bytes = max(6 * len(t) + 3 for t in texts)
+    _, groups_b = plan_grid(1, len(texts), info.limits, text_bytes=text_bytes)
+    lim = info.limits
+    room = max(1, (lim.max_body_bytes - _BODY_SLACK) // text_bytes)
+    groups_b = max(groups_b, math.ceil(len(texts) / room))
+    chunks = []
+    for b0, b1 in _even_bounds(len(texts), groups_b):
+        try:
+            req = PromptLogitsRequest(
+                model=info.id, texts=texts[b0:b1], candidate_ids=ids, output_dtype=dtype
+            )
+            check_prompt_logits_request(req, info)
+        except ProtocolViolation as exc:
+            raise invalid(exc, offset=b0) from exc
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+        chunks.append(PromptLogitsChunk(b0, b1, req))
+    return chunks
+
+
+def prompt_logits_into(
+    out: FloatArray, chunk: PromptLogitsChunk, resp: LogitsResponse, usage: UsageStats
+) -> None:
+    """Place one by-id answer (logits [1, b, C]) into ``out`` [B, C]; count its usage."""
+    shape = [1, chunk.b1 - chunk.b0, out.shape[1]]
+    out[chunk.b0 : chunk.b1] = decode_tensor(resp.logits, shape, "logits")[0]
+    usage.sequences += resp.usage.sequences
+    usage.tokens += resp.usage.tokens

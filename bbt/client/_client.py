@@ -18,21 +18,46 @@ from bbt.client._base import (
     BaseClient,
     FloatArray,
     M,
+    RawBody,
     plan_embed,
     plan_logits,
+    plan_projected_store,
+    plan_prompt_logits,
+    plan_prompt_store,
     plan_tokenize,
+    prompt_logits_into,
+    prompt_path,
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._sessions import (
+    ProjectionSession,
+    SessionChunk,
+    accept_open,
+    as_p0,
+    as_spec,
+    is_session_gone,
+    open_request,
+    plan_session_logits,
+)
 from bbt.protocol import (
+    SESSIONS_CAPABILITY,
     DType,
     EmbeddingsResponse,
     Health,
+    InitialPromptSpec,
     LogitsResponse,
     ModelInfo,
     ModelList,
+    ProjectionSpec,
+    PromptDeleted,
+    PromptList,
+    SessionClosed,
+    SessionInfo,
+    StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol.projection import ProjectionRecipe
 
 
 class Client(BaseClient):
@@ -112,7 +137,7 @@ class Client(BaseClient):
         self,
         method: str,
         path: str,
-        body: BaseModel | None,
+        body: BaseModel | RawBody | None,
         model: type[M],
         sequences: int = 0,
     ) -> M:
@@ -141,6 +166,10 @@ class Client(BaseClient):
         if self._info is None:
             self._info = select_model(self.models(), self._settings.model)
         return self._info
+
+    def supports_sessions(self) -> bool:
+        """Whether the server offers projection sessions (protocol 1.1)."""
+        return SESSIONS_CAPABILITY in self.model_info().capabilities
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = False) -> TokenizeResponse:
         requests = plan_tokenize(self.model_info(), texts, add_special_tokens)
@@ -175,6 +204,128 @@ class Client(BaseClient):
             self._logits_into(out, chunk, resp)
         self._usage.calls += n_prompts
         return out
+
+    # ---------------------------------------------------------------- prompt registry (1.1)
+
+    def store_prompt(
+        self,
+        prompt: np.ndarray[Any, Any],
+        *,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """Store a tuned prompt [n, H] in the server's registry; its metadata, id included.
+
+        Storing the same prompt again answers the same id (so a retried store is harmless).
+        Needs the ``prompt_registry`` capability (``model_info().capabilities``).
+        """
+        req = plan_prompt_store(self.model_info(), prompt, label, recipe)
+        return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
+        session does): z (d floats) travels instead of the prompt (n x H)."""
+        req = plan_projected_store(self.model_info(), projection, z, p0, label, recipe)
+        return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+
+    def list_prompts(self) -> list[StoredPrompt]:
+        """Every prompt this API key stored on the server, oldest first (metadata only)."""
+        return (self._send("GET", self._api("/prompts"), None, PromptList)).data
+
+    def get_prompt(self, prompt_id: str) -> StoredPrompt:
+        """A stored prompt's metadata; :class:`~bbt.errors.NotFoundError` when it is gone
+        or was stored with another API key."""
+        return self._send("GET", prompt_path(prompt_id), None, StoredPrompt)
+
+    def delete_prompt(self, prompt_id: str) -> None:
+        """Delete a stored prompt; :class:`~bbt.errors.NotFoundError` when there is none."""
+        self._send("DELETE", prompt_path(prompt_id), None, PromptDeleted)
+
+    def prompt_logits(
+        self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> FloatArray:
+        """Logits [B, C] of ``texts`` under a stored prompt: only the texts are uploaded."""
+        path = prompt_path(prompt_id) + "/logits"
+        chunks = plan_prompt_logits(self.model_info(), texts, candidate_ids, self._settings.dtype)
+        out = np.empty((len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk in chunks:
+            resp = self._send("POST", path, chunk.request, LogitsResponse, chunk.b1 - chunk.b0)
+            prompt_logits_into(out, chunk, resp, self._usage)
+        self._usage.calls += 1
+        return out
+
+    # ---------------------------------------------------------------- sessions (1.1)
+
+    def open_session(
+        self,
+        projection: ProjectionRecipe | ProjectionSpec,
+        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> ProjectionSession:
+        """Open a projection session: the server rebuilds A from ``projection`` and keeps it
+        with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
+        lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`)."""
+        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        self._open(session, reopening=False)
+        return session
+
+    def _open(self, session: ProjectionSession, reopening: bool) -> None:
+        req = open_request(self.model_info(), session)
+        answer = self._send("POST", self._api("/sessions"), req, SessionInfo)
+        accept_open(session, answer, reopening)
+
+    def session_logits(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        """Logits [P, B, C] of the prompts A z + p0 for z [P, d], projected by the server.
+
+        A session the server no longer has (expired, evicted, a restart) is reopened from
+        its recipe and the request sent once more."""
+        info = self.model_info()
+        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
+        n_prompts = chunks[-1].p1
+        out = np.empty((n_prompts, len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk in chunks:
+            self._logits_into(out, chunk, self._session_call(session, chunk))
+        self._usage.calls += n_prompts
+        return out
+
+    def _session_call(self, session: ProjectionSession, chunk: SessionChunk) -> LogitsResponse:
+        def send() -> LogitsResponse:
+            path = self._api(f"/sessions/{session.id}/logits")
+            return self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
+
+        try:
+            return send()
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        self._open(session, reopening=True)
+        return send()
+
+    def close_session(self, session: ProjectionSession) -> None:
+        """Close the session on the server (a session already gone is fine)."""
+        if session.info is None:
+            return
+        try:
+            self._send("DELETE", self._api(f"/sessions/{session.id}"), None, SessionClosed)
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        session.info = None
 
     # ---------------------------------------------------------------- lifetime
 

@@ -8,8 +8,9 @@ accounting (``requests`` counts backend calls; bytes stay 0) and the same except
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -18,22 +19,74 @@ from bbt.client._base import (
     invalid,
     plan_embed,
     plan_logits,
+    plan_projected_store,
+    plan_prompt_logits,
+    plan_prompt_store,
     plan_tokenize,
+    prompt_logits_into,
+    prompt_path,
 )
 from bbt.client._service import UsageStats
-from bbt.errors import BBTError, ProtocolError, ServerError
-from bbt.protocol import Health, ModelInfo, ProtocolViolation, TokenizeResponse
+from bbt.client._sessions import (
+    ProjectionSession,
+    accept_open,
+    as_p0,
+    as_spec,
+    open_request,
+    plan_session_logits,
+)
+from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError
+from bbt.protocol import (
+    PROTOCOL_VERSION,
+    SESSIONS_CAPABILITY,
+    ErrorType,
+    Health,
+    InitialPromptSpec,
+    ModelInfo,
+    ProjectionSpec,
+    ProtocolViolation,
+    StoredPrompt,
+    TokenizeResponse,
+)
+from bbt.protocol._validate import DecodedLogitsRequest
 from bbt.protocol.backend import Backend
+from bbt.protocol.projection import ProjectionRecipe
+from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
+
+if TYPE_CHECKING:
+    from bbt.server._prompts import PromptEndpoints
+    from bbt.server.registry import PromptRegistry
 
 T = TypeVar("T")
 
 
 class LocalClient:
-    """Serve :class:`bbt.client.Service` calls from ``backend`` directly."""
+    """Serve :class:`bbt.client.Service` calls from ``backend`` directly.
 
-    def __init__(self, backend: Backend) -> None:
+    The prompt registry calls (:meth:`store_prompt` and the rest) work on ``registry``, by
+    default a store in memory made on first use; everything stored is the one tenant's.
+    """
+
+    #: Nothing travels: the tuner's ``sessions="auto"`` projects locally rather than through
+    #: a session here (``"on"`` uses the session path, the server's own code).
+    in_process = True
+
+    def __init__(self, backend: Backend, *, registry: PromptRegistry | None = None) -> None:
         self._backend = backend
         self._usage = UsageStats()
+        self._registry = registry
+        self._owns_registry = registry is None
+        self._prompt_endpoints: PromptEndpoints | None = None
+        # What a 1.1 server would advertise for this backend: sessions run in this process
+        # with the server's own session code (bbt.protocol.sessions).
+        info = backend.info
+        self._model_info = info.model_copy(
+            update={
+                "protocol_version": PROTOCOL_VERSION,
+                "capabilities": [*info.capabilities, SESSIONS_CAPABILITY],
+            }
+        )
+        self._sessions: SessionHost | None = None
 
     @property
     def backend(self) -> Backend:
@@ -48,7 +101,7 @@ class LocalClient:
         return f"LocalClient(backend={type(self._backend).__name__}, model={self._info().id!r})"
 
     def _info(self) -> ModelInfo:
-        return self._backend.info
+        return self._model_info
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """One backend call, counted, with its failures mapped as the app factory would."""
@@ -113,25 +166,198 @@ class LocalClient:
         n_prompts, n_cand = len(prompts), len(candidate_ids)
         out = np.empty((n_prompts, len(texts), n_cand), dtype=np.float32)
         for chunk in chunks:
-            d = chunk.decoded
-            logits, usage = self._call(self._backend.logits, d.prompts, d.texts, d.candidate_ids)
-            shape = (chunk.p1 - chunk.p0, chunk.b1 - chunk.b0, n_cand)
-            logits = np.asarray(logits)
-            if logits.shape != shape:
-                raise ProtocolError(
-                    f"backend logits have shape {list(logits.shape)}; expected {list(shape)}"
-                )
-            out[chunk.p0 : chunk.p1, chunk.b0 : chunk.b1] = logits
-            self._usage.sequences += usage.sequences
-            self._usage.tokens += usage.tokens
+            self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, chunk.decoded)
         self._usage.calls += n_prompts
         return out
+
+    # ---------------------------------------------------------------- prompt registry
+
+    def _endpoints(self) -> PromptEndpoints:
+        if self._prompt_endpoints is None:
+            # Imported here: the registry (sqlite3) and the server's core are only loaded by
+            # a caller that uses them.
+            from bbt.server._core import ServiceCore
+            from bbt.server.registry import PromptRegistry
+            from bbt.server.settings import ServerSettings
+
+            if self._registry is None:
+                self._registry = PromptRegistry(":memory:")
+            core = ServiceCore(self._backend, ServerSettings(api_keys=[]), self._registry)
+            assert core.prompts is not None  # a registry was given
+            self._prompt_endpoints = core.prompts
+        return self._prompt_endpoints
+
+    def _registry_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """A registry call with its refusals mapped as an HTTP client would see them."""
+        try:
+            return self._call(fn, *args)
+        except BBTError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ProtocolViolation):
+                if cause.error_type is ErrorType.not_found:
+                    raise NotFoundError(
+                        cause.message, status_code=404, error_type="not_found", field=cause.field
+                    ) from cause
+                if cause.error_type is ErrorType.permission:
+                    raise PermissionDeniedError(
+                        cause.message, status_code=403, error_type="permission", field=cause.field
+                    ) from cause
+            raise
+
+    def store_prompt(
+        self,
+        prompt: np.ndarray[Any, Any],
+        *,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_prompt`, in this process."""
+        req = plan_prompt_store(self._info(), prompt, label, recipe)
+        ep = self._endpoints()
+        stored, _ = self._registry_call(ep.create, req, ep.tenant(None))
+        return stored
+
+    def store_projected_prompt(
+        self,
+        projection: ProjectionSpec,
+        z: np.ndarray[Any, Any],
+        *,
+        p0: InitialPromptSpec | None = None,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt:
+        """As :meth:`bbt.Client.store_projected_prompt`, in this process."""
+        req = plan_projected_store(self._info(), projection, z, p0, label, recipe)
+        ep = self._endpoints()
+        stored, _ = self._registry_call(ep.create, req, ep.tenant(None))
+        return stored
+
+    def list_prompts(self) -> list[StoredPrompt]:
+        """As :meth:`bbt.Client.list_prompts`."""
+        ep = self._endpoints()
+        return self._registry_call(ep.list_all, ep.tenant(None)).data
+
+    def get_prompt(self, prompt_id: str) -> StoredPrompt:
+        """As :meth:`bbt.Client.get_prompt`."""
+        prompt_path(prompt_id)
+        ep = self._endpoints()
+        return self._registry_call(ep.get, prompt_id, ep.tenant(None))
+
+    def delete_prompt(self, prompt_id: str) -> None:
+        """As :meth:`bbt.Client.delete_prompt`."""
+        prompt_path(prompt_id)
+        ep = self._endpoints()
+        self._registry_call(ep.delete, prompt_id, ep.tenant(None))
+
+    def prompt_logits(
+        self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> FloatArray:
+        """As :meth:`bbt.Client.prompt_logits`."""
+        prompt_path(prompt_id)
+        chunks = plan_prompt_logits(self._info(), texts, candidate_ids, "float32")
+        ep = self._endpoints()
+        out = np.empty((len(texts), len(candidate_ids)), dtype=np.float32)
+        for chunk in chunks:
+            resp = self._registry_call(ep.logits, prompt_id, chunk.request, ep.tenant(None))
+            prompt_logits_into(out, chunk, resp, self._usage)
+        self._usage.calls += 1
+        return out
+
+    def _score_into(
+        self,
+        out: FloatArray,
+        p0: int,
+        p1: int,
+        b0: int,
+        b1: int,
+        d: DecodedLogitsRequest,
+        rows_sent: int | None = None,
+    ) -> None:
+        logits, usage = self._call(self._backend.logits, d.prompts, d.texts, d.candidate_ids)
+        shape = (p1 - p0 if rows_sent is None else rows_sent, b1 - b0, out.shape[2])
+        logits = np.asarray(logits)
+        if logits.shape != shape:
+            raise ProtocolError(
+                f"backend logits have shape {list(logits.shape)}; expected {list(shape)}"
+            )
+        out[p0:p1, b0:b1] = logits[: p1 - p0]
+        self._usage.sequences += usage.sequences
+        self._usage.tokens += usage.tokens
+
+    # ---------------------------------------------------------------- sessions (1.1)
+
+    def supports_sessions(self) -> bool:
+        return True
+
+    def _host(self) -> SessionHost:
+        if self._sessions is None:
+            backend = self._backend
+            self._sessions = SessionHost(
+                self._info(),
+                backend.embed,
+                backend.tokenize,
+                # One caller, no tenants: any number of sessions, and the least recently
+                # used ones make room at once when memory runs short (they reopen).
+                SessionLimits(max_per_key=2**31, evict_after_s=0.0),
+                projector=getattr(backend, "session_projector", None),
+            )
+        return self._sessions
+
+    def open_session(
+        self,
+        projection: ProjectionRecipe | ProjectionSpec,
+        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> ProjectionSession:
+        """See :meth:`bbt.Client.open_session`; the session lives in this process."""
+        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        self._open(session, reopening=False)
+        return session
+
+    def _open(self, session: ProjectionSession, reopening: bool) -> None:
+        req = open_request(self._info(), session)
+        accept_open(session, self._call(self._host().open, "", req), reopening)
+
+    def session_logits(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.session_logits`."""
+        info = self._info()
+        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
+        n_prompts, n_cand = chunks[-1].p1, len(candidate_ids)
+        out = np.empty((n_prompts, len(texts), n_cand), dtype=np.float32)
+        host = self._host()
+        for chunk in chunks:
+            try:
+                decoded = host.decode("", session.id, chunk.request, chunk.raw)
+            except SessionNotFound:
+                self._open(session, reopening=True)
+                decoded = self._call(host.decode, "", session.id, chunk.request, chunk.raw)
+            except ProtocolViolation as exc:
+                raise invalid(exc) from exc
+            self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, decoded, chunk.rows_sent)
+        self._usage.calls += n_prompts
+        return out
+
+    def close_session(self, session: ProjectionSession) -> None:
+        if session.info is None:
+            return
+        with contextlib.suppress(SessionNotFound):
+            self._host().close("", session.id)
+        session.info = None
 
     def health(self) -> Health:
         return Health(models=[self._info().id])
 
     def close(self) -> None:
         self._backend.close()
+        if self._prompt_endpoints is not None and self._owns_registry:
+            self._prompt_endpoints.registry.close()
 
     def __enter__(self) -> LocalClient:
         return self

@@ -1,11 +1,13 @@
-"""The bbt wire protocol (version 1): pydantic models shared by the client and the servers."""
+"""The bbt wire protocol (version 1, with the additive 1.1): models shared by client and servers."""
 
 from bbt.protocol._models import (
     API_PREFIX,
     DEEP_PROMPTS,
     PROTOCOL_HEADER,
+    PROTOCOL_V1,
     PROTOCOL_VERSION,
     REQUEST_ID_HEADER,
+    SUPPORTED_VERSIONS,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ErrorBody,
@@ -21,6 +23,26 @@ from bbt.protocol._models import (
     TokenizeResponse,
     Usage,
 )
+from bbt.protocol._registry import (
+    PROMPT_REGISTRY_CAPABILITY,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptList,
+    PromptLogitsRequest,
+    StoredPrompt,
+    check_prompt_create_request,
+    check_prompt_logits_request,
+    is_prompt_id,
+)
+from bbt.protocol._sessions import (
+    SESSIONS_CAPABILITY,
+    InitialPromptSpec,
+    ProjectionSpec,
+    SessionClosed,
+    SessionInfo,
+    SessionLogitsRequest,
+    SessionOpenRequest,
+)
 from bbt.protocol._tensor import (
     SUPPORTED_DTYPES,
     DType,
@@ -35,14 +57,19 @@ from bbt.protocol._validate import (
     check_logits_request,
     check_tokenize_request,
 )
+from bbt.protocol._version import negotiate, speaks, wire_json
 
 __all__ = [
     "API_PREFIX",
     "DEEP_PROMPTS",
+    "PROMPT_REGISTRY_CAPABILITY",
     "PROTOCOL_HEADER",
+    "PROTOCOL_V1",
     "PROTOCOL_VERSION",
     "REQUEST_ID_HEADER",
+    "SESSIONS_CAPABILITY",
     "SUPPORTED_DTYPES",
+    "SUPPORTED_VERSIONS",
     "DType",
     "DecodedLogitsRequest",
     "EmbeddingsRequest",
@@ -51,12 +78,23 @@ __all__ = [
     "ErrorEnvelope",
     "ErrorType",
     "Health",
+    "InitialPromptSpec",
     "Limits",
     "LogitsRequest",
     "LogitsResponse",
     "ModelInfo",
     "ModelList",
+    "ProjectionSpec",
+    "PromptCreateRequest",
+    "PromptDeleted",
+    "PromptList",
+    "PromptLogitsRequest",
     "ProtocolViolation",
+    "SessionClosed",
+    "SessionInfo",
+    "SessionLogitsRequest",
+    "SessionOpenRequest",
+    "StoredPrompt",
     "Tensor",
     "TensorDecodeError",
     "TokenizeRequest",
@@ -64,6 +102,12 @@ __all__ = [
     "Usage",
     "check_embeddings_request",
     "check_logits_request",
+    "check_prompt_create_request",
+    "check_prompt_logits_request",
     "check_tokenize_request",
     "encoded_size",
+    "is_prompt_id",
+    "negotiate",
+    "speaks",
+    "wire_json",
 ]

@@ -22,9 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bbt.protocol._tensor import DType, Tensor
 
-PROTOCOL_VERSION = "1"
+#: The newest protocol version this package speaks (v1 plus additive 1.1 features).
+PROTOCOL_VERSION = "1.1"
+#: The original version: what a client that announces nothing (or "1") is answered with.
+PROTOCOL_V1 = "1"
+#: Versions a server negotiates, oldest first. Within one major version every change is
+#: additive: a response field new in version X is declared ``json_schema_extra={"since": X}``
+#: and left out of answers to older clients (:func:`bbt.protocol.wire_json`).
+SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_V1, PROTOCOL_VERSION)
 API_PREFIX = "/v1"
-#: Header carrying the protocol version on every request and response.
+#: Header carrying the protocol version on every request and response: the client announces
+#: the newest version it speaks, the server answers with the version it used.
 PROTOCOL_HEADER = "X-BBT-Protocol"
 #: Header echoing a server-assigned request id, for support and logs.
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -68,7 +76,7 @@ class ModelInfo(_Wire):
 
     id: str = Field(description="Model id to name in requests.")
     kind: Literal["masked_lm"] = "masked_lm"
-    protocol_version: str = PROTOCOL_VERSION
+    protocol_version: str = PROTOCOL_V1
     hidden_size: int = Field(ge=1, description="H: width of the input embeddings.")
     vocab_size: int = Field(ge=1)
     num_layers: int = Field(ge=1)
@@ -86,8 +94,9 @@ class ModelInfo(_Wire):
     capabilities: list[str] = Field(
         default_factory=list,
         description=(
-            "Optional features this server offers, by name (e.g. 'deep_prompts'). A client "
-            "checks it before using one; a server without it refuses with a 4xx."
+            "Optional features this server offers, by name (e.g. 'sessions', "
+            "'deep_prompts'). A client checks for a feature here before using it; a server "
+            "without it refuses with a 4xx; an empty list is a plain v1 server."
         ),
         json_schema_extra={"since": "1.1"},
     )
@@ -111,7 +120,7 @@ class ModelList(_Wire):
 
 class Health(_Wire):
     status: Literal["ok"] = "ok"
-    protocol_version: str = PROTOCOL_VERSION
+    protocol_version: str = PROTOCOL_V1
     models: list[str]
 
 
@@ -205,6 +214,13 @@ class ErrorType(str, Enum):
     rate_limit = "rate_limit"  # 429
     server_error = "server_error"  # 500
     unavailable = "unavailable"  # 503
+    #: 404 for a projection session that is unknown, expired, evicted or another key's: the
+    #: client reopens it from its recipe (since 1.1; a v1 client is told ``not_found``).
+    session_not_found = "session_not_found"
+
+
+#: What a v1 client is told instead of an error type it does not know.
+V1_ERROR_TYPES: dict[ErrorType, ErrorType] = {ErrorType.session_not_found: ErrorType.not_found}
 
 
 class ErrorBody(_Wire):

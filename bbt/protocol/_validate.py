@@ -44,7 +44,7 @@ class DecodedLogitsRequest:
     candidate_ids: np.ndarray[Any, np.dtype[np.int64]]  # [C]
 
 
-def _check_model(model: str, info: ModelInfo) -> None:
+def check_model(model: str, info: ModelInfo) -> None:
     if model != info.id:
         raise ProtocolViolation(
             f"model {model!r} is not served here; this server serves {info.id!r}",
@@ -106,7 +106,7 @@ def _check_deep(shape: list[int], info: ModelInfo) -> None:
 
 
 def check_tokenize_request(req: TokenizeRequest, info: ModelInfo) -> None:
-    _check_model(req.model, info)
+    check_model(req.model, info)
     if len(req.texts) > info.limits.max_texts_per_request:
         raise ProtocolViolation(
             f"{len(req.texts)} texts; at most {info.limits.max_texts_per_request} per request",
@@ -116,7 +116,7 @@ def check_tokenize_request(req: TokenizeRequest, info: ModelInfo) -> None:
 
 
 def check_embeddings_request(req: EmbeddingsRequest, info: ModelInfo) -> None:
-    _check_model(req.model, info)
+    check_model(req.model, info)
     if len(req.token_ids) > info.limits.max_embedding_ids:
         raise ProtocolViolation(
             f"{len(req.token_ids)} token ids; at most {info.limits.max_embedding_ids} per request",
@@ -139,7 +139,7 @@ def check_logits_request(
     server will decode it) as ``prompts``, saving a base64 round trip; its shape must
     match the tensor's.
     """
-    _check_model(req.model, info)
+    check_model(req.model, info)
     lim = info.limits
     t = req.prompts
     if t.dtype not in info.dtypes:
@@ -160,16 +160,42 @@ def check_logits_request(
             f"prompt width {h} does not match the model's hidden size {info.hidden_size}",
             field="prompts.shape",
         )
-    if not 1 <= p <= lim.max_prompts_per_request:
-        raise ProtocolViolation(
-            f"population P={p}; must be between 1 and {lim.max_prompts_per_request}",
-            field="prompts.shape",
-        )
-    if n > lim.max_prompt_tokens:
+    if 1 <= p <= lim.max_prompts_per_request and n > lim.max_prompt_tokens:
         raise ProtocolViolation(
             f"prompt length n={n}; at most {lim.max_prompt_tokens}", field="prompts.shape"
         )
-    b = len(req.texts)
+    check_batch(p, req.texts, req.candidate_ids, info)
+    if prompts is None:
+        try:
+            prompts = t.to_numpy()
+        except TensorDecodeError as exc:
+            raise ProtocolViolation(str(exc), field="prompts.data") from None
+    elif list(prompts.shape) != t.shape:
+        raise ValueError(f"prompts of shape {prompts.shape} do not match the tensor {t.shape}")
+    prompts = prompts.astype(np.float32, copy=False)
+    check_prompt_values(prompts, info, "prompts.data")
+    return DecodedLogitsRequest(
+        prompts=prompts,
+        texts=list(req.texts),
+        candidate_ids=np.asarray(req.candidate_ids, dtype=np.int64),
+    )
+
+
+def check_batch(
+    p: int,
+    texts: list[str],
+    candidate_ids: list[int],
+    info: ModelInfo,
+    shape_field: str = "prompts.shape",
+) -> None:
+    """P prompts on ``texts`` with ``candidate_ids``: within the model's limits?"""
+    lim = info.limits
+    if not 1 <= p <= lim.max_prompts_per_request:
+        raise ProtocolViolation(
+            f"population P={p}; must be between 1 and {lim.max_prompts_per_request}",
+            field=shape_field,
+        )
+    b = len(texts)
     if b > lim.max_texts_per_request:
         raise ProtocolViolation(
             f"{b} texts; at most {lim.max_texts_per_request} per request", field="texts"
@@ -179,32 +205,23 @@ def check_logits_request(
             f"P x B = {p * b} sequences; at most {lim.max_sequences_per_request} per request",
             field="texts",
         )
-    if len(req.candidate_ids) > lim.max_candidates:
+    if len(candidate_ids) > lim.max_candidates:
         raise ProtocolViolation(
-            f"{len(req.candidate_ids)} candidate ids; at most {lim.max_candidates}",
+            f"{len(candidate_ids)} candidate ids; at most {lim.max_candidates}",
             field="candidate_ids",
         )
-    _check_ids(req.candidate_ids, info, "candidate_ids")
-    _check_texts(req.texts, info, need_mask=True)
-    if prompts is None:
-        try:
-            prompts = t.to_numpy()
-        except TensorDecodeError as exc:
-            raise ProtocolViolation(str(exc), field="prompts.data") from None
-    elif list(prompts.shape) != t.shape:
-        raise ValueError(f"prompts of shape {prompts.shape} do not match the tensor {t.shape}")
-    prompts = prompts.astype(np.float32, copy=False)
+    _check_ids(candidate_ids, info, "candidate_ids")
+    _check_texts(texts, info, need_mask=True)
+
+
+def check_prompt_values(prompts: np.ndarray[Any, Any], info: ModelInfo, field: str) -> None:
+    """Prompt entries are finite and within ``max_prompt_value``."""
     if not np.isfinite(prompts).all():
-        raise ProtocolViolation("prompts contain NaN or infinite values", field="prompts.data")
+        raise ProtocolViolation("prompts contain NaN or infinite values", field=field)
     largest = float(np.abs(prompts).max(initial=0.0))
-    if largest > lim.max_prompt_value:
+    if largest > info.limits.max_prompt_value:
         raise ProtocolViolation(
             f"a prompt entry has absolute value {largest:.3g}; the limit is "
-            f"{lim.max_prompt_value:.3g}",
-            field="prompts.data",
+            f"{info.limits.max_prompt_value:.3g}",
+            field=field,
         )
-    return DecodedLogitsRequest(
-        prompts=prompts,
-        texts=list(req.texts),
-        candidate_ids=np.asarray(req.candidate_ids, dtype=np.int64),
-    )

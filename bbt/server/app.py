@@ -26,7 +26,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 from bbt.errors import ConfigurationError
 from bbt.protocol import (
     API_PREFIX,
+    PROTOCOL_HEADER,
+    PROTOCOL_V1,
     PROTOCOL_VERSION,
     REQUEST_ID_HEADER,
     EmbeddingsRequest,
@@ -44,10 +46,22 @@ from bbt.protocol import (
     LogitsRequest,
     LogitsResponse,
     ModelList,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptList,
+    PromptLogitsRequest,
     ProtocolViolation,
+    SessionClosed,
+    SessionInfo,
+    SessionLogitsRequest,
+    SessionOpenRequest,
+    StoredPrompt,
     TokenizeRequest,
     TokenizeResponse,
+    negotiate,
+    wire_json,
 )
+from bbt.protocol._frame import FRAME_CONTENT_TYPE
 from bbt.server._cancel import Cancelled, stop_when
 from bbt.server._core import (
     APIFailure,
@@ -55,20 +69,23 @@ from bbt.server._core import (
     empty_body_failure,
     internal_failure,
     new_request_id,
+    parse_session_logits,
     protocol_headers,
     validation_failure,
     violation_failure,
 )
+from bbt.server._prompts import PROMPTS_PATH, PromptEndpoints, match_route, no_registry
 from bbt.server.backend import Backend
 from bbt.server.faults import FAULT_SCOPE_KEY, FaultConfig, FaultInjector, FaultMiddleware
+from bbt.server.registry import PromptRegistry
 from bbt.server.settings import ServerSettings
 
 try:
     import anyio
     import anyio.to_thread
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Path, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ConfigurationError(
@@ -99,6 +116,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 #: Scope key of the request's :class:`ClientLink` (set by the guard).
 CLIENT_SCOPE_KEY = "bbt.client"
+#: Scope key of the protocol version negotiated with the request's client (set by the guard).
+VERSION_SCOPE_KEY = "bbt.protocol"
 #: Status recorded (never sent: nobody is listening) for work dropped because its client left.
 CLIENT_CLOSED_STATUS = 499
 #: Bounds of the Retry-After sent with a queue-full 503, in seconds.
@@ -110,10 +129,24 @@ def _is_raw(value: object) -> bool:
     return isinstance(value, bytes | bytearray)
 
 
-def _failure_response(fail: APIFailure) -> JSONResponse:
-    return JSONResponse(
-        fail.envelope.model_dump(mode="json"), status_code=fail.status, headers=fail.headers
+def _version(scope: Scope) -> str:
+    version = scope.get(VERSION_SCOPE_KEY)
+    return version if isinstance(version, str) else PROTOCOL_V1
+
+
+def _failure_response(fail: APIFailure, version: str = PROTOCOL_V1) -> Response:
+    return Response(
+        wire_json(fail.envelope, version),
+        status_code=fail.status,
+        headers=fail.headers,
+        media_type="application/json",
     )
+
+
+def _answer(model: Any, request: Request) -> Response:
+    """A 200 in the protocol version negotiated with the client: fields newer than what it
+    announced are left out, so a v1 client reads exactly what v1 servers sent."""
+    return Response(wire_json(model, _version(request.scope)), media_type="application/json")
 
 
 class ClientGone(Exception):  # noqa: N818 - an outcome, not a crash
@@ -294,6 +327,7 @@ def create_app(
     backend: Backend,
     settings: ServerSettings | None = None,
     faults: FaultConfig | None = None,
+    registry: PromptRegistry | None = None,
 ) -> FastAPI:
     """Build the protocol-v1 ASGI app serving ``backend``.
 
@@ -301,9 +335,10 @@ def create_app(
     ``faults`` (off by default) injects failures into ``/v1`` routes for testing clients.
     The app's ``state`` holds ``core`` (the :class:`ServiceCore`), ``scheduler`` (the
     queue in front of the backend; its ``stats`` count completed, refused and dropped work)
-    and ``faults`` (the :class:`FaultInjector`, or None).
+    and ``faults`` (the :class:`FaultInjector`, or None). ``registry`` (off by default)
+    turns on the prompt registry's ``/v1/prompts`` endpoints over that store.
     """
-    core = ServiceCore(backend, settings)
+    core = ServiceCore(backend, settings, registry)
     scheduler = _Scheduler(core.settings.max_concurrency, core.settings.max_queue)
 
     async def run(fn: Callable[[Any], T], arg: Any, request: Request) -> T:
@@ -319,34 +354,109 @@ def create_app(
     app.state.core = core
     app.state.scheduler = scheduler
 
+    def openapi() -> dict[str, Any]:
+        # The session logits body is parsed by hand (JSON or a binary frame), so FastAPI
+        # does not list its schema by itself.
+        if app.openapi_schema is None:
+            doc = FastAPI.openapi(app)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            ref = "#/components/schemas/{model}"
+            schema = SessionLogitsRequest.model_json_schema(ref_template=ref)
+            for name, sub in schema.pop("$defs", {}).items():
+                schemas.setdefault(name, sub)
+            schemas["SessionLogitsRequest"] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get(f"{API_PREFIX}/models", response_model=ModelList, tags=["v1"])
-    async def list_models() -> ModelList:
+    async def list_models(request: Request) -> Response:
         """Describe the served model: sizes, mask token, embedding statistics, limits."""
-        return core.models()
+        return _answer(core.models(), request)
 
     @app.post(f"{API_PREFIX}/tokenize", response_model=TokenizeResponse, tags=["v1"])
-    async def tokenize(req: TokenizeRequest, request: Request) -> TokenizeResponse:
+    async def tokenize(req: TokenizeRequest, request: Request) -> Response:
         """Split texts into the model's token ids and token strings."""
-        return await run(core.tokenize, req, request)
+        return _answer(await run(core.tokenize, req, request), request)
 
     @app.post(f"{API_PREFIX}/embeddings", response_model=EmbeddingsResponse, tags=["v1"])
-    async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    async def embeddings(req: EmbeddingsRequest, request: Request) -> Response:
         """Look up input embeddings of token ids."""
-        return await run(core.embeddings, req, request)
+        return _answer(await run(core.embeddings, req, request), request)
 
     @app.post(f"{API_PREFIX}/logits", response_model=LogitsResponse, tags=["v1"])
-    async def logits(req: LogitsRequest, request: Request) -> LogitsResponse:
+    async def logits(req: LogitsRequest, request: Request) -> Response:
         """Score P soft prompts on B texts: mask-position logits [P, B, C] of candidates."""
-        return await run(core.logits, req, request)
+        return _answer(await run(core.logits, req, request), request)
+
+    # Projection sessions (protocol 1.1): the server builds p = A z + p0 from a recipe.
+    def tenant(request: Request) -> str:
+        return core.tenant(request.headers.get("authorization"))
+
+    session_id_path = Path(description="The id from opening the session.", max_length=128)
+
+    @app.post(f"{API_PREFIX}/sessions", response_model=SessionInfo, tags=["sessions"])
+    async def open_session(req: SessionOpenRequest, request: Request) -> Response:
+        """Open a projection session: the server rebuilds A from the recipe, once (1.1)."""
+        who = tenant(request)
+        return _answer(await run(lambda r: core.open_session(who, r), req, request), request)
+
+    @app.post(
+        f"{API_PREFIX}/sessions/{{session_id}}/logits",
+        response_model=LogitsResponse,
+        tags=["sessions"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/SessionLogitsRequest"}
+                    },
+                    FRAME_CONTENT_TYPE: {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "uint32 LE header length, the JSON request with "
+                            "z.data empty, then z's raw little-endian bytes "
+                            "(docs/protocol.md).",
+                        },
+                    },
+                },
+            }
+        },
+    )
+    async def session_logits(request: Request, session_id: str = session_id_path) -> Response:
+        """Score z [P, d] through a session: the logits /v1/logits gives for A z + p0 (1.1).
+
+        The body is JSON or a binary frame (no base64)."""
+        who = tenant(request)
+        body = await request.body()
+        parsed = parse_session_logits(body, request.headers.get("content-type"))
+
+        def call(p: tuple[SessionLogitsRequest, bytes | None]) -> LogitsResponse:
+            return core.session_logits(who, session_id, p[0], p[1])
+
+        return _answer(await run(call, parsed, request), request)
+
+    @app.delete(
+        f"{API_PREFIX}/sessions/{{session_id}}", response_model=SessionClosed, tags=["sessions"]
+    )
+    async def close_session(request: Request, session_id: str = session_id_path) -> Response:
+        """Close a session and free its memory (1.1)."""
+        return _answer(core.close_session(tenant(request), session_id), request)
+
+    if core.prompts is not None:
+        _add_registry_routes(app, core.prompts, run)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
-    async def healthz() -> Health:
+    async def healthz(request: Request) -> Response:
         """Liveness: the server is up and which models it serves."""
-        return core.health()
+        return _answer(core.health(), request)
 
     @app.exception_handler(APIFailure)
-    async def _failure(_: Request, exc: APIFailure) -> Response:
-        return _failure_response(exc)
+    async def _failure(request: Request, exc: APIFailure) -> Response:
+        return _failure_response(exc, _version(request.scope))
 
     @app.exception_handler(ClientGone)
     async def _gone(_: Request, __: ClientGone) -> Response:
@@ -355,11 +465,11 @@ def create_app(
         return Response(status_code=CLIENT_CLOSED_STATUS)
 
     @app.exception_handler(ProtocolViolation)
-    async def _violation(_: Request, exc: ProtocolViolation) -> Response:
-        return _failure_response(violation_failure(exc))
+    async def _violation(request: Request, exc: ProtocolViolation) -> Response:
+        return _failure_response(violation_failure(exc), _version(request.scope))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = list(exc.errors())
         whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
         if any(e.get("type") == "missing" for e in whole_body):
@@ -377,7 +487,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
+        if exc.status_code == 404 and core.prompts is None and match_route(request.url.path):
+            fail = violation_failure(no_registry())  # as ServiceCore.handle answers it
+        elif exc.status_code == 404:
             fail = APIFailure(404, ErrorType.not_found, f"no route {request.url.path}")
         elif exc.status_code == 405:
             fail = APIFailure(
@@ -390,7 +502,7 @@ def create_app(
             fail = APIFailure(exc.status_code, ErrorType.invalid_request, str(exc.detail))
         else:
             fail = internal_failure()
-        return _failure_response(fail)
+        return _failure_response(fail, _version(request.scope))
 
     app.state.faults = None
     if faults is not None and faults.active:
@@ -399,6 +511,63 @@ def create_app(
         app.state.faults = injector
     app.add_middleware(_Guard, core=core)
     return app
+
+
+def _add_registry_routes(
+    app: FastAPI,
+    ep: PromptEndpoints,
+    run: Callable[[Callable[[Any], Any], Any, Request], Awaitable[Any]],
+) -> None:
+    """The prompt registry's routes (protocol 1.1), present only when the registry is on."""
+    core = ep.core
+
+    def tenant_of(request: Request) -> str:
+        # The guard has accepted the key (or the server has none) before any route runs.
+        return ep.tenant(core.presented_key(request.headers.get("authorization")))
+
+    @app.post(PROMPTS_PATH, response_model=StoredPrompt, tags=["registry"])
+    async def store_prompt(req: PromptCreateRequest, request: Request) -> Response:
+        """Store a tuned prompt for this API key; answers its id (the same id for the same
+        prompt stored again)."""
+        tenant = tenant_of(request)
+        if req.projection is not None:
+            # Resolving p0 may call the backend (embeddings, tokenizer): take a turn in its
+            # queue, as every backend call does.
+            made: tuple[StoredPrompt, bool] = await run(
+                lambda r: ep.create(r, tenant), req, request
+            )
+            return _answer(made[0], request)
+        # SQLite work (an fsync per commit) off the event loop, but not behind the model's
+        # queue: storing a tensor must not wait for forward passes.
+        stored, _ = await anyio.to_thread.run_sync(ep.create, req, tenant)
+        return _answer(stored, request)
+
+    @app.get(PROMPTS_PATH, response_model=PromptList, tags=["registry"])
+    async def list_prompts(request: Request) -> Response:
+        """Every prompt this API key stored, oldest first (metadata only)."""
+        tenant = tenant_of(request)
+        return _answer(await anyio.to_thread.run_sync(ep.list_all, tenant), request)
+
+    @app.get(PROMPTS_PATH + "/{prompt_id}", response_model=StoredPrompt, tags=["registry"])
+    async def get_prompt(prompt_id: str, request: Request) -> Response:
+        """A stored prompt's metadata (never its tensor); 404 for another key's prompt."""
+        tenant = tenant_of(request)
+        return _answer(await anyio.to_thread.run_sync(ep.get, prompt_id, tenant), request)
+
+    @app.delete(PROMPTS_PATH + "/{prompt_id}", response_model=PromptDeleted, tags=["registry"])
+    async def delete_prompt(prompt_id: str, request: Request) -> Response:
+        """Delete a stored prompt for good; 404 for another key's prompt."""
+        tenant = tenant_of(request)
+        return _answer(await anyio.to_thread.run_sync(ep.delete, prompt_id, tenant), request)
+
+    @app.post(
+        PROMPTS_PATH + "/{prompt_id}/logits", response_model=LogitsResponse, tags=["registry"]
+    )
+    async def prompt_logits(prompt_id: str, req: PromptLogitsRequest, request: Request) -> Response:
+        """Score B texts under a stored prompt: logits [1, B, C], as POST /v1/logits."""
+        tenant = tenant_of(request)
+        answer = await run(lambda r: ep.logits(prompt_id, r, tenant), req, request)
+        return _answer(answer, request)
 
 
 class _Guard:
@@ -415,7 +584,9 @@ class _Guard:
         started_at = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = new_request_id(headers.get(REQUEST_ID_HEADER.lower()))
-        extra = [(k.encode(), v.encode()) for k, v in protocol_headers(request_id).items()]
+        version = negotiate(headers.get(PROTOCOL_HEADER.lower()))
+        scope[VERSION_SCOPE_KEY] = version
+        extra = [(k.encode(), v.encode()) for k, v in protocol_headers(request_id, version).items()]
         state = {"status": 0, "out": 0, "in": 0, "started": False}
 
         async def send_wrapped(message: Message) -> None:
@@ -438,7 +609,8 @@ class _Guard:
                 if body is None:
                     fail = self.core.too_large_failure()
             if fail is not None or body is None:
-                await _failure_response(fail or internal_failure())(scope, receive, send_wrapped)
+                answer = _failure_response(fail or internal_failure(), version)
+                await answer(scope, receive, send_wrapped)
             else:
                 await self._call_app(scope, body, receive, send_wrapped)
         except Exception:
@@ -450,7 +622,7 @@ class _Guard:
                 request_id,
             )
             if not state["started"]:
-                await _failure_response(internal_failure())(scope, receive, send_wrapped)
+                await _failure_response(internal_failure(), version)(scope, receive, send_wrapped)
         finally:
             fault = scope.get(FAULT_SCOPE_KEY)
             status = "dropped" if fault == "drop" else state["status"]

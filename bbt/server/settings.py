@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bbt.errors import ConfigurationError
+from bbt.protocol.sessions import SessionLimits
 
 #: Requests that may wait for the backend (beyond those running) before the app answers 503.
 #: A tuner sends one request at a time, so 16 waiting means 16 busy clients; a longer queue
@@ -67,6 +68,29 @@ class ServerSettings(BaseSettings):
         description="uvicorn's timeout_keep_alive: seconds an idle connection stays open.",
     )
 
+    sessions: bool = Field(
+        default=True,
+        description="Offer projection sessions (protocol 1.1; capability 'sessions').",
+    )
+    session_idle_timeout_s: float = Field(
+        default=600.0, gt=0, description="A session unused this long is dropped."
+    )
+    max_sessions_per_key: int = Field(
+        default=4, ge=1, description="Sessions one API key (or, with auth off, everyone) holds."
+    )
+    max_session_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="Memory all sessions together hold (A is n*H*d*4 bytes: 102 MB at "
+        "n=50, H=1024, d=500).",
+    )
+    session_evict_after_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A session idle this long may be evicted to make room for a new one "
+        "(its client reopens it); when none is, opening answers 429/503 with Retry-After.",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -97,6 +121,14 @@ class ServerSettings(BaseSettings):
                 f"max_queue ({admitted})"
             )
         return self
+
+    def session_limits(self) -> SessionLimits:
+        return SessionLimits(
+            idle_timeout_s=self.session_idle_timeout_s,
+            max_per_key=self.max_sessions_per_key,
+            max_total_bytes=self.max_session_bytes,
+            evict_after_s=self.session_evict_after_s,
+        )
 
     @property
     def connection_limit(self) -> int:

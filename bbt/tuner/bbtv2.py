@@ -383,6 +383,13 @@ class BBTv2Tuner(Tuner):
         callbacks: Sequence[Callback] = (),
     ) -> None:
         cfg = config or TuneConfig(method=METHOD)
+        if cfg.sessions == "on":
+            # A projection session holds one A and takes [P, d] z's; deep prompts go on the
+            # full-prompt path (docs/bbtv2.md says what a session would need).
+            raise ConfigurationError(
+                "--sessions on does not apply to --method bbtv2: its deep prompts are sent "
+                "whole; use --sessions auto or off"
+            )
         info = service.model_info()
         stds = require_deep(info)
         self.num_layers = len(stds)

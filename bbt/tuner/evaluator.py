@@ -80,6 +80,12 @@ class ProjectingEvaluator(Evaluator):
 EvaluatorFactory = Callable[[Service, ProjectionRecipe, F32], Evaluator]
 
 
-def make_evaluator(service: Service, recipe: ProjectionRecipe, p0: F32) -> Evaluator:
-    """The default evaluator for ``service``: today always a :class:`ProjectingEvaluator`."""
-    return ProjectingEvaluator(service, recipe, p0)
+def make_evaluator(
+    service: Service, recipe: ProjectionRecipe, p0: F32, sessions: str = "auto"
+) -> Evaluator:
+    """The default evaluator for ``service``: a projection session when the service offers
+    them and ``sessions`` allows it (:func:`bbt.tuner.sessions.choose_evaluator`), else a
+    :class:`ProjectingEvaluator`."""
+    from bbt.tuner.sessions import choose_evaluator
+
+    return choose_evaluator(service, recipe, p0, sessions)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +15,15 @@ from typing import Any
 import numpy as np
 
 from bbt.client import Service
-from bbt.errors import ConfigurationError, RunError, TaskError
+from bbt.client._service import PromptStore, offers_prompt_registry
+from bbt.errors import (
+    APIStatusError,
+    ConfigurationError,
+    InvalidRequestError,
+    NotFoundError,
+    RunError,
+    TaskError,
+)
 from bbt.protocol import DEEP_PROMPTS
 from bbt.tuner.data import Example, load_examples
 from bbt.tuner.losses import accuracy, cross_entropy, f1, softmax
@@ -18,6 +31,13 @@ from bbt.tuner.run import PROMPT, load_result, read_manifest
 from bbt.tuner.tasks import Task, verbalizer_ids
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
+
+log = logging.getLogger("bbt.tuner")
+
+#: File in a run directory listing the ids under which services keep the run's prompt.
+PROMPT_IDS = "prompt_ids.json"
+_PROMPT_IDS_VERSION = 1
+_MAX_LABEL = 200
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,15 @@ class TunedPrompt:
     The URL a run's manifest records (:attr:`recorded_base_url`) is never contacted on its
     own: a run directory can come from anyone, and the client would send your API key, and
     your inputs, to whatever URL it names. Pass that URL as ``base_url=`` to opt in.
+
+    **Served by id.** When the service keeps a prompt registry (its model lists the
+    ``"prompt_registry"`` capability), the prompt is stored there on first use and every
+    prediction then uploads only its texts. The id is recorded in the run directory
+    (:data:`PROMPT_IDS`, per service URL and model) and reused by later processes after a
+    check that the service still holds these very bytes. An id the service no longer knows
+    (deleted, or stored with another API key) is replaced by storing the prompt again, once;
+    a service without the registry, or one that refuses to keep the prompt (full), gets
+    the prompt with each request as before. ``use_registry=False`` always uploads it.
     """
 
     def __init__(
@@ -57,6 +86,7 @@ class TunedPrompt:
         base_url: str | None = None,
         run_dir: Path | None = None,
         recorded_base_url: str | None = None,
+        use_registry: bool = True,
     ) -> None:
         self.prompt: F32 = np.ascontiguousarray(prompt, dtype=np.float32)
         if self.prompt.ndim not in (2, 3):
@@ -70,13 +100,26 @@ class TunedPrompt:
         self.run_dir = run_dir
         #: The URL the run was tuned against, as its manifest says; shown, never contacted.
         self.recorded_base_url = recorded_base_url
+        #: Whether to use the service's prompt registry when it has one (see the class doc).
+        self.use_registry = use_registry
+        #: The id the bound service keeps this prompt under, once known.
+        self.prompt_id: str | None = None
+        #: How the last :meth:`logits` call reached the model: "id" or "upload".
+        self.last_path: str | None = None
+        self._digest = hashlib.sha256(self.prompt.astype("<f4", copy=False).tobytes()).hexdigest()
+        self._registry_refused = False
         self._service: Service | None = None
         if service is not None:
             self.bind(service)
 
     @classmethod
     def load(
-        cls, run_dir: str | Path, service: Service | None = None, *, base_url: str | None = None
+        cls,
+        run_dir: str | Path,
+        service: Service | None = None,
+        *,
+        base_url: str | None = None,
+        use_registry: bool = True,
     ) -> TunedPrompt:
         """A finished run's prompt, bound to ``service`` now or, lazily, to ``base_url``."""
         path = Path(run_dir)
@@ -95,6 +138,7 @@ class TunedPrompt:
             base_url=base_url,
             run_dir=path,
             recorded_base_url=manifest.get("service", {}).get("base_url"),
+            use_registry=use_registry,
         )
 
     def bind(self, service: Service) -> TunedPrompt:
@@ -122,6 +166,8 @@ class TunedPrompt:
             raise RunError("the service's tokenizer maps the verbalizer words differently")
         self.candidate_ids = ids
         self._service = service
+        self.prompt_id = None  # an id belongs to one service
+        self._registry_refused = False
         return self
 
     @property
@@ -190,10 +236,104 @@ class TunedPrompt:
             return np.zeros((0, self.task.num_classes), dtype=np.float32)
         texts = self._inputs(inputs)
         assert self.candidate_ids is not None  # set by the service property's bind()
-        out: np.ndarray[Any, Any] = self.service.logits(
-            self.prompt[None], texts, self.candidate_ids
-        )[0]
+        svc = self.service
+        if self.use_registry and not self._registry_refused and offers_prompt_registry(svc):
+            assert isinstance(svc, PromptStore)  # offers_prompt_registry checked it
+            by_id = self._logits_by_id(svc, texts, self.candidate_ids)
+            if by_id is not None:
+                self.last_path = "id"
+                return by_id
+        self.last_path = "upload"
+        out: np.ndarray[Any, Any] = svc.logits(self.prompt[None], texts, self.candidate_ids)[0]
         return out
+
+    # ------------------------------------------------------------------ the prompt registry
+
+    def _logits_by_id(
+        self, svc: PromptStore, texts: list[str], candidate_ids: list[int]
+    ) -> np.ndarray[Any, Any] | None:
+        """Logits by the stored prompt's id, storing it first if need be; None: upload it."""
+        prompt_id = self.prompt_id or self._recorded_id(svc) or self._register(svc)
+        if prompt_id is None:
+            return None
+        try:
+            return svc.prompt_logits(prompt_id, texts, candidate_ids)
+        except (APIStatusError, InvalidRequestError) as exc:
+            if not _names_the_prompt(exc):
+                raise
+            # Deleted since, stored with another key, or no longer usable: store it again,
+            # once, and retry; a second failure is the service's to explain.
+            log.info(
+                "the service no longer serves prompt %s (%s); storing it again", prompt_id, exc
+            )
+            self.prompt_id = None
+            prompt_id = self._register(svc)
+            if prompt_id is None:
+                return None
+            return svc.prompt_logits(prompt_id, texts, candidate_ids)
+
+    def _service_url(self, svc: PromptStore) -> str | None:
+        url = getattr(svc, "base_url", None)
+        return url if isinstance(url, str) else None
+
+    def _recorded_id(self, svc: PromptStore) -> str | None:
+        """The id the run directory records for this service, if the service still holds
+        exactly this prompt under it (checked: a run directory is not to be trusted)."""
+        url = self._service_url(svc)
+        if url is None or self.run_dir is None:
+            return None
+        for entry in _read_prompt_ids(self.run_dir):
+            if (entry.get("base_url"), entry.get("model"), entry.get("sha256")) != (
+                url,
+                self.model_id,
+                self._digest,
+            ):
+                continue
+            prompt_id = entry.get("prompt_id")
+            if not isinstance(prompt_id, str):
+                return None
+            try:
+                meta = svc.get_prompt(prompt_id)
+            except (APIStatusError, InvalidRequestError) as exc:
+                if _names_the_prompt(exc):
+                    return None
+                raise
+            if meta.sha256 == self._digest and meta.model == self.model_id:
+                self.prompt_id = prompt_id
+                return prompt_id
+            return None
+        return None
+
+    def _register(self, svc: PromptStore) -> str | None:
+        """Store the prompt on the service and record its id; None when the service refuses
+        to keep it (the caller uploads the prompt instead)."""
+        label = f"bbt run {self.run_dir.name}" if self.run_dir is not None else None
+        try:
+            stored = svc.store_prompt(
+                self.prompt, label=label[:_MAX_LABEL] if label is not None else None
+            )
+        except (APIStatusError, InvalidRequestError) as exc:
+            if isinstance(exc, APIStatusError) and exc.status_code >= 500:
+                raise
+            log.warning(
+                "the service did not keep the prompt (%s); sending it with each request", exc
+            )
+            self._registry_refused = True
+            return None
+        if stored.sha256 != self._digest:
+            log.warning(
+                "the service stored prompt %s with different bytes; sending the prompt with "
+                "each request instead",
+                stored.id,
+            )
+            self._registry_refused = True
+            return None
+        self.prompt_id = stored.id
+        url = self._service_url(svc)
+        if url is not None and self.run_dir is not None:
+            _record_prompt_id(self.run_dir, url, self.model_id, stored.id, self._digest)
+        log.info("the service keeps this prompt as %s", stored.id)
+        return stored.id
 
     def predict(self, inputs: Sequence[str | Mapping[str, str]]) -> list[Prediction]:
         """Predictions for texts (single-field tasks) or field mappings (any task)."""
@@ -233,3 +373,51 @@ class TunedPrompt:
             "f1": float(f1(logits, labels)[0]),
             "cross_entropy": float(cross_entropy(logits, labels)[0]),
         }
+
+
+def _names_the_prompt(exc: APIStatusError | InvalidRequestError) -> bool:
+    """An answer about the prompt id itself: unknown (404) or not usable (422), not about the
+    texts or the model."""
+    if exc.field != "prompt_id":
+        return False
+    if isinstance(exc, InvalidRequestError):
+        return True
+    return isinstance(exc, NotFoundError) or exc.status_code == 422
+
+
+def _read_prompt_ids(run_dir: Path) -> list[dict[str, Any]]:
+    """The run directory's id records; [] when absent or unreadable (never an error: the
+    prompt can always be stored again)."""
+    try:
+        data = json.loads((run_dir / PROMPT_IDS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    entries = data.get("prompts") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict)]
+
+
+def _record_prompt_id(
+    run_dir: Path, base_url: str, model: str, prompt_id: str, digest: str
+) -> None:
+    """Record (atomically) that ``base_url`` keeps this prompt as ``prompt_id``; a run
+    directory that cannot be written only costs a store call next time."""
+    entries = [
+        e
+        for e in _read_prompt_ids(run_dir)
+        if (e.get("base_url"), e.get("model")) != (base_url, model)
+    ]
+    entries.append({"base_url": base_url, "model": model, "prompt_id": prompt_id, "sha256": digest})
+    body = json.dumps({"version": _PROMPT_IDS_VERSION, "prompts": entries}, indent=2) + "\n"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".prompt_ids.", dir=run_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(body)
+            os.replace(tmp, run_dir / PROMPT_IDS)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        log.warning("cannot record the prompt id in %s: %s", run_dir, exc.strerror or exc)

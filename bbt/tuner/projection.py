@@ -1,133 +1,28 @@
 """The random projection of Black-Box Tuning: p = A z + p0.
 
-Sun et al. (ICML 2022, Sec. 3.2) optimise z in a low-dimensional subspace (d = 500) and map
-it to a prompt of n x H numbers with a fixed random matrix A of shape D x d, D = n * H.
-They draw A from N(0, sigma_A^2) with
-
-    sigma_A = alpha * std_E / (sqrt(d) * sigma)                                  (Sec. 3.2)
-
-where std_E is the std of the model's input embeddings and sigma the CMA-ES step size, so
-that a sample z ~ N(0, sigma^2 I) gives Az entries with the scale of real embeddings.
-
-A is never stored: :class:`ProjectionRecipe` (seed, distribution, alpha, sigma, std_E and
-shapes) regenerates it bit-exactly with the same NumPy version. Generation draws D x d
-float32 numbers in one vectorised call (~0.2 s at paper scale) and the whole matrix lives in
-memory once per run: D * d * 4 bytes, i.e. 51,200 * 500 * 4 B = 102.4 MB at paper scale
-(n = 50, H = 1024, d = 500). Projecting a population is then one [P, d] x [d, D] matmul.
+The generator lives in :mod:`bbt.protocol.projection`, where servers that build A for a
+projection session (protocol 1.1) import it too without importing the tuner; this module
+re-exports it under its historical name.
 """
 
-from __future__ import annotations
+from bbt.protocol.projection import (
+    DISTRIBUTIONS,
+    RECIPE_VERSION,
+    Distribution,
+    FloatArray,
+    Projection,
+    ProjectionRecipe,
+    fingerprint_array,
+    project_rows,
+)
 
-import hashlib
-import math
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
-
-import numpy as np
-
-from bbt.errors import ConfigurationError
-
-Distribution = Literal["normal", "uniform"]
-DISTRIBUTIONS: tuple[Distribution, ...] = ("normal", "uniform")
-
-FloatArray = np.ndarray[Any, np.dtype[np.float32]]
-
-
-@dataclass(frozen=True)
-class ProjectionRecipe:
-    """Everything needed to regenerate A bit-exactly (with the same NumPy version)."""
-
-    seed: int
-    n_tokens: int
-    hidden_size: int
-    dim: int
-    embedding_std: float
-    alpha: float = 1.0
-    sigma: float = 1.0
-    distribution: Distribution = "normal"
-
-    def __post_init__(self) -> None:
-        if self.n_tokens < 1 or self.hidden_size < 1 or self.dim < 1:
-            raise ConfigurationError(
-                f"projection shapes must be positive: n={self.n_tokens}, "
-                f"H={self.hidden_size}, d={self.dim}"
-            )
-        if self.distribution not in DISTRIBUTIONS:
-            raise ConfigurationError(
-                f"unknown projection distribution {self.distribution!r}; "
-                f"choose one of {', '.join(DISTRIBUTIONS)}"
-            )
-        if not (self.embedding_std > 0 and self.alpha > 0 and self.sigma > 0):
-            raise ConfigurationError("embedding_std, alpha and sigma must all be positive")
-
-    @property
-    def prompt_size(self) -> int:
-        """D = n * H, the number of values in one soft prompt."""
-        return self.n_tokens * self.hidden_size
-
-    @property
-    def std(self) -> float:
-        """sigma_A = alpha * std_E / (sqrt(d) * sigma) (Sun et al., 2022, Sec. 3.2)."""
-        return self.alpha * self.embedding_std / (math.sqrt(self.dim) * self.sigma)
-
-    @property
-    def nbytes(self) -> int:
-        """Memory the generated matrix takes (float32)."""
-        return self.prompt_size * self.dim * 4
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProjectionRecipe:
-        return cls(**data)
-
-
-class Projection:
-    """A materialised projection. ``matrix`` is stored transposed, [d, D], so that a population
-    Z [P, d] projects with one C-contiguous matmul ``Z @ matrix``."""
-
-    def __init__(self, recipe: ProjectionRecipe) -> None:
-        self.recipe = recipe
-        rng = np.random.Generator(np.random.PCG64(recipe.seed))
-        shape = (recipe.dim, recipe.prompt_size)
-        if recipe.distribution == "normal":
-            mat = rng.standard_normal(shape, dtype=np.float32)
-            mat *= np.float32(recipe.std)
-        else:
-            # Same variance as the normal option: U(-b, b) has std b / sqrt(3).
-            mat = rng.random(shape, dtype=np.float32)
-            mat *= np.float32(2.0 * math.sqrt(3.0) * recipe.std)
-            mat -= np.float32(math.sqrt(3.0) * recipe.std)
-        self.matrix: FloatArray = mat
-
-    def fingerprint(self) -> str:
-        """SHA-256 of the shape and of the first, middle and last rows of the stored [d, D]
-        matrix (columns of A) as little-endian float32: cheap, and any change in how A is
-        generated (another NumPy, another recipe) changes it."""
-        m = self.matrix
-        h = hashlib.sha256(f"bbt-projection/1 {m.shape[0]}x{m.shape[1]}\n".encode())
-        for row in sorted({0, m.shape[0] // 2, m.shape[0] - 1}):
-            h.update(np.ascontiguousarray(m[row], dtype="<f4").tobytes())
-        return h.hexdigest()
-
-    def project(self, z: np.ndarray[Any, Any], p0: FloatArray | None = None) -> FloatArray:
-        """Prompts [P, n, H] (float32) for z of shape [P, d]; a single z [d] gives [1, n, H]."""
-        r = self.recipe
-        zz = np.asarray(z, dtype=np.float32)
-        if zz.ndim == 1:
-            zz = zz[None, :]
-        if zz.ndim != 2 or zz.shape[1] != r.dim:
-            raise ValueError(f"z must have shape [P, {r.dim}]; got {np.shape(z)}")
-        flat = zz @ self.matrix
-        out = flat.reshape(zz.shape[0], r.n_tokens, r.hidden_size)
-        if p0 is not None:
-            out += p0
-        return out
-
-
-def fingerprint_array(array: np.ndarray[Any, Any]) -> str:
-    """SHA-256 of an array's shape and values as little-endian float32 (e.g. of p0)."""
-    a = np.ascontiguousarray(array, dtype="<f4")
-    shape = "x".join(str(n) for n in a.shape)
-    return hashlib.sha256(f"bbt-array/1 {shape}\n".encode() + a.tobytes()).hexdigest()
+__all__ = [
+    "DISTRIBUTIONS",
+    "RECIPE_VERSION",
+    "Distribution",
+    "FloatArray",
+    "Projection",
+    "ProjectionRecipe",
+    "fingerprint_array",
+    "project_rows",
+]

@@ -348,6 +348,7 @@ class _Run:
             raise
         finally:
             t.callbacks.remove(self.on_generation)
+            t.close()  # a session is freed on the server; a resume opens a new one
         prompt = t.prompts(sel.z)[0]
         metric = t.task.metric
         result = TuneResult(

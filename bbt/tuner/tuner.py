@@ -93,6 +93,10 @@ class TuneConfig:
     # turn (the paper's code: 1). Older manifests have neither: BBT, as they were run.
     method: str = "bbt"
     layer_generations: int = 1
+    # How candidates reach the service: "auto" uses a projection session (protocol 1.1, z on
+    # the wire) when the service offers them, "on" requires one, "off" sends full prompts.
+    # Results are the same either way; a manifest without the field loads with "auto".
+    sessions: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -126,6 +130,8 @@ class TuneConfig:
             problems.append("projection must be normal or uniform")
         if not isinstance(self.eval_mean, bool):
             problems.append("eval_mean must be true or false")
+        if self.sessions not in ("auto", "on", "off"):
+            problems.append("sessions must be auto, on or off")
         if problems:
             raise ConfigurationError("; ".join(problems))
 
@@ -230,8 +236,9 @@ class Tuner:
 
     It composes a :class:`~bbt.tuner.optimizer.CMAOptimizer` (:attr:`optimizer`) and an
     :class:`~bbt.tuner.evaluator.Evaluator` (:attr:`evaluator`), built by ``evaluator``
-    (default :func:`~bbt.tuner.evaluator.make_evaluator`) from the service, the projection
-    recipe and p0.
+    (default :func:`~bbt.tuner.evaluator.make_evaluator`, which uses a projection session
+    when the service offers one and ``config.sessions`` allows it) from the service, the
+    projection recipe and p0. :meth:`close` releases what the evaluator holds (a session).
 
     Budget accounting: one API call is one candidate scored on the whole training set. A
     generation of P candidates costs P calls and runs only if it fits in what is left of
@@ -265,7 +272,7 @@ class Tuner:
         initial_prompt: InitialPrompt | None = None,
         p0: F32 | None = None,
         callbacks: Sequence[Callback] = (),
-        evaluator: EvaluatorFactory = make_evaluator,
+        evaluator: EvaluatorFactory | None = None,
     ) -> None:
         self.service = service
         self.task = task
@@ -314,7 +321,12 @@ class Tuner:
             sigma=cfg.sigma,
             distribution=cfg.projection,
         )
-        self.evaluator: Evaluator = evaluator(service, self.recipe, self.p0)
+        if evaluator is None:
+            self.evaluator: Evaluator = make_evaluator(
+                service, self.recipe, self.p0, sessions=cfg.sessions
+            )
+        else:
+            self.evaluator = evaluator(service, self.recipe, self.p0)
         self._state = _State()
         self._warned_nonfinite = False
         self._session_start = time.perf_counter()
@@ -541,6 +553,10 @@ class Tuner:
                 raise TaskError("the run ended before any candidate was scored")
             st.selected = st.best_train  # no dev set: fall back to the training loss
         return st.selected
+
+    def close(self) -> None:
+        """Release what the evaluator holds on the service (a projection session)."""
+        self.evaluator.close()
 
     def run(self) -> Candidate:
         """Run generations until :meth:`done`, then return the selected candidate."""

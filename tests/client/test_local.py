@@ -47,8 +47,10 @@ def test_usage_counts_backend_calls_and_no_bytes() -> None:
 
 def test_tokenize_embed_and_discovery() -> None:
     client = LocalClient(FakeBackend())
-    assert client.model_info() == INFO
-    assert client.models() == [INFO]
+    # What a 1.1 server advertises for this backend: LocalClient hosts sessions itself.
+    served = INFO.model_copy(update={"protocol_version": "1.1", "capabilities": ["sessions"]})
+    assert client.model_info() == served
+    assert client.models() == [served]
     assert client.health().models == ["fake-mlm"]
     tok = client.tokenize(["ab cde", "f"], add_special_tokens=True)
     assert tok.tokens == [["[CLS]", "ab", "cde"], ["[CLS]", "f"]]

@@ -25,7 +25,9 @@ def test_all_is_sorted_and_complete() -> None:
         "Client",
         "ClientSettings",
         "LocalClient",
+        "ProjectionSession",
         "Service",
+        "SessionService",
         "UsageStats",
     }
 
@@ -36,7 +38,9 @@ def test_client_is_a_service(make_client: object) -> None:
 
 
 def test_async_client_mirrors_every_service_method() -> None:
-    for name in ("model_info", "tokenize", "embed", "logits", "models", "health"):
+    service_methods = ("model_info", "tokenize", "embed", "logits", "models", "health")
+    session_methods = ("supports_sessions", "open_session", "session_logits", "close_session")
+    for name in service_methods + session_methods:
         sync, async_ = getattr(Client, name), getattr(AsyncClient, name)
         assert inspect.iscoroutinefunction(async_), name
         assert not inspect.iscoroutinefunction(sync), name

@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from bbt.protocol import ErrorType, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol import ErrorEnvelope, ErrorType, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol._models import V1_ERROR_TYPES
 from bbt.server import MockBackend, ServerSettings
 from bbt.server._core import STATUS_OF
 from bbt.server.app import create_app
@@ -338,8 +339,16 @@ def test_every_error_class_has_its_status(make_client: MakeClient, error_type: E
     client = make_client(_Refusing(error_type))
     r = client.post("/v1/tokenize", json={"model": "bbt-mock", "texts": ["a"]})
     env = assert_envelope(r, STATUS_OF[error_type])
-    assert env.error.type == error_type
+    # A v1 client (no X-BBT-Protocol: 1.1) is told the v1 name of a type new in 1.1.
+    assert env.error.type == V1_ERROR_TYPES.get(error_type, error_type)
     assert env.error.field == "texts.0"
+    newer = client.post(
+        "/v1/tokenize",
+        json={"model": "bbt-mock", "texts": ["a"]},
+        headers={"X-BBT-Protocol": "1.1"},
+    )
+    assert newer.status_code == STATUS_OF[error_type]
+    assert ErrorEnvelope.model_validate_json(newer.content).error.type == error_type
     # The in-process transport answers identically.
     core = httpx.Client(transport=CoreTransport(_Refusing(error_type)), base_url="http://x")
     same = core.post("/v1/tokenize", json={"model": "bbt-mock", "texts": ["a"]})

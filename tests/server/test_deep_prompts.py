@@ -17,6 +17,9 @@ from bbt.client import LocalClient
 from bbt.errors import InvalidRequestError
 from bbt.protocol import (
     DEEP_PROMPTS,
+    PROTOCOL_HEADER,
+    PROTOCOL_V1,
+    PROTOCOL_VERSION,
     LogitsRequest,
     ModelInfo,
     ProtocolViolation,
@@ -196,3 +199,16 @@ def test_a_one_layer_mock_still_takes_deep_prompts() -> None:
     a, _ = mock.logits(deep, texts, cand)
     b, _ = mock.logits(deep[:, 0].copy(), texts, cand)
     assert np.array_equal(a, b)
+
+
+def test_discovery_shows_the_deep_fields_to_1_1_clients_only(
+    deep_mock: MockBackend, make_client: Callable[..., TestClient]
+) -> None:
+    http = make_client(deep_mock)
+    new = http.get("/v1/models", headers={PROTOCOL_HEADER: PROTOCOL_VERSION}).json()["data"][0]
+    assert DEEP_PROMPTS in new["capabilities"]
+    assert len(new["layer_std"]) == LAYERS
+    # A v1 client's models are extra="forbid": it must not see fields it does not know.
+    old = http.get("/v1/models", headers={PROTOCOL_HEADER: PROTOCOL_V1}).json()["data"][0]
+    assert "capabilities" not in old
+    assert "layer_std" not in old

@@ -33,6 +33,10 @@ def test_all_routes_listed(spec: dict[str, Any]) -> None:
         ("/v1/embeddings", "post"),
         ("/v1/logits", "post"),
         ("/healthz", "get"),
+        # Projection sessions (protocol 1.1).
+        ("/v1/sessions", "post"),
+        ("/v1/sessions/{session_id}/logits", "post"),
+        ("/v1/sessions/{session_id}", "delete"),
     }
 
 

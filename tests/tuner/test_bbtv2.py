@@ -99,6 +99,16 @@ def test_a_service_without_deep_prompts_is_refused(mock_task: Task, split: Split
     assert svc.usage.calls == 0
 
 
+def test_sessions_on_is_refused_and_auto_sends_whole_deep_prompts(
+    mock_task: Task, split: Split
+) -> None:
+    train, dev = split
+    with pytest.raises(ConfigurationError, match="sessions"):
+        BBTv2Tuner(deep_service(), mock_task, train, dev, v2_config(sessions="on"))
+    tuner = BBTv2Tuner(deep_service(), mock_task, train, dev, v2_config(sessions="auto"))
+    assert getattr(tuner.evaluator, "session", None) is None
+
+
 def test_each_layer_has_its_own_projection_scaled_from_its_std(
     mock_task: Task, split: Split
 ) -> None:

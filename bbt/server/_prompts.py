@@ -1,0 +1,245 @@
+"""The prompt registry's endpoints, framework-free (``docs/protocol.md``, *Prompt registry*).
+
+:class:`PromptEndpoints` turns parsed requests into answers over a
+:class:`~bbt.server.registry.PromptRegistry`; the FastAPI app and
+:meth:`ServiceCore.handle <bbt.server._core.ServiceCore.handle>` (the in-process
+transports) both call it, so they answer alike. Every lookup is by (tenant, id): another
+key's prompt is a 404, word for word the answer for an id that never existed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bbt.protocol import (
+    API_PREFIX,
+    ErrorType,
+    InitialPromptSpec,
+    LogitsRequest,
+    LogitsResponse,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptList,
+    PromptLogitsRequest,
+    ProtocolViolation,
+    SessionOpenRequest,
+    StoredPrompt,
+    Tensor,
+    TensorDecodeError,
+    check_prompt_create_request,
+    check_prompt_logits_request,
+)
+from bbt.protocol._registry import check_prompt_shape, unknown_prompt
+from bbt.protocol._validate import check_prompt_values
+from bbt.protocol.projection import Projection
+from bbt.protocol.sessions import check_session_open, recipe_of, resolve_p0
+from bbt.server.registry import (
+    DamagedPrompt,
+    PromptRecord,
+    PromptRegistry,
+    RegistryFull,
+)
+
+if TYPE_CHECKING:
+    from bbt.server._core import ServiceCore
+
+#: Path of the collection; a prompt is ``{PROMPTS_PATH}/{id}``.
+PROMPTS_PATH = f"{API_PREFIX}/prompts"
+#: Largest stored recipe (JSON): provenance, not a second copy of the prompt.
+MAX_RECIPE_BYTES = 64 * 1024
+# Anything after the collection path: an id segment, optionally followed by "/logits".
+_ROUTE_RE = re.compile(rf"^{re.escape(PROMPTS_PATH)}(?:/(?P<id>[^/]+)(?P<logits>/logits)?)?/?$")
+
+
+@dataclass(frozen=True)
+class PromptRoute:
+    """Which registry endpoint a path names."""
+
+    action: str  # "collection", "item" or "logits"
+    prompt_id: str | None
+
+    @property
+    def allowed(self) -> list[str]:
+        return {"collection": ["GET", "POST"], "item": ["DELETE", "GET"], "logits": ["POST"]}[
+            self.action
+        ]
+
+
+def match_route(path: str) -> PromptRoute | None:
+    """The registry endpoint ``path`` names, or None when it is not under /v1/prompts."""
+    m = _ROUTE_RE.match(path)
+    if m is None:
+        return None
+    if m.group("id") is None:
+        return PromptRoute("collection", None)
+    return PromptRoute("logits" if m.group("logits") else "item", m.group("id"))
+
+
+def no_registry() -> ProtocolViolation:
+    return ProtocolViolation(
+        "this server keeps no prompt registry (its models do not list the "
+        "'prompt_registry' capability); send the prompt with POST /v1/logits instead",
+        error_type=ErrorType.not_found,
+    )
+
+
+def stored_prompt(record: PromptRecord) -> StoredPrompt:
+    return StoredPrompt(
+        id=record.id,
+        model=record.model,
+        kind=record.kind,
+        shape=list(record.shape),
+        nbytes=record.nbytes,
+        sha256=record.sha256,
+        label=record.label,
+        recipe=dict(record.recipe),
+        created_at=record.created_at,
+    )
+
+
+class PromptEndpoints:
+    """Store, describe, delete and score stored prompts for one :class:`ServiceCore`."""
+
+    def __init__(self, core: ServiceCore, registry: PromptRegistry) -> None:
+        self.core = core
+        self.registry = registry
+
+    def tenant(self, api_key: str | None) -> str:
+        return self.registry.tenant_of(api_key)
+
+    def create(self, req: PromptCreateRequest, tenant: str) -> tuple[StoredPrompt, bool]:
+        """(metadata, created): created is False when the key had stored these bytes already."""
+        recipe: dict[str, Any] = dict(req.recipe or {})
+        if req.projection is None:
+            prompt, kind = check_prompt_create_request(req, self.core.info), "tensor"
+        else:
+            prompt, made = self._project(req)
+            kind = "projection"
+            recipe.update(made)
+        if len(json.dumps(recipe)) > MAX_RECIPE_BYTES:
+            raise ProtocolViolation(
+                f"recipe takes more than {MAX_RECIPE_BYTES} bytes as JSON", field="recipe"
+            )
+        try:
+            record, created = self.registry.put(
+                tenant, self.core.info.id, prompt, kind=kind, recipe=recipe, label=req.label
+            )
+        except RegistryFull as exc:
+            # 403, not 429: prompts never expire, so waiting frees no room and a client
+            # must not retry; deleting prompts does.
+            raise ProtocolViolation(str(exc), error_type=ErrorType.permission) from None
+        return stored_prompt(record), created
+
+    def _project(self, req: PromptCreateRequest) -> tuple[np.ndarray[Any, Any], dict[str, Any]]:
+        """p = A z + p0 from a projection request, as a session would compute it; and what
+        to keep of the request as the prompt's recipe. Calls the backend (p0 from token ids
+        or text), so the app runs it in the backend's queue."""
+        info, core = self.core.info, self.core
+        assert req.projection is not None  # the model's validator: projection comes with z
+        assert req.z is not None
+        spec = req.projection
+        p0_spec = req.p0 if req.p0 is not None else InitialPromptSpec()
+        opening = SessionOpenRequest(model=req.model, projection=spec, p0=p0_spec)
+        check_session_open(opening, info, core.settings.session_limits())
+        t = req.z
+        if t.dtype not in info.dtypes:
+            raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="z.dtype")
+        if t.shape != [spec.dim]:
+            raise ProtocolViolation(
+                f"z must have shape [{spec.dim}] (the projection's d); got {t.shape}",
+                field="z.shape",
+            )
+        try:
+            z = t.to_numpy().astype(np.float32, copy=False)
+        except TensorDecodeError as exc:
+            raise ProtocolViolation(str(exc), field="z.data") from None
+        if not np.isfinite(z).all():
+            raise ProtocolViolation("z contains NaN or infinite values", field="z.data")
+        p0 = resolve_p0(p0_spec, info, spec.n_tokens, core.backend.embed, core.backend.tokenize)
+        prompt = Projection(recipe_of(spec)).project(z[None], p0)[0]
+        check_prompt_values(prompt, info, "z.data")
+        check_prompt_shape(list(prompt.shape), info, "projection")
+        if p0_spec.tensor is not None:
+            # The served prompt already holds p0's bytes; keep only their digest.
+            raw = np.ascontiguousarray(p0, dtype="<f4").tobytes()
+            p0_kept: dict[str, Any] = {"tensor_sha256": hashlib.sha256(raw).hexdigest()}
+        else:
+            p0_kept = p0_spec.model_dump(mode="json", exclude_none=True)
+        made = {
+            "projection": spec.model_dump(mode="json"),
+            "z": t.model_dump(mode="json"),
+            "p0": p0_kept,
+        }
+        return prompt, made
+
+    def list_all(self, tenant: str) -> PromptList:
+        try:
+            records = self.registry.records(tenant)
+        except DamagedPrompt as exc:
+            raise ProtocolViolation(str(exc)) from None
+        return PromptList(data=[stored_prompt(r) for r in records])
+
+    def get(self, prompt_id: str, tenant: str) -> StoredPrompt:
+        try:
+            record = self.registry.get(tenant, prompt_id)
+        except DamagedPrompt as exc:
+            raise ProtocolViolation(str(exc), field="prompt_id") from None
+        if record is None:
+            raise unknown_prompt(prompt_id)
+        return stored_prompt(record)
+
+    def delete(self, prompt_id: str, tenant: str) -> PromptDeleted:
+        if not self.registry.delete(tenant, prompt_id):
+            raise unknown_prompt(prompt_id)
+        return PromptDeleted(id=prompt_id)
+
+    def logits(self, prompt_id: str, req: PromptLogitsRequest, tenant: str) -> LogitsResponse:
+        """Logits [1, B, C] of the texts under the stored prompt, as POST /v1/logits gives."""
+        info = self.core.info
+        check_prompt_logits_request(req, info)
+        try:
+            found = self.registry.load(tenant, prompt_id)
+        except DamagedPrompt as exc:
+            raise ProtocolViolation(str(exc), field="prompt_id") from None
+        if found is None:
+            raise unknown_prompt(prompt_id)
+        record, prompt = found
+        if record.model != info.id:
+            raise ProtocolViolation(
+                f"prompt {prompt_id} was stored for model {record.model!r}; this server now "
+                f"serves {info.id!r}",
+                field="prompt_id",
+            )
+        try:
+            check_prompt_shape(list(prompt.shape), info, "prompt_id")
+        except ProtocolViolation as exc:
+            raise ProtocolViolation(
+                f"stored prompt {prompt_id} cannot be served by this model: {exc.message}",
+                field="prompt_id",
+            ) from None
+        # The same path as POST /v1/logits from here on: the same checks, the same backend
+        # call, the same answer. Re-encoding costs a fraction of a millisecond at paper scale.
+        full = LogitsRequest(
+            model=req.model,
+            prompts=Tensor.from_numpy(prompt[None], "float32"),
+            texts=list(req.texts),
+            candidate_ids=list(req.candidate_ids),
+            output_dtype=req.output_dtype,
+        )
+        return self.core.logits(full)
+
+
+__all__ = [
+    "PROMPTS_PATH",
+    "PromptEndpoints",
+    "PromptRoute",
+    "match_route",
+    "no_registry",
+    "stored_prompt",
+]
