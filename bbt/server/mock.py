@@ -132,6 +132,9 @@ class MockBackend(Backend):
             per-layer matrix and rescaled from that layer's hidden-state std
             (:attr:`ModelInfo.layer_std`), to the summary before normalisation. Zero slices
             at l >= 1 therefore give exactly the shallow prompt's logits.
+        deep_prompts: whether to advertise the ``deep_prompts`` capability (and
+            ``layer_std``); default: when ``num_layers > 1``, so the default one-layer mock
+            looks like a server from before BBTv2.
         compute_ms: simulated model time per ``logits`` call, spent in the worker thread
             (so it holds the backend slot, serialised like a real model's forward passes, and
             unlike the fault injector's ``latency_ms``, which delays requests concurrently).
@@ -150,6 +153,7 @@ class MockBackend(Backend):
         embedding_std: float = 0.05,
         compute_ms: float = 0.0,
         num_layers: int = 1,
+        deep_prompts: bool | None = None,
     ) -> None:
         if hidden_size < 8:
             raise ValueError("hidden_size must be at least 8")
@@ -214,9 +218,12 @@ class MockBackend(Backend):
             embedding_std=self._std,
             dtypes=["float32", "float16"],
             limits=lim,
-            capabilities=[DEEP_PROMPTS],
-            layer_std=[self._std, *(float(v) for v in self._layer_std[1:])],
         )
+        if num_layers > 1 if deep_prompts is None else deep_prompts:
+            layer_std = [self._std, *(float(v) for v in self._layer_std[1:])]
+            self._info = self._info.model_copy(
+                update={"capabilities": [DEEP_PROMPTS], "layer_std": layer_std}
+            )
 
     def _init_deep(self, num_layers: int) -> None:
         """Per-layer parts of deep prompts, drawn from their own stream so that the shallow

@@ -190,8 +190,14 @@ def test_client_splits_deep_prompts_like_shallow_ones(deep_mock: MockBackend) ->
     np.testing.assert_allclose(split, whole, rtol=0, atol=1e-6)
 
 
-def test_a_one_layer_mock_still_takes_deep_prompts() -> None:
+def test_the_default_mock_has_no_deep_prompts() -> None:
     mock = MockBackend(hidden_size=16, seed=0)
+    assert mock.info.capabilities == []
+    assert mock.info.layer_std is None
+
+
+def test_a_one_layer_mock_can_take_deep_prompts() -> None:
+    mock = MockBackend(hidden_size=16, seed=0, deep_prompts=True)
     assert mock.info.num_layers == 1
     assert DEEP_PROMPTS in mock.info.capabilities
     deep = _deep(2, mock.info)
