@@ -3,13 +3,15 @@
 # 1,000 API calls each. Prints the dev accuracy of p0 (z = 0) and of the selected prompt.
 #
 #     bash examples/mock_three_seeds.sh            # uses .venv/bin/bbt, port 8765
+#     MOCK_ARGS=--causal bash examples/mock_three_seeds.sh   # the mock as a causal LM
 set -euo pipefail
 BBT=${BBT:-.venv/bin/bbt}
 PORT=${PORT:-8765}
 OUT=${OUT:-${TMPDIR:-/tmp}/bbt-mock-seeds}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 mkdir -p "$OUT"
-"$BBT" mock-server --port "$PORT" >"$OUT/server.log" 2>&1 &
+# shellcheck disable=SC2086 # MOCK_ARGS: extra mock-server flags, word-split on purpose
+"$BBT" mock-server --port "$PORT" ${MOCK_ARGS:-} >"$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

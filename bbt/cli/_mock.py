@@ -34,7 +34,15 @@ def mock_server(
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any)."),
     hidden_size: int = typer.Option(64, "--hidden-size", min=8, help="H of the mock model."),
     seed: int = typer.Option(0, "--seed", help="Seed of the mock model's weights."),
-    model_id: str = typer.Option("bbt-mock", "--model-id", help="Model id to serve under."),
+    model_id: str | None = typer.Option(
+        None, "--model-id", help="Model id to serve under (default bbt-mock, bbt-mock-causal)."
+    ),
+    causal: bool = typer.Option(
+        False,
+        "--causal",
+        help="Serve the mock as a causal LM (kind causal_lm: no mask token, scored at the "
+        "token after the text).",
+    ),
     api_key: list[str] = typer.Option(
         [],
         "--api-key",
@@ -88,7 +96,7 @@ def mock_server(
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
-    """Serve the deterministic mock masked LM over protocol v1 (needs bbt\\[server])."""
+    """Serve the deterministic mock masked (or, with --causal, causal) LM (needs bbt\\[server])."""
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info or warning, not {log_level!r}")
@@ -145,14 +153,16 @@ def mock_server(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     backend = MockBackend(
-        hidden_size=hidden_size, seed=seed, model_id=model_id, compute_ms=compute_ms
+        hidden_size=hidden_size, seed=seed, model_id=model_id, compute_ms=compute_ms, causal=causal
     )
+    model_id = backend.info.id
     app = create_app(backend, settings, faults, registry=store)
     sock = bind_listener(host, port)
     bound = sock.getsockname()
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no authentication"
     typer.echo(
-        f"bbt mock-server: {model_id} (H={hidden_size}, seed {seed}) on "
+        f"bbt mock-server: {model_id} ({'causal, ' if causal else ''}H={hidden_size}, "
+        f"seed {seed}) on "
         f"http://{host}:{bound[1]} ({auth}"
         + (", faults on" if faults.active else "")
         + (f", prompt registry {store.path}" if store is not None else "")

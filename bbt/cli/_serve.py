@@ -1,9 +1,11 @@
-"""``bbt serve``: the reference LMaaS server for a Hugging Face masked LM (``bbt[serve]``).
+"""``bbt serve``: the reference LMaaS server for a Hugging Face masked or causal LM.
 
 Loads :class:`~bbt.server.hf.HFBackend` (default: the embedded MiniLM with its shipped MLM
-head), builds the protocol-v1 app with :func:`~bbt.server.app.create_app` and runs it under
-uvicorn. A bad model path, a missing extra, an unreadable key file or a port in use end the
-command with a one-line message and a non-zero status, never a traceback.
+head), or :class:`~bbt.server.hf_causal.HFCausalBackend` for a directory whose config names
+a causal LM (:func:`~bbt.server.hf_causal.detect_model_kind`), builds the protocol-v1 app
+with :func:`~bbt.server.app.create_app` and runs it under uvicorn (``bbt[serve]``). A bad
+model path, a missing extra, an unreadable key file or a port in use end the command with a
+one-line message and a non-zero status, never a traceback.
 
 Listening beyond loopback with no API key is allowed (a trusted network, a proxy doing auth)
 but never silent: :func:`exposure_warning` decides, and both ``bbt serve`` and
@@ -55,7 +57,11 @@ def warn_if_exposed(command: str, bound_host: str, port: int, n_keys: int) -> No
 
 def serve(
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Model directory (default: the embedded MiniLM)."
+        None,
+        "--model",
+        "-m",
+        help="Model directory (default: the embedded MiniLM); a causal LM's config "
+        "(*ForCausalLM, GPT2LMHeadModel, is_decoder) is detected.",
     ),
     head: str = typer.Option(
         "auto",
@@ -119,7 +125,7 @@ def serve(
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
-    """Serve a masked LM over protocol v1 (needs bbt\\[serve])."""
+    """Serve a masked or causal LM over protocol v1 (needs bbt\\[serve])."""
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         fail(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     if device not in ("auto", "cpu", "cuda"):
@@ -132,6 +138,7 @@ def serve(
 
         from bbt.server.app import create_app
         from bbt.server.hf import SERVE_EXTRA_HINT, HFBackend
+        from bbt.server.hf_causal import HFCausalBackend, detect_model_kind
         from bbt.server.settings import ServerSettings
     except ImportError as exc:
         fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
@@ -165,6 +172,11 @@ def serve(
 
     from bbt.server.registry import default_path, open_registry
 
+    # A causal LM (config.json: *ForCausalLM / *LMHeadModel / is_decoder) gets the causal
+    # backend; anything else the masked one, as before.
+    causal = detect_model_kind(model) == "causal_lm"
+    if causal and head != "auto":
+        fail(f"--head is for masked LMs; {model} is a causal LM, scored with its own LM head")
     sock = bind_listener(host, port)
     try:
         # Before the model: a bad --registry fails in a second, not after a model load.
@@ -180,14 +192,17 @@ def serve(
 
     try:
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
-        backend = HFBackend(
-            model,
-            head=head,
-            dtype=dtype,  # type: ignore[arg-type]
-            device=device,  # type: ignore[arg-type]
-            num_threads=threads,
-            token_budget=token_budget,
-            model_id=model_id,
+        common: dict[str, Any] = {
+            "dtype": dtype,
+            "device": device,
+            "num_threads": threads,
+            "token_budget": token_budget,
+            "model_id": model_id,
+        }
+        backend: HFBackend = (
+            HFCausalBackend(str(model), **common)
+            if causal
+            else HFBackend(model, head=head, **common)
         )
     except BBTError as exc:
         release()
@@ -198,8 +213,9 @@ def serve(
     info = backend.info
     bound = sock.getsockname()
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key"
+    what = "causal LM" if causal else f"{backend.head_name} head"
     typer.echo(
-        f"serving {info.id} ({backend.head_name} head, {backend.compute_dtype} on "
+        f"serving {info.id} ({what}, {backend.compute_dtype} on "
         f"{backend.device}) at http://{host}:{bound[1]} ({auth}); Ctrl-C stops",
         err=True,
     )

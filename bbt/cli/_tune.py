@@ -247,6 +247,13 @@ def _service(
     from bbt.client import Client, ClientSettings
 
     settings = ClientSettings(base_url=base_url, api_key=api_key, model=model)
+    if settings.base_url and settings.base_url.lower().startswith("vllm+"):
+        server.refuse("vLLM server at the configured URL")
+        from bbt.vllm import service_from_settings
+
+        with service_from_settings(settings) as svc:
+            yield svc, {"kind": "vllm", "base_url": settings.base_url}
+        return
     if settings.base_url:
         server.refuse("service at the configured URL (--base-url, BBT_BASE_URL or .env)")
         with Client.from_settings(settings) as client:

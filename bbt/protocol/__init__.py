@@ -3,6 +3,7 @@
 from bbt.protocol._models import (
     API_PREFIX,
     DEEP_PROMPTS,
+    MODEL_KINDS,
     PROTOCOL_HEADER,
     PROTOCOL_V1,
     PROTOCOL_VERSION,
@@ -18,6 +19,7 @@ from bbt.protocol._models import (
     LogitsRequest,
     LogitsResponse,
     ModelInfo,
+    ModelKind,
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
@@ -62,6 +64,7 @@ from bbt.protocol._version import negotiate, speaks, wire_json
 __all__ = [
     "API_PREFIX",
     "DEEP_PROMPTS",
+    "MODEL_KINDS",
     "PROMPT_REGISTRY_CAPABILITY",
     "PROTOCOL_HEADER",
     "PROTOCOL_V1",
@@ -83,6 +86,7 @@ __all__ = [
     "LogitsRequest",
     "LogitsResponse",
     "ModelInfo",
+    "ModelKind",
     "ModelList",
     "ProjectionSpec",
     "PromptCreateRequest",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bbt.protocol._tensor import DType, Tensor
 
@@ -39,6 +39,13 @@ REQUEST_ID_HEADER = "X-Request-ID"
 #: Capability name (in :attr:`ModelInfo.capabilities`) of a server that takes deep prompts:
 #: a rank-4 ``prompts`` tensor [P, L, n, H] on ``/v1/logits``, one slice per layer (BBTv2).
 DEEP_PROMPTS = "deep_prompts"
+
+
+#: What a served model is. A masked LM (BERT, RoBERTa) is scored at its mask token; a causal
+#: LM (GPT-2, Llama) has no mask token and is scored at the token after the text (protocol
+#: 1.1). A v1 client rejects "causal_lm" outright, which is right: it could not render for it.
+ModelKind = Literal["masked_lm", "causal_lm"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("masked_lm", "causal_lm")
 
 
 class _Wire(BaseModel):
@@ -75,16 +82,28 @@ class ModelInfo(_Wire):
     """Everything a BBT client needs to know about the served model."""
 
     id: str = Field(description="Model id to name in requests.")
-    kind: Literal["masked_lm"] = "masked_lm"
+    kind: ModelKind = Field(
+        default="masked_lm",
+        description=(
+            "masked_lm: logits are read at the mask token, which each text holds once. "
+            "causal_lm (since 1.1): there is no mask token; logits are read at the next token "
+            "after each text, i.e. at the text's last token."
+        ),
+    )
     protocol_version: str = PROTOCOL_V1
     hidden_size: int = Field(ge=1, description="H: width of the input embeddings.")
     vocab_size: int = Field(ge=1)
     num_layers: int = Field(ge=1)
     max_sequence_length: int = Field(ge=1, description="Tokens per sequence, soft prompt included.")
-    mask_token: str = Field(
-        description="Literal text marking the position whose logits are wanted."
+    # Optional only so that a causal model can say it has none (null; since 1.1). A masked
+    # model always sends both, so v1 clients, which require them, see no change.
+    mask_token: str | None = Field(
+        default=None,
+        description=(
+            "Literal text marking the position whose logits are wanted; null for causal_lm."
+        ),
     )
-    mask_token_id: int = Field(ge=0)
+    mask_token_id: int | None = Field(default=None, ge=0, description="null for causal_lm.")
     embedding_mean: float = Field(description="Mean of the input embedding table's entries.")
     embedding_std: float = Field(
         gt=0, description="Std of the input embedding table's entries (BBT scales A by it)."
@@ -111,6 +130,17 @@ class ModelInfo(_Wire):
         ),
         json_schema_extra={"since": "1.1"},
     )
+
+    @model_validator(mode="after")
+    def _mask_matches_kind(self) -> ModelInfo:
+        has_mask = (self.mask_token is not None, self.mask_token_id is not None)
+        if self.kind == "masked_lm" and not all(has_mask):
+            raise ValueError("a masked_lm model needs mask_token and mask_token_id")
+        if self.kind == "causal_lm" and any(has_mask):
+            raise ValueError("a causal_lm model has no mask token: send null for both fields")
+        if self.mask_token == "":
+            raise ValueError("mask_token must not be empty")
+        return self
 
 
 class ModelList(_Wire):
@@ -173,9 +203,10 @@ class Usage(_Wire):
 class LogitsRequest(_Wire):
     """Score a population of soft prompts on a batch of texts.
 
-    The server embeds each text (which holds ``mask_token`` exactly once), puts the n
-    prompt vectors right after the first special token, and returns the logits at the
-    mask position for the candidate token ids only.
+    The server embeds each text, puts the n prompt vectors right after the first special
+    token (a causal model without BOS: at the very start), and returns the logits for the
+    candidate token ids only: for a masked model at the mask position (each text holds
+    ``mask_token`` exactly once), for a causal model at the next token after the text.
     """
 
     model: str
@@ -187,7 +218,13 @@ class LogitsRequest(_Wire):
             "encoder layer l at the prompt positions (zeros there: the shallow prompt)."
         )
     )
-    texts: list[str] = Field(min_length=1, description="B input texts, each with one mask token.")
+    texts: list[str] = Field(
+        min_length=1,
+        description=(
+            "B input texts: each holds the mask token once (masked_lm), or is non-empty and "
+            "ends where the scored token would come (causal_lm)."
+        ),
+    )
     candidate_ids: list[int] = Field(
         min_length=1, description="C vocabulary ids (e.g. the verbalizer words)."
     )
@@ -196,7 +233,9 @@ class LogitsRequest(_Wire):
 
 class LogitsResponse(_Wire):
     model: str
-    logits: Tensor = Field(description="Logits at the mask position, shape [P, B, C].")
+    logits: Tensor = Field(
+        description="Logits at the mask position (causal: the next token), shape [P, B, C]."
+    )
     usage: Usage
 
 

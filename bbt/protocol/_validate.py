@@ -70,7 +70,15 @@ def _check_texts(texts: list[str], info: ModelInfo, *, need_mask: bool) -> None:
                     f"text {i} is not valid Unicode (a lone surrogate at character {exc.start})",
                     field=f"texts.{i}",
                 ) from None
-        if need_mask:
+        if need_mask and info.kind == "causal_lm":
+            # No mask token: the score is read at the token after the text, so there must
+            # be a text. Any string is valid input otherwise (nothing in it is special).
+            if not text:
+                raise ProtocolViolation(
+                    f"text {i} is empty; a causal model is scored at the token after the text",
+                    field=f"texts.{i}",
+                )
+        elif need_mask and info.mask_token is not None:
             count = text.count(info.mask_token)
             if count != 1:
                 raise ProtocolViolation(

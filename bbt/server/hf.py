@@ -315,39 +315,10 @@ class HFBackend(Backend):
         tokenizer_cache_bytes: int = DEFAULT_TOKENIZER_CACHE_BYTES,
     ) -> None:
         torch, transformers = _require_torch()
-        self._torch = torch
-        if token_budget is not None and token_budget < 1:
-            raise ConfigurationError(f"token_budget must be positive, got {token_budget}")
-        if tokenizer_cache_size < 0 or tokenizer_cache_bytes < 0:
-            raise ConfigurationError(
-                "tokenizer_cache_size and tokenizer_cache_bytes must be non-negative, got "
-                f"{tokenizer_cache_size} and {tokenizer_cache_bytes}"
-            )
-        threads = _positive_int(num_threads, "num_threads")
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if device not in DEVICE_CHOICES:
-            raise ConfigurationError(
-                f"device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}"
-            )
-        if dtype not in DTYPE_CHOICES:
-            raise ConfigurationError(
-                f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}"
-            )
-        resolved = _resolve_compute(torch, dtype, device)
-        if resolved.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigurationError("device 'cuda' requested but torch sees no CUDA device")
-        if resolved.dtype == "float16" and resolved.device != "cuda":
-            raise ConfigurationError("float16 needs device 'cuda'; on CPU use bfloat16")
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        self.compute_dtype: ComputeDType = cast("ComputeDType", resolved.dtype)
-        self.device: Device = cast("Device", resolved.device)
-        #: One line: what compute setup was chosen and why (printed by ``bbt serve``).
-        self.compute_reason: str = resolved.reason
-        self._dtype = dtypes[resolved.dtype]
-        self._token_budget = (
-            token_budget if token_budget is not None else DEFAULT_TOKEN_BUDGET[resolved.device]
-        )
+        self._init_compute(
+            torch, dtype, device, num_threads, token_budget, tokenizer_cache_size,
+            tokenizer_cache_bytes,
+        )  # fmt: skip
 
         is_default = model_path is None
         path = default_model_path() if model_path is None else Path(model_path).expanduser()
@@ -405,16 +376,7 @@ class HFBackend(Backend):
 
         # Sequence geometry.
         self._max_len = self._max_sequence_length(config)
-        probe = self._tok("a", add_special_tokens=False)["input_ids"]
-        full = self._tok("a", add_special_tokens=True)["input_ids"]
-        k = next(
-            (i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe),
-            None,
-        )
-        if k is None:
-            raise ConfigurationError(f"cannot locate the text inside {source!r}'s special tokens")
-        self._prefix: tuple[int, ...] = tuple(full[:k])
-        self._suffix: tuple[int, ...] = tuple(full[k + len(probe) :])
+        self._prefix, self._suffix = self._special_layout(source)
         # The prompt goes right after the first special token ([CLS] / <s>); none: at 0.
         self._insert_at = 1 if self._prefix else 0
         pad_id = self._tok.pad_token_id
@@ -522,6 +484,66 @@ class HFBackend(Backend):
             values = states[layer][keep].float().cpu().numpy().reshape(-1).astype(np.float64)
             out.append(clipped_std(values))
         return out
+
+    def _init_compute(
+        self,
+        torch: Any,
+        dtype: DTypeSpec,
+        device: DeviceSpec,
+        num_threads: int | str | None,
+        token_budget: int | None,
+        tokenizer_cache_size: int,
+        tokenizer_cache_bytes: int,
+    ) -> None:
+        """Check the compute arguments and choose dtype, device and token budget.
+
+        Shared with :class:`bbt.server.hf_causal.HFCausalBackend`, which takes the same ones.
+        """
+        self._torch = torch
+        if token_budget is not None and token_budget < 1:
+            raise ConfigurationError(f"token_budget must be positive, got {token_budget}")
+        if tokenizer_cache_size < 0 or tokenizer_cache_bytes < 0:
+            raise ConfigurationError(
+                "tokenizer_cache_size and tokenizer_cache_bytes must be non-negative, got "
+                f"{tokenizer_cache_size} and {tokenizer_cache_bytes}"
+            )
+        threads = _positive_int(num_threads, "num_threads")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if device not in DEVICE_CHOICES:
+            raise ConfigurationError(
+                f"device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}"
+            )
+        if dtype not in DTYPE_CHOICES:
+            raise ConfigurationError(
+                f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}"
+            )
+        resolved = _resolve_compute(torch, dtype, device)
+        if resolved.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigurationError("device 'cuda' requested but torch sees no CUDA device")
+        if resolved.dtype == "float16" and resolved.device != "cuda":
+            raise ConfigurationError("float16 needs device 'cuda'; on CPU use bfloat16")
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        self.compute_dtype: ComputeDType = cast("ComputeDType", resolved.dtype)
+        self.device: Device = cast("Device", resolved.device)
+        #: One line: what compute setup was chosen and why (printed by ``bbt serve``).
+        self.compute_reason: str = resolved.reason
+        self._dtype = dtypes[resolved.dtype]
+        self._token_budget = (
+            token_budget if token_budget is not None else DEFAULT_TOKEN_BUDGET[resolved.device]
+        )
+
+    def _special_layout(self, source: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The special token ids the tokenizer puts before and after a text."""
+        probe = self._tok("a", add_special_tokens=False)["input_ids"]
+        full = self._tok("a", add_special_tokens=True)["input_ids"]
+        k = next(
+            (i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe),
+            None,
+        )
+        if k is None:
+            raise ConfigurationError(f"cannot locate the text inside {source!r}'s special tokens")
+        return tuple(full[:k]), tuple(full[k + len(probe) :])
 
     def _max_sequence_length(self, config: Any) -> int:
         limits = []

@@ -21,6 +21,12 @@ prompt that CMA-ES in a random subspace solves within a few hundred candidates.
 
 Everything per (prompt i, text j) is computed independently, so logits do not depend on
 how a client splits its work (up to float rounding of batched products).
+
+Causal mode (``MockBackend(causal=True)``, ``bbt mock-server --causal``) serves the same model
+as a decoder: ``kind`` is ``causal_lm``, there is no mask token, sequences are
+``prompt text`` (no special tokens, as GPT-2), and the logits are read at the text's last
+token. That token attends to every earlier one, so its state is the mask-position state
+above, computed over the text as rendered with :data:`MOCK_CAUSAL_TEMPLATE`.
 """
 
 from __future__ import annotations
@@ -41,8 +47,15 @@ MOCK_MASK_TOKEN = "[MASK]"
 MOCK_TEMPLATE = "{text} It was {mask} ."
 #: Verbalizer of the built-in task: label 0 -> "bad", label 1 -> "great" (single tokens).
 MOCK_VERBALIZER: tuple[str, str] = ("bad", "great")
+#: Template and verbalizer of the built-in task in causal mode (``causal=True``): the text is
+#: scored at the token after it; the words' leading space is what a real decoder's token holds
+#: (the mock's word tokenizer ignores it).
+MOCK_CAUSAL_TEMPLATE = "{text} It was"
+MOCK_CAUSAL_VERBALIZER: tuple[str, str] = (" bad", " great")
 #: Id the mock serves under unless told otherwise.
 MOCK_MODEL_ID = "bbt-mock"
+#: Id of the causal mode's model unless told otherwise.
+MOCK_CAUSAL_MODEL_ID = "bbt-mock-causal"
 
 _SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", MOCK_MASK_TOKEN)
 _FUNCTION_WORDS = ("it", "was", "the", "a", "and", "but", "not", "very", "so", ".", ",", "!")
@@ -140,6 +153,8 @@ class MockBackend(Backend):
             unlike the fault injector's ``latency_ms``, which delays requests concurrently).
             Spent in slices of at most :data:`COMPUTE_SLICE_S`, polling the app's stop check
             between slices as the Hugging Face backend does between forward chunks.
+        causal: serve the model as a causal LM (see the module docstring); ``model_id``
+            then defaults to :data:`MOCK_CAUSAL_MODEL_ID`.
     """
 
     def __init__(
@@ -149,11 +164,12 @@ class MockBackend(Backend):
         *,
         limits: Limits | None = None,
         max_sequence_length: int = 512,
-        model_id: str = MOCK_MODEL_ID,
+        model_id: str | None = None,
         embedding_std: float = 0.05,
         compute_ms: float = 0.0,
         num_layers: int = 1,
         deep_prompts: bool | None = None,
+        causal: bool = False,
     ) -> None:
         if hidden_size < 8:
             raise ValueError("hidden_size must be at least 8")
@@ -162,6 +178,11 @@ class MockBackend(Backend):
         if not compute_ms >= 0:
             raise ValueError("compute_ms must be non-negative")
         self.compute_ms = float(compute_ms)
+        self.causal = causal
+        # Tokens a sequence carries besides prompt and text: [CLS] and [SEP]; none for causal.
+        self._special_tokens = 0 if causal else 2
+        if model_id is None:
+            model_id = MOCK_CAUSAL_MODEL_ID if causal else MOCK_MODEL_ID
         self.hidden_size = hidden_size
         self.seed = seed
         rng = np.random.default_rng([seed, hidden_size])
@@ -208,12 +229,13 @@ class MockBackend(Backend):
         )
         self._info = ModelInfo(
             id=model_id,
+            kind="causal_lm" if causal else "masked_lm",
             hidden_size=h,
             vocab_size=len(_VOCAB),
             num_layers=num_layers,
             max_sequence_length=max_sequence_length,
-            mask_token=MOCK_MASK_TOKEN,
-            mask_token_id=_INDEX[MOCK_MASK_TOKEN],
+            mask_token=None if causal else MOCK_MASK_TOKEN,
+            mask_token_id=None if causal else _INDEX[MOCK_MASK_TOKEN],
             embedding_mean=float(self._table.mean()),
             embedding_std=self._std,
             dtypes=["float32", "float16"],
@@ -273,7 +295,11 @@ class MockBackend(Backend):
         limit = self._info.max_sequence_length
         ids_all, _ = self.tokenize(texts)
         for j, ids in enumerate(ids_all):
-            length = len(ids) + 2 + n  # [CLS] prompt text [SEP]
+            if self.causal and not ids:
+                # Read at the text's last token: a text of no tokens has none (the protocol
+                # refuses "" already; whitespace alone gets here).
+                raise ProtocolViolation(f"text {j} has no tokens", field=f"texts.{j}")
+            length = len(ids) + self._special_tokens + n  # [CLS] prompt text [SEP] / prompt text
             if length > limit:
                 raise ProtocolViolation(
                     f"text {j} needs {length} tokens with the prompt; the model takes {limit}",
@@ -343,6 +369,9 @@ class MockBackend(Backend):
 
 
 __all__ = [
+    "MOCK_CAUSAL_MODEL_ID",
+    "MOCK_CAUSAL_TEMPLATE",
+    "MOCK_CAUSAL_VERBALIZER",
     "MOCK_MASK_TOKEN",
     "MOCK_MODEL_ID",
     "MOCK_TEMPLATE",

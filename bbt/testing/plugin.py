@@ -27,6 +27,7 @@ from bbt.testing._transport import (
     CoreTransport,
     mock_respx_router,
 )
+from bbt.testing.vllm_fake import live_vllm_fake, vllm_fake  # noqa: F401  (fixtures)
 
 if TYPE_CHECKING:
     import respx

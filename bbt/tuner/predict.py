@@ -227,7 +227,7 @@ class TunedPrompt:
                 values: Mapping[str, str] = {fields[0]: item}
             else:
                 values = item
-            texts.append(self.task.render(values, info.mask_token, info.limits.max_text_chars))
+            texts.append(self.task.render_for(info, values))
         return texts
 
     def logits(self, inputs: Sequence[str | Mapping[str, str]]) -> np.ndarray[Any, Any]:

@@ -4,6 +4,13 @@ The presets are the seven tasks of Sun et al. (ICML 2022, Table 1 and their rele
 templates and label words as in the paper, written with ``{mask}`` where the model's mask
 token goes and ``{field}`` for each input column. Evaluation metrics follow the paper:
 F1 for MRPC, accuracy for the others.
+
+A task targets a kind of model (``ModelInfo.kind``). A masked-LM template holds ``{mask}``;
+a causal-LM (decoder) template has none and *ends where the label word comes*, e.g.
+``Review: {text}\nSentiment:`` with the words ``" negative"`` / ``" positive"`` (the leading
+space belongs to the word: it is part of the token a decoder predicts). A task may carry both:
+its ``template``/``words`` for its ``kind`` plus a ``causal_template``/``causal_words`` twin;
+:meth:`Task.for_kind` picks the one matching the served model. The presets carry both.
 """
 
 from __future__ import annotations
@@ -17,18 +24,36 @@ from typing import Any, Literal
 
 from bbt.client import Service
 from bbt.errors import TaskError
+from bbt.protocol import MODEL_KINDS, ModelInfo, ModelKind
 
 Metric = Literal["accuracy", "f1"]
 METRICS: tuple[Metric, ...] = ("accuracy", "f1")
 MASK_FIELD = "mask"
+_KIND_NAMES = {"masked_lm": "masked LM", "causal_lm": "causal LM"}
 
 
-def template_fields(template: str) -> tuple[str, ...]:
-    """Input fields of ``template`` in order of appearance (``{mask}`` excluded)."""
+def _parse(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
     try:
-        parsed = list(string.Formatter().parse(template))
+        return list(string.Formatter().parse(template))
     except ValueError as exc:
         raise TaskError(f"template {template!r} is malformed: {exc}") from None
+
+
+def template_kind(template: str) -> ModelKind:
+    """The kind of model ``template`` is written for: masked when it holds ``{mask}``."""
+    has_mask = any(name == MASK_FIELD for _, name, _, _ in _parse(template))
+    return "masked_lm" if has_mask else "causal_lm"
+
+
+def template_fields(template: str, kind: ModelKind = "masked_lm") -> tuple[str, ...]:
+    """Input fields of ``template`` in order of appearance (``{mask}`` excluded).
+
+    A ``masked_lm`` template must hold ``{mask}`` exactly once; a ``causal_lm`` one none, and
+    must not end in a space or tab (the space before the label word belongs to the word).
+    """
+    if kind not in MODEL_KINDS:
+        raise TaskError(f"unknown model kind {kind!r}; choose {' or '.join(MODEL_KINDS)}")
+    parsed = _parse(template)
     names: list[str] = []
     masks = 0
     for _, name, spec, conv in parsed:
@@ -43,11 +68,37 @@ def template_fields(template: str) -> tuple[str, ...]:
             masks += 1
         elif name not in names:
             names.append(name)
-    if masks != 1:
-        raise TaskError(f"template {template!r} must contain {{mask}} exactly once (found {masks})")
+    if kind == "masked_lm" and masks != 1:
+        hint = (
+            "; a template without {mask} is for a causal LM (kind causal_lm)" if not masks else ""
+        )
+        raise TaskError(
+            f"template {template!r} must contain {{mask}} exactly once (found {masks}){hint}"
+        )
+    if kind == "causal_lm":
+        if masks:
+            raise TaskError(
+                f"template {template!r} is for a causal LM, which has no mask token: drop "
+                "{mask} and end the template where the label word comes, e.g. "
+                "'Review: {text}\\nSentiment:'"
+            )
+        if template.endswith((" ", "\t")):
+            raise TaskError(
+                f"causal template {template!r} ends with a space: end it before the space and "
+                "start each verbalizer word with it (' positive'), as a decoder predicts it"
+            )
     if not names:
         raise TaskError(f"template {template!r} has no input field such as {{text}}")
     return tuple(names)
+
+
+def _check_words(name: str, labels: tuple[str, ...], words: tuple[str, ...], what: str) -> None:
+    if len(words) != len(labels):
+        raise TaskError(f"task {name!r}: {len(labels)} labels but {len(words)} {what}")
+    if len(set(words)) != len(words):
+        raise TaskError(f"task {name!r}: {what} must be distinct")
+    if any(not w.strip() for w in words):
+        raise TaskError(f"task {name!r}: {what} must not be empty")
 
 
 @dataclass(frozen=True)
@@ -56,7 +107,11 @@ class Task:
 
     ``labels`` are the class names in index order; ``words[i]`` is the verbalizer word of
     class i. ``aliases`` maps other spellings found in data files (e.g. ``entailment``) to
-    a class index.
+    a class index. ``kind`` is the kind of model ``template`` and ``words`` are written for
+    (``masked_lm``: the template holds ``{mask}``; ``causal_lm``: it ends where the word
+    comes, and each word is appended to the text as written, leading space included). A
+    masked task may also carry a ``causal_template`` with ``causal_words`` (default: each word
+    with a leading space) for decoders; :meth:`for_kind` picks the right pair.
     """
 
     name: str
@@ -66,25 +121,82 @@ class Task:
     metric: Metric = "accuracy"
     aliases: Mapping[str, int] = field(default_factory=dict)
     label_column: str = "label"
+    kind: ModelKind = "masked_lm"
+    causal_template: str | None = None
+    causal_words: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        template_fields(self.template)
+        template_fields(self.template, self.kind)
         if len(self.labels) < 2:
             raise TaskError(f"task {self.name!r} needs at least two labels")
-        if len(self.words) != len(self.labels):
-            raise TaskError(
-                f"task {self.name!r}: {len(self.labels)} labels but {len(self.words)} words"
-            )
-        if len(set(self.words)) != len(self.words):
-            raise TaskError(f"task {self.name!r}: verbalizer words must be distinct")
+        _check_words(self.name, self.labels, self.words, "verbalizer words")
         if len({lab.casefold() for lab in self.labels}) != len(self.labels):
             raise TaskError(f"task {self.name!r}: label names must be distinct")
         if self.metric not in METRICS:
             raise TaskError(f"unknown metric {self.metric!r}; choose accuracy or f1")
+        if self.causal_template is None:
+            if self.causal_words is not None:
+                raise TaskError(f"task {self.name!r}: causal_words need a causal_template")
+            return
+        if self.kind == "causal_lm":
+            raise TaskError(
+                f"task {self.name!r}: its template is already for causal LMs; causal_template "
+                "is the decoder twin of a masked task's template"
+            )
+        template_fields(self.causal_template, "causal_lm")
+        if self.causal_words is None:
+            object.__setattr__(self, "causal_words", tuple(" " + w for w in self.words))
+        else:
+            _check_words(self.name, self.labels, tuple(self.causal_words), "causal_words")
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return template_fields(self.template)
+        return template_fields(self.template, self.kind)
+
+    @property
+    def kinds(self) -> tuple[ModelKind, ...]:
+        """The kinds of model this task has a template for."""
+        return (self.kind, "causal_lm") if self.causal_template is not None else (self.kind,)
+
+    def for_kind(self, kind: ModelKind, model: str | None = None) -> Task:
+        """This task as rendered for a ``kind`` model: itself, or its causal twin.
+
+        Raises TaskError, naming ``model`` when given, if the task has no template for it.
+        """
+        if kind == self.kind:
+            return self
+        if kind == "causal_lm" and self.causal_template is not None:
+            assert self.causal_words is not None  # filled in by __post_init__
+            return Task(
+                name=self.name,
+                template=self.causal_template,
+                labels=self.labels,
+                words=tuple(self.causal_words),
+                metric=self.metric,
+                aliases=self.aliases,
+                label_column=self.label_column,
+                kind="causal_lm",
+            )
+        served = f"model {model!r} is a {_KIND_NAMES.get(kind, kind)}" if model else kind
+        if kind == "causal_lm":
+            fix = (
+                "give it a decoder template that ends where the label word comes: "
+                "'causal_template' (and 'causal_words') in a task file, or --template without "
+                "{mask}, e.g. --template $'Review: {text}\\nSentiment:' "
+                "--verbalizer '0= negative,1= positive'"
+            )
+        else:
+            fix = "give it a template with {mask}"
+        raise TaskError(
+            f"task {self.name!r} has no template for a {_KIND_NAMES.get(kind, kind)} "
+            f"({served}; the task is written for: "
+            f"{', '.join(_KIND_NAMES[k] for k in self.kinds)}); {fix}"
+        )
+
+    def render_for(self, info: ModelInfo, values: Mapping[str, str]) -> str:
+        """The model input for one example, with the template matching ``info.kind``."""
+        view = self.for_kind(info.kind, info.id)
+        return view.render(values, info.mask_token, info.limits.max_text_chars)
 
     @property
     def num_classes(self) -> int:
@@ -95,10 +207,16 @@ class Task:
         return dict(zip(self.labels, self.words, strict=True))
 
     def render(
-        self, values: Mapping[str, str], mask_token: str, max_chars: int | None = None
+        self, values: Mapping[str, str], mask_token: str | None, max_chars: int | None = None
     ) -> str:
         """The model input for one example. Field values longer than the server allows are cut
-        (each field gets an equal share of the room the template leaves)."""
+        (each field gets an equal share of the room the template leaves). ``mask_token`` is
+        unused by a causal template (pass None)."""
+        if self.kind == "masked_lm" and mask_token is None:
+            raise TaskError(
+                f"task {self.name!r} has a masked-LM template but the model has no mask token"
+            )
+        mask_token = mask_token or ""
         fields = self.fields
         missing = [f for f in fields if f not in values]
         if missing:
@@ -128,8 +246,11 @@ class Task:
         else:
             text = str(raw).strip()
             key = text.casefold()
-            for i, (lab, word) in enumerate(zip(self.labels, self.words, strict=True)):
-                if key in (lab.casefold(), word.casefold()):
+            # Words compared without their leading space: a data file says "positive" for
+            # a decoder word " positive". Either kind's word names the class.
+            twin = self.causal_words or self.words
+            for i, (lab, word, other) in enumerate(zip(self.labels, self.words, twin, strict=True)):
+                if key in (lab.casefold(), word.strip().casefold(), other.strip().casefold()):
                     return i
             for alias, i in self.aliases.items():
                 if key == alias.casefold():
@@ -149,8 +270,9 @@ class Task:
         return idx
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
+            "kind": self.kind,
             "template": self.template,
             "labels": list(self.labels),
             "words": list(self.words),
@@ -158,18 +280,33 @@ class Task:
             "aliases": dict(self.aliases),
             "label_column": self.label_column,
         }
+        if self.causal_template is not None:
+            out["causal_template"] = self.causal_template
+            out["causal_words"] = list(self.causal_words or ())
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Task:
+        """A task from :meth:`as_dict`'s keys; ``kind``, when absent, is read off the template
+        (``{mask}`` present: masked_lm, else causal_lm), so older manifests still load."""
         try:
+            template = str(data["template"])
+            causal_words = data.get("causal_words")
             return cls(
                 name=str(data.get("name", "custom")),
-                template=str(data["template"]),
+                template=template,
                 labels=tuple(str(x) for x in data["labels"]),
                 words=tuple(str(x) for x in data["words"]),
                 metric=data.get("metric", "accuracy"),
                 aliases={str(k): int(v) for k, v in dict(data.get("aliases", {})).items()},
                 label_column=str(data.get("label_column", "label")),
+                kind=data.get("kind") or template_kind(template),
+                causal_template=(
+                    None if data.get("causal_template") is None else str(data["causal_template"])
+                ),
+                causal_words=(
+                    None if causal_words is None else tuple(str(x) for x in causal_words)
+                ),
             )
         except KeyError as exc:
             raise TaskError(f"task definition lacks {exc.args[0]!r}") from None
@@ -177,15 +314,22 @@ class Task:
             raise TaskError(f"task definition is malformed: {exc}") from None
 
 
-def parse_verbalizer(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def parse_verbalizer(
+    spec: str, *, keep_leading_space: bool = False
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``0=bad,1=great`` or ``negative=bad,positive=great`` -> (labels, words). Labels that are
-    all integers must be 0..C-1 and are sorted; names keep the order given."""
+    all integers must be 0..C-1 and are sorted; names keep the order given. With
+    ``keep_leading_space`` (causal tasks: ``0= negative,1= positive``) one leading space of
+    each word is kept, since a decoder's word token carries it."""
     pairs: list[tuple[str, str]] = []
     for item in spec.split(","):
         label, sep, word = item.partition("=")
         if not sep or not label.strip() or not word.strip():
             raise TaskError(f"cannot read verbalizer item {item!r}; write LABEL=WORD,LABEL=WORD")
-        pairs.append((label.strip(), word.strip()))
+        stripped = word.strip()
+        if keep_leading_space and word[:1].isspace():
+            stripped = " " + stripped
+        pairs.append((label.strip(), stripped))
     if all(lab.isdigit() for lab, _ in pairs):
         pairs.sort(key=lambda p: int(p[0]))
         if [int(lab) for lab, _ in pairs] != list(range(len(pairs))):
@@ -196,9 +340,11 @@ def parse_verbalizer(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def custom_task(
     template: str, verbalizer: str, name: str = "custom", metric: Metric = "accuracy"
 ) -> Task:
-    """A task from CLI flags (``--template``, ``--verbalizer``)."""
-    labels, words = parse_verbalizer(verbalizer)
-    return Task(name=name, template=template, labels=labels, words=words, metric=metric)
+    """A task from CLI flags (``--template``, ``--verbalizer``). A template with ``{mask}`` is
+    for masked LMs, one without for causal LMs (whose words keep a leading space)."""
+    kind = template_kind(template)
+    labels, words = parse_verbalizer(verbalizer, keep_leading_space=kind == "causal_lm")
+    return Task(name=name, template=template, labels=labels, words=words, metric=metric, kind=kind)
 
 
 def _parse_toml(raw: bytes) -> dict[str, Any]:
@@ -211,8 +357,9 @@ def _parse_toml(raw: bytes) -> dict[str, Any]:
 
 def load_task_file(path: str | Path) -> Task:
     """A task from a JSON or TOML file with keys ``template``, ``labels``/``words`` or
-    ``verbalizer`` (a label -> word table), and optionally ``name``, ``metric``, ``aliases``,
-    ``label_column``."""
+    ``verbalizer`` (a label -> word table), and optionally ``name``, ``kind`` (``masked_lm`` or
+    ``causal_lm``; default: read off the template), ``metric``, ``aliases``, ``label_column``,
+    and a decoder twin ``causal_template`` with ``causal_words`` or ``causal_verbalizer``."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -226,13 +373,23 @@ def load_task_file(path: str | Path) -> Task:
         ) from None
     if not isinstance(data, dict):
         raise TaskError(f"task file {p} must hold a table/object")
-    if "verbalizer" in data:
-        verb = data.pop("verbalizer")
+    if not isinstance(data.get("template", ""), str):
+        raise TaskError(f"task file {p}: template must be a string")
+    kind = data.get("kind") or template_kind(str(data.get("template", "{mask}")))
+    for key, words_key, spaced in (
+        ("verbalizer", "words", kind == "causal_lm"),
+        ("causal_verbalizer", "causal_words", True),
+    ):
+        if key not in data:
+            continue
+        verb = data.pop(key)
         if not isinstance(verb, dict):
-            raise TaskError(f"task file {p}: verbalizer must be a table LABEL = WORD")
-        labels, words = parse_verbalizer(",".join(f"{k}={v}" for k, v in verb.items()))
+            raise TaskError(f"task file {p}: {key} must be a table LABEL = WORD")
+        labels, words = parse_verbalizer(
+            ",".join(f"{k}={v}" for k, v in verb.items()), keep_leading_space=spaced
+        )
         data.setdefault("labels", list(labels))
-        data.setdefault("words", list(words))
+        data.setdefault(words_key, list(words))
     data.setdefault("name", p.stem)
     return Task.from_dict(data)
 
@@ -243,19 +400,30 @@ def load_task_file(path: str | Path) -> Task:
 #: ``bbt.server.mock`` (a test checks they agree).
 MOCK_TEMPLATE = "{text} It was {mask} ."
 MOCK_WORDS = ("bad", "great")
+#: The same task for the mock's causal mode (``bbt serve --model mock-causal``).
+MOCK_CAUSAL_TEMPLATE = "{text} It was"
+MOCK_CAUSAL_WORDS = (" bad", " great")
 
+# Decoder templates end where the label word comes; their words carry the leading space a
+# byte-level BPE (GPT-2 "Ġ") or SentencePiece ("▁") model predicts there. The words are
+# common English words, one token in the GPT-2 and Llama vocabularies as far as we know; the
+# tuner checks each against the served tokenizer and names any that is not.
 PRESETS: dict[str, Task] = {
     "sst2": Task(
         "sst2",
         "{sentence} . It was {mask} .",
         ("negative", "positive"),
         ("bad", "great"),
+        causal_template="Review: {sentence}\nSentiment:",
+        causal_words=(" negative", " positive"),
     ),
     "yelp": Task(
         "yelp",
         "{text} . It was {mask} .",
         ("negative", "positive"),
         ("bad", "great"),
+        causal_template="Review: {text}\nSentiment:",
+        causal_words=(" negative", " positive"),
     ),
     "agnews": Task(
         "agnews",
@@ -263,6 +431,8 @@ PRESETS: dict[str, Task] = {
         ("World", "Sports", "Business", "Sci/Tech"),
         ("World", "Sports", "Business", "Tech"),
         aliases={"sci_tech": 3, "science": 3, "technology": 3},
+        causal_template="Article: {text}\nTopic:",
+        causal_words=(" World", " Sports", " Business", " Tech"),
     ),
     "dbpedia": Task(
         "dbpedia",
@@ -299,6 +469,8 @@ PRESETS: dict[str, Task] = {
             "Film",
             "Written",
         ),
+        # causal_words default to the words above with a leading space.
+        causal_template="Text: {text}\nCategory:",
     ),
     "mrpc": Task(
         "mrpc",
@@ -306,24 +478,37 @@ PRESETS: dict[str, Task] = {
         ("not_equivalent", "equivalent"),
         ("No", "Yes"),
         metric="f1",
+        causal_template=(
+            "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nDo they mean the same? Answer:"
+        ),
     ),
     "snli": Task(
         "snli",
         "{premise} ? {mask} , {hypothesis}",
         ("entailment", "neutral", "contradiction"),
         ("Yes", "Maybe", "No"),
+        causal_template=(
+            "Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the "
+            "hypothesis? Answer:"
+        ),
     ),
     "rte": Task(
         "rte",
         "{sentence1} ? {mask} , {sentence2}",
         ("entailment", "not_entailment"),
         ("Yes", "No"),
+        causal_template=(
+            "Premise: {sentence1}\nHypothesis: {sentence2}\nDoes the premise entail the "
+            "hypothesis? Answer:"
+        ),
     ),
     "mock": Task(
         "mock",
         MOCK_TEMPLATE,
         ("negative", "positive"),
         MOCK_WORDS,
+        causal_template=MOCK_CAUSAL_TEMPLATE,
+        causal_words=MOCK_CAUSAL_WORDS,
     ),
 }
 PRESET_NAMES = tuple(sorted(PRESETS))
@@ -348,12 +533,86 @@ def _space_before_mask(template: str) -> bool:
 
 
 def verbalizer_ids(task: Task, service: Service) -> list[int]:
-    """Token ids of the verbalizer words, checked to be one token each.
+    """Token ids of the verbalizer words for the served model, checked to be one token each.
 
-    Each word is tokenised as it appears in the input: with a leading space when the template
-    puts a space before the mask (byte-level BPE tokenisers such as RoBERTa's give ``" great"``
-    and ``"great"`` different ids), bare otherwise.
+    The task is first resolved for the served kind (:meth:`Task.for_kind`; a clear TaskError
+    when it has no template for it). Masked: each word is tokenised as it appears in the input,
+    with a leading space when the template puts a space before the mask (byte-level BPE
+    tokenisers such as RoBERTa's give ``" great"`` and ``"great"`` different ids), bare
+    otherwise. Causal: see :func:`_causal_verbalizer_ids`.
     """
+    info = service.model_info()
+    task = task.for_kind(info.kind, info.id)
+    if task.kind == "causal_lm":
+        ids = _causal_verbalizer_ids(task, service)
+    else:
+        ids = _masked_verbalizer_ids(task, service)
+    if len(set(ids)) != len(ids):
+        raise TaskError(f"verbalizer words of task {task.name!r} map to the same token id: {ids}")
+    return ids
+
+
+def _template_tail(template: str) -> str:
+    """The literal text after the template's last placeholder (what precedes the word)."""
+    tail = ""
+    for literal, name, _, _ in _parse(template):
+        # A field ends the literal text before it; "{{" escapes split a literal in pieces.
+        tail = "" if name is not None else tail + literal
+    return tail
+
+
+def _causal_verbalizer_ids(task: Task, service: Service) -> list[int]:
+    """Each word must be the ONE token a decoder would produce right after the rendered text.
+
+    Tokenising a word alone is wrong for SentencePiece models (Llama): ``" positive"`` alone
+    becomes ``▁`` + ``▁positive`` (the tokenizer prepends a space), while after ``Sentiment:``
+    it is the single ``▁positive``. So each word is tokenised after the template's literal
+    tail (``\\nSentiment:``; a neutral ``.`` when the template ends in a field), and must
+    add exactly one token to the tail's own tokens. This also holds for byte-level BPE
+    (GPT-2: ``Ġpositive``) and catches a word that merges with the end of the template.
+    """
+    anchor = _template_tail(task.template) or "."
+    words = list(task.words)
+    # The other spacing of each word, to suggest it when it is a single token.
+    other = [w[1:] if w.startswith(" ") else " " + w for w in words]
+    resp = service.tokenize([anchor] + [anchor + w for w in words] + [anchor + w for w in other])
+    base = resp.ids[0]
+    k = len(words)
+
+    def extra(row: int) -> tuple[list[int], list[str]] | None:
+        got = resp.ids[row]
+        if got[: len(base)] != base:
+            return None  # the word merged with the end of the template
+        return got[len(base) :], resp.tokens[row][len(base) :]
+
+    ids: list[int] = []
+    model = service.model_info().id
+    for i, word in enumerate(words):
+        added = extra(1 + i)
+        if added is not None and len(added[0]) == 1:
+            ids.append(added[0][0])
+            continue
+        alt = extra(1 + k + i)
+        hint = (
+            f"; {other[i]!r} is one token, so write the word "
+            f"{'without' if word.startswith(' ') else 'with'} its leading space"
+            if alt is not None and len(alt[0]) == 1
+            else "; choose a word that is a single token"
+        )
+        if added is None:
+            raise TaskError(
+                f"verbalizer word {word!r} (label {task.labels[i]!r}) merges with the end of "
+                f"the template {anchor!r} for model {model!r}: {anchor + word!r} is "
+                f"{resp.tokens[1 + i]}{hint}"
+            )
+        raise TaskError(
+            f"verbalizer word {word!r} (label {task.labels[i]!r}) is {len(added[0])} tokens "
+            f"{added[1]} for model {model!r} after {anchor!r}, but must be exactly one{hint}"
+        )
+    return ids
+
+
+def _masked_verbalizer_ids(task: Task, service: Service) -> list[int]:
     spaced = _space_before_mask(task.template)
     forms = [(" " + w) if spaced else w for w in task.words]
     resp = service.tokenize(forms + list(task.words) + [" " + w for w in task.words])
@@ -378,6 +637,4 @@ def verbalizer_ids(task: Task, service: Service) -> list[int]:
             f"verbalizer word {word!r} (label {task.labels[i]!r}) is {len(got)} tokens {pieces} "
             f"for model {service.model_info().id!r} {where}, but must be exactly one{hint}"
         )
-    if len(set(ids)) != len(ids):
-        raise TaskError(f"verbalizer words of task {task.name!r} map to the same token id: {ids}")
     return ids

@@ -293,9 +293,9 @@ class Tuner:
         self.train = list(train)
         self.dev = list(dev)
         self.candidate_ids = verbalizer_ids(task, service)
-        limit = info.limits.max_text_chars
-        self.train_texts = [task.render(e.fields, info.mask_token, limit) for e in self.train]
-        self.dev_texts = [task.render(e.fields, info.mask_token, limit) for e in self.dev]
+        # The template matching the served kind (masked: {mask}; causal: ends at the word).
+        self.train_texts = [task.render_for(info, e.fields) for e in self.train]
+        self.dev_texts = [task.render_for(info, e.fields) for e in self.dev]
         self.train_labels = self._labels(self.train, "training")
         self.dev_labels = self._labels(self.dev, "dev")
         self._loss = get_loss(cfg.loss)

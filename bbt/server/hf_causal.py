@@ -1,0 +1,244 @@
+"""A :class:`~bbt.server.backend.Backend` for Hugging Face causal LMs (GPT-2, Llama, ...).
+
+A causal LM has no mask token: it is scored at the next token after the text, i.e. with the
+outputs at the text's last token (``ModelInfo.kind == "causal_lm"``, docs/protocol.md). Each
+sequence is ``[BOS] prompt text``: the n soft-prompt vectors go right after the special
+tokens the tokenizer puts before a text (Llama's ``<s>``), or first when there are none
+(GPT-2). Special tokens a tokenizer appends (an EOS) are left out: nothing may come between
+the text and the token being predicted.
+
+Batching is :class:`~bbt.server.hf.HFBackend`'s, inherited unchanged (tokenise once with the
+cache, sort by length, chunks of at most ``token_budget`` padded tokens, the FIFO model lock,
+the stop check before each chunk, the same limits and validation). What differs is the
+forward pass: sequences are padded on the LEFT, so every sequence's last real token sits in
+the last column and ``logits_to_keep=1`` computes the vocabulary projection there only;
+``position_ids`` count from the first real token, so padding changes no position and a
+sequence scores the same alone or in a padded batch (``tests/server/test_hf_causal.py``).
+
+A text too long for the model loses its *start*, never its end: the end is where the
+template asks its question.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from bbt.errors import ConfigurationError
+from bbt.protocol import SUPPORTED_DTYPES, Limits, ModelInfo, ModelKind, ProtocolViolation
+from bbt.server._tokcache import (
+    DEFAULT_TOKENIZER_CACHE_BYTES,
+    DEFAULT_TOKENIZER_CACHE_ENTRIES,
+    TokenCache,
+)
+from bbt.server.hf import (
+    DeviceSpec,
+    DTypeSpec,
+    HFBackend,
+    _Encoded,
+    _FifoLock,
+    _require_torch,
+    default_limits,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+#: ``head_name`` of a causal backend: the model's own LM head, always.
+CAUSAL_HEAD = "lm"
+
+
+def detect_model_kind(model_path: str | Path | None) -> ModelKind:
+    """``causal_lm`` when the model directory's ``config.json`` names a causal LM, else
+    ``masked_lm`` (also for no path, the embedded default, or a directory without a config).
+
+    Causal: an architecture ending in ``ForCausalLM`` or ``LMHeadModel`` (GPT-2's
+    ``GPT2LMHeadModel``), or ``is_decoder: true``, and no ``*ForMaskedLM`` architecture.
+    """
+    if model_path is None:
+        return "masked_lm"
+    config = Path(model_path).expanduser() / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "masked_lm"  # the masked backend reports what is wrong with the directory
+    if not isinstance(data, dict):
+        return "masked_lm"
+    archs = [a for a in data.get("architectures") or [] if isinstance(a, str)]
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return "masked_lm"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal_lm"
+    return "causal_lm" if data.get("is_decoder") is True else "masked_lm"
+
+
+class HFCausalBackend(HFBackend):
+    """A causal LM from a local Hugging Face directory (``AutoModelForCausalLM``).
+
+    Args are those of :class:`~bbt.server.hf.HFBackend` less ``head`` (a causal LM always
+    uses its own LM head); ``model_path`` is required.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        dtype: DTypeSpec = "float32",
+        device: DeviceSpec = "cpu",
+        num_threads: int | str | None = None,
+        token_budget: int | None = None,
+        model_id: str | None = None,
+        limits: Limits | None = None,
+        tokenizer_cache_size: int = DEFAULT_TOKENIZER_CACHE_ENTRIES,
+        tokenizer_cache_bytes: int = DEFAULT_TOKENIZER_CACHE_BYTES,
+    ) -> None:
+        torch, transformers = _require_torch()
+        self._init_compute(
+            torch, dtype, device, num_threads, token_budget, tokenizer_cache_size,
+            tokenizer_cache_bytes,
+        )  # fmt: skip
+        path = Path(model_path).expanduser()
+        if not path.exists() and path.is_absolute():
+            raise ConfigurationError(f"model directory {path} does not exist")
+        source = str(path) if path.exists() else str(model_path)
+        self.model_path = path
+
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            config = transformers.AutoConfig.from_pretrained(source)
+            self._tok = transformers.AutoTokenizer.from_pretrained(source)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigurationError(f"cannot load a causal LM from {source!r}: {exc}") from None
+        params = inspect.signature(model.forward).parameters
+        if "position_ids" not in params:
+            # Left padding needs explicit positions, or padding would shift them.
+            raise ConfigurationError(
+                f"{source!r}: {type(model).__name__}.forward takes no position_ids; bbt "
+                "cannot batch it without changing its outputs"
+            )
+        # Older transformers call it num_logits_to_keep; without either, the full logits.
+        self._keep_arg = next(
+            (k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None
+        )
+        model.eval()
+        model.to(self.device)
+        self._model = model
+        self._encoder = model.base_model
+        self._mlm_head = None
+        self._built_head = None
+        self.head_name = CAUSAL_HEAD
+        self._word_emb = model.get_input_embeddings().weight  # [V, H]
+        emb32 = self._word_emb.detach().float()
+        self._emb_mean = float(emb32.mean().item())
+        self._emb_std = float(emb32.std().item())
+        vocab, hidden = (int(s) for s in self._word_emb.shape)
+        self._vocab = vocab
+        self._hidden = hidden
+
+        self._max_len = self._max_sequence_length(config)
+        # Only what comes BEFORE a text is kept (BOS); an appended EOS would sit between the
+        # text and the token being predicted.
+        self._prefix, _appended = self._special_layout(source)
+        self._suffix = ()
+        self._insert_at = len(self._prefix)
+        self._pad_id = 0
+        self._mask_id = -1  # no mask token; never matches a token id
+        self._uses_token_types = False
+
+        self._limits = limits or default_limits(self._max_len)
+        if self._limits.max_prompt_tokens + len(self._prefix) + 1 > self._max_len:
+            raise ConfigurationError(
+                f"max_prompt_tokens={self._limits.max_prompt_tokens} leaves no room for text "
+                f"in {self._max_len} tokens"
+            )
+        self._info = ModelInfo(
+            id=model_id or path.name or str(model_path),
+            kind="causal_lm",
+            hidden_size=hidden,
+            vocab_size=vocab,
+            num_layers=int(getattr(config, "num_hidden_layers", 1) or 1),
+            max_sequence_length=self._max_len,
+            mask_token=None,
+            mask_token_id=None,
+            embedding_mean=self._emb_mean,
+            embedding_std=self._emb_std,
+            dtypes=list(SUPPORTED_DTYPES),
+            limits=self._limits,
+        )
+        self._lock = _FifoLock()
+        self._tok_lock = threading.Lock()
+        self._cache = TokenCache(max_bytes=tokenizer_cache_bytes, max_entries=tokenizer_cache_size)
+
+    @property
+    def bos_ids(self) -> tuple[int, ...]:
+        """The special token ids put before every text (empty for GPT-2-style tokenizers)."""
+        return self._prefix
+
+    # ------------------------------------------------------------------ internals
+
+    def _encode(self, text: str, n_tokens: int, index: int) -> _Encoded:
+        body = self._body_ids(text)
+        room = self._max_len - n_tokens - len(self._prefix)
+        truncated = len(body) > room
+        if truncated:
+            # Keep the end: the score is read after the text's last token.
+            body = body[len(body) - max(room, 0) :]
+        ids = self._prefix + body
+        if not ids:
+            # Whitespace alone can tokenise to nothing; with no BOS the sequence would then
+            # hold no token of its own to be scored after.
+            raise ProtocolViolation(f"text {index} has no tokens", field=f"texts.{index}")
+        # mask_index: the scored position in ``ids``, its last token.
+        return _Encoded(ids=ids, mask_index=len(ids) - 1, truncated=truncated)
+
+    def _forward_chunk(
+        self,
+        chunk: list[tuple[int, int]],
+        encoded: list[_Encoded],
+        text_embs: dict[int, torch.Tensor],
+        prompts_t: torch.Tensor,
+        n_tokens: int,
+        longest: int,
+        cand_t: torch.Tensor | None,
+    ) -> torch.Tensor:
+        th = self._torch
+        dev = self._word_emb.device
+        n_seq = len(chunk)
+        x = th.zeros((n_seq, longest, self._hidden), dtype=self._word_emb.dtype, device=dev)
+        attn = th.zeros((n_seq, longest), dtype=th.long, device=dev)
+        by_text: dict[int, list[int]] = {}
+        for s, (_, j) in enumerate(chunk):
+            by_text.setdefault(j, []).append(s)
+        at = self._insert_at
+        for j, seqs in by_text.items():
+            emb = text_embs[j]
+            start = longest - (emb.shape[0] + n_tokens)  # left padding before it
+            idx = th.tensor(seqs, device=dev)
+            x[idx, start : start + at] = emb[:at]
+            x[idx, start + at + n_tokens :] = emb[at:]
+            if n_tokens:
+                prompt_idx = th.tensor([chunk[s][0] for s in seqs], device=dev)
+                x[idx, start + at : start + at + n_tokens] = prompts_t[prompt_idx]
+            attn[idx, start:] = 1
+        # Positions count real tokens only, as if each sequence ran alone.
+        positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        kwargs: dict[str, Any] = {
+            "inputs_embeds": x,
+            "attention_mask": attn,
+            "position_ids": positions,
+            "use_cache": False,
+        }
+        if cand_t is None:
+            hidden = self._encoder(**kwargs).last_hidden_state[:, -1]
+            return cast("torch.Tensor", hidden)
+        if self._keep_arg is not None:
+            kwargs[self._keep_arg] = 1
+        logits = self._model(**kwargs).logits[:, -1]
+        return cast("torch.Tensor", logits[:, cand_t])
+
+
+__all__ = ["CAUSAL_HEAD", "HFCausalBackend", "detect_model_kind"]
