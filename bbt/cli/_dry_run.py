@@ -50,11 +50,14 @@ def plan_call(
     candidate_ids: Sequence[int],
     dtype: DType,
     session: ProjectionSession | None = None,
+    layers: int | None = None,
 ) -> CallPlan:
     """Split a call exactly as the client will, and say which limit made it split.
 
-    With ``session`` the call goes through a projection session (z in binary frames)."""
+    With ``session`` the call goes through a projection session (z in binary frames).
+    ``layers``: deep prompts [P, L, n, H] (BBTv2) of that many layers."""
     n_cand = len(candidate_ids)
+    deep = () if layers is None else (layers,)
     chunks: Sequence[LogitsChunk | SessionChunk]
     if session is not None:
         z = np.zeros((n_prompts, session.dim), dtype=np.float32)
@@ -62,7 +65,7 @@ def plan_call(
         sizes = [len(c.body.content) for c in chunks]
         rows = [c.rows_sent for c in chunks]
     else:
-        prompts = np.zeros((n_prompts, n_tokens, info.hidden_size), dtype=np.float32)
+        prompts = np.zeros((n_prompts, *deep, n_tokens, info.hidden_size), dtype=np.float32)
         chunks = plan_logits(info, prompts, texts, candidate_ids, dtype)
         sizes = [len(c.request.model_dump_json().encode()) for c in chunks]
         rows = [c.p1 - c.p0 for c in chunks]
@@ -88,7 +91,7 @@ def plan_call(
         if session is not None:
             prompt_bytes = 4 * n_prompts * session.dim
         else:
-            prompt_bytes = encoded_size((n_prompts, n_tokens, info.hidden_size), dtype)
+            prompt_bytes = encoded_size((n_prompts, *deep, n_tokens, info.hidden_size), dtype)
         text_bytes = n_texts * max(6 * len(t) + 3 for t in texts)
         bound = prompt_bytes + text_bytes + _BODY_SLACK
         if bound > lim.max_body_bytes:
@@ -233,17 +236,21 @@ def make_plan(
     ids = tuner.candidate_ids
     # The tuner opened a projection session when it will use one (sessions=auto/on).
     session: ProjectionSession | None = getattr(tuner.evaluator, "session", None)
-    train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire, session)
+    # BBTv2 sends deep prompts [P, L, n, H] and projects z of L * d numbers.
+    layers: int | None = getattr(tuner, "num_layers", None)
+    z_size: int = getattr(tuner, "z_size", cfg.dim)
+    train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire, session, layers)
     dev = (
-        plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire, session)
+        plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire, session, layers)
         if tuner.dev_texts
         else None
     )
 
     # The probe: the first request of a generation, as the run will send it.
+    deep = () if layers is None else (layers,)
     chunk: LogitsChunk | SessionChunk = plan_logits(
         info,
-        np.zeros((pop, cfg.n_tokens, info.hidden_size), dtype=np.float32),
+        np.zeros((pop, *deep, cfg.n_tokens, info.hidden_size), dtype=np.float32),
         tuner.train_texts,
         ids,
         wire,
@@ -253,7 +260,7 @@ def make_plan(
             info, session, np.zeros((pop, cfg.dim)), tuner.train_texts, ids
         )[0]
     t0 = time.perf_counter()
-    prompts = tuner.prompts(np.zeros((pop, cfg.dim)))
+    prompts = tuner.prompts(np.zeros((pop, z_size)))
     projection_s = 0.0 if session is not None else time.perf_counter() - t0
     before = service.usage.copy()
     t0 = time.perf_counter()

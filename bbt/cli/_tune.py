@@ -544,6 +544,14 @@ def tune_command(
         help="Also score the CMA-ES mean on dev at each check (one more dev call).",
         show_default=False,
     ),
+    method: str = typer.Option(
+        "bbt",
+        help="bbt (a prompt at the input) or bbtv2 (a prompt at every layer, layers tuned in "
+        "turn; needs a server with deep prompts, e.g. bbt's own).",
+    ),
+    layer_generations: int = typer.Option(
+        1, help="bbtv2: CMA-ES generations each layer runs per turn."
+    ),
     projection: str = typer.Option("normal", help="Projection distribution: normal or uniform."),
     sessions: str = typer.Option(
         "auto",
@@ -628,6 +636,8 @@ def tune_command(
             patience=patience,
             seed=seed,
             projection=projection,  # type: ignore[arg-type]
+            method=method,
+            layer_generations=layer_generations,
             sessions=sessions,
             # Unset: TuneConfig's own default.
             **({} if eval_mean is None else {"eval_mean": eval_mean}),
@@ -713,12 +723,12 @@ def tune_command(
 def _dry_run(t: Any, cfg: Any, train: Any, dev: Any, p0: Any, service: Any) -> None:
     """Build the run as ``tune`` would, plan it, time one probe request, print the plan."""
     from bbt.cli._dry_run import describe, make_plan
-    from bbt.tuner import Tuner
+    from bbt.tuner.bbtv2 import make_tuner
 
     started = time.perf_counter()
     with service as (svc, svc_info):
         before = svc.usage.copy()
-        tuner = Tuner(svc, t, train, dev, cfg, initial_prompt=p0)
+        tuner = make_tuner(svc, t, train, dev, cfg, initial_prompt=p0)
         setup = svc.usage - before
         plan = make_plan(tuner, svc, svc_info["kind"], setup, time.perf_counter() - started)
         tuner.close()  # frees a projection session the tuner opened

@@ -419,11 +419,15 @@ def plan_logits(
     population on the whole batch.
     """
     arr = np.asarray(prompts)
-    if arr.ndim != 3:
+    # Rank 4 is a deep prompt [P, L, n, H]; check_logits_request below refuses it, before
+    # anything is sent, when the server does not advertise the capability.
+    if arr.ndim not in (3, 4):
         raise InvalidRequestError(
-            f"prompts must have shape [P, n, H]; got shape {list(arr.shape)}", field="prompts"
+            f"prompts must have shape [P, n, H] (or [P, L, n, H], deep); got shape "
+            f"{list(arr.shape)}",
+            field="prompts",
         )
-    n_prompts, n_tokens, hidden = arr.shape
+    n_prompts = int(arr.shape[0])
     texts = list(texts)
     ids = [int(i) for i in candidate_ids]
     if n_prompts == 0 or not texts or not ids:
@@ -431,7 +435,7 @@ def plan_logits(
             "need at least one prompt, one text and one candidate id",
             field="prompts" if n_prompts == 0 else "texts" if not texts else "candidate_ids",
         )
-    prompt_bytes = encoded_size((1, n_tokens, hidden), dtype)
+    prompt_bytes = encoded_size((1, *arr.shape[1:]), dtype)
     # Upper bound of one text in JSON: quotes, comma, and at most 6 bytes per character
     # (a \uXXXX escape); UTF-8 itself needs at most 4.
     text_bytes = max(6 * len(t) + 3 for t in texts)

@@ -2,6 +2,7 @@
 
 from bbt.protocol._models import (
     API_PREFIX,
+    DEEP_PROMPTS,
     MODEL_KINDS,
     PROTOCOL_HEADER,
     PROTOCOL_V1,
@@ -62,6 +63,7 @@ from bbt.protocol._version import negotiate, speaks, wire_json
 
 __all__ = [
     "API_PREFIX",
+    "DEEP_PROMPTS",
     "MODEL_KINDS",
     "PROMPT_REGISTRY_CAPABILITY",
     "PROTOCOL_HEADER",

@@ -36,6 +36,9 @@ API_PREFIX = "/v1"
 PROTOCOL_HEADER = "X-BBT-Protocol"
 #: Header echoing a server-assigned request id, for support and logs.
 REQUEST_ID_HEADER = "X-Request-ID"
+#: Capability name (in :attr:`ModelInfo.capabilities`) of a server that takes deep prompts:
+#: a rank-4 ``prompts`` tensor [P, L, n, H] on ``/v1/logits``, one slice per layer (BBTv2).
+DEEP_PROMPTS = "deep_prompts"
 
 
 #: What a served model is. A masked LM (BERT, RoBERTa) is scored at its mask token; a causal
@@ -110,8 +113,20 @@ class ModelInfo(_Wire):
     capabilities: list[str] = Field(
         default_factory=list,
         description=(
-            "Optional features this server offers, by name (e.g. 'sessions'). A client "
-            "checks for a feature here before using it; an empty list is a plain v1 server."
+            "Optional features this server offers, by name (e.g. 'sessions', "
+            "'deep_prompts'). A client checks for a feature here before using it; a server "
+            "without it refuses with a 4xx; an empty list is a plain v1 server."
+        ),
+        json_schema_extra={"since": "1.1"},
+    )
+    layer_std: list[float] | None = Field(
+        default=None,
+        description=(
+            "With 'deep_prompts': one std per layer slice of a deep prompt (num_layers "
+            "entries). Entry 0 is the std of the input embedding table (the slice that is "
+            "the shallow prompt); entry l >= 1 the std of the hidden states entering "
+            "encoder layer l (outliers clipped), so a client can scale each layer's random "
+            "projection as BBTv2 does."
         ),
         json_schema_extra={"since": "1.1"},
     )
@@ -196,7 +211,12 @@ class LogitsRequest(_Wire):
 
     model: str
     prompts: Tensor = Field(
-        description="Soft prompts, shape [P, n, H]; n = 0 sends the texts with no prompt."
+        description=(
+            "Soft prompts, shape [P, n, H]; n = 0 sends the texts with no prompt. A server "
+            "with the 'deep_prompts' capability also takes [P, L, n, H] (L = num_layers): "
+            "slice 0 is the input prompt, slice l >= 1 is added to the hidden states entering "
+            "encoder layer l at the prompt positions (zeros there: the shallow prompt)."
+        )
     )
     texts: list[str] = Field(
         min_length=1,

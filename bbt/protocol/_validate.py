@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from bbt.protocol._models import (
+    DEEP_PROMPTS,
     EmbeddingsRequest,
     ErrorType,
     LogitsRequest,
@@ -38,7 +39,7 @@ class ProtocolViolation(ValueError):  # noqa: N818 - a violation, not a crash
 
 @dataclass(frozen=True)
 class DecodedLogitsRequest:
-    prompts: np.ndarray[Any, np.dtype[np.float32]]  # [P, n, H]
+    prompts: np.ndarray[Any, np.dtype[np.float32]]  # [P, n, H], or [P, L, n, H] (deep)
     texts: list[str]
     candidate_ids: np.ndarray[Any, np.dtype[np.int64]]  # [C]
 
@@ -96,6 +97,22 @@ def _check_ids(ids: list[int], info: ModelInfo, field: str) -> None:
             )
 
 
+def _check_deep(shape: list[int], info: ModelInfo) -> None:
+    """A deep prompt [P, L, n, H]: only where served, with one slice per layer."""
+    if DEEP_PROMPTS not in info.capabilities:
+        raise ProtocolViolation(
+            f"prompts of rank 4 are deep prompts [P, L, n, H], which this server does not "
+            f"serve (no {DEEP_PROMPTS!r} capability); send [P, n, H]",
+            field="prompts.shape",
+        )
+    if shape[1] != info.num_layers:
+        raise ProtocolViolation(
+            f"a deep prompt needs one slice per layer: L={shape[1]}, but the model has "
+            f"{info.num_layers} layers",
+            field="prompts.shape",
+        )
+
+
 def check_tokenize_request(req: TokenizeRequest, info: ModelInfo) -> None:
     check_model(req.model, info)
     if len(req.texts) > info.limits.max_texts_per_request:
@@ -139,11 +156,13 @@ def check_logits_request(
         raise ProtocolViolation(
             f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
         )
-    if len(t.shape) != 3:
+    if len(t.shape) == 4:
+        _check_deep(t.shape, info)
+    elif len(t.shape) != 3:
         raise ProtocolViolation(
             f"prompts must have shape [P, n, H]; got rank {len(t.shape)}", field="prompts.shape"
         )
-    p, n, h = t.shape
+    p, n, h = t.shape[0], t.shape[-2], t.shape[-1]
     if h != info.hidden_size:
         raise ProtocolViolation(
             f"prompt width {h} does not match the model's hidden size {info.hidden_size}",

@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from bbt.errors import ConfigurationError
-from bbt.protocol import SUPPORTED_DTYPES, Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol import (
+    DEEP_PROMPTS,
+    SUPPORTED_DTYPES,
+    Limits,
+    ModelInfo,
+    ProtocolViolation,
+    Usage,
+)
 from bbt.server import _compute
 from bbt.server._cancel import StopCheck, current_stop_check, raise_if_stopped
 from bbt.server._tokcache import (
@@ -82,6 +89,30 @@ DEFAULT_MODEL_ID = "all-minilm-l6-v2"
 #: logits equal to float noise (benchmarks/cpu_engines.py, docs/server.md). A GPU wants
 #: large passes.
 DEFAULT_TOKEN_BUDGET: dict[str, int] = {"cpu": 4096, "cuda": 16384}
+
+
+#: Sentences the per-layer hidden-state std of deep prompts is measured on (no task data
+#: reaches a server before a request; these cover plain prose, news and reviews).
+_CALIBRATION_TEXTS: tuple[str, ...] = (
+    "The central bank raised interest rates again on Tuesday, citing inflation.",
+    "A gorgeous, witty film that never loses its nerve.",
+    "The team won the final after extra time in front of a home crowd.",
+    "Researchers released a new chip that doubles battery life in phones.",
+    "It was a dull and tiring evening, and nobody wanted to stay.",
+    "Oil prices climbed as exporters signalled cuts to output.",
+    "She read the letter twice before she put it back in the drawer.",
+    "The museum reopens next month with a show of early photographs.",
+)
+
+
+def clipped_std(values: np.ndarray[Any, Any], rounds: int = 5, width: float = 3.0) -> float:
+    """Std of ``values`` after ``rounds`` rounds of clipping to mean +- ``width`` std (the
+    outlier handling of BBTv2's released code before it scales a layer's projection)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    for _ in range(rounds):
+        mu, sd = float(v.mean()), float(v.std())
+        v = np.clip(v, mu - width * sd, mu + width * sd)
+    return float(v.std())
 
 
 def _require_torch() -> tuple[Any, Any]:
@@ -386,8 +417,73 @@ class HFBackend(Backend):
         self._lock = _FifoLock()
         self._tok_lock = threading.Lock()
         self._cache = TokenCache(max_bytes=tokenizer_cache_bytes, max_entries=tokenizer_cache_size)
+        # Deep prompts (BBTv2): a pre-hook on each encoder layer l >= 1 adds slice l of the
+        # chunk's deep prompts to the hidden states entering it at the prompt positions.
+        self._deep_chunk: Any = None  # [S, L, n, H] while a deep chunk runs, else None
+        self._deep_at = (0, 0)  # (first prompt position, n) of that chunk
+        layers = self._encoder_layers()
+        if layers is not None:
+            for index, layer in enumerate(layers):
+                if index > 0:
+                    layer.register_forward_pre_hook(self._deep_hook(index), with_kwargs=True)
+            layer_std = [self._emb_std, *self._hidden_std(len(layers))]
+            self._info = self._info.model_copy(
+                update={"capabilities": [DEEP_PROMPTS], "layer_std": layer_std}
+            )
 
     # ------------------------------------------------------------------ construction helpers
+
+    def _encoder_layers(self) -> Any:
+        """The encoder's layer list (BERT- and RoBERTa-style ``encoder.layer``), or None when
+        this architecture has none we know how to hook (no deep prompts then)."""
+        nn = self._torch.nn
+        layers = getattr(getattr(self._encoder, "encoder", None), "layer", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) == self._info.num_layers:
+            return layers
+        return None
+
+    def _deep_hook(self, index: int) -> Any:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            deep = self._deep_chunk
+            if deep is None:
+                return None
+            at, n = self._deep_at
+            hidden = args[0] if args else kwargs["hidden_states"]
+            th = self._torch
+            # Out of place: the tensor entering this layer is the previous layer's output.
+            moved = th.cat(
+                [hidden[:, :at], hidden[:, at : at + n] + deep[:, index], hidden[:, at + n :]],
+                dim=1,
+            )
+            if args:
+                return (moved, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": moved}
+
+        return hook
+
+    def _hidden_std(self, num_layers: int) -> list[float]:
+        """Std of the hidden states entering encoder layers 1..L-1, on a few fixed sentences
+        with no prompt, over real (unpadded) tokens, after five rounds of clipping at 3 std
+        (as BBTv2's code scales its per-layer projections)."""
+        th = self._torch
+        with self._tok_lock:
+            enc = self._tok(
+                list(_CALIBRATION_TEXTS), add_special_tokens=True, padding=True, return_tensors="pt"
+            )
+        dev = self._word_emb.device
+        ids = enc["input_ids"].to(dev)
+        attn = enc["attention_mask"].to(dev)
+        kwargs: dict[str, Any] = {"inputs_embeds": self._word_emb[ids], "attention_mask": attn}
+        if self._uses_token_types:
+            kwargs["token_type_ids"] = th.zeros_like(attn)
+        with th.inference_mode():
+            states = self._encoder(**kwargs, output_hidden_states=True).hidden_states
+        keep = attn.bool()
+        out = []
+        for layer in range(1, num_layers):
+            values = states[layer][keep].float().cpu().numpy().reshape(-1).astype(np.float64)
+            out.append(clipped_std(values))
+        return out
 
     def _init_compute(
         self,
@@ -567,11 +663,20 @@ class HFBackend(Backend):
         torch = self._torch
         stop = should_stop if should_stop is not None else current_stop_check()
         prompts = np.ascontiguousarray(prompts, dtype=np.float32)
-        if prompts.ndim != 3 or prompts.shape[2] != self._hidden:
+        deep = prompts.ndim == 4
+        if deep and DEEP_PROMPTS not in self._info.capabilities:
+            raise ProtocolViolation(
+                "this model's layers cannot be hooked: no deep prompts", field="prompts.shape"
+            )
+        if prompts.ndim not in (3, 4) or prompts.shape[-1] != self._hidden:
             raise ProtocolViolation(
                 f"prompts must have shape [P, n, {self._hidden}]", field="prompts.shape"
             )
-        n_prompts, n_tokens = int(prompts.shape[0]), int(prompts.shape[1])
+        if deep and prompts.shape[1] != self._info.num_layers:
+            raise ProtocolViolation(
+                f"a deep prompt needs {self._info.num_layers} layer slices", field="prompts.shape"
+            )
+        n_prompts, n_tokens = int(prompts.shape[0]), int(prompts.shape[-2])
         encoded = [self._encode(text, n_tokens, j) for j, text in enumerate(texts)]
         n_texts = len(texts)
         width = self._hidden if cand is None else int(cand.size)
@@ -599,9 +704,12 @@ class HFBackend(Backend):
                 chunk = pairs[start : start + size]
                 start += len(chunk)
                 with self._lock.hold():
-                    res = self._forward_chunk(
-                        chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t
-                    )
+                    try:
+                        res = self._forward_chunk(
+                            chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t
+                        )
+                    finally:
+                        self._deep_chunk = None  # set by a deep chunk for the layer hooks
                 res_np = res.float().cpu().numpy()
                 pi = np.fromiter((p for p, _ in chunk), dtype=np.int64, count=len(chunk))
                 tj = np.fromiter((t for _, t in chunk), dtype=np.int64, count=len(chunk))
@@ -684,7 +792,12 @@ class HFBackend(Backend):
             mask_pos[idx] = m + n_tokens if m >= at else m
         if n_tokens:
             prompt_idx = th.tensor([i for i, _ in chunk], device=dev)
-            x[:, at : at + n_tokens] = prompts_t[prompt_idx]
+            if prompts_t.dim() == 4:  # deep: slice 0 is the input prompt, the hooks add the rest
+                x[:, at : at + n_tokens] = prompts_t[prompt_idx, 0]
+                self._deep_chunk = prompts_t[prompt_idx]
+                self._deep_at = (at, n_tokens)
+            else:
+                x[:, at : at + n_tokens] = prompts_t[prompt_idx]
         kwargs: dict[str, Any] = {"inputs_embeds": x, "attention_mask": attn}
         if self._uses_token_types:
             kwargs["token_type_ids"] = th.zeros_like(attn)

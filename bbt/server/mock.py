@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bbt.protocol import Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol import DEEP_PROMPTS, Limits, ModelInfo, ProtocolViolation, Usage
 from bbt.server._cancel import current_stop_check, raise_if_stopped
 from bbt.server.backend import Backend, FloatArray, IntArray
 
@@ -140,6 +140,14 @@ class MockBackend(Backend):
         max_sequence_length: tokens per sequence, [CLS] + prompt + text + [SEP].
         model_id: the id to serve under.
         embedding_std: target std of the embedding table's entries.
+        num_layers: L, the layers a deep prompt [P, L, n, H] has slices for (BBTv2). Slice 0
+            acts as a shallow prompt; slice l >= 1 adds its token sum, turned by a fixed
+            per-layer matrix and rescaled from that layer's hidden-state std
+            (:attr:`ModelInfo.layer_std`), to the summary before normalisation. Zero slices
+            at l >= 1 therefore give exactly the shallow prompt's logits.
+        deep_prompts: whether to advertise the ``deep_prompts`` capability (and
+            ``layer_std``); default: when ``num_layers > 1``, so the default one-layer mock
+            looks like a server from before BBTv2.
         compute_ms: simulated model time per ``logits`` call, spent in the worker thread
             (so it holds the backend slot, serialised like a real model's forward passes, and
             unlike the fault injector's ``latency_ms``, which delays requests concurrently).
@@ -159,10 +167,14 @@ class MockBackend(Backend):
         model_id: str | None = None,
         embedding_std: float = 0.05,
         compute_ms: float = 0.0,
+        num_layers: int = 1,
+        deep_prompts: bool | None = None,
         causal: bool = False,
     ) -> None:
         if hidden_size < 8:
             raise ValueError("hidden_size must be at least 8")
+        if num_layers < 1:
+            raise ValueError("num_layers must be at least 1")
         if not compute_ms >= 0:
             raise ValueError("compute_ms must be non-negative")
         self.compute_ms = float(compute_ms)
@@ -203,6 +215,7 @@ class MockBackend(Backend):
         # Output embeddings are tied to the input table: out_c = head @ E[c].
         self._head = (proj(_STATE_DIM, h) * (_HEAD_GAIN / sd)).astype(np.float32)
         self._bias = (rng.standard_normal(len(_VOCAB)) * 0.1).astype(np.float32)
+        self._init_deep(num_layers)
 
         lim = limits or Limits(
             max_prompts_per_request=64,
@@ -219,7 +232,7 @@ class MockBackend(Backend):
             kind="causal_lm" if causal else "masked_lm",
             hidden_size=h,
             vocab_size=len(_VOCAB),
-            num_layers=1,
+            num_layers=num_layers,
             max_sequence_length=max_sequence_length,
             mask_token=None if causal else MOCK_MASK_TOKEN,
             mask_token_id=None if causal else _INDEX[MOCK_MASK_TOKEN],
@@ -228,6 +241,25 @@ class MockBackend(Backend):
             dtypes=["float32", "float16"],
             limits=lim,
         )
+        if num_layers > 1 if deep_prompts is None else deep_prompts:
+            layer_std = [self._std, *(float(v) for v in self._layer_std[1:])]
+            self._info = self._info.model_copy(
+                update={"capabilities": [DEEP_PROMPTS], "layer_std": layer_std}
+            )
+
+    def _init_deep(self, num_layers: int) -> None:
+        """Per-layer parts of deep prompts, drawn from their own stream so that the shallow
+        model (every weight above) is the same whatever ``num_layers`` is."""
+        h = self.hidden_size
+        rng = np.random.default_rng([self.seed, h, 0xDEE9])
+        # Hidden states of a real encoder grow in scale with depth; the mock says so in
+        # layer_std and divides a slice by its std, so a slice drawn at that scale acts
+        # like an input-embedding-scale prompt.
+        self._layer_std = np.asarray(
+            [self._std * (1.0 + 0.5 * layer) for layer in range(num_layers)], dtype=np.float64
+        )
+        turns = rng.standard_normal((max(num_layers - 1, 0), h, h)) / np.sqrt(h)
+        self._layer_turn = turns.astype(np.float32)  # [L - 1, H, H]
 
     @property
     def info(self) -> ModelInfo:
@@ -278,8 +310,20 @@ class MockBackend(Backend):
         return feats / np.float32(self._std), tokens
 
     def _prompt_summary(self, prompts: FloatArray) -> FloatArray:
-        """Sum of each prompt's vectors, layer-normalised; exactly zero for the zero prompt."""
-        total = prompts.astype(np.float32, copy=False).sum(axis=1)  # [P, H]
+        """Sum of each prompt's vectors, layer-normalised; exactly zero for the zero prompt.
+
+        A deep prompt [P, L, n, H] adds each deeper slice's sum, turned by its layer's fixed
+        matrix and scaled by ``std_0 / std_l`` (zero slices add exact zeros).
+        """
+        if prompts.ndim == 4:
+            deep = prompts.astype(np.float32, copy=False)
+            total = deep[:, 0].sum(axis=1)  # [P, H]
+            for layer in range(1, deep.shape[1]):
+                scale = np.float32(self._layer_std[0] / self._layer_std[layer])
+                part = deep[:, layer].sum(axis=1) * scale
+                total = total + np.einsum("ph,hk->pk", part, self._layer_turn[layer - 1])
+        else:
+            total = prompts.astype(np.float32, copy=False).sum(axis=1)  # [P, H]
         total = total - total.mean(axis=1, keepdims=True)
         # eps in embedding units: a prompt far smaller than one token fades out smoothly.
         eps = np.float32((0.1 * self._std) ** 2)
@@ -303,7 +347,7 @@ class MockBackend(Backend):
     ) -> tuple[FloatArray, Usage]:
         if self.compute_ms > 0:
             self._simulate_compute()
-        p, n, _ = prompts.shape
+        p, n = int(prompts.shape[0]), int(prompts.shape[-2])
         x, tokens_per_prompt = self._text_features(texts, n)  # [B, H]
         s = self._prompt_summary(prompts)  # [P, H]
         # einsum, not matmul: these products are tiny, and a multi-threaded BLAS on a

@@ -24,6 +24,7 @@ from bbt.errors import (
     RunError,
     TaskError,
 )
+from bbt.protocol import DEEP_PROMPTS
 from bbt.tuner.data import Example, load_examples
 from bbt.tuner.losses import accuracy, cross_entropy, f1, softmax
 from bbt.tuner.run import PROMPT, load_result, read_manifest
@@ -88,8 +89,8 @@ class TunedPrompt:
         use_registry: bool = True,
     ) -> None:
         self.prompt: F32 = np.ascontiguousarray(prompt, dtype=np.float32)
-        if self.prompt.ndim != 2:
-            raise ValueError("prompt must have shape [n, H]")
+        if self.prompt.ndim not in (2, 3):
+            raise ValueError("prompt must have shape [n, H] (or [L, n, H], a deep prompt)")
         self.task = task
         self.model_id = model_id
         self.candidate_ids = list(candidate_ids) if candidate_ids is not None else None
@@ -143,10 +144,22 @@ class TunedPrompt:
     def bind(self, service: Service) -> TunedPrompt:
         """Use ``service`` for predictions; checks it serves the right model and tokenizer."""
         info = service.model_info()
-        if info.id != self.model_id or info.hidden_size != self.prompt.shape[1]:
+        hidden = self.prompt.shape[-1]
+        if info.id != self.model_id or info.hidden_size != hidden:
             raise RunError(
-                f"this prompt was tuned for model {self.model_id!r} (H={self.prompt.shape[1]}); "
+                f"this prompt was tuned for model {self.model_id!r} (H={hidden}); "
                 f"the service serves {info.id!r} (H={info.hidden_size})"
+            )
+        if self.deep and DEEP_PROMPTS not in info.capabilities:
+            raise RunError(
+                f"this is a deep prompt (BBTv2, {self.prompt.shape[0]} layers); the service "
+                f"does not serve deep prompts (no {DEEP_PROMPTS!r} capability): use bbt's own "
+                "server for it"
+            )
+        if self.deep and info.num_layers != self.prompt.shape[0]:
+            raise RunError(
+                f"this deep prompt has {self.prompt.shape[0]} layers; the service's model has "
+                f"{info.num_layers}"
             )
         ids = verbalizer_ids(self.task, service)
         if self.candidate_ids is not None and ids != self.candidate_ids:
@@ -156,6 +169,11 @@ class TunedPrompt:
         self.prompt_id = None  # an id belongs to one service
         self._registry_refused = False
         return self
+
+    @property
+    def deep(self) -> bool:
+        """Whether this is a deep prompt [L, n, H] (BBTv2) rather than [n, H] (BBT)."""
+        return self.prompt.ndim == 3
 
     @property
     def service(self) -> Service:

@@ -16,7 +16,8 @@ Layout of a run directory::
     history.jsonl     one line per generation (calls, loss stats, non-finite count, dev
                       metric when scored)
     prompt.npy        the selected (best-on-dev) prompt [n, H], float32   (at the end)
-    z.npy             its z [d], float64                                   (at the end)
+                      (BBTv2: the deep prompt [L, n, H]; p0.npy is [L, n, H] too)
+    z.npy             its z [d], float64 (BBTv2: [L * d], layer-major)     (at the end)
     plot.png          loss and dev metric against API calls (needs ``bbt[plot]``)
     error.log         the traceback of an internal error, when ``bbt tune`` met one
 
@@ -52,6 +53,7 @@ from bbt._version import __version__
 from bbt.client import Service, UsageStats
 from bbt.errors import RunError
 from bbt.tuner import checkpoint as _ckpt
+from bbt.tuner.bbtv2 import BBTv2Tuner, make_tuner
 from bbt.tuner.data import Example, read_jsonl, write_jsonl
 from bbt.tuner.optimizer import import_cma
 from bbt.tuner.plot import plot_history
@@ -420,8 +422,10 @@ def _prepare_dir(run_dir: Path, overwrite: bool) -> RunLock:
 
 
 def fingerprints(tuner: Tuner) -> dict[str, str]:
-    """What resume checks it regenerated identically: A (a few of its rows) and p0."""
-    return {"projection": tuner.projection.fingerprint(), "p0": fingerprint_array(tuner.p0)}
+    """What resume checks it regenerated identically: A (a few of its rows) and p0 (BBTv2:
+    every layer's A_l, and the deep p0)."""
+    proj = tuner.deep_projection if isinstance(tuner, BBTv2Tuner) else tuner.projection
+    return {"projection": proj.fingerprint(), "p0": fingerprint_array(tuner.p0)}
 
 
 def tune(
@@ -457,7 +461,7 @@ def tune(
     usage_start = service.usage.copy()
     # The tuner reaches the service (discovery, verbalizer, p0) before the run directory
     # exists, so a wrong URL or key leaves no empty run behind.
-    tuner = Tuner(
+    tuner = make_tuner(
         service, task_obj, train, dev, cfg, initial_prompt=initial_prompt, callbacks=callbacks
     )
     # The key first: a user whose key cannot be made learns it before anything is written.
@@ -484,6 +488,7 @@ def tune(
             "task": task_obj.as_dict(),
             "candidate_ids": tuner.candidate_ids,
             "config": cfg.as_dict(),
+            "method": cfg.method,
             "projection": tuner.recipe.as_dict(),
             "initial_prompt": tuner.initial_prompt.as_dict(),
             "fingerprints": fingerprints(tuner),
@@ -496,6 +501,9 @@ def tune(
             },
             "versions": versions(),
         }
+        if isinstance(tuner, BBTv2Tuner):
+            # Layer 0's recipe is "projection" (BBT's); these regenerate every layer's A_l.
+            manifest["layer_projections"] = [r.as_dict() for r in tuner.layer_recipes]
         if path is not None:
             write_jsonl(path / TRAIN_FILE, train)
             write_jsonl(path / DEV_FILE, dev)
@@ -644,7 +652,7 @@ def _resume_locked(
     except (KeyError, OSError, ValueError) as exc:
         raise RunError(f"run directory {path} is incomplete or damaged: {exc}") from None
     _check_model(path, manifest, service)
-    tuner = Tuner(
+    tuner = make_tuner(
         service, task, train, dev, cfg, initial_prompt=initial, p0=p0, callbacks=callbacks
     )
     if tuner.candidate_ids != manifest["candidate_ids"]:

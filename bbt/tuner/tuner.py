@@ -58,6 +58,9 @@ DEFAULT_EVAL_EVERY = 100
 DEFAULT_LOSS = "ce"
 DEFAULT_SEED = 42
 DEFAULT_EVAL_MEAN = False
+#: Tuning methods: BBT (one prompt at the input) and BBTv2 (a prompt at every layer,
+#: layer-wise CMA-ES; bbt.tuner.bbtv2).
+METHODS: tuple[str, ...] = ("bbt", "bbtv2")
 #: The loss of a candidate with non-finite logits or loss when no candidate of its generation
 #: has a finite loss (otherwise it gets the generation's worst finite loss). Large but finite:
 #: CMA-ES only ranks, and a finite value keeps its arithmetic (and the history) clean.
@@ -86,6 +89,10 @@ class TuneConfig:
     # compete in the selection. A manifest written before this field existed loads with
     # False (see from_dict), so an old run resumes with the behaviour it started with.
     eval_mean: bool = DEFAULT_EVAL_MEAN
+    # BBTv2 (bbt/tuner/bbtv2.py): the method, and how many generations each layer runs per
+    # turn (the paper's code: 1). Older manifests have neither: BBT, as they were run.
+    method: str = "bbt"
+    layer_generations: int = 1
     # How candidates reach the service: "auto" uses a projection session (protocol 1.1, z on
     # the wire) when the service offers them, "on" requires one, "off" sends full prompts.
     # Results are the same either way; a manifest without the field loads with "auto".
@@ -93,6 +100,10 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}")
+        if self.layer_generations < 1:
+            problems.append("layer_generations must be at least 1")
         if self.n_tokens < 1:
             problems.append("n (prompt tokens) must be at least 1")
         if self.dim < 1:
@@ -189,9 +200,13 @@ class GenerationRecord:
     mean_dev_ce: float | None = None
     selected: str | None = None
     nonfinite: int = 0  # candidates whose logits or loss were NaN/inf (see Tuner.tell)
+    layer: int | None = None  # BBTv2: the layer this generation optimised
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        if row["layer"] is None:
+            del row["layer"]  # BBT: the record's fields as they always were
+        return row
 
 
 class Callback(Protocol):

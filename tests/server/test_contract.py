@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bbt.protocol import (
+    PROTOCOL_V1,
     EmbeddingsResponse,
     ErrorType,
     Health,
@@ -18,6 +19,7 @@ from bbt.protocol import (
     ModelList,
     Tensor,
     TokenizeResponse,
+    wire_json,
 )
 from bbt.server import Backend
 
@@ -46,7 +48,8 @@ def test_discovery_describes_a_masked_lm(http: TestClient, backend: Backend) -> 
     models = ModelList.model_validate_json(r.content)
     assert len(models.data) == 1
     info = models.data[0]
-    assert info == backend.info
+    # A v1 client (no protocol header) sees the backend's info without the 1.1 fields.
+    assert info == ModelInfo.model_validate_json(wire_json(backend.info, PROTOCOL_V1))
     assert info.kind == "masked_lm"
     assert info.protocol_version == "1"
     assert 0 <= info.mask_token_id < info.vocab_size

@@ -23,6 +23,7 @@ def test_all_is_sorted_and_complete() -> None:
     # ("@py..." names: pytest rewrites the asserts of every module of a plugin package.)
     public = {n for n in dir(bbt.tuner) if not n.startswith(("_", "@"))}
     modules = {
+        "bbtv2",
         "checkpoint",
         "data",
         "evaluator",

@@ -1,0 +1,496 @@
+"""BBTv2 (Sun et al., EMNLP 2022): deep prompts at every layer, divide-and-conquer CMA-ES.
+
+BBT tunes one prompt at the input; BBTv2 gives every layer l of the encoder its own prompt
+p_l = A_l z_l + p0_l and optimises the layers' sub-problems in turn. What the paper leaves
+out comes from its released code (``deepbbt.py`` of github.com/txsun1997/Black-Box-Tuning),
+re-implemented here:
+
+- **Projections.** One random A_l per layer, entries N(0, s_l^2) with
+  ``s_l = alpha * std_l / (sqrt(d) * sigma)`` (BBT's formula), ``std_0`` the std of the
+  input embeddings and ``std_l`` (l >= 1) the std of the hidden states entering layer l,
+  outliers clipped (five rounds at 3 std). The server measures these and advertises them
+  in :attr:`bbt.protocol.ModelInfo.layer_std`.
+- **Initial prompts.** Layer 0 starts from p0 like BBT (``--init``); deeper layers from 0.
+- **Schedule.** One CMA-ES per layer, x0 = 0, the same sigma, popsize and bounds for all.
+  Layers take turns, one generation each (``layer_generations``), 0, 1, ..., L-1, 0, ...;
+  the budget (API calls) is shared, one call per candidate as in BBT.
+- **The other layers** are held at the best z their own CMA-ES has seen so far (the code's
+  ``es.result.xbest``), 0 before their first turn.
+- **Loss and selection** as in BBT: every candidate is a whole deep prompt (the active
+  layer's candidate with every other layer held), scored on the whole training set; the
+  best one by training loss is scored on dev every ``eval_every`` calls, and the selection
+  is the best on dev (see :class:`bbt.tuner.tuner.Tuner`).
+
+Where bbt differs from the code, by design: layer 0's prompt goes into the input embeddings
+(the code adds it after the embedding LayerNorm, to placeholder tokens' states) so that a
+deep prompt whose deeper slices are zero *is* the shallow BBT prompt; a layer l >= 1 slice
+is added to the hidden states entering layer l at the prompt positions, as in the code.
+
+A candidate's z is the concatenation of the L layers' z (layer-major, L * d numbers). The
+run directory stores the deep prompt [L, n, H] in ``prompt.npy``, that z in ``z.npy`` and
+the deep p0 [L, n, H] in ``p0.npy``; its manifest says ``"method": "bbtv2"`` and holds every
+layer's projection recipe. The layer schedule (which layer is next, each layer's CMA-ES,
+the z each layer is held at) lives inside the checkpoint, so a resumed run continues
+bitwise like an uninterrupted one.
+
+Memory: the L matrices take L * n * H * d * 4 bytes (MiniLM, n = 10, d = 200: 18 MB;
+RoBERTa-large at the paper's n = 50, d = 500: 2.5 GB, as in the released code); the
+checkpoint holds L CMA-ES states (about 2 * d^2 * 8 bytes each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bbt.client import Service
+from bbt.errors import ConfigurationError
+from bbt.protocol import DEEP_PROMPTS, ModelInfo
+from bbt.tuner.data import Example
+from bbt.tuner.evaluator import Evaluator
+from bbt.tuner.optimizer import CMAOptimizer, _pycma, _tpa, import_cma
+from bbt.tuner.projection import Projection, ProjectionRecipe
+from bbt.tuner.prompts import InitialPrompt
+from bbt.tuner.tasks import Task
+from bbt.tuner.tuner import (
+    NONFINITE_PENALTY,
+    Callback,
+    Candidate,
+    GenerationRecord,
+    TuneConfig,
+    Tuner,
+)
+
+F32 = np.ndarray[Any, np.dtype[np.float32]]
+F64 = np.ndarray[Any, np.dtype[np.float64]]
+
+METHOD = "bbtv2"
+
+
+def layer_seed(seed: int, layer: int, stream: int) -> int:
+    """A 32-bit seed for ``layer``'s projection (stream 0xB2) or CMA-ES (stream 0xC3A);
+    layer 0 keeps BBT's own seeds, so BBTv2's layer 0 starts where BBT would."""
+    if layer == 0:
+        if stream == 0xB2:
+            return seed
+        return int(np.random.SeedSequence([seed, 0xC3A]).generate_state(1, dtype=np.uint32)[0]) | 1
+    state = np.random.SeedSequence([seed, stream, layer]).generate_state(1, dtype=np.uint32)
+    return int(state[0]) | 1
+
+
+def require_deep(info: ModelInfo) -> list[float]:
+    """The per-layer std of a model that serves deep prompts; else a clear error."""
+    if DEEP_PROMPTS not in info.capabilities or info.layer_std is None:
+        raise ConfigurationError(
+            f"BBTv2 needs deep prompts, and the service's model {info.id!r} does not offer them "
+            f"(no {DEEP_PROMPTS!r} capability in its discovery data); use --method bbt, or "
+            "bbt's own server (bbt serve / the embedded default), which serves them"
+        )
+    if len(info.layer_std) != info.num_layers or not all(s > 0 for s in info.layer_std):
+        raise ConfigurationError(
+            f"the service reports {len(info.layer_std)} layer std values for a model of "
+            f"{info.num_layers} layers (each must be positive)"
+        )
+    return [float(s) for s in info.layer_std]
+
+
+def layer_recipes(config: TuneConfig, info: ModelInfo) -> list[ProjectionRecipe]:
+    """One projection recipe per layer, scaled from that layer's hidden-state std."""
+    stds = require_deep(info)
+    return [
+        ProjectionRecipe(
+            seed=layer_seed(config.seed, layer, 0xB2),
+            n_tokens=config.n_tokens,
+            hidden_size=info.hidden_size,
+            dim=config.dim,
+            embedding_std=std,
+            alpha=config.alpha,
+            sigma=config.sigma,
+            distribution=config.projection,
+        )
+        for layer, std in enumerate(stds)
+    ]
+
+
+class DeepProjection:
+    """p_l = A_l z_l (+ p0_l) for every layer: z [P, L * d] -> prompts [P, L, n, H]."""
+
+    def __init__(self, recipes: Sequence[ProjectionRecipe]) -> None:
+        self.recipes = list(recipes)
+        self.layers = [Projection(r) for r in self.recipes]
+        self.dim = self.recipes[0].dim
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def project(self, z: np.ndarray[Any, Any], p0: F32 | None = None) -> F32:
+        zz = np.asarray(z, dtype=np.float64)
+        if zz.ndim == 1:
+            zz = zz[None, :]
+        size = self.num_layers * self.dim
+        if zz.ndim != 2 or zz.shape[1] != size:
+            raise ValueError(f"z must have shape [P, {size}] (L * d); got {np.shape(z)}")
+        parts = [
+            proj.project(zz[:, k * self.dim : (k + 1) * self.dim])
+            for k, proj in enumerate(self.layers)
+        ]
+        out: F32 = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float32)
+        if p0 is not None:
+            out += p0
+        return out
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"bbt-deep-projection/1 {self.num_layers}\n".encode())
+        for proj in self.layers:
+            h.update(proj.fingerprint().encode())
+        return h.hexdigest()
+
+
+@dataclass
+class _Schedule:
+    """The layer-wise state that a checkpoint holds (pickled as :attr:`blob`)."""
+
+    blobs: list[bytes]  # every layer's CMA-ES, pickled (CMAOptimizer.blob)
+    held: F64  # [L, d]: the z each layer is held at (its best so far; 0 before its turn)
+    held_loss: list[float]
+    means: F64  # [L, d]: each layer's CMA-ES mean, as of its last generation
+    sigmas: list[float]
+    stops: list[dict[str, Any]]
+    layer_generations: int
+    active: int = 0  # the layer the next generation optimises
+    visit: int = 0  # generations it has run in its current turn
+    generation: int = 0
+    last: int = 0  # the layer the last told generation optimised
+
+
+class LayerwiseOptimizer(CMAOptimizer):
+    """BBTv2's divide and conquer as an ask/tell optimiser over z in R^(L*d), with the
+    interface of :class:`~bbt.tuner.optimizer.CMAOptimizer`: L CMA-ES, one per layer,
+    taking turns.
+
+    ``ask`` returns whole candidates (L * d): the active layer's samples with every other
+    layer held at the best z its CMA-ES has seen. ``tell`` feeds the losses to the active
+    layer's CMA-ES, moves that layer's held z to its best so far and advances the schedule.
+    Between generations every layer's CMA-ES is kept pickled, so :attr:`blob` (what a
+    checkpoint holds) copies bytes and runs no pycma code; the active one continues from its
+    pickle like any :class:`CMAOptimizer`.
+    """
+
+    def __init__(
+        self,
+        layers: int,
+        dim: int,
+        popsize: int,
+        sigma: float,
+        seed: int,
+        bound: float | None = None,
+        layer_generations: int = 1,
+    ) -> None:
+        cma = import_cma()
+        blobs = []
+        for layer in range(layers):
+            opts: dict[str, Any] = {
+                "popsize": popsize,
+                "randn": np.random.RandomState(layer_seed(seed, layer, 0xC3A)).randn,
+                "seed": float("nan"),
+                "verbose": -9,
+                "verb_log": 0,
+                "verb_disp": 0,
+                "maxfevals": float("inf"),
+                "maxiter": float("inf"),
+            }
+            if dim >= cma.evolution_strategy.TPA_dimension:
+                opts["AdaptSigma"] = _tpa()
+            if bound is not None:
+                opts["bounds"] = [-bound, bound]
+            with _pycma():
+                es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, inopts=opts)
+                blobs.append(pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL))
+        sched = _Schedule(
+            blobs=blobs,
+            held=np.zeros((layers, dim), dtype=np.float64),
+            held_loss=[math.inf] * layers,
+            means=np.zeros((layers, dim), dtype=np.float64),
+            sigmas=[float(sigma)] * layers,
+            stops=[{} for _ in range(layers)],
+            layer_generations=layer_generations,
+        )
+        self._init(sched, bound, popsize)
+
+    def _init(self, sched: _Schedule, bound: float | None, popsize: int) -> None:
+        self._sched = sched
+        self._bound = bound
+        self._popsize = popsize
+        self._pending: F64 | None = None
+        self._live: CMAOptimizer | None = None
+        self._blob = pickle.dumps((sched, popsize), protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_blob(cls, blob: bytes, bound: float | None = None) -> LayerwiseOptimizer:
+        sched, popsize = pickle.loads(blob)
+        if not isinstance(sched, _Schedule):
+            raise ValueError("not a BBTv2 layer schedule")
+        self = cls.__new__(cls)
+        self._init(sched, bound, int(popsize))
+        return self
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def schedule(self) -> _Schedule:
+        """Which layer is next, the z each layer is held at (read it; do not change it)."""
+        return self._sched
+
+    @property
+    def layers(self) -> int:
+        return len(self._sched.blobs)
+
+    @property
+    def layer_dim(self) -> int:
+        return int(self._sched.held.shape[1])
+
+    @property
+    def es(self) -> Any:
+        """The active layer's live pycma strategy."""
+        return self._active().es
+
+    @property
+    def dim(self) -> int:
+        return self.layers * self.layer_dim
+
+    @property
+    def popsize(self) -> int:
+        return self._popsize
+
+    @property
+    def sigma(self) -> float:
+        """Step size of the layer the last generation optimised."""
+        return self._sched.sigmas[self._sched.last]
+
+    def mean(self) -> F64:
+        """Every layer's CMA-ES mean, concatenated (L * d)."""
+        return np.asarray(self._sched.means.reshape(-1), dtype=np.float64).copy()
+
+    def stop(self) -> dict[str, Any]:
+        """pycma's stop conditions once *every* layer's CMA-ES has met one (the code runs a
+        fixed number of rounds and keeps asking a converged layer; so does bbt until all have
+        converged)."""
+        if not all(self._sched.stops):
+            return {}
+        merged: dict[str, Any] = {}
+        for s in self._sched.stops:
+            merged.update(s)
+        return merged
+
+    # ------------------------------------------------------------------ ask / tell
+
+    def _active(self) -> CMAOptimizer:
+        if self._live is None:
+            self._live = CMAOptimizer.from_blob(
+                self._sched.blobs[self._sched.active], bound=self._bound
+            )
+        return self._live
+
+    def ask(self) -> F64:
+        if self._pending is None:
+            sched = self._sched
+            rows = self._active().ask()
+            full = np.repeat(sched.held.reshape(1, -1), rows.shape[0], axis=0)
+            d = self.layer_dim
+            full[:, sched.active * d : (sched.active + 1) * d] = rows
+            self._pending = full
+        return self._pending
+
+    def tell(self, losses: Sequence[float] | F64) -> None:
+        if self._pending is None:
+            raise RuntimeError("tell() without a pending ask()")
+        sched = self._sched
+        layer = sched.active
+        live = self._active()
+        rows = live.pending
+        assert rows is not None  # asked through self.ask()
+        live.tell(losses)  # checks the count and that every loss is finite
+        values = np.asarray(losses, dtype=np.float64)
+        i = int(np.argmin(values))
+        # A candidate with the penalty loss (non-finite scores) is never held.
+        if values[i] < sched.held_loss[layer] and values[i] < NONFINITE_PENALTY:
+            sched.held[layer] = rows[i]
+            sched.held_loss[layer] = float(values[i])
+        sched.means[layer] = live.mean()
+        sched.sigmas[layer] = live.sigma
+        sched.stops[layer] = live.stop()
+        sched.blobs[layer] = live.blob
+        sched.last = layer
+        sched.generation += 1
+        sched.visit += 1
+        if sched.visit >= sched.layer_generations:
+            sched.visit = 0
+            sched.active = (layer + 1) % self.layers
+        self._live = None
+        self._pending = None
+        self._blob = pickle.dumps((sched, self._popsize), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class DeepEvaluator(Evaluator):
+    """p_l = A_l z_l + p0_l for every layer, computed locally; one :meth:`Service.logits`
+    call per population with deep prompts [P, L, n, H]. ``z`` is [P, L * d]."""
+
+    def __init__(self, service: Service, projection: DeepProjection, p0: F32) -> None:
+        r = projection.recipes[0]
+        want = (projection.num_layers, r.n_tokens, r.hidden_size)
+        if p0.shape != want:
+            raise ValueError(f"deep p0 has shape {list(p0.shape)}; expected {list(want)}")
+        self.service = service
+        self.projection = projection
+        self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
+
+    def prompts(self, z: np.ndarray[Any, Any]) -> F32:
+        return self.projection.project(z, self.p0)
+
+    def logits(
+        self, z: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> F32:
+        return self.service.logits(self.prompts(z), texts, candidate_ids)
+
+
+class BBTv2Tuner(Tuner):
+    """:class:`~bbt.tuner.tuner.Tuner` with BBTv2's deep prompts and layer-wise CMA-ES: a
+    :class:`LayerwiseOptimizer` and a :class:`DeepEvaluator` on the tuner's seams.
+
+    Everything else (budget in API calls, dev selection, non-finite handling, callbacks,
+    checkpoints) is the BBT tuner's. ``p0`` may be the deep p0 [L, n, H] of a run being
+    resumed, or the layer-0 p0 [n, H].
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        task: Task,
+        train: Sequence[Example],
+        dev: Sequence[Example],
+        config: TuneConfig | None = None,
+        *,
+        initial_prompt: InitialPrompt | None = None,
+        p0: F32 | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        cfg = config or TuneConfig(method=METHOD)
+        if cfg.sessions == "on":
+            # A projection session holds one A and takes [P, d] z's; deep prompts go on the
+            # full-prompt path (docs/bbtv2.md says what a session would need).
+            raise ConfigurationError(
+                "--sessions on does not apply to --method bbtv2: its deep prompts are sent "
+                "whole; use --sessions auto or off"
+            )
+        info = service.model_info()
+        stds = require_deep(info)
+        self.num_layers = len(stds)
+        shallow = None
+        self._resumed_p0: F32 | None = None
+        if p0 is not None:
+            p0 = np.asarray(p0, dtype=np.float32)
+            want = (self.num_layers, cfg.n_tokens, info.hidden_size)
+            if p0.ndim == 3:
+                if p0.shape != want:
+                    raise ConfigurationError(
+                        f"deep p0 has shape {list(p0.shape)}; expected {list(want)}"
+                    )
+                shallow, self._resumed_p0 = p0[0], p0
+            else:
+                shallow = p0
+        super().__init__(
+            service,
+            task,
+            train,
+            dev,
+            cfg,
+            initial_prompt=initial_prompt,
+            p0=shallow,
+            callbacks=[self._mark_layer, *callbacks],
+            evaluator=self._deep_evaluator,
+        )
+        self.optimizer = LayerwiseOptimizer(
+            self.num_layers,
+            cfg.dim,
+            cfg.population,
+            cfg.sigma,
+            cfg.seed,
+            bound=cfg.bound,
+            layer_generations=cfg.layer_generations,
+        )
+        self._state.es_blob = self.optimizer.blob
+        self.p0 = self.deep_evaluator.p0
+
+    def _deep_evaluator(self, service: Service, recipe: ProjectionRecipe, p0: F32) -> Evaluator:
+        """The evaluator factory: layer 0 from BBT's recipe and p0, deeper layers from theirs."""
+        self.layer_recipes = layer_recipes(self.config, self.model_info)
+        if self.layer_recipes[0] != recipe:
+            raise RuntimeError("layer 0's projection must be BBT's")
+        deep = np.zeros((self.num_layers, *p0.shape), dtype=np.float32)
+        if self._resumed_p0 is not None:
+            deep[:] = self._resumed_p0
+        else:
+            deep[0] = p0
+        self.deep_evaluator = DeepEvaluator(service, DeepProjection(self.layer_recipes), deep)
+        return self.deep_evaluator
+
+    @property
+    def deep_projection(self) -> DeepProjection:
+        """Every layer's projection (what resume fingerprints)."""
+        return self.deep_evaluator.projection
+
+    @property
+    def z_size(self) -> int:
+        """Numbers in one candidate z: L * d."""
+        return self.num_layers * self.config.dim
+
+    @property
+    def schedule(self) -> _Schedule:
+        """The layer schedule (which layer is next, the z each layer is held at)."""
+        opt = self.optimizer
+        assert isinstance(opt, LayerwiseOptimizer)
+        return opt.schedule
+
+    def _mark_layer(self, rec: GenerationRecord) -> None:
+        rec.layer = self.schedule.last
+
+    def start(self) -> None:
+        st = self._state
+        if self.config.eval_initial and st.selected is None and st.generation == 0:
+            z0 = np.zeros(self.z_size)
+            metric, ce = self.evaluate_dev(z0)
+            if math.isfinite(metric):
+                st.selected = Candidate(z0, float("nan"), 0, metric, ce)
+            st.extra["initial_dev_metric"] = metric
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        """As :meth:`Tuner.load_state_dict`, restoring the layer-wise optimiser."""
+        if data.get("version") != 1:
+            raise ValueError("unsupported checkpoint version")
+        state = pickle.loads(data["state"])
+        self.optimizer = LayerwiseOptimizer.from_blob(state.es_blob, bound=self.config.bound)
+        self._state = state
+        self._elapsed_base = state.elapsed
+        self._session_start = time.perf_counter()
+
+
+def make_tuner(
+    service: Service,
+    task: Task,
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    config: TuneConfig,
+    **kwargs: Any,
+) -> Tuner:
+    """The tuner for ``config.method``: :class:`Tuner` (BBT) or :class:`BBTv2Tuner`."""
+    if config.method == METHOD:
+        return BBTv2Tuner(service, task, train, dev, config, **kwargs)
+    return Tuner(service, task, train, dev, config, **kwargs)

@@ -1,0 +1,250 @@
+"""BBTv2 against BBT on the embedded default model: held-out accuracy, cost, bytes.
+
+Both methods are the product: :class:`bbt.tuner.Tuner` (BBT) and
+:class:`bbt.tuner.bbtv2.BBTv2Tuner` (BBTv2), driving :class:`bbt.server.hf.HFBackend`
+(MiniLM, 6 layers) in-process through :class:`bbt.client.LocalClient`, with the README
+demo's settings unless told otherwise (n = 10, d = 200, population 20, p0 = embeddings of
+ids 1000.., dev check every 100 calls, cross-entropy, 600 calls). Per seed s, the same
+k-shot train and dev sets (``embedded_quality.sample_kshot``: 16 per class each, drawn by
+``random.Random(s)`` from the pool) and the same budget for both; each method's selected
+prompt is scored on the held-out rows of ``scripts/quality_data.py`` (1,000 rows that no
+tuning or selection sees).
+
+Also measured, per method: wall seconds per generation (server forward passes plus the
+client's projection and loss; both methods share the machine, interleaved by seed), the
+client-side projection time per generation, and the bytes one candidate adds to a request
+body (the client's own encoding, float32 and float16 on the wire).
+
+Usage::
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 flock /tmp/bbt-heavy.lock nice -n 5 \\
+        .venv/bin/python benchmarks/bbtv2_vs_bbt.py --task agnews --seeds 0 1 2
+
+Prints a table and writes ``benchmarks/results/bbtv2_vs_bbt_<task>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality_data  # noqa: E402
+from _common import machine, write_result  # noqa: E402
+from embedded_quality import (  # noqa: E402
+    DATA_LABELS,
+    DEFAULT_BUDGET,
+    accuracy,
+    cpu_flags,
+    default_dtype,
+    sample_kshot,
+    to_examples,
+)
+
+from bbt.tuner import GenerationRecord, InitialPrompt, TuneConfig, get_preset  # noqa: E402
+from bbt.tuner.bbtv2 import make_tuner  # noqa: E402
+
+METHODS = ("bbt", "bbtv2")
+
+
+def bytes_per_candidate(info: Any, tuner: Any, popsize: int, dtype: Any) -> float:
+    """Request-body bytes of one generation on the training set, per candidate, as the
+    client encodes it (base64 tensors in JSON), for ``dtype`` on the wire."""
+    from bbt.cli._dry_run import plan_call
+
+    layers = getattr(tuner, "num_layers", None)
+    plan = plan_call(
+        info,
+        popsize,
+        tuner.config.n_tokens,
+        tuner.train_texts,
+        tuner.candidate_ids,
+        dtype,
+        layers=layers,
+    )
+    return plan.bytes_up / popsize
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", choices=sorted(DATA_LABELS), default="agnews")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--budget", type=int, default=None, help="API calls (default: per task)")
+    ap.add_argument("--n-tokens", type=int, default=10)
+    ap.add_argument("--dim", type=int, default=200)
+    ap.add_argument("--popsize", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--init", default="vocab:1000")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heldout", type=int, default=1000)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
+    args = ap.parse_args(argv)
+    if args.budget is None:
+        args.budget = DEFAULT_BUDGET[args.task]
+    if args.smoke:
+        args.seeds, args.shots, args.popsize, args.budget = args.seeds[:1], 2, 4, 24
+        args.n_tokens, args.dim, args.eval_every, args.heldout = 2, 4, 8, 16
+        args.tag = args.tag or f"bbtv2_vs_bbt_{args.task}_smoke"
+    args.dtype = args.dtype or default_dtype()
+    tag = args.tag or f"bbtv2_vs_bbt_{args.task}"
+
+    from bbt.client import LocalClient
+    from bbt.server.hf import HFBackend, describe
+
+    t_all = time.time()
+    backend = HFBackend(dtype=args.dtype, num_threads=args.threads)
+    service = LocalClient(backend)
+    info = service.model_info()
+    task = get_preset(args.task)
+    field, limit = task.fields[0], info.limits.max_text_chars
+    held = quality_data.heldout_rows(args.task)[: args.heldout]
+    xh = [task.render({field: r.text}, info.mask_token, limit) for r in held]
+    index = {lab: i for i, lab in enumerate(DATA_LABELS[args.task])}
+    yh = np.array([index[r.label] for r in held], dtype=np.int64)
+    from bbt.tuner import verbalizer_ids
+
+    cand = verbalizer_ids(task, service)
+
+    def heldout(prompt: np.ndarray[Any, Any]) -> float:
+        return float(accuracy(service.logits(prompt[None], xh, cand), yh)[0])
+
+    base = TuneConfig(
+        n_tokens=args.n_tokens,
+        dim=args.dim,
+        popsize=args.popsize,
+        budget=args.budget,
+        eval_every=args.eval_every,
+    )
+    runs: list[dict[str, Any]] = []
+    wire: dict[str, dict[str, float]] = {}
+    for seed in args.seeds:
+        train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
+        train = to_examples(task, args.task, train_rows)
+        dev = to_examples(task, args.task, dev_rows)
+        for method in args.methods:
+            cfg = dataclasses.replace(base, seed=seed, method=method)
+            curve: list[GenerationRecord] = []
+            tuner = make_tuner(
+                service,
+                task,
+                train,
+                dev,
+                cfg,
+                initial_prompt=InitialPrompt.parse(args.init, seed=seed),
+                callbacks=[curve.append],
+            )
+            if method not in wire:
+                wire[method] = {
+                    dt: bytes_per_candidate(info, tuner, cfg.population, dt)
+                    for dt in ("float32", "float16")
+                }
+            z = np.zeros((cfg.population, getattr(tuner, "z_size", cfg.dim)))
+            tuner.prompts(z)  # warm-up: the first call allocates
+            t = time.perf_counter()
+            for _ in range(5):
+                tuner.prompts(z)
+            projection_s = (time.perf_counter() - t) / 5
+            t = time.time()
+            sel = tuner.run()
+            seconds = time.time() - t
+            acc = heldout(tuner.prompts(sel.z)[0])
+            p0_acc = heldout(tuner.p0)
+            rec = {
+                "method": method,
+                "seed": seed,
+                "heldout": acc,
+                "p0_heldout": p0_acc,
+                "dev_metric": sel.dev_metric,
+                "initial_dev_metric": tuner.initial_dev_metric,
+                "selected_calls": sel.calls,
+                "calls": tuner.calls,
+                "dev_calls": tuner.dev_calls,
+                "generations": tuner.generation,
+                "seconds": seconds,
+                "seconds_per_generation": seconds / max(tuner.generation, 1),
+                "projection_seconds_per_generation": projection_s,
+                "stop_reason": tuner.stop_reason,
+                "layers": [r.layer for r in curve],
+            }
+            runs.append(rec)
+            print(
+                f"[{args.task} seed {seed} {method:5s}] held-out {acc:.4f} (p0 {p0_acc:.4f}) "
+                f"dev {sel.dev_metric} selected@{sel.calls} calls={tuner.calls} "
+                f"{seconds:.0f}s ({rec['seconds_per_generation']:.2f}s/gen)",
+                flush=True,
+            )
+
+    def mean(method: str, key: str) -> float:
+        return float(np.mean([r[key] for r in runs if r["method"] == method]))
+
+    def std(method: str, key: str) -> float:
+        return float(np.std([r[key] for r in runs if r["method"] == method]))
+
+    print(
+        f"\n{args.task}, {args.shots}-shot, n={args.n_tokens}, d={args.dim}, "
+        f"popsize={args.popsize}, budget={args.budget}, {args.dtype}, seeds {args.seeds}, "
+        f"held-out {len(held)} rows; CPU flags {' '.join(cpu_flags())}"
+    )
+    print(
+        "| method | held-out % (mean ± std) | per seed | s / generation | client projection "
+        "ms / generation | bytes up / candidate (f32, f16) |"
+    )
+    print("|---|---:|---|---:|---:|---:|")
+    summary: dict[str, Any] = {}
+    for method in args.methods:
+        per_seed = ", ".join(f"{100 * r['heldout']:.1f}" for r in runs if r["method"] == method)
+        summary[method] = {
+            "heldout_mean": mean(method, "heldout"),
+            "heldout_std": std(method, "heldout"),
+            "seconds_per_generation": mean(method, "seconds_per_generation"),
+            "projection_ms_per_generation": 1000
+            * mean(method, "projection_seconds_per_generation"),
+            "bytes_per_candidate": wire[method],
+        }
+        s = summary[method]
+        print(
+            f"| {method} | {100 * s['heldout_mean']:.1f} ± {100 * s['heldout_std']:.1f} | "
+            f"{per_seed} | {s['seconds_per_generation']:.2f} | "
+            f"{s['projection_ms_per_generation']:.1f} | "
+            f"{wire[method]['float32']:,.0f}, {wire[method]['float16']:,.0f} |"
+        )
+    if set(METHODS) <= set(args.methods):
+        diff = summary["bbtv2"]["heldout_mean"] - summary["bbt"]["heldout_mean"]
+        print(f"BBTv2 - BBT: {100 * diff:+.1f} points (mean of {len(args.seeds)} seeds)")
+        summary["diff_points"] = 100 * diff
+    wall = time.time() - t_all
+    print(f"wall time {wall:.0f}s")
+    write_result(
+        tag,
+        {
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "backend": describe(backend),
+            "layer_std": info.layer_std,
+            "cpu_flags": cpu_flags(),
+            "machine": machine(),
+            "summary": summary,
+            "runs": runs,
+            "wall_seconds": wall,
+        },
+        args.out_dir,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
