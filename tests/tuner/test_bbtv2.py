@@ -32,6 +32,7 @@ from bbt.tuner.run import HISTORY, P0_FILE, PROMPT, Z_FILE, load_checkpoint
 from bbt.tuner.tuner import GenerationRecord, TuneConfig, Tuner
 
 from .conftest import H, small_config
+from .kernels import outside_pinned, pinned_only, run_pinned
 
 Split = tuple[list[Example], list[Example]]
 LAYERS = 4
@@ -318,6 +319,12 @@ def test_a_bbt_run_still_resumes_as_bbt(tmp_path: Path, mock_task: Task, split: 
 GOLDEN_Z_SHA256 = "649507135d8a9209f9645c4c418470fe8e1def0da819c4049517af9d9924e026"
 
 
+@outside_pinned
+def test_the_recorded_result_under_the_recording_kernels() -> None:
+    run_pinned([f"{__file__}::test_a_fixed_seed_run_reproduces_the_recorded_result"])
+
+
+@pinned_only
 def test_a_fixed_seed_run_reproduces_the_recorded_result(mock_task: Task) -> None:
     from bbt.server.mock import sample_mock_dataset
     from bbt.tuner import sample_k_shot

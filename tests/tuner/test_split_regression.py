@@ -1,6 +1,10 @@
 """The optimiser/evaluator split changes no result: fixed-seed mock runs reproduce, bit for
 bit, the histories recorded with the Tuner before the split (tests/tuner/data/golden_runs.json,
-float fields as float.hex()), and a run directory that Tuner checkpointed still resumes."""
+float fields as float.hex()), and a run directory that Tuner checkpointed still resumes.
+
+The goldens are bitwise, so they run under the kernels that recorded them
+(:mod:`tests.tuner.kernels`).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,21 @@ from bbt.server.mock import MockBackend
 from bbt.tuner import Example, GenerationRecord, Task, TuneConfig, Tuner, resume
 
 from .conftest import H
+from .kernels import outside_pinned, pinned_only, run_pinned
 
 DATA = Path(__file__).parent / "data"
+
+
+@outside_pinned
+def test_goldens_under_the_recording_kernels() -> None:
+    run_pinned(
+        [
+            f"{__file__}::test_fixed_seed_run_reproduces_the_pre_split_history",
+            f"{__file__}::test_a_run_checkpointed_before_the_split_resumes_to_the_same_result",
+        ]
+    )
+
+
 GOLDEN: dict[str, Any] = json.loads((DATA / "golden_runs.json").read_text())
 Split = tuple[list[Example], list[Example]]
 
@@ -32,6 +49,7 @@ def _sha(a: np.ndarray[Any, Any]) -> str:
     return hashlib.sha256(a.tobytes()).hexdigest()
 
 
+@pinned_only
 @pytest.mark.parametrize("case", sorted(GOLDEN))
 def test_fixed_seed_run_reproduces_the_pre_split_history(
     case: str, mock_task: Task, split: Split
@@ -57,6 +75,7 @@ def test_fixed_seed_run_reproduces_the_pre_split_history(
     )
 
 
+@pinned_only
 def test_a_run_checkpointed_before_the_split_resumes_to_the_same_result(tmp_path: Path) -> None:
     """tests/tuner/data/legacy_run: the "csa" golden case, interrupted after generation 7 by
     the pre-split code. Its checkpoint is sealed under another user's key, hence the trust."""
