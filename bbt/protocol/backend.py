@@ -25,7 +25,8 @@ IntArray = np.ndarray[Any, np.dtype[np.int64]]
 
 
 class Backend(ABC):
-    """A masked language model that scores soft prompts."""
+    """A language model that scores soft prompts: a masked LM at its mask token, or a causal LM
+    at the token after each text (``info.kind``)."""
 
     @property
     @abstractmethod
