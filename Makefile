@@ -35,12 +35,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The suite's Ray Serve test needs the ray extra (~80 MB); only `make test` installs it, so
+# `make demo` stays light.
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,serve,ray]'
+	touch $@
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: $(VENV)/.test-installed lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
 # The embedded default (MiniLM + shipped MLM head; bfloat16 where the CPU runs it natively,
