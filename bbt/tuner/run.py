@@ -476,6 +476,7 @@ def tune(
             "created": _now(),
             "model": {
                 "id": info.id,
+                "kind": info.kind,
                 "hidden_size": info.hidden_size,
                 "vocab_size": info.vocab_size,
                 "mask_token": info.mask_token,
@@ -629,6 +630,12 @@ def _check_model(path: Path, manifest: dict[str, Any], service: Service) -> None
         raise RunError(
             f"run {path} was made with model {want['id']!r} (H={want['hidden_size']}); this "
             f"service serves {info.id!r} (H={info.hidden_size})"
+        )
+    # Runs from before causal LMs record no kind: they were all masked.
+    if want.get("kind", "masked_lm") != info.kind:
+        raise RunError(
+            f"run {path} was made against a {want.get('kind', 'masked_lm')} model; this service "
+            f"serves {info.id!r} as a {info.kind}"
         )
 
 

@@ -152,6 +152,12 @@ def test_resume_refuses_another_model(tmp_path: Path, mock_task: Task, split: Sp
     )
     with pytest.raises(RunError, match="H=32"):
         resume(run, LocalClient(MockBackend(hidden_size=64)))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["kind"] == "masked_lm"
+    # The same id and width served as a causal LM is another model for this run.
+    same_id = MockBackend(hidden_size=H, causal=True, model_id=manifest["model"]["id"])
+    with pytest.raises(RunError, match="made against a masked_lm model"):
+        resume(run, LocalClient(same_id))
     with pytest.raises(RunError, match="not a run directory"):
         resume(tmp_path, LocalClient(MockBackend(hidden_size=H)))
 
