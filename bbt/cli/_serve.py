@@ -149,12 +149,28 @@ def serve(
     if ray_address is not None and replicas is None:
         fail("--ray-address needs --replicas")
     if replicas is not None:
+        # Replicas have no prompt registry (one SQLite file per replica would hand out ids
+        # the others do not know: docs/scaling.md), and Ray's router does the queueing.
+        if registry is not None and registry != "none":
+            fail("--registry is not available with --replicas: the replicas keep no prompt "
+                 "registry (docs/scaling.md says how to run one for a cluster)")  # fmt: skip
+        if max_queue is not None:
+            fail("--max-queue is not used with --replicas: Ray Serve's router queues requests")
+        session_settings: dict[str, Any] = {}
+        if session_idle_timeout is not None:
+            session_settings["session_idle_timeout_s"] = session_idle_timeout
+        if max_sessions_per_key is not None:
+            session_settings["max_sessions_per_key"] = max_sessions_per_key
+        if max_session_memory is not None:
+            session_settings["max_session_bytes"] = max_session_memory * 1024 * 1024
         _serve_on_ray(
             replicas,
             ray_address,
             host=host,
             port=port,
             api_key_file=api_key_file,
+            sessions=sessions,
+            session_settings=session_settings,
             backend_options={
                 "model_path": model,
                 "head": head,
@@ -279,6 +295,8 @@ def _serve_on_ray(
     host: str,
     port: int,
     api_key_file: Path | None,
+    sessions: bool | None,
+    session_settings: dict[str, Any],
     backend_options: dict[str, Any],
 ) -> None:
     """``bbt serve --replicas``: the same backend options, one model per Ray Serve replica."""
@@ -300,6 +318,8 @@ def _serve_on_ray(
         num_cpus=float(threads or 1),
         num_gpus=1.0 if gpu else 0.0,
         api_key_file=str(api_key_file.resolve()) if api_key_file is not None else None,
+        sessions=sessions,
+        server_settings=tuple(sorted(session_settings.items())),
     )
     spec = ray_serve.BackendSpec("hf", {k: v for k, v in backend_options.items() if v is not None})
     try:

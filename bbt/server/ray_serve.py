@@ -77,7 +77,12 @@ class BackendSpec:
 
             return MockBackend(**self.options)
         from bbt.server.hf import HFBackend
+        from bbt.server.hf_causal import HFCausalBackend, detect_model_kind
 
+        if detect_model_kind(self.options.get("model_path")) == "causal_lm":
+            # The causal backend scores with the model's own LM head: no --head choice.
+            opts = {k: v for k, v in self.options.items() if k != "head"}
+            return HFCausalBackend(**opts)
         return HFBackend(**self.options)
 
 
@@ -109,6 +114,8 @@ class ReplicaOptions:
     #: replica, so a session opened on one is unknown to the next. None (auto): offered only
     #: where exactly one replica can run; True for deployments with sticky routing.
     sessions: bool | None = None
+    #: Further ServerSettings fields for every replica (e.g. the session limits), as pairs.
+    server_settings: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.min_replicas < 0:
@@ -171,6 +178,7 @@ def replica_settings(options: ReplicaOptions) -> ServerSettings:
         # Off where requests of one session could reach another replica: clients then send
         # full prompts, which every replica answers (see docs/scaling.md).
         "sessions": options.offers_sessions(),
+        **dict(options.server_settings),
     }
     if options.api_key_file is not None:
         kw["api_key_file"] = options.api_key_file

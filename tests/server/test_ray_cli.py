@@ -173,3 +173,56 @@ def test_sessions_are_offered_only_where_one_replica_serves_them() -> None:
     assert not offered(replicas=1, sessions=False)
     _, opts = parse_args({"backend": "mock", "replicas": "2", "sessions": "on"})
     assert opts.offers_sessions()
+
+
+def test_replicas_get_the_session_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray.serve")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(
+        ray_serve, "run_blocking", lambda spec, options, **kw: seen.update(o=options)
+    )
+    args = ["serve", "--replicas", "2", "--port", "18432", "--no-sessions"]
+    args += ["--max-sessions-per-key", "2", "--session-idle-timeout", "30"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    settings = ray_serve.replica_settings(seen["o"])
+    assert settings.sessions is False
+    assert settings.max_sessions_per_key == 2
+    assert settings.session_idle_timeout_s == 30
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--registry", "r.sqlite3"], "--registry is not available with --replicas"),
+        (["--max-queue", "4"], "--max-queue is not used with --replicas"),
+    ],
+)
+def test_options_replicas_cannot_honour_are_one_error_line(
+    flag: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were the flag accepted, the deployment would start: it must not get that far.
+    monkeypatch.setattr(ray_serve, "run_blocking", lambda *a, **kw: None)
+    monkeypatch.setattr(ray_serve, "require_ray", lambda: (None, None))
+    result = runner.invoke(app, ["serve", "--replicas", "2", "--port", "18433", *flag])
+    assert result.exit_code != 0
+    assert f"error: {message}" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_causal_model_directory_gets_the_causal_backend_in_a_replica(tmp_path: Any) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from bbt.server.hf_causal import HFCausalBackend
+    from bbt.testing.tiny_models import build_tiny_causal_lm
+
+    path = build_tiny_causal_lm(tmp_path / "gpt2", "gpt2")
+    spec = ray_serve.BackendSpec(
+        "hf", {"model_path": str(path), "head": "auto", "dtype": "float32"}
+    )
+    backend = spec.build()
+    try:
+        assert isinstance(backend, HFCausalBackend)
+        assert backend.info.kind == "causal_lm"
+    finally:
+        backend.close()
