@@ -35,6 +35,7 @@ Distribution = Literal["normal", "uniform"]
 DISTRIBUTIONS: tuple[Distribution, ...] = ("normal", "uniform")
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 #: The generator specified here (and in docs/protocol.md); a session names it in its recipe.
 RECIPE_VERSION = "bbt-projection/1"
@@ -66,6 +67,12 @@ class ProjectionRecipe:
             )
         if not (self.embedding_std > 0 and self.alpha > 0 and self.sigma > 0):
             raise ConfigurationError("embedding_std, alpha and sigma must all be positive")
+        # A is drawn in float32: a scale beyond float32's range would fill it with inf.
+        if not (math.isfinite(self.std) and 0 < self.std < FLOAT32_MAX):
+            raise ConfigurationError(
+                f"the projection's scale alpha * embedding_std / (sqrt(d) * sigma) = {self.std:g} "
+                "is not a finite, positive float32"
+            )
 
     @property
     def prompt_size(self) -> int:

@@ -123,16 +123,21 @@ class HostedSession:
 
 
 def recipe_of(spec: ProjectionSpec) -> ProjectionRecipe:
-    return ProjectionRecipe(
-        seed=spec.seed,
-        n_tokens=spec.n_tokens,
-        hidden_size=spec.hidden_size,
-        dim=spec.dim,
-        embedding_std=spec.embedding_std,
-        alpha=spec.alpha,
-        sigma=spec.sigma,
-        distribution=spec.distribution,
-    )
+    """The recipe of ``spec``; one the generator cannot build (e.g. a scale beyond float32)
+    is the caller's error, a 422 on ``projection``."""
+    try:
+        return ProjectionRecipe(
+            seed=spec.seed,
+            n_tokens=spec.n_tokens,
+            hidden_size=spec.hidden_size,
+            dim=spec.dim,
+            embedding_std=spec.embedding_std,
+            alpha=spec.alpha,
+            sigma=spec.sigma,
+            distribution=spec.distribution,
+        )
+    except ConfigurationError as exc:
+        raise ProtocolViolation(str(exc), field="projection") from None
 
 
 def spec_of(recipe: ProjectionRecipe) -> ProjectionSpec:

@@ -89,6 +89,9 @@ def test_random_opens_never_5xx(projection: dict[str, Any], p0: Any) -> None:
             "/v1/sessions", content=body, headers={**V11, "Content-Type": "application/json"}
         )
         _ok(r, SessionInfo)
+        if r.status_code == 200:  # free the key's session slots for the next example
+            sid = SessionInfo.model_validate_json(r.content).id
+            client.delete(f"/v1/sessions/{sid}", headers=V11)
 
 
 @FUZZ
@@ -150,3 +153,12 @@ def test_random_bytes_and_ids_never_5xx(body: bytes, session_id: str) -> None:
                 headers={**V11, "Content-Type": ctype},
             )
             assert r.status_code < 500, r.text
+
+
+def test_a_projection_scale_beyond_float32_is_a_4xx() -> None:
+    # Found by the fuzz above: alpha * embedding_std of 3e50 made A's float32 cast overflow.
+    spec = {**SPEC, "alpha": 1.7e25, "embedding_std": 1.7e25}
+    for client in CLIENTS:
+        r = client.post("/v1/sessions", json={"model": INFO.id, "projection": spec}, headers=V11)
+        assert r.status_code == 422, r.text
+        assert "float32" in ErrorEnvelope.model_validate_json(r.content).error.message
