@@ -55,7 +55,7 @@ from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator
-from bbt.tuner.optimizer import CMAOptimizer, _pycma, _tpa, import_cma
+from bbt.tuner.optimizer import CMAOptimizer, new_strategy
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.tasks import Task
@@ -194,26 +194,10 @@ class LayerwiseOptimizer(CMAOptimizer):
         bound: float | None = None,
         layer_generations: int = 1,
     ) -> None:
-        cma = import_cma()
         blobs = []
         for layer in range(layers):
-            opts: dict[str, Any] = {
-                "popsize": popsize,
-                "randn": np.random.RandomState(layer_seed(seed, layer, 0xC3A)).randn,
-                "seed": float("nan"),
-                "verbose": -9,
-                "verb_log": 0,
-                "verb_disp": 0,
-                "maxfevals": float("inf"),
-                "maxiter": float("inf"),
-            }
-            if dim >= cma.evolution_strategy.TPA_dimension:
-                opts["AdaptSigma"] = _tpa()
-            if bound is not None:
-                opts["bounds"] = [-bound, bound]
-            with _pycma():
-                es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, inopts=opts)
-                blobs.append(pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL))
+            es = new_strategy(dim, popsize, sigma, layer_seed(seed, layer, 0xC3A), bound)
+            blobs.append(pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL))
         sched = _Schedule(
             blobs=blobs,
             held=np.zeros((layers, dim), dtype=np.float64),

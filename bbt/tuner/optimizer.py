@@ -109,6 +109,33 @@ def _quiet_tpa(es: Any) -> Any:
     return es
 
 
+def new_strategy(
+    dim: int, popsize: int, sigma: float, randn_seed: int, bound: float | None = None
+) -> Any:
+    """A fresh pycma strategy at z = 0 whose randomness all comes from a private RandomState
+    seeded with ``randn_seed`` (it travels inside the pickled strategy)."""
+    cma = import_cma()
+    opts: dict[str, Any] = {
+        "popsize": popsize,
+        # `seed` would only seed NumPy's global RNG, which is never used: NaN.
+        "randn": np.random.RandomState(randn_seed).randn,
+        "seed": float("nan"),
+        "verbose": -9,
+        "verb_log": 0,
+        "verb_disp": 0,
+        # The budget is the tuner's; pycma's own evaluation limits must never cut in first.
+        "maxfevals": float("inf"),
+        "maxiter": float("inf"),
+    }
+    if dim >= cma.evolution_strategy.TPA_dimension:
+        # What AdaptSigma=True picks at this dimension, minus the global-RNG check.
+        opts["AdaptSigma"] = _tpa()
+    if bound is not None:
+        opts["bounds"] = [-bound, bound]
+    with _pycma():
+        return cma.CMAEvolutionStrategy(np.zeros(dim), sigma, inopts=opts)
+
+
 class CMAOptimizer:
     """CMA-ES over z in R^d with an ask/tell interface; no I/O, no global RNG.
 
@@ -129,27 +156,7 @@ class CMAOptimizer:
         seed: int,
         bound: float | None = None,
     ) -> None:
-        cma = import_cma()
-        opts: dict[str, Any] = {
-            "popsize": popsize,
-            # A private, seeded RandomState: it travels inside the pickled strategy. `seed`
-            # would only seed NumPy's global RNG, which is never used: NaN.
-            "randn": np.random.RandomState(cma_seed(seed)).randn,
-            "seed": float("nan"),
-            "verbose": -9,
-            "verb_log": 0,
-            "verb_disp": 0,
-            # The budget is the tuner's; pycma's own evaluation limits must never cut in first.
-            "maxfevals": float("inf"),
-            "maxiter": float("inf"),
-        }
-        if dim >= cma.evolution_strategy.TPA_dimension:
-            # What AdaptSigma=True picks at this dimension, minus the global-RNG check.
-            opts["AdaptSigma"] = _tpa()
-        if bound is not None:
-            opts["bounds"] = [-bound, bound]
-        with _pycma():
-            es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, inopts=opts)
+        es = new_strategy(dim, popsize, sigma, cma_seed(seed), bound)
         self._bound = bound
         self._pending: F64 | None = None
         self._set(pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL))
