@@ -109,8 +109,13 @@ class VLLMService:
         embedding_table: the model's input-embedding table [vocab, hidden] (a path to
             ``.npy``/``.safetensors``/``.pt``, or an array): switches to embedding-table
             mode unless ``mode="chat"``, and gives the embedding statistics.
-        hidden_size, embedding_std, vocab_size: explicit values (override the files; a
-            hidden size contradicting them is an error).
+        embedding_key: the name of the table's tensor in a ``.safetensors``/``.pt`` file;
+            ``None``: the usual names are tried.
+        hidden_size: the model's hidden size; one contradicting the config or the table is
+            an error, not an override.
+        embedding_std: the embedding table's standard deviation (BBT scales its projection
+            by it); overrides the table's and config.json's.
+        vocab_size: the vocabulary size; overrides the table's and config.json's.
         mode: ``"chat"`` (black-box), ``"completions"`` (needs the table) or ``"auto"``.
         max_concurrency: requests in flight at once.
         top_logprobs: k of the top-k fallback on servers without ``logprob_token_ids``.
