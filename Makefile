@@ -24,7 +24,7 @@ endif
 TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo clean docs docs-build
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.test-installed lint
+test: $(VENV)/.test-installed lint docs-build
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
 # The embedded default (MiniLM + shipped MLM head; bfloat16 where the CPU runs it natively,
@@ -70,3 +70,25 @@ demo: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The docs site (mkdocs.yml): `make docs` serves it at http://127.0.0.1:8000 and rebuilds on
+# every edit; `make docs-build` builds it into site/ with --strict, so a broken link or anchor,
+# a page missing from the nav or a docstring griffe cannot parse fails it. `make test` runs
+# docs-build, so CI (which runs `make test`) checks the docs too. The docs get their own venv:
+# the API reference is read from the source, so they need neither torch nor the server extras,
+# and `make docs` stays quick on a fresh clone. Its packages come from PyPI by name.
+DOCS_VENV ?= .venv-docs
+# mkdocs-material prints an advertising banner about MkDocs 2 on every build.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+
+$(DOCS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DOCS_VENV)/bin/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_VENV)/.installed
+	$(DOCS_ENV) $(DOCS_VENV)/bin/mkdocs serve
+
+docs-build: $(DOCS_VENV)/.installed
+	$(DOCS_ENV) $(DOCS_VENV)/bin/mkdocs build --strict
