@@ -4,10 +4,13 @@
 #
 #     bash examples/mock_three_seeds.sh            # uses .venv/bin/bbt, port 8765
 #     MOCK_ARGS=--causal bash examples/mock_three_seeds.sh   # the mock as a causal LM
+#     SEEDS="1 2" BUDGET=200 bash examples/mock_three_seeds.sh  # quicker (tests/test_examples.py)
 set -euo pipefail
 BBT=${BBT:-.venv/bin/bbt}
 PORT=${PORT:-8765}
 OUT=${OUT:-${TMPDIR:-/tmp}/bbt-mock-seeds}
+SEEDS=${SEEDS:-1 2 3}
+BUDGET=${BUDGET:-1000}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 mkdir -p "$OUT"
 # shellcheck disable=SC2086 # MOCK_ARGS: extra mock-server flags, word-split on purpose
@@ -18,10 +21,11 @@ for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
-for seed in 1 2 3; do
+# shellcheck disable=SC2086 # SEEDS: a list of seeds, word-split on purpose
+for seed in $SEEDS; do
   rm -rf "$OUT/seed$seed"
   "$BBT" tune --task mock --base-url "http://127.0.0.1:$PORT" --seed "$seed" \
-    --budget 1000 --out "$OUT/seed$seed" -q
+    --budget "$BUDGET" --out "$OUT/seed$seed" -q
   python3 - "$OUT/seed$seed/manifest.json" "$seed" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
