@@ -66,9 +66,11 @@ def _secrets() -> list[str]:
 
 
 def _redact(text: str) -> str:
+    from bbt.client._base import redact_url
+
     for key in _secrets():
         text = text.replace(key, "***")
-    return text
+    return redact_url(text)  # and any user:password@ of a URL
 
 
 def _checkpointed(run_dir: Path | None) -> bool:

@@ -128,7 +128,10 @@ class AsyncClient(BaseClient):
     ) -> None:
         super().__init__(settings, rng=rng)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, transport=transport, timeout=self._timeout()
+            base_url=self.base_url,
+            auth=self._url_auth,
+            transport=transport,
+            timeout=self._timeout(),
         )
         # Set explicitly (argument or environment): that many in flight, and fan-out.
         chosen = "max_concurrency" in settings.model_fields_set

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -104,6 +105,49 @@ def redact(text: str, secret: SecretStr | None) -> str:
         return text
     key = secret.get_secret_value()
     return text.replace(key, "***") if key else text
+
+
+# scheme://userinfo@ : greedy up to the last "@" before the path, query or fragment, as
+# urllib splits it (a password may hold a raw "@").
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@")
+# A query parameter whose value is a credential in every API that uses one.
+_URL_SECRET_PARAM = re.compile(
+    r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|auth|password|passwd|secret|"
+    r"sig|signature)=)[^&#\s]*"
+)
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a URL, or a message holding URLs) without credentials: any
+    ``user:password@`` is dropped and the value of a query parameter that carries one
+    (``key``, ``api_key``, ``token``, ``password``, ...) becomes ``***``.
+
+    The one way a URL is recorded or shown: in reprs, error messages, log records, a run's
+    manifest and ``prompt_ids.json``. The URL used for requests is left as given.
+    """
+    return _URL_SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub(r"\1", text))
+
+
+def split_userinfo(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """``url`` without its ``user:password@`` part, and those credentials as Basic auth.
+
+    httpx turns a URL's userinfo into Basic auth by itself, but it also logs every request
+    URL, userinfo included (logger ``httpx``, INFO). Handing it the bare URL and the same
+    credentials as ``auth=`` sends the same requests and logs no password. A URL that
+    cannot be split is returned as given, for httpx to refuse as before.
+    """
+    try:
+        parts = urlsplit(url)
+        if "@" not in parts.netloc:
+            return url, None
+        user, password = parts.username or "", parts.password or ""
+    except ValueError:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    if not (user or password):
+        return bare, None
+    return bare, httpx.BasicAuth(unquote(user), unquote(password))
 
 
 # --------------------------------------------------------------------------- error mapping
@@ -201,13 +245,13 @@ def transport_error(exc: httpx.HTTPError, secret: SecretStr | None = None) -> AP
         # h11 quotes the refused header value repr()-escaped, so a key with a control
         # character in it would slip past redact(): withhold every quoted value instead.
         text = _BYTES_LITERAL.sub("<value withheld>", str(exc))
-        detail = redact(f"{type(exc).__name__}: {text}", secret)
+        detail = redact_url(redact(f"{type(exc).__name__}: {text}", secret))
         return MalformedRequestError(
             f"the request could not be sent as built ({detail}); this is a settings "
             "problem, not a network one: the API key (BBT_API_KEY) must be one token of "
             "printable ASCII and the URL (BBT_BASE_URL) must start with http:// or https://"
         )
-    detail = redact(f"{type(exc).__name__}: {exc}", secret)
+    detail = redact_url(redact(f"{type(exc).__name__}: {exc}", secret))
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"request timed out ({detail})")
     if isinstance(exc, httpx.DecodingError):
@@ -548,7 +592,9 @@ class BaseClient:
 
     def __init__(self, settings: ClientSettings, *, rng: random.Random | None = None) -> None:
         self._settings = settings
-        self._base_url = settings.require_base_url()
+        # Credentials in the URL travel as Basic auth, never as part of a URL that is
+        # shown, logged or recorded (base_url, repr, httpx's request log, run directories).
+        self._base_url, self._url_auth = split_userinfo(settings.require_base_url())
         check_api_key(settings.api_key)
         self._usage = UsageStats()
         # Fanned-out requests count their bytes and retries from several threads.
@@ -567,12 +613,14 @@ class BaseClient:
 
     @property
     def base_url(self) -> str:
+        """The service root, without any ``user:password@`` the configured URL carried
+        (those credentials are still sent, as Basic auth)."""
         return self._base_url
 
     def __repr__(self) -> str:
         key = "'***'" if self._settings.api_key is not None else "None"
         return (
-            f"{type(self).__name__}(base_url={self._base_url!r}, "
+            f"{type(self).__name__}(base_url={redact_url(self._base_url)!r}, "
             f"model={self._settings.model!r}, api_key={key})"
         )
 

@@ -131,7 +131,10 @@ class Client(BaseClient):
     ) -> None:
         super().__init__(settings, rng=rng)
         self._http = httpx.Client(
-            base_url=self.base_url, transport=transport, timeout=self._timeout()
+            base_url=self.base_url,
+            auth=self._url_auth,
+            transport=transport,
+            timeout=self._timeout(),
         )
         #: How retries wait; tests replace it to record the waits instead of sleeping.
         self._sleep: Callable[[float], None] = time.sleep

@@ -2,11 +2,13 @@
 
 The precedence is pydantic-settings' own (init kwargs > environment > dotenv > defaults);
 the clients pass only the arguments a caller actually gave, so ``None`` means "not given"
-and the next source decides.
+and the next source decides. One exception to "each field on its own": the API key and the
+service URL must come from the same place (see :class:`ClientSettings`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,16 @@ class ClientSettings(BaseSettings):
     another one. ``base_url`` may stay unset here (a caller that falls back to an
     in-process model checks :attr:`base_url` itself); an HTTP client calls
     :meth:`require_base_url`, which raises :class:`ConfigurationError`.
+
+    **The key goes only where its own source points.** Each of ``api_key`` and
+    ``base_url`` comes from one source: an explicit argument (``--api-key`` /
+    ``--base-url`` on the CLI), the environment (``BBT_API_KEY`` / ``BBT_BASE_URL``) or the
+    ``.env`` file. When both are set, they must come from the same source, unless the URL
+    is an explicit argument (the caller chose where the key goes). Anything else raises
+    :class:`ConfigurationError` naming both sources: a ``.env`` in the working directory
+    (one that came with a checkout, say) cannot send the key from your environment, or
+    from ``--api-key``, to a host it names; nor can your environment's URL receive a key
+    some ``.env`` holds. A key without a URL, or a URL without a key, is never refused.
     """
 
     model_config = SettingsConfigDict(
@@ -117,6 +129,37 @@ class ClientSettings(BaseSettings):
         # Only explicitly given values reach pydantic-settings, so None never shadows the env.
         given = {k: v for k, v in values.items() if v is not None}
         super().__init__(_env_file=env_file, **given)
+        self._check_key_and_url_sources(given, env_file)
+
+    def _source_of(self, name: str, given: dict[str, Any], env_file: str | Path | None) -> str:
+        """Where the (set) field ``name`` came from, by pydantic-settings' precedence: an
+        argument, else the environment (any value there, even blank, shadows the file;
+        names match case-insensitively, as pydantic-settings matches them), else the file."""
+        if name in given:
+            return "an argument"
+        variable = f"BBT_{name.upper()}"
+        if any(k.upper() == variable for k in os.environ):
+            return "the environment"
+        return f"the .env file ({env_file})"
+
+    def _check_key_and_url_sources(
+        self, given: dict[str, Any], env_file: str | Path | None
+    ) -> None:
+        """Refuse a key and a URL from different sources (the rule in the class docstring)."""
+        if self.api_key is None or self.base_url is None or "base_url" in given:
+            return
+        key_from = self._source_of("api_key", given, env_file)
+        url_from = self._source_of("base_url", given, env_file)
+        if key_from == url_from:
+            return
+        # Neither value is quoted: the key is secret, and the URL may hold a password.
+        raise ConfigurationError(
+            f"the API key comes from {key_from} (BBT_API_KEY / --api-key) but the service "
+            f"URL from {url_from} (BBT_BASE_URL / --base-url); bbt sends a key only to a "
+            "URL configured in the same place, so that a .env file cannot redirect a key "
+            "set elsewhere: set both in the same place, or give the URL explicitly "
+            "(--base-url / base_url=...)"
+        )
 
     def require_base_url(self) -> str:
         if not self.base_url:

@@ -41,6 +41,12 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 RECIPE_VERSION = "bbt-projection/1"
 
 
+def matrix_bytes(n_tokens: int, hidden_size: int, dim: int) -> int:
+    """Bytes of A (D x d float32, D = n * H) for these shapes, computed without building it:
+    a server sizes a requested projection with this before spending any time or memory."""
+    return n_tokens * hidden_size * dim * 4
+
+
 @dataclass(frozen=True)
 class ProjectionRecipe:
     """Everything needed to regenerate A bit-exactly (with the same NumPy version)."""
@@ -87,7 +93,7 @@ class ProjectionRecipe:
     @property
     def nbytes(self) -> int:
         """Memory the generated matrix takes (float32)."""
-        return self.prompt_size * self.dim * 4
+        return matrix_bytes(self.n_tokens, self.hidden_size, self.dim)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

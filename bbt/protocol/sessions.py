@@ -13,12 +13,18 @@ Lifecycle and bounds (all in :class:`SessionLimits`):
 - a session belongs to the tenant (a hash of the API key) that opened it; any other
   tenant, like an unknown id, gets ``session_not_found`` (404), so ids cannot be probed;
 - it is dropped after ``idle_timeout_s`` without a call;
-- a tenant holds at most ``max_per_key`` sessions and all sessions together at most
-  ``max_total_bytes``. Opening past a bound first evicts the least recently used sessions
-  idle for at least ``evict_after_s`` (the tenant's own for the per-key bound, anyone's
-  for the memory bound: an evicted session's client reopens it from its recipe). When
-  nothing can be evicted the open fails with 429 (per key) or 503 (memory), with a
-  ``Retry-After`` of when something will be evictable.
+- its size is known from the recipe alone (:func:`session_bytes`), so an open is checked
+  against every size bound *before* A is built: one session's A (D x d float32) at most
+  ``max_projection_bytes``, one tenant's sessions at most ``max_key_bytes`` together;
+  a request over either can never fit and is a 422 that names the bound;
+- a tenant holds at most ``max_per_key`` sessions and ``max_key_bytes`` of them, and all
+  sessions together at most ``max_total_bytes``. Opening past a bound first evicts the
+  tenant's *own* least recently used sessions idle for at least ``evict_after_s`` (their
+  client reopens them from the recipe); another tenant's sessions are never evicted, so
+  one key cannot take another's work away by opening sessions. When the tenant's own
+  sessions cannot make room the open fails with 429 (the tenant's slots or memory quota)
+  or 503 (the server's memory, held by other tenants), with a ``Retry-After`` of when
+  room may appear.
 """
 
 from __future__ import annotations
@@ -53,7 +59,13 @@ from bbt.protocol._validate import (
     check_model,
     check_prompt_values,
 )
-from bbt.protocol.projection import RECIPE_VERSION, Projection, ProjectionRecipe, project_rows
+from bbt.protocol.projection import (
+    RECIPE_VERSION,
+    Projection,
+    ProjectionRecipe,
+    matrix_bytes,
+    project_rows,
+)
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -77,12 +89,25 @@ class SessionLimits:
     max_total_bytes: int = 2 * 1024**3
     evict_after_s: float = 30.0
     max_dim: int = 100_000
+    #: Largest A (D x d x 4 bytes) one session may build; None: only ``max_total_bytes``
+    #: bounds it (a one-caller host such as LocalClient). The server sets one.
+    max_projection_bytes: int | None = None
+    #: Memory all sessions of one tenant may hold; None: ``max_total_bytes``.
+    max_key_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not (self.idle_timeout_s > 0 and self.evict_after_s >= 0):
             raise ConfigurationError("session idle timeout must be positive")
-        if self.max_per_key < 1 or self.max_total_bytes < 1 or self.max_dim < 1:
+        optional = [b for b in (self.max_projection_bytes, self.max_key_bytes) if b is not None]
+        if min([self.max_per_key, self.max_total_bytes, self.max_dim, *optional]) < 1:
             raise ConfigurationError("session bounds must be positive")
+
+    @property
+    def key_bytes(self) -> int:
+        """The memory quota of one tenant in force."""
+        if self.max_key_bytes is None:
+            return self.max_total_bytes
+        return min(self.max_key_bytes, self.max_total_bytes)
 
 
 class SessionNotFound(ProtocolViolation):
@@ -156,7 +181,7 @@ def spec_of(recipe: ProjectionRecipe) -> ProjectionSpec:
 
 def session_bytes(spec: ProjectionSpec) -> int:
     """Memory one session holds: A [d, n*H] and p0 [n, H], float32."""
-    return (spec.dim + 1) * spec.n_tokens * spec.hidden_size * 4
+    return matrix_bytes(spec.n_tokens, spec.hidden_size, spec.dim + 1)
 
 
 def check_session_open(req: SessionOpenRequest, info: ModelInfo, limits: SessionLimits) -> None:
@@ -183,7 +208,25 @@ def check_session_open(req: SessionOpenRequest, info: ModelInfo, limits: Session
         raise ProtocolViolation(
             f"projection dim d={spec.dim}; at most {limits.max_dim}", field="projection.dim"
         )
+    # Sizes from the recipe's numbers alone, before anything is built: a 121-byte request
+    # must not cost the server seconds of CPU and hundreds of MB to refuse.
+    a_bytes = matrix_bytes(spec.n_tokens, spec.hidden_size, spec.dim)
+    cap = limits.max_projection_bytes
+    if cap is not None and a_bytes > cap:
+        raise ProtocolViolation(
+            f"a projection of n={spec.n_tokens}, H={spec.hidden_size}, d={spec.dim} is a "
+            f"matrix of {a_bytes} bytes (n*H*d*4); this server builds at most {cap} bytes "
+            "per session (max_projection_bytes); use a smaller d or n",
+            field="projection",
+        )
     need = session_bytes(spec)
+    if limits.max_key_bytes is not None and need > limits.key_bytes:
+        raise ProtocolViolation(
+            f"a session of n={spec.n_tokens}, H={spec.hidden_size}, d={spec.dim} needs "
+            f"{need} bytes; one API key holds at most {limits.key_bytes} bytes of sessions "
+            "(max_session_bytes_per_key)",
+            field="projection",
+        )
     if need > limits.max_total_bytes:
         raise ProtocolViolation(
             f"a session of n={spec.n_tokens}, H={spec.hidden_size}, d={spec.dim} needs "
@@ -363,40 +406,89 @@ class SessionHost:
             self.evicted += n
             return n
 
+    def _plan_room(self, tenant: str, need: int, now: float) -> list[HostedSession]:
+        """The sessions to evict for one more session of ``need`` bytes, or SessionsFull.
+
+        Only ``tenant``'s own sessions idle for ``evict_after_s`` are candidates, least
+        recently used first; nothing is evicted unless that makes room under every bound,
+        so a tenant never loses sessions to an open that fails anyway. Evicts nothing.
+        """
+        lim = self.limits
+        own = [s for s in self._sessions.values() if s.tenant == tenant]  # LRU first
+        count = len(own)
+        mine = sum(s.nbytes for s in own)
+        total = sum(s.nbytes for s in self._sessions.values())
+        victims: list[HostedSession] = []
+        while True:
+            if count >= lim.max_per_key:
+                bound = "slots"
+            elif mine + need > lim.key_bytes:
+                bound = "key"
+            elif total + need > lim.max_total_bytes:
+                bound = "total"
+            else:
+                return victims
+            candidate = own[len(victims)] if len(victims) < len(own) else None
+            idle = now - candidate.last_used if candidate is not None else 0.0
+            if candidate is None or idle < lim.evict_after_s:
+                raise self._full(bound, tenant, count, mine, need, now, candidate)
+            victims.append(candidate)
+            count -= 1
+            mine -= candidate.nbytes
+            total -= candidate.nbytes
+
+    def _full(
+        self,
+        bound: str,
+        tenant: str,
+        count: int,
+        mine: int,
+        need: int,
+        now: float,
+        candidate: HostedSession | None,
+    ) -> SessionsFull:
+        """The 429/503 of an open that found no room under ``bound``, with when to retry:
+        when the tenant's next own session may be evicted, or (the server's memory) when
+        another tenant's session expires, whichever comes first."""
+        lim = self.limits
+        waits = []
+        if candidate is not None:
+            waits.append(lim.evict_after_s - (now - candidate.last_used))
+        if bound == "total":
+            waits += [
+                lim.idle_timeout_s - (now - s.last_used)
+                for s in self._sessions.values()
+                if s.tenant != tenant
+            ]
+        wait = max(1, math.ceil(min(waits, default=lim.evict_after_s)))
+        if bound == "slots":
+            return SessionsFull(
+                f"this API key already holds {count} sessions, the most allowed, "
+                f"all used in the last {lim.evict_after_s:g}s; close one or retry "
+                f"after {wait}s",
+                ErrorType.rate_limit,
+                wait,
+            )
+        if bound == "key":
+            return SessionsFull(
+                f"this API key's sessions hold {mine} bytes; {need} more would pass its "
+                f"quota of {lim.key_bytes} bytes (max_session_bytes_per_key), and none of "
+                f"them has been idle {lim.evict_after_s:g}s; close one or retry after {wait}s",
+                ErrorType.rate_limit,
+                wait,
+            )
+        return SessionsFull(
+            f"the server's session memory ({lim.max_total_bytes} bytes) is in use (other "
+            f"API keys' sessions are never evicted for yours); retry after {wait}s",
+            ErrorType.unavailable,
+            wait,
+        )
+
     def _make_room(self, tenant: str, need: int, now: float) -> None:
         """Evict what the bounds require for one more session of ``need`` bytes, or raise."""
-        lim = self.limits
-        own = [s for s in self._sessions.values() if s.tenant == tenant]
-        while len(own) >= lim.max_per_key:
-            victim = own[0]  # least recently used: the dict keeps use order
-            idle = now - victim.last_used
-            if idle < lim.evict_after_s:
-                wait = max(1, math.ceil(lim.evict_after_s - idle))
-                raise SessionsFull(
-                    f"this API key already holds {len(own)} sessions, the most allowed, "
-                    f"all used in the last {lim.evict_after_s:g}s; close one or retry "
-                    f"after {wait}s",
-                    ErrorType.rate_limit,
-                    wait,
-                )
+        for victim in self._plan_room(tenant, need, now):
             del self._sessions[victim.id]
             self.evicted += 1
-            own.pop(0)
-        total = sum(s.nbytes for s in self._sessions.values())
-        while total + need > lim.max_total_bytes:
-            oldest = next(iter(self._sessions.values()), None)
-            idle = now - oldest.last_used if oldest is not None else 0.0
-            if oldest is None or idle < lim.evict_after_s:
-                wait = max(1, math.ceil(lim.evict_after_s - idle))
-                raise SessionsFull(
-                    f"the server's session memory ({lim.max_total_bytes} bytes) is in use; "
-                    f"retry after {wait}s",
-                    ErrorType.unavailable,
-                    wait,
-                )
-            del self._sessions[oldest.id]
-            self.evicted += 1
-            total -= oldest.nbytes
 
     def _lookup(self, tenant: str, session_id: str) -> HostedSession:
         now = self._clock()
@@ -451,13 +543,7 @@ class SessionHost:
 
     def _check_room(self, tenant: str, need: int, now: float) -> None:
         """Raise now if :meth:`_make_room` would, without evicting anything yet."""
-        saved = OrderedDict(self._sessions)
-        evicted = self.evicted
-        try:
-            self._make_room(tenant, need, now)
-        finally:
-            self._sessions = saved
-            self.evicted = evicted
+        self._plan_room(tenant, need, now)
 
     def decode(
         self,

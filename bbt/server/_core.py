@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -491,6 +492,16 @@ def _parse_body(model: type[BaseModel], body: bytes) -> Any:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise APIFailure(400, ErrorType.invalid_request, "request body is not valid JSON") from None
+    except ValueError:
+        # Valid JSON that Python will not convert: an integer literal longer than
+        # sys.get_int_max_str_digits() (4300). No field of the protocol takes such a
+        # number, so it is the caller's error (422), not the server's (it was a 500).
+        raise APIFailure(
+            422,
+            ErrorType.invalid_request,
+            f"request body holds an integer of more than {sys.get_int_max_str_digits()} "
+            "digits; no field accepts one",
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

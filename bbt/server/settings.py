@@ -21,6 +21,13 @@ DEFAULT_MAX_QUEUE = 16
 DEFAULT_KEEP_ALIVE_S = 15
 #: Floor of the default uvicorn connection limit.
 MIN_DEFAULT_CONNECTIONS = 128
+#: Largest projection matrix one session builds: 2.5x paper scale (n=50, H=1024, d=500 is
+#: 102.4 MB, built in ~0.2 s), so every recipe of the paper fits, while a 121-byte request
+#: can no longer make the server spend seconds and hundreds of MB (issue 18).
+DEFAULT_MAX_PROJECTION_BYTES = 256 * 1024**2
+#: One key's share of session memory: its 4 default slots at paper scale (4 x 102.6 MB)
+#: fit, and 4 keys can fill the 2 GiB of all sessions before anyone waits.
+DEFAULT_MAX_SESSION_BYTES_PER_KEY = 512 * 1024**2
 
 
 class ServerSettings(BaseSettings):
@@ -84,6 +91,18 @@ class ServerSettings(BaseSettings):
         description="Memory all sessions together hold (A is n*H*d*4 bytes: 102 MB at "
         "n=50, H=1024, d=500).",
     )
+    max_projection_bytes: int = Field(
+        default=DEFAULT_MAX_PROJECTION_BYTES,
+        ge=1,
+        description="Largest A (n*H*d*4 bytes) one session, or one store-by-projection, may "
+        "build; larger recipes are refused (422) before anything is built.",
+    )
+    max_session_bytes_per_key: int = Field(
+        default=DEFAULT_MAX_SESSION_BYTES_PER_KEY,
+        ge=1,
+        description="Memory the sessions of one API key (or, with auth off, everyone) hold "
+        "together; past it an open evicts the key's own idle sessions or answers 429.",
+    )
     session_evict_after_s: float = Field(
         default=30.0,
         ge=0,
@@ -128,6 +147,8 @@ class ServerSettings(BaseSettings):
             max_per_key=self.max_sessions_per_key,
             max_total_bytes=self.max_session_bytes,
             evict_after_s=self.session_evict_after_s,
+            max_projection_bytes=self.max_projection_bytes,
+            max_key_bytes=self.max_session_bytes_per_key,
         )
 
     @property

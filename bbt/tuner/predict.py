@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bbt.client import Service
+from bbt.client._base import redact_url
 from bbt.client._service import PromptStore, offers_prompt_registry
 from bbt.errors import (
     APIStatusError,
@@ -273,8 +274,10 @@ class TunedPrompt:
             return svc.prompt_logits(prompt_id, texts, candidate_ids)
 
     def _service_url(self, svc: PromptStore) -> str | None:
+        """The service's URL as prompt_ids.json records (and matches) it: never with the
+        credentials a ``user:pass@`` URL carries."""
         url = getattr(svc, "base_url", None)
-        return url if isinstance(url, str) else None
+        return redact_url(url) if isinstance(url, str) else None
 
     def _recorded_id(self, svc: PromptStore) -> str | None:
         """The id the run directory records for this service, if the service still holds

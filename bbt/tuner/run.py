@@ -51,6 +51,7 @@ import numpy as np
 
 from bbt._version import __version__
 from bbt.client import Service, UsageStats
+from bbt.client._base import redact_url
 from bbt.errors import RunError
 from bbt.tuner import checkpoint as _ckpt
 from bbt.tuner.bbtv2 import BBTv2Tuner, make_tuner
@@ -202,14 +203,12 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
 
 
 def safe_url(url: str | None) -> str | None:
-    """The URL with any user:password part and query string removed (never stored)."""
+    """The URL as a manifest records it: without credentials (:func:`redact_url`) and
+    without a query string or fragment, which name options, not the service."""
     if not url:
         return None
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    parts = urlsplit(redact_url(url))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def versions() -> dict[str, str]:

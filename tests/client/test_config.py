@@ -74,6 +74,9 @@ def test_env_file_path_is_configurable(tmp_path: Path) -> None:
 def test_environment_beats_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_env(tmp_path / ".env")
     monkeypatch.setenv("BBT_BASE_URL", "http://from-env:2")
+    # With the URL from the environment the key must come from there too (a key and a URL
+    # from different places are refused; see the tests at the end).
+    monkeypatch.setenv("BBT_API_KEY", "env-key")
     monkeypatch.setenv("BBT_MAX_RETRIES", "7")
     s = ClientSettings()
     assert s.base_url == "http://from-env:2"
@@ -178,3 +181,123 @@ def test_env_example_copied_as_dotenv_leaves_the_embedded_default_on(tmp_path: P
     assert s.max_retries == DEFAULT_MAX_RETRIES
     assert s.timeout_per_sequence == DEFAULT_TIMEOUT_PER_SEQUENCE
     assert s.connect_timeout is None
+
+
+# ------------------------------------------------------------------ key and URL: one source
+
+
+def _dotenv(path: Path, **values: str) -> None:
+    path.write_text("".join(f"BBT_{k.upper()}={v}\n" for k, v in values.items()))
+
+
+@pytest.mark.usefixtures("no_env")
+def test_a_dotenv_url_cannot_take_the_environment_s_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A .env in the working directory (a cloned repository, say) points the URL elsewhere;
+    # before, the key from the user's environment went there as a Bearer header.
+    _dotenv(tmp_path / ".env", base_url="http://attacker.example")
+    monkeypatch.setenv("BBT_API_KEY", "env-key-3b7d")
+    with pytest.raises(ConfigurationError) as info:
+        ClientSettings()
+    message = str(info.value)
+    assert "BBT_API_KEY" in message
+    assert "environment" in message
+    assert "BBT_BASE_URL" in message
+    assert ".env" in message
+    assert "same place" in message
+    assert "env-key-3b7d" not in message
+    with pytest.raises(ConfigurationError):
+        Client()
+
+
+@pytest.mark.usefixtures("no_env")
+def test_a_dotenv_key_does_not_go_to_the_environment_s_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dotenv(tmp_path / ".env", api_key="dotenv-key-9c2e")
+    monkeypatch.setenv("BBT_BASE_URL", "http://from-env:2")
+    with pytest.raises(ConfigurationError, match="same place") as info:
+        ClientSettings()
+    assert "dotenv-key-9c2e" not in str(info.value)
+
+
+@pytest.mark.usefixtures("no_env")
+def test_an_argument_key_does_not_go_to_a_dotenv_url(tmp_path: Path) -> None:
+    _dotenv(tmp_path / ".env", base_url="http://attacker.example")
+    with pytest.raises(ConfigurationError, match="same place"):
+        ClientSettings(api_key="arg-key")
+
+
+@pytest.mark.usefixtures("no_env")
+def test_key_and_url_from_the_dotenv_are_fine(tmp_path: Path) -> None:
+    _dotenv(tmp_path / ".env", base_url="http://from-dotenv:1", api_key="dotenv-key")
+    s = ClientSettings()
+    assert s.base_url == "http://from-dotenv:1"
+    assert s.api_key is not None
+
+
+@pytest.mark.usefixtures("no_env")
+def test_key_and_url_from_the_environment_are_fine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A .env with both is shadowed entirely: both come from the environment.
+    _dotenv(tmp_path / ".env", base_url="http://from-dotenv:1", api_key="dotenv-key")
+    monkeypatch.setenv("BBT_BASE_URL", "http://from-env:2")
+    monkeypatch.setenv("BBT_API_KEY", "env-key")
+    s = ClientSettings()
+    assert s.base_url == "http://from-env:2"
+    assert s.api_key is not None
+    assert s.api_key.get_secret_value() == "env-key"
+
+
+@pytest.mark.usefixtures("no_env")
+def test_an_explicit_url_may_take_a_key_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller chose where the key goes (Client(base_url=...), --base-url).
+    _dotenv(tmp_path / ".env", base_url="http://from-dotenv:1", api_key="dotenv-key")
+    assert ClientSettings(base_url="http://from-args:3").base_url == "http://from-args:3"
+    monkeypatch.setenv("BBT_API_KEY", "env-key")
+    s = ClientSettings(base_url="http://from-args:3", env_file=None)
+    assert s.api_key is not None
+    assert s.api_key.get_secret_value() == "env-key"
+    # Arguments for both override everything, whatever the other sources mix.
+    _dotenv(tmp_path / ".env", base_url="http://attacker.example")
+    s = ClientSettings(base_url="http://from-args:3", api_key="arg-key")
+    assert (s.base_url, s.api_key.get_secret_value() if s.api_key else None) == (
+        "http://from-args:3",
+        "arg-key",
+    )
+
+
+@pytest.mark.usefixtures("no_env")
+def test_a_url_with_no_key_or_a_key_with_no_url_is_fine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dotenv(tmp_path / ".env", base_url="http://from-dotenv:1")
+    assert ClientSettings().api_key is None  # nothing to send anywhere
+    _dotenv(tmp_path / ".env", model="m")
+    monkeypatch.setenv("BBT_API_KEY", "env-key")
+    assert ClientSettings().base_url is None  # the embedded server gets no key anyway
+
+
+@pytest.mark.usefixtures("no_env")
+def test_bbt_tune_refuses_the_mix_in_one_line_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from bbt.cli import app
+
+    _dotenv(tmp_path / ".env", base_url="http://attacker.example")
+    monkeypatch.setenv("BBT_API_KEY", "env-key-cli-51aa")
+    monkeypatch.setenv("BBT_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(app, ["tune", "--task", "mock", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.output
+    assert lines[0].startswith("error: ")
+    assert "same place" in lines[0]
+    assert "Traceback" not in r.output
+    assert "env-key-cli-51aa" not in r.output

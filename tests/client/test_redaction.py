@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from bbt.client import Client, ClientSettings
+from bbt.client._base import redact_url
 from bbt.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -100,3 +101,63 @@ def test_logs_never_hold_the_key(
         assert API_KEY not in record.getMessage()
         assert API_KEY not in repr(record.args)
     assert API_KEY not in caplog.text
+
+
+# --------------------------------------------------------------------------- URL credentials
+
+PASSWORD = "pw-in-the-url-5e1f"
+
+
+@pytest.mark.parametrize(
+    ("url", "want"),
+    [
+        (f"http://user:{PASSWORD}@127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        (f"https://{PASSWORD}@bbt.test", "https://bbt.test"),
+        (f"http://user:p@ss{PASSWORD}@bbt.test/x?y=1", "http://bbt.test/x?y=1"),
+        (f"vllm+http://u:{PASSWORD}@h:1/v1?model=m", "vllm+http://h:1/v1?model=m"),
+        (f"http://h/?api_key={PASSWORD}&model=m", "http://h/?api_key=***&model=m"),
+        (f"http://h/?model=m&token={PASSWORD}#top", "http://h/?model=m&token=***#top"),
+        (f"http://h/?key={PASSWORD}", "http://h/?key=***"),
+        ("http://bbt.test:8000", "http://bbt.test:8000"),
+        ("no url here: user@example.com", "no url here: user@example.com"),
+    ],
+)
+def test_redact_url_drops_userinfo_and_secret_query_values(url: str, want: str) -> None:
+    assert redact_url(url) == want
+    # Inside a message too, as errors and logs carry URLs.
+    assert redact_url(f"cannot reach {url} (refused)") == f"cannot reach {want} (refused)"
+
+
+def test_a_client_on_a_url_with_credentials_never_shows_them(
+    no_env: None, service: FakeService, caplog: pytest.LogCaptureFixture
+) -> None:
+    service.api_key = None
+    service.faults.append(httpx.ConnectError(f"failed on http://user:{PASSWORD}@bbt.test/v1"))
+    client = Client(
+        f"http://user:{PASSWORD}@bbt.test",
+        transport=httpx.MockTransport(service),
+        env_file=None,
+        max_retries=1,
+    )
+    try:
+        with caplog.at_level(logging.DEBUG):
+            client.health()
+        assert PASSWORD not in repr(client)
+        assert "base_url='http://bbt.test'" in repr(client)
+        # The credentials still travel, as the Basic auth httpx made of them before.
+        sent = service.requests[-1]
+        assert sent.headers["Authorization"] == httpx.BasicAuth("user", PASSWORD)._auth_header
+        assert "@" not in str(sent.url)
+        service.faults.append(httpx.ConnectError(f"failed on http://user:{PASSWORD}@bbt.test/v1"))
+        with pytest.raises(APIConnectionError) as info:
+            Client(
+                f"http://user:{PASSWORD}@bbt.test",
+                transport=httpx.MockTransport(service),
+                env_file=None,
+                max_retries=0,
+            ).health()
+    finally:
+        client.close()
+    assert PASSWORD not in str(info.value)
+    assert "http://bbt.test/v1" in str(info.value)
+    assert PASSWORD not in caplog.text
