@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,6 +19,7 @@ from bbt.client._base import (
     FloatArray,
     M,
     RawBody,
+    next_page,
     plan_embed,
     plan_logits,
     plan_projected_store,
@@ -27,6 +28,7 @@ from bbt.client._base import (
     plan_tokenize,
     prompt_logits_into,
     prompt_path,
+    prompts_page_path,
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
@@ -258,8 +260,21 @@ class AsyncClient(BaseClient):
         return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
 
     async def list_prompts(self) -> list[StoredPrompt]:
-        """Every prompt this API key stored on the server, oldest first (metadata only)."""
-        return (await self._send("GET", self._api("/prompts"), None, PromptList)).data
+        """As :meth:`bbt.Client.list_prompts`: every page, to the end."""
+        return [p async for p in self.iter_prompts()]
+
+    async def iter_prompts(self, page_size: int | None = None) -> AsyncIterator[StoredPrompt]:
+        """As :meth:`bbt.Client.iter_prompts`: a page at a time, as the iteration reaches it."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            path = prompts_page_path(cursor, page_size)
+            page = await self._send("GET", path, None, PromptList)
+            for stored in page.data:
+                yield stored
+            cursor = next_page(page.next_cursor, seen)
+            if cursor is None:
+                return
 
     async def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""

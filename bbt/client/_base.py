@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -76,6 +76,7 @@ from bbt.protocol import (
     is_prompt_id,
     speaks,
 )
+from bbt.protocol._registry import check_json_value, check_text
 
 if TYPE_CHECKING:
     from bbt.client._sessions import SessionChunk
@@ -785,6 +786,49 @@ def prompt_path(prompt_id: str) -> str:
     return f"{API_PREFIX}/prompts/{prompt_id}"
 
 
+#: Most pages list_prompts() follows: a server keeps at most max_prompts (1000 by default)
+#: per key, so this many pages means a server that hands out cursors without end.
+MAX_LIST_PAGES = 10_000
+
+
+def prompts_page_path(cursor: str | None, page_size: int | None) -> str:
+    """``GET /v1/prompts`` for one page (1.2): a server from before pages ignores the query
+    and answers every prompt with no ``next_cursor``, which ends the walk."""
+    query: dict[str, str] = {}
+    if page_size is not None:
+        if page_size < 1:
+            raise InvalidRequestError("page_size must be at least 1", field="limit")
+        query["limit"] = str(page_size)
+    if cursor is not None:
+        query["cursor"] = cursor
+    path = f"{API_PREFIX}/prompts"
+    return f"{path}?{urlencode(query)}" if query else path
+
+
+def next_page(cursor: str | None, seen: set[str]) -> str | None:
+    """The cursor to fetch next, or None at the end; ProtocolError for a server that hands
+    the same cursor back (following it would never end)."""
+    if cursor is None:
+        return None
+    if cursor in seen or len(seen) >= MAX_LIST_PAGES:
+        raise ProtocolError("the server's prompt list does not end (a cursor came back twice)")
+    seen.add(cursor)
+    return cursor
+
+
+def check_free_form(label: str | None, recipe: dict[str, Any] | None) -> None:
+    """Refuse, before any request, a label or recipe the server could not send back (a lone
+    surrogate, NaN, nesting past any server's bound): it would refuse them with a 422, and
+    some cannot even be written as the request's JSON."""
+    try:
+        if recipe is not None:
+            check_json_value(recipe, "recipe")
+        if label is not None:
+            check_text(label, "label")
+    except ProtocolViolation as exc:
+        raise invalid(exc) from exc
+
+
 def plan_prompt_store(
     info: ModelInfo,
     prompt: np.ndarray[Any, Any],
@@ -793,6 +837,7 @@ def plan_prompt_store(
 ) -> PromptCreateRequest:
     """A checked store request; the prompt travels as float32, so the server keeps (and
     digests) exactly the bytes the caller holds."""
+    check_free_form(label, recipe)
     arr = np.asarray(prompt)
     try:
         tensor = Tensor.from_numpy(arr, "float32")
@@ -816,6 +861,7 @@ def plan_projected_store(
     recipe: dict[str, Any] | None = None,
 ) -> PromptCreateRequest:
     """A store request that names the prompt as A z + p0 (z uploads, not the prompt)."""
+    check_free_form(label, recipe)
     arr = np.asarray(z)
     if arr.shape != (projection.dim,):
         raise InvalidRequestError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -21,6 +21,7 @@ from bbt.client._base import (
     FloatArray,
     M,
     RawBody,
+    next_page,
     plan_embed,
     plan_logits,
     plan_projected_store,
@@ -29,6 +30,7 @@ from bbt.client._base import (
     plan_tokenize,
     prompt_logits_into,
     prompt_path,
+    prompts_page_path,
     select_model,
 )
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
@@ -250,8 +252,22 @@ class Client(BaseClient):
         return self._send("POST", self._api("/prompts"), req, StoredPrompt)
 
     def list_prompts(self) -> list[StoredPrompt]:
-        """Every prompt this API key stored on the server, oldest first (metadata only)."""
-        return (self._send("GET", self._api("/prompts"), None, PromptList)).data
+        """Every prompt this API key stored on the server, oldest first (metadata only);
+        follows the server's pages (1.2) to the end."""
+        return list(self.iter_prompts())
+
+    def iter_prompts(self, page_size: int | None = None) -> Iterator[StoredPrompt]:
+        """This key's prompts, oldest first, fetched a page (``page_size`` prompts; None:
+        the server's default) at a time as the iteration reaches it."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            path = prompts_page_path(cursor, page_size)
+            page = self._send("GET", path, None, PromptList)
+            yield from page.data
+            cursor = next_page(page.next_cursor, seen)
+            if cursor is None:
+                return
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """A stored prompt's metadata; :class:`~bbt.errors.NotFoundError` when it is gone

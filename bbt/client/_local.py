@@ -9,7 +9,7 @@ accounting (``requests`` counts backend calls; bytes stay 0) and the same except
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from bbt.client._base import (
     FloatArray,
     invalid,
+    next_page,
     plan_embed,
     plan_logits,
     plan_projected_store,
@@ -202,6 +203,11 @@ class LocalClient:
                     raise PermissionDeniedError(
                         cause.message, status_code=403, error_type="permission", field=cause.field
                     ) from cause
+                if cause.error_type is ErrorType.unavailable:
+                    # The registry's storage failed: the 503 a server would answer.
+                    raise ServerError(
+                        cause.message, status_code=503, error_type="unavailable"
+                    ) from cause
             raise
 
     def store_prompt(
@@ -234,8 +240,20 @@ class LocalClient:
 
     def list_prompts(self) -> list[StoredPrompt]:
         """As :meth:`bbt.Client.list_prompts`."""
+        return list(self.iter_prompts())
+
+    def iter_prompts(self, page_size: int | None = None) -> Iterator[StoredPrompt]:
+        """As :meth:`bbt.Client.iter_prompts`."""
         ep = self._endpoints()
-        return self._registry_call(ep.list_all, ep.tenant(None)).data
+        limit = None if page_size is None else str(page_size)
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            page = self._registry_call(ep.list_page, ep.tenant(None), limit, cursor)
+            yield from page.data
+            cursor = next_page(page.next_cursor, seen)
+            if cursor is None:
+                return
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""

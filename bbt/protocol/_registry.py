@@ -3,7 +3,7 @@
 Endpoints (see docs/protocol.md, *Prompt registry*)::
 
     POST   /v1/prompts                  PromptCreateRequest -> StoredPrompt   (201; 200 if known)
-    GET    /v1/prompts                  -> PromptList                         (this key's)
+    GET    /v1/prompts?limit=&cursor=   -> PromptList                         (a page; 1.2)
     GET    /v1/prompts/{id}             -> StoredPrompt                       (metadata only)
     DELETE /v1/prompts/{id}             -> PromptDeleted
     POST   /v1/prompts/{id}/logits      PromptLogitsRequest -> LogitsResponse (logits [1, B, C])
@@ -15,11 +15,13 @@ never existed.
 
 from __future__ import annotations
 
+import base64
+import math
 import re
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bbt.protocol._models import ErrorType, ModelInfo, _Wire
 from bbt.protocol._sessions import InitialPromptSpec, ProjectionSpec
@@ -40,6 +42,21 @@ PROMPT_ID_PATTERN = r"^bp_[A-Za-z0-9_-]{16,64}$"
 _PROMPT_ID_RE = re.compile(PROMPT_ID_PATTERN)
 #: Longest label a prompt may carry.
 MAX_LABEL_CHARS = 200
+#: Default bound on a stored recipe's size: JSON bytes as the server keeps it (compact,
+#: ASCII-escaped). A recipe is provenance, not a second copy of the prompt; a server may
+#: set another bound (``BBT_SERVER_REGISTRY_MAX_RECIPE_BYTES``).
+DEFAULT_MAX_RECIPE_BYTES = 64 * 1024
+#: Default bound on a recipe's nesting (objects and arrays inside one another). What a
+#: person or a tuner writes needs a handful of levels.
+DEFAULT_MAX_RECIPE_DEPTH = 32
+#: Hard bound on nesting, whatever a server sets: pydantic's serialiser gives up at 255
+#: levels (a 500 for every list holding the row), and a recipe sits 3 levels down in a list.
+MAX_JSON_DEPTH = 128
+#: ``GET /v1/prompts`` page size when the client names none. Large enough that a client
+#: from before paging (1.1) still sees a typical key's whole list on its one page.
+DEFAULT_PAGE_SIZE = 100
+#: Largest page a client may ask for; a larger ``limit`` is clamped to it.
+MAX_PAGE_SIZE = 1000
 
 
 class PromptCreateRequest(_Wire):
@@ -72,6 +89,18 @@ class PromptCreateRequest(_Wire):
         default=None, description="How the prompt was made; kept as given, never interpreted."
     )
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _encodable_label(cls, value: Any) -> Any:
+        # Before pydantic's own str check, whose message for a lone surrogate does not
+        # say what is wrong.
+        if isinstance(value, str):
+            try:
+                check_text(value, "label")
+            except ProtocolViolation as exc:
+                raise ValueError(exc.message) from None
+        return value
+
     @model_validator(mode="after")
     def _one_form(self) -> PromptCreateRequest:
         if (self.prompt is None) == (self.projection is None):
@@ -97,13 +126,31 @@ class StoredPrompt(_Wire):
     label: str | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(description="Unix time the prompt was stored.")
+    damaged: str | None = Field(
+        default=None,
+        description="Set (in a list) when the server cannot read part of this row back: "
+        "why. The fields it could not read are empty; delete the prompt and store it again.",
+        json_schema_extra={"since": "1.2"},
+    )
 
 
 class PromptList(_Wire):
-    """Every prompt the calling key stored, oldest first (metadata only)."""
+    """One page of the prompts the calling key stored, oldest first (metadata only).
+
+    ``GET /v1/prompts?limit=N&cursor=C``: at most ``limit`` prompts (default
+    :data:`DEFAULT_PAGE_SIZE`, at most :data:`MAX_PAGE_SIZE`; a server may also end a page
+    early to bound its size in bytes), then ``next_cursor`` names where the next page starts
+    (None: this was the last). A client from before 1.2 is not sent ``next_cursor`` and sees
+    the first page.
+    """
 
     object: Literal["list"] = "list"
     data: list[StoredPrompt]
+    next_cursor: str | None = Field(
+        default=None,
+        description="Pass as ?cursor= for the next page; null on the last page.",
+        json_schema_extra={"since": "1.2"},
+    )
 
 
 class PromptDeleted(_Wire):
@@ -186,6 +233,95 @@ def check_prompt_logits_request(req: PromptLogitsRequest, info: ModelInfo) -> No
     check_batch(1, list(req.texts), list(req.candidate_ids), info, shape_field="prompt_id")
 
 
+def check_text(value: str, field: str) -> None:
+    """``value`` can be written as UTF-8 (no lone surrogate, which JSON's ``\\ud800`` escape
+    can carry), or ProtocolViolation: such a string could be stored but never sent back."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ProtocolViolation(
+            f"{field} is not valid Unicode (a lone surrogate at character {exc.start})",
+            field=field,
+        ) from None
+
+
+def check_json_value(value: Any, field: str, *, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse free-form JSON that could be stored but not sent back: strings (keys too)
+    with lone surrogates, NaN or infinite numbers (Python's JSON reader takes them, strict
+    ones do not), and objects or arrays nested more than ``max_depth`` deep.
+
+    Iterative, so a value nested thousands deep is refused, not a RecursionError.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth + 1 > max_depth:
+                raise ProtocolViolation(
+                    f"{field} is nested more than {max_depth} levels deep", field=field
+                )
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if not isinstance(key, str):
+                        raise ProtocolViolation(f"{where} has a key that is not a string", where)
+                    check_text(key, where)
+                    stack.append((sub, f"{where}.{key}", depth + 1))
+            else:
+                stack.extend((sub, f"{where}.{i}", depth + 1) for i, sub in enumerate(item))
+        elif isinstance(item, str):
+            check_text(item, where)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ProtocolViolation(f"{where} is NaN or infinite; JSON has no such number", where)
+        elif item is not None and not isinstance(item, bool | int | float):
+            raise ProtocolViolation(f"{where} is not a JSON value", where)
+
+
+def encode_cursor(created_at: float, prompt_id: str) -> str:
+    """The opaque ``next_cursor`` after the prompt (created_at, id): where the next page
+    starts in the list's order. Keyset, not an offset, so deleting or storing prompts
+    between pages neither repeats nor skips one."""
+    raw = f"{created_at!r}|{prompt_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """(created_at, id) from :func:`encode_cursor`'s output, or a 422 naming ``cursor``."""
+    bad = ProtocolViolation(
+        "cursor is not one this server handed out; pass next_cursor from the previous page "
+        "as it is, or leave cursor out for the first page",
+        field="cursor",
+    )
+    if not cursor or len(cursor) > 200:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, prompt_id = raw.partition("|")
+        created_at = float(when)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise bad from None
+    # Any id, not only the form is_prompt_id accepts: a row written by hand must not leave
+    # the pages after it unreachable. The id only ever goes into a bound SQL parameter.
+    if not math.isfinite(created_at) or not prompt_id:
+        raise bad
+    return created_at, prompt_id
+
+
+def page_limit(value: str | None, default: int, maximum: int) -> int:
+    """The page size a ``?limit=`` asks for: ``default`` when absent, clamped to
+    ``maximum``; a 422 naming ``limit`` when it is no positive integer."""
+    if value is None:
+        return min(default, maximum)
+    text = value.strip()
+    if not text.isdigit() or len(text) > 18 or int(text) < 1:
+        raise ProtocolViolation(
+            f"limit must be a whole number from 1 to {maximum}; got {value[:20]!r}",
+            field="limit",
+        )
+    return min(int(text), maximum)
+
+
 def unknown_prompt(prompt_id: str) -> ProtocolViolation:
     """The one answer for an id that does not exist *or* belongs to another key."""
     shown = prompt_id if is_prompt_id(prompt_id) else "(malformed id)"
@@ -198,7 +334,12 @@ def unknown_prompt(prompt_id: str) -> ProtocolViolation:
 
 __all__ = [
     "DEEP_PROMPTS_CAPABILITY",
+    "DEFAULT_MAX_RECIPE_BYTES",
+    "DEFAULT_MAX_RECIPE_DEPTH",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_JSON_DEPTH",
     "MAX_LABEL_CHARS",
+    "MAX_PAGE_SIZE",
     "PROMPT_ID_PATTERN",
     "PROMPT_REGISTRY_CAPABILITY",
     "PromptCreateRequest",
@@ -206,9 +347,14 @@ __all__ = [
     "PromptList",
     "PromptLogitsRequest",
     "StoredPrompt",
+    "check_json_value",
     "check_prompt_create_request",
     "check_prompt_logits_request",
     "check_prompt_shape",
+    "check_text",
+    "decode_cursor",
+    "encode_cursor",
     "is_prompt_id",
+    "page_limit",
     "unknown_prompt",
 ]

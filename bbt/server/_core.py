@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -59,7 +59,7 @@ from bbt.protocol._validate import DecodedLogitsRequest
 from bbt.server._prompts import PromptEndpoints, PromptRoute, match_route, no_registry
 from bbt.server.backend import Backend
 from bbt.server.registry import PromptRegistry
-from bbt.server.sessions import SessionHost, SessionsFull, session_host, tenant_of
+from bbt.server.sessions import SessionHost, session_host, tenant_of
 from bbt.server.settings import ServerSettings
 
 logger = logging.getLogger("bbt.server")
@@ -99,7 +99,9 @@ class APIFailure(Exception):  # noqa: N818 - an answer to send, not a crash
 
 
 def violation_failure(exc: ProtocolViolation) -> APIFailure:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, SessionsFull) else None
+    # SessionsFull and the registry's StorageUnavailable say when to come back.
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
     return APIFailure(
         STATUS_OF[exc.error_type], exc.error_type, exc.message, exc.field, headers=headers
     )
@@ -349,17 +351,18 @@ class ServiceCore:
         }
 
     def handle(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
     ) -> CoreResponse:
         """Serve one request synchronously, exactly as the app would (minus fault injection).
 
-        ``headers`` is matched case-insensitively. Used by ``bbt.testing``'s transports.
+        ``headers`` is matched case-insensitively; ``query`` is the URL's query string
+        (``GET /v1/prompts`` reads its page from it). Used by ``bbt.testing``'s transports.
         """
         lower = {k.lower(): v for k, v in headers.items()}
         request_id = new_request_id(lower.get(REQUEST_ID_HEADER.lower()))
         version = negotiate(lower.get(PROTOCOL_HEADER.lower()))
         try:
-            payload = self._handle(method.upper(), path, lower, body)
+            payload = self._handle(method.upper(), path, lower, body, query)
             status, content, extra = 200, wire_json(payload, version), {}
         except (APIFailure, ProtocolViolation, Exception) as exc:
             if isinstance(exc, ProtocolViolation):
@@ -379,14 +382,16 @@ class ServiceCore:
         }
         return CoreResponse(status=status, body=content, headers=out_headers)
 
-    def _handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> BaseModel:
+    def _handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
+    ) -> BaseModel:
         routes = self.routes()
         denied = self.auth_failure(path, headers.get("authorization"))
         if denied is not None:
             raise denied
         prompt_route = match_route(path)
         if prompt_route is not None:
-            return self._handle_prompts(method, prompt_route, headers, body)
+            return self._handle_prompts(method, prompt_route, headers, body, query)
         session = _SESSION_PATH.fullmatch(path)
         if session is not None:
             return self._handle_session(method, session, headers, body)
@@ -413,7 +418,12 @@ class ServiceCore:
         return result
 
     def _handle_prompts(
-        self, method: str, route: PromptRoute, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        route: PromptRoute,
+        headers: Mapping[str, str],
+        body: bytes,
+        query: str = "",
     ) -> BaseModel:
         """The registry's endpoints (``/v1/prompts...``), as the app serves them."""
         if method not in route.allowed:
@@ -432,7 +442,8 @@ class ServiceCore:
             raise no_registry()
         tenant = self.prompts.tenant(self.presented_key(headers.get("authorization")))
         if route.action == "collection" and method == "GET":
-            return self.prompts.list_all(tenant)
+            params = dict(parse_qsl(query, keep_blank_values=True))
+            return self.prompts.list_page(tenant, params.get("limit"), params.get("cursor"))
         if route.action == "collection":
             stored, _ = self.prompts.create(_parse_body(PromptCreateRequest, body), tenant)
             return stored

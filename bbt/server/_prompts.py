@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -35,7 +37,16 @@ from bbt.protocol import (
     check_prompt_create_request,
     check_prompt_logits_request,
 )
-from bbt.protocol._registry import check_prompt_shape, unknown_prompt
+from bbt.protocol._registry import (
+    DEFAULT_MAX_RECIPE_BYTES,
+    check_json_value,
+    check_prompt_shape,
+    check_text,
+    decode_cursor,
+    encode_cursor,
+    page_limit,
+    unknown_prompt,
+)
 from bbt.protocol._validate import check_prompt_values
 from bbt.protocol.projection import Projection
 from bbt.protocol.sessions import check_session_open, recipe_of, resolve_p0
@@ -44,6 +55,7 @@ from bbt.server.registry import (
     PromptRecord,
     PromptRegistry,
     RegistryFull,
+    RegistryUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -51,8 +63,9 @@ if TYPE_CHECKING:
 
 #: Path of the collection; a prompt is ``{PROMPTS_PATH}/{id}``.
 PROMPTS_PATH = f"{API_PREFIX}/prompts"
-#: Largest stored recipe (JSON): provenance, not a second copy of the prompt.
-MAX_RECIPE_BYTES = 64 * 1024
+#: Default largest stored recipe (JSON): provenance, not a second copy of the prompt. The
+#: bound in force is ``ServerSettings.registry_max_recipe_bytes``.
+MAX_RECIPE_BYTES = DEFAULT_MAX_RECIPE_BYTES
 # Anything after the collection path: an id segment, optionally followed by "/logits".
 _ROUTE_RE = re.compile(rf"^{re.escape(PROMPTS_PATH)}(?:/(?P<id>[^/]+)(?P<logits>/logits)?)?/?$")
 
@@ -100,7 +113,34 @@ def stored_prompt(record: PromptRecord) -> StoredPrompt:
         label=record.label,
         recipe=dict(record.recipe),
         created_at=record.created_at,
+        damaged=record.damaged,
     )
+
+
+class StorageUnavailable(ProtocolViolation):
+    """A 503 for a registry whose storage failed; ``retry_after`` (s) when waiting helps."""
+
+    def __init__(self, message: str, retry_after: int | None) -> None:
+        super().__init__(message, error_type=ErrorType.unavailable)
+        self.retry_after = retry_after
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _storage() -> Iterator[None]:
+    """Registry calls inside answer a storage fault with a typed 503 (never a bare 500): a
+    client then falls back to sending the prompt itself."""
+    try:
+        yield
+    except RegistryUnavailable as exc:
+        raise StorageUnavailable(str(exc), exc.retry_after) from None
+
+
+def _stored(fn: Callable[..., T], *args: Any) -> T:
+    with _storage():
+        return fn(*args)
 
 
 class PromptEndpoints:
@@ -115,21 +155,32 @@ class PromptEndpoints:
 
     def create(self, req: PromptCreateRequest, tenant: str) -> tuple[StoredPrompt, bool]:
         """(metadata, created): created is False when the key had stored these bytes already."""
+        settings = self.core.settings
         recipe: dict[str, Any] = dict(req.recipe or {})
+        # Free-form input first, before any compute: what is stored must be sendable back,
+        # or the row answers 500 and takes the key's whole list down with it.
+        check_json_value(recipe, "recipe", max_depth=settings.registry_max_recipe_depth)
+        if req.label is not None:
+            check_text(req.label, "label")
         if req.projection is None:
             prompt, kind = check_prompt_create_request(req, self.core.info), "tensor"
         else:
             prompt, made = self._project(req)
             kind = "projection"
             recipe.update(made)
-        if len(json.dumps(recipe)) > MAX_RECIPE_BYTES:
+        # Measured as stored (compact, ASCII-escaped), so the bound is the bytes kept.
+        size = len(json.dumps(recipe, sort_keys=True, separators=(",", ":")))
+        if size > settings.registry_max_recipe_bytes:
             raise ProtocolViolation(
-                f"recipe takes more than {MAX_RECIPE_BYTES} bytes as JSON", field="recipe"
+                f"recipe takes {size} bytes as JSON; this server keeps at most "
+                f"{settings.registry_max_recipe_bytes} bytes",
+                field="recipe",
             )
         try:
-            record, created = self.registry.put(
-                tenant, self.core.info.id, prompt, kind=kind, recipe=recipe, label=req.label
-            )
+            with _storage():
+                record, created = self.registry.put(
+                    tenant, self.core.info.id, prompt, kind=kind, recipe=recipe, label=req.label
+                )
         except RegistryFull as exc:
             # 403, not 429: prompts never expire, so waiting frees no room and a client
             # must not retry; deleting prompts does.
@@ -178,16 +229,31 @@ class PromptEndpoints:
         }
         return prompt, made
 
+    def list_page(
+        self, tenant: str, limit: str | None = None, cursor: str | None = None
+    ) -> PromptList:
+        """One page of ``GET /v1/prompts?limit=&cursor=`` (the raw query values, None when
+        absent): at most ``limit`` prompts and about ``registry_max_page_bytes`` of JSON."""
+        settings = self.core.settings
+        size = page_limit(limit, settings.registry_page_size, settings.registry_max_page_size)
+        after = decode_cursor(cursor) if cursor is not None else None
+        records, more = _stored(
+            lambda: self.registry.page(
+                tenant, size, after=after, max_bytes=settings.registry_max_page_bytes
+            )
+        )
+        data = [stored_prompt(r) for r in records]
+        last = records[-1] if records else None
+        next_cursor = encode_cursor(last.created_at, last.id) if more and last else None
+        return PromptList(data=data, next_cursor=next_cursor)
+
     def list_all(self, tenant: str) -> PromptList:
-        try:
-            records = self.registry.records(tenant)
-        except DamagedPrompt as exc:
-            raise ProtocolViolation(str(exc)) from None
-        return PromptList(data=[stored_prompt(r) for r in records])
+        """The first page, as a client that names no limit gets it."""
+        return self.list_page(tenant)
 
     def get(self, prompt_id: str, tenant: str) -> StoredPrompt:
         try:
-            record = self.registry.get(tenant, prompt_id)
+            record = _stored(self.registry.get, tenant, prompt_id)
         except DamagedPrompt as exc:
             raise ProtocolViolation(str(exc), field="prompt_id") from None
         if record is None:
@@ -195,7 +261,7 @@ class PromptEndpoints:
         return stored_prompt(record)
 
     def delete(self, prompt_id: str, tenant: str) -> PromptDeleted:
-        if not self.registry.delete(tenant, prompt_id):
+        if not _stored(self.registry.delete, tenant, prompt_id):
             raise unknown_prompt(prompt_id)
         return PromptDeleted(id=prompt_id)
 
@@ -204,7 +270,7 @@ class PromptEndpoints:
         info = self.core.info
         check_prompt_logits_request(req, info)
         try:
-            found = self.registry.load(tenant, prompt_id)
+            found = _stored(self.registry.load, tenant, prompt_id)
         except DamagedPrompt as exc:
             raise ProtocolViolation(str(exc), field="prompt_id") from None
         if found is None:
@@ -239,6 +305,7 @@ __all__ = [
     "PROMPTS_PATH",
     "PromptEndpoints",
     "PromptRoute",
+    "StorageUnavailable",
     "match_route",
     "no_registry",
     "stored_prompt",

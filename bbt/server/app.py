@@ -83,7 +83,7 @@ from bbt.server.settings import ServerSettings
 try:
     import anyio
     import anyio.to_thread
-    from fastapi import FastAPI, Path, Request
+    from fastapi import FastAPI, Path, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -543,10 +543,15 @@ def _add_registry_routes(
         return _answer(stored, request)
 
     @app.get(PROMPTS_PATH, response_model=PromptList, tags=["registry"])
-    async def list_prompts(request: Request) -> Response:
-        """Every prompt this API key stored, oldest first (metadata only)."""
+    async def list_prompts(
+        request: Request,
+        limit: str | None = Query(None, description="Prompts on this page (1.2)."),
+        cursor: str | None = Query(None, description="next_cursor of the previous page (1.2)."),
+    ) -> Response:
+        """The prompts this API key stored, oldest first (metadata only), a page at a time."""
         tenant = tenant_of(request)
-        return _answer(await anyio.to_thread.run_sync(ep.list_all, tenant), request)
+        page = await anyio.to_thread.run_sync(ep.list_page, tenant, limit, cursor)
+        return _answer(page, request)
 
     @app.get(PROMPTS_PATH + "/{prompt_id}", response_model=StoredPrompt, tags=["registry"])
     async def get_prompt(prompt_id: str, request: Request) -> Response:

@@ -21,8 +21,19 @@ Tenancy
     one anonymous tenant.
 
 Bounds
-    Per tenant at most ``max_prompts`` prompts and ``max_bytes`` bytes of payload, and at
-    most ``max_total_bytes`` over all tenants: :class:`RegistryFull` past any of them.
+    Per tenant at most ``max_prompts`` prompts and ``max_bytes`` stored bytes, and at most
+    ``max_total_bytes`` over all tenants: :class:`RegistryFull` past any of them. A row's
+    stored bytes are its payload plus what the client chose the size of (the recipe's JSON,
+    the label), kept in the ``stored_bytes`` column; its fixed-size fields are bounded by
+    ``max_prompts``. Rows from before that column (or written by an older bbt, which leaves
+    it empty) count their payload until the next open fills it in.
+
+Faults
+    A storage fault (disk full, a read-only file, an I/O error, a lock held past the busy
+    timeout, a damaged file) raises :class:`RegistryUnavailable`, which the server answers
+    with a typed 503; a failed change is rolled back, so the store works again once the
+    fault is gone. A row that cannot be read back (bad UTF-8, a recipe nested too deep) is a
+    record with ``damaged`` set, never an exception that takes a whole list down.
 
 Payloads are the float32 little-endian bytes of the prompt the server serves (shape
 ``[n, H]``, or ``[L, n, H]`` for a deep prompt), with a SHA-256 digest checked on every
@@ -32,9 +43,11 @@ load; how the prompt was made (a projection recipe plus z, say) is kept beside i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import secrets
@@ -50,6 +63,10 @@ from typing import Any, Literal
 import numpy as np
 
 from bbt.errors import ConfigurationError
+from bbt.protocol._registry import MAX_JSON_DEPTH, check_json_value, check_text
+from bbt.protocol._validate import ProtocolViolation
+
+log = logging.getLogger("bbt.server")
 
 #: Version of the tables below (SQLite ``user_version``); bump with a migration in _migrate.
 SCHEMA_VERSION = 1
@@ -90,7 +107,47 @@ CREATE TABLE IF NOT EXISTS prompts (
     payload    BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS prompts_by_content ON prompts (tenant, model, sha256);
+CREATE INDEX IF NOT EXISTS prompts_by_time ON prompts (tenant, created_at, id);
 """
+#: Bytes a row counts against the bounds, for rows whose ``stored_bytes`` is empty: the
+#: payload, plus the recipe unless it is the empty one, plus the label. ASCII-escaped JSON
+#: (what put() writes) has as many bytes as characters.
+_STORED_BYTES_SQL = (
+    "nbytes + CASE WHEN recipe = '{}' THEN 0 ELSE length(CAST(recipe AS BLOB)) END"
+    " + COALESCE(length(CAST(label AS BLOB)), 0)"
+)
+#: Usage of a set of rows; an older bbt's rows (stored_bytes NULL) count their payload.
+_USAGE_SQL = "SELECT COUNT(*), COALESCE(SUM(COALESCE(stored_bytes, nbytes)), 0) FROM prompts"
+#: Metadata columns of a row, every text one as raw bytes: a column holding bytes that are
+#: not UTF-8 must make that row damaged, not fail the whole query.
+_ROW_COLUMNS = (
+    "CAST(id AS BLOB), CAST(model AS BLOB), CAST(kind AS BLOB), CAST(shape AS BLOB), nbytes, "
+    "CAST(sha256 AS BLOB), CAST(recipe AS BLOB), CAST(label AS BLOB), created_at, "
+    "COALESCE(stored_bytes, nbytes)"
+)
+#: SQLite result codes (the low byte of an extended code) that mean the storage, not the
+#: request, failed; with what to tell the client. See https://sqlite.org/rescode.html.
+_FAULTS: dict[int, str] = {
+    5: "is busy (another process holds its lock); try again shortly",  # SQLITE_BUSY
+    6: "is busy (a table is locked); try again shortly",  # SQLITE_LOCKED
+    8: "is read-only on the server, so nothing can be stored or deleted now",  # READONLY
+    10: "hit a disk I/O error on the server",  # SQLITE_IOERR
+    11: "file is damaged on the server",  # SQLITE_CORRUPT
+    13: "cannot grow: the server's disk is full",  # SQLITE_FULL
+    14: "file cannot be opened on the server",  # SQLITE_CANTOPEN
+    26: "file is damaged on the server",  # SQLITE_NOTADB
+}
+#: The same, by the message SQLite gives (an error raised without a code, as tests do).
+_FAULT_TEXT = {
+    "database is locked": 5,
+    "database table is locked": 6,
+    "readonly database": 8,
+    "disk i/o error": 10,
+    "malformed": 11,
+    "disk is full": 13,
+    "unable to open database": 14,
+    "not a database": 26,
+}
 
 
 def default_path() -> Path:
@@ -136,7 +193,37 @@ class RegistryFull(RegistryError):  # noqa: N818 - a refusal, not a crash
 
 
 class DamagedPrompt(RegistryError):  # noqa: N818
-    """A stored row whose payload does not match its shape or digest."""
+    """A stored row whose payload does not match its shape or digest, or whose metadata
+    cannot be read back."""
+
+
+class RegistryUnavailable(RegistryError):  # noqa: N818 - a refusal, not a crash
+    """The storage failed (see *Faults* in the module docstring); ``retry_after`` is set
+    (seconds) when waiting should help, as for a lock held by another process."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def storage_fault(exc: sqlite3.Error) -> RegistryUnavailable | None:
+    """The refusal a storage fault maps to; None for an error that is a bug (a constraint,
+    a closed connection), which must stay a 500 and reach the log as one."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary not in _FAULTS:
+        text = str(exc).lower()
+        primary = next((c for t, c in _FAULT_TEXT.items() if t in text), None)
+    if primary is None:
+        if not isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+            return None
+        return RegistryUnavailable("the prompt registry failed on the server (a storage fault)")
+    busy = primary in (5, 6)
+    return RegistryUnavailable(
+        f"the prompt registry {_FAULTS[primary]}", retry_after=1 if busy else None
+    )
 
 
 @dataclass(frozen=True)
@@ -165,6 +252,10 @@ class PromptRecord:
     recipe: Mapping[str, Any] = field(default_factory=dict)
     label: str | None = None
     created_at: float = 0.0
+    #: Bytes the row counts against the bounds (payload, recipe, label).
+    stored_bytes: int = 0
+    #: Why part of the row could not be read back (those fields are left empty), or None.
+    damaged: str | None = None
 
 
 def prompt_digest(prompt: np.ndarray[Any, Any]) -> str:
@@ -244,6 +335,15 @@ class PromptRegistry:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 self._db.execute(statement)
+        columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(prompts)")}
+        if "stored_bytes" not in columns:
+            # Additive, so the schema version stays: an older bbt reads and writes the file
+            # as before, leaving the column NULL on its rows (counted as their payload, and
+            # filled in below at the next open).
+            self._db.execute("ALTER TABLE prompts ADD COLUMN stored_bytes INTEGER")
+        self._db.execute(
+            f"UPDATE prompts SET stored_bytes = {_STORED_BYTES_SQL} WHERE stored_bytes IS NULL"
+        )
         if version < SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -262,10 +362,30 @@ class PromptRegistry:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # Also when COMMIT itself failed (a full disk): a transaction left open would
+            # make every later BEGIN fail. SQLite may have rolled back already (SQLITE_FULL
+            # does), and a failing ROLLBACK must not hide the error that caused it.
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+
+    @contextmanager
+    def _storage(self) -> Iterator[None]:
+        """Under the lock; storage faults raised as :class:`RegistryUnavailable`."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                fault = storage_fault(exc)
+                if fault is None:
+                    raise
+                # The server's log gets SQLite's words (no key is in them); the client a
+                # fixed sentence that names no path.
+                log.warning("prompt registry %s: %s: %s", self.path, type(exc).__name__, exc)
+                raise fault from None
 
     # ------------------------------------------------------------------ tenants
 
@@ -301,9 +421,24 @@ class PromptRegistry:
         payload = arr.tobytes()
         digest = hashlib.sha256(payload).hexdigest()
         shape = [int(d) for d in arr.shape]
-        recipe_json = json.dumps(dict(recipe or {}), sort_keys=True, separators=(",", ":"))
+        recipe_dict = dict(recipe or {})
+        try:
+            # The server checked these already (with its own, tighter, bounds); this keeps
+            # a direct caller from storing a row that could never be read back.
+            check_json_value(recipe_dict, "recipe")
+            if label is not None:
+                check_text(label, "label")
+        except ProtocolViolation as exc:
+            raise ValueError(exc.message) from None
+        # ensure_ascii (the default): the column holds ASCII, so its bytes are its length.
+        recipe_json = json.dumps(recipe_dict, sort_keys=True, separators=(",", ":"))
         nbytes = len(payload)
-        with self._lock, self._transaction():
+        stored = (
+            nbytes
+            + (len(recipe_json) if recipe_dict else 0)
+            + (len(label.encode()) if label is not None else 0)
+        )
+        with self._storage(), self._transaction():
             db = self._db
             for row in db.execute(
                 "SELECT id, payload FROM prompts WHERE tenant = ? AND model = ? AND sha256 = ?",
@@ -311,27 +446,25 @@ class PromptRegistry:
             ).fetchall():
                 if hashlib.sha256(row[1]).hexdigest() == digest:
                     existing = self._record_by_id(tenant, str(row[0]))
-                    if existing is not None:
+                    if existing is not None and existing.damaged is None:
                         return existing, False
                 # A damaged copy: replace it rather than hand back an id that cannot serve.
                 db.execute("DELETE FROM prompts WHERE id = ?", (row[0],))
-            count, used = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM prompts WHERE tenant = ?",
-                (tenant,),
-            ).fetchone()
+            count, used = db.execute(f"{_USAGE_SQL} WHERE tenant = ?", (tenant,)).fetchone()
             lim = self.limits
             if count + 1 > lim.max_prompts:
                 raise RegistryFull(
                     f"this key already stores {count} prompts, the most the registry keeps "
                     "per key; delete some (DELETE /v1/prompts/{id}) and store again"
                 )
-            if used + nbytes > lim.max_bytes:
+            if used + stored > lim.max_bytes:
                 raise RegistryFull(
-                    f"this key's prompts take {used} bytes; {nbytes} more would pass the "
-                    f"{lim.max_bytes}-byte bound per key; delete some and store again"
+                    f"this key's prompts take {used} bytes; {stored} more (the prompt, its "
+                    f"recipe and label) would pass the {lim.max_bytes}-byte bound per key; "
+                    "delete some and store again"
                 )
-            total = db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM prompts").fetchone()[0]
-            if total + nbytes > lim.max_total_bytes:
+            total = db.execute(_USAGE_SQL).fetchone()[1]
+            if total + stored > lim.max_total_bytes:
                 raise RegistryFull(
                     f"the server's prompt registry is full ({total} of "
                     f"{lim.max_total_bytes} bytes); ask its operator for room"
@@ -346,10 +479,12 @@ class PromptRegistry:
                 recipe=json.loads(recipe_json),
                 label=label,
                 created_at=time.time(),
+                stored_bytes=stored,
             )
             db.execute(
                 "INSERT INTO prompts (id, tenant, model, kind, shape, nbytes, sha256, recipe, "
-                "label, created_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "label, created_at, payload, stored_bytes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     tenant,
@@ -362,19 +497,22 @@ class PromptRegistry:
                     label,
                     record.created_at,
                     payload,
+                    stored,
                 ),
             )
         return record, True
 
     def get(self, tenant: str, prompt_id: str) -> PromptRecord | None:
-        """The metadata of ``tenant``'s prompt ``prompt_id``, or None (absent or not theirs)."""
-        with self._lock:
-            return self._record_by_id(tenant, prompt_id)
+        """The metadata of ``tenant``'s prompt ``prompt_id``, or None (absent or not theirs);
+        :class:`DamagedPrompt` for a row that cannot be read back."""
+        with self._storage():
+            record = self._record_by_id(tenant, prompt_id)
+        return _usable(record)
 
     def load(self, tenant: str, prompt_id: str) -> tuple[PromptRecord, np.ndarray[Any, Any]] | None:
         """Metadata and the float32 prompt, or None; :class:`DamagedPrompt` for a bad row."""
-        with self._lock:
-            record = self._record_by_id(tenant, prompt_id)
+        with self._storage():
+            record = _usable(self._record_by_id(tenant, prompt_id))
             if record is None:
                 return None
             row = self._db.execute(
@@ -392,33 +530,69 @@ class PromptRegistry:
         arr = np.frombuffer(payload, dtype=_F32).reshape(record.shape)
         return record, arr.astype(np.float32, copy=True)
 
+    def page(
+        self,
+        tenant: str,
+        limit: int,
+        *,
+        after: tuple[float, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[list[PromptRecord], bool]:
+        """(up to ``limit`` of ``tenant``'s prompts after ``after`` in the list's order,
+        whether more follow). Oldest first, ties by id: a stable order for keyset paging.
+
+        Rows are read one at a time and the page ends once their metadata passes
+        ``max_bytes`` (it always holds one row), so memory is bounded by the page, not by
+        what the tenant stored. Damaged rows come back with ``damaged`` set.
+        """
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        # A creation time that is no finite number (a hand edit) cannot be a cursor: such a
+        # row is left out of lists (GET and DELETE by id still reach it).
+        sql = (
+            f"SELECT {_ROW_COLUMNS} FROM prompts WHERE tenant = ?"
+            " AND created_at BETWEEN -1e300 AND 1e300"
+        )
+        args: tuple[Any, ...] = (tenant,)
+        if after is not None:
+            sql += " AND (created_at, id) > (?, ?)"
+            args += after
+        sql += " ORDER BY created_at, id"
+        out: list[PromptRecord] = []
+        size = 0
+        with self._storage():
+            cursor = self._db.execute(sql, args)
+            try:
+                for row in cursor:
+                    if len(out) == limit or (max_bytes is not None and out and size > max_bytes):
+                        return out, True
+                    record = _row_record(row)
+                    if record is None:
+                        continue
+                    out.append(record)
+                    # The row's free-form text is what varies; 512 covers the rest of it.
+                    size += len(row[6] or b"") + len(row[7] or b"") + 512
+            finally:
+                cursor.close()
+        return out, False
+
     def records(self, tenant: str) -> list[PromptRecord]:
         """Every prompt ``tenant`` stored, oldest first (at most ``max_prompts``)."""
-        with self._lock:
-            ids = [
-                str(row[0])
-                for row in self._db.execute(
-                    "SELECT id FROM prompts WHERE tenant = ? ORDER BY created_at, id", (tenant,)
-                ).fetchall()
-            ]
-            found = [self._record_by_id(tenant, i) for i in ids]
-        return [r for r in found if r is not None]
+        found, _ = self.page(tenant, max(1, self.limits.max_prompts) + 1)
+        return found
 
     def delete(self, tenant: str, prompt_id: str) -> bool:
         """Delete ``tenant``'s prompt; False when there was none (or it is not theirs)."""
-        with self._lock, self._transaction():
+        with self._storage(), self._transaction():
             cur = self._db.execute(
                 "DELETE FROM prompts WHERE id = ? AND tenant = ?", (prompt_id, tenant)
             )
             return cur.rowcount > 0
 
     def usage(self, tenant: str) -> tuple[int, int]:
-        """(prompts, payload bytes) stored by ``tenant``."""
-        with self._lock:
-            count, used = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM prompts WHERE tenant = ?",
-                (tenant,),
-            ).fetchone()
+        """(prompts, stored bytes) of ``tenant``: what the bounds are checked against."""
+        with self._storage():
+            count, used = self._db.execute(f"{_USAGE_SQL} WHERE tenant = ?", (tenant,)).fetchone()
         return int(count), int(used)
 
     def close(self) -> None:
@@ -429,31 +603,90 @@ class PromptRegistry:
 
     def _record_by_id(self, tenant: str, prompt_id: str) -> PromptRecord | None:
         row = self._db.execute(
-            "SELECT id, model, kind, shape, nbytes, sha256, recipe, label, created_at "
-            "FROM prompts WHERE id = ? AND tenant = ?",
+            f"SELECT {_ROW_COLUMNS} FROM prompts WHERE id = ? AND tenant = ?",
             (prompt_id, tenant),
         ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else _row_record(row)
+
+
+def _usable(record: PromptRecord | None) -> PromptRecord | None:
+    if record is not None and record.damaged is not None:
+        raise DamagedPrompt(record.damaged)
+    return record
+
+
+def _text(value: Any) -> str:
+    """A text column read as bytes (see _ROW_COLUMNS), strictly decoded."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _row_record(row: tuple[Any, ...]) -> PromptRecord | None:
+    """A row of _ROW_COLUMNS as a record that can always be sent back: fields that cannot
+    be read are left empty and ``damaged`` says why. None for a row whose id is unreadable
+    (nobody could name it to delete it; the log says so)."""
+    try:
+        prompt_id = _text(row[0])
+        check_text(prompt_id, "id")
+    except (UnicodeDecodeError, ProtocolViolation):
+        log.warning("prompt registry: skipping a row whose id is not valid UTF-8")
+        return None
+    problems: list[str] = []
+
+    def read(what: str, fn: Any, default: Any) -> Any:
         try:
-            shape = tuple(int(d) for d in json.loads(row[3]))
-            recipe = json.loads(row[6])
-        except (ValueError, TypeError) as exc:
-            raise DamagedPrompt(
-                f"stored prompt {prompt_id} has damaged metadata ({type(exc).__name__}); "
-                "delete it and store the prompt again"
-            ) from None
-        return PromptRecord(
-            id=str(row[0]),
-            model=str(row[1]),
-            kind=str(row[2]),
-            shape=shape,
-            nbytes=int(row[4]),
-            sha256=str(row[5]),
-            recipe=recipe if isinstance(recipe, dict) else {},
-            label=None if row[7] is None else str(row[7]),
-            created_at=float(row[8]),
-        )
+            return fn()
+        except (ValueError, TypeError, RecursionError, ProtocolViolation) as exc:
+            # UnicodeDecodeError and JSONDecodeError are ValueErrors.
+            problems.append(f"{what} ({type(exc).__name__})")
+            return default
+
+    def shape() -> tuple[int, ...]:
+        dims = json.loads(_text(row[3]))
+        if not isinstance(dims, list):
+            raise TypeError("shape is not a list")
+        return tuple(int(d) for d in dims)
+
+    def recipe() -> dict[str, Any]:
+        value = json.loads(_text(row[6]))
+        if not isinstance(value, dict):
+            raise TypeError("recipe is not an object")
+        check_json_value(value, "recipe", max_depth=MAX_JSON_DEPTH)
+        return value
+
+    def label() -> str | None:
+        if row[7] is None:
+            return None
+        text = _text(row[7])
+        check_text(text, "label")
+        return text
+
+    def created_at() -> float:
+        value = float(row[8])
+        if not math.isfinite(value):
+            raise ValueError("created_at is not finite")
+        return value
+
+    record = PromptRecord(
+        id=prompt_id,
+        model=read("model", lambda: _text(row[1]), ""),
+        kind=read("kind", lambda: _text(row[2]), ""),
+        shape=read("shape", shape, ()),
+        nbytes=read("size", lambda: max(0, int(row[4])), 0),
+        sha256=read("digest", lambda: _text(row[5]), ""),
+        recipe=read("recipe", recipe, {}),
+        label=read("label", label, None),
+        created_at=read("creation time", created_at, 0.0),
+        stored_bytes=read("stored size", lambda: max(0, int(row[9])), 0),
+    )
+    if not problems:
+        return record
+    return dataclasses.replace(
+        record,
+        damaged=f"stored prompt {prompt_id} has damaged metadata ({', '.join(problems)}); "
+        "delete it and store the prompt again",
+    )
 
 
 __all__ = [
@@ -465,8 +698,10 @@ __all__ = [
     "RegistryError",
     "RegistryFull",
     "RegistryLimits",
+    "RegistryUnavailable",
     "default_path",
     "new_prompt_id",
     "open_registry",
     "prompt_digest",
+    "storage_fault",
 ]

@@ -9,6 +9,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bbt.errors import ConfigurationError
+from bbt.protocol._registry import (
+    DEFAULT_MAX_RECIPE_BYTES,
+    DEFAULT_MAX_RECIPE_DEPTH,
+    DEFAULT_PAGE_SIZE,
+    MAX_JSON_DEPTH,
+    MAX_PAGE_SIZE,
+)
 from bbt.protocol.sessions import SessionLimits
 
 #: Requests that may wait for the backend (beyond those running) before the app answers 503.
@@ -28,6 +35,9 @@ DEFAULT_MAX_PROJECTION_BYTES = 256 * 1024**2
 #: One key's share of session memory: its 4 default slots at paper scale (4 x 102.6 MB)
 #: fit, and 4 keys can fill the 2 GiB of all sessions before anyone waits.
 DEFAULT_MAX_SESSION_BYTES_PER_KEY = 512 * 1024**2
+#: Bytes of JSON after which a ``GET /v1/prompts`` page ends early (it always holds one
+#: prompt): with 64 KB recipes, 1000 rows would be a 64 MB answer held in memory at once.
+DEFAULT_REGISTRY_PAGE_BYTES = 4 * 2**20
 
 
 class ServerSettings(BaseSettings):
@@ -108,6 +118,38 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="A session idle this long may be evicted to make room for a new one "
         "(its client reopens it); when none is, opening answers 429/503 with Retry-After.",
+    )
+
+    # The prompt registry's free-form input and its list (docs/server.md, *Prompt registry*).
+    registry_max_recipe_bytes: int = Field(
+        default=DEFAULT_MAX_RECIPE_BYTES,
+        ge=2,
+        description="Largest recipe a stored prompt may carry (compact JSON bytes); it "
+        "counts against the key's byte bound with the prompt itself.",
+    )
+    registry_max_recipe_depth: int = Field(
+        default=DEFAULT_MAX_RECIPE_DEPTH,
+        ge=1,
+        le=MAX_JSON_DEPTH,
+        description="Deepest nesting of objects and arrays in a recipe; at most "
+        f"{MAX_JSON_DEPTH}, so every stored row can be sent back.",
+    )
+    registry_page_size: int = Field(
+        default=DEFAULT_PAGE_SIZE,
+        ge=1,
+        description="Prompts per GET /v1/prompts page when the client names no limit (a "
+        "client from before paging sees only this first page).",
+    )
+    registry_max_page_size: int = Field(
+        default=MAX_PAGE_SIZE,
+        ge=1,
+        description="Largest ?limit= honoured; a larger one is clamped to it.",
+    )
+    registry_max_page_bytes: int = Field(
+        default=DEFAULT_REGISTRY_PAGE_BYTES,
+        ge=1,
+        description="A page ends early once its JSON reaches this many bytes (it always "
+        "holds one prompt), bounding the answer whatever the recipes' sizes.",
     )
 
     @field_validator("api_keys", mode="before")

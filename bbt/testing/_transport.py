@@ -29,7 +29,8 @@ def _as_core(target: Backend | ServiceCore, settings: ServerSettings | None) -> 
 
 
 def _respond(core: ServiceCore, request: httpx.Request, body: bytes) -> httpx.Response:
-    answer = core.handle(request.method, request.url.path, dict(request.headers), body)
+    query = request.url.query.decode("ascii", "replace")
+    answer = core.handle(request.method, request.url.path, dict(request.headers), body, query)
     return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
 
 

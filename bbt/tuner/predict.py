@@ -240,7 +240,21 @@ class TunedPrompt:
         svc = self.service
         if self.use_registry and not self._registry_refused and offers_prompt_registry(svc):
             assert isinstance(svc, PromptStore)  # offers_prompt_registry checked it
-            by_id = self._logits_by_id(svc, texts, self.candidate_ids)
+            try:
+                by_id = self._logits_by_id(svc, texts, self.candidate_ids)
+            except APIStatusError as exc:
+                if exc.status_code != 503:
+                    raise
+                # The registry's storage failed (disk full, read-only, I/O; its client
+                # already retried): the prompt itself still scores, as on a server without
+                # a registry. Not asked again by this TunedPrompt.
+                log.warning(
+                    "the service's prompt registry is unavailable (%s); sending the prompt "
+                    "with each request instead",
+                    exc,
+                )
+                self._registry_refused = True
+                by_id = None
             if by_id is not None:
                 self.last_path = "id"
                 return by_id

@@ -212,3 +212,85 @@ def test_store_by_projection_uploads_z_and_names_the_same_prompt(
     assert client.store_prompt(local).id == stored.id  # bitwise the same prompt
     with pytest.raises(InvalidRequestError):
         client.store_projected_prompt(spec, z[:3])
+
+
+# --------------------------------------------------------------------------- pages (1.2)
+
+
+@pytest.fixture
+def paged(tmp_path: Path) -> Iterator[ServiceCore]:
+    """A server whose list pages hold 2 prompts."""
+    registry = PromptRegistry(tmp_path / "paged.sqlite3")
+    settings = ServerSettings(api_keys=[SecretStr(KEY_A)], registry_page_size=2)
+    yield ServiceCore(MockBackend(hidden_size=H), settings, registry)
+    registry.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_list_prompts_follows_the_cursor_to_the_end(kind: str, paged: ServiceCore) -> None:
+    client = _client(kind, paged)
+    ids = [client.store_prompt(_prompt(seed=s)).id for s in range(5)]
+    before = client.usage.requests
+    assert [p.id for p in client.list_prompts()] == ids
+    if kind != "local":
+        assert client.usage.requests - before == 3  # pages of 2, 2 and 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_iter_prompts_fetches_a_page_at_a_time(kind: str, paged: ServiceCore) -> None:
+    ids = []
+    if kind == "sync":
+        client = _client("sync", paged)
+        ids = [client.store_prompt(_prompt(seed=s)).id for s in range(5)]
+        before = client.usage.requests
+        it = client.iter_prompts(page_size=3)
+        assert next(it).id == ids[0]
+        assert client.usage.requests - before == 1  # only the first page so far
+        assert [ids[0], *(p.id for p in it)] == ids
+        assert client.usage.requests - before == 2
+        return
+
+    async def run() -> list[str]:
+        async with AsyncClient(
+            BASE, KEY_A, transport=AsyncCoreTransport(paged), env_file=None
+        ) as client:
+            for s in range(5):
+                ids.append((await client.store_prompt(_prompt(seed=s))).id)
+            return [p.id async for p in client.iter_prompts(page_size=3)]
+
+    assert asyncio.run(run()) == ids
+
+
+def test_a_server_from_before_pages_is_listed_in_one_call(core: ServiceCore) -> None:
+    """A 1.1 server sends no next_cursor (and ignores ?limit=): one request, every prompt."""
+    ids = [_client("sync", core).store_prompt(_prompt(seed=s)).id for s in range(3)]
+    old = Client(BASE, KEY_A, transport=_OldServer(core), env_file=None)
+    assert [p.id for p in old.list_prompts()] == ids
+    assert old.usage.requests == 1
+
+
+class _OldServer(CoreTransport):
+    """A server that answers every request in protocol 1.1, whatever the client announces."""
+
+    def handle_request(self, request: Any) -> Any:
+        request.headers["X-BBT-Protocol"] = "1.1"
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_free_form_input_the_server_could_not_send_back_costs_no_request(
+    kind: str, core: ServiceCore
+) -> None:
+    client = _client(kind, core)
+    client.model_info()  # discovery is a request of its own
+    before = client.usage.requests
+    for recipe, label in [
+        ({"note": "\ud800"}, None),
+        ({"nan": float("nan")}, None),
+        (None, "seed \udfff"),
+    ]:
+        with pytest.raises(InvalidRequestError) as info:
+            client.store_prompt(_prompt(), recipe=recipe, label=label)
+        assert info.value.field in ("recipe.note", "recipe.nan", "label")
+    assert client.usage.requests == before
+    assert client.list_prompts() == []

@@ -4,6 +4,7 @@ core (``bbt.testing.CoreTransport``), which must answer alike."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from bbt.protocol import LogitsResponse, StoredPrompt, Tensor, is_prompt_id
+from bbt.protocol import PROTOCOL_VERSION, LogitsResponse, StoredPrompt, Tensor, is_prompt_id
 from bbt.server import MockBackend, ServerSettings
 from bbt.server.app import create_app
 from bbt.server.registry import PromptRegistry, RegistryLimits
@@ -43,7 +44,8 @@ def _core_client(backend: MockBackend, settings: ServerSettings, registry: Any) 
 
 @pytest.fixture(params=[_app_client, _core_client], ids=["app", "core"])
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    """``make(keys=(), limits=None, registry=...)``: a client on a server with a registry."""
+    """``make(keys=(), limits=None, registry=..., **settings)``: a client on a server with a
+    registry (``settings`` go to :class:`ServerSettings`)."""
     made: list[Any] = []
     stores: list[PromptRegistry] = []
 
@@ -52,11 +54,12 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
         limits: RegistryLimits | None = None,
         registry: PromptRegistry | str | None = "new",
         backend: MockBackend | None = None,
+        **settings_kw: Any,
     ) -> Any:
         if registry == "new":
             registry = PromptRegistry(tmp_path / f"reg{len(stores)}.sqlite3", limits)
             stores.append(registry)
-        settings = ServerSettings(api_keys=[SecretStr(k) for k in keys])
+        settings = ServerSettings(api_keys=[SecretStr(k) for k in keys], **settings_kw)
         client = request.param(backend or MockBackend(hidden_size=H, seed=0), settings, registry)
         made.append(client)
         return client
@@ -517,3 +520,378 @@ def test_a_key_lists_only_its_own_prompts(make: Factory) -> None:
     client.delete(f"/v1/prompts/{ids[1]}", headers=_auth(KEY_A))
     again = client.get("/v1/prompts", headers=_auth(KEY_A)).json()["data"]
     assert [p["id"] for p in again] == [ids[0], ids[2]]
+
+
+# --------------------------------------------------------------------------- free-form input
+# Issue 18 item 4: a recipe or label that cannot be rendered back must be refused on the way
+# in (422), and a row that cannot be rendered (written before the check, or by hand) must
+# never take down the whole list.
+
+V12 = {"X-BBT-Protocol": PROTOCOL_VERSION}
+
+
+def _raw_store(client: Any, extra_json: str, key: str | None = None) -> Any:
+    """POST a store request whose tail is raw JSON text: httpx cannot encode a lone
+    surrogate, but JSON's "\\ud800" escape carries one to the server."""
+    tensor = Tensor.from_numpy(prompts(1, 2, H, seed=5)[0]).model_dump_json()
+    body = f'{{"model":"bbt-mock","prompt":{tensor},{extra_json}}}'
+    headers = {"Content-Type": "application/json", **_auth(key)}
+    return client.post("/v1/prompts", content=body.encode(), headers=headers)
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ('"recipe":{"note":"\\ud800"}', "recipe.note"),
+        ('"recipe":{"\\udfff":1}', "recipe"),
+        ('"recipe":{"list":["ok","\\ud800x"]}', "recipe.list.1"),
+        ('"label":"seed \\ud800"', "label"),
+    ],
+)
+def test_a_lone_surrogate_is_a_422_and_the_list_still_works(
+    make: Factory, extra: str, field: str
+) -> None:
+    client = make()
+    good = _store(client, prompts(1, 2, H, seed=1)[0]).json()["id"]
+    env = assert_envelope(_raw_store(client, extra), 422)
+    assert env.error.field == field
+    assert "surrogate" in env.error.message
+    listed = client.get("/v1/prompts")
+    assert listed.status_code == 200, listed.text
+    assert [p["id"] for p in listed.json()["data"]] == [good]
+
+
+@pytest.mark.parametrize("depth", [33, 300])
+def test_a_deeply_nested_recipe_is_a_422(make: Factory, depth: int) -> None:
+    client = make()
+    env = assert_envelope(_raw_store(client, f'"recipe":{_nested(depth)}'), 422)
+    assert env.error.field == "recipe"
+    assert "nested more than 32 levels" in env.error.message
+    assert client.get("/v1/prompts").status_code == 200
+    # The bound is the setting's: 32 levels are fine by default.
+    assert _raw_store(client, f'"recipe":{_nested(32)}').status_code == 200
+
+
+def test_non_finite_recipe_numbers_are_a_422(make: Factory) -> None:
+    # Python's JSON reader takes NaN and Infinity; strict JSON readers do not, so a stored
+    # NaN would make the list unreadable to other clients.
+    client = make()
+    env = assert_envelope(_raw_store(client, '"recipe":{"loss":NaN}'), 422)
+    assert env.error.field == "recipe.loss"
+
+
+def test_the_recipe_size_bound_is_a_setting(make: Factory) -> None:
+    client = make(registry_max_recipe_bytes=1000)
+    env = assert_envelope(_store(client, prompts(1, 2, H)[0], recipe={"x": "y" * 1000}), 422)
+    assert env.error.field == "recipe"
+    assert "1000 bytes" in env.error.message
+    assert _store(client, prompts(1, 2, H)[0], recipe={"x": "y" * 900}).status_code == 200
+
+
+def _insert_raw(path: Path, prompt_id: str, created_at: float, **cols: Any) -> None:
+    """A row written behind the server's back (an older bbt, a hand edit), tenant-less key."""
+    payload = prompts(1, 2, H, seed=int(created_at))[0].astype("<f4").tobytes()
+    row: dict[str, Any] = {
+        "id": prompt_id,
+        "tenant": "anonymous",
+        "model": "bbt-mock",
+        "kind": "tensor",
+        "shape": f"[2, {H}]",
+        "nbytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "recipe": "{}",
+        "label": None,
+        "created_at": created_at,
+        "payload": payload,
+    }
+    row.update(cols)
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(
+            f"INSERT INTO prompts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            tuple(row.values()),
+        )
+    db.close()
+
+
+BAD_ROWS: dict[str, dict[str, Any]] = {
+    "surrogate": {"recipe": '{"k":"\\ud800"}'},
+    "deep": {"recipe": _nested(300)},
+    "very deep": {"recipe": _nested(5000)},
+    "not json": {"recipe": "{not json"},
+    "bad utf8 label": {"label": b"\xff\xfe"},
+    "bad shape": {"shape": "[2, 'x']"},
+}
+
+
+def test_rows_that_cannot_be_rendered_do_not_take_down_the_list(
+    make: Factory, tmp_path: Path
+) -> None:
+    path = tmp_path / "old-rows.sqlite3"
+    store = PromptRegistry(path)
+    client = make(registry=store)
+    first = _store(client, prompts(1, 2, H, seed=1)[0], recipe={"ok": 1}).json()["id"]
+    bad_ids = []
+    for i, cols in enumerate(BAD_ROWS.values()):
+        bad_id = f"bp_{'b' * 30}{i:02d}"
+        bad_ids.append(bad_id)
+        # A bytes label goes in as a BLOB; CAST it to TEXT as a damaged text column would be.
+        _insert_raw(path, bad_id, 2_000_000_000.0 + i, **cols)
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE prompts SET label = CAST(label AS TEXT) WHERE typeof(label) = 'blob'")
+    db.close()
+    last = _store(client, prompts(1, 2, H, seed=2)[0]).json()["id"]  # created now: before them
+
+    for headers in ({}, V12):  # a v1 client and a 1.2 one both get a readable list
+        listed = client.get("/v1/prompts", headers=headers)
+        assert listed.status_code == 200, listed.text
+        data = listed.json()["data"]
+        good = [p for p in data if p["id"] not in bad_ids]
+        assert [p["id"] for p in good] == [first, last]
+        assert good[0]["recipe"] == {"ok": 1}
+        shown = {p["id"]: p for p in data if p["id"] in bad_ids}
+        # Shown (so the owner can find and delete them) with the fields that could not be
+        # read left empty; a 1.2 client is also told why.
+        for p in shown.values():
+            assert p["recipe"] == {}
+            if headers:
+                assert "damaged" in p["damaged"]
+            else:
+                assert "damaged" not in p
+    for bad_id in bad_ids:
+        env = assert_envelope(client.get(f"/v1/prompts/{bad_id}"), 422)
+        assert env.error.field == "prompt_id"
+        assert "damaged" in env.error.message
+        assert client.delete(f"/v1/prompts/{bad_id}").status_code == 200
+    assert [p["id"] for p in client.get("/v1/prompts").json()["data"]] == [first, last]
+    store.close()
+
+
+def test_a_prompt_whose_row_is_damaged_is_replaced_when_stored_again(
+    make: Factory, tmp_path: Path
+) -> None:
+    path = tmp_path / "replace.sqlite3"
+    store = PromptRegistry(path)
+    client = make(registry=store)
+    prompt = prompts(1, 2, H, seed=4)[0]
+    pid = _store(client, prompt).json()["id"]
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE prompts SET recipe = ? WHERE id = ?", ('{"k":"\\ud800"}', pid))
+    db.close()
+    again = _store(client, prompt)
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] != pid
+    assert client.post(f"/v1/prompts/{again.json()['id']}/logits", json=_by_id_body()).is_success
+    store.close()
+
+
+# --------------------------------------------------------------------------- quotas and pages
+# Issue 18 item 5: every stored byte counts against the key's bound, and the list comes in
+# pages (limit + cursor) whose size is bounded.
+
+
+def test_recipe_bytes_count_against_the_key_quota(make: Factory) -> None:
+    payload = 2 * H * 4
+    client = make(limits=RegistryLimits(max_bytes=payload * 2 + 40_000))
+    recipe = {"notes": "n" * 30_000}
+    assert _store(client, prompts(1, 2, H, seed=0)[0], recipe=recipe).status_code == 200
+    # Two payloads fit the bound; the first prompt's recipe takes the room of the second.
+    env = assert_envelope(_store(client, prompts(1, 2, H, seed=1)[0], recipe=recipe), 403)
+    assert env.error.type.value == "permission"
+    assert "byte bound per key" in env.error.message
+    registry = client_registry(client)
+    count, used = registry.usage(registry.tenant_of(None))
+    assert count == 1
+    assert used >= payload + 30_000
+    # A label counts too.
+    env = assert_envelope(
+        _store(client, prompts(1, 2, H, seed=2)[0], label="l" * 200, recipe={"n": "x" * 9_800}),
+        403,
+    )
+
+
+def _page(client: Any, query: str = "", headers: dict[str, str] | None = None) -> Any:
+    r = client.get(f"/v1/prompts{query}", headers=V12 if headers is None else headers)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_the_list_comes_in_pages_in_a_stable_order(make: Factory) -> None:
+    client = make()
+    ids = [_store(client, prompts(1, 2, H, seed=s)[0]).json()["id"] for s in range(8)]
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = "?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        body = _page(client, query).json()
+        assert len(body["data"]) <= 3
+        seen += [p["id"] for p in body["data"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+        # A prompt deleted between pages neither breaks the cursor nor repeats a row.
+        if pages == 1:
+            client.delete(f"/v1/prompts/{ids[3]}")
+    assert pages == 3
+    assert seen == ids[:3] + ids[4:]
+    # A prompt stored while paging comes last, on a later page, never twice.
+    whole = _page(client).json()
+    assert whole["next_cursor"] is None
+    assert [p["id"] for p in whole["data"]] == seen
+
+
+def test_old_clients_get_the_first_page_without_the_cursor(make: Factory) -> None:
+    client = make(registry_page_size=2)
+    ids = [_store(client, prompts(1, 2, H, seed=s)[0]).json()["id"] for s in range(3)]
+    for version in ({}, {"X-BBT-Protocol": "1.1"}):
+        body = _page(client, headers=version).json()
+        assert body == {"object": "list", "data": body["data"]}  # no field they do not know
+        assert [p["id"] for p in body["data"]] == ids[:2]
+    body = _page(client).json()
+    assert [p["id"] for p in body["data"]] == ids[:2]
+    assert body["next_cursor"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("?cursor=not-a-cursor", "cursor"),
+        ("?cursor=" + "A" * 40, "cursor"),
+        ("?cursor=", "cursor"),
+        ("?limit=0", "limit"),
+        ("?limit=-3", "limit"),
+        ("?limit=ten", "limit"),
+        ("?limit=" + "9" * 5000, "limit"),
+    ],
+)
+def test_bad_page_parameters_are_422(make: Factory, query: str, field: str) -> None:
+    client = make()
+    _store(client, prompts(1, 2, H)[0])
+    env = assert_envelope(client.get(f"/v1/prompts{query}"), 422)
+    assert env.error.field == field
+
+
+def test_a_limit_past_the_maximum_is_clamped(make: Factory) -> None:
+    client = make(registry_page_size=2, registry_max_page_size=4)
+    for s in range(6):
+        _store(client, prompts(1, 2, H, seed=s)[0])
+    body = _page(client, "?limit=1000000").json()
+    assert len(body["data"]) == 4
+    assert body["next_cursor"]
+
+
+def test_a_page_is_bounded_in_bytes(make: Factory) -> None:
+    budget = 100_000
+    client = make(registry_max_page_bytes=budget)
+    row_recipe = {"notes": "n" * 30_000}
+    ids = [
+        _store(client, prompts(1, 2, H, seed=s)[0], recipe=row_recipe).json()["id"]
+        for s in range(10)
+    ]
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        r = _page(client, f"?limit=1000{'&cursor=' + cursor if cursor else ''}")
+        # limit * row size would be 300 KB; the page stops at the byte budget (plus the one
+        # row that crossed it).
+        assert len(r.content) <= budget + 31_000
+        body = r.json()
+        assert body["data"]
+        seen += [p["id"] for p in body["data"]]
+        if body["next_cursor"] is None:
+            break
+        cursor = body["next_cursor"]
+    assert seen == ids
+
+
+# --------------------------------------------------------------------------- storage faults
+# Issue 18 item 8: a disk that is full or read-only, an I/O error or a lock held too long is
+# a typed 503 naming the cause, and the registry works again once the fault is gone.
+
+
+class FaultyDB:
+    """A registry connection whose statements matching ``fail_on`` raise ``error``."""
+
+    def __init__(self, real: sqlite3.Connection, error: sqlite3.Error, fail_on: str) -> None:
+        self.real = real
+        self.error = error
+        self.fail_on = fail_on
+        self.failing = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.failing and sql.lstrip().upper().startswith(self.fail_on):
+            raise self.error
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize(
+    ("message", "fail_on", "says"),
+    [
+        ("database or disk is full", "INSERT", "disk is full"),
+        ("disk I/O error", "SELECT", "I/O error"),
+        ("database is locked", "BEGIN", "busy"),
+        ("attempt to write a readonly database", "COMMIT", "read-only"),
+    ],
+)
+def test_storage_faults_are_typed_503s(
+    make: Factory, message: str, fail_on: str, says: str
+) -> None:
+    client = make()
+    registry = client_registry(client)
+    pid = _store(client, prompts(1, 2, H, seed=1)[0]).json()["id"]
+    faulty = FaultyDB(registry._db, sqlite3.OperationalError(message), fail_on)
+    registry._db = faulty  # type: ignore[assignment]
+    r = _store(client, prompts(1, 2, H, seed=2)[0])
+    env = assert_envelope(r, 503)
+    assert env.error.type.value == "unavailable"
+    assert says in env.error.message
+    assert "registry" in env.error.message
+    if says == "busy":
+        assert r.headers["Retry-After"] == "1"
+    else:
+        assert "Retry-After" not in r.headers  # waiting a second will not free a disk
+    if fail_on == "SELECT":  # reads fail too
+        assert_envelope(client.get("/v1/prompts"), 503)
+        assert_envelope(client.get(f"/v1/prompts/{pid}"), 503)
+        assert_envelope(client.post(f"/v1/prompts/{pid}/logits", json=_by_id_body()), 503)
+    else:  # only writes fail: the prompts stored before still serve
+        assert client.get("/v1/prompts").status_code == 200
+        assert client.post(f"/v1/prompts/{pid}/logits", json=_by_id_body()).status_code == 200
+    faulty.failing = False
+    # No transaction was left open: the registry works again once the fault is gone.
+    assert _store(client, prompts(1, 2, H, seed=2)[0]).status_code == 200
+    assert len(client.get("/v1/prompts").json()["data"]) == 2
+
+
+def test_a_read_only_registry_is_a_503_for_writes_and_serves_reads(
+    make: Factory, tmp_path: Path
+) -> None:
+    path = tmp_path / "ro.sqlite3"
+    store = PromptRegistry(path)
+    client = make(registry=store)
+    pid = _store(client, prompts(1, 2, H, seed=1)[0]).json()["id"]
+    # The file turns read-only under a running server (a remount): tests run as root, whom
+    # chmod does not stop, so open it read-only instead.
+    store._db.close()
+    store._db = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    env = assert_envelope(_store(client, prompts(1, 2, H, seed=2)[0]), 503)
+    assert env.error.type.value == "unavailable"
+    assert "read-only" in env.error.message
+    assert str(path) not in env.error.message  # no server paths in answers
+    assert_envelope(client.delete(f"/v1/prompts/{pid}"), 503)
+    assert [p["id"] for p in client.get("/v1/prompts").json()["data"]] == [pid]
+    assert client.post(f"/v1/prompts/{pid}/logits", json=_by_id_body()).status_code == 200
+    store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,58 @@ def test_bbt_predict_and_eval_use_the_id(run: Path, tmp_path: Path) -> None:
             assert json.loads(upload.stdout)["probs"] == json.loads(first.stdout)["probs"]
     finally:
         registry.close()
+
+
+class FaultyDB:
+    """The registry's connection, with statements starting with ``fail_on`` raising
+    SQLite's ``error`` (a full or failing disk under a running server)."""
+
+    def __init__(self, real: sqlite3.Connection, message: str, fail_on: str) -> None:
+        self.real = real
+        self.message = message
+        self.fail_on = fail_on
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.lstrip().upper().startswith(self.fail_on):
+            raise sqlite3.OperationalError(self.message)
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize(
+    ("message", "fail_on", "stored_first"),
+    [
+        ("database or disk is full", "INSERT", False),  # the store call fails
+        ("attempt to write a readonly database", "BEGIN", False),
+        ("disk I/O error", "SELECT", True),  # the recorded id cannot be checked nor used
+    ],
+)
+def test_a_failing_registry_means_upload_with_one_warning(
+    run: Path,
+    server: Server,
+    caplog: pytest.LogCaptureFixture,
+    message: str,
+    fail_on: str,
+    stored_first: bool,
+) -> None:
+    assert server.registry is not None
+    client = Client(URL, KEY_A, transport=CoreTransport(server.core), env_file=None, max_retries=0)
+    if stored_first:
+        TunedPrompt.load(run, client).predict(TEXTS[:1])  # stores it and records the id
+        assert _ids(run)
+    want = _probs(TunedPrompt.load(run, client, use_registry=False).predict(TEXTS))
+    server.registry._db = FaultyDB(server.registry._db, message, fail_on)  # type: ignore[assignment]
+    tp = TunedPrompt.load(run, client)
+    with caplog.at_level("WARNING", logger="bbt.tuner"):
+        preds = tp.predict(TEXTS)
+    assert _probs(preds) == want
+    assert tp.last_path == "upload"
+    warnings = [r for r in caplog.records if r.name == "bbt.tuner" and r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "503" in warnings[0].getMessage()
+    assert "sending the prompt with each request" in warnings[0].getMessage()
+    before = client.usage.requests
+    tp.predict(TEXTS)  # the registry is not asked again by this TunedPrompt
+    assert client.usage.requests - before == 1
