@@ -6,6 +6,7 @@
     ├── ConfigurationError          bad or missing settings (URL, key, model, files)
     ├── TaskError                   a task, template, verbalizer or data set that cannot work
     ├── RunError                    a run directory that cannot be written, read or resumed
+    │   └── UnsafeRunDirError       one holding a link, FIFO or device bbt would write through
     ├── InvalidRequestError         (also a ValueError) a call the client refused before
     │                               sending: it breaks the protocol or the model's limits
     └── APIError                    anything that went wrong talking to an LMaaS endpoint
@@ -45,6 +46,12 @@ class TaskError(BBTError):
 
 class RunError(BBTError):
     """A run directory cannot be created, loaded or resumed."""
+
+
+class UnsafeRunDirError(RunError):
+    """A run directory holds an entry bbt refuses to open: a symbolic link, a hard-linked file
+    it would write in place, a FIFO or a device. Run directories are shared like any
+    artifact, and following such an entry would write (or block) outside the directory."""
 
 
 class InvalidRequestError(BBTError, ValueError):
@@ -169,4 +176,5 @@ __all__ = [
     "RunError",
     "ServerError",
     "TaskError",
+    "UnsafeRunDirError",
 ]

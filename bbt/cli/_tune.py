@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import typer
 
-from bbt.errors import BBTError, ConfigurationError, TaskError
+from bbt.errors import BBTError, ConfigurationError, TaskError, UnsafeRunDirError
 
 T = TypeVar("T")
 
@@ -88,16 +88,20 @@ def _internal_error(exc: Exception, run_dir: Path | None) -> NoReturn:
     in the run directory when there is one, and the resume hint when the run can go on."""
     message = _redact(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])
     if run_dir is not None and run_dir.is_dir():
+        from bbt.tuner._rundir import open_file
         from bbt.tuner.run import ERROR_LOG
 
         log_path = run_dir / ERROR_LOG
         try:
             text = "".join(traceback.format_exception(exc))
-            with log_path.open("a", encoding="utf-8") as fh:
-                fh.write(f"--- {datetime.now().isoformat(timespec='seconds')}\n{_redact(text)}")
+            entry = f"--- {datetime.now().isoformat(timespec='seconds')}\n{_redact(text)}"
+            # Appended in place, so never through a link (or a second hard link) that the
+            # run directory might hold: that would write the traceback into another file.
+            with open_file(log_path, "ab") as fh:
+                fh.write(entry.encode("utf-8"))
             message += f" (traceback in {log_path})"
-        except OSError:
-            pass
+        except (OSError, BBTError):
+            pass  # the one line still goes out; the traceback has nowhere safe to go
     if _checkpointed(run_dir):
         assert run_dir is not None
         message += "\n" + _resume_line(run_dir)
@@ -112,7 +116,8 @@ def _guard(fn: Callable[[], T], resume_hint: Path | None = None) -> T:
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise  # typer's own ways out (Exit is a RuntimeError): not failures
     except BBTError as exc:
-        if _checkpointed(resume_hint):
+        # No resume hint for a directory refused as unsafe: resuming it is what must not be.
+        if _checkpointed(resume_hint) and not isinstance(exc, UnsafeRunDirError):
             # A run that got going keeps its checkpoint: a failure mid-way costs nothing done.
             assert resume_hint is not None
             _fail(f"{_redact(str(exc))}\n{_resume_line(resume_hint)}")

@@ -209,17 +209,28 @@ def sample_k_shot(
     return train, dev
 
 
+def dump_jsonl(examples: Sequence[Example]) -> str:
+    """The JSONL text :func:`write_jsonl` writes (a run directory writes it atomically)."""
+    return "".join(
+        json.dumps({"fields": dict(ex.fields), "label": ex.label}) + "\n" for ex in examples
+    )
+
+
+def parse_jsonl(text: str) -> list[Example]:
+    """The examples in JSONL ``text`` as :func:`dump_jsonl` makes it."""
+    out = []
+    for line in text.split("\n"):  # not splitlines(): U+2028 may sit inside a string
+        if line.strip():
+            obj = json.loads(line)
+            out.append(Example(obj["fields"], obj["label"]))
+    return out
+
+
 def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
     with path.open("w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps({"fields": dict(ex.fields), "label": ex.label}) + "\n")
+        fh.write(dump_jsonl(examples))
 
 
 def read_jsonl(path: Path) -> list[Example]:
-    out = []
     with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                obj = json.loads(line)
-                out.append(Example(obj["fields"], obj["label"]))
-    return out
+        return parse_jsonl(fh.read())

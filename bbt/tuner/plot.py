@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+
+from bbt.tuner._rundir import atomic_write, read_text
 
 INSTALL_HINT = "install the plot extra to get plot.png: pip install 'bbt[plot]'"
 
@@ -13,7 +16,11 @@ def plot_history(
 ) -> str | None:
     """Draw ``history`` (JSONL) into ``out`` (PNG); ``initial`` is p0's dev score, drawn at 0
     calls. Returns ``None`` on success, or a note saying why there is no plot (matplotlib
-    missing, empty history); never raises for those."""
+    missing, empty history); never raises for those.
+
+    Both live in a run directory: the history is read without following a link, and the
+    PNG is drawn in memory and replaced atomically, so a ``plot.png`` planted as a link is
+    replaced, never written through."""
     try:
         import matplotlib
 
@@ -21,7 +28,7 @@ def plot_history(
         import matplotlib.pyplot as plt
     except ImportError:
         return f"matplotlib is not installed; {INSTALL_HINT}"
-    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in read_text(history).splitlines() if line.strip()]
     if not rows:
         return "no generation finished; nothing to plot"
     calls = [r["calls"] for r in rows]
@@ -49,7 +56,9 @@ def plot_history(
         ax2.legend(loc="lower right")
         ax2.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out, dpi=100)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
+    atomic_write(out, buf.getvalue())
     return None

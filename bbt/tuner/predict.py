@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from bbt.errors import (
     TaskError,
 )
 from bbt.protocol import DEEP_PROMPTS
+from bbt.tuner._rundir import atomic_write, load_npy, read_text
 from bbt.tuner.data import Example, load_examples
 from bbt.tuner.losses import accuracy, cross_entropy, f1, softmax
 from bbt.tuner.run import PROMPT, load_result, read_manifest
@@ -127,7 +126,7 @@ class TunedPrompt:
         manifest = read_manifest(path)
         load_result(path)  # raises a clear RunError for a run that has not finished
         try:
-            prompt = np.load(path / PROMPT, allow_pickle=False)
+            prompt = load_npy(path / PROMPT)
         except (OSError, ValueError) as exc:
             raise RunError(f"cannot read the tuned prompt of {path}: {exc}") from None
         return cls(
@@ -404,10 +403,10 @@ def _names_the_prompt(exc: APIStatusError | InvalidRequestError) -> bool:
 
 def _read_prompt_ids(run_dir: Path) -> list[dict[str, Any]]:
     """The run directory's id records; [] when absent or unreadable (never an error: the
-    prompt can always be stored again)."""
+    prompt can always be stored again). A link there is not followed."""
     try:
-        data = json.loads((run_dir / PROMPT_IDS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_text(run_dir / PROMPT_IDS))
+    except (OSError, ValueError, RunError):
         return []
     entries = data.get("prompts") if isinstance(data, dict) else None
     if not isinstance(entries, list):
@@ -428,13 +427,6 @@ def _record_prompt_id(
     entries.append({"base_url": base_url, "model": model, "prompt_id": prompt_id, "sha256": digest})
     body = json.dumps({"version": _PROMPT_IDS_VERSION, "prompts": entries}, indent=2) + "\n"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".prompt_ids.", dir=run_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(body)
-            os.replace(tmp, run_dir / PROMPT_IDS)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(run_dir / PROMPT_IDS, body.encode("utf-8"))
     except OSError as exc:
         log.warning("cannot record the prompt id in %s: %s", run_dir, exc.strerror or exc)

@@ -21,6 +21,11 @@ Layout of a run directory::
     plot.png          loss and dev metric against API calls (needs ``bbt[plot]``)
     error.log         the traceback of an internal error, when ``bbt tune`` met one
 
+Every file in a run directory is opened through :mod:`bbt.tuner._rundir`: a directory
+holding a link, a FIFO or a device is refused (it may come from anyone), no open follows a
+link, and every file that is rewritten is replaced atomically. The directory itself may be a
+link.
+
 A killed run loses at most the generation in flight: ``resume(run_dir, service)`` checks
 that the regenerated projection and p0 match the run's fingerprints, reloads the checkpoint
 (CMA-ES, RNG stream, counters, best-on-dev) once its tag checks out, cuts ``history.jsonl``
@@ -39,7 +44,6 @@ import pickle
 import platform
 import secrets
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,8 +58,19 @@ from bbt.client import Service, UsageStats
 from bbt.client._base import redact_url
 from bbt.errors import RunError
 from bbt.tuner import checkpoint as _ckpt
+from bbt.tuner._rundir import (
+    atomic_write,
+    check_run_dir,
+    exclusive_create,
+    load_npy,
+    open_fd,
+    open_file,
+    read_bytes,
+    read_text,
+    save_npy,
+)
 from bbt.tuner.bbtv2 import BBTv2Tuner, make_tuner
-from bbt.tuner.data import Example, read_jsonl, write_jsonl
+from bbt.tuner.data import Example, dump_jsonl, parse_jsonl
 from bbt.tuner.optimizer import import_cma
 from bbt.tuner.plot import plot_history
 from bbt.tuner.projection import fingerprint_array
@@ -92,50 +107,6 @@ F64 = np.ndarray[Any, np.dtype[np.float64]]
 # --------------------------------------------------------------------------- files
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the new content, never a mix:
-    a temp file in the same directory, fsync, os.replace, then fsync of the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def exclusive_create(path: Path, data: bytes) -> None:
-    """Like :func:`atomic_write`, but fail with :class:`FileExistsError` when ``path`` exists:
-    the complete file is hard-linked into place, which no other writer can race."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
 class RunLock:
     """An advisory, exclusive ``flock`` on ``run.lock``, held while one process drives a run.
 
@@ -151,7 +122,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a link: a run.lock planted as a link would be truncated.
+            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise RunError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
         if fcntl is not None:
@@ -176,29 +148,27 @@ class RunLock:
             os.close(fd)  # closing the last descriptor releases the flock
 
 
-def _save_npy(path: Path, array: np.ndarray[Any, Any]) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    atomic_write(path, buf.getvalue())
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a run directory; :class:`RunError` when there is none or it is damaged."""
+    """The manifest of a run directory; :class:`RunError` when there is none or it is damaged,
+    :class:`~bbt.errors.UnsafeRunDirError` when the directory holds a link, a FIFO or a
+    device (see :func:`bbt.tuner._rundir.check_run_dir`).
+
+    Every use of an existing run directory (resume, results, eval, predict) starts here, so
+    this is where a crafted directory is refused, before any of its files is written."""
     path = Path(run_dir) / MANIFEST
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(read_text(path))
     except FileNotFoundError:
         raise RunError(f"{run_dir} is not a run directory (no {MANIFEST})") from None
     except (OSError, ValueError) as exc:
         raise RunError(f"cannot read {path}: {exc}") from None
     if data.get("format") != RUN_FORMAT:
         raise RunError(f"{path} is not a bbt run manifest (format {data.get('format')!r})")
+    check_run_dir(path.parent)
     return data
 
 
@@ -301,8 +271,7 @@ class _Run:
         line = json.dumps(
             {k: _num(v) if isinstance(v, float) else v for k, v in rec.as_dict().items()}
         )
-        hist = self.dir / HISTORY
-        with hist.open("ab") as fh:
+        with open_file(self.dir / HISTORY, "ab") as fh:
             fh.write((line + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())
@@ -372,8 +341,8 @@ class _Run:
         }
         self.manifest["finished"] = _now()
         if self.dir is not None:
-            _save_npy(self.dir / PROMPT, prompt)
-            _save_npy(self.dir / Z_FILE, result.z)
+            save_npy(self.dir / PROMPT, prompt)
+            save_npy(self.dir / Z_FILE, result.z)
             self.checkpoint()
             if plot and (self.dir / HISTORY).is_file():
                 note = plot_history(
@@ -400,6 +369,7 @@ def _prepare_dir(run_dir: Path, overwrite: bool) -> RunLock:
         run_dir.mkdir(parents=True, exist_ok=True)  # an empty existing directory is fine
     except OSError as exc:
         raise RunError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    check_run_dir(run_dir)  # an existing --out directory may hold links to write through
     lock = RunLock(run_dir).acquire()
     try:
         # Under the lock nobody else drives this directory, so the check below cannot race
@@ -505,9 +475,9 @@ def tune(
             # Layer 0's recipe is "projection" (BBT's); these regenerate every layer's A_l.
             manifest["layer_projections"] = [r.as_dict() for r in tuner.layer_recipes]
         if path is not None:
-            write_jsonl(path / TRAIN_FILE, train)
-            write_jsonl(path / DEV_FILE, dev)
-            _save_npy(path / P0_FILE, tuner.p0)
+            atomic_write(path / TRAIN_FILE, dump_jsonl(train).encode())
+            atomic_write(path / DEV_FILE, dump_jsonl(dev).encode())
+            save_npy(path / P0_FILE, tuner.p0)
             body = (json.dumps(manifest, indent=2, allow_nan=True) + "\n").encode()
             if overwrite:
                 atomic_write(path / MANIFEST, body)
@@ -568,10 +538,10 @@ def load_checkpoint(
     ckpt, legacy = path / CHECKPOINT, path / LEGACY_CHECKPOINT
     try:
         if ckpt.exists():
-            data = _ckpt.open_checkpoint(ckpt.read_bytes(), run_id, where=ckpt, trust=trust)
+            data = _ckpt.open_checkpoint(read_bytes(ckpt), run_id, where=ckpt, trust=trust)
             want: tuple[int, ...] = (CHECKPOINT_FORMAT,)
         elif legacy.exists():
-            data = _ckpt.open_legacy(legacy.read_bytes(), where=legacy, trust=trust)
+            data = _ckpt.open_legacy(read_bytes(legacy), where=legacy, trust=trust)
             want = (1,)
         else:
             return None
@@ -651,9 +621,9 @@ def _resume_locked(
     try:
         task = Task.from_dict(manifest["task"])
         cfg = TuneConfig.from_dict(manifest["config"])
-        train = read_jsonl(path / TRAIN_FILE)
-        dev = read_jsonl(path / DEV_FILE)
-        p0 = np.load(path / P0_FILE, allow_pickle=False)
+        train = parse_jsonl(read_text(path / TRAIN_FILE))
+        dev = parse_jsonl(read_text(path / DEV_FILE))
+        p0 = load_npy(path / P0_FILE)
         initial = InitialPrompt.from_dict(manifest["initial_prompt"])
     except (KeyError, OSError, ValueError) as exc:
         raise RunError(f"run directory {path} is incomplete or damaged: {exc}") from None
@@ -677,10 +647,11 @@ def _resume_locked(
             offset = int(data["history_offset"])
         except (KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
             raise RunError(f"cannot load the checkpoint of {path}: {exc}") from None
-    hist = path / HISTORY
-    if hist.exists():
-        with hist.open("r+b") as fh:
+    try:
+        with open_file(path / HISTORY, "r+b") as fh:
             fh.truncate(offset)  # drop lines of a generation that never checkpointed
+    except FileNotFoundError:
+        pass
     run = _Run(tuner, path, manifest, usage_base, offset, key)
     run.usage_start = usage_start
     run.manifest["resumed"] = [*run.manifest.get("resumed", []), _now()]
@@ -695,8 +666,8 @@ def _recorded_result(path: Path, manifest: dict[str, Any]) -> TuneResult:
     r = manifest["result"]
     metric = manifest["task"]["metric"]
     return TuneResult(
-        prompt=np.load(path / PROMPT, allow_pickle=False),
-        z=np.load(path / Z_FILE, allow_pickle=False),
+        prompt=load_npy(path / PROMPT),
+        z=load_npy(path / Z_FILE),
         dev_metric=r.get(f"dev_{metric}"),
         metric=metric,
         initial_dev_metric=r.get(f"initial_dev_{metric}"),
