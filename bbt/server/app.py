@@ -74,6 +74,7 @@ from bbt.server._core import (
     validation_failure,
     violation_failure,
 )
+from bbt.server._logsafe import loggable
 from bbt.server._prompts import PROMPTS_PATH, PromptEndpoints, match_route, no_registry
 from bbt.server.backend import Backend
 from bbt.server.faults import FAULT_SCOPE_KEY, FaultConfig, FaultInjector, FaultMiddleware
@@ -617,8 +618,8 @@ class _Guard:
             # Log the traceback here, never send it: it can hold data or paths.
             logger.exception(
                 "unhandled error serving %s %s (request %s)",
-                scope.get("method"),
-                scope["path"],
+                loggable(scope.get("method")),
+                loggable(scope["path"]),
                 request_id,
             )
             if not state["started"]:
@@ -627,10 +628,13 @@ class _Guard:
             fault = scope.get(FAULT_SCOPE_KEY)
             status = "dropped" if fault == "drop" else state["status"]
             ms = (time.perf_counter() - started_at) * 1000
+            # Escaped, in the line and in the structured fields alike: a formatter may print
+            # either, and a decoded %0d%0a in the path must not start a forged line.
+            method, path = loggable(scope.get("method")), loggable(scope["path"])
             access_logger.info(
                 "%s %s %s %.1fms in=%d out=%d id=%s%s",
-                scope.get("method"),
-                scope["path"],
+                method,
+                path,
                 status,
                 ms,
                 state["in"],
@@ -638,8 +642,8 @@ class _Guard:
                 request_id,
                 f" fault={fault}" if fault else "",
                 extra={
-                    "method": scope.get("method"),
-                    "path": scope["path"],
+                    "method": method,
+                    "path": path,
                     "status": status,
                     "duration_ms": round(ms, 3),
                     "bytes_in": state["in"],
