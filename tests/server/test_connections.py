@@ -152,18 +152,21 @@ def test_one_address_cannot_hold_more_busy_connections_than_its_bound() -> None:
 
 
 def test_a_silent_connection_is_closed_after_the_header_timeout() -> None:
-    with _served(_settings(header_timeout_s=0.3)) as (_, port), _connect(port) as sock:
+    with _served(_settings(header_timeout_s=0.3)) as (_, port):
+        # The clock starts before the server can: it cannot close before the timeout.
         started = time.monotonic()
-        assert _read_until_closed(sock) == b""
-        assert 0.2 < time.monotonic() - started < PATIENCE_S
+        with _connect(port) as sock:
+            assert _read_until_closed(sock) == b""
+        assert 0.29 < time.monotonic() - started < PATIENCE_S
 
 
 def test_a_partial_request_head_is_closed_after_the_header_timeout() -> None:
-    with _served(_settings(header_timeout_s=0.3)) as (url, port), _connect(port) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+    with _served(_settings(header_timeout_s=0.3)) as (url, port):
         started = time.monotonic()
-        _read_until_closed(sock)
-        assert 0.2 < time.monotonic() - started < PATIENCE_S
+        with _connect(port) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            assert _read_until_closed(sock) == b""
+        assert 0.29 < time.monotonic() - started < PATIENCE_S
         assert httpx.get(f"{url}/healthz", timeout=PATIENCE_S).status_code == 200
 
 
@@ -176,10 +179,10 @@ def test_a_partial_head_after_a_keep_alive_request_is_closed_too() -> None:
         first = sock.recv(65536)
         assert _status(first) == 200
         time.sleep(0.5)  # longer than the head timeout: keep-alive idling is not a slow head
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
         started = time.monotonic()
-        _read_until_closed(sock)
-        assert 0.2 < time.monotonic() - started < PATIENCE_S
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        assert _read_until_closed(sock) == b""
+        assert 0.29 < time.monotonic() - started < PATIENCE_S
 
 
 def test_a_request_slower_than_the_header_timeout_is_not_cut() -> None:
@@ -216,10 +219,10 @@ def _stalled_post(content_length: int) -> bytes:
 
 def test_a_stalled_body_gets_408_and_the_server_keeps_serving() -> None:
     with _served(_settings(body_timeout_s=0.3)) as (url, port), _connect(port) as sock:
-        sock.sendall(_stalled_post(100) + b'{"model"')
         started = time.monotonic()
+        sock.sendall(_stalled_post(100) + b'{"model"')
         response = _read_until_closed(sock)
-        assert 0.2 < time.monotonic() - started < PATIENCE_S
+        assert 0.29 < time.monotonic() - started < PATIENCE_S
         assert _status(response) == 408
         assert b"connection: close" in response.lower()
         assert b'"type":"invalid_request"' in response.replace(b" ", b"")
