@@ -74,6 +74,7 @@ from bbt.server._core import (
     validation_failure,
     violation_failure,
 )
+from bbt.server._logsafe import loggable
 from bbt.server._prompts import PROMPTS_PATH, PromptEndpoints, match_route, no_registry
 from bbt.server.backend import Backend
 from bbt.server.faults import FAULT_SCOPE_KEY, FaultConfig, FaultInjector, FaultMiddleware
@@ -99,12 +100,13 @@ T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
-_ERROR_STATUSES = (400, 401, 404, 405, 413, 422, 429, 500, 503)
+_ERROR_STATUSES = (400, 401, 404, 405, 408, 413, 422, 429, 500, 503)
 _DESCRIPTIONS = {
     400: "Malformed JSON or headers",
     401: "Missing or wrong API key",
     404: "Unknown route or model",
     405: "Method not allowed",
+    408: "Request body not received in time (the connection is closed)",
     413: "Request body too large",
     422: "Request breaks the protocol or the model's limits",
     429: "Rate limited; see Retry-After",
@@ -607,11 +609,12 @@ class _Guard:
             fail = self.core.auth_failure(scope["path"], headers.get("authorization"))
             fail = fail or self.core.content_length_failure(headers.get("content-length"))
             if fail is None:
-                body, size = await self._read_body(receive)
-                state["in"] = size
-                if body is None and size <= self.core.max_body_bytes:
+                body, size = await self._read_body(receive, state)
+                if body is None and size < 0:
+                    fail = self._body_timeout_failure()
+                elif body is None and size <= self.core.max_body_bytes:
                     return  # the client went away
-                if body is None:
+                elif body is None:
                     fail = self.core.too_large_failure()
             if fail is not None or body is None:
                 answer = _failure_response(fail or internal_failure(), version)
@@ -622,8 +625,8 @@ class _Guard:
             # Log the traceback here, never send it: it can hold data or paths.
             logger.exception(
                 "unhandled error serving %s %s (request %s)",
-                scope.get("method"),
-                scope["path"],
+                loggable(scope.get("method")),
+                loggable(scope["path"]),
                 request_id,
             )
             if not state["started"]:
@@ -632,10 +635,13 @@ class _Guard:
             fault = scope.get(FAULT_SCOPE_KEY)
             status = "dropped" if fault == "drop" else state["status"]
             ms = (time.perf_counter() - started_at) * 1000
+            # Escaped, in the line and in the structured fields alike: a formatter may print
+            # either, and a decoded %0d%0a in the path must not start a forged line.
+            method, path = loggable(scope.get("method")), loggable(scope["path"])
             access_logger.info(
                 "%s %s %s %.1fms in=%d out=%d id=%s%s",
-                scope.get("method"),
-                scope["path"],
+                method,
+                path,
                 status,
                 ms,
                 state["in"],
@@ -643,8 +649,8 @@ class _Guard:
                 request_id,
                 f" fault={fault}" if fault else "",
                 extra={
-                    "method": scope.get("method"),
-                    "path": scope["path"],
+                    "method": method,
+                    "path": path,
                     "status": status,
                     "duration_ms": round(ms, 3),
                     "bytes_in": state["in"],
@@ -681,23 +687,42 @@ class _Guard:
         if error is not None:
             raise error
 
-    async def _read_body(self, receive: Any) -> tuple[bytes | None, int]:
-        """(body, bytes read); body is None on disconnect or once past the limit."""
+    async def _read_body(self, receive: Any, state: dict[str, Any]) -> tuple[bytes | None, int]:
+        """(body, bytes read); body is None on disconnect or once past the limit, and the
+        size is -1 when the body did not arrive within ``body_timeout_s``.
+
+        The deadline is for the whole body, not between chunks: a client trickling a byte
+        at a time never stalls for long, yet would hold its connection (and the buffered
+        part of up to ``max_body_bytes``) for as long as it liked. ``state["in"]`` counts
+        the bytes read so far, for the access log whatever the outcome.
+        """
         limit = self.core.max_body_bytes
         chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None, size
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                # Chunked uploads carry no Content-Length: stop reading, buffer no more.
-                return None, size
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), size
+        with anyio.move_on_after(self.core.settings.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None, state["in"]
+                chunk = message.get("body", b"")
+                state["in"] += len(chunk)
+                if state["in"] > limit:
+                    # Chunked uploads carry no Content-Length: stop reading, buffer no more.
+                    return None, state["in"]
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks), state["in"]
+        return None, -1
+
+    def _body_timeout_failure(self) -> APIFailure:
+        # 408 is retryable for bbt's client; closing the connection drops whatever of the
+        # body is still on its way, which would otherwise be read as the next request.
+        return APIFailure(
+            408,
+            ErrorType.invalid_request,
+            f"request body not received within {self.core.settings.body_timeout_s:g}s; "
+            "send the whole body at once",
+            headers={"Connection": "close"},
+        )
 
 
 __all__ = ["create_app"]

@@ -26,7 +26,7 @@ DEFAULT_MAX_QUEUE = 16
 #: be the side that closes an idle connection, else a request sent just as the server closes
 #: it fails with a dropped connection (uvicorn's own default is also 5 s).
 DEFAULT_KEEP_ALIVE_S = 15
-#: Floor of the default uvicorn connection limit.
+#: Floor of the default connection limit.
 MIN_DEFAULT_CONNECTIONS = 128
 #: Largest projection matrix one session builds: 2.5x paper scale (n=50, H=1024, d=500 is
 #: 102.4 MB, built in ~0.2 s), so every recipe of the paper fits, while a 121-byte request
@@ -38,6 +38,15 @@ DEFAULT_MAX_SESSION_BYTES_PER_KEY = 512 * 1024**2
 #: Bytes of JSON after which a ``GET /v1/prompts`` page ends early (it always holds one
 #: prompt): with 64 KB recipes, 1000 rows would be a 64 MB answer held in memory at once.
 DEFAULT_REGISTRY_PAGE_BYTES = 4 * 2**20
+#: Seconds from a connection's first byte (or its opening) to the end of its request head.
+#: A real client sends its head in one packet; 10 s covers a slow link many times over,
+#: and an idle socket holds its file descriptor no longer than that.
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+#: Seconds for a whole request body, from the end of the head. 60 s carries the default
+#: 32 MiB limit at about 0.5 MB/s; bodies of tuners are kilobytes to a few megabytes.
+DEFAULT_BODY_TIMEOUT_S = 60.0
+#: The default share of the connection limit one client address may hold (a quarter).
+PER_CLIENT_SHARE = 4
 
 
 class ServerSettings(BaseSettings):
@@ -48,7 +57,8 @@ class ServerSettings(BaseSettings):
     When any key is configured every ``/v1`` route needs ``Authorization: Bearer <key>``.
 
     Scheduling and limits (``BBT_SERVER_MAX_CONCURRENCY``, ``_MAX_QUEUE``,
-    ``_MAX_CONNECTIONS``, ``_KEEP_ALIVE_S``): see docs/server.md, *Operations and limits*.
+    ``_MAX_CONNECTIONS``, ``_MAX_CONNECTIONS_PER_CLIENT``, ``_KEEP_ALIVE_S``,
+    ``_HEADER_TIMEOUT_S``, ``_BODY_TIMEOUT_S``): see docs/server.md, *Operations and limits*.
     """
 
     model_config = SettingsConfigDict(env_prefix="BBT_SERVER_", extra="ignore")
@@ -74,15 +84,36 @@ class ServerSettings(BaseSettings):
     max_connections: int | None = Field(
         default=None,
         ge=1,
-        description="uvicorn's limit_concurrency: open connections (and tasks) before "
-        "uvicorn itself answers a bare 503; None = max(128, 2 x (max_concurrency + "
+        description="Open connections at most. Past it a new connection closes the least "
+        "recently active idle one (no request in flight); when every one is busy it is "
+        "answered 503 + Retry-After and closed. None = max(128, 2 x (max_concurrency + "
         "max_queue)). Must exceed max_concurrency + max_queue.",
+    )
+    max_connections_per_client: int | None = Field(
+        default=None,
+        ge=1,
+        description="Open connections one client address holds, with the same rule; "
+        "None = a quarter of the connection limit (32 by default).",
     )
     keep_alive_s: int = Field(
         default=DEFAULT_KEEP_ALIVE_S,
         ge=1,
         le=3600,
         description="uvicorn's timeout_keep_alive: seconds an idle connection stays open.",
+    )
+    header_timeout_s: float = Field(
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        gt=0,
+        le=3600,
+        description="Seconds a connection has to send a complete request head, from its "
+        "opening or from the first byte after a keep-alive pause; then it is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=DEFAULT_BODY_TIMEOUT_S,
+        gt=0,
+        le=3600,
+        description="Seconds a whole request body has to arrive after its head; then the "
+        "answer is 408 and the connection is closed.",
     )
 
     sessions: bool = Field(
@@ -195,11 +226,38 @@ class ServerSettings(BaseSettings):
 
     @property
     def connection_limit(self) -> int:
-        """The uvicorn connection limit in force (``max_connections`` or its default)."""
+        """The connection limit in force (``max_connections`` or its default)."""
         if self.max_connections is not None:
             return self.max_connections
         return max(MIN_DEFAULT_CONNECTIONS, 2 * (self.max_concurrency + self.max_queue))
 
+    @property
+    def per_client_connection_limit(self) -> int:
+        """Connections one client address may hold (``max_connections_per_client`` or its
+        default, never above the connection limit)."""
+        total = self.connection_limit
+        if self.max_connections_per_client is not None:
+            return min(self.max_connections_per_client, total)
+        return max(1, total // PER_CLIENT_SHARE)
+
     def uvicorn_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``uvicorn.Config``: the connection limit and keep-alive."""
-        return {"limit_concurrency": self.connection_limit, "timeout_keep_alive": self.keep_alive_s}
+        """Keyword arguments for ``uvicorn.Config``: the guarded HTTP protocol and keep-alive.
+
+        The connection bounds and the request-head timeout live in the protocol
+        (:mod:`bbt.server._connections`), not in uvicorn's ``limit_concurrency``: that one
+        counts idle sockets too, so a few hundred of them, no bytes sent, made the whole
+        server answer 503. WebSockets are off: the app serves none, and an upgraded
+        connection would leave the guard's books.
+        """
+        from bbt.server._connections import ConnectionLimits, guarded_protocol
+
+        limits = ConnectionLimits(
+            max_connections=self.connection_limit,
+            max_per_client=self.per_client_connection_limit,
+            header_timeout_s=self.header_timeout_s,
+        )
+        return {
+            "http": guarded_protocol(limits),
+            "ws": "none",
+            "timeout_keep_alive": self.keep_alive_s,
+        }

@@ -21,9 +21,17 @@ class LiveServer:
 
     The socket is bound here, before the thread starts, so :attr:`base_url` is valid at
     once and two servers can never race for a port. Use as a context manager.
+    ``uvicorn_options`` (e.g. ``ServerSettings.uvicorn_options()``: the connection guard and
+    keep-alive ``bbt serve`` runs with) go to ``uvicorn.Config``.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", graceful_timeout_s: int = 2) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        graceful_timeout_s: int = 2,
+        uvicorn_options: dict[str, Any] | None = None,
+    ) -> None:
         try:
             import uvicorn
         except ImportError as exc:
@@ -42,6 +50,7 @@ class LiveServer:
             lifespan="off",
             # Injected slow responses must not hold shutdown for their whole sleep.
             timeout_graceful_shutdown=graceful_timeout_s,
+            **(uvicorn_options or {}),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -89,10 +98,10 @@ def live_server(
     """A (not yet started) :class:`LiveServer` for ``create_app(backend, settings, faults)``.
 
     ``settings`` defaults to no API keys rather than the environment's ``BBT_SERVER_*``.
+    The server runs with the settings' connection limits and timeouts, as ``bbt serve`` does.
     """
     from bbt.server.app import create_app  # needs the server extra; raises a clear error
 
-    app = create_app(
-        backend, settings if settings is not None else ServerSettings(api_keys=[]), faults
-    )
-    return LiveServer(app)
+    settings = settings if settings is not None else ServerSettings(api_keys=[])
+    app = create_app(backend, settings, faults)
+    return LiveServer(app, uvicorn_options=settings.uvicorn_options())

@@ -13,13 +13,23 @@ from typer.testing import CliRunner
 from bbt.cli import app
 from bbt.cli._serve import exposure_warning
 from bbt.server import MockBackend
+from bbt.server._connections import ConnectionLimits, GuardedProtocol
 
 runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("API_KEYS", "API_KEY_FILE", "MAX_QUEUE", "MAX_CONNECTIONS", "KEEP_ALIVE_S"):
+    for name in (
+        "API_KEYS",
+        "API_KEY_FILE",
+        "MAX_QUEUE",
+        "MAX_CONNECTIONS",
+        "MAX_CONNECTIONS_PER_CLIENT",
+        "KEEP_ALIVE_S",
+        "HEADER_TIMEOUT_S",
+        "BODY_TIMEOUT_S",
+    ):
         monkeypatch.delenv(f"BBT_SERVER_{name}", raising=False)
 
 
@@ -108,9 +118,45 @@ def test_uvicorn_gets_a_connection_limit_and_keep_alive(
     result = runner.invoke(app, [*command, "--port", "0", "--max-queue", "100"])
     assert result.exit_code == 0, result.output
     (config,) = started
-    assert config.limit_concurrency == 2 * (1 + 100)
+    # The connection bound is the guarded protocol's, not uvicorn's limit_concurrency
+    # (which idle sockets exhausted: issue 18).
+    assert config.limit_concurrency is None
+    assert issubclass(config.http, GuardedProtocol)
+    assert config.http.limits.max_connections == 2 * (1 + 100)
+    assert config.ws == "none"
     assert config.timeout_keep_alive == 15
     assert config.app.state.scheduler.max_queue == 100
+
+
+@pytest.mark.parametrize("command", [["mock-server"], ["serve"]])
+def test_connection_timeouts_reach_uvicorn_and_the_app(
+    command: list[str],
+    started: list[Any],
+    fake_model: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BBT_SERVER_HEADER_TIMEOUT_S", "3")
+    monkeypatch.setenv("BBT_SERVER_BODY_TIMEOUT_S", "20")
+    monkeypatch.setenv("BBT_SERVER_MAX_CONNECTIONS_PER_CLIENT", "5")
+    result = runner.invoke(app, [*command, "--port", "0"])
+    assert result.exit_code == 0, result.output
+    (config,) = started
+    assert config.http.limits == ConnectionLimits(
+        max_connections=128, max_per_client=5, header_timeout_s=3.0
+    )
+    assert config.app.state.core.settings.body_timeout_s == 20.0
+
+
+@pytest.mark.parametrize("command", [["mock-server"], ["serve"]])
+def test_bad_timeout_is_a_clear_error(
+    command: list[str], started: list[Any], fake_model: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BBT_SERVER_HEADER_TIMEOUT_S", "0")
+    result = runner.invoke(app, [*command, "--port", "0"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ")
+    assert "Traceback" not in result.output
+    assert started == []
 
 
 def test_mock_server_compute_ms_reaches_the_backend(started: list[Any]) -> None:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from bbt.errors import ConfigurationError
 from bbt.server import ServerSettings
+from bbt.server._connections import ConnectionLimits
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +22,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "MAX_QUEUE",
         "MAX_CONNECTIONS",
         "KEEP_ALIVE_S",
+        "MAX_CONNECTIONS_PER_CLIENT",
+        "HEADER_TIMEOUT_S",
+        "BODY_TIMEOUT_S",
     ):
         monkeypatch.delenv(f"BBT_SERVER_{name}", raising=False)
 
@@ -65,20 +69,57 @@ def test_bad_values_fail_fast() -> None:
         ServerSettings(max_body_bytes=0)
 
 
+def _guard_limits(s: ServerSettings) -> ConnectionLimits:
+    options = s.uvicorn_options()
+    # The bounds live in the guarded protocol: uvicorn's limit_concurrency would count
+    # idle sockets and answer 503 to everyone once enough of them were open.
+    assert "limit_concurrency" not in options
+    assert options["ws"] == "none"
+    limits = options["http"].limits
+    assert isinstance(limits, ConnectionLimits)
+    return limits
+
+
 def test_queue_and_connection_limits_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = ServerSettings()
     assert s.max_queue == 16
-    assert s.uvicorn_options() == {"limit_concurrency": 128, "timeout_keep_alive": 15}
+    assert s.uvicorn_options()["timeout_keep_alive"] == 15
+    assert _guard_limits(s) == ConnectionLimits(
+        max_connections=128, max_per_client=32, header_timeout_s=10.0
+    )
     monkeypatch.setenv("BBT_SERVER_MAX_QUEUE", "100")
     monkeypatch.setenv("BBT_SERVER_MAX_CONCURRENCY", "2")
     monkeypatch.setenv("BBT_SERVER_KEEP_ALIVE_S", "30")
     s = ServerSettings()
     assert s.max_queue == 100
     # The default connection limit grows with the queue, so the queue bound (503 with
-    # Retry-After and an envelope) is met before uvicorn's bare 503.
-    assert s.uvicorn_options() == {"limit_concurrency": 204, "timeout_keep_alive": 30}
+    # Retry-After and an envelope) is met before the connection bound.
+    assert s.uvicorn_options()["timeout_keep_alive"] == 30
+    assert _guard_limits(s).max_connections == 204
+    assert _guard_limits(s).max_per_client == 51
     monkeypatch.setenv("BBT_SERVER_MAX_CONNECTIONS", "500")
-    assert ServerSettings().uvicorn_options()["limit_concurrency"] == 500
+    assert _guard_limits(ServerSettings()).max_connections == 500
+
+
+def test_connection_guard_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BBT_SERVER_HEADER_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("BBT_SERVER_BODY_TIMEOUT_S", "7")
+    monkeypatch.setenv("BBT_SERVER_MAX_CONNECTIONS_PER_CLIENT", "8")
+    s = ServerSettings()
+    assert s.body_timeout_s == 7.0
+    assert _guard_limits(s) == ConnectionLimits(
+        max_connections=128, max_per_client=8, header_timeout_s=2.5
+    )
+    # A per-client bound above the total is the total.
+    assert ServerSettings(max_connections_per_client=1000).per_client_connection_limit == 128
+    for name, value in (
+        ("header_timeout_s", 0),
+        ("body_timeout_s", -1),
+        ("body_timeout_s", 3601),
+        ("max_connections_per_client", 0),
+    ):
+        with pytest.raises(ValidationError):
+            ServerSettings(**{name: value})  # type: ignore[arg-type]
 
 
 def test_bad_queue_settings_fail_fast() -> None:
