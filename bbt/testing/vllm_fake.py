@@ -54,9 +54,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-import pytest
 
 from bbt.server.mock import MOCK_MODEL_ID, MockBackend
+
+# The fixtures are defined (importing this module lazily) in the plugin, which pytest loads into
+# every run; re-exported here for conftest files that import them from this module.
+from bbt.testing.plugin import live_vllm_fake, vllm_fake
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -665,22 +668,6 @@ def serve_vllm_fake(fake: VLLMFake) -> Iterator[str]:
 
     with LiveServer(fake.app()) as server:
         yield server.base_url
-
-
-# --------------------------------------------------------------------------- pytest fixtures
-
-
-@pytest.fixture
-def vllm_fake() -> VLLMFake:
-    """A :class:`VLLMFake` with vLLM 0.26's API over the causal mock (H=64, seed 0)."""
-    return VLLMFake()
-
-
-@pytest.fixture
-def live_vllm_fake(vllm_fake: VLLMFake) -> Iterator[str]:
-    """Base URL of ``vllm_fake`` served by uvicorn on a free loopback port (``bbt[server]``)."""
-    with serve_vllm_fake(vllm_fake) as url:
-        yield url
 
 
 __all__ = [
