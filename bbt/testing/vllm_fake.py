@@ -57,12 +57,10 @@ import numpy as np
 
 from bbt.server.mock import MOCK_MODEL_ID, MockBackend
 
-# The fixtures are defined (importing this module lazily) in the plugin, which pytest loads into
-# every run; re-exported here for conftest files that import them from this module.
-from bbt.testing.plugin import live_vllm_fake, vllm_fake
-
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+
+    from bbt.testing.plugin import live_vllm_fake, vllm_fake
 
 #: The vLLM release whose API the fake follows.
 FAKE_VLLM_VERSION = "0.26.0"
@@ -668,6 +666,17 @@ def serve_vllm_fake(fake: VLLMFake) -> Iterator[str]:
 
     with LiveServer(fake.app()) as server:
         yield server.base_url
+
+
+def __getattr__(name: str) -> Any:
+    # The fixtures are defined (importing this module lazily) in the plugin, which pytest loads
+    # into every run; conftest files that import them from here still find them, and serving
+    # the fake (`python -m bbt.testing.vllm_fake`) needs no pytest.
+    if name in ("vllm_fake", "live_vllm_fake"):
+        from bbt.testing import plugin
+
+        return getattr(plugin, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -86,3 +86,21 @@ def test_a_pytest_run_loads_nothing_heavy_until_a_fixture_is_used(
     r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 passed" in r.stdout
+
+
+def test_the_vllm_fixtures_are_still_importable_from_their_old_module() -> None:
+    # Conftest files written before the fixtures moved into the plugin import them from there.
+    from bbt.testing.vllm_fake import live_vllm_fake, vllm_fake
+
+    assert vllm_fake is bbt.testing.plugin.vllm_fake
+    assert live_vllm_fake is bbt.testing.plugin.live_vllm_fake
+
+
+def test_the_vllm_fake_itself_needs_no_pytest() -> None:
+    # `python -m bbt.testing.vllm_fake` serves the fake for demos: the server extra, no pytest.
+    code = (
+        "import sys\nsys.modules['pytest'] = None\n"
+        "from bbt.testing.vllm_fake import VLLMFake\nVLLMFake()"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
