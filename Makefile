@@ -1,5 +1,6 @@
 # One-command set-up: `make demo` tunes a prompt on the embedded default model,
-# `make test` runs the whole check suite (what CI runs). Both create .venv on first use.
+# `make test` runs the whole check suite (what CI runs), the core-only install checks included.
+# Both create .venv on first use.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -25,6 +26,7 @@ TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 .PHONY: install test lint demo clean docs docs-build
+.PHONY: test-core test-core-lowest
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +50,18 @@ lint: install
 
 test: $(VENV)/.test-installed lint docs-build
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
+	$(MAKE) test-core test-core-lowest
+
+# The core install alone (`pip install bbt`, no extras), in a fresh temp venv: import bbt,
+# bbt --help, a short tune/eval/predict on the mock (scripts/check_core_install.sh). .venv has
+# every extra, and an extra can bring what the core forgot to declare (uvicorn brought click).
+# test-core: the newest releases pyproject.toml allows; test-core-lowest: the lowest ones
+# (uv's lowest-direct), so a lower bound that lies fails here first. Each needs PyPI, < 2 min.
+test-core:
+	PYTHON=$(PYTHON) scripts/check_core_install.sh highest
+
+test-core-lowest:
+	PYTHON=$(PYTHON) scripts/check_core_install.sh lowest
 
 # The embedded default (MiniLM + shipped MLM head; bfloat16 where the CPU runs it natively,
 # else float32) on AG News 16-shot: tuning took 3 min on 2 cores with native bf16 and 10.6 min

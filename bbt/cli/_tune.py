@@ -16,12 +16,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-import click
 import typer
 
 from bbt.errors import BBTError, ConfigurationError, TaskError, UnsafeRunDirError
@@ -36,6 +36,18 @@ DEFAULT_MOCK_HIDDEN = 64
 #: Read timeout (s) for the embedded server unless BBT_TIMEOUT or .env sets one.
 EMBEDDED_TIMEOUT = 3600.0
 
+# No `import click` anywhere: typer >= 0.2x vendors its own copy of click and no longer depends
+# on the click package, which a core install therefore lacks (and where both are installed,
+# click's classes and context stack are not the ones typer uses). What the guard lets through
+# comes from typer: Exit, Abort, and click's usage errors, found as typer.BadParameter's base.
+_CLI_EXITS: tuple[type[BaseException], ...] = (
+    typer.Exit,
+    typer.Abort,
+    next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
+#: The command's --api-key, for redaction; each command sets it (None when not given).
+_ARG_API_KEY: ContextVar[str | None] = ContextVar("bbt_cli_api_key", default=None)
+
 
 def _err(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -48,10 +60,7 @@ def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def _secrets() -> list[str]:
     """Every API key this command may hold (argument, environment, .env), for redaction."""
-    found: list[str] = []
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and isinstance(ctx.params.get("api_key"), str):
-        found.append(ctx.params["api_key"])
+    found = [_ARG_API_KEY.get() or ""]
     found.append(os.environ.get("BBT_API_KEY", ""))
     try:
         from bbt.client import ClientSettings
@@ -113,7 +122,7 @@ def _guard(fn: Callable[[], T], resume_hint: Path | None = None) -> T:
     into one-line messages and exit codes: no traceback ever reaches the user."""
     try:
         return fn()
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+    except _CLI_EXITS:
         raise  # typer's own ways out (Exit is a RuntimeError): not failures
     except BBTError as exc:
         # No resume hint for a directory refused as unsafe: resuming it is what must not be.
@@ -602,6 +611,7 @@ def tune_command(
 ) -> None:
     """Tune a soft prompt with Black-Box Tuning (Sun et al., ICML 2022)."""
     say = _sayer(quiet)
+    _ARG_API_KEY.set(api_key)
     server = _server_options(ctx, server_dtype, server_threads, server_device)
 
     if trust_checkpoint and resume is None:
@@ -795,6 +805,7 @@ def eval_command(
     ),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
+    _ARG_API_KEY.set(api_key)
     server = _server_options(ctx, server_dtype, server_threads, server_device)
 
     def go() -> None:
@@ -834,6 +845,7 @@ def predict_command(
     ),
 ) -> None:
     """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
+    _ARG_API_KEY.set(api_key)
     server = _server_options(ctx, server_dtype, server_threads, server_device)
 
     def go() -> None:

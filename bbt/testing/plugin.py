@@ -18,22 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bbt.server.faults import FaultConfig
-from bbt.server.mock import MockBackend
-from bbt.server.settings import ServerSettings
-from bbt.testing._live import LiveServer, live_server
-from bbt.testing._transport import (
-    MOCK_BASE_URL,
-    CoreTransport,
-    mock_respx_router,
-)
-from bbt.testing.vllm_fake import live_vllm_fake, vllm_fake  # noqa: F401  (fixtures)
-
+# pytest loads this module into every run of every project that installs bbt, used or not, so
+# it imports nothing heavy at load: the server (even its framework-free core), FastAPI, uvicorn
+# and the fake vLLM are imported inside the fixtures that need them.
 if TYPE_CHECKING:
     import respx
     from fastapi import FastAPI
 
     from bbt.client import Client
+    from bbt.server.faults import FaultConfig
+    from bbt.server.mock import MockBackend
+    from bbt.server.settings import ServerSettings
+    from bbt.testing.vllm_fake import VLLMFake
 
 LiveFactory = Callable[..., str]
 
@@ -41,6 +37,8 @@ LiveFactory = Callable[..., str]
 @pytest.fixture
 def mock_backend() -> MockBackend:
     """The mock masked LM (numpy, deterministic)."""
+    from bbt.server.mock import MockBackend
+
     return MockBackend()
 
 
@@ -48,6 +46,7 @@ def mock_backend() -> MockBackend:
 def mock_app(mock_backend: MockBackend) -> FastAPI:
     """The FastAPI app over ``mock_backend`` (no API keys); needs ``bbt[server]``."""
     from bbt.server.app import create_app
+    from bbt.server.settings import ServerSettings
 
     return create_app(mock_backend, ServerSettings(api_keys=[]))
 
@@ -56,6 +55,7 @@ def mock_app(mock_backend: MockBackend) -> FastAPI:
 def mock_client(mock_backend: MockBackend) -> Iterator[Client]:
     """A :class:`bbt.Client` wired in-process to ``mock_backend`` (reads no env or .env)."""
     from bbt.client import Client
+    from bbt.testing._transport import MOCK_BASE_URL, CoreTransport
 
     client = Client(MOCK_BASE_URL, transport=CoreTransport(mock_backend), env_file=None)
     try:
@@ -67,6 +67,8 @@ def mock_client(mock_backend: MockBackend) -> Iterator[Client]:
 @pytest.fixture
 def mock_respx(mock_backend: MockBackend) -> Iterator[respx.MockRouter]:
     """An active respx router serving the protocol at ``bbt.testing.MOCK_BASE_URL``."""
+    from bbt.testing._transport import mock_respx_router
+
     with mock_respx_router(mock_backend) as router:
         yield router
 
@@ -75,6 +77,9 @@ def mock_respx(mock_backend: MockBackend) -> Iterator[respx.MockRouter]:
 def live_mock_server_factory() -> Iterator[LiveFactory]:
     """Start mock servers on loopback ports: ``factory(faults=..., settings=..., backend=...)``
     returns the base URL. Every server started is stopped at teardown."""
+    from bbt.server.mock import MockBackend
+    from bbt.testing._live import LiveServer, live_server
+
     servers: list[LiveServer] = []
 
     def start(
@@ -100,3 +105,21 @@ def live_mock_server_factory() -> Iterator[LiveFactory]:
 def live_mock_server(live_mock_server_factory: LiveFactory) -> str:
     """Base URL of a fault-free mock server (uvicorn) on a free loopback port."""
     return live_mock_server_factory()
+
+
+@pytest.fixture
+def vllm_fake() -> VLLMFake:
+    """A :class:`~bbt.testing.vllm_fake.VLLMFake` with vLLM 0.26's API over the causal mock
+    (H=64, seed 0)."""
+    from bbt.testing.vllm_fake import VLLMFake
+
+    return VLLMFake()
+
+
+@pytest.fixture
+def live_vllm_fake(vllm_fake: VLLMFake) -> Iterator[str]:
+    """Base URL of ``vllm_fake`` served by uvicorn on a free loopback port (``bbt[server]``)."""
+    from bbt.testing.vllm_fake import serve_vllm_fake
+
+    with serve_vllm_fake(vllm_fake) as url:
+        yield url

@@ -54,12 +54,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-import pytest
 
 from bbt.server.mock import MOCK_MODEL_ID, MockBackend
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+
+    from bbt.testing.plugin import live_vllm_fake, vllm_fake
 
 #: The vLLM release whose API the fake follows.
 FAKE_VLLM_VERSION = "0.26.0"
@@ -667,20 +668,15 @@ def serve_vllm_fake(fake: VLLMFake) -> Iterator[str]:
         yield server.base_url
 
 
-# --------------------------------------------------------------------------- pytest fixtures
+def __getattr__(name: str) -> Any:
+    # The fixtures are defined (importing this module lazily) in the plugin, which pytest loads
+    # into every run; conftest files that import them from here still find them, and serving
+    # the fake (`python -m bbt.testing.vllm_fake`) needs no pytest.
+    if name in ("vllm_fake", "live_vllm_fake"):
+        from bbt.testing import plugin
 
-
-@pytest.fixture
-def vllm_fake() -> VLLMFake:
-    """A :class:`VLLMFake` with vLLM 0.26's API over the causal mock (H=64, seed 0)."""
-    return VLLMFake()
-
-
-@pytest.fixture
-def live_vllm_fake(vllm_fake: VLLMFake) -> Iterator[str]:
-    """Base URL of ``vllm_fake`` served by uvicorn on a free loopback port (``bbt[server]``)."""
-    with serve_vllm_fake(vllm_fake) as url:
-        yield url
+        return getattr(plugin, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

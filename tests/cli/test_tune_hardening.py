@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from bbt.cli import _tune, app
@@ -63,6 +64,33 @@ def test_an_unexpected_exception_is_one_line_with_the_resume_hint(
     r = runner.invoke(app, ["tune", "--resume", str(run), "-q"])
     assert r.exit_code == 0, r.output
     assert read_manifest(run)["status"] == "completed"
+
+
+def test_a_key_given_as_argument_is_redacted_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --api-key (not only BBT_API_KEY) is what the one-line error must never show.
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError(f"surprise {CANARY}")
+
+    monkeypatch.setattr("bbt.tuner.sample_k_shot", broken)
+    out = str(tmp_path / "r")
+    r = runner.invoke(app, ["tune", "--task", "mock", "--api-key", CANARY, "--out", out, *SMALL])
+    assert r.exit_code == _tune.EXIT_INTERNAL
+    assert "error: internal error: KeyError: 'surprise ***'" in r.output
+    assert CANARY not in r.output
+
+
+def test_typers_own_exits_pass_through_the_guard() -> None:
+    # typer.Exit is a RuntimeError: the guard must let it (and Abort) out as it is, not call it
+    # an internal error, whichever click (its own copy or the click package) typer is built on.
+    with pytest.raises(typer.Exit) as exc:
+        _tune._guard(lambda: _tune._fail("inner"))
+    assert exc.value.exit_code == _tune.EXIT_ERROR
+    with pytest.raises(typer.Abort):
+        _tune._guard(lambda: (_ for _ in ()).throw(typer.Abort()))
+    with pytest.raises(typer.BadParameter):
+        _tune._guard(lambda: (_ for _ in ()).throw(typer.BadParameter("no")))
 
 
 def test_an_unexpected_exception_before_the_run_is_one_line(
