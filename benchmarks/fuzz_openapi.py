@@ -1,7 +1,7 @@
 """Fuzz: property-based requests from the served OpenAPI schema against a live server.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/fuzz_openapi.py [--smoke] [--requests N]
-        [--hf N] [--out-dir DIR]
+        [--hf N] [--out-dir DIR] [--families F,...]
 
 Starts ``bbt mock-server`` (with an API key) on a loopback port, reads ``GET
 /openapi.json`` from it, inlines every ``$ref`` and builds, for every route and method in
@@ -17,14 +17,19 @@ it, hypothesis strategies (``hypothesis-jsonschema``) for the request bodies. Fa
 - ``routes``: every route x every HTTP method, and unknown routes.
 - ``raw``: a fixed list of malformed HTTP/1.1 over a plain socket (bad request line,
   Content-Length, chunking).
+- ``registry`` and ``sessions`` (``--families registry,sessions``; not in the default
+  run): stateful sequences over the prompt registry and projection sessions, with three
+  API keys and small quotas; their requests, oracle and server set-up are in
+  ``fuzz_stateful.py``. Writes ``results/fuzz_registry_sessions.json``.
 
 Every request goes to the live server over HTTP and, the same bytes, to the same app
-in-process (FastAPI's TestClient over ``create_app``). Passes when no answer is 5xx, no
+in-process (FastAPI's TestClient over ``create_app``). Passes when no answer is 5xx (but
+the documented 503 that the stateful families' oracle accepts, and which it checks), no
 request fails at the transport level (raw HTTP excepted, where closing is a fair answer),
 the server still answers ``/healthz`` at the end, and it is still the same process.
 Reports the status histograms and the server's RSS at start, middle and end. With
 ``--hf N``, N more requests from the same families go to ``bbt serve`` (the real model).
-Writes ``results/fuzz.json`` (``fuzz_smoke.json``); exits 1 on any 5xx or crash.
+Writes ``results/fuzz.json`` (``fuzz_smoke.json``); exits 1 on any unexpected 5xx or crash.
 """
 
 from __future__ import annotations
@@ -55,6 +60,11 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
 EXTRA_PATHS = ("/", "/v1", "/v1/", "/v1/logits/", "/v2/logits", "/v1/models/x", "/docs",
                "/openapi.json", "/%00", "/v1/" + "a" * 3000)  # fmt: skip
 REQUEST_TIMEOUT_S = 60.0
+#: The oracle's verdict on a 503 the protocol documents (see ``fuzz_stateful.judge``).
+TYPED_503 = "typed-503"
+#: The families built from the served schema, and the stateful ones of ``fuzz_stateful``.
+SCHEMA_FAMILIES = ("schema", "near_valid", "malformed", "routes")
+STATEFUL_FAMILIES = ("registry", "sessions")
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,13 @@ class Req:
     body: bytes | None
     headers: tuple[tuple[str, str], ...] = ()
     auth: bool = True  # add the right Authorization header unless headers set one
+    key: int = 0  # which of the server's API keys authorises it (OWNER: see fuzz_stateful)
+    #: For the stateful families: what the request does (``fuzz_stateful.ANSWERS``) and
+    #: the server-made id it names, ``(kind, index)``, put in place of ``{ref}`` in the
+    #: path. Ids differ between the live server and the in-process app, so each target
+    #: resolves the reference against the ids it handed out itself.
+    op: str = ""
+    ref: tuple[str, int] | None = None
 
 
 @dataclass
@@ -73,25 +90,48 @@ class Tally:
 
     statuses: Counter[str] = field(default_factory=Counter)
     by_family: dict[str, Counter[str]] = field(default_factory=dict)
+    by_op: dict[str, Counter[str]] = field(default_factory=dict)  # stateful families
     server_errors: list[dict[str, Any]] = field(default_factory=list)
     transport_errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Answers the oracle of the stateful families refused (an unexpected 5xx, a body
+    #: that is not the protocol's envelope), and the documented 503s it accepted.
+    violations: int = 0
+    violation_examples: list[dict[str, Any]] = field(default_factory=list)
+    typed_503: int = 0
 
     def add(self, req: Req, status: str, detail: str = "") -> None:
         self.statuses[status] += 1
         self.by_family.setdefault(req.family, Counter())[status] += 1
+        if req.op:
+            self.by_op.setdefault(f"{req.family}:{req.op}", Counter())[status] += 1
         if status.isdigit() and int(status) >= 500 and len(self.server_errors) < 50:
             self.server_errors.append(_describe(req, status, detail))
 
+    def judge(self, req: Req, status: str, verdict: str | None) -> None:
+        """Record the oracle's ``verdict`` on one answer: None is fine, ``"typed-503"`` a
+        documented 503, anything else says what was wrong."""
+        if verdict == TYPED_503:
+            self.typed_503 += 1
+        elif verdict is not None:
+            self.violations += 1
+            if len(self.violation_examples) < 50:
+                self.violation_examples.append(_describe(req, status, verdict))
+
     def as_dict(self) -> dict[str, Any]:
+        responses_5xx = sum(n for s, n in self.statuses.items() if s.isdigit() and int(s) >= 500)
         return {
             "requests": sum(self.statuses.values()),
             "statuses": dict(sorted(self.statuses.items())),
             "by_family": {k: dict(sorted(v.items())) for k, v in sorted(self.by_family.items())},
-            "responses_5xx": sum(
-                n for s, n in self.statuses.items() if s.isdigit() and int(s) >= 500
-            ),
+            "by_operation": {k: dict(sorted(v.items())) for k, v in sorted(self.by_op.items())},
+            "responses_5xx": responses_5xx,
+            # Every 5xx but the documented typed 503s the oracle accepted.
+            "unexpected_5xx": responses_5xx - self.typed_503,
+            "typed_503": self.typed_503,
+            "oracle_violations": self.violations,
             "transport_errors": len(self.transport_errors),
             "examples_5xx": self.server_errors[:10],
+            "examples_oracle_violations": self.violation_examples[:10],
             "examples_transport_errors": self.transport_errors[:10],
         }
 
@@ -481,47 +521,76 @@ def send_raw(host: str, port: int, data: bytes) -> str:
 # --------------------------------------------------------------------------- driver
 
 
+class Target:
+    """What a stateful family needs from one target: the ids it handed out, and a check of
+    each answer. The schema families use this no-op base."""
+
+    def path(self, req: Req) -> str:
+        """``req.path`` with ``{ref}`` replaced by this target's id for ``req.ref``."""
+        return req.path
+
+    def key(self, req: Req) -> int:
+        """The API key (index) ``req`` goes with (after :meth:`path` resolved its ref)."""
+        return req.key
+
+    def observe(self, req: Req, response: httpx.Response) -> str | None:
+        """Remember the ids in ``response``; the oracle's verdict (see :meth:`Tally.judge`)."""
+        return None
+
+
 class Fuzzer:
     def __init__(
         self,
         base_url: str,
-        key: str,
+        key: str | list[str],
         inproc: Any | None,
         on_request: Callable[[int], None] | None = None,
+        targets: Callable[[], tuple[Target, Target]] | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S)
-        self.key = key
+        # ``http``: another client for the "live" side (tests pass the in-process core's).
+        self.http = http or httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S)
+        self.keys = [key] if isinstance(key, str) else list(key)
+        self.key = self.keys[0]
         self.inproc = inproc
         self.live = Tally()
         self.local = Tally()
         self.mismatches: list[dict[str, Any]] = []
         self.count = 0
         self.on_request = on_request
+        self.live_target, self.local_target = targets() if targets else (Target(), Target())
 
     def close(self) -> None:
         self.http.close()
 
-    def headers(self, req: Req) -> dict[str, str]:
+    def headers(self, req: Req, key: int | None = None) -> dict[str, str]:
         h = {"content-type": "application/json"} if req.body is not None else {}
         if req.auth:
-            h["authorization"] = f"Bearer {self.key}"
+            h["authorization"] = f"Bearer {self.keys[req.key if key is None else key]}"
         h.update(dict(req.headers))
         return h
 
     def send(self, req: Req) -> None:
-        headers = self.headers(req)
+        target = self.live_target
+        path = target.path(req)
+        headers = self.headers(req, target.key(req))
         try:
-            r = self.http.request(req.method, req.path, content=req.body, headers=headers)
+            r = self.http.request(req.method, path, content=req.body, headers=headers)
             status = str(r.status_code)
             self.live.add(req, status, r.text if r.status_code >= 500 else "")
+            self.live.judge(req, status, target.observe(req, r))
         except httpx.HTTPError as exc:
             status = f"transport:{type(exc).__name__}"
             self.live.add(req, status)
             if len(self.live.transport_errors) < 50:
                 self.live.transport_errors.append(_describe(req, status, str(exc)))
         if self.inproc is not None:
-            lr = self.inproc.request(req.method, req.path, content=req.body, headers=headers)
+            target = self.local_target
+            path = target.path(req)
+            headers = self.headers(req, target.key(req))
+            lr = self.inproc.request(req.method, path, content=req.body, headers=headers)
             self.local.add(req, str(lr.status_code), lr.text if lr.status_code >= 500 else "")
+            self.local.judge(req, str(lr.status_code), target.observe(req, lr))
             if str(lr.status_code) != status and len(self.mismatches) < 20:
                 self.mismatches.append({**_describe(req, status, ""), "inproc": lr.status_code})
         self.count += 1
@@ -550,6 +619,16 @@ class Fuzzer:
         one()
 
 
+#: Each schema family's share of a run's requests; the stateful families share equally.
+SCHEMA_SHARES = {"schema": 0.35, "near_valid": 0.25, "malformed": 0.30, "routes": 0.10}
+
+
+def _shares(families: tuple[str, ...]) -> dict[str, float]:
+    weights = {f: SCHEMA_SHARES.get(f, 0.5) for f in families}
+    total = sum(weights.values())
+    return {f: w / total for f, w in weights.items()}
+
+
 def fuzz_target(
     label: str,
     command: str,
@@ -558,9 +637,19 @@ def fuzz_target(
     work: Path,
     inproc: bool,
     time_limit_s: float,
+    families: tuple[str, ...] = SCHEMA_FAMILIES,
 ) -> dict[str, Any]:
-    key = "fuzz-" + secrets.token_hex(8)
-    env = {"BBT_SERVER_API_KEYS": key}
+    stateful: Any = None
+    if any(f in STATEFUL_FAMILIES for f in families):
+        import fuzz_stateful as stateful  # it imports this module: not at the top
+
+        campaign = stateful.Campaign()
+        keys, env = campaign.keys, campaign.env()
+        server_args = [*server_args, *campaign.server_args]
+    else:
+        keys = ["fuzz-" + secrets.token_hex(8)]
+        env = {"BBT_SERVER_API_KEYS": keys[0]}
+    key = keys[0]
     with ServerProc(command, server_args, work / f"{label}.log", env=env) as srv:
         spec = httpx.get(f"{srv.base_url}/openapi.json", timeout=30).json()
         info = httpx.get(
@@ -583,23 +672,31 @@ def fuzz_target(
             from bbt.server import MockBackend, ServerSettings
             from bbt.server.app import create_app
 
-            app = create_app(MockBackend(), ServerSettings(api_keys=[SecretStr(key)]))
+            if stateful is not None:
+                app = campaign.app()
+            else:
+                app = create_app(MockBackend(), ServerSettings(api_keys=[SecretStr(key)]))
             client_cm = TestClient(app, raise_server_exceptions=False, follow_redirects=False)
             local = client_cm.__enter__()
-        fuzzer = Fuzzer(srv.base_url, key, local, sample)
+        targets = None if stateful is None else stateful.targets
+        fuzzer = Fuzzer(srv.base_url, keys, local, sample, targets)
         started = time.monotonic()
         try:
-            families = [
-                (strategies.schema(), 0.35),
-                (strategies.near_valid(), 0.25),
-                (strategies.malformed(), 0.30),
-                (strategies.routes(), 0.10),
-            ]
+            schema_families = {
+                "schema": strategies.schema,
+                "near_valid": strategies.near_valid,
+                "malformed": strategies.malformed,
+                "routes": strategies.routes,
+            }
             round_no = 0
             while fuzzer.count < total and time.monotonic() - started < time_limit_s:
                 left = total - fuzzer.count
-                for strategy, share in families:
-                    fuzzer.run_family(strategy, max(1, int(left * share)), seed=round_no)
+                for family, share in _shares(families).items():
+                    n = max(1, int(left * share))
+                    if family in schema_families:
+                        fuzzer.run_family(schema_families[family](), n, seed=round_no)
+                    else:
+                        stateful.run(fuzzer, info, family, n, seed=round_no)
                 round_no += 1
             raw = Counter(
                 send_raw(
@@ -618,26 +715,37 @@ def fuzz_target(
                 client_cm.__exit__(None, None, None)
     mib = [round(r["VmRSS"] / 1024, 1) for r in rss]
     mid = mib[len(mib) // 2]
+    flat = mib[-1] - mid <= max(8.0, 0.05 * mid)
     live = fuzzer.live.as_dict()
+    local_tally = fuzzer.local.as_dict() if inproc else None
     return {
         "target": label,
+        "families": list(families),
         "server": ["bbt", command, *server_args],
         "seconds": round(time.monotonic() - started, 1),
         "live": live,
-        "inprocess": fuzzer.local.as_dict() if inproc else None,
+        "inprocess": local_tally,
         "live_vs_inprocess_mismatches": fuzzer.mismatches,
         "raw_http": dict(sorted(raw.items())),
         "server_alive_same_process": alive_same,
         "healthz_at_end": healthy,
         "rss_mib": {"start": mib[0], "middle": mid, "end": mib[-1], "series": mib},
         "rss_samples": rss,
-        "memory_flat": mib[-1] - mid <= max(8.0, 0.05 * mid),
-        "ok": live["responses_5xx"] == 0
+        "memory_flat": flat,
+        "ok": _clean(live)
         and live["transport_errors"] == 0
         and alive_same
         and healthy
-        and (not inproc or fuzzer.local.as_dict()["responses_5xx"] == 0),
+        and (local_tally is None or _clean(local_tally))
+        # The stateful families' server holds bounded state (quotas): its RSS must not grow
+        # in the second half. The schema families report it only, as they always have.
+        and (flat or stateful is None),
     }
+
+
+def _clean(tally: dict[str, Any]) -> bool:
+    """No 5xx but the documented typed 503s, and no answer the oracle refused."""
+    return bool(tally["unexpected_5xx"] == 0 and tally["oracle_violations"] == 0)
 
 
 def report(r: dict[str, Any]) -> None:
@@ -650,7 +758,9 @@ def report(r: dict[str, Any]) -> None:
         print(f"live/in-process status mismatches: {len(r['live_vs_inprocess_mismatches'])}")
     print(f"raw HTTP: {r['raw_http']}")
     print(
-        f"5xx: {live['responses_5xx']}, transport errors: {live['transport_errors']}, "
+        f"5xx: {live['responses_5xx']} (unexpected {live['unexpected_5xx']}, typed 503 "
+        f"{live['typed_503']}), oracle violations: {live['oracle_violations']}, "
+        f"transport errors: {live['transport_errors']}, "
         f"alive: {r['server_alive_same_process']}, /healthz at end: {r['healthz_at_end']}"
     )
     m = r["rss_mib"]
@@ -658,7 +768,8 @@ def report(r: dict[str, Any]) -> None:
         f"server RSS MiB start {m['start']} middle {m['middle']} end {m['end']} "
         f"(flat: {r['memory_flat']})"
     )
-    for ex in live["examples_5xx"][:3] + live["examples_transport_errors"][:3]:
+    examples = live["examples_5xx"][:3] + live["examples_oracle_violations"][:3]
+    for ex in examples + live["examples_transport_errors"][:3]:
         print(f"  e.g. {ex}")
 
 
@@ -670,7 +781,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-inprocess", action="store_true", help="skip the in-process app")
     ap.add_argument("--out-dir", type=Path, default=None)
     ap.add_argument("--time-limit", type=float, default=900.0, help="seconds per target")
+    ap.add_argument(
+        "--families",
+        default=",".join(SCHEMA_FAMILIES),
+        help="comma-separated, from: " + ", ".join(SCHEMA_FAMILIES + STATEFUL_FAMILIES),
+    )
     args = ap.parse_args(argv)
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    unknown = sorted(set(families) - set(SCHEMA_FAMILIES + STATEFUL_FAMILIES))
+    if unknown or not families:
+        ap.error(f"unknown families: {', '.join(unknown) or '(none given)'}")
     total = args.requests or (100 if args.smoke else 2400)
     commit = git_commit()  # the commit this run starts on
 
@@ -688,12 +808,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         for label, command, server_args, n, inproc in targets:
             print(f"fuzzing {label} ({n} requests) ...", flush=True)
-            r = fuzz_target(label, command, server_args, n, work, inproc, args.time_limit)
+            r = fuzz_target(label, command, server_args, n, work, inproc, args.time_limit, families)
             report(r)
             results.append(r)
     ok = all(r["ok"] for r in results)
+    # results/fuzz.json for the schema families; fuzz_registry_sessions.json for those two.
+    name = "fuzz" if families == SCHEMA_FAMILIES else "_".join(["fuzz", *families])
     write_result(
-        "fuzz_smoke" if args.smoke else "fuzz",
+        f"{name}_smoke" if args.smoke else name,
         {"commit": commit, "cpu_flags": cpu_flags(), "ok": ok, "targets": results},
         args.out_dir or RESULTS,
     )
@@ -702,4 +824,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # fuzz_stateful imports this module by name: let it find this one, not load a copy.
+    sys.modules.setdefault("fuzz_openapi", sys.modules[__name__])
     sys.exit(main())

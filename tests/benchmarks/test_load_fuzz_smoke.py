@@ -34,8 +34,8 @@ def _module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def _smoke(name: str, tmp_path: Path, result: str) -> dict[str, Any]:
-    code = _module(name).main(["--smoke", "--out-dir", str(tmp_path)])
+def _smoke(name: str, tmp_path: Path, result: str, *args: str) -> dict[str, Any]:
+    code = _module(name).main(["--smoke", "--out-dir", str(tmp_path), *args])
     path = tmp_path / f"{result}.json"
     assert path.is_file(), f"{path} was not written"
     data: dict[str, Any] = json.loads(path.read_text())
@@ -76,6 +76,26 @@ def test_fuzz_smoke(tmp_path: Path) -> None:
     assert "200" in live["statuses"]
     assert any(s.startswith("4") for s in live["statuses"])
     assert target["inprocess"]["requests"] == live["requests"]
+
+
+def test_fuzz_registry_sessions_smoke(tmp_path: Path) -> None:
+    # The stateful families against a live mock server with three keys and small quotas
+    # (and the in-process app): a few hundred requests, no 5xx but the documented 503.
+    args = ("--families", "registry,sessions", "--requests", "300")
+    data = _smoke("fuzz_openapi", tmp_path, "fuzz_registry_sessions_smoke", *args)
+    (target,) = data["targets"]
+    assert target["families"] == ["registry", "sessions"]
+    for tally in (target["live"], target["inprocess"]):
+        assert tally["requests"] >= 300
+        assert tally["unexpected_5xx"] == 0
+        assert tally["oracle_violations"] == 0
+        assert set(tally["by_family"]) == {"registry", "sessions"}
+        # Past validation (stored prompts, open sessions) and into it (4xx).
+        assert "200" in tally["statuses"]
+        assert any(s.startswith("4") for s in tally["statuses"])
+    assert target["live"]["transport_errors"] == 0
+    assert target["healthz_at_end"]
+    assert target["server_alive_same_process"]
 
 
 def test_secrets_smoke(tmp_path: Path) -> None:
