@@ -740,12 +740,12 @@ def tune_command(
 def _dry_run(t: Any, cfg: Any, train: Any, dev: Any, p0: Any, service: Any) -> None:
     """Build the run as ``tune`` would, plan it, time one probe request, print the plan."""
     from bbt.cli._dry_run import describe, make_plan
-    from bbt.tuner.bbtv2 import make_tuner
+    from bbt.tuner.methods import build_tuner
 
     started = time.perf_counter()
     with service as (svc, svc_info):
         before = svc.usage.copy()
-        tuner = make_tuner(svc, t, train, dev, cfg, initial_prompt=p0)
+        tuner = build_tuner(svc, t, train, dev, cfg, initial_prompt=p0)
         setup = svc.usage - before
         plan = make_plan(tuner, svc, svc_info["kind"], setup, time.perf_counter() - started)
         tuner.close()  # frees a projection session the tuner opened

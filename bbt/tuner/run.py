@@ -69,8 +69,8 @@ from bbt.tuner._rundir import (
     read_text,
     save_npy,
 )
-from bbt.tuner.bbtv2 import BBTv2Tuner, make_tuner
 from bbt.tuner.data import Example, dump_jsonl, parse_jsonl
+from bbt.tuner.methods import build_tuner, method_of
 from bbt.tuner.optimizer import import_cma
 from bbt.tuner.plot import plot_history
 from bbt.tuner.projection import fingerprint_array
@@ -393,8 +393,10 @@ def _prepare_dir(run_dir: Path, overwrite: bool) -> RunLock:
 def fingerprints(tuner: Tuner) -> dict[str, str]:
     """What resume checks it regenerated identically: A (a few of its rows) and p0 (BBTv2:
     every layer's A_l, and the deep p0)."""
-    proj = tuner.deep_projection if isinstance(tuner, BBTv2Tuner) else tuner.projection
-    return {"projection": proj.fingerprint(), "p0": fingerprint_array(tuner.p0)}
+    return {
+        "projection": method_of(tuner).projection_fingerprint(tuner),
+        "p0": fingerprint_array(tuner.p0),
+    }
 
 
 def tune(
@@ -430,7 +432,7 @@ def tune(
     usage_start = service.usage.copy()
     # The tuner reaches the service (discovery, verbalizer, p0) before the run directory
     # exists, so a wrong URL or key leaves no empty run behind.
-    tuner = make_tuner(
+    tuner = build_tuner(
         service, task_obj, train, dev, cfg, initial_prompt=initial_prompt, callbacks=callbacks
     )
     # The key first: a user whose key cannot be made learns it before anything is written.
@@ -471,9 +473,7 @@ def tune(
             },
             "versions": versions(),
         }
-        if isinstance(tuner, BBTv2Tuner):
-            # Layer 0's recipe is "projection" (BBT's); these regenerate every layer's A_l.
-            manifest["layer_projections"] = [r.as_dict() for r in tuner.layer_recipes]
+        manifest.update(method_of(tuner).manifest_extra(tuner))
         if path is not None:
             atomic_write(path / TRAIN_FILE, dump_jsonl(train).encode())
             atomic_write(path / DEV_FILE, dump_jsonl(dev).encode())
@@ -628,7 +628,7 @@ def _resume_locked(
     except (KeyError, OSError, ValueError) as exc:
         raise RunError(f"run directory {path} is incomplete or damaged: {exc}") from None
     _check_model(path, manifest, service)
-    tuner = make_tuner(
+    tuner = build_tuner(
         service, task, train, dev, cfg, initial_prompt=initial, p0=p0, callbacks=callbacks
     )
     if tuner.candidate_ids != manifest["candidate_ids"]:

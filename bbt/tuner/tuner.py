@@ -37,6 +37,7 @@ from bbt.errors import ConfigurationError, TaskError
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
 from bbt.tuner.losses import LOSSES, cross_entropy, get_loss, get_metric
+from bbt.tuner.methods.registry import available as available_methods
 from bbt.tuner.optimizer import CMAOptimizer
 from bbt.tuner.projection import Distribution, Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
@@ -58,8 +59,9 @@ DEFAULT_EVAL_EVERY = 100
 DEFAULT_LOSS = "ce"
 DEFAULT_SEED = 42
 DEFAULT_EVAL_MEAN = False
-#: Tuning methods: BBT (one prompt at the input) and BBTv2 (a prompt at every layer,
-#: layer-wise CMA-ES; bbt.tuner.bbtv2).
+#: The built-in tuning methods: BBT (one prompt at the input) and BBTv2 (a prompt at every
+#: layer, layer-wise CMA-ES; bbt.tuner.bbtv2). Which names a config takes is the registry's
+#: to say (bbt.tuner.methods.available()): a registered method is valid too.
 METHODS: tuple[str, ...] = ("bbt", "bbtv2")
 #: The loss of a candidate with non-finite logits or loss when no candidate of its generation
 #: has a finite loss (otherwise it gets the generation's worst finite loss). Large but finite:
@@ -100,8 +102,8 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {', '.join(METHODS)}")
+        if self.method not in available_methods():
+            problems.append(f"method must be one of {', '.join(available_methods())}")
         if self.layer_generations < 1:
             problems.append("layer_generations must be at least 1")
         if self.n_tokens < 1:
