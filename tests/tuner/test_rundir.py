@@ -246,6 +246,7 @@ def test_a_symlinked_run_directory_is_fine(
 #: Modules that touch run directories: every file operation there goes through _rundir.
 RUN_DIR_MODULES = [
     "bbt/tuner/run.py",
+    "bbt/tuner/manifest.py",
     "bbt/tuner/plot.py",
     "bbt/tuner/predict.py",
     "bbt/cli/_tune.py",
