@@ -101,6 +101,12 @@ class TuneConfig:
     sessions: str = "auto"
 
     def __post_init__(self) -> None:
+        problems = [*self._size_problems(), *self._schedule_problems(), *self._choice_problems()]
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+
+    def _size_problems(self) -> list[str]:
+        """The prompt, the search space and the CMA-ES step (in the order messages name them)."""
         problems = []
         if self.method not in available_methods():
             problems.append(f"method must be one of {', '.join(available_methods())}")
@@ -118,6 +124,11 @@ class TuneConfig:
             problems.append("alpha must be positive")
         if self.bound is not None and not self.bound > 0:
             problems.append("bound must be positive (or unset)")
+        return problems
+
+    def _schedule_problems(self) -> list[str]:
+        """The budget, the loss and the dev checks."""
+        problems = []
         if self.budget < 1:
             problems.append("budget must be at least 1 API call")
         elif (
@@ -136,6 +147,11 @@ class TuneConfig:
             problems.append("eval_every must be at least 1")
         if self.patience is not None and self.patience < 1:
             problems.append("patience must be at least 1 dev evaluation (or unset)")
+        return problems
+
+    def _choice_problems(self) -> list[str]:
+        """The seed and the named choices."""
+        problems = []
         if self.seed < 0:
             problems.append("seed must be non-negative")
         if self.projection not in ("normal", "uniform"):
@@ -144,8 +160,7 @@ class TuneConfig:
             problems.append("eval_mean must be true or false")
         if self.sessions not in ("auto", "on", "off"):
             problems.append("sessions must be auto, on or off")
-        if problems:
-            raise ConfigurationError("; ".join(problems))
+        return problems
 
     @property
     def population(self) -> int:
