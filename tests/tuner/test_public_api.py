@@ -25,6 +25,7 @@ def test_all_is_sorted_and_complete() -> None:
     modules = {
         "bbtv2",
         "checkpoint",
+        "config",
         "data",
         "evaluator",
         "losses",
@@ -35,6 +36,7 @@ def test_all_is_sorted_and_complete() -> None:
         "predict",
         "projection",
         "prompts",
+        "records",
         "run",
         "sessions",
         "tasks",

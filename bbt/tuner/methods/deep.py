@@ -9,11 +9,13 @@ from typing import Any
 from bbt.client import Service
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
 from bbt.tuner.bbtv2 import BBTv2Tuner, require_deep
+from bbt.tuner.config import TuneConfig
 from bbt.tuner.data import Example
 from bbt.tuner.methods.base import F32, Method, PromptLayout
 from bbt.tuner.prompts import InitialPrompt
+from bbt.tuner.records import Callback
 from bbt.tuner.tasks import Task
-from bbt.tuner.tuner import Callback, TuneConfig, Tuner
+from bbt.tuner.tuner import Tuner
 
 
 class BBTv2Method(Method):
