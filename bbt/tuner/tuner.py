@@ -50,11 +50,12 @@ from bbt.tuner.config import (
 )
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
-from bbt.tuner.losses import cross_entropy, get_loss, get_metric
+from bbt.tuner.losses import get_loss, get_metric
 from bbt.tuner.optimizer import CMAOptimizer
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
 from bbt.tuner.records import Callback, GenerationRecord
+from bbt.tuner.scoring import NONFINITE_PENALTY, beats, dev_scores, nonfinite_rule, train_scores
 from bbt.tuner.tasks import Task, verbalizer_ids
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -83,12 +84,6 @@ __all__ = [
     "TuneConfig",
     "Tuner",
 ]
-
-
-#: The loss of a candidate with non-finite logits or loss when no candidate of its generation
-#: has a finite loss (otherwise it gets the generation's worst finite loss). Large but finite:
-#: CMA-ES only ranks, and a finite value keeps its arithmetic (and the history) clean.
-NONFINITE_PENALTY = 1e30
 
 
 @dataclass
@@ -151,13 +146,9 @@ class Tuner:
     with a selected prompt. With ``eval_mean`` every dev check (and the end of the run) also
     scores the CMA-ES mean, at one more dev call, under the same rule, after the best.
 
-    Non-finite values (a service that returns NaN or inf): a candidate whose logits hold a
-    non-finite value, or whose loss is not finite, gets the worst finite loss of its
-    generation (:data:`NONFINITE_PENALTY` when none is finite), can never become the best
-    candidate, and is counted in the generation's ``nonfinite``; the first such generation
-    is logged. :meth:`tell` applies the same rule to losses handed in by hand. A dev score
-    from non-finite logits is the worst possible (metric -inf, cross-entropy inf) and is
-    never selected.
+    Non-finite values (a service that returns NaN or inf) follow :mod:`bbt.tuner.scoring`;
+    the first generation that has one is logged, and :meth:`tell` applies the rule to
+    losses handed in by hand too.
     """
 
     def __init__(
@@ -321,36 +312,23 @@ class Tuner:
         NaN loss and metric (a hinge or accuracy of such logits can look finite, but means
         nothing); :meth:`tell` then applies the non-finite rule."""
         logits = self._logits(candidates, self.train_texts)
-        with np.errstate(all="ignore"):
-            loss = np.asarray(self._loss(logits, self.train_labels), dtype=np.float64)
-            metric = np.asarray(self._metric(logits, self.train_labels), dtype=np.float64)
-        bad = ~np.isfinite(logits).reshape(logits.shape[0], -1).all(axis=1)
-        if bad.any():
-            loss = np.where(bad, np.nan, loss)
-            metric = np.where(bad, np.nan, metric)
-        return loss, metric
+        return train_scores(logits, self.train_labels, self._loss, self._metric)
 
     def evaluate_dev(self, z: np.ndarray[Any, Any]) -> tuple[float, float]:
         """Dev metric and dev cross-entropy of one z (counted in ``dev_calls``); -inf and inf
         when the service returned non-finite logits (the worst score, never selected)."""
         logits = self._logits(np.asarray(z)[None, :], self.dev_texts)
         self._state.dev_calls += 1
-        if not np.isfinite(logits).all():
+        scores = dev_scores(logits, self.dev_labels, self._metric)
+        if scores is None:
             log.warning("the service returned non-finite dev logits; scored as the worst")
             return -math.inf, math.inf
-        return (
-            float(self._metric(logits, self.dev_labels)[0]),
-            float(cross_entropy(logits, self.dev_labels)[0]),
-        )
+        return scores
 
     def _nonfinite_rule(self, loss: F64) -> tuple[F64, F64, int]:
-        """(losses CMA-ES sees, losses for picking the best, number of non-finite ones)."""
-        bad = ~np.isfinite(loss)
-        k = int(bad.sum())
-        if k == 0:
-            return loss, loss, 0
-        worst = float(loss[~bad].max()) if k < loss.size else NONFINITE_PENALTY
-        if not self._warned_nonfinite:
+        """:func:`bbt.tuner.scoring.nonfinite_rule`, logged the first time it applies."""
+        cma, rank, k = nonfinite_rule(loss)
+        if k and not self._warned_nonfinite:
             self._warned_nonfinite = True
             log.warning(
                 "generation %d: %d of %d candidates scored NaN/inf; such a candidate gets the "
@@ -361,8 +339,7 @@ class Tuner:
                 loss.size,
                 NONFINITE_PENALTY,
             )
-        # inf where non-finite for picking the best: such a candidate never becomes it.
-        return np.where(bad, worst, loss), np.where(bad, math.inf, loss), k
+        return cma, rank, k
 
     # ------------------------------------------------------------------ ask / tell
 
@@ -487,12 +464,12 @@ class Tuner:
         metric, ce = cand.dev_metric, cand.dev_ce
         if metric is None or ce is None:
             return False
-        # A dev score from non-finite logits (metric -inf) is never selected.
-        better = math.isfinite(metric) and (
-            sel is None
-            or sel.dev_metric is None
-            or metric > sel.dev_metric
-            or (metric == sel.dev_metric and ce < (sel.dev_ce or math.inf))
+        better = beats(
+            metric,
+            ce,
+            None if sel is None else sel.dev_metric,
+            None if sel is None else sel.dev_ce,
+            first=sel is None,
         )
         if better:
             st.selected = replace(cand, z=cand.z.copy())
