@@ -23,6 +23,32 @@ from bbt.cli._service_select import (
 from bbt.errors import TaskError
 
 
+# The options eval and predict share (each call makes a fresh typer.Option).
+def _base_url_option() -> Any:
+    return typer.Option(None, help="Service URL (or BBT_BASE_URL / .env).")
+
+
+def _api_key_option() -> Any:
+    return typer.Option(None, help="API key (or BBT_API_KEY / .env).")
+
+
+def _model_option() -> Any:
+    return typer.Option(None, help="Model id.")
+
+
+def _mock_option() -> Any:
+    return typer.Option(None, "--mock/--no-mock", help="Use the in-process mock.")
+
+
+def _upload_option() -> Any:
+    return typer.Option(
+        False,
+        "--upload-prompt",
+        help="Send the prompt with every request instead of storing it in the service's "
+        "prompt registry once (the default when the service has one).",
+    )
+
+
 def eval_command(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
@@ -30,19 +56,14 @@ def eval_command(
     column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
     label_column: str | None = typer.Option(None, help="Label column (default: the task's)."),
     data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
-    base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
-    api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env)."),
-    model: str | None = typer.Option(None, help="Model id."),
-    mock: bool | None = typer.Option(None, "--mock/--no-mock", help="Use the in-process mock."),
+    base_url: str | None = _base_url_option(),
+    api_key: str | None = _api_key_option(),
+    model: str | None = _model_option(),
+    mock: bool | None = _mock_option(),
     server_dtype: str | None = server_dtype_option(),
     server_threads: int | None = server_threads_option(),
     server_device: str | None = server_device_option(),
-    upload_prompt: bool = typer.Option(
-        False,
-        "--upload-prompt",
-        help="Send the prompt with every request instead of storing it in the service's "
-        "prompt registry once (the default when the service has one).",
-    ),
+    upload_prompt: bool = _upload_option(),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
     ARG_API_KEY.set(api_key)
@@ -70,19 +91,14 @@ def predict_command(
     ),
     column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
     data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
-    base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
-    api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env)."),
-    model: str | None = typer.Option(None, help="Model id."),
-    mock: bool | None = typer.Option(None, "--mock/--no-mock", help="Use the in-process mock."),
+    base_url: str | None = _base_url_option(),
+    api_key: str | None = _api_key_option(),
+    model: str | None = _model_option(),
+    mock: bool | None = _mock_option(),
     server_dtype: str | None = server_dtype_option(),
     server_threads: int | None = server_threads_option(),
     server_device: str | None = server_device_option(),
-    upload_prompt: bool = typer.Option(
-        False,
-        "--upload-prompt",
-        help="Send the prompt with every request instead of storing it in the service's "
-        "prompt registry once (the default when the service has one).",
-    ),
+    upload_prompt: bool = _upload_option(),
 ) -> None:
     """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
     ARG_API_KEY.set(api_key)

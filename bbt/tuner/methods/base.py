@@ -93,8 +93,9 @@ def dev_calls(
 
 
 class Method(ABC):
-    """A tuning method. Subclasses set :attr:`name` and :attr:`summary` and implement
-    :meth:`build`, :meth:`layout` and :meth:`projection_fingerprint`."""
+    """A tuning method. Subclasses set :attr:`name`, :attr:`summary` and
+    :attr:`tuner_class` (or override :meth:`build`) and implement :meth:`layout` and
+    :meth:`projection_fingerprint`."""
 
     name: ClassVar[str]
     #: One line for ``--help`` and error messages.
@@ -112,7 +113,9 @@ class Method(ABC):
                 "does not offer"
             )
 
-    @abstractmethod
+    #: The tuner class :meth:`build` makes, constructed as ``Tuner`` is.
+    tuner_class: ClassVar[type[Tuner]]
+
     def build(
         self,
         service: Service,
@@ -126,7 +129,18 @@ class Method(ABC):
         callbacks: Sequence[Callback] = (),
     ) -> Tuner:
         """The tuner (optimiser + evaluator) of a new or resumed run. ``p0`` is the one a
-        resumed run recorded (its ``p0.npy``)."""
+        resumed run recorded (its ``p0.npy``). A method whose tuner is made otherwise
+        overrides this."""
+        return self.tuner_class(
+            service,
+            task,
+            train,
+            dev,
+            config,
+            initial_prompt=initial_prompt,
+            p0=p0,
+            callbacks=callbacks,
+        )
 
     @abstractmethod
     def layout(self, tuner: Tuner) -> PromptLayout:

@@ -3,18 +3,11 @@ layer-wise CMA-ES (see :mod:`bbt.tuner.bbtv2`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from bbt.client import Service
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
 from bbt.tuner.bbtv2 import BBTv2Tuner, require_deep
-from bbt.tuner.config import TuneConfig
-from bbt.tuner.data import Example
-from bbt.tuner.methods.base import F32, Method, PromptLayout
-from bbt.tuner.prompts import InitialPrompt
-from bbt.tuner.records import Callback
-from bbt.tuner.tasks import Task
+from bbt.tuner.methods.base import Method, PromptLayout
 from bbt.tuner.tuner import Tuner
 
 
@@ -22,34 +15,12 @@ class BBTv2Method(Method):
     """BBTv2: :class:`~bbt.tuner.bbtv2.BBTv2Tuner` (deep prompts, one CMA-ES per layer)."""
 
     name = "bbtv2"
+    tuner_class = BBTv2Tuner
     summary = "a prompt at every layer, layers tuned in turn; needs a server with deep prompts"
     requires = (DEEP_PROMPTS,)
 
     def check(self, info: ModelInfo) -> None:
         require_deep(info)  # its message says what to use instead
-
-    def build(
-        self,
-        service: Service,
-        task: Task,
-        train: Sequence[Example],
-        dev: Sequence[Example],
-        config: TuneConfig,
-        *,
-        initial_prompt: InitialPrompt | None = None,
-        p0: F32 | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> Tuner:
-        return BBTv2Tuner(
-            service,
-            task,
-            train,
-            dev,
-            config,
-            initial_prompt=initial_prompt,
-            p0=p0,
-            callbacks=callbacks,
-        )
 
     @staticmethod
     def _deep(tuner: Tuner) -> BBTv2Tuner:

@@ -3,20 +3,21 @@ third party registers that tunes through run, resume and the dry-run planner's q
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bbt.client import LocalClient, Service
+from bbt.client import LocalClient
 from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS
 from bbt.server.mock import MockBackend
 from bbt.tuner import Example, Task, TuneConfig, Tuner, methods, read_manifest, resume, tune
 from bbt.tuner.bbtv2 import BBTv2Tuner, make_tuner
 from bbt.tuner.methods import Method, PromptLayout
+from bbt.tuner.methods.shallow import BBTMethod
 
 from ..conftest import H, small_config
 
@@ -84,28 +85,11 @@ def test_the_cost_model_counts_calls_as_a_run_spends_them() -> None:
     assert methods.get("bbt").cost(cfg, has_dev=False).dev_calls_max == 0
 
 
-class Scaled(Method):
+class Scaled(BBTMethod):
     """A third-party method: BBT's tuner under its own name, with a manifest key of its own."""
 
     name = "scaled-test"
     summary = "BBT under another name (a test)"
-
-    def build(
-        self,
-        service: Service,
-        task: Task,
-        train: Sequence[Example],
-        dev: Sequence[Example],
-        config: TuneConfig,
-        **kwargs: Any,
-    ) -> Tuner:
-        return Tuner(service, task, train, dev, config, **kwargs)
-
-    def layout(self, tuner: Tuner) -> PromptLayout:
-        return PromptLayout(tuner.config.dim, tuner.config.n_tokens, tuner.model_info.hidden_size)
-
-    def projection_fingerprint(self, tuner: Tuner) -> str:
-        return tuner.projection.fingerprint()
 
     def manifest_extra(self, tuner: Tuner) -> dict[str, Any]:
         return {"scaled": True}
