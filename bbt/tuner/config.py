@@ -1,5 +1,6 @@
 """The hyper-parameters of one run (:class:`TuneConfig`), with the paper's defaults, checked
-when made. Which methods a config may name is the method registry's to say."""
+when made. Which methods a config may name is the method registry's to say
+(:data:`METHOD_NAMES`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 from bbt.errors import ConfigurationError
 from bbt.tuner.losses import LOSSES
-from bbt.tuner.methods.registry import available as available_methods
 from bbt.tuner.projection import Distribution
 
 # Defaults of the paper (Sun et al., 2022, Sec. 4.1 and their released code).
@@ -27,6 +27,10 @@ DEFAULT_EVAL_MEAN = False
 #: layer, layer-wise CMA-ES; bbt.tuner.bbtv2). Which names a config takes is the registry's
 #: to say (bbt.tuner.methods.available()): a registered method is valid too.
 METHODS: tuple[str, ...] = ("bbt", "bbtv2")
+#: Every method name a config may take, in registration order: the built-in ones, then those
+#: that bbt.tuner.methods.register adds (the registry keeps this list; it imports this
+#: module, not the other way round, so a config needs no tuner to be checked).
+METHOD_NAMES: list[str] = list(METHODS)
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,8 @@ class TuneConfig:
     def _size_problems(self) -> list[str]:
         """The prompt, the search space and the CMA-ES step (in the order messages name them)."""
         problems = []
-        if self.method not in available_methods():
-            problems.append(f"method must be one of {', '.join(available_methods())}")
+        if self.method not in METHOD_NAMES:
+            problems.append(f"method must be one of {', '.join(METHOD_NAMES)}")
         if self.layer_generations < 1:
             problems.append("layer_generations must be at least 1")
         if self.n_tokens < 1:

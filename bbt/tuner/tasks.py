@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bbt.client import Service
 from bbt.errors import TaskError
 from bbt.protocol import ModelInfo, ModelKind
 from bbt.tuner.templates import (
@@ -30,7 +31,7 @@ from bbt.tuner.templates import (
     template_fields,
     template_kind,
 )
-from bbt.tuner.verbalizers import verbalizer_ids
+from bbt.tuner.verbalizers import causal_verbalizer_ids, masked_verbalizer_ids
 
 Metric = Literal["accuracy", "f1"]
 METRICS: tuple[Metric, ...] = ("accuracy", "f1")
@@ -457,6 +458,26 @@ def get_preset(name: str) -> Task:
     if key not in PRESETS:
         raise TaskError(f"unknown task {name!r}; presets: {', '.join(PRESET_NAMES)}")
     return PRESETS[key]
+
+
+def verbalizer_ids(task: Task, service: Service) -> list[int]:
+    """Token ids of the verbalizer words for the served model, checked to be one token each.
+
+    The task is first resolved for the served kind (:meth:`Task.for_kind`; a clear TaskError
+    when it has no template for it). Masked: each word is tokenised as it appears in the input,
+    with a leading space when the template puts a space before the mask (byte-level BPE
+    tokenisers such as RoBERTa's give ``" great"`` and ``"great"`` different ids), bare
+    otherwise. Causal: see :func:`bbt.tuner.verbalizers.causal_verbalizer_ids`.
+    """
+    info = service.model_info()
+    task = task.for_kind(info.kind, info.id)
+    if task.kind == "causal_lm":
+        ids = causal_verbalizer_ids(task, service)
+    else:
+        ids = masked_verbalizer_ids(task, service)
+    if len(set(ids)) != len(ids):
+        raise TaskError(f"verbalizer words of task {task.name!r} map to the same token id: {ids}")
+    return ids
 
 
 __all__ = [

@@ -3,39 +3,29 @@ word at the mask; causal: the first token the decoder predicts after the templat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from bbt.client import Service
 from bbt.errors import TaskError
 from bbt.tuner.templates import MASK_FIELD, parse_template
 
-if TYPE_CHECKING:  # only annotations: tasks.py imports this module
-    from bbt.tuner.tasks import Task
+
+class Worded(Protocol):
+    """What these functions read of a task already resolved for the served kind
+    (:class:`bbt.tuner.tasks.Task` is one; this module does not import it, tasks.py imports
+    this one)."""
+
+    @property
+    def template(self) -> str: ...
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+    @property
+    def words(self) -> tuple[str, ...]: ...
 
 
 def _space_before_mask(template: str) -> bool:
     before = template.split("{" + MASK_FIELD + "}", 1)[0]
     return bool(before) and before[-1].isspace()
-
-
-def verbalizer_ids(task: Task, service: Service) -> list[int]:
-    """Token ids of the verbalizer words for the served model, checked to be one token each.
-
-    The task is first resolved for the served kind (:meth:`Task.for_kind`; a clear TaskError
-    when it has no template for it). Masked: each word is tokenised as it appears in the input,
-    with a leading space when the template puts a space before the mask (byte-level BPE
-    tokenisers such as RoBERTa's give ``" great"`` and ``"great"`` different ids), bare
-    otherwise. Causal: see :func:`_causal_verbalizer_ids`.
-    """
-    info = service.model_info()
-    task = task.for_kind(info.kind, info.id)
-    if task.kind == "causal_lm":
-        ids = _causal_verbalizer_ids(task, service)
-    else:
-        ids = _masked_verbalizer_ids(task, service)
-    if len(set(ids)) != len(ids):
-        raise TaskError(f"verbalizer words of task {task.name!r} map to the same token id: {ids}")
-    return ids
 
 
 def _template_tail(template: str) -> str:
@@ -47,7 +37,7 @@ def _template_tail(template: str) -> str:
     return tail
 
 
-def _causal_verbalizer_ids(task: Task, service: Service) -> list[int]:
+def causal_verbalizer_ids(task: Worded, service: Service) -> list[int]:
     """Each word must be the ONE token a decoder would produce right after the rendered text.
 
     Tokenising a word alone is wrong for SentencePiece models (Llama): ``" positive"`` alone
@@ -98,7 +88,7 @@ def _causal_verbalizer_ids(task: Task, service: Service) -> list[int]:
     return ids
 
 
-def _masked_verbalizer_ids(task: Task, service: Service) -> list[int]:
+def masked_verbalizer_ids(task: Worded, service: Service) -> list[int]:
     spaced = _space_before_mask(task.template)
     forms = [(" " + w) if spaced else w for w in task.words]
     resp = service.tokenize(forms + list(task.words) + [" " + w for w in task.words])

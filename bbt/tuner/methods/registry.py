@@ -1,9 +1,9 @@
 """The registry of tuning methods: which names ``--method`` / ``TuneConfig.method`` take.
 
-Kept apart from the methods themselves and free of tuner imports, so that
-:class:`~bbt.tuner.tuner.TuneConfig` can validate a method name without importing the
-tuners (which import it): the built-in methods are registered by where they live and
-imported on first use; a third party registers an instance with :func:`register`.
+The names live in :data:`bbt.tuner.config.METHOD_NAMES`, which :class:`TuneConfig` checks
+without importing any tuner; this module keeps that list and the method objects. The
+built-in methods are registered by where they live and imported on first use; a third party
+registers an instance with :func:`register`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from bbt.errors import ConfigurationError
+from bbt.tuner.config import METHOD_NAMES, METHODS
 
 if TYPE_CHECKING:
     from bbt.tuner.methods.base import Method
@@ -22,7 +23,8 @@ _BUILTIN: dict[str, str] = {
     "bbtv2": "bbt.tuner.methods.deep:BBTV2",
 }
 _loaded: dict[str, Method] = {}
-_order: list[str] = list(_BUILTIN)
+_order = METHOD_NAMES  # one list: what TuneConfig accepts is what is registered
+assert tuple(_BUILTIN) == METHODS
 
 
 def register(method: Method, *, replace: bool = False) -> Method:
