@@ -471,10 +471,8 @@ def verbalizer_ids(task: Task, service: Service) -> list[int]:
     """
     info = service.model_info()
     task = task.for_kind(info.kind, info.id)
-    if task.kind == "causal_lm":
-        ids = causal_verbalizer_ids(task, service)
-    else:
-        ids = masked_verbalizer_ids(task, service)
+    causal = task.kind == "causal_lm"
+    ids = (causal_verbalizer_ids if causal else masked_verbalizer_ids)(task, service)
     if len(set(ids)) != len(ids):
         raise TaskError(f"verbalizer words of task {task.name!r} map to the same token id: {ids}")
     return ids
