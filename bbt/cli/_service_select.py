@@ -210,31 +210,21 @@ DEVICE_HELP = (
 )
 
 
-def server_dtype_option() -> Any:
+def _server_option(param: str, env: str, help: str) -> Any:
+    """The ``--server-*`` option of command parameter ``param``, read from ``SERVER_ENV[env]``
+    when not given."""
     return typer.Option(
-        None,
-        "--server-dtype",
-        envvar=SERVER_ENV["dtype"],
-        help=DTYPE_HELP,
-        rich_help_panel=SERVER_PANEL,
+        None, SERVER_FLAGS[param], envvar=SERVER_ENV[env], help=help, rich_help_panel=SERVER_PANEL
     )
+
+
+def server_dtype_option() -> Any:
+    return _server_option("server_dtype", "dtype", DTYPE_HELP)
 
 
 def server_threads_option() -> Any:
-    return typer.Option(
-        None,
-        "--server-threads",
-        envvar=SERVER_ENV["num_threads"],
-        help=THREADS_HELP,
-        rich_help_panel=SERVER_PANEL,
-    )
+    return _server_option("server_threads", "num_threads", THREADS_HELP)
 
 
 def server_device_option() -> Any:
-    return typer.Option(
-        None,
-        "--server-device",
-        envvar=SERVER_ENV["device"],
-        help=DEVICE_HELP,
-        rich_help_panel=SERVER_PANEL,
-    )
+    return _server_option("server_device", "device", DEVICE_HELP)
