@@ -17,7 +17,7 @@ rebuilds them from its ``"config"``, ``"task"`` and ``"data"``, with defaults fo
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from bbt.tuner.tuner import TuneConfig
@@ -134,10 +134,6 @@ class TuneOptions:
                 "data_seed": data.get("data_seed"),
             }
         return cls.from_dict({**base, "config": manifest["config"]})
-
-    def with_config(self, **changes: Any) -> TuneOptions:
-        """A copy with ``config`` fields changed (validated again)."""
-        return replace(self, config=replace(self.config, **changes))
 
 
 def default(name: str) -> Any:
