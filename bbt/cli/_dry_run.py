@@ -22,6 +22,9 @@ from bbt.client import UsageStats
 from bbt.client._base import _BODY_SLACK, LogitsChunk, plan_logits
 from bbt.client._sessions import ProjectionSession, SessionChunk, plan_session_logits
 from bbt.protocol import DType, ModelInfo, encoded_size
+from bbt.tuner.methods import dev_calls, generations, method_of
+
+__all__ = ["CallPlan", "RunPlan", "describe", "dev_calls", "generations", "make_plan", "plan_call"]
 
 
 @dataclass(frozen=True)
@@ -113,40 +116,6 @@ def plan_call(
     )
 
 
-def generations(budget: int, popsize: int) -> int:
-    """Generations a run makes: one runs only if it fits in what is left of the budget."""
-    return budget // popsize
-
-
-def dev_calls(
-    n_generations: int,
-    popsize: int,
-    eval_every: int,
-    *,
-    initial: bool,
-    has_dev: bool,
-    mean: bool = False,
-) -> tuple[int, int]:
-    """(checks, most dev calls) of a run that goes the whole budget.
-
-    One dev call for p0 first, one per check (a generation that crosses a multiple of
-    ``eval_every`` calls), one at the end unless the last generation was a check. A check
-    whose best candidate has not changed since the last one costs nothing, so a real run
-    makes at most this many. With ``mean`` (``eval_mean``) every check and the final
-    evaluation also score the CMA-ES mean: one more call each.
-    """
-    if not has_dev:
-        return 0, 0
-    crossed = [
-        g
-        for g in range(1, n_generations + 1)
-        if (g * popsize) // eval_every > ((g - 1) * popsize) // eval_every
-    ]
-    final = 1 if n_generations > 0 and (not crossed or crossed[-1] != n_generations) else 0
-    per_check = 2 if mean else 1
-    return len(crossed), int(initial) + per_check * (len(crossed) + final)
-
-
 @dataclass
 class RunPlan:
     """What ``bbt tune`` with these settings will spend, and how it was worked out."""
@@ -223,22 +192,15 @@ def make_plan(
     # What the client puts on the wire; an in-process service sends float32 (it sends nothing).
     settings = getattr(service, "settings", None)
     wire: DType = settings.dtype if settings is not None else "float32"
+    method = method_of(tuner)
     pop = cfg.population
-    gens = generations(cfg.budget, pop)
-    checks, dev_max = dev_calls(
-        gens,
-        pop,
-        cfg.eval_every,
-        initial=cfg.eval_initial,
-        has_dev=bool(tuner.dev_texts),
-        mean=cfg.eval_mean,
-    )
+    counts = method.cost(cfg, has_dev=bool(tuner.dev_texts))
     ids = tuner.candidate_ids
     # The tuner opened a projection session when it will use one (sessions=auto/on).
     session: ProjectionSession | None = getattr(tuner.evaluator, "session", None)
-    # BBTv2 sends deep prompts [P, L, n, H] and projects z of L * d numbers.
-    layers: int | None = getattr(tuner, "num_layers", None)
-    z_size: int = getattr(tuner, "z_size", cfg.dim)
+    # The method's prompt layout: BBTv2 sends deep prompts [P, L, n, H] of z with L * d.
+    layout = method.layout(tuner)
+    layers, z_size = layout.layers, layout.z_size
     train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire, session, layers)
     dev = (
         plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire, session, layers)
@@ -247,10 +209,9 @@ def make_plan(
     )
 
     # The probe: the first request of a generation, as the run will send it.
-    deep = () if layers is None else (layers,)
     chunk: LogitsChunk | SessionChunk = plan_logits(
         info,
-        np.zeros((pop, *deep, cfg.n_tokens, info.hidden_size), dtype=np.float32),
+        np.zeros((pop, *layout.shape), dtype=np.float32),
         tuner.train_texts,
         ids,
         wire,
@@ -277,10 +238,10 @@ def make_plan(
         wire_dtype=wire,
         popsize=pop,
         budget=cfg.budget,
-        n_generations=gens,
-        train_calls=gens * pop,
-        checks=checks,
-        dev_calls_max=dev_max,
+        n_generations=counts.generations,
+        train_calls=counts.train_calls,
+        checks=counts.checks,
+        dev_calls_max=counts.dev_calls_max,
         eval_every=cfg.eval_every,
         initial_dev=bool(cfg.eval_initial and tuner.dev_texts),
         train=train,

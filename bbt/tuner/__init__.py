@@ -14,6 +14,8 @@ Quick start::
     train, dev = sample_k_shot(load_examples("train.tsv", task), k=16, seed=42,
                                num_classes=task.num_classes)
     result = tune(service, task, train, dev, TuneConfig(budget=8000), run_dir="runs/sst2")
+    # or TuneOptions(task="sst2", k_shot=16, config=TuneConfig(budget=8000)), as bbt tune
+    # builds them: the manifest then records every option
     TunedPrompt.load("runs/sst2", service).predict(["a gorgeous film"])
 """
 
@@ -33,6 +35,7 @@ from bbt.tuner.losses import (
     softmax,
 )
 from bbt.tuner.optimizer import CMAOptimizer
+from bbt.tuner.options import TuneOptions
 from bbt.tuner.predict import Prediction, TunedPrompt
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
@@ -67,6 +70,7 @@ __all__ = [
     "ProjectionRecipe",
     "Task",
     "TuneConfig",
+    "TuneOptions",
     "TuneResult",
     "TunedPrompt",
     "Tuner",

@@ -38,205 +38,97 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pickle
-import platform
 import secrets
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from bbt._version import __version__
-from bbt.client import Service, UsageStats
-from bbt.client._base import redact_url
+from bbt.client import Service
 from bbt.errors import RunError
 from bbt.tuner import checkpoint as _ckpt
 from bbt.tuner._rundir import (
     atomic_write,
-    check_run_dir,
     exclusive_create,
     load_npy,
-    open_fd,
     open_file,
     read_bytes,
     read_text,
     save_npy,
 )
-from bbt.tuner.bbtv2 import BBTv2Tuner, make_tuner
 from bbt.tuner.data import Example, dump_jsonl, parse_jsonl
-from bbt.tuner.optimizer import import_cma
+
+# The layout and the manifest live in bbt.tuner.manifest; their names stay importable here.
+from bbt.tuner.manifest import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    DEV_FILE,
+    ERROR_LOG,
+    HISTORY,
+    LEGACY_CHECKPOINT,
+    LOCK,
+    MANIFEST,
+    P0_FILE,
+    PLOT,
+    PROMPT,
+    RUN_FORMAT,
+    TRAIN_FILE,
+    Z_FILE,
+    RunLock,
+    TuneResult,
+    add_usage,
+    check_fingerprints,
+    check_model,
+    load_result,
+    now,
+    num,
+    prepare_dir,
+    read_manifest,
+    recorded_result,
+    remove_stale_temps,
+    safe_url,
+    versions,
+    write_json,
+)
+from bbt.tuner.methods import build_tuner, method_of
+from bbt.tuner.options import TuneOptions
 from bbt.tuner.plot import plot_history
 from bbt.tuner.projection import fingerprint_array
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.tasks import Task, get_preset
 from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: exclusive manifest creation still holds
-    fcntl = None  # type: ignore[assignment]
+__all__ = [
+    "CHECKPOINT",
+    "CHECKPOINT_FORMAT",
+    "DEV_FILE",
+    "ERROR_LOG",
+    "HISTORY",
+    "LEGACY_CHECKPOINT",
+    "LOCK",
+    "MANIFEST",
+    "P0_FILE",
+    "PLOT",
+    "PROMPT",
+    "RUN_FORMAT",
+    "TRAIN_FILE",
+    "Z_FILE",
+    "RunLock",
+    "TuneResult",
+    "fingerprints",
+    "load_checkpoint",
+    "load_result",
+    "read_manifest",
+    "resume",
+    "safe_url",
+    "tune",
+    "versions",
+]
 
 log = logging.getLogger("bbt.tuner")
-
-MANIFEST = "manifest.json"
-CHECKPOINT = "checkpoint.bin"
-LEGACY_CHECKPOINT = "checkpoint.pkl"  # unauthenticated pickles of bbt before checkpoint.bin
-LOCK = "run.lock"
-ERROR_LOG = "error.log"
-HISTORY = "history.jsonl"
-PROMPT = "prompt.npy"
-Z_FILE = "z.npy"
-P0_FILE = "p0.npy"
-TRAIN_FILE = "train.jsonl"
-DEV_FILE = "dev.jsonl"
-PLOT = "plot.png"
-RUN_FORMAT = "bbt-run/1"
-CHECKPOINT_FORMAT = 2  # the payload dict; 1 is the same dict in a legacy checkpoint.pkl
-
-F32 = np.ndarray[Any, np.dtype[np.float32]]
-F64 = np.ndarray[Any, np.dtype[np.float64]]
-
-
-# --------------------------------------------------------------------------- files
-
-
-class RunLock:
-    """An advisory, exclusive ``flock`` on ``run.lock``, held while one process drives a run.
-
-    ``flock`` locks belong to an open file description, so two threads of one process
-    exclude each other too, and the kernel drops the lock when its process dies (a SIGKILLed
-    run never leaves a stale lock). The file itself stays: deleting a lock file races with a
-    process that has it open.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        try:
-            # Never through a link: a run.lock planted as a link would be truncated.
-            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
-        except OSError as exc:
-            raise RunError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 32).decode("ascii", "replace").strip()
-                os.close(fd)
-                who = f" (pid {holder})" if holder.isdigit() else ""
-                raise RunError(
-                    f"run directory {self.path.parent} is in use by another bbt process{who}; "
-                    "wait for it to finish or stop it, or choose another directory"
-                ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # closing the last descriptor releases the flock
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a run directory; :class:`RunError` when there is none or it is damaged,
-    :class:`~bbt.errors.UnsafeRunDirError` when the directory holds a link, a FIFO or a
-    device (see :func:`bbt.tuner._rundir.check_run_dir`).
-
-    Every use of an existing run directory (resume, results, eval, predict) starts here, so
-    this is where a crafted directory is refused, before any of its files is written."""
-    path = Path(run_dir) / MANIFEST
-    try:
-        data: dict[str, Any] = json.loads(read_text(path))
-    except FileNotFoundError:
-        raise RunError(f"{run_dir} is not a run directory (no {MANIFEST})") from None
-    except (OSError, ValueError) as exc:
-        raise RunError(f"cannot read {path}: {exc}") from None
-    if data.get("format") != RUN_FORMAT:
-        raise RunError(f"{path} is not a bbt run manifest (format {data.get('format')!r})")
-    check_run_dir(path.parent)
-    return data
-
-
-def safe_url(url: str | None) -> str | None:
-    """The URL as a manifest records it: without credentials (:func:`redact_url`) and
-    without a query string or fragment, which name options, not the service."""
-    if not url:
-        return None
-    parts = urlsplit(redact_url(url))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def versions() -> dict[str, str]:
-    cma = import_cma()
-
-    return {
-        "bbt": __version__,
-        "numpy": np.__version__,
-        "cma": str(cma.__version__),
-        "python": platform.python_version(),
-        "platform": sys.platform,
-    }
-
-
-def _add_usage(base: dict[str, int], now: UsageStats, start: UsageStats) -> dict[str, int]:
-    delta = (now - start).as_dict()
-    return {k: int(base.get(k, 0)) + v for k, v in delta.items()}
-
-
-# --------------------------------------------------------------------------- result
-
-
-@dataclass
-class TuneResult:
-    """What a run produced. ``prompt`` is the selected (best-on-dev) prompt [n, H]."""
-
-    prompt: F32
-    z: F64
-    dev_metric: float | None
-    metric: str
-    initial_dev_metric: float | None
-    train_loss: float | None
-    selected_at_calls: int
-    calls: int
-    dev_calls: int
-    generations: int
-    stop_reason: str | None
-    usage: dict[str, int]
-    run_dir: Path | None
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return {
-            f"dev_{self.metric}": self.dev_metric,
-            f"initial_dev_{self.metric}": self.initial_dev_metric,
-            "train_loss": self.train_loss,
-            "selected_at_calls": self.selected_at_calls,
-            "calls": self.calls,
-            "dev_calls": self.dev_calls,
-            "generations": self.generations,
-            "stop_reason": self.stop_reason,
-        }
-
-
-def _num(x: float | None) -> float | None:
-    # NaN and +-inf -> None: JSON has neither, and a non-finite figure means "no figure".
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 # --------------------------------------------------------------------------- the run
@@ -263,13 +155,13 @@ class _Run:
         self.history_offset = history_offset
 
     def usage(self) -> dict[str, int]:
-        return _add_usage(self.usage_base, self.tuner.service.usage, self.usage_start)
+        return add_usage(self.usage_base, self.tuner.service.usage, self.usage_start)
 
     def on_generation(self, rec: GenerationRecord) -> None:
         if self.dir is None:
             return
         line = json.dumps(
-            {k: _num(v) if isinstance(v, float) else v for k, v in rec.as_dict().items()}
+            {k: num(v) if isinstance(v, float) else v for k, v in rec.as_dict().items()}
         )
         with open_file(self.dir / HISTORY, "ab") as fh:
             fh.write((line + "\n").encode())
@@ -296,7 +188,7 @@ class _Run:
         self.manifest["status"] = status
         self.manifest["usage"] = self.usage()
         if self.dir is not None:
-            _write_json(self.dir / MANIFEST, self.manifest)
+            write_json(self.dir / MANIFEST, self.manifest)
 
     def execute(self, plot: bool) -> TuneResult:
         t = self.tuner
@@ -325,7 +217,7 @@ class _Run:
             dev_metric=sel.dev_metric,
             metric=metric,
             initial_dev_metric=t.initial_dev_metric,
-            train_loss=_num(sel.train_loss),
+            train_loss=num(sel.train_loss),
             selected_at_calls=sel.calls,
             calls=t.calls,
             dev_calls=t.dev_calls,
@@ -336,10 +228,10 @@ class _Run:
         )
         self.manifest["result"] = {
             "z": [float(v) for v in result.z],
-            **{k: (_num(v) if isinstance(v, float) else v) for k, v in result.metrics.items()},
+            **{k: (num(v) if isinstance(v, float) else v) for k, v in result.metrics.items()},
             "elapsed_s": round(t.elapsed, 3),
         }
-        self.manifest["finished"] = _now()
+        self.manifest["finished"] = now()
         if self.dir is not None:
             save_npy(self.dir / PROMPT, prompt)
             save_npy(self.dir / Z_FILE, result.z)
@@ -357,44 +249,13 @@ class _Run:
         return result
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _prepare_dir(run_dir: Path, overwrite: bool) -> RunLock:
-    """Create (or claim) ``run_dir`` for a new run and return its lock, held."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"{run_dir} exists and is not a directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)  # an empty existing directory is fine
-    except OSError as exc:
-        raise RunError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
-    check_run_dir(run_dir)  # an existing --out directory may hold links to write through
-    lock = RunLock(run_dir).acquire()
-    try:
-        # Under the lock nobody else drives this directory, so the check below cannot race
-        # with another tune() or resume(); the manifest's exclusive creation backs it up.
-        if (run_dir / MANIFEST).exists() and not overwrite:
-            raise RunError(
-                f"{run_dir} already holds a run; resume it with `bbt tune --resume {run_dir}` "
-                "or choose another output directory"
-            )
-        for name in (CHECKPOINT, LEGACY_CHECKPOINT, HISTORY, PROMPT, Z_FILE, PLOT, ERROR_LOG):
-            (run_dir / name).unlink(missing_ok=True)
-    except OSError as exc:
-        lock.release()
-        raise RunError(f"cannot prepare run directory {run_dir}: {exc.strerror or exc}") from None
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
 def fingerprints(tuner: Tuner) -> dict[str, str]:
     """What resume checks it regenerated identically: A (a few of its rows) and p0 (BBTv2:
     every layer's A_l, and the deep p0)."""
-    proj = tuner.deep_projection if isinstance(tuner, BBTv2Tuner) else tuner.projection
-    return {"projection": proj.fingerprint(), "p0": fingerprint_array(tuner.p0)}
+    return {
+        "projection": method_of(tuner).projection_fingerprint(tuner),
+        "p0": fingerprint_array(tuner.p0),
+    }
 
 
 def tune(
@@ -402,7 +263,7 @@ def tune(
     task: Task | str,
     train: Sequence[Example],
     dev: Sequence[Example],
-    config: TuneConfig | None = None,
+    config: TuneConfig | TuneOptions | None = None,
     *,
     initial_prompt: InitialPrompt | None = None,
     run_dir: str | Path | None = None,
@@ -423,26 +284,33 @@ def tune(
     The run directory is claimed exclusively: while this call runs, another :func:`tune` or
     :func:`resume` on it raises :class:`RunError`, and so does a new run over a finished one
     (unless ``overwrite``).
+
+    ``config`` may be a :class:`~bbt.tuner.options.TuneOptions` (what ``bbt tune`` builds):
+    its ``config`` drives the run, its ``init`` makes p0 unless ``initial_prompt`` is given,
+    and the manifest records it under ``"options"``.
     """
     task_obj = get_preset(task) if isinstance(task, str) else task
-    cfg = config or TuneConfig()
+    options = config if isinstance(config, TuneOptions) else None
+    cfg = config.config if isinstance(config, TuneOptions) else config or TuneConfig()
+    if options is not None and initial_prompt is None:
+        initial_prompt = InitialPrompt.parse(options.init, seed=cfg.seed)
     path = Path(run_dir) if run_dir is not None else None
     usage_start = service.usage.copy()
     # The tuner reaches the service (discovery, verbalizer, p0) before the run directory
     # exists, so a wrong URL or key leaves no empty run behind.
-    tuner = make_tuner(
+    tuner = build_tuner(
         service, task_obj, train, dev, cfg, initial_prompt=initial_prompt, callbacks=callbacks
     )
     # The key first: a user whose key cannot be made learns it before anything is written.
     key = _ckpt.load_key() if path is not None else None
-    lock = _prepare_dir(path, overwrite) if path is not None else None
+    lock = prepare_dir(path, overwrite) if path is not None else None
     try:
         info = tuner.model_info
         manifest: dict[str, Any] = {
             "format": RUN_FORMAT,
             "run_id": secrets.token_hex(16),
             "status": "running",
-            "created": _now(),
+            "created": now(),
             "model": {
                 "id": info.id,
                 "kind": info.kind,
@@ -458,6 +326,7 @@ def tune(
             "task": task_obj.as_dict(),
             "candidate_ids": tuner.candidate_ids,
             "config": cfg.as_dict(),
+            **({"options": options.manifest_dict()} if options is not None else {}),
             "method": cfg.method,
             "projection": tuner.recipe.as_dict(),
             "initial_prompt": tuner.initial_prompt.as_dict(),
@@ -471,9 +340,7 @@ def tune(
             },
             "versions": versions(),
         }
-        if isinstance(tuner, BBTv2Tuner):
-            # Layer 0's recipe is "projection" (BBT's); these regenerate every layer's A_l.
-            manifest["layer_projections"] = [r.as_dict() for r in tuner.layer_recipes]
+        manifest.update(method_of(tuner).manifest_extra(tuner))
         if path is not None:
             atomic_write(path / TRAIN_FILE, dump_jsonl(train).encode())
             atomic_write(path / DEV_FILE, dump_jsonl(dev).encode())
@@ -492,35 +359,6 @@ def tune(
     finally:
         if lock is not None:
             lock.release()
-
-
-def _check_fingerprints(path: Path, manifest: dict[str, Any], tuner: Tuner) -> None:
-    recorded = manifest.get("fingerprints")
-    if not isinstance(recorded, dict):
-        log.warning(
-            "run %s records no fingerprint of its projection and p0 (made by an older bbt): "
-            "resuming without checking that they regenerate identically",
-            path,
-        )
-        return
-    now = fingerprints(tuner)
-    was, cur = manifest.get("versions", {}), versions()
-    env = ", ".join(
-        f"{name} {was.get(name, '?')} recorded, {cur[name]} now" for name in ("numpy", "cma")
-    )
-    if recorded.get("projection") != now["projection"]:
-        raise RunError(
-            f"cannot resume {path}: the projection A regenerated from its recipe differs from "
-            f"the one the run used (fingerprint {str(recorded.get('projection'))[:12]} recorded, "
-            f"{now['projection'][:12]} now; {env}); resume it with the versions it was made "
-            "with, or start a new run"
-        )
-    if recorded.get("p0") != now["p0"]:
-        raise RunError(
-            f"cannot resume {path}: {P0_FILE} differs from the p0 the run started from "
-            f"(fingerprint {str(recorded.get('p0'))[:12]} recorded, {now['p0'][:12]} now): the "
-            "file was changed or damaged"
-        )
 
 
 def load_checkpoint(
@@ -571,41 +409,17 @@ def resume(
     path = Path(run_dir)
     manifest = read_manifest(path)
     if manifest.get("status") == "completed" and "result" in manifest:
-        _check_model(path, manifest, service)
-        return _recorded_result(path, manifest)
+        check_model(path, manifest, service)
+        return recorded_result(path, manifest)
     lock = RunLock(path).acquire()
     try:
         manifest = read_manifest(path)  # as it is now that nobody else drives the run
         if manifest.get("status") == "completed" and "result" in manifest:
-            _check_model(path, manifest, service)
-            return _recorded_result(path, manifest)
+            check_model(path, manifest, service)
+            return recorded_result(path, manifest)
         return _resume_locked(path, manifest, service, callbacks, plot, trust_checkpoint)
     finally:
         lock.release()
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete the temp files of atomic writes that a killed process left half-written (a
-    checkpoint's can be megabytes). Called under the run lock: no other writer is alive."""
-    for tmp in path.glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-
-
-def _check_model(path: Path, manifest: dict[str, Any], service: Service) -> None:
-    info = service.model_info()
-    want = manifest["model"]
-    if info.id != want["id"] or info.hidden_size != want["hidden_size"]:
-        raise RunError(
-            f"run {path} was made with model {want['id']!r} (H={want['hidden_size']}); this "
-            f"service serves {info.id!r} (H={info.hidden_size})"
-        )
-    # Runs from before causal LMs record no kind: they were all masked.
-    if want.get("kind", "masked_lm") != info.kind:
-        raise RunError(
-            f"run {path} was made against a {want.get('kind', 'masked_lm')} model; this service "
-            f"serves {info.id!r} as a {info.kind}"
-        )
 
 
 def _resume_locked(
@@ -616,24 +430,24 @@ def _resume_locked(
     plot: bool,
     trust_checkpoint: bool,
 ) -> TuneResult:
-    _remove_stale_temps(path)
+    remove_stale_temps(path)
     usage_start = service.usage.copy()
     try:
         task = Task.from_dict(manifest["task"])
-        cfg = TuneConfig.from_dict(manifest["config"])
+        cfg = TuneOptions.from_manifest(manifest).config
         train = parse_jsonl(read_text(path / TRAIN_FILE))
         dev = parse_jsonl(read_text(path / DEV_FILE))
         p0 = load_npy(path / P0_FILE)
         initial = InitialPrompt.from_dict(manifest["initial_prompt"])
     except (KeyError, OSError, ValueError) as exc:
         raise RunError(f"run directory {path} is incomplete or damaged: {exc}") from None
-    _check_model(path, manifest, service)
-    tuner = make_tuner(
+    check_model(path, manifest, service)
+    tuner = build_tuner(
         service, task, train, dev, cfg, initial_prompt=initial, p0=p0, callbacks=callbacks
     )
     if tuner.candidate_ids != manifest["candidate_ids"]:
         raise RunError(f"the service's tokenizer maps the verbalizer of run {path} differently")
-    _check_fingerprints(path, manifest, tuner)
+    check_fingerprints(path, manifest, fingerprints(tuner))
     if "run_id" not in manifest:  # a run from before run ids: give it one from now on
         manifest["run_id"] = secrets.token_hex(16)
     key = _ckpt.load_key()
@@ -654,42 +468,9 @@ def _resume_locked(
         pass
     run = _Run(tuner, path, manifest, usage_base, offset, key)
     run.usage_start = usage_start
-    run.manifest["resumed"] = [*run.manifest.get("resumed", []), _now()]
+    run.manifest["resumed"] = [*run.manifest.get("resumed", []), now()]
     run.set_status("running")
     result = run.execute(plot)
     # A legacy checkpoint was replaced by an authenticated one at the first generation.
     (path / LEGACY_CHECKPOINT).unlink(missing_ok=True)
     return result
-
-
-def _recorded_result(path: Path, manifest: dict[str, Any]) -> TuneResult:
-    r = manifest["result"]
-    metric = manifest["task"]["metric"]
-    return TuneResult(
-        prompt=load_npy(path / PROMPT),
-        z=load_npy(path / Z_FILE),
-        dev_metric=r.get(f"dev_{metric}"),
-        metric=metric,
-        initial_dev_metric=r.get(f"initial_dev_{metric}"),
-        train_loss=r.get("train_loss"),
-        selected_at_calls=r["selected_at_calls"],
-        calls=r["calls"],
-        dev_calls=r["dev_calls"],
-        generations=r["generations"],
-        stop_reason=r.get("stop_reason"),
-        usage=manifest.get("usage", {}),
-        run_dir=path,
-        manifest=manifest,
-    )
-
-
-def load_result(run_dir: str | Path) -> TuneResult:
-    """The recorded result of a completed run."""
-    path = Path(run_dir)
-    manifest = read_manifest(path)
-    if manifest.get("status") != "completed" or "result" not in manifest:
-        raise RunError(
-            f"run {path} has not finished (status {manifest.get('status')!r}); "
-            f"resume it with `bbt tune --resume {path}`"
-        )
-    return _recorded_result(path, manifest)

@@ -16,7 +16,6 @@ its ``template``/``words`` for its ``kind`` plus a ``causal_template``/``causal_
 from __future__ import annotations
 
 import json
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,81 +23,18 @@ from typing import Any, Literal
 
 from bbt.client import Service
 from bbt.errors import TaskError
-from bbt.protocol import MODEL_KINDS, ModelInfo, ModelKind
+from bbt.protocol import ModelInfo, ModelKind
+from bbt.tuner.templates import (
+    KIND_NAMES,
+    MASK_FIELD,
+    check_words,
+    template_fields,
+    template_kind,
+)
+from bbt.tuner.verbalizers import causal_verbalizer_ids, masked_verbalizer_ids
 
 Metric = Literal["accuracy", "f1"]
 METRICS: tuple[Metric, ...] = ("accuracy", "f1")
-MASK_FIELD = "mask"
-_KIND_NAMES = {"masked_lm": "masked LM", "causal_lm": "causal LM"}
-
-
-def _parse(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
-    try:
-        return list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise TaskError(f"template {template!r} is malformed: {exc}") from None
-
-
-def template_kind(template: str) -> ModelKind:
-    """The kind of model ``template`` is written for: masked when it holds ``{mask}``."""
-    has_mask = any(name == MASK_FIELD for _, name, _, _ in _parse(template))
-    return "masked_lm" if has_mask else "causal_lm"
-
-
-def template_fields(template: str, kind: ModelKind = "masked_lm") -> tuple[str, ...]:
-    """Input fields of ``template`` in order of appearance (``{mask}`` excluded).
-
-    A ``masked_lm`` template must hold ``{mask}`` exactly once; a ``causal_lm`` one none, and
-    must not end in a space or tab (the space before the label word belongs to the word).
-    """
-    if kind not in MODEL_KINDS:
-        raise TaskError(f"unknown model kind {kind!r}; choose {' or '.join(MODEL_KINDS)}")
-    parsed = _parse(template)
-    names: list[str] = []
-    masks = 0
-    for _, name, spec, conv in parsed:
-        if name is None:
-            continue
-        if not name.isidentifier() or spec or conv:
-            raise TaskError(
-                f"template {template!r}: placeholder {{{name}}} must be a plain field name "
-                "(write literal braces as {{ and }})"
-            )
-        if name == MASK_FIELD:
-            masks += 1
-        elif name not in names:
-            names.append(name)
-    if kind == "masked_lm" and masks != 1:
-        hint = (
-            "; a template without {mask} is for a causal LM (kind causal_lm)" if not masks else ""
-        )
-        raise TaskError(
-            f"template {template!r} must contain {{mask}} exactly once (found {masks}){hint}"
-        )
-    if kind == "causal_lm":
-        if masks:
-            raise TaskError(
-                f"template {template!r} is for a causal LM, which has no mask token: drop "
-                "{mask} and end the template where the label word comes, e.g. "
-                "'Review: {text}\\nSentiment:'"
-            )
-        if template.endswith((" ", "\t")):
-            raise TaskError(
-                f"causal template {template!r} ends with a space: end it before the space and "
-                "start each verbalizer word with it (' positive'), as a decoder predicts it"
-            )
-    if not names:
-        raise TaskError(f"template {template!r} has no input field such as {{text}}")
-    return tuple(names)
-
-
-def _check_words(name: str, labels: tuple[str, ...], words: tuple[str, ...], what: str) -> None:
-    if len(words) != len(labels):
-        raise TaskError(f"task {name!r}: {len(labels)} labels but {len(words)} {what}")
-    if len(set(words)) != len(words):
-        raise TaskError(f"task {name!r}: {what} must be distinct")
-    if any(not w.strip() for w in words):
-        raise TaskError(f"task {name!r}: {what} must not be empty")
 
 
 @dataclass(frozen=True)
@@ -129,7 +65,7 @@ class Task:
         template_fields(self.template, self.kind)
         if len(self.labels) < 2:
             raise TaskError(f"task {self.name!r} needs at least two labels")
-        _check_words(self.name, self.labels, self.words, "verbalizer words")
+        check_words(self.name, self.labels, self.words, "verbalizer words")
         if len({lab.casefold() for lab in self.labels}) != len(self.labels):
             raise TaskError(f"task {self.name!r}: label names must be distinct")
         if self.metric not in METRICS:
@@ -147,7 +83,7 @@ class Task:
         if self.causal_words is None:
             object.__setattr__(self, "causal_words", tuple(" " + w for w in self.words))
         else:
-            _check_words(self.name, self.labels, tuple(self.causal_words), "causal_words")
+            check_words(self.name, self.labels, tuple(self.causal_words), "causal_words")
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -177,7 +113,7 @@ class Task:
                 label_column=self.label_column,
                 kind="causal_lm",
             )
-        served = f"model {model!r} is a {_KIND_NAMES.get(kind, kind)}" if model else kind
+        served = f"model {model!r} is a {KIND_NAMES.get(kind, kind)}" if model else kind
         if kind == "causal_lm":
             fix = (
                 "give it a decoder template that ends where the label word comes: "
@@ -188,9 +124,9 @@ class Task:
         else:
             fix = "give it a template with {mask}"
         raise TaskError(
-            f"task {self.name!r} has no template for a {_KIND_NAMES.get(kind, kind)} "
+            f"task {self.name!r} has no template for a {KIND_NAMES.get(kind, kind)} "
             f"({served}; the task is written for: "
-            f"{', '.join(_KIND_NAMES[k] for k in self.kinds)}); {fix}"
+            f"{', '.join(KIND_NAMES[k] for k in self.kinds)}); {fix}"
         )
 
     def render_for(self, info: ModelInfo, values: Mapping[str, str]) -> str:
@@ -524,14 +460,6 @@ def get_preset(name: str) -> Task:
     return PRESETS[key]
 
 
-# --------------------------------------------------------------------------- verbalizer ids
-
-
-def _space_before_mask(template: str) -> bool:
-    before = template.split("{" + MASK_FIELD + "}", 1)[0]
-    return bool(before) and before[-1].isspace()
-
-
 def verbalizer_ids(task: Task, service: Service) -> list[int]:
     """Token ids of the verbalizer words for the served model, checked to be one token each.
 
@@ -539,102 +467,33 @@ def verbalizer_ids(task: Task, service: Service) -> list[int]:
     when it has no template for it). Masked: each word is tokenised as it appears in the input,
     with a leading space when the template puts a space before the mask (byte-level BPE
     tokenisers such as RoBERTa's give ``" great"`` and ``"great"`` different ids), bare
-    otherwise. Causal: see :func:`_causal_verbalizer_ids`.
+    otherwise. Causal: see :func:`bbt.tuner.verbalizers.causal_verbalizer_ids`.
     """
     info = service.model_info()
     task = task.for_kind(info.kind, info.id)
-    if task.kind == "causal_lm":
-        ids = _causal_verbalizer_ids(task, service)
-    else:
-        ids = _masked_verbalizer_ids(task, service)
+    causal = task.kind == "causal_lm"
+    ids = (causal_verbalizer_ids if causal else masked_verbalizer_ids)(task, service)
     if len(set(ids)) != len(ids):
         raise TaskError(f"verbalizer words of task {task.name!r} map to the same token id: {ids}")
     return ids
 
 
-def _template_tail(template: str) -> str:
-    """The literal text after the template's last placeholder (what precedes the word)."""
-    tail = ""
-    for literal, name, _, _ in _parse(template):
-        # A field ends the literal text before it; "{{" escapes split a literal in pieces.
-        tail = "" if name is not None else tail + literal
-    return tail
-
-
-def _causal_verbalizer_ids(task: Task, service: Service) -> list[int]:
-    """Each word must be the ONE token a decoder would produce right after the rendered text.
-
-    Tokenising a word alone is wrong for SentencePiece models (Llama): ``" positive"`` alone
-    becomes ``▁`` + ``▁positive`` (the tokenizer prepends a space), while after ``Sentiment:``
-    it is the single ``▁positive``. So each word is tokenised after the template's literal
-    tail (``\\nSentiment:``; a neutral ``.`` when the template ends in a field), and must
-    add exactly one token to the tail's own tokens. This also holds for byte-level BPE
-    (GPT-2: ``Ġpositive``) and catches a word that merges with the end of the template.
-    """
-    anchor = _template_tail(task.template) or "."
-    words = list(task.words)
-    # The other spacing of each word, to suggest it when it is a single token.
-    other = [w[1:] if w.startswith(" ") else " " + w for w in words]
-    resp = service.tokenize([anchor] + [anchor + w for w in words] + [anchor + w for w in other])
-    base = resp.ids[0]
-    k = len(words)
-
-    def extra(row: int) -> tuple[list[int], list[str]] | None:
-        got = resp.ids[row]
-        if got[: len(base)] != base:
-            return None  # the word merged with the end of the template
-        return got[len(base) :], resp.tokens[row][len(base) :]
-
-    ids: list[int] = []
-    model = service.model_info().id
-    for i, word in enumerate(words):
-        added = extra(1 + i)
-        if added is not None and len(added[0]) == 1:
-            ids.append(added[0][0])
-            continue
-        alt = extra(1 + k + i)
-        hint = (
-            f"; {other[i]!r} is one token, so write the word "
-            f"{'without' if word.startswith(' ') else 'with'} its leading space"
-            if alt is not None and len(alt[0]) == 1
-            else "; choose a word that is a single token"
-        )
-        if added is None:
-            raise TaskError(
-                f"verbalizer word {word!r} (label {task.labels[i]!r}) merges with the end of "
-                f"the template {anchor!r} for model {model!r}: {anchor + word!r} is "
-                f"{resp.tokens[1 + i]}{hint}"
-            )
-        raise TaskError(
-            f"verbalizer word {word!r} (label {task.labels[i]!r}) is {len(added[0])} tokens "
-            f"{added[1]} for model {model!r} after {anchor!r}, but must be exactly one{hint}"
-        )
-    return ids
-
-
-def _masked_verbalizer_ids(task: Task, service: Service) -> list[int]:
-    spaced = _space_before_mask(task.template)
-    forms = [(" " + w) if spaced else w for w in task.words]
-    resp = service.tokenize(forms + list(task.words) + [" " + w for w in task.words])
-    k = len(task.words)
-    ids: list[int] = []
-    for i, word in enumerate(task.words):
-        got = resp.ids[i]
-        if len(got) == 1:
-            ids.append(got[0])
-            continue
-        bare, with_space = resp.ids[k + i], resp.ids[2 * k + i]
-        other = with_space if not spaced else bare
-        hint = (
-            f"; it is one token {'with' if not spaced else 'without'} a leading space, so "
-            f"{'add' if not spaced else 'remove'} the space before {{mask}} in the template"
-            if len(other) == 1
-            else "; choose a word that is a single token"
-        )
-        pieces = resp.tokens[i]
-        where = "after a space" if spaced else "with no leading space"
-        raise TaskError(
-            f"verbalizer word {word!r} (label {task.labels[i]!r}) is {len(got)} tokens {pieces} "
-            f"for model {service.model_info().id!r} {where}, but must be exactly one{hint}"
-        )
-    return ids
+__all__ = [
+    "MASK_FIELD",
+    "METRICS",
+    "MOCK_CAUSAL_TEMPLATE",
+    "MOCK_CAUSAL_WORDS",
+    "MOCK_TEMPLATE",
+    "MOCK_WORDS",
+    "PRESETS",
+    "PRESET_NAMES",
+    "Metric",
+    "Task",
+    "custom_task",
+    "get_preset",
+    "load_task_file",
+    "parse_verbalizer",
+    "template_fields",
+    "template_kind",
+    "verbalizer_ids",
+]

@@ -27,19 +27,35 @@ import math
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from bbt.client import Service
 from bbt.errors import ConfigurationError, TaskError
+from bbt.tuner.config import (
+    DEFAULT_ALPHA,
+    DEFAULT_BUDGET,
+    DEFAULT_DIM,
+    DEFAULT_EVAL_EVERY,
+    DEFAULT_EVAL_MEAN,
+    DEFAULT_LOSS,
+    DEFAULT_N_TOKENS,
+    DEFAULT_POPSIZE,
+    DEFAULT_SEED,
+    DEFAULT_SIGMA,
+    METHODS,
+    TuneConfig,
+)
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
-from bbt.tuner.losses import LOSSES, cross_entropy, get_loss, get_metric
+from bbt.tuner.losses import get_loss, get_metric
 from bbt.tuner.optimizer import CMAOptimizer
-from bbt.tuner.projection import Distribution, Projection, ProjectionRecipe
+from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
+from bbt.tuner.records import Callback, GenerationRecord
+from bbt.tuner.scoring import NONFINITE_PENALTY, beats, dev_scores, nonfinite_rule, train_scores
 from bbt.tuner.tasks import Task, verbalizer_ids
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
@@ -47,118 +63,27 @@ F64 = np.ndarray[Any, np.dtype[np.float64]]
 
 log = logging.getLogger("bbt.tuner")
 
-# Defaults of the paper (Sun et al., 2022, Sec. 4.1 and their released code).
-DEFAULT_N_TOKENS = 50
-DEFAULT_DIM = 500
-DEFAULT_POPSIZE = 20
-DEFAULT_SIGMA = 1.0
-DEFAULT_ALPHA = 1.0
-DEFAULT_BUDGET = 8000
-DEFAULT_EVAL_EVERY = 100
-DEFAULT_LOSS = "ce"
-DEFAULT_SEED = 42
-DEFAULT_EVAL_MEAN = False
-#: Tuning methods: BBT (one prompt at the input) and BBTv2 (a prompt at every layer,
-#: layer-wise CMA-ES; bbt.tuner.bbtv2).
-METHODS: tuple[str, ...] = ("bbt", "bbtv2")
-#: The loss of a candidate with non-finite logits or loss when no candidate of its generation
-#: has a finite loss (otherwise it gets the generation's worst finite loss). Large but finite:
-#: CMA-ES only ranks, and a finite value keeps its arithmetic (and the history) clean.
-NONFINITE_PENALTY = 1e30
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """Hyper-parameters of one run. ``None`` for ``popsize`` means pycma's default
-    4 + floor(3 ln d) (Hansen, 2016); the paper sets 20."""
-
-    n_tokens: int = DEFAULT_N_TOKENS
-    dim: int = DEFAULT_DIM
-    popsize: int | None = DEFAULT_POPSIZE
-    sigma: float = DEFAULT_SIGMA
-    alpha: float = DEFAULT_ALPHA
-    bound: float | None = None
-    budget: int = DEFAULT_BUDGET
-    loss: str = DEFAULT_LOSS
-    eval_every: int = DEFAULT_EVAL_EVERY
-    patience: int | None = None
-    seed: int = DEFAULT_SEED
-    projection: Distribution = "normal"
-    eval_initial: bool = True
-    # Also score the CMA-ES mean on dev at every dev check (one extra dev call) and let it
-    # compete in the selection. A manifest written before this field existed loads with
-    # False (see from_dict), so an old run resumes with the behaviour it started with.
-    eval_mean: bool = DEFAULT_EVAL_MEAN
-    # BBTv2 (bbt/tuner/bbtv2.py): the method, and how many generations each layer runs per
-    # turn (the paper's code: 1). Older manifests have neither: BBT, as they were run.
-    method: str = "bbt"
-    layer_generations: int = 1
-    # How candidates reach the service: "auto" uses a projection session (protocol 1.1, z on
-    # the wire) when the service offers them, "on" requires one, "off" sends full prompts.
-    # Results are the same either way; a manifest without the field loads with "auto".
-    sessions: str = "auto"
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {', '.join(METHODS)}")
-        if self.layer_generations < 1:
-            problems.append("layer_generations must be at least 1")
-        if self.n_tokens < 1:
-            problems.append("n (prompt tokens) must be at least 1")
-        if self.dim < 1:
-            problems.append("d (intrinsic dimension) must be at least 1")
-        if self.popsize is not None and self.popsize < 2:
-            problems.append("popsize must be at least 2")
-        if not self.sigma > 0:
-            problems.append("sigma must be positive")
-        if not self.alpha > 0:
-            problems.append("alpha must be positive")
-        if self.bound is not None and not self.bound > 0:
-            problems.append("bound must be positive (or unset)")
-        if self.budget < 1:
-            problems.append("budget must be at least 1 API call")
-        elif (
-            self.dim >= 1
-            and (self.popsize is None or self.popsize >= 2)
-            and self.budget < self.population
-        ):
-            # Not one generation fits: the run would spend nothing and select nothing.
-            problems.append(
-                f"budget {self.budget} is below one generation ({self.population} "
-                "candidates, one API call each): raise the budget or lower popsize"
-            )
-        if self.loss not in LOSSES:
-            problems.append(f"loss must be one of {', '.join(LOSSES)}")
-        if self.eval_every < 1:
-            problems.append("eval_every must be at least 1")
-        if self.patience is not None and self.patience < 1:
-            problems.append("patience must be at least 1 dev evaluation (or unset)")
-        if self.seed < 0:
-            problems.append("seed must be non-negative")
-        if self.projection not in ("normal", "uniform"):
-            problems.append("projection must be normal or uniform")
-        if not isinstance(self.eval_mean, bool):
-            problems.append("eval_mean must be true or false")
-        if self.sessions not in ("auto", "on", "off"):
-            problems.append("sessions must be auto, on or off")
-        if problems:
-            raise ConfigurationError("; ".join(problems))
-
-    @property
-    def population(self) -> int:
-        return self.popsize if self.popsize is not None else 4 + int(3 * math.log(self.dim))
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TuneConfig:
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        # Configs recorded before eval_mean existed ran without it: keep that on resume.
-        kwargs.setdefault("eval_mean", False)
-        return cls(**kwargs)
+# TuneConfig and its defaults (bbt.tuner.config) and the records (bbt.tuner.records) stay
+# importable from here.
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_BUDGET",
+    "DEFAULT_DIM",
+    "DEFAULT_EVAL_EVERY",
+    "DEFAULT_EVAL_MEAN",
+    "DEFAULT_LOSS",
+    "DEFAULT_N_TOKENS",
+    "DEFAULT_POPSIZE",
+    "DEFAULT_SEED",
+    "DEFAULT_SIGMA",
+    "METHODS",
+    "NONFINITE_PENALTY",
+    "Callback",
+    "Candidate",
+    "GenerationRecord",
+    "TuneConfig",
+    "Tuner",
+]
 
 
 @dataclass
@@ -173,47 +98,6 @@ class Candidate:
     #: "best" (lowest train loss so far), "mean" (the CMA-ES mean, with ``eval_mean``) or
     #: "initial" (p0, z = 0). Pickles without the field read the class default.
     source: str = "best"
-
-
-@dataclass
-class GenerationRecord:
-    """One line of the run's history."""
-
-    generation: int
-    calls: int
-    dev_calls: int
-    loss_min: float
-    loss_mean: float
-    loss_max: float
-    loss_std: float
-    best_loss: float
-    train_metric: float
-    sigma: float
-    wall_time: float
-    dev_metric: float | None = None
-    dev_ce: float | None = None
-    best_dev_metric: float | None = None
-    selected_calls: int | None = None
-    # Set on the generations that ran a dev check: the CMA-ES mean's dev scores (with
-    # ``eval_mean``) and which candidate the selection is after the check.
-    mean_dev_metric: float | None = None
-    mean_dev_ce: float | None = None
-    selected: str | None = None
-    nonfinite: int = 0  # candidates whose logits or loss were NaN/inf (see Tuner.tell)
-    layer: int | None = None  # BBTv2: the layer this generation optimised
-
-    def as_dict(self) -> dict[str, Any]:
-        row = asdict(self)
-        if row["layer"] is None:
-            del row["layer"]  # BBT: the record's fields as they always were
-        return row
-
-
-class Callback(Protocol):
-    """Called after every generation with its record (dev scores included when the
-    generation ran a dev evaluation). Returning ``True`` stops the run after it."""
-
-    def __call__(self, record: GenerationRecord, /) -> bool | None: ...
 
 
 @dataclass
@@ -262,13 +146,9 @@ class Tuner:
     with a selected prompt. With ``eval_mean`` every dev check (and the end of the run) also
     scores the CMA-ES mean, at one more dev call, under the same rule, after the best.
 
-    Non-finite values (a service that returns NaN or inf): a candidate whose logits hold a
-    non-finite value, or whose loss is not finite, gets the worst finite loss of its
-    generation (:data:`NONFINITE_PENALTY` when none is finite), can never become the best
-    candidate, and is counted in the generation's ``nonfinite``; the first such generation
-    is logged. :meth:`tell` applies the same rule to losses handed in by hand. A dev score
-    from non-finite logits is the worst possible (metric -inf, cross-entropy inf) and is
-    never selected.
+    Non-finite values (a service that returns NaN or inf) follow :mod:`bbt.tuner.scoring`;
+    the first generation that has one is logged, and :meth:`tell` applies the rule to
+    losses handed in by hand too.
     """
 
     def __init__(
@@ -432,36 +312,23 @@ class Tuner:
         NaN loss and metric (a hinge or accuracy of such logits can look finite, but means
         nothing); :meth:`tell` then applies the non-finite rule."""
         logits = self._logits(candidates, self.train_texts)
-        with np.errstate(all="ignore"):
-            loss = np.asarray(self._loss(logits, self.train_labels), dtype=np.float64)
-            metric = np.asarray(self._metric(logits, self.train_labels), dtype=np.float64)
-        bad = ~np.isfinite(logits).reshape(logits.shape[0], -1).all(axis=1)
-        if bad.any():
-            loss = np.where(bad, np.nan, loss)
-            metric = np.where(bad, np.nan, metric)
-        return loss, metric
+        return train_scores(logits, self.train_labels, self._loss, self._metric)
 
     def evaluate_dev(self, z: np.ndarray[Any, Any]) -> tuple[float, float]:
         """Dev metric and dev cross-entropy of one z (counted in ``dev_calls``); -inf and inf
         when the service returned non-finite logits (the worst score, never selected)."""
         logits = self._logits(np.asarray(z)[None, :], self.dev_texts)
         self._state.dev_calls += 1
-        if not np.isfinite(logits).all():
+        scores = dev_scores(logits, self.dev_labels, self._metric)
+        if scores is None:
             log.warning("the service returned non-finite dev logits; scored as the worst")
             return -math.inf, math.inf
-        return (
-            float(self._metric(logits, self.dev_labels)[0]),
-            float(cross_entropy(logits, self.dev_labels)[0]),
-        )
+        return scores
 
     def _nonfinite_rule(self, loss: F64) -> tuple[F64, F64, int]:
-        """(losses CMA-ES sees, losses for picking the best, number of non-finite ones)."""
-        bad = ~np.isfinite(loss)
-        k = int(bad.sum())
-        if k == 0:
-            return loss, loss, 0
-        worst = float(loss[~bad].max()) if k < loss.size else NONFINITE_PENALTY
-        if not self._warned_nonfinite:
+        """:func:`bbt.tuner.scoring.nonfinite_rule`, logged the first time it applies."""
+        cma, rank, k = nonfinite_rule(loss)
+        if k and not self._warned_nonfinite:
             self._warned_nonfinite = True
             log.warning(
                 "generation %d: %d of %d candidates scored NaN/inf; such a candidate gets the "
@@ -472,8 +339,7 @@ class Tuner:
                 loss.size,
                 NONFINITE_PENALTY,
             )
-        # inf where non-finite for picking the best: such a candidate never becomes it.
-        return np.where(bad, worst, loss), np.where(bad, math.inf, loss), k
+        return cma, rank, k
 
     # ------------------------------------------------------------------ ask / tell
 
@@ -598,12 +464,12 @@ class Tuner:
         metric, ce = cand.dev_metric, cand.dev_ce
         if metric is None or ce is None:
             return False
-        # A dev score from non-finite logits (metric -inf) is never selected.
-        better = math.isfinite(metric) and (
-            sel is None
-            or sel.dev_metric is None
-            or metric > sel.dev_metric
-            or (metric == sel.dev_metric and ce < (sel.dev_ce or math.inf))
+        better = beats(
+            metric,
+            ce,
+            None if sel is None else sel.dev_metric,
+            None if sel is None else sel.dev_ce,
+            first=sel is None,
         )
         if better:
             st.selected = replace(cand, z=cand.z.copy())

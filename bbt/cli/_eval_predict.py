@@ -1,0 +1,125 @@
+"""``bbt eval`` and ``bbt predict``: use a finished run's prompt on labelled data or on
+new inputs, against the service the run was made with (or the one named)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bbt.cli._errors import ARG_API_KEY, guard
+from bbt.cli._options import read_examples
+from bbt.cli._progress import say_err
+from bbt.cli._service_select import (
+    server_device_option,
+    server_dtype_option,
+    server_options,
+    server_threads_option,
+    service_for_run,
+)
+from bbt.errors import TaskError
+
+
+# The options eval and predict share (each call makes a fresh typer.Option).
+def _base_url_option() -> Any:
+    return typer.Option(None, help="Service URL (or BBT_BASE_URL / .env).")
+
+
+def _api_key_option() -> Any:
+    return typer.Option(None, help="API key (or BBT_API_KEY / .env).")
+
+
+def _model_option() -> Any:
+    return typer.Option(None, help="Model id.")
+
+
+def _mock_option() -> Any:
+    return typer.Option(None, "--mock/--no-mock", help="Use the in-process mock.")
+
+
+def _upload_option() -> Any:
+    return typer.Option(
+        False,
+        "--upload-prompt",
+        help="Send the prompt with every request instead of storing it in the service's "
+        "prompt registry once (the default when the service has one).",
+    )
+
+
+def eval_command(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    data: Path = typer.Option(..., "--data", help="Labelled examples (TSV, CSV, JSONL)."),
+    column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
+    label_column: str | None = typer.Option(None, help="Label column (default: the task's)."),
+    data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
+    base_url: str | None = _base_url_option(),
+    api_key: str | None = _api_key_option(),
+    model: str | None = _model_option(),
+    mock: bool | None = _mock_option(),
+    server_dtype: str | None = server_dtype_option(),
+    server_threads: int | None = server_threads_option(),
+    server_device: str | None = server_device_option(),
+    upload_prompt: bool = _upload_option(),
+) -> None:
+    """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
+    ARG_API_KEY.set(api_key)
+    server = server_options(ctx, server_dtype, server_threads, server_device)
+
+    def go() -> None:
+        from bbt.tuner import TunedPrompt
+
+        service = service_for_run(run_dir, mock, base_url, api_key, model, say_err, server)
+        with service as (svc, _):
+            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
+            examples = read_examples(tp.task, data, column, label_column, data_format)
+            metrics = tp.evaluate(examples)
+        typer.echo(json.dumps(metrics))
+
+    guard(go)
+
+
+def predict_command(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    texts: list[str] = typer.Argument(None, help="Texts to classify (single-field tasks)."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="Inputs from a TSV/CSV/JSONL file."
+    ),
+    column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
+    data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
+    base_url: str | None = _base_url_option(),
+    api_key: str | None = _api_key_option(),
+    model: str | None = _model_option(),
+    mock: bool | None = _mock_option(),
+    server_dtype: str | None = server_dtype_option(),
+    server_threads: int | None = server_threads_option(),
+    server_device: str | None = server_device_option(),
+    upload_prompt: bool = _upload_option(),
+) -> None:
+    """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
+    ARG_API_KEY.set(api_key)
+    server = server_options(ctx, server_dtype, server_threads, server_device)
+
+    def go() -> None:
+        from bbt.tuner import TunedPrompt
+
+        if bool(texts) == (file is not None):
+            raise TaskError("give texts as arguments or --file FILE (one of the two)")
+        service = service_for_run(run_dir, mock, base_url, api_key, model, say_err, server)
+        with service as (svc, _):
+            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
+            inputs: list[Any]
+            if file is not None:
+                examples = read_examples(tp.task, file, column, None, data_format, labels=False)
+                inputs = [dict(e.fields) for e in examples]
+            else:
+                inputs = list(texts)
+            preds = tp.predict(inputs)
+        for item, pred in zip(inputs, preds, strict=True):
+            sys.stdout.write(json.dumps({"input": item, **pred.as_dict()}) + "\n")
+
+    guard(go)

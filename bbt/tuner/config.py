@@ -1,0 +1,142 @@
+"""The hyper-parameters of one run (:class:`TuneConfig`), with the paper's defaults, checked
+when made. Which methods a config may name is the method registry's to say
+(:data:`METHOD_NAMES`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from bbt.errors import ConfigurationError
+from bbt.tuner.losses import LOSSES
+from bbt.tuner.projection import Distribution
+
+# Defaults of the paper (Sun et al., 2022, Sec. 4.1 and their released code).
+DEFAULT_N_TOKENS = 50
+DEFAULT_DIM = 500
+DEFAULT_POPSIZE = 20
+DEFAULT_SIGMA = 1.0
+DEFAULT_ALPHA = 1.0
+DEFAULT_BUDGET = 8000
+DEFAULT_EVAL_EVERY = 100
+DEFAULT_LOSS = "ce"
+DEFAULT_SEED = 42
+DEFAULT_EVAL_MEAN = False
+#: The built-in tuning methods: BBT (one prompt at the input) and BBTv2 (a prompt at every
+#: layer, layer-wise CMA-ES; bbt.tuner.bbtv2). Which names a config takes is the registry's
+#: to say (bbt.tuner.methods.available()): a registered method is valid too.
+METHODS: tuple[str, ...] = ("bbt", "bbtv2")
+#: Every method name a config may take, in registration order: the built-in ones, then those
+#: that bbt.tuner.methods.register adds (the registry keeps this list; it imports this
+#: module, not the other way round, so a config needs no tuner to be checked).
+METHOD_NAMES: list[str] = list(METHODS)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameters of one run. ``None`` for ``popsize`` means pycma's default
+    4 + floor(3 ln d) (Hansen, 2016); the paper sets 20."""
+
+    n_tokens: int = DEFAULT_N_TOKENS
+    dim: int = DEFAULT_DIM
+    popsize: int | None = DEFAULT_POPSIZE
+    sigma: float = DEFAULT_SIGMA
+    alpha: float = DEFAULT_ALPHA
+    bound: float | None = None
+    budget: int = DEFAULT_BUDGET
+    loss: str = DEFAULT_LOSS
+    eval_every: int = DEFAULT_EVAL_EVERY
+    patience: int | None = None
+    seed: int = DEFAULT_SEED
+    projection: Distribution = "normal"
+    eval_initial: bool = True
+    # Also score the CMA-ES mean on dev at every dev check (one extra dev call) and let it
+    # compete in the selection. A manifest written before this field existed loads with
+    # False (see from_dict), so an old run resumes with the behaviour it started with.
+    eval_mean: bool = DEFAULT_EVAL_MEAN
+    # BBTv2 (bbt/tuner/bbtv2.py): the method, and how many generations each layer runs per
+    # turn (the paper's code: 1). Older manifests have neither: BBT, as they were run.
+    method: str = "bbt"
+    layer_generations: int = 1
+    # How candidates reach the service: "auto" uses a projection session (protocol 1.1, z on
+    # the wire) when the service offers them, "on" requires one, "off" sends full prompts.
+    # Results are the same either way; a manifest without the field loads with "auto".
+    sessions: str = "auto"
+
+    def __post_init__(self) -> None:
+        problems = [*self._size_problems(), *self._schedule_problems(), *self._choice_problems()]
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+
+    def _size_problems(self) -> list[str]:
+        """The prompt, the search space and the CMA-ES step (in the order messages name them)."""
+        problems = []
+        if self.method not in METHOD_NAMES:
+            problems.append(f"method must be one of {', '.join(METHOD_NAMES)}")
+        if self.layer_generations < 1:
+            problems.append("layer_generations must be at least 1")
+        if self.n_tokens < 1:
+            problems.append("n (prompt tokens) must be at least 1")
+        if self.dim < 1:
+            problems.append("d (intrinsic dimension) must be at least 1")
+        if self.popsize is not None and self.popsize < 2:
+            problems.append("popsize must be at least 2")
+        if not self.sigma > 0:
+            problems.append("sigma must be positive")
+        if not self.alpha > 0:
+            problems.append("alpha must be positive")
+        if self.bound is not None and not self.bound > 0:
+            problems.append("bound must be positive (or unset)")
+        return problems
+
+    def _schedule_problems(self) -> list[str]:
+        """The budget, the loss and the dev checks."""
+        problems = []
+        if self.budget < 1:
+            problems.append("budget must be at least 1 API call")
+        elif (
+            self.dim >= 1
+            and (self.popsize is None or self.popsize >= 2)
+            and self.budget < self.population
+        ):
+            # Not one generation fits: the run would spend nothing and select nothing.
+            problems.append(
+                f"budget {self.budget} is below one generation ({self.population} "
+                "candidates, one API call each): raise the budget or lower popsize"
+            )
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {', '.join(LOSSES)}")
+        if self.eval_every < 1:
+            problems.append("eval_every must be at least 1")
+        if self.patience is not None and self.patience < 1:
+            problems.append("patience must be at least 1 dev evaluation (or unset)")
+        return problems
+
+    def _choice_problems(self) -> list[str]:
+        """The seed and the named choices."""
+        problems = []
+        if self.seed < 0:
+            problems.append("seed must be non-negative")
+        if self.projection not in ("normal", "uniform"):
+            problems.append("projection must be normal or uniform")
+        if not isinstance(self.eval_mean, bool):
+            problems.append("eval_mean must be true or false")
+        if self.sessions not in ("auto", "on", "off"):
+            problems.append("sessions must be auto, on or off")
+        return problems
+
+    @property
+    def population(self) -> int:
+        return self.popsize if self.popsize is not None else 4 + int(3 * math.log(self.dim))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuneConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        # Configs recorded before eval_mean existed ran without it: keep that on resume.
+        kwargs.setdefault("eval_mean", False)
+        return cls(**kwargs)
