@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import platform
 import secrets
 import sys
@@ -98,7 +97,7 @@ TRAIN_FILE = "train.jsonl"
 DEV_FILE = "dev.jsonl"
 PLOT = "plot.png"
 RUN_FORMAT = "bbt-run/1"
-CHECKPOINT_FORMAT = 2  # the payload dict; 1 is the same dict in a legacy checkpoint.pkl
+CHECKPOINT_FORMAT = 3  # the payload dict; the legacy reader converts 1 and 2 (pickles) to it
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 F64 = np.ndarray[Any, np.dtype[np.float64]]
@@ -288,7 +287,7 @@ class _Run:
             "usage": self.usage(),
             "generation": self.tuner.generation,
         }
-        payload = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = _ckpt.encode_payload(data)
         key = self.key if self.key is not None else _ckpt.load_key()
         atomic_write(self.dir / CHECKPOINT, _ckpt.seal(payload, self.manifest["run_id"], key))
 
@@ -542,13 +541,13 @@ def load_checkpoint(
             want: tuple[int, ...] = (CHECKPOINT_FORMAT,)
         elif legacy.exists():
             data = _ckpt.open_legacy(read_bytes(legacy), where=legacy, trust=trust)
-            want = (1,)
+            want = (CHECKPOINT_FORMAT,)  # converted by the legacy reader
         else:
             return None
         if not isinstance(data, dict) or data.get("format") not in want:
             fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"checkpoint format {fmt!r}")
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunError(f"cannot load the checkpoint of {path}: {exc}") from None
     return data
 
@@ -645,7 +644,7 @@ def _resume_locked(
             tuner.load_state_dict(data["tuner"])
             usage_base = dict(data["usage"])
             offset = int(data["history_offset"])
-        except (KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"cannot load the checkpoint of {path}: {exc}") from None
     try:
         with open_file(path / HISTORY, "r+b") as fh:

@@ -9,22 +9,21 @@ scores best there is the run's result.
 The :class:`Tuner` composes two seams and owns everything between them (budget, losses,
 the non-finite rule, dev selection, callbacks, checkpoints):
 
-- :class:`bbt.tuner.optimizer.CMAOptimizer`, a pure ask/tell CMA-ES in z-space (no I/O, no
-  global RNG; its module says how its randomness is kept private);
+- an optimiser (:mod:`bbt.tuner.optimizers`, chosen by name: ``config.optimizer``; CMA-ES
+  by default), pure ask/tell in z-space (no I/O, no global RNG);
 - :class:`bbt.tuner.evaluator.Evaluator`, which turns z into logits on the service (by
   default :class:`~bbt.tuner.evaluator.ProjectingEvaluator`: p = A z + p0 locally).
 
 Determinism (what makes ``--resume`` exact): the optimiser's state, its sampling stream
-included, is one pickle that every checkpoint holds, and after every generation the run
-continues from the restored copy of that very pickle, so an uninterrupted run and a resumed
-run execute identical code on identical state.
+included, is its ``state_dict()`` (JSON-able data and arrays) that every checkpoint holds,
+and after every generation CMA-ES continues from the copy restored from that very state, so
+an uninterrupted run and a resumed run execute identical code on identical state.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,7 +36,8 @@ from bbt.errors import ConfigurationError, TaskError
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
 from bbt.tuner.losses import LOSSES, cross_entropy, get_loss, get_metric
-from bbt.tuner.optimizer import CMAOptimizer
+from bbt.tuner import optimizers
+from bbt.tuner.optimizers import OptimizerSpec, cma_seed
 from bbt.tuner.projection import Distribution, Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
 from bbt.tuner.tasks import Task, verbalizer_ids
@@ -97,9 +97,17 @@ class TuneConfig:
     # the wire) when the service offers them, "on" requires one, "off" sends full prompts.
     # Results are the same either way; a manifest without the field loads with "auto".
     sessions: str = "auto"
+    # The optimiser, by registry name (bbt.tuner.optimizers); manifests without the field
+    # were tuned with CMA-ES.
+    optimizer: str = "cma"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.optimizer not in optimizers.available():
+            problems.append(
+                f"unknown optimizer {self.optimizer!r}; available: "
+                + ", ".join(optimizers.available())
+            )
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)}")
         if self.layer_generations < 1:
@@ -223,9 +231,11 @@ class _State:
     generation: int = 0
     calls: int = 0
     dev_calls: int = 0
-    es_blob: bytes = b""  # CMAOptimizer.blob
+    # The optimiser's pickled strategy in checkpoints of bbt up to f05a715 (the legacy reader
+    # converts it); the optimiser's state_dict() replaces it and this stays empty.
+    es_blob: bytes = b""
     # NumPy's global RNG state that bbt before the optimiser split swapped in around pycma;
-    # pycma no longer touches the global RNG, so it is kept (None) for the pickle's shape only.
+    # kept (None) so that legacy pickles of this class still load.
     rng_state: Any = None
     best_train: Candidate | None = None
     selected: Candidate | None = None
@@ -244,7 +254,7 @@ class Tuner:
     :meth:`ask`, score the candidates however they like (:meth:`evaluate` does what
     ``step`` does), and hand the losses to :meth:`tell`.
 
-    It composes a :class:`~bbt.tuner.optimizer.CMAOptimizer` (:attr:`optimizer`) and an
+    It composes an optimiser (:attr:`optimizer`, the one ``config.optimizer`` names) and an
     :class:`~bbt.tuner.evaluator.Evaluator` (:attr:`evaluator`), built by ``evaluator``
     (default :func:`~bbt.tuner.evaluator.make_evaluator`, which uses a projection session
     when the service offers one and ``config.sessions`` allows it) from the service, the
@@ -341,8 +351,13 @@ class Tuner:
         self._warned_nonfinite = False
         self._session_start = time.perf_counter()
         self._elapsed_base = 0.0
-        self.optimizer = CMAOptimizer(cfg.dim, cfg.population, cfg.sigma, cfg.seed, bound=cfg.bound)
-        self._state.es_blob = self.optimizer.blob
+        self.optimizer: optimizers.Optimizer = self._make_optimizer()
+
+    def _make_optimizer(self) -> optimizers.Optimizer:
+        """The optimiser ``config.optimizer`` names, over z in R^d."""
+        cfg = self.config
+        spec = OptimizerSpec(cfg.dim, cfg.population, cfg.sigma, cma_seed(cfg.seed), cfg.bound)
+        return optimizers.make(cfg.optimizer, spec)
 
     # ------------------------------------------------------------------ set-up
 
@@ -501,7 +516,6 @@ class Tuner:
         loss, rank, nonfinite = self._nonfinite_rule(raw)
         self.optimizer.tell(loss)
         st = self._state
-        st.es_blob = self.optimizer.blob
         before = st.calls
         st.calls += pop.shape[0]
         st.generation += 1
@@ -652,20 +666,24 @@ class Tuner:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """A picklable snapshot taken between generations (after :meth:`tell`)."""
+        """A snapshot taken between generations (after :meth:`tell`): JSON-able data and
+        NumPy arrays only (see :func:`pack_state`)."""
         if self._pending is not None:
             raise RuntimeError("checkpoint between generations only (after tell())")
         self._state.elapsed = self.elapsed
-        return {"version": 1, "state": pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)}
+        return pack_state(self._state, self.optimizer.state_dict(), self.config.optimizer)
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
-        if data.get("version") != 1:
+        """Continue from :meth:`state_dict` (the legacy reader converts older checkpoints)."""
+        if data.get("version") != STATE_VERSION:
             raise ValueError("unsupported checkpoint version")
-        state: _State = pickle.loads(data["state"])
-        self.optimizer = CMAOptimizer.from_blob(state.es_blob, bound=self.config.bound)
-        # A checkpoint of bbt before the optimiser split holds the global-RNG state that was
-        # swapped in around pycma; nothing reads it any more.
-        state.rng_state = None
+        name = data.get("optimizer", "cma")
+        if name != self.config.optimizer:
+            raise ValueError(
+                f"the checkpoint's optimizer is {name!r}; this run's is {self.config.optimizer!r}"
+            )
+        state = _unpack_state(data["state"])
+        self.optimizer.load_state_dict(data["optimizer_state"])
         self._state = state
         self._elapsed_base = state.elapsed
         self._session_start = time.perf_counter()
@@ -674,3 +692,82 @@ class Tuner:
     def initial_dev_metric(self) -> float | None:
         v = self._state.extra.get("initial_dev_metric")
         return None if v is None else float(v)
+
+
+# --------------------------------------------------------------------------- checkpoint data
+
+#: The ``version`` of :meth:`Tuner.state_dict` (1: a pickle of bbt up to f05a715).
+STATE_VERSION = 2
+
+
+def _pack_candidate(c: Candidate | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {
+        "z": np.asarray(c.z, dtype=np.float64).copy(),
+        "train_loss": float(c.train_loss),
+        "calls": int(c.calls),
+        "dev_metric": None if c.dev_metric is None else float(c.dev_metric),
+        "dev_ce": None if c.dev_ce is None else float(c.dev_ce),
+        "source": c.source,
+    }
+
+
+def _unpack_candidate(d: dict[str, Any] | None) -> Candidate | None:
+    if d is None:
+        return None
+    return Candidate(
+        z=np.array(d["z"], dtype=np.float64),
+        train_loss=float(d["train_loss"]),
+        calls=int(d["calls"]),
+        dev_metric=None if d["dev_metric"] is None else float(d["dev_metric"]),
+        dev_ce=None if d["dev_ce"] is None else float(d["dev_ce"]),
+        source=str(d["source"]),
+    )
+
+
+def pack_state(
+    state: _State, optimizer_state: dict[str, Any], optimizer: str = "cma"
+) -> dict[str, Any]:
+    """A tuner's state and its optimiser's as checkpoint data: JSON-able values and arrays.
+    (The legacy reader packs a converted pickle of older bbt with it too.)"""
+    extra: dict[str, Any] = {}
+    for k, v in state.extra.items():
+        # A candidate (the last scored mean) is tagged; everything else is a plain number.
+        extra[k] = {"candidate": _pack_candidate(v)} if isinstance(v, Candidate) else v
+    return {
+        "version": STATE_VERSION,
+        "optimizer": optimizer,
+        "optimizer_state": optimizer_state,
+        "state": {
+            "generation": state.generation,
+            "calls": state.calls,
+            "dev_calls": state.dev_calls,
+            "best_train": _pack_candidate(state.best_train),
+            "selected": _pack_candidate(state.selected),
+            "evaluated_calls": state.evaluated_calls,
+            "stale_evals": state.stale_evals,
+            "stop_reason": state.stop_reason,
+            "elapsed": float(state.elapsed),
+            "extra": extra,
+        },
+    }
+
+
+def _unpack_state(d: dict[str, Any]) -> _State:
+    extra: dict[str, Any] = {}
+    for k, v in dict(d["extra"]).items():
+        extra[k] = _unpack_candidate(v["candidate"]) if isinstance(v, dict) else v
+    evaluated = d["evaluated_calls"]
+    return _State(
+        generation=int(d["generation"]),
+        calls=int(d["calls"]),
+        dev_calls=int(d["dev_calls"]),
+        best_train=_unpack_candidate(d["best_train"]),
+        selected=_unpack_candidate(d["selected"]),
+        evaluated_calls=None if evaluated is None else int(evaluated),
+        stale_evals=int(d["stale_evals"]),
+        stop_reason=d["stop_reason"],
+        elapsed=float(d["elapsed"]),
+        extra=extra,
+    )
