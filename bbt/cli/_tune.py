@@ -568,6 +568,11 @@ def tune_command(
     layer_generations: int = typer.Option(
         1, help="bbtv2: CMA-ES generations each layer runs per turn."
     ),
+    optimizer: str = typer.Option(
+        "cma",
+        help="The optimiser over z: cma, sepcma (diagonal CMA-ES) or one a plug-in registers "
+        "(entry-point group bbt.optimizers). bbtv2 runs one per layer.",
+    ),
     projection: str = typer.Option("normal", help="Projection distribution: normal or uniform."),
     sessions: str = typer.Option(
         "auto",
@@ -656,6 +661,7 @@ def tune_command(
             method=method,
             layer_generations=layer_generations,
             sessions=sessions,
+            optimizer=optimizer,
             # Unset: TuneConfig's own default.
             **({} if eval_mean is None else {"eval_mean": eval_mean}),
         )

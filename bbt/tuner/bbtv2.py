@@ -51,9 +51,9 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
+from bbt.tuner import optimizers
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator
-from bbt.tuner import optimizers
 from bbt.tuner.optimizers import LayerSchedule, LayerwiseOptimizer, OptimizerSpec
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt

@@ -15,5 +15,5 @@ def __getattr__(name: str) -> Any:
     if name == "_TPA":
         from bbt.tuner.optimizers import cma
 
-        return getattr(cma, "_TPA")  # built on first use by that module's __getattr__
+        return cma._TPA  # built on first use by that module's __getattr__
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,10 +33,10 @@ import numpy as np
 
 from bbt.client import Service
 from bbt.errors import ConfigurationError, TaskError
+from bbt.tuner import optimizers
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
 from bbt.tuner.losses import LOSSES, cross_entropy, get_loss, get_metric
-from bbt.tuner import optimizers
 from bbt.tuner.optimizers import OptimizerSpec, cma_seed
 from bbt.tuner.projection import Distribution, Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt

@@ -23,7 +23,6 @@ from bbt.tuner import Example, Task, TunedPrompt, load_result, read_manifest, re
 from bbt.tuner.bbtv2 import (
     BBTv2Tuner,
     DeepProjection,
-    LayerwiseOptimizer,
     layer_recipes,
     make_tuner,
 )

@@ -140,9 +140,7 @@ def get(name: str) -> OptimizerFactory:
         return factory
     ep = _entry_points().get(name)
     if ep is None:
-        raise ConfigurationError(
-            f"unknown optimizer {name!r}; available: {', '.join(available())}"
-        )
+        raise ConfigurationError(f"unknown optimizer {name!r}; available: {', '.join(available())}")
     try:
         loaded = ep.load()
     except Exception as exc:  # a plug-in's import error is the user's to see, in one line

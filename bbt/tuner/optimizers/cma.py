@@ -37,9 +37,9 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -133,7 +133,7 @@ def new_strategy(
     sigma: float,
     randn_seed: int,
     bound: float | None = None,
-    options: dict[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Any:
     """A fresh pycma strategy at z = 0 whose randomness all comes from a private RandomState
     seeded with ``randn_seed`` (it is saved with the strategy). ``options`` are more pycma
@@ -175,7 +175,7 @@ class CMAOptimizer:
     """
 
     #: More pycma options of this variant (see :mod:`bbt.tuner.optimizers.sepcma`).
-    OPTIONS: dict[str, Any] = {}
+    OPTIONS: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self,

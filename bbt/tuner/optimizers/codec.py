@@ -55,10 +55,12 @@ def _builtin(obj: Any) -> Callable[[], Any]:
     return lambda: obj
 
 
-for _obj in (getattr, object, dict, list, set, tuple, complex, range, slice, copyreg.__newobj__):
+# What pickle's protocols 2+ build plain instances with (untyped in typeshed: getattr).
+_NEWOBJ: Any = getattr(copyreg, "__newobj__")  # noqa: B009
+for _obj in (getattr, object, dict, list, set, tuple, complex, range, slice):
     allow(f"{_obj.__module__}:{_obj.__qualname__}", _builtin(_obj))
-for _obj in (copyreg._reconstructor, copyreg.__newobj_ex__):
-    allow(f"copyreg:{_obj.__name__}", _builtin(_obj))
+for _name in ("__newobj__", "__newobj_ex__", "_reconstructor"):
+    allow(f"copyreg:{_name}", _builtin(getattr(copyreg, _name)))
 
 
 def _allow_numpy() -> None:
@@ -265,8 +267,10 @@ class _Decoder:
             stored = self.arrays[node["v"]]
         except KeyError:
             raise CodecError(f"the state's array {node['v']!r} is missing") from None
-        # A private, writable, aligned copy in the stored memory order, as pickle gives.
-        arr: np.ndarray[Any, Any] = np.array(stored, copy=True, order="K")
+        # A private, writable, aligned copy, C-ordered unless only Fortran-contiguous: what
+        # pickle gives (and np.save keeps the Fortran flag).
+        fortran = stored.flags.f_contiguous and not stored.flags.c_contiguous
+        arr: np.ndarray[Any, Any] = np.array(stored, copy=True, order="F" if fortran else "C")
         return self._put(node, arr)  # type: ignore[no-any-return]
 
     def _dec_npscalar(self, node: dict[str, Any]) -> Any:
@@ -276,7 +280,7 @@ class _Decoder:
         return np.frombuffer(base64.b64decode(node["v"]), dtype=dt)[0]
 
     def _dec_dtype(self, node: dict[str, Any]) -> np.dtype[Any]:
-        dt = np.dtype(node["v"])
+        dt: np.dtype[Any] = np.dtype(node["v"])
         if dt.hasobject:
             raise CodecError("object dtypes are refused")
         return dt
@@ -309,7 +313,7 @@ class _Decoder:
         args = [self.dec(a) for a in node["a"]]
         if func is getattr and (len(args) != 2 or str(args[1]).startswith("_")):
             raise CodecError("the state tree asks for a private attribute")
-        if func is copyreg.__newobj__ and not isinstance(args[0] if args else None, type):
+        if func is _NEWOBJ and not isinstance(args[0] if args else None, type):
             raise CodecError("the state tree builds an instance of a non-class")
         obj = self._put(node, func(*args))
         if "l" in node:
@@ -331,7 +335,9 @@ def decode(tree: dict[str, Any], arrays: dict[str, np.ndarray[Any, Any]]) -> Any
     """The object :func:`encode` wrote (see the module docstring); :class:`CodecError` for a
     tree that names anything outside the allow-list or is damaged."""
     if not isinstance(tree, dict) or tree.get("codec") != VERSION:
-        raise CodecError(f"unsupported state codec {tree.get('codec') if isinstance(tree, dict) else tree!r}")
+        raise CodecError(
+            f"unsupported state codec {tree.get('codec') if isinstance(tree, dict) else tree!r}"
+        )
     try:
         return _Decoder(arrays).dec(tree["root"])
     except CodecError:

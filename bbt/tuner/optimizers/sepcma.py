@@ -8,7 +8,8 @@ sampling stream, bounds, the state codec, exact resume) is :class:`CMAOptimizer`
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from bbt.tuner.optimizers.base import register
 from bbt.tuner.optimizers.cma import CMAOptimizer
@@ -17,7 +18,7 @@ from bbt.tuner.optimizers.cma import CMAOptimizer
 class SepCMAOptimizer(CMAOptimizer):
     """CMA-ES restricted to a diagonal covariance matrix (pycma's ``CMA_diagonal``)."""
 
-    OPTIONS: dict[str, Any] = {"CMA_diagonal": True}
+    OPTIONS: ClassVar[Mapping[str, Any]] = {"CMA_diagonal": True}
 
 
 register("sepcma", SepCMAOptimizer.from_spec)
