@@ -309,10 +309,23 @@ class _Decoder:
         return _resolve(str(node["v"]))
 
     def _dec_obj(self, node: dict[str, Any]) -> Any:
-        func = self.dec(node["f"])
+        # Only the explicit allow-list is ever called: pycma's classes and functions may be
+        # values (built with __new__, never __init__), not callables of the tree.
+        f = node["f"]
+        name = f.get("v") if isinstance(f, dict) and f.get("t") == "global" else None
+        if name not in _ALLOWED:
+            raise CodecError(f"the state tree calls {name or 'an object'!r}, which is not allowed")
+        func = _ALLOWED[str(name)]()
         args = [self.dec(a) for a in node["a"]]
-        if func is getattr and (len(args) != 2 or str(args[1]).startswith("_")):
-            raise CodecError("the state tree asks for a private attribute")
+        if func is getattr and not (
+            len(args) == 2
+            and isinstance(args[0], np.random.RandomState)
+            and isinstance(args[1], str)
+            and not args[1].startswith("_")
+        ):
+            # Pickle writes a bound method as getattr(obj, name): here only RandomState's
+            # public samplers (pycma's randn option).
+            raise CodecError("the state tree asks for a private attribute or a foreign method")
         if func is _NEWOBJ and not isinstance(args[0] if args else None, type):
             raise CodecError("the state tree builds an instance of a non-class")
         obj = self._put(node, func(*args))
