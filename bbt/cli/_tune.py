@@ -592,8 +592,8 @@ def tune_command(
     trust_checkpoint: bool = typer.Option(
         False,
         "--trust-checkpoint",
-        help="With --resume: load a checkpoint not written under this user's key (a pickle: "
-        "it can run code; only for run directories you trust).",
+        help="With --resume: load a checkpoint not written under this user's key (an older "
+        "bbt's is a pickle, which can run code: only for run directories you trust).",
     ),
     base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env)."),
     api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env); never stored."),

@@ -527,9 +527,9 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """The verified contents of a run's checkpoint, or ``None`` when it has none.
 
-    Nothing is unpickled unless the file's HMAC checks out under this user's key; a foreign,
+    Nothing is read unless the file's HMAC checks out under this user's key; a foreign,
     edited or legacy (``checkpoint.pkl``) checkpoint raises :class:`RunError` unless
-    ``trust`` (see :mod:`bbt.tuner.checkpoint`).
+    ``trust`` (see :mod:`bbt.tuner.checkpoint`; only its legacy reader unpickles).
     """
     path = Path(run_dir)
     if run_id is None:
@@ -564,8 +564,8 @@ def resume(
 
     A completed run is not run again (nor is its checkpoint read): its recorded result is
     returned. The checkpoint is loaded only if it is authenticated under this user's key;
-    ``trust_checkpoint=True`` loads a foreign or legacy one anyway (it is a pickle: only for
-    a run directory you trust). While this call runs, the directory is locked.
+    ``trust_checkpoint=True`` loads a foreign or legacy one anyway (a legacy one is a pickle:
+    only for a run directory you trust). While this call runs, the directory is locked.
     """
     path = Path(run_dir)
     manifest = read_manifest(path)
