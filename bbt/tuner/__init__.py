@@ -32,7 +32,7 @@ from bbt.tuner.losses import (
     neg_f1,
     softmax,
 )
-from bbt.tuner.optimizer import CMAOptimizer
+from bbt.tuner.optimizers import CMAOptimizer
 from bbt.tuner.predict import Prediction, TunedPrompt
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt

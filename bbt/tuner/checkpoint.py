@@ -23,12 +23,11 @@ wrote; for format 3 that is safe (data only) and only logged. The key:
 bytes, hex-encoded, created atomically with mode 0600 on first use. It never goes into a run
 directory, a log or a message.
 
-The legacy reader (:func:`unpickle_legacy` and what calls it) is the one place that loads a
-pickle: format 2 (``BBTCKPT2``, bbt up to f05a715: the same header around a pickle) when its
-HMAC verifies under this user's key or it is trusted, and the unauthenticated
-``checkpoint.pkl`` of older bbt only when trusted. Either is converted on reading to the
-format-3 contents (:func:`convert_legacy`), and the run's next checkpoint is written in
-format 3.
+The legacy reader (:mod:`bbt.tuner._legacy`) is the one place that loads a pickle: format 2
+(``BBTCKPT2``, bbt up to f05a715: the same header around a pickle) when its HMAC verifies
+under this user's key or it is trusted, and the unauthenticated ``checkpoint.pkl`` of older
+bbt only when trusted. Either is converted on reading to the format-3 contents, and the
+run's next checkpoint is written in format 3.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from bbt.errors import RunError
+from bbt.tuner._legacy import convert_legacy, unpickle_legacy
 
 log = logging.getLogger("bbt.tuner")
 
@@ -239,73 +239,3 @@ def open_legacy(data: bytes, *, where: Path, trust: bool) -> dict[str, Any]:
         )
     log.warning("loading the legacy pickle checkpoint %s because it is trusted explicitly", where)
     return convert_legacy(unpickle_legacy(data))
-
-
-# --------------------------------------------------------------------------- legacy reader
-
-
-def unpickle_legacy(data: bytes) -> Any:
-    """The legacy reader's one load: a pickle written by bbt up to f05a715. Called only on
-    bytes that are authenticated under this user's key or trusted explicitly."""
-    import pickle
-
-    from bbt.tuner.optimizers.cma import pycma_context
-
-    try:
-        with pycma_context():  # strategies unpickle under pycma's lock, warnings quiet
-            return pickle.loads(data)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise ValueError(f"damaged legacy checkpoint: {type(exc).__name__}: {exc}") from None
-
-
-def convert_legacy(data: Any) -> dict[str, Any]:
-    """The contents of a format 1 or 2 checkpoint (its unpickled dict) as format 3."""
-    from bbt.tuner.tuner import STATE_VERSION, pack_state
-
-    if not isinstance(data, dict) or data.get("format") not in (1, 2):
-        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"checkpoint format {fmt!r}")
-    tuner = data["tuner"]
-    version = tuner.get("version") if isinstance(tuner, dict) else None
-    if version == 1:  # the tuner's state, itself a pickle, with the optimiser's inside
-        state = unpickle_legacy(tuner["state"])
-        tuner = pack_state(state, _legacy_optimizer_state(unpickle_legacy(state.es_blob)))
-    elif version != STATE_VERSION:  # (a pickle around today's data needs no conversion)
-        raise ValueError("unsupported checkpoint version")
-    return {
-        "format": 3,
-        "tuner": tuner,
-        "history_offset": int(data["history_offset"]),
-        "usage": dict(data["usage"]),
-        "generation": int(data["generation"]),
-    }
-
-
-def _cma_state(es: Any) -> dict[str, Any]:
-    from bbt.tuner.optimizers.cma import CMAOptimizer
-
-    return CMAOptimizer.from_strategy(es).state_dict()
-
-
-def _legacy_optimizer_state(obj: Any) -> dict[str, Any]:
-    """An optimiser's state dict from its legacy pickle: a pycma strategy (BBT), or BBTv2's
-    ``(_Schedule, popsize)`` whose layers are pickles themselves."""
-    from bbt.tuner.optimizers.layerwise import STATE_FORMAT
-
-    if not isinstance(obj, tuple):
-        return _cma_state(obj)
-    sched, _popsize = obj
-    return {
-        "format": STATE_FORMAT,
-        "layers": [_cma_state(unpickle_legacy(b)) for b in sched.blobs],
-        "held": np.asarray(sched.held, dtype=np.float64),
-        "held_loss": [float(v) for v in sched.held_loss],
-        "means": np.asarray(sched.means, dtype=np.float64),
-        "sigmas": [float(v) for v in sched.sigmas],
-        "stops": [dict(x) for x in sched.stops],
-        "layer_generations": int(sched.layer_generations),
-        "active": int(sched.active),
-        "visit": int(sched.visit),
-        "generation": int(sched.generation),
-        "last": int(sched.last),
-    }

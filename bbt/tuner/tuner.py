@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +34,8 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import ConfigurationError, TaskError
 from bbt.tuner import optimizers
+from bbt.tuner._state import STATE_VERSION, RunState, pack_state, unpack_state
+from bbt.tuner._state import Candidate as Candidate  # part of this module's API
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
 from bbt.tuner.losses import LOSSES, cross_entropy, get_loss, get_metric
@@ -41,6 +43,9 @@ from bbt.tuner.optimizers import OptimizerSpec, cma_seed
 from bbt.tuner.projection import Distribution, Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
 from bbt.tuner.tasks import Task, verbalizer_ids
+
+#: The name under which pickles of bbt up to f05a715 (the legacy reader's) find the state.
+_State = RunState
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 F64 = np.ndarray[Any, np.dtype[np.float64]]
@@ -170,20 +175,6 @@ class TuneConfig:
 
 
 @dataclass
-class Candidate:
-    """A point of the search space and what is known about it."""
-
-    z: F64
-    train_loss: float
-    calls: int  # API calls spent when it was found
-    dev_metric: float | None = None
-    dev_ce: float | None = None
-    #: "best" (lowest train loss so far), "mean" (the CMA-ES mean, with ``eval_mean``) or
-    #: "initial" (p0, z = 0). Pickles without the field read the class default.
-    source: str = "best"
-
-
-@dataclass
 class GenerationRecord:
     """One line of the run's history."""
 
@@ -222,28 +213,6 @@ class Callback(Protocol):
     generation ran a dev evaluation). Returning ``True`` stops the run after it."""
 
     def __call__(self, record: GenerationRecord, /) -> bool | None: ...
-
-
-@dataclass
-class _State:
-    """Everything a checkpoint must hold to continue a run exactly."""
-
-    generation: int = 0
-    calls: int = 0
-    dev_calls: int = 0
-    # The optimiser's pickled strategy in checkpoints of bbt up to f05a715 (the legacy reader
-    # converts it); the optimiser's state_dict() replaces it and this stays empty.
-    es_blob: bytes = b""
-    # NumPy's global RNG state that bbt before the optimiser split swapped in around pycma;
-    # kept (None) so that legacy pickles of this class still load.
-    rng_state: Any = None
-    best_train: Candidate | None = None
-    selected: Candidate | None = None
-    evaluated_calls: int | None = None  # `calls` of the last candidate scored on dev
-    stale_evals: int = 0
-    stop_reason: str | None = None
-    elapsed: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Tuner:
@@ -347,7 +316,7 @@ class Tuner:
             )
         else:
             self.evaluator = evaluator(service, self.recipe, self.p0)
-        self._state = _State()
+        self._state = RunState()
         self._warned_nonfinite = False
         self._session_start = time.perf_counter()
         self._elapsed_base = 0.0
@@ -682,7 +651,7 @@ class Tuner:
             raise ValueError(
                 f"the checkpoint's optimizer is {name!r}; this run's is {self.config.optimizer!r}"
             )
-        state = _unpack_state(data["state"])
+        state = unpack_state(data["state"])
         self.optimizer.load_state_dict(data["optimizer_state"])
         self._state = state
         self._elapsed_base = state.elapsed
@@ -692,82 +661,3 @@ class Tuner:
     def initial_dev_metric(self) -> float | None:
         v = self._state.extra.get("initial_dev_metric")
         return None if v is None else float(v)
-
-
-# --------------------------------------------------------------------------- checkpoint data
-
-#: The ``version`` of :meth:`Tuner.state_dict` (1: a pickle of bbt up to f05a715).
-STATE_VERSION = 2
-
-
-def _pack_candidate(c: Candidate | None) -> dict[str, Any] | None:
-    if c is None:
-        return None
-    return {
-        "z": np.asarray(c.z, dtype=np.float64).copy(),
-        "train_loss": float(c.train_loss),
-        "calls": int(c.calls),
-        "dev_metric": None if c.dev_metric is None else float(c.dev_metric),
-        "dev_ce": None if c.dev_ce is None else float(c.dev_ce),
-        "source": c.source,
-    }
-
-
-def _unpack_candidate(d: dict[str, Any] | None) -> Candidate | None:
-    if d is None:
-        return None
-    return Candidate(
-        z=np.array(d["z"], dtype=np.float64),
-        train_loss=float(d["train_loss"]),
-        calls=int(d["calls"]),
-        dev_metric=None if d["dev_metric"] is None else float(d["dev_metric"]),
-        dev_ce=None if d["dev_ce"] is None else float(d["dev_ce"]),
-        source=str(d["source"]),
-    )
-
-
-def pack_state(
-    state: _State, optimizer_state: dict[str, Any], optimizer: str = "cma"
-) -> dict[str, Any]:
-    """A tuner's state and its optimiser's as checkpoint data: JSON-able values and arrays.
-    (The legacy reader packs a converted pickle of older bbt with it too.)"""
-    extra: dict[str, Any] = {}
-    for k, v in state.extra.items():
-        # A candidate (the last scored mean) is tagged; everything else is a plain number.
-        extra[k] = {"candidate": _pack_candidate(v)} if isinstance(v, Candidate) else v
-    return {
-        "version": STATE_VERSION,
-        "optimizer": optimizer,
-        "optimizer_state": optimizer_state,
-        "state": {
-            "generation": state.generation,
-            "calls": state.calls,
-            "dev_calls": state.dev_calls,
-            "best_train": _pack_candidate(state.best_train),
-            "selected": _pack_candidate(state.selected),
-            "evaluated_calls": state.evaluated_calls,
-            "stale_evals": state.stale_evals,
-            "stop_reason": state.stop_reason,
-            "elapsed": float(state.elapsed),
-            "extra": extra,
-        },
-    }
-
-
-def _unpack_state(d: dict[str, Any]) -> _State:
-    extra: dict[str, Any] = {}
-    for k, v in dict(d["extra"]).items():
-        extra[k] = _unpack_candidate(v["candidate"]) if isinstance(v, dict) else v
-    evaluated = d["evaluated_calls"]
-    return _State(
-        generation=int(d["generation"]),
-        calls=int(d["calls"]),
-        dev_calls=int(d["dev_calls"]),
-        best_train=_unpack_candidate(d["best_train"]),
-        selected=_unpack_candidate(d["selected"]),
-        evaluated_calls=None if evaluated is None else int(evaluated),
-        stale_evals=int(d["stale_evals"]),
-        stop_reason=d["stop_reason"],
-        elapsed=float(d["elapsed"]),
-        extra=extra,
-    )

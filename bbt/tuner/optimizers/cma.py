@@ -209,15 +209,6 @@ class CMAOptimizer:
         self._continue_from(quiet_tpa(es))
         return self
 
-    @classmethod
-    def from_blob(cls, blob: bytes, bound: float | None = None) -> CMAOptimizer:
-        """The optimiser whose :attr:`blob` was ``blob``: a pickle of older bbt, read by the
-        legacy reader (:func:`bbt.tuner.checkpoint.unpickle_legacy`; trusted data only)."""
-        from bbt.tuner.checkpoint import unpickle_legacy
-
-        es = unpickle_legacy(blob)
-        return cls.from_strategy(es, bound)
-
     def _continue_from(self, es: Any) -> None:
         """Save ``es`` as :meth:`state_dict` and go on with the copy decoded from it (see
         the module docstring)."""
@@ -243,15 +234,6 @@ class CMAOptimizer:
             es = quiet_tpa(codec.decode(tree, arrays))
         self._tree, self._arrays, self._es = tree, arrays, es
         self._pending = None
-
-    @property
-    def blob(self) -> bytes:
-        """The live strategy pickled, as older bbt stored it (for tools that read such
-        blobs; bbt itself stores :meth:`state_dict`)."""
-        import pickle
-
-        with _pycma():
-            return pickle.dumps(self._es, protocol=pickle.HIGHEST_PROTOCOL)
 
     @property
     def es(self) -> Any:
