@@ -20,6 +20,7 @@ from bbt.tuner.run import CHECKPOINT, load_checkpoint
 
 from .conftest import H, small_config
 from .kernels import outside_pinned, pinned_only, run_pinned
+from .test_checkpoint import _no_unpickling
 
 Split = tuple[list[Example], list[Example]]
 OLD_RUNS = Path(__file__).parent / "data" / "f05a715_runs"
@@ -29,15 +30,6 @@ def _svc(layers: int = 1) -> LocalClient:
     if layers > 1:
         return LocalClient(MockBackend(hidden_size=H, num_layers=layers))
     return LocalClient(MockBackend(hidden_size=H))
-
-
-def _no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*args: object, **kwargs: object) -> None:
-        raise AssertionError("unpickled")
-
-    monkeypatch.setattr(pickle, "loads", boom)
-    monkeypatch.setattr(pickle, "load", boom)
-    monkeypatch.setattr(pickle, "Unpickler", boom)
 
 
 def _stop_after(gens: int) -> Any:

@@ -14,7 +14,9 @@ installed distribution, whose object is a factory ``(OptimizerSpec) -> Optimizer
     myopt = "mypackage.myopt:make"
 
 Entry points are read lazily, the first time a name is looked up that code did not
-register, so importing bbt imports no plug-in.
+register, so importing bbt imports no plug-in. bbt's own optimisers register themselves
+when this package is imported (its ``__init__`` imports them), so they are there without
+installed metadata too (a source checkout on ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -126,14 +128,12 @@ def refresh() -> None:
 
 def available() -> list[str]:
     """Every optimiser name, registered in code or through an entry point, sorted."""
-    _ensure_builtin()
     return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
 def get(name: str) -> OptimizerFactory:
     """The factory of optimiser ``name``; :class:`ConfigurationError` (one line naming the
     available ones) when there is none or its plug-in fails to load."""
-    _ensure_builtin()
     with _LOCK:
         factory = _REGISTRY.get(name)
     if factory is not None:
@@ -156,10 +156,3 @@ def get(name: str) -> OptimizerFactory:
 def make(name: str, spec: OptimizerSpec) -> Optimizer:
     """A new optimiser ``name`` built from ``spec``."""
     return get(name)(spec)
-
-
-def _ensure_builtin() -> None:
-    """bbt's own optimisers, registered in code too: they work without installed metadata
-    (a source checkout on ``PYTHONPATH``)."""
-    if "cma" not in _REGISTRY:
-        from bbt.tuner.optimizers import cma, sepcma  # noqa: F401  (they register themselves)
