@@ -6,7 +6,6 @@ from __future__ import annotations
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,24 +19,17 @@ from bbt.tuner.run import CHECKPOINT, load_checkpoint
 
 from .conftest import H, small_config
 from .kernels import outside_pinned, pinned_only, run_pinned
-from .test_checkpoint import _no_unpickling
+from .test_checkpoint import _no_unpickling, _stop_after
 
 Split = tuple[list[Example], list[Example]]
 OLD_RUNS = Path(__file__).parent / "data" / "f05a715_runs"
 
 
 def _svc(layers: int = 1) -> LocalClient:
+    """The mock; with ``layers`` > 1, one that serves deep prompts (BBTv2)."""
     if layers > 1:
         return LocalClient(MockBackend(hidden_size=H, num_layers=layers))
     return LocalClient(MockBackend(hidden_size=H))
-
-
-def _stop_after(gens: int) -> Any:
-    def cb(rec: Any) -> None:
-        if rec.generation >= gens:
-            raise KeyboardInterrupt
-
-    return cb
 
 
 @pytest.mark.parametrize("method", ["bbt", "bbtv2"])
