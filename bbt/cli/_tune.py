@@ -117,6 +117,7 @@ def tune_command(
     ),
     method: str = option("method", panel=BUDGET_PANEL),
     layer_generations: int = option("layer_generations", panel=BUDGET_PANEL),
+    optimizer: str = option("optimizer", panel=BUDGET_PANEL),
     projection: str = option("projection", panel=PROMPT_PANEL),
     sessions: str = option("sessions", "--sessions", panel=SERVICE_PANEL),
     init: str = option("init", panel=PROMPT_PANEL),
@@ -136,8 +137,8 @@ def tune_command(
     trust_checkpoint: bool = typer.Option(
         False,
         "--trust-checkpoint",
-        help="With --resume: load a checkpoint not written under this user's key (a pickle: "
-        "it can run code; only for run directories you trust).",
+        help="With --resume: load a checkpoint not written under this user's key (an older "
+        "bbt's is a pickle, which can run code: only for run directories you trust).",
         rich_help_panel=RUN_PANEL,
     ),
     base_url: str | None = typer.Option(
@@ -225,6 +226,7 @@ def tune_command(
             method=method,
             layer_generations=layer_generations,
             sessions=sessions,
+            optimizer=optimizer,
             # Unset: TuneConfig's own default.
             **({} if eval_mean is None else {"eval_mean": eval_mean}),
         )

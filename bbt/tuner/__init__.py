@@ -34,7 +34,7 @@ from bbt.tuner.losses import (
     neg_f1,
     softmax,
 )
-from bbt.tuner.optimizer import CMAOptimizer
+from bbt.tuner.optimizers import CMAOptimizer
 from bbt.tuner.options import TuneOptions
 from bbt.tuner.predict import Prediction, TunedPrompt
 from bbt.tuner.projection import Projection, ProjectionRecipe

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pickle
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +51,10 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
+from bbt.tuner import optimizers
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator
-from bbt.tuner.optimizer import CMAOptimizer, new_strategy
+from bbt.tuner.optimizers import LayerSchedule, LayerwiseOptimizer, OptimizerSpec
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.tasks import Task
@@ -156,171 +155,22 @@ class DeepProjection:
 
 @dataclass
 class _Schedule:
-    """The layer-wise state that a checkpoint holds (pickled as :attr:`blob`)."""
+    """BBTv2's layer schedule as bbt up to f05a715 pickled it into checkpoints. Only the
+    legacy reader (:mod:`bbt.tuner.checkpoint`) meets it, converting it to
+    :class:`~bbt.tuner.optimizers.LayerwiseOptimizer`'s state dict; the class stays, under
+    this name, so that those pickles still load."""
 
-    blobs: list[bytes]  # every layer's CMA-ES, pickled (CMAOptimizer.blob)
-    held: F64  # [L, d]: the z each layer is held at (its best so far; 0 before its turn)
+    blobs: list[bytes]  # every layer's CMA-ES, pickled
+    held: F64
     held_loss: list[float]
-    means: F64  # [L, d]: each layer's CMA-ES mean, as of its last generation
+    means: F64
     sigmas: list[float]
     stops: list[dict[str, Any]]
     layer_generations: int
-    active: int = 0  # the layer the next generation optimises
-    visit: int = 0  # generations it has run in its current turn
+    active: int = 0
+    visit: int = 0
     generation: int = 0
-    last: int = 0  # the layer the last told generation optimised
-
-
-class LayerwiseOptimizer(CMAOptimizer):
-    """BBTv2's divide and conquer as an ask/tell optimiser over z in R^(L*d), with the
-    interface of :class:`~bbt.tuner.optimizer.CMAOptimizer`: L CMA-ES, one per layer,
-    taking turns.
-
-    ``ask`` returns whole candidates (L * d): the active layer's samples with every other
-    layer held at the best z its CMA-ES has seen. ``tell`` feeds the losses to the active
-    layer's CMA-ES, moves that layer's held z to its best so far and advances the schedule.
-    Between generations every layer's CMA-ES is kept pickled, so :attr:`blob` (what a
-    checkpoint holds) copies bytes and runs no pycma code; the active one continues from its
-    pickle like any :class:`CMAOptimizer`.
-    """
-
-    def __init__(
-        self,
-        layers: int,
-        dim: int,
-        popsize: int,
-        sigma: float,
-        seed: int,
-        bound: float | None = None,
-        layer_generations: int = 1,
-    ) -> None:
-        blobs = []
-        for layer in range(layers):
-            es = new_strategy(dim, popsize, sigma, layer_seed(seed, layer, 0xC3A), bound)
-            blobs.append(pickle.dumps(es, protocol=pickle.HIGHEST_PROTOCOL))
-        sched = _Schedule(
-            blobs=blobs,
-            held=np.zeros((layers, dim), dtype=np.float64),
-            held_loss=[math.inf] * layers,
-            means=np.zeros((layers, dim), dtype=np.float64),
-            sigmas=[float(sigma)] * layers,
-            stops=[{} for _ in range(layers)],
-            layer_generations=layer_generations,
-        )
-        self._init(sched, bound, popsize)
-
-    def _init(self, sched: _Schedule, bound: float | None, popsize: int) -> None:
-        self._sched = sched
-        self._bound = bound
-        self._popsize = popsize
-        self._pending: F64 | None = None
-        self._live: CMAOptimizer | None = None
-        self._blob = pickle.dumps((sched, popsize), protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def from_blob(cls, blob: bytes, bound: float | None = None) -> LayerwiseOptimizer:
-        sched, popsize = pickle.loads(blob)
-        if not isinstance(sched, _Schedule):
-            raise ValueError("not a BBTv2 layer schedule")
-        self = cls.__new__(cls)
-        self._init(sched, bound, int(popsize))
-        return self
-
-    # ------------------------------------------------------------------ state
-
-    @property
-    def schedule(self) -> _Schedule:
-        """Which layer is next, the z each layer is held at (read it; do not change it)."""
-        return self._sched
-
-    @property
-    def layers(self) -> int:
-        return len(self._sched.blobs)
-
-    @property
-    def layer_dim(self) -> int:
-        return int(self._sched.held.shape[1])
-
-    @property
-    def es(self) -> Any:
-        """The active layer's live pycma strategy."""
-        return self._active().es
-
-    @property
-    def dim(self) -> int:
-        return self.layers * self.layer_dim
-
-    @property
-    def popsize(self) -> int:
-        return self._popsize
-
-    @property
-    def sigma(self) -> float:
-        """Step size of the layer the last generation optimised."""
-        return self._sched.sigmas[self._sched.last]
-
-    def mean(self) -> F64:
-        """Every layer's CMA-ES mean, concatenated (L * d)."""
-        return np.asarray(self._sched.means.reshape(-1), dtype=np.float64).copy()
-
-    def stop(self) -> dict[str, Any]:
-        """pycma's stop conditions once *every* layer's CMA-ES has met one (the code runs a
-        fixed number of rounds and keeps asking a converged layer; so does bbt until all have
-        converged)."""
-        if not all(self._sched.stops):
-            return {}
-        merged: dict[str, Any] = {}
-        for s in self._sched.stops:
-            merged.update(s)
-        return merged
-
-    # ------------------------------------------------------------------ ask / tell
-
-    def _active(self) -> CMAOptimizer:
-        if self._live is None:
-            self._live = CMAOptimizer.from_blob(
-                self._sched.blobs[self._sched.active], bound=self._bound
-            )
-        return self._live
-
-    def ask(self) -> F64:
-        if self._pending is None:
-            sched = self._sched
-            rows = self._active().ask()
-            full = np.repeat(sched.held.reshape(1, -1), rows.shape[0], axis=0)
-            d = self.layer_dim
-            full[:, sched.active * d : (sched.active + 1) * d] = rows
-            self._pending = full
-        return self._pending
-
-    def tell(self, losses: Sequence[float] | F64) -> None:
-        if self._pending is None:
-            raise RuntimeError("tell() without a pending ask()")
-        sched = self._sched
-        layer = sched.active
-        live = self._active()
-        rows = live.pending
-        assert rows is not None  # asked through self.ask()
-        live.tell(losses)  # checks the count and that every loss is finite
-        values = np.asarray(losses, dtype=np.float64)
-        i = int(np.argmin(values))
-        # A candidate with the penalty loss (non-finite scores) is never held.
-        if values[i] < sched.held_loss[layer] and values[i] < NONFINITE_PENALTY:
-            sched.held[layer] = rows[i]
-            sched.held_loss[layer] = float(values[i])
-        sched.means[layer] = live.mean()
-        sched.sigmas[layer] = live.sigma
-        sched.stops[layer] = live.stop()
-        sched.blobs[layer] = live.blob
-        sched.last = layer
-        sched.generation += 1
-        sched.visit += 1
-        if sched.visit >= sched.layer_generations:
-            sched.visit = 0
-            sched.active = (layer + 1) % self.layers
-        self._live = None
-        self._pending = None
-        self._blob = pickle.dumps((sched, self._popsize), protocol=pickle.HIGHEST_PROTOCOL)
+    last: int = 0
 
 
 class DeepEvaluator(Evaluator):
@@ -401,17 +251,27 @@ class BBTv2Tuner(Tuner):
             callbacks=[self._mark_layer, *callbacks],
             evaluator=self._deep_evaluator,
         )
-        self.optimizer = LayerwiseOptimizer(
-            self.num_layers,
-            cfg.dim,
-            cfg.population,
-            cfg.sigma,
-            cfg.seed,
-            bound=cfg.bound,
-            layer_generations=cfg.layer_generations,
-        )
-        self._state.es_blob = self.optimizer.blob
         self.p0 = self.deep_evaluator.p0
+
+    def _make_optimizer(self) -> optimizers.Optimizer:
+        """BBTv2's layer-wise schedule over one ``config.optimizer`` per layer, each seeded
+        from its own stream (layer 0's is BBT's)."""
+        cfg = self.config
+        layers = [
+            optimizers.make(
+                cfg.optimizer,
+                OptimizerSpec(
+                    cfg.dim,
+                    cfg.population,
+                    cfg.sigma,
+                    layer_seed(cfg.seed, layer, 0xC3A),
+                    cfg.bound,
+                ),
+            )
+            for layer in range(self.num_layers)
+        ]
+        # A candidate with the penalty loss (non-finite scores) is never held.
+        return LayerwiseOptimizer(layers, cfg.layer_generations, hold_below=NONFINITE_PENALTY)
 
     def _deep_evaluator(self, service: Service, recipe: ProjectionRecipe, p0: F32) -> Evaluator:
         """The evaluator factory: layer 0 from BBT's recipe and p0, deeper layers from theirs."""
@@ -437,7 +297,7 @@ class BBTv2Tuner(Tuner):
         return self.num_layers * self.config.dim
 
     @property
-    def schedule(self) -> _Schedule:
+    def schedule(self) -> LayerSchedule:
         """The layer schedule (which layer is next, the z each layer is held at)."""
         opt = self.optimizer
         assert isinstance(opt, LayerwiseOptimizer)
@@ -454,16 +314,6 @@ class BBTv2Tuner(Tuner):
             if math.isfinite(metric):
                 st.selected = Candidate(z0, float("nan"), 0, metric, ce)
             st.extra["initial_dev_metric"] = metric
-
-    def load_state_dict(self, data: dict[str, Any]) -> None:
-        """As :meth:`Tuner.load_state_dict`, restoring the layer-wise optimiser."""
-        if data.get("version") != 1:
-            raise ValueError("unsupported checkpoint version")
-        state = pickle.loads(data["state"])
-        self.optimizer = LayerwiseOptimizer.from_blob(state.es_blob, bound=self.config.bound)
-        self._state = state
-        self._elapsed_base = state.elapsed
-        self._session_start = time.perf_counter()
 
 
 def make_tuner(*args: Any, **kwargs: Any) -> Tuner:

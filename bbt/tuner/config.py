@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bbt.errors import ConfigurationError
+from bbt.tuner import optimizers
 from bbt.tuner.losses import LOSSES
 from bbt.tuner.projection import Distribution
 
@@ -63,6 +64,9 @@ class TuneConfig:
     # the wire) when the service offers them, "on" requires one, "off" sends full prompts.
     # Results are the same either way; a manifest without the field loads with "auto".
     sessions: str = "auto"
+    # The optimiser, by registry name (bbt.tuner.optimizers); manifests without the field
+    # were tuned with CMA-ES.
+    optimizer: str = "cma"
 
     def __post_init__(self) -> None:
         problems = [*self._size_problems(), *self._schedule_problems(), *self._choice_problems()]
@@ -72,6 +76,11 @@ class TuneConfig:
     def _size_problems(self) -> list[str]:
         """The prompt, the search space and the CMA-ES step (in the order messages name them)."""
         problems = []
+        if self.optimizer not in optimizers.available():
+            problems.append(
+                f"unknown optimizer {self.optimizer!r}; available: "
+                + ", ".join(optimizers.available())
+            )
         if self.method not in METHOD_NAMES:
             problems.append(f"method must be one of {', '.join(METHOD_NAMES)}")
         if self.layer_generations < 1:

@@ -59,7 +59,7 @@ TRAIN_FILE = "train.jsonl"
 DEV_FILE = "dev.jsonl"
 PLOT = "plot.png"
 RUN_FORMAT = "bbt-run/1"
-CHECKPOINT_FORMAT = 2  # the payload dict; 1 is the same dict in a legacy checkpoint.pkl
+CHECKPOINT_FORMAT = 3  # the payload dict; the legacy reader converts 1 and 2 (pickles) to it
 
 
 # --------------------------------------------------------------------------- files

@@ -58,6 +58,8 @@ HELP: dict[str, str] = {
     "method": "bbt (a prompt at the input) or bbtv2 (a prompt at every layer, layers tuned in "
     "turn; needs a server with deep prompts, e.g. bbt's own).",
     "layer_generations": "bbtv2: CMA-ES generations each layer runs per turn.",
+    "optimizer": "The optimiser over z: cma, sepcma (diagonal CMA-ES) or one a plug-in registers "
+    "(entry-point group bbt.optimizers). bbtv2 runs one per layer.",
     # Service
     "sessions": "auto: send z to a projection session when the server offers them, else full "
     "prompts; on: require a session; off: always full prompts. Same results.",

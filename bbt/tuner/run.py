@@ -30,8 +30,8 @@ A killed run loses at most the generation in flight: ``resume(run_dir, service)`
 that the regenerated projection and p0 match the run's fingerprints, reloads the checkpoint
 (CMA-ES, RNG stream, counters, best-on-dev) once its tag checks out, cuts ``history.jsonl``
 back to the checkpoint's offset, and carries on; with the same deterministic service it ends
-with the same z, bit for bit, as a run that was never interrupted. A completed run is never
-unpickled: its recorded result is returned.
+with the same z, bit for bit, as a run that was never interrupted. A completed run never has
+its checkpoint read: its recorded result is returned.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,7 +179,7 @@ class _Run:
             "usage": self.usage(),
             "generation": self.tuner.generation,
         }
-        payload = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = _ckpt.encode_payload(data)
         key = self.key if self.key is not None else _ckpt.load_key()
         atomic_write(self.dir / CHECKPOINT, _ckpt.seal(payload, self.manifest["run_id"], key))
 
@@ -366,9 +365,9 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """The verified contents of a run's checkpoint, or ``None`` when it has none.
 
-    Nothing is unpickled unless the file's HMAC checks out under this user's key; a foreign,
+    Nothing is read unless the file's HMAC checks out under this user's key; a foreign,
     edited or legacy (``checkpoint.pkl``) checkpoint raises :class:`RunError` unless
-    ``trust`` (see :mod:`bbt.tuner.checkpoint`).
+    ``trust`` (see :mod:`bbt.tuner.checkpoint`; only its legacy reader unpickles).
     """
     path = Path(run_dir)
     if run_id is None:
@@ -380,13 +379,13 @@ def load_checkpoint(
             want: tuple[int, ...] = (CHECKPOINT_FORMAT,)
         elif legacy.exists():
             data = _ckpt.open_legacy(read_bytes(legacy), where=legacy, trust=trust)
-            want = (1,)
+            want = (CHECKPOINT_FORMAT,)  # converted by the legacy reader
         else:
             return None
         if not isinstance(data, dict) or data.get("format") not in want:
             fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"checkpoint format {fmt!r}")
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunError(f"cannot load the checkpoint of {path}: {exc}") from None
     return data
 
@@ -403,8 +402,8 @@ def resume(
 
     A completed run is not run again (nor is its checkpoint read): its recorded result is
     returned. The checkpoint is loaded only if it is authenticated under this user's key;
-    ``trust_checkpoint=True`` loads a foreign or legacy one anyway (it is a pickle: only for
-    a run directory you trust). While this call runs, the directory is locked.
+    ``trust_checkpoint=True`` loads a foreign or legacy one anyway (a legacy one is a pickle:
+    only for a run directory you trust). While this call runs, the directory is locked.
     """
     path = Path(run_dir)
     manifest = read_manifest(path)
@@ -459,7 +458,7 @@ def _resume_locked(
             tuner.load_state_dict(data["tuner"])
             usage_base = dict(data["usage"])
             offset = int(data["history_offset"])
-        except (KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"cannot load the checkpoint of {path}: {exc}") from None
     try:
         with open_file(path / HISTORY, "r+b") as fh:

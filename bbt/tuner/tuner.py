@@ -9,31 +9,33 @@ scores best there is the run's result.
 The :class:`Tuner` composes two seams and owns everything between them (budget, losses,
 the non-finite rule, dev selection, callbacks, checkpoints):
 
-- :class:`bbt.tuner.optimizer.CMAOptimizer`, a pure ask/tell CMA-ES in z-space (no I/O, no
-  global RNG; its module says how its randomness is kept private);
+- an optimiser (:mod:`bbt.tuner.optimizers`, chosen by name: ``config.optimizer``; CMA-ES
+  by default), pure ask/tell in z-space (no I/O, no global RNG);
 - :class:`bbt.tuner.evaluator.Evaluator`, which turns z into logits on the service (by
   default :class:`~bbt.tuner.evaluator.ProjectingEvaluator`: p = A z + p0 locally).
 
 Determinism (what makes ``--resume`` exact): the optimiser's state, its sampling stream
-included, is one pickle that every checkpoint holds, and after every generation the run
-continues from the restored copy of that very pickle, so an uninterrupted run and a resumed
-run execute identical code on identical state.
+included, is its ``state_dict()`` (JSON-able data and arrays) that every checkpoint holds,
+and after every generation CMA-ES continues from the copy restored from that very state, so
+an uninterrupted run and a resumed run execute identical code on identical state.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from bbt.client import Service
 from bbt.errors import ConfigurationError, TaskError
+from bbt.tuner import optimizers
+from bbt.tuner._state import STATE_VERSION, RunState, pack_state, unpack_state
+from bbt.tuner._state import Candidate as Candidate  # part of this module's API
 from bbt.tuner.config import (
     DEFAULT_ALPHA,
     DEFAULT_BUDGET,
@@ -51,12 +53,15 @@ from bbt.tuner.config import (
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
 from bbt.tuner.losses import get_loss, get_metric
-from bbt.tuner.optimizer import CMAOptimizer
+from bbt.tuner.optimizers import OptimizerSpec, cma_seed
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
 from bbt.tuner.records import Callback, GenerationRecord
 from bbt.tuner.scoring import NONFINITE_PENALTY, beats, dev_scores, nonfinite_rule, train_scores
 from bbt.tuner.tasks import Task, verbalizer_ids
+
+#: The name under which pickles of bbt up to f05a715 (the legacy reader's) find the state.
+_State = RunState
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 F64 = np.ndarray[Any, np.dtype[np.float64]]
@@ -86,40 +91,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class Candidate:
-    """A point of the search space and what is known about it."""
-
-    z: F64
-    train_loss: float
-    calls: int  # API calls spent when it was found
-    dev_metric: float | None = None
-    dev_ce: float | None = None
-    #: "best" (lowest train loss so far), "mean" (the CMA-ES mean, with ``eval_mean``) or
-    #: "initial" (p0, z = 0). Pickles without the field read the class default.
-    source: str = "best"
-
-
-@dataclass
-class _State:
-    """Everything a checkpoint must hold to continue a run exactly."""
-
-    generation: int = 0
-    calls: int = 0
-    dev_calls: int = 0
-    es_blob: bytes = b""  # CMAOptimizer.blob
-    # NumPy's global RNG state that bbt before the optimiser split swapped in around pycma;
-    # pycma no longer touches the global RNG, so it is kept (None) for the pickle's shape only.
-    rng_state: Any = None
-    best_train: Candidate | None = None
-    selected: Candidate | None = None
-    evaluated_calls: int | None = None  # `calls` of the last candidate scored on dev
-    stale_evals: int = 0
-    stop_reason: str | None = None
-    elapsed: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class Tuner:
     """Black-Box Tuning with an ask/tell interface.
 
@@ -128,7 +99,7 @@ class Tuner:
     :meth:`ask`, score the candidates however they like (:meth:`evaluate` does what
     ``step`` does), and hand the losses to :meth:`tell`.
 
-    It composes a :class:`~bbt.tuner.optimizer.CMAOptimizer` (:attr:`optimizer`) and an
+    It composes an optimiser (:attr:`optimizer`, the one ``config.optimizer`` names) and an
     :class:`~bbt.tuner.evaluator.Evaluator` (:attr:`evaluator`), built by ``evaluator``
     (default :func:`~bbt.tuner.evaluator.make_evaluator`, which uses a projection session
     when the service offers one and ``config.sessions`` allows it) from the service, the
@@ -217,12 +188,17 @@ class Tuner:
             )
         else:
             self.evaluator = evaluator(service, self.recipe, self.p0)
-        self._state = _State()
+        self._state = RunState()
         self._warned_nonfinite = False
         self._session_start = time.perf_counter()
         self._elapsed_base = 0.0
-        self.optimizer = CMAOptimizer(cfg.dim, cfg.population, cfg.sigma, cfg.seed, bound=cfg.bound)
-        self._state.es_blob = self.optimizer.blob
+        self.optimizer: optimizers.Optimizer = self._make_optimizer()
+
+    def _make_optimizer(self) -> optimizers.Optimizer:
+        """The optimiser ``config.optimizer`` names, over z in R^d."""
+        cfg = self.config
+        spec = OptimizerSpec(cfg.dim, cfg.population, cfg.sigma, cma_seed(cfg.seed), cfg.bound)
+        return optimizers.make(cfg.optimizer, spec)
 
     # ------------------------------------------------------------------ set-up
 
@@ -367,7 +343,6 @@ class Tuner:
         loss, rank, nonfinite = self._nonfinite_rule(raw)
         self.optimizer.tell(loss)
         st = self._state
-        st.es_blob = self.optimizer.blob
         before = st.calls
         st.calls += pop.shape[0]
         st.generation += 1
@@ -518,20 +493,24 @@ class Tuner:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """A picklable snapshot taken between generations (after :meth:`tell`)."""
+        """A snapshot taken between generations (after :meth:`tell`): JSON-able data and
+        NumPy arrays only (see :func:`pack_state`)."""
         if self._pending is not None:
             raise RuntimeError("checkpoint between generations only (after tell())")
         self._state.elapsed = self.elapsed
-        return {"version": 1, "state": pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)}
+        return pack_state(self._state, self.optimizer.state_dict(), self.config.optimizer)
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
-        if data.get("version") != 1:
+        """Continue from :meth:`state_dict` (the legacy reader converts older checkpoints)."""
+        if data.get("version") != STATE_VERSION:
             raise ValueError("unsupported checkpoint version")
-        state: _State = pickle.loads(data["state"])
-        self.optimizer = CMAOptimizer.from_blob(state.es_blob, bound=self.config.bound)
-        # A checkpoint of bbt before the optimiser split holds the global-RNG state that was
-        # swapped in around pycma; nothing reads it any more.
-        state.rng_state = None
+        name = data.get("optimizer", "cma")
+        if name != self.config.optimizer:
+            raise ValueError(
+                f"the checkpoint's optimizer is {name!r}; this run's is {self.config.optimizer!r}"
+            )
+        state = unpack_state(data["state"])
+        self.optimizer.load_state_dict(data["optimizer_state"])
         self._state = state
         self._elapsed_base = state.elapsed
         self._session_start = time.perf_counter()

@@ -15,6 +15,7 @@ from bbt.tuner import Example, Task, TuneConfig, Tuner
 from bbt.tuner.optimizer import CMAOptimizer, cma_seed, import_cma
 
 from .conftest import H, small_config
+from .optimizers.test_base import assert_continue_alike
 
 Split = tuple[list[Example], list[Example]]
 
@@ -97,13 +98,7 @@ def test_from_blob_continues_bit_for_bit(dim: int) -> None:
     for _ in range(5):
         ref.tell(_sphere(ref.ask()))
     copy = CMAOptimizer.from_blob(ref.blob)
-    for _ in range(6):
-        a, b = ref.ask(), copy.ask()
-        np.testing.assert_array_equal(a, b)
-        ref.tell(_sphere(a))
-        copy.tell(_sphere(b))
-    assert ref.sigma == copy.sigma
-    np.testing.assert_array_equal(ref.mean(), copy.mean())
+    assert_continue_alike(ref, copy, _sphere)
 
 
 def test_a_strategy_pickled_by_older_bbt_stops_using_the_global_rng(no_global_rng: None) -> None:

@@ -1,0 +1,34 @@
+"""Optimisers over z: a protocol, a registry (and the ``bbt.optimizers`` entry points), and
+bbt's own: CMA-ES (``cma``), sep-CMA-ES (``sepcma``) and BBTv2's layer-wise schedule."""
+
+from bbt.tuner.optimizers.base import (
+    ENTRY_POINT_GROUP,
+    Optimizer,
+    OptimizerFactory,
+    OptimizerSpec,
+    available,
+    get,
+    make,
+    refresh,
+    register,
+)
+from bbt.tuner.optimizers.cma import CMAOptimizer, cma_seed
+from bbt.tuner.optimizers.layerwise import LayerSchedule, LayerwiseOptimizer
+from bbt.tuner.optimizers.sepcma import SepCMAOptimizer
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "CMAOptimizer",
+    "LayerSchedule",
+    "LayerwiseOptimizer",
+    "Optimizer",
+    "OptimizerFactory",
+    "OptimizerSpec",
+    "SepCMAOptimizer",
+    "available",
+    "cma_seed",
+    "get",
+    "make",
+    "refresh",
+    "register",
+]
