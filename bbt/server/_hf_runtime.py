@@ -23,11 +23,11 @@ from bbt.protocol import (
     ProtocolViolation,
     Usage,
 )
+from bbt.protocol.backend import Backend, FloatArray, IntArray
 from bbt.server._cancel import StopCheck, current_stop_check, raise_if_stopped
 from bbt.server._tokcache import (
     TokenCache,
 )
-from bbt.server.backend import Backend, FloatArray, IntArray
 
 if TYPE_CHECKING:
     import torch
@@ -293,16 +293,8 @@ class HFRuntime(Backend):
         in the request, for error messages)."""
         raise NotImplementedError
 
-    def _forward_chunk(
-        self,
-        chunk: list[tuple[int, int]],
-        encoded: list[_Encoded],
-        text_embs: dict[int, torch.Tensor],
-        prompts_t: torch.Tensor,
-        n_tokens: int,
-        longest: int,
-        cand_t: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """One forward pass over (prompt, text) pairs: candidate logits (or hidden states
-        when ``cand_t`` is None) at each sequence's scored position."""
+    def _forward_chunk(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One forward pass over a chunk of (prompt, text) pairs: candidate logits (or
+        hidden states when ``cand_t`` is None) at each sequence's scored position. Called as
+        ``(chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t)``."""
         raise NotImplementedError
