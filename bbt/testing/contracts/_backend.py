@@ -164,6 +164,9 @@ def _violations(info: ModelInfo) -> dict[str, tuple[str, dict[str, object], str 
 class BackendContract:
     """The contract of a backend behind the server. Subclass it and provide ``backend``."""
 
+    #: The model kind the backend must advertise ("masked_lm" or "causal_lm"); None: either.
+    kind: str | None = None
+
     @pytest.fixture(scope="class")
     @classmethod
     def backend(cls) -> Backend:
@@ -199,6 +202,8 @@ class BackendContract:
         # A v1 client (no protocol header) sees the backend's info without the 1.1 fields.
         assert info == ModelInfo.model_validate_json(wire_json(backend.info, PROTOCOL_V1))
         assert info.kind in ("masked_lm", "causal_lm")
+        if self.kind is not None:
+            assert info.kind == self.kind
         assert info.protocol_version == "1"
         if info.kind == "masked_lm":
             assert info.mask_token_id is not None
