@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -55,6 +55,14 @@ def warn_if_exposed(command: str, bound_host: str, port: int, n_keys: int) -> No
         typer.secho(message, err=True, fg=typer.colors.RED, bold=True)
 
 
+# Help panels of `bbt serve --help`: the options grouped by what they set.
+_MODEL = "Model"
+_COMPUTE = "Compute"
+_ACCESS = "Listening, access and logs"
+_SESSIONS = "Projection sessions (protocol 1.1)"
+_RAY = "Scale-out on Ray Serve"
+
+
 def serve(
     model: str | None = typer.Option(
         None,
@@ -62,33 +70,48 @@ def serve(
         "-m",
         help="Model directory (default: the embedded MiniLM); a causal LM's config "
         "(*ForCausalLM, GPT2LMHeadModel, is_decoder) is detected.",
+        rich_help_panel=_MODEL,
     ),
     head: str = typer.Option(
         "auto",
         "--head",
         help="MLM head: auto | model | tied | shipped | PATH to a fitted head file.",
+        rich_help_panel=_MODEL,
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to listen on.", rich_help_panel=_ACCESS
+    ),
+    port: int = typer.Option(
+        8000, "--port", "-p", min=0, max=65535, help="TCP port.", rich_help_panel=_ACCESS
+    ),
     dtype: str = typer.Option(
         "auto",
         "--dtype",
         help="Compute dtype: auto (bf16 only where native, else float32) | float32 | bfloat16 "
         "| float16 (CUDA only).",
+        rich_help_panel=_COMPUTE,
     ),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present) | cpu | cuda."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA if present) | cpu | cuda.", rich_help_panel=_COMPUTE
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch CPU threads.", rich_help_panel=_COMPUTE
+    ),
     token_budget: int | None = typer.Option(
         None,
         "--token-budget",
         min=1,
         help="Most padded tokens in one forward pass (default: 4096 on CPU, 16384 on CUDA).",
+        rich_help_panel=_COMPUTE,
     ),
-    model_id: str | None = typer.Option(None, "--model-id", help="Model id to advertise."),
+    model_id: str | None = typer.Option(
+        None, "--model-id", help="Model id to advertise.", rich_help_panel=_MODEL
+    ),
     api_key_file: Path | None = typer.Option(
         None,
         "--api-key-file",
         help="File with one accepted API key per line (also BBT_SERVER_API_KEYS / _FILE).",
+        rich_help_panel=_ACCESS,
     ),
     max_queue: int | None = typer.Option(
         None,
@@ -96,49 +119,115 @@ def serve(
         min=0,
         help="Requests that may wait for the model; more get 503 + Retry-After "
         "(default 16; also BBT_SERVER_MAX_QUEUE).",
+        rich_help_panel=_ACCESS,
     ),
     registry: str | None = typer.Option(
         None,
         "--registry",
         help="Prompt registry file (default: $BBT_HOME/registry.sqlite3, else "
         "~/.local/share/bbt/registry.sqlite3); 'none' turns it off, 'memory' keeps it in RAM.",
+        rich_help_panel=_ACCESS,
     ),
     sessions: bool | None = typer.Option(
         None,
         "--sessions/--no-sessions",
         help="Offer projection sessions (protocol 1.1; default on; BBT_SERVER_SESSIONS).",
+        rich_help_panel=_SESSIONS,
     ),
     session_idle_timeout: float | None = typer.Option(
         None,
         "--session-idle-timeout",
         min=1,
         help="Seconds before an unused session is dropped (default 600).",
+        rich_help_panel=_SESSIONS,
     ),
     max_sessions_per_key: int | None = typer.Option(
-        None, "--max-sessions-per-key", min=1, help="Sessions one API key holds (default 4)."
+        None,
+        "--max-sessions-per-key",
+        min=1,
+        help="Sessions one API key holds (default 4).",
+        rich_help_panel=_SESSIONS,
     ),
     max_session_memory: int | None = typer.Option(
         None,
         "--max-session-memory",
         min=1,
         help="MiB all sessions together hold (default 2048; one paper-scale session: 98).",
+        rich_help_panel=_SESSIONS,
     ),
-    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
+    log_level: str = typer.Option(
+        "info", "--log-level", help="debug | info | warning.", rich_help_panel=_ACCESS
+    ),
     replicas: int | None = typer.Option(
         None,
         "--replicas",
         min=1,
         help="Scale out on Ray Serve: N replicas, one model each (needs bbt\\[ray]; "
         "docs/scaling.md).",
+        rich_help_panel=_RAY,
     ),
     ray_address: str | None = typer.Option(
         None,
         "--ray-address",
         help="With --replicas: join this Ray cluster (auto | ray://host:10001) instead of "
         "starting a local one.",
+        rich_help_panel=_RAY,
     ),
 ) -> None:
     """Serve a masked or causal LM over protocol v1 (needs bbt\\[serve])."""
+    level = _check_options(dtype, device, log_level, replicas, ray_address)
+    session_settings = _session_settings(
+        session_idle_timeout, max_sessions_per_key, max_session_memory
+    )
+    backend_options: dict[str, Any] = {
+        "dtype": dtype,
+        "device": device,
+        "num_threads": threads,
+        "token_budget": token_budget,
+        "model_id": model_id,
+    }
+    if replicas is not None:
+        # Replicas have no prompt registry (one SQLite file per replica would hand out ids
+        # the others do not know: docs/scaling.md), and Ray's router does the queueing.
+        if registry is not None and registry != "none":
+            fail("--registry is not available with --replicas: the replicas keep no prompt "
+                 "registry (docs/scaling.md says how to run one for a cluster)")  # fmt: skip
+        if max_queue is not None:
+            fail("--max-queue is not used with --replicas: Ray Serve's router queues requests")
+        _serve_on_ray(
+            replicas,
+            ray_address,
+            host=host,
+            port=port,
+            api_key_file=api_key_file,
+            sessions=sessions,
+            session_settings=session_settings,
+            backend_options={"model_path": model, "head": head, **backend_options},
+        )
+        return
+    settings_kw: dict[str, Any] = dict(session_settings)
+    for key, value in (("api_key_file", api_key_file), ("max_queue", max_queue)):
+        if value is not None:
+            settings_kw[key] = value
+    if sessions is not None:
+        settings_kw["sessions"] = sessions
+    _serve_here(
+        model,
+        head,
+        host=host,
+        port=port,
+        level=level,
+        log_level=log_level,
+        registry=registry,
+        settings_kw=settings_kw,
+        backend_options=backend_options,
+    )
+
+
+def _check_options(
+    dtype: str, device: str, log_level: str, replicas: int | None, ray_address: str | None
+) -> int:
+    """Refuse bad choices in one line each; answer the logging level."""
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         fail(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     if device not in ("auto", "cpu", "cuda"):
@@ -148,46 +237,42 @@ def serve(
         fail(f"--log-level must be debug, info or warning, not {log_level!r}")
     if ray_address is not None and replicas is None:
         fail("--ray-address needs --replicas")
-    if replicas is not None:
-        # Replicas have no prompt registry (one SQLite file per replica would hand out ids
-        # the others do not know: docs/scaling.md), and Ray's router does the queueing.
-        if registry is not None and registry != "none":
-            fail("--registry is not available with --replicas: the replicas keep no prompt "
-                 "registry (docs/scaling.md says how to run one for a cluster)")  # fmt: skip
-        if max_queue is not None:
-            fail("--max-queue is not used with --replicas: Ray Serve's router queues requests")
-        session_settings: dict[str, Any] = {}
-        if session_idle_timeout is not None:
-            session_settings["session_idle_timeout_s"] = session_idle_timeout
-        if max_sessions_per_key is not None:
-            session_settings["max_sessions_per_key"] = max_sessions_per_key
-        if max_session_memory is not None:
-            session_settings["max_session_bytes"] = max_session_memory * 1024 * 1024
-        _serve_on_ray(
-            replicas,
-            ray_address,
-            host=host,
-            port=port,
-            api_key_file=api_key_file,
-            sessions=sessions,
-            session_settings=session_settings,
-            backend_options={
-                "model_path": model,
-                "head": head,
-                "dtype": dtype,
-                "device": device,
-                "num_threads": threads,
-                "token_budget": token_budget,
-                "model_id": model_id,
-            },
-        )
-        return
+    return level
+
+
+def _session_settings(
+    idle_timeout: float | None, per_key: int | None, memory_mib: int | None
+) -> dict[str, Any]:
+    """The session options given, as :class:`ServerSettings` fields (the rest default)."""
+    out: dict[str, Any] = {}
+    if idle_timeout is not None:
+        out["session_idle_timeout_s"] = idle_timeout
+    if per_key is not None:
+        out["max_sessions_per_key"] = per_key
+    if memory_mib is not None:
+        out["max_session_bytes"] = memory_mib * 1024 * 1024
+    return out
+
+
+def _serve_here(
+    model: str | None,
+    head: str,
+    *,
+    host: str,
+    port: int,
+    level: int,
+    log_level: str,
+    registry: str | None,
+    settings_kw: dict[str, Any],
+    backend_options: dict[str, Any],
+) -> None:
+    """``bbt serve`` in this process: one model, uvicorn, the prompt registry."""
     try:
         import uvicorn
 
         from bbt.server.app import create_app
+        from bbt.server.backend import backend_for, backend_kind
         from bbt.server.hf import SERVE_EXTRA_HINT, HFBackend
-        from bbt.server.hf_causal import HFCausalBackend, detect_model_kind
         from bbt.server.settings import ServerSettings
     except ImportError as exc:
         fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
@@ -198,19 +283,6 @@ def serve(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
-        settings_kw: dict[str, Any] = {}
-        if api_key_file is not None:
-            settings_kw["api_key_file"] = api_key_file
-        if max_queue is not None:
-            settings_kw["max_queue"] = max_queue
-        if sessions is not None:
-            settings_kw["sessions"] = sessions
-        if session_idle_timeout is not None:
-            settings_kw["session_idle_timeout_s"] = session_idle_timeout
-        if max_sessions_per_key is not None:
-            settings_kw["max_sessions_per_key"] = max_sessions_per_key
-        if max_session_memory is not None:
-            settings_kw["max_session_bytes"] = max_session_memory * 1024 * 1024
         settings = ServerSettings(**settings_kw)
     except BBTError as exc:
         fail(str(exc))
@@ -222,8 +294,8 @@ def serve(
     from bbt.server.registry import default_path, open_registry
 
     # A causal LM (config.json: *ForCausalLM / *LMHeadModel / is_decoder) gets the causal
-    # backend; anything else the masked one, as before.
-    causal = detect_model_kind(model) == "causal_lm"
+    # backend; anything else the masked one, as before. Refused before any loading.
+    causal = backend_kind(model) == "hf-causal"
     if causal and head != "auto":
         fail(f"--head is for masked LMs; {model} is a causal LM, scored with its own LM head")
     sock = bind_listener(host, port)
@@ -241,18 +313,8 @@ def serve(
 
     try:
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
-        common: dict[str, Any] = {
-            "dtype": dtype,
-            "device": device,
-            "num_threads": threads,
-            "token_budget": token_budget,
-            "model_id": model_id,
-        }
-        backend: HFBackend = (
-            HFCausalBackend(str(model), **common)
-            if causal
-            else HFBackend(model, head=head, **common)
-        )
+        # Both kinds a model directory can be are Hugging Face backends.
+        backend = cast("HFBackend", backend_for(model, head=head, **backend_options))
     except BBTError as exc:
         release()
         fail(str(exc))

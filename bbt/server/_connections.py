@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast
 
 from bbt.protocol import ErrorType, wire_json
-from bbt.server._core import APIFailure, new_request_id, protocol_headers
+from bbt.server._failures import APIFailure, new_request_id, protocol_headers
 
 logger = logging.getLogger("bbt.server.connections")
 

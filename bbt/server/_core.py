@@ -1,37 +1,33 @@
-"""The framework-free heart of the server: validation, dispatch to a backend, error envelopes.
+"""The framework-free heart of the server: the one router, its checks, the backend calls.
 
-The FastAPI app (``bbt.server.app``) and the in-process transports of ``bbt.testing`` (a sync
-httpx transport and a respx router) are thin shells over :class:`ServiceCore`, so all of
-them validate, answer and fail the same way. Nothing here imports FastAPI.
+Every request, whichever way it arrives, goes through :class:`ServiceCore`: the ASGI app
+(``bbt.server.app``) hands it over after reading the body, and the in-process transports of
+``bbt.testing`` call :meth:`ServiceCore.handle`. Routes come from one table
+(:mod:`bbt.server._routes`) and the request checks (auth, body size, method, JSON) are each
+written once (:mod:`bbt.server._failures`), so all transports validate, answer and fail the
+same way. Nothing here imports FastAPI, so the core install can serve in-process.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import re
-import sys
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from bbt.protocol import (
     API_PREFIX,
     PROMPT_REGISTRY_CAPABILITY,
     PROTOCOL_HEADER,
-    PROTOCOL_V1,
     REQUEST_ID_HEADER,
     SESSIONS_CAPABILITY,
     EmbeddingsRequest,
     EmbeddingsResponse,
-    ErrorBody,
-    ErrorEnvelope,
     ErrorType,
     Health,
     LogitsRequest,
@@ -56,7 +52,29 @@ from bbt.protocol import (
 )
 from bbt.protocol._frame import is_frame, split_frame
 from bbt.protocol._validate import DecodedLogitsRequest
-from bbt.server._prompts import PromptEndpoints, PromptRoute, match_route, no_registry
+from bbt.server._failures import (
+    STATUS_OF,
+    APIFailure,
+    content_length_failure,
+    empty_body_failure,
+    internal_failure,
+    known_failure,
+    new_request_id,
+    parse_body,
+    protocol_headers,
+    too_large_failure,
+    validation_failure,
+    violation_failure,
+)
+from bbt.server._prompts import PromptEndpoints, no_registry
+from bbt.server._routes import (
+    MAX_SESSION_ID_CHARS,
+    Mode,
+    Route,
+    allowed_methods,
+    match,
+    slash_redirect,
+)
 from bbt.server.backend import Backend
 from bbt.server.registry import PromptRegistry
 from bbt.server.sessions import SessionHost, session_host, tenant_of
@@ -64,91 +82,35 @@ from bbt.server.settings import ServerSettings
 
 logger = logging.getLogger("bbt.server")
 
-#: HTTP status of each error class (invalid_request may also be 400 for unparseable JSON).
-STATUS_OF: dict[ErrorType, int] = {
-    ErrorType.invalid_request: 422,
-    ErrorType.authentication: 401,
-    ErrorType.permission: 403,
-    ErrorType.not_found: 404,
-    ErrorType.payload_too_large: 413,
-    ErrorType.rate_limit: 429,
-    ErrorType.server_error: 500,
-    ErrorType.unavailable: 503,
-    ErrorType.session_not_found: 404,
-}
 
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+@dataclass(frozen=True)
+class Incoming:
+    """One admitted request as the router sees it (header names lower-case)."""
 
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    query: str
+    params: Mapping[str, str]
+    #: Whether a body without a Content-Type is refused (see :func:`parse_body`).
+    strict: bool = False
 
-class APIFailure(Exception):  # noqa: N818 - an answer to send, not a crash
-    """An error answer decided before or around the backend (status plus envelope)."""
-
-    def __init__(
-        self,
-        status: int,
-        error_type: ErrorType,
-        message: str,
-        field: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        body = ErrorBody(type=error_type, message=message, field=field)
-        self.envelope = ErrorEnvelope(error=body)
-        self.headers = dict(headers or {})
+    def parse(self, model: type[BaseModel]) -> Any:
+        content_type = self.headers.get("content-type")
+        return parse_body(model, self.body, content_type, strict=self.strict)
 
 
-def violation_failure(exc: ProtocolViolation) -> APIFailure:
-    # SessionsFull and the registry's StorageUnavailable say when to come back.
-    retry_after = getattr(exc, "retry_after", None)
-    headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
-    return APIFailure(
-        STATUS_OF[exc.error_type], exc.error_type, exc.message, exc.field, headers=headers
-    )
+@dataclass(frozen=True)
+class Call:
+    """A checked request bound to its work: run ``fn`` as ``mode`` says, answer its result.
 
-
-def internal_failure() -> APIFailure:
-    # The message is fixed on purpose: exception text can carry paths, data or secrets.
-    return APIFailure(500, ErrorType.server_error, "internal server error; see the server log")
-
-
-def validation_failure(errors: Sequence[Mapping[str, Any]], *, strip: str | None) -> APIFailure:
-    """Map pydantic/FastAPI validation errors to one envelope: 400 for bad JSON, else 422.
-
-    ``strip`` drops a leading location part (FastAPI prefixes body fields with "body").
-    Messages are pydantic's own and never echo the offending input.
+    The in-process transports just call ``fn``; the ASGI app runs it on the event loop, in
+    a worker thread or in the bounded queue in front of the backend, by ``mode``.
     """
-    if not errors:
-        return APIFailure(422, ErrorType.invalid_request, "invalid request")
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    if strip is not None and loc and loc[0] == strip:
-        loc = loc[1:]
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return APIFailure(400, ErrorType.invalid_request, "request body is not valid JSON")
-    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-    where = ".".join(loc) or None
-    return APIFailure(422, ErrorType.invalid_request, f"{first.get('msg', 'invalid')}{more}", where)
 
-
-def empty_body_failure() -> APIFailure:
-    return APIFailure(400, ErrorType.invalid_request, "request body is empty; send a JSON object")
-
-
-def new_request_id(offered: str | None) -> str:
-    """Echo a client's well-formed request id, else make one."""
-    if offered is not None and _REQUEST_ID_RE.fullmatch(offered):
-        return offered
-    return uuid.uuid4().hex
-
-
-def protocol_headers(request_id: str, version: str = PROTOCOL_V1) -> dict[str, str]:
-    """The headers of every answer; ``version`` is the one negotiated with the client."""
-    return {PROTOCOL_HEADER: version, REQUEST_ID_HEADER: request_id}
-
-
-#: /v1/sessions/{id}/logits and /v1/sessions/{id}: ids are token_urlsafe (URL-safe base64).
-_SESSION_PATH = re.compile(re.escape(API_PREFIX) + r"/sessions(?:/([^/]+)(/logits)?)?")
+    fn: Callable[[], BaseModel]
+    mode: Mode = "inline"
 
 
 @dataclass
@@ -200,6 +162,22 @@ class ServiceCore:
         self.prompts: PromptEndpoints | None = (
             PromptEndpoints(self, registry) if registry is not None else None
         )
+        #: Route endpoint name -> what binds a request to its work (see :meth:`bind`).
+        self._binders: dict[str, Callable[[Route, Incoming], Call]] = {
+            "list_models": lambda _, __: Call(self.models),
+            "healthz": lambda _, __: Call(self.health),
+            "tokenize": self._bind_plain(self.tokenize),
+            "embeddings": self._bind_plain(self.embeddings),
+            "logits": self._bind_plain(self.logits),
+            "open_session": self._bind_open_session,
+            "session_logits": self._bind_session_logits,
+            "close_session": self._bind_close_session,
+            "store_prompt": self._bind_store_prompt,
+            "list_prompts": self._bind_list_prompts,
+            "get_prompt": self._bind_prompt_item,
+            "delete_prompt": self._bind_prompt_item,
+            "prompt_logits": self._bind_prompt_logits,
+        }
 
     @property
     def max_body_bytes(self) -> int:
@@ -245,25 +223,16 @@ class ServiceCore:
         return token.strip()
 
     def content_length_failure(self, content_length: str | None) -> APIFailure | None:
-        if content_length is None:
-            return None
-        try:
-            declared = int(content_length)
-        except ValueError:
-            return APIFailure(400, ErrorType.invalid_request, "invalid Content-Length header")
-        if declared < 0:
-            return APIFailure(400, ErrorType.invalid_request, "invalid Content-Length header")
-        if declared > self.max_body_bytes:
-            return self.too_large_failure()
-        return None
+        return content_length_failure(content_length, self.max_body_bytes)
 
     def too_large_failure(self) -> APIFailure:
-        return APIFailure(
-            413,
-            ErrorType.payload_too_large,
-            f"request body exceeds {self.max_body_bytes} bytes; split the work into "
-            "smaller requests",
-        )
+        return too_large_failure(self.max_body_bytes)
+
+    def admission_failure(self, path: str, headers: Mapping[str, str]) -> APIFailure | None:
+        """What refuses a request before its body is read: the API key, then the declared
+        size. ``headers`` has lower-case names."""
+        denied = self.auth_failure(path, headers.get("authorization"))
+        return denied or self.content_length_failure(headers.get("content-length"))
 
     # ------------------------------------------------------------------ endpoints
 
@@ -338,17 +307,7 @@ class ServiceCore:
     def close_session(self, tenant: str, session_id: str) -> SessionClosed:
         return self._host().close(tenant, session_id)
 
-    # ------------------------------------------------------------------ plain dispatch
-
-    def routes(self) -> dict[tuple[str, str], tuple[type[BaseModel] | None, Callable[..., Any]]]:
-        """(method, path) -> (request model or None, handler)."""
-        return {
-            ("GET", f"{API_PREFIX}/models"): (None, self.models),
-            ("POST", f"{API_PREFIX}/tokenize"): (TokenizeRequest, self.tokenize),
-            ("POST", f"{API_PREFIX}/embeddings"): (EmbeddingsRequest, self.embeddings),
-            ("POST", f"{API_PREFIX}/logits"): (LogitsRequest, self.logits),
-            ("GET", "/healthz"): (None, self.health),
-        }
+    # ------------------------------------------------------------------ routing
 
     def handle(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
@@ -362,14 +321,18 @@ class ServiceCore:
         request_id = new_request_id(lower.get(REQUEST_ID_HEADER.lower()))
         version = negotiate(lower.get(PROTOCOL_HEADER.lower()))
         try:
-            payload = self._handle(method.upper(), path, lower, body, query)
+            refused = self.admission_failure(path, lower)
+            if refused is not None:
+                raise refused
+            if len(body) > self.max_body_bytes:
+                raise self.too_large_failure()
+            # The app redirects /v1/models/ to /v1/models; answer what following it gives.
+            path = slash_redirect(path) or path
+            payload = self.bind(method.upper(), path, lower, body, query).fn()
             status, content, extra = 200, wire_json(payload, version), {}
-        except (APIFailure, ProtocolViolation, Exception) as exc:
-            if isinstance(exc, ProtocolViolation):
-                fail = violation_failure(exc)
-            elif isinstance(exc, APIFailure):
-                fail = exc
-            else:
+        except Exception as exc:
+            fail = known_failure(exc)
+            if fail is None:
                 logger.exception(
                     "unhandled error serving %s %s (request %s)", method, path, request_id
                 )
@@ -382,104 +345,109 @@ class ServiceCore:
         }
         return CoreResponse(status=status, body=content, headers=out_headers)
 
-    def _handle(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
-    ) -> BaseModel:
-        routes = self.routes()
-        denied = self.auth_failure(path, headers.get("authorization"))
-        if denied is not None:
-            raise denied
-        prompt_route = match_route(path)
-        if prompt_route is not None:
-            return self._handle_prompts(method, prompt_route, headers, body, query)
-        session = _SESSION_PATH.fullmatch(path)
-        if session is not None:
-            return self._handle_session(method, session, headers, body)
-        allowed = sorted(m for (m, p) in routes if p == path)
-        if not allowed:
+    def bind(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        query: str = "",
+        *,
+        strict: bool = False,
+    ) -> Call:
+        """Route one admitted request (see :meth:`admission_failure`; the body is read and
+        within the limit) to its work, checking and parsing it on the way.
+
+        Raises :class:`APIFailure` or :class:`ProtocolViolation` for a request to refuse:
+        an unknown path (404), a method the path does not take (405), a body that does not
+        parse or validate. Nothing touches the backend until the returned call runs.
+        ``strict`` refuses a JSON body sent without a Content-Type, as an HTTP server must
+        (FastAPI did); in-process callers may leave the header out.
+        """
+        routes, params = match(path)
+        if not routes:
             raise APIFailure(404, ErrorType.not_found, f"no route {path}")
-        if method not in allowed:
+        if self.prompts is None and all(r.registry for r in routes):
+            raise no_registry()
+        route = next((r for r in routes if r.method == method), None)
+        if route is None:
             raise APIFailure(
                 405,
                 ErrorType.invalid_request,
                 f"method {method} not allowed on {path}",
-                headers={"Allow": ", ".join(allowed)},
+                headers={"Allow": ", ".join(allowed_methods(routes))},
             )
-        too_big = self.content_length_failure(headers.get("content-length"))
-        if too_big is not None:
-            raise too_big
-        if len(body) > self.max_body_bytes:
-            raise self.too_large_failure()
-        model, handler = routes[(method, path)]
-        if model is None:
-            result: BaseModel = handler()
-            return result
-        result = handler(_parse_body(model, body))
-        return result
+        incoming = Incoming(method, path, headers, body, query, params, strict)
+        return self._binders[route.endpoint](route, incoming)
 
-    def _handle_prompts(
-        self,
-        method: str,
-        route: PromptRoute,
-        headers: Mapping[str, str],
-        body: bytes,
-        query: str = "",
-    ) -> BaseModel:
-        """The registry's endpoints (``/v1/prompts...``), as the app serves them."""
-        if method not in route.allowed:
-            raise APIFailure(
-                405,
-                ErrorType.invalid_request,
-                f"method {method} not allowed here",
-                headers={"Allow": ", ".join(route.allowed)},
-            )
-        too_big = self.content_length_failure(headers.get("content-length"))
-        if too_big is not None:
-            raise too_big
-        if len(body) > self.max_body_bytes:
-            raise self.too_large_failure()
-        if self.prompts is None:
-            raise no_registry()
-        tenant = self.prompts.tenant(self.presented_key(headers.get("authorization")))
-        if route.action == "collection" and method == "GET":
-            params = dict(parse_qsl(query, keep_blank_values=True))
-            return self.prompts.list_page(tenant, params.get("limit"), params.get("cursor"))
-        if route.action == "collection":
-            stored, _ = self.prompts.create(_parse_body(PromptCreateRequest, body), tenant)
-            return stored
-        assert route.prompt_id is not None  # every other route names an id
-        if route.action == "logits":
-            req = _parse_body(PromptLogitsRequest, body)
-            return self.prompts.logits(route.prompt_id, req, tenant)
-        if method == "GET":
-            return self.prompts.get(route.prompt_id, tenant)
-        return self.prompts.delete(route.prompt_id, tenant)
+    def _bind_plain(self, handler: Callable[[Any], BaseModel]) -> Callable[[Route, Incoming], Call]:
+        def bind(route: Route, incoming: Incoming) -> Call:
+            assert route.body is not None  # every plain POST route declares its body
+            req = incoming.parse(route.body)
+            return Call(lambda: handler(req), route.mode)
 
-    def _handle_session(
-        self, method: str, match: re.Match[str], headers: Mapping[str, str], body: bytes
-    ) -> BaseModel:
-        opening = match.group(1) is None
-        allowed = ["POST"] if opening or match.group(2) else ["DELETE"]
-        if method not in allowed:
-            raise APIFailure(
-                405,
-                ErrorType.invalid_request,
-                f"method {method} not allowed on {match.group(0)}",
-                headers={"Allow": ", ".join(allowed)},
-            )
-        too_big = self.content_length_failure(headers.get("content-length"))
-        if too_big is not None:
-            raise too_big
-        if len(body) > self.max_body_bytes:
-            raise self.too_large_failure()
-        tenant = self.tenant(headers.get("authorization"))
-        if opening:
-            return self.open_session(tenant, _parse_body(SessionOpenRequest, body))
-        session_id = unquote(match.group(1))
-        if match.group(2):
-            req, raw = parse_session_logits(body, headers.get("content-type"))
-            return self.session_logits(tenant, session_id, req, raw)
-        return self.close_session(tenant, session_id)
+        return bind
+
+    def _bind_open_session(self, route: Route, incoming: Incoming) -> Call:
+        tenant = self.tenant(incoming.headers.get("authorization"))
+        req = incoming.parse(SessionOpenRequest)
+        return Call(lambda: self.open_session(tenant, req), route.mode)
+
+    def _bind_session_logits(self, route: Route, incoming: Incoming) -> Call:
+        session_id = _session_id(incoming)
+        tenant = self.tenant(incoming.headers.get("authorization"))
+        req, raw = parse_session_logits(incoming.body, incoming.headers.get("content-type"))
+        return Call(lambda: self.session_logits(tenant, session_id, req, raw), route.mode)
+
+    def _bind_close_session(self, route: Route, incoming: Incoming) -> Call:
+        session_id = _session_id(incoming)
+        tenant = self.tenant(incoming.headers.get("authorization"))
+        return Call(lambda: self.close_session(tenant, session_id), route.mode)
+
+    def _registry(self, incoming: Incoming) -> tuple[PromptEndpoints, str]:
+        """The registry's endpoints and the caller's tenant (the key is accepted already)."""
+        assert self.prompts is not None  # bind() answers no_registry() before this
+        key = self.presented_key(incoming.headers.get("authorization"))
+        return self.prompts, self.prompts.tenant(key)
+
+    def _bind_store_prompt(self, route: Route, incoming: Incoming) -> Call:
+        ep, tenant = self._registry(incoming)
+        req = incoming.parse(PromptCreateRequest)
+        # Resolving p0 from a projection may call the backend (embeddings, tokenizer): it
+        # takes a turn in the backend's queue. Storing a tensor is SQLite work only, and
+        # must not wait behind forward passes.
+        mode: Mode = "queue" if req.projection is not None else route.mode
+        return Call(lambda: ep.create(req, tenant)[0], mode)
+
+    def _bind_list_prompts(self, route: Route, incoming: Incoming) -> Call:
+        ep, tenant = self._registry(incoming)
+        page = dict(parse_qsl(incoming.query, keep_blank_values=True))
+        return Call(lambda: ep.list_page(tenant, page.get("limit"), page.get("cursor")), route.mode)
+
+    def _bind_prompt_item(self, route: Route, incoming: Incoming) -> Call:
+        ep, tenant = self._registry(incoming)
+        prompt_id = incoming.params["prompt_id"]
+        action = ep.get if route.method == "GET" else ep.delete
+        return Call(lambda: action(prompt_id, tenant), route.mode)
+
+    def _bind_prompt_logits(self, route: Route, incoming: Incoming) -> Call:
+        ep, tenant = self._registry(incoming)
+        prompt_id = incoming.params["prompt_id"]
+        req = incoming.parse(PromptLogitsRequest)
+        return Call(lambda: ep.logits(prompt_id, req, tenant), route.mode)
+
+
+def _session_id(incoming: Incoming) -> str:
+    session_id = incoming.params["session_id"]
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        # Word for word what FastAPI answered when it validated this path parameter.
+        raise APIFailure(
+            422,
+            ErrorType.invalid_request,
+            f"String should have at most {MAX_SESSION_ID_CHARS} characters",
+            "path.session_id",
+        )
+    return session_id
 
 
 def parse_session_logits(
@@ -487,37 +455,31 @@ def parse_session_logits(
 ) -> tuple[SessionLogitsRequest, bytes | None]:
     """A session logits body, JSON or a binary frame: (request, z's raw payload or None)."""
     if not is_frame(content_type):
-        return _parse_body(SessionLogitsRequest, body), None
+        # Read as JSON whatever the declared type: this body was always parsed by hand.
+        return parse_body(SessionLogitsRequest, body, sniff=False), None
     try:
         header, payload = split_frame(body)
     except ProtocolViolation as exc:
         raise APIFailure(400, ErrorType.invalid_request, exc.message) from None
-    req: SessionLogitsRequest = _parse_body(SessionLogitsRequest, header)
+    req: SessionLogitsRequest = parse_body(SessionLogitsRequest, header, sniff=False)
     return req, payload
-
-
-def _parse_body(model: type[BaseModel], body: bytes) -> Any:
-    if not body.strip():
-        raise empty_body_failure()
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise APIFailure(400, ErrorType.invalid_request, "request body is not valid JSON") from None
-    except ValueError:
-        # Valid JSON that Python will not convert: an integer literal longer than
-        # sys.get_int_max_str_digits() (4300). No field of the protocol takes such a
-        # number, so it is the caller's error (422), not the server's (it was a 500).
-        raise APIFailure(
-            422,
-            ErrorType.invalid_request,
-            f"request body holds an integer of more than {sys.get_int_max_str_digits()} "
-            "digits; no field accepts one",
-        ) from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_failure(exc.errors(include_input=False), strip=None) from None
 
 
 def is_api_path(path: str) -> bool:
     return path == API_PREFIX or path.startswith(API_PREFIX + "/")
+
+
+__all__ = [
+    "STATUS_OF",
+    "APIFailure",
+    "Call",
+    "CoreResponse",
+    "ServiceCore",
+    "empty_body_failure",
+    "internal_failure",
+    "new_request_id",
+    "parse_session_logits",
+    "protocol_headers",
+    "validation_failure",
+    "violation_failure",
+]

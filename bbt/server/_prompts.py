@@ -1,9 +1,9 @@
 """The prompt registry's endpoints, framework-free (``docs/protocol.md``, *Prompt registry*).
 
 :class:`PromptEndpoints` turns parsed requests into answers over a
-:class:`~bbt.server.registry.PromptRegistry`; the FastAPI app and
-:meth:`ServiceCore.handle <bbt.server._core.ServiceCore.handle>` (the in-process
-transports) both call it, so they answer alike. Every lookup is by (tenant, id): another
+:class:`~bbt.server.registry.PromptRegistry`; the router of
+:class:`~bbt.server._core.ServiceCore` calls it, whichever transport a request came by,
+so all answer alike. Every lookup is by (tenant, id): another
 key's prompt is a 404, word for word the answer for an id that never existed.
 """
 
@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from bbt.protocol import (
-    API_PREFIX,
     ErrorType,
     InitialPromptSpec,
     LogitsRequest,
     LogitsResponse,
+    ModelInfo,
     PromptCreateRequest,
     PromptDeleted,
     PromptList,
@@ -50,6 +48,8 @@ from bbt.protocol._registry import (
 from bbt.protocol._validate import check_prompt_values
 from bbt.protocol.projection import Projection
 from bbt.protocol.sessions import check_session_open, recipe_of, resolve_p0
+from bbt.server._routes import PROMPTS_PATH
+from bbt.server.backend import Backend
 from bbt.server.registry import (
     DamagedPrompt,
     PromptRecord,
@@ -57,41 +57,11 @@ from bbt.server.registry import (
     RegistryFull,
     RegistryUnavailable,
 )
+from bbt.server.settings import ServerSettings
 
-if TYPE_CHECKING:
-    from bbt.server._core import ServiceCore
-
-#: Path of the collection; a prompt is ``{PROMPTS_PATH}/{id}``.
-PROMPTS_PATH = f"{API_PREFIX}/prompts"
 #: Default largest stored recipe (JSON): provenance, not a second copy of the prompt. The
 #: bound in force is ``ServerSettings.registry_max_recipe_bytes``.
 MAX_RECIPE_BYTES = DEFAULT_MAX_RECIPE_BYTES
-# Anything after the collection path: an id segment, optionally followed by "/logits".
-_ROUTE_RE = re.compile(rf"^{re.escape(PROMPTS_PATH)}(?:/(?P<id>[^/]+)(?P<logits>/logits)?)?/?$")
-
-
-@dataclass(frozen=True)
-class PromptRoute:
-    """Which registry endpoint a path names."""
-
-    action: str  # "collection", "item" or "logits"
-    prompt_id: str | None
-
-    @property
-    def allowed(self) -> list[str]:
-        return {"collection": ["GET", "POST"], "item": ["DELETE", "GET"], "logits": ["POST"]}[
-            self.action
-        ]
-
-
-def match_route(path: str) -> PromptRoute | None:
-    """The registry endpoint ``path`` names, or None when it is not under /v1/prompts."""
-    m = _ROUTE_RE.match(path)
-    if m is None:
-        return None
-    if m.group("id") is None:
-        return PromptRoute("collection", None)
-    return PromptRoute("logits" if m.group("logits") else "item", m.group("id"))
 
 
 def no_registry() -> ProtocolViolation:
@@ -143,10 +113,24 @@ def _stored(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
-class PromptEndpoints:
-    """Store, describe, delete and score stored prompts for one :class:`ServiceCore`."""
+class PromptHost(Protocol):
+    """What the registry's endpoints need of the service they belong to.
 
-    def __init__(self, core: ServiceCore, registry: PromptRegistry) -> None:
+    :class:`~bbt.server._core.ServiceCore` is one; naming only these members (rather than
+    importing the core) keeps the import one-way: ``_core`` uses ``_prompts``, never back.
+    """
+
+    backend: Backend
+    settings: ServerSettings
+    info: ModelInfo
+
+    def logits(self, req: LogitsRequest) -> LogitsResponse: ...
+
+
+class PromptEndpoints:
+    """Store, describe, delete and score stored prompts for one :class:`PromptHost`."""
+
+    def __init__(self, core: PromptHost, registry: PromptRegistry) -> None:
         self.core = core
         self.registry = registry
 
@@ -304,9 +288,7 @@ class PromptEndpoints:
 __all__ = [
     "PROMPTS_PATH",
     "PromptEndpoints",
-    "PromptRoute",
     "StorageUnavailable",
-    "match_route",
     "no_registry",
     "stored_prompt",
 ]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bbt.errors import ConfigurationError
 from bbt.server.hf import SERVE_EXTRA_HINT, default_model_path
@@ -50,13 +50,15 @@ def embedded_server(
 ) -> Iterator[str]:
     """Serve ``model`` (default: the embedded MiniLM) on a free port; yield its base URL.
 
-    ``backend_options`` go to :class:`~bbt.server.hf.HFBackend` (``head``, ``dtype``,
+    ``backend_options`` go to the backend :func:`~bbt.server.backend.backend_for` picks
+    (:class:`~bbt.server.hf.HFBackend` for a masked LM: ``head``, ``dtype``,
     ``num_threads``, ``token_budget``, ...), over :data:`EMBEDDED_DEFAULTS`. ``say``, when
     given, receives one-line progress messages. Raises
     :class:`~bbt.errors.ConfigurationError` when the ``serve`` extra is missing, the model
     cannot be loaded, or the server does not start within ``startup_timeout`` seconds.
     """
     uvicorn = _require_uvicorn()
+    from bbt.server.backend import backend_for
     from bbt.server.hf import HFBackend
 
     try:
@@ -67,7 +69,8 @@ def embedded_server(
 
     options = {**EMBEDDED_DEFAULTS, **backend_options}
     started = time.monotonic()
-    backend = HFBackend(model, **options)
+    # Whatever the registry picks for a model directory is a Hugging Face backend.
+    backend = cast("HFBackend", backend_for(model, **options))
     if say is not None:
         say(
             f"loaded {backend.info.id} ({backend.head_name} head) in "

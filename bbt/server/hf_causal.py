@@ -23,26 +23,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from bbt.errors import ConfigurationError
 from bbt.protocol import SUPPORTED_DTYPES, Limits, ModelInfo, ModelKind, ProtocolViolation
+from bbt.server._hf_common import DeviceSpec, DTypeSpec, HeadSpec, _Encoded
 from bbt.server._tokcache import (
     DEFAULT_TOKENIZER_CACHE_BYTES,
     DEFAULT_TOKENIZER_CACHE_ENTRIES,
-    TokenCache,
 )
-from bbt.server.hf import (
-    DeviceSpec,
-    DTypeSpec,
-    HFBackend,
-    _Encoded,
-    _FifoLock,
-    _require_torch,
-    default_limits,
-)
+from bbt.server.hf import HFBackend
 
 if TYPE_CHECKING:
     import torch
@@ -95,18 +86,29 @@ class HFCausalBackend(HFBackend):
         tokenizer_cache_size: int = DEFAULT_TOKENIZER_CACHE_ENTRIES,
         tokenizer_cache_bytes: int = DEFAULT_TOKENIZER_CACHE_BYTES,
     ) -> None:
-        torch, transformers = _require_torch()
-        self._init_compute(
-            torch, dtype, device, num_threads, token_budget, tokenizer_cache_size,
-            tokenizer_cache_bytes,
-        )  # fmt: skip
-        path = Path(model_path).expanduser()
+        # HFBackend's construction, with the causal hooks below (no head choice: the
+        # model's own LM head scores).
+        super().__init__(
+            model_path,
+            dtype=dtype,
+            device=device,
+            num_threads=num_threads,
+            token_budget=token_budget,
+            model_id=model_id,
+            limits=limits,
+            tokenizer_cache_size=tokenizer_cache_size,
+            tokenizer_cache_bytes=tokenizer_cache_bytes,
+        )
+
+    # ------------------------------------------------------------------ construction hooks
+
+    def _locate(self, model_path: str | Path | None) -> tuple[Path, str]:
+        path = Path(str(model_path)).expanduser()
         if not path.exists() and path.is_absolute():
             raise ConfigurationError(f"model directory {path} does not exist")
-        source = str(path) if path.exists() else str(model_path)
-        self.model_path = path
+        return path, str(path) if path.exists() else str(model_path)
 
-        transformers.utils.logging.disable_progress_bar()
+    def _load(self, transformers: Any, source: str, head: HeadSpec) -> tuple[Any, Any]:
         try:
             config = transformers.AutoConfig.from_pretrained(source)
             self._tok = transformers.AutoTokenizer.from_pretrained(source)
@@ -124,22 +126,13 @@ class HFCausalBackend(HFBackend):
         self._keep_arg = next(
             (k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None
         )
-        model.eval()
-        model.to(self.device)
-        self._model = model
         self._encoder = model.base_model
-        self._mlm_head = None
-        self._built_head = None
-        self.head_name = CAUSAL_HEAD
-        self._word_emb = model.get_input_embeddings().weight  # [V, H]
-        emb32 = self._word_emb.detach().float()
-        self._emb_mean = float(emb32.mean().item())
-        self._emb_std = float(emb32.std().item())
-        vocab, hidden = (int(s) for s in self._word_emb.shape)
-        self._vocab = vocab
-        self._hidden = hidden
+        return config, model
 
-        self._max_len = self._max_sequence_length(config)
+    def _attach_head(self, config: Any, head: HeadSpec) -> str:
+        return CAUSAL_HEAD
+
+    def _layout(self, source: str, config: Any) -> None:
         # Only what comes BEFORE a text is kept (BOS); an appended EOS would sit between the
         # text and the token being predicted.
         self._prefix, _appended = self._special_layout(source)
@@ -149,17 +142,14 @@ class HFCausalBackend(HFBackend):
         self._mask_id = -1  # no mask token; never matches a token id
         self._uses_token_types = False
 
-        self._limits = limits or default_limits(self._max_len)
-        if self._limits.max_prompt_tokens + len(self._prefix) + 1 > self._max_len:
-            raise ConfigurationError(
-                f"max_prompt_tokens={self._limits.max_prompt_tokens} leaves no room for text "
-                f"in {self._max_len} tokens"
-            )
-        self._info = ModelInfo(
-            id=model_id or path.name or str(model_path),
+    def _describe(
+        self, config: Any, model_id: str | None, model_path: str | Path | None
+    ) -> ModelInfo:
+        return ModelInfo(
+            id=model_id or self.model_path.name or str(model_path),
             kind="causal_lm",
-            hidden_size=hidden,
-            vocab_size=vocab,
+            hidden_size=self._hidden,
+            vocab_size=self._vocab,
             num_layers=int(getattr(config, "num_hidden_layers", 1) or 1),
             max_sequence_length=self._max_len,
             mask_token=None,
@@ -169,9 +159,9 @@ class HFCausalBackend(HFBackend):
             dtypes=list(SUPPORTED_DTYPES),
             limits=self._limits,
         )
-        self._lock = _FifoLock()
-        self._tok_lock = threading.Lock()
-        self._cache = TokenCache(max_bytes=tokenizer_cache_bytes, max_entries=tokenizer_cache_size)
+
+    def _add_deep_prompts(self) -> None:
+        pass  # no layer hooks: a causal LM takes shallow prompts only
 
     @property
     def bos_ids(self) -> tuple[int, ...]:

