@@ -118,33 +118,7 @@ def load_examples(
     if not rows:
         raise TaskError(f"data file {p} holds no rows")
     available = list(rows[0].keys())
-    mapping = dict(columns or {})
-    unknown = [f for f in mapping if f not in task.fields]
-    if unknown:
-        raise TaskError(
-            f"column mapping names field(s) {', '.join(unknown)} that task {task.name!r} does "
-            f"not have (its fields: {', '.join(task.fields)})"
-        )
-    for f in task.fields:
-        if f in mapping:
-            continue
-        if f in available:
-            mapping[f] = f
-        elif len(task.fields) == 1:
-            for guess in ("text", "sentence", "content", "review"):
-                if guess in available:
-                    mapping[f] = guess
-                    break
-        if f not in mapping:
-            raise TaskError(
-                f"{p} has no column for field {f!r} (columns: {', '.join(available)}); "
-                f"map one with --column {f}=COLUMN"
-            )
-    missing = [c for c in mapping.values() if c not in available]
-    if missing:
-        raise TaskError(
-            f"{p} has no column(s) {', '.join(missing)} (columns: {', '.join(available)})"
-        )
+    mapping = _field_columns(p, task, available, columns)
     lab_col = label_column or task.label_column
     has_labels = lab_col in available
     if require_labels and not has_labels:
@@ -168,6 +142,44 @@ def load_examples(
                 raise TaskError(f"{p}: row {i + 1}: {exc}") from None
         out.append(Example(values, label))
     return out
+
+
+def _field_columns(
+    p: Path, task: Task, available: list[str], columns: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Which file column feeds each template field: ``columns`` first, then the field's own
+    name, then (for a one-field task) a usual name for a text column."""
+    mapping = dict(columns or {})
+    unknown = [f for f in mapping if f not in task.fields]
+    if unknown:
+        raise TaskError(
+            f"column mapping names field(s) {', '.join(unknown)} that task {task.name!r} does "
+            f"not have (its fields: {', '.join(task.fields)})"
+        )
+    for f in task.fields:
+        if f in mapping:
+            continue
+        if f in available:
+            mapping[f] = f
+        elif len(task.fields) == 1:
+            guess = next((g for g in _TEXT_COLUMNS if g in available), None)
+            if guess is not None:
+                mapping[f] = guess
+        if f not in mapping:
+            raise TaskError(
+                f"{p} has no column for field {f!r} (columns: {', '.join(available)}); "
+                f"map one with --column {f}=COLUMN"
+            )
+    missing = [c for c in mapping.values() if c not in available]
+    if missing:
+        raise TaskError(
+            f"{p} has no column(s) {', '.join(missing)} (columns: {', '.join(available)})"
+        )
+    return mapping
+
+
+#: Columns a one-field task reads its text from when none is mapped, in this order.
+_TEXT_COLUMNS = ("text", "sentence", "content", "review")
 
 
 def sample_k_shot(
