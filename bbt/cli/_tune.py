@@ -803,6 +803,9 @@ def eval_command(
         help="Send the prompt with every request instead of storing it in the service's "
         "prompt registry once (the default when the service has one).",
     ),
+    baseline: bool = typer.Option(
+        False, "--baseline", help="Score the run's p0 (z = 0) too: both figures and the gain."
+    ),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
     _ARG_API_KEY.set(api_key)
@@ -815,8 +818,16 @@ def eval_command(
         with service as (svc, _):
             tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
             examples = _examples(tp.task, data, column, label_column, data_format)
-            metrics = tp.evaluate(examples)
+            if baseline:  # p0 too (bbt/tuner/heldout.py); the tuned figures stay the same
+                from bbt.tuner.heldout import compare
+
+                report = compare(tp, svc, examples)
+                metrics = report.as_dict()
+            else:
+                metrics = tp.evaluate(examples)
         typer.echo(json.dumps(metrics))
+        if baseline:  # the line a person reads last: p0 -> tuned on these rows
+            _say_err(report.summary(data.name))
 
     _guard(go)
 
