@@ -64,6 +64,9 @@ def eval_command(
     server_threads: int | None = server_threads_option(),
     server_device: str | None = server_device_option(),
     upload_prompt: bool = _upload_option(),
+    baseline: bool = typer.Option(
+        False, "--baseline", help="Score the run's p0 (z = 0) too: both figures and the gain."
+    ),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
     ARG_API_KEY.set(api_key)
@@ -76,8 +79,16 @@ def eval_command(
         with service as (svc, _):
             tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
             examples = read_examples(tp.task, data, column, label_column, data_format)
-            metrics = tp.evaluate(examples)
+            if baseline:  # p0 too (bbt/tuner/heldout.py); the tuned figures stay the same
+                from bbt.tuner.heldout import compare
+
+                report = compare(tp, svc, examples)
+                metrics = report.as_dict()
+            else:
+                metrics = tp.evaluate(examples)
         typer.echo(json.dumps(metrics))
+        if baseline:  # the line a person reads last: p0 -> tuned on these rows
+            say_err(report.summary(data.name))
 
     guard(go)
 
