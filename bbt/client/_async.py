@@ -14,23 +14,7 @@ import numpy as np
 from pydantic import BaseModel, SecretStr
 from tenacity import AsyncRetrying
 
-from bbt.client._base import (
-    BaseClient,
-    FloatArray,
-    M,
-    RawBody,
-    next_page,
-    plan_embed,
-    plan_logits,
-    plan_projected_store,
-    plan_prompt_logits,
-    plan_prompt_store,
-    plan_tokenize,
-    prompt_logits_into,
-    prompt_path,
-    prompts_page_path,
-    select_model,
-)
+from bbt.client._base import BaseClient, M
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
 from bbt.client._fanout import gather_ordered
 from bbt.client._sessions import (
@@ -43,6 +27,21 @@ from bbt.client._sessions import (
     open_request,
     plan_session_logits,
 )
+from bbt.client.planning import (
+    FloatArray,
+    next_page,
+    plan_embed,
+    plan_logits,
+    plan_projected_store,
+    plan_prompt_logits,
+    plan_prompt_store,
+    plan_tokenize,
+    prompt_logits_into,
+    prompt_path,
+    prompts_page_path,
+    select_model,
+)
+from bbt.client.transport import RawBody
 from bbt.protocol import (
     SESSIONS_CAPABILITY,
     DType,
@@ -167,6 +166,7 @@ class AsyncClient(BaseClient):
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
+        self._count_received(response)
         return self._parse(response, model)
 
     async def _gather(self, jobs: Sequence[Awaitable[M]]) -> list[M]:

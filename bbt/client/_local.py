@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from bbt.client._base import (
+from bbt.client._sessions import (
+    ProjectionSession,
+    accept_open,
+    as_p0,
+    as_spec,
+    open_request,
+    plan_session_logits,
+)
+from bbt.client.planning import (
     FloatArray,
     invalid,
     next_page,
@@ -27,19 +35,12 @@ from bbt.client._base import (
     prompt_logits_into,
     prompt_path,
 )
-from bbt.client._service import UsageStats
-from bbt.client._sessions import (
-    ProjectionSession,
-    accept_open,
-    as_p0,
-    as_spec,
-    open_request,
-    plan_session_logits,
-)
+from bbt.client.transport import UsageStats
 from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError
 from bbt.protocol import (
     PROTOCOL_VERSION,
     SESSIONS_CAPABILITY,
+    DecodedLogitsRequest,
     ErrorType,
     Health,
     InitialPromptSpec,
@@ -49,7 +50,6 @@ from bbt.protocol import (
     StoredPrompt,
     TokenizeResponse,
 )
-from bbt.protocol._validate import DecodedLogitsRequest
 from bbt.protocol.backend import Backend
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound

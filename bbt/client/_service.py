@@ -7,11 +7,11 @@ process, no HTTP) both satisfy :class:`Service`; the tuner depends on nothing el
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from bbt.client.transport import UsageStats
 from bbt.protocol import (
     InitialPromptSpec,
     ModelInfo,
@@ -23,33 +23,6 @@ from bbt.protocol.projection import ProjectionRecipe
 
 if TYPE_CHECKING:
     from bbt.client._sessions import ProjectionSession
-
-
-@dataclass
-class UsageStats:
-    """Running totals of what a client spent. Thread-safe enough for one client per thread.
-
-    ``calls`` is the paper's unit: candidate prompts evaluated, counted once per
-    :meth:`Service.logits` call and prompt however the client split the work into requests.
-    """
-
-    calls: int = 0
-    requests: int = 0
-    retries: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    sequences: int = 0
-    tokens: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def copy(self) -> UsageStats:
-        return UsageStats(**asdict(self))
-
-    def __sub__(self, other: UsageStats) -> UsageStats:
-        a, b = asdict(self), asdict(other)
-        return UsageStats(**{k: a[k] - b[k] for k in a})
 
 
 @runtime_checkable

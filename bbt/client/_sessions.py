@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from bbt.client._base import RawBody, invalid, plan_grid
+from bbt.client.planning import invalid, plan_grid
+from bbt.client.transport import RawBody
 from bbt.errors import APIStatusError, InvalidRequestError, ProtocolError
 from bbt.protocol import (
+    FRAME_CONTENT_TYPE,
     InitialPromptSpec,
     ModelInfo,
     ProjectionSpec,
@@ -27,8 +29,8 @@ from bbt.protocol import (
     SessionLogitsRequest,
     SessionOpenRequest,
     Tensor,
+    encode_frame,
 )
-from bbt.protocol._frame import FRAME_CONTENT_TYPE, encode_frame
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import check_session_logits, spec_of
 
