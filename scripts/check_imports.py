@@ -130,8 +130,8 @@ def imports_of(path: Path, root: Path, modules: set[str], package: str) -> list[
                 add(target, node, typing_only)
         elif isinstance(node, ast.Call) and _is_dynamic_import(node):
             arg = node.args[0]
-            assert isinstance(arg, ast.Constant) and isinstance(arg.value, str)
-            add(arg.value, node, typing_only)
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                add(arg.value, node, typing_only)
     return edges
 
 
