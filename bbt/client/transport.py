@@ -32,7 +32,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 from tenacity.wait import wait_base
 
 from bbt._version import __version__
-from bbt.client._config import ClientSettings
+from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
 from bbt.client._fanout import run_ordered
 from bbt.client.redaction import check_api_key, redact, redact_url, split_userinfo
 from bbt.errors import (
@@ -53,10 +53,12 @@ from bbt.protocol import REQUEST_ID_HEADER, ErrorEnvelope
 
 __all__ = [
     "BACKOFF_BASE",
+    "DEFAULT_ENV_FILE",
     "LOCAL_FAILURES",
     "MIN_BACKPRESSURE_RETRY_AFTER",
     "RETRYABLE_STATUSES",
     "USER_AGENT",
+    "ClientSettings",
     "HTTPCore",
     "RawBody",
     "RetryStop",
@@ -341,6 +343,11 @@ class HTTPCore:
     envelope parsing, an engine adapter its request bodies and answers. Nothing here sends.
     """
 
+    #: Content-Type after every other header (bbt's clients), or before Authorization (the
+    #: vLLM adapter, as it always sent it). Order means nothing in HTTP; keeping each
+    #: client's keeps the bytes it sends what they were.
+    _content_type_last = True
+
     def __init__(self, settings: ClientSettings, *, rng: random.Random | None = None) -> None:
         self._settings = settings
         check_api_key(settings.api_key)
@@ -381,7 +388,10 @@ class HTTPCore:
         """A request with its body already serialised (so ``bytes_sent`` is the real size)."""
         headers = self._headers()
         if content_type is not None:
+            auth = None if self._content_type_last else headers.pop("Authorization", None)
             headers["Content-Type"] = content_type
+            if auth is not None:
+                headers["Authorization"] = auth
         # The timeout travels with the request (its "timeout" extension), so every retry of
         # it gets the same allowance.
         return http.build_request(
@@ -439,15 +449,27 @@ class SyncHTTPCore(HTTPCore):
         transport: httpx.BaseTransport | None,
         auth: httpx.Auth | None = None,
         width: int = 1,
+        threads_per_call: bool = False,
     ) -> None:
-        """Open the connection pool; ``width`` requests of one call may be in flight."""
+        """Open the connection pool; ``width`` requests of one call may be in flight.
+
+        The fan-out threads live as long as the client, unless ``threads_per_call``: then
+        each call starts its own and stops them before it returns, so a failed call has
+        no idle threads racing through its queue while the failure is reported (the vLLM
+        adapter's calls are hundreds of one-pair requests; the first failure must stop
+        them after a few).
+        """
         self._http = httpx.Client(
             base_url=base_url, auth=auth, transport=transport, timeout=self._timeout()
         )
         #: How retries wait; tests replace it to record the waits instead of sleeping.
         self._sleep: Callable[[float], None] = time.sleep
+        self._width = width
+        self._threads_per_call = threads_per_call
         #: Threads that send one call's requests at once (fan-out); None: one at a time.
-        self._pool = ThreadPoolExecutor(width, "bbt-fanout") if width > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(width, "bbt-fanout") if width > 1 and not threads_per_call else None
+        )
 
     def _send_request(self, request: httpx.Request, parse: Callable[[httpx.Response], T]) -> T:
         """Send ``request`` (retried by the policy) and return ``parse`` of its answer;
@@ -468,7 +490,13 @@ class SyncHTTPCore(HTTPCore):
     def _fan_out(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
         """Run one call's ``jobs`` on the fan-out threads; results in job order (see
         :func:`bbt.client._fanout.run_ordered` for what a failure does)."""
-        return run_ordered(self._pool, jobs)
+        if not self._threads_per_call or self._width == 1 or len(jobs) <= 1:
+            return run_ordered(self._pool, jobs)
+        pool = ThreadPoolExecutor(min(self._width, len(jobs)), "bbt-fanout")
+        try:
+            return run_ordered(pool, jobs)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
