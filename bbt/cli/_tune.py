@@ -75,7 +75,7 @@ def _secrets() -> list[str]:
 
 
 def _redact(text: str) -> str:
-    from bbt.client._base import redact_url
+    from bbt.client.redaction import redact_url
 
     for key in _secrets():
         text = text.replace(key, "***")
