@@ -6,7 +6,6 @@ import random
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -335,16 +334,3 @@ class Client(BaseClient, SyncHTTPCore):
             if not is_session_gone(exc):
                 raise
         session.info = None
-
-    # ---------------------------------------------------------------- lifetime
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -25,7 +25,6 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -468,19 +467,6 @@ class VLLMService(SyncHTTPCore):
                 self._usage.tokens += prompt_tokens
 
         self._map(one, jobs)
-
-    # ---------------------------------------------------------------- lifetime
-
-    def __enter__(self) -> VLLMService:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def service_from_settings(settings: ClientSettings, **overrides: Any) -> VLLMService:
