@@ -5,13 +5,12 @@ error mapping, usage) are :mod:`bbt.client.transport`'s, the planning of request
 server's limits :mod:`bbt.client.planning`'s; this adds the protocol: its version header,
 its URL credentials, and reading its answers into the protocol's models.
 
-The names below the class are the ones this module used to define, kept for existing
-imports; new code imports them from the public modules.
+A few names that other modules imported from here are kept (see ``__all__``); new code
+imports them from the public modules.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from typing import Protocol, TypeVar
 
@@ -22,39 +21,19 @@ from pydantic import BaseModel, ValidationError
 from bbt.client._config import ClientSettings
 from bbt.client.planning import (
     BODY_SLACK,
-    WIRE_DTYPES,
     FloatArray,
     LogitsChunk,
-    PromptLogitsChunk,
-    check_free_form,
     decode_tensor,
-    invalid,
-    next_page,
-    plan_embed,
     plan_grid,
     plan_logits,
-    plan_projected_store,
-    plan_prompt_logits,
-    plan_prompt_store,
-    plan_tokenize,
-    prompt_logits_into,
-    prompt_path,
-    prompts_page_path,
-    select_model,
 )
-from bbt.client.redaction import check_api_key, redact, redact_url, split_userinfo
+from bbt.client.redaction import redact, redact_url, split_userinfo
 from bbt.client.transport import (
     BACKOFF_BASE,
-    RETRYABLE_STATUSES,
-    USER_AGENT,
     HTTPCore,
     RawBody,
-    RetryStop,
-    RetryWait,
-    is_backpressure,
     is_retryable,
     parse_retry_after,
-    status_class,
     status_error,
     transport_error,
 )
@@ -73,50 +52,22 @@ from bbt.protocol import (
     speaks,
 )
 
-logger = logging.getLogger("bbt.client")
-
 M = TypeVar("M", bound=BaseModel)
 
-# The old private spellings, for callers that imported them from here.
+# Names other modules imported from here before the public modules existed (tests, the
+# CLI's dry run, benchmarks); new code imports them from bbt.client.planning/.redaction/
+# .transport.
 _BODY_SLACK = BODY_SLACK
-_WIRE_DTYPES = WIRE_DTYPES
-_status_class = status_class
 
 __all__ = [
     "BACKOFF_BASE",
-    "BODY_SLACK",
-    "RETRYABLE_STATUSES",
-    "USER_AGENT",
     "BaseClient",
-    "FloatArray",
     "LogitsChunk",
-    "PromptLogitsChunk",
-    "RawBody",
-    "RetryStop",
-    "RetryWait",
-    "check_api_key",
-    "check_free_form",
-    "decode_tensor",
-    "invalid",
-    "is_backpressure",
     "is_retryable",
-    "next_page",
     "parse_retry_after",
-    "plan_embed",
     "plan_grid",
     "plan_logits",
-    "plan_projected_store",
-    "plan_prompt_logits",
-    "plan_prompt_store",
-    "plan_tokenize",
-    "prompt_logits_into",
-    "prompt_path",
-    "prompts_page_path",
-    "redact",
     "redact_url",
-    "select_model",
-    "split_userinfo",
-    "status_error",
     "transport_error",
 ]
 
