@@ -16,8 +16,7 @@ SCRIPT = ROOT / "scripts" / "check_imports.py"
 
 #: What is still found in bbt/ and belongs to work outside the client's redesign: the
 #: server's own circle and its imports of bbt.protocol's private modules (the server is
-#: being reworked separately), bbt.cli's import of bbt.tuner._rundir, and the dry run's
-#: import of the client's session planning (no public home yet). The test fails on
+#: being reworked separately) and bbt.cli's import of bbt.tuner._rundir. The test fails on
 #: anything new; entries may disappear as that work lands.
 KNOWN_CIRCLES = {
     ("bbt.server._connections", "bbt.server._core", "bbt.server.settings"),
@@ -27,7 +26,6 @@ KNOWN_CIRCLES = {
     ("bbt.testing.plugin", "bbt.testing.vllm_fake"),
 }
 KNOWN_PRIVATE = {
-    ("bbt.cli._dry_run", "bbt.client._sessions"),
     ("bbt.cli._tune", "bbt.tuner._rundir"),
     ("bbt.server._core", "bbt.protocol._frame"),
     ("bbt.server._core", "bbt.protocol._validate"),

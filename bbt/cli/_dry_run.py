@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from bbt.client import UsageStats
-from bbt.client._sessions import ProjectionSession, SessionChunk, plan_session_logits
 from bbt.client.planning import BODY_SLACK, LogitsChunk, plan_logits
+from bbt.client.projection_sessions import ProjectionSession, SessionChunk, plan_session_logits
 from bbt.protocol import DType, ModelInfo, encoded_size
 
 

@@ -17,16 +17,6 @@ from tenacity import AsyncRetrying
 from bbt.client._base import BaseClient, M
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
 from bbt.client._fanout import gather_ordered
-from bbt.client._sessions import (
-    ProjectionSession,
-    SessionChunk,
-    accept_open,
-    as_p0,
-    as_spec,
-    is_session_gone,
-    open_request,
-    plan_session_logits,
-)
 from bbt.client.planning import (
     FloatArray,
     next_page,
@@ -40,6 +30,16 @@ from bbt.client.planning import (
     prompt_path,
     prompts_page_path,
     select_model,
+)
+from bbt.client.projection_sessions import (
+    ProjectionSession,
+    SessionChunk,
+    accept_open,
+    as_p0,
+    as_spec,
+    is_session_gone,
+    open_request,
+    plan_session_logits,
 )
 from bbt.client.transport import RawBody
 from bbt.protocol import (

@@ -14,16 +14,6 @@ from pydantic import BaseModel, SecretStr
 
 from bbt.client._base import BaseClient, M
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
-from bbt.client._sessions import (
-    ProjectionSession,
-    SessionChunk,
-    accept_open,
-    as_p0,
-    as_spec,
-    is_session_gone,
-    open_request,
-    plan_session_logits,
-)
 from bbt.client.planning import (
     FloatArray,
     next_page,
@@ -37,6 +27,16 @@ from bbt.client.planning import (
     prompt_path,
     prompts_page_path,
     select_model,
+)
+from bbt.client.projection_sessions import (
+    ProjectionSession,
+    SessionChunk,
+    accept_open,
+    as_p0,
+    as_spec,
+    is_session_gone,
+    open_request,
+    plan_session_logits,
 )
 from bbt.client.transport import RawBody, SyncHTTPCore
 from bbt.protocol import (

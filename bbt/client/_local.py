@@ -14,14 +14,6 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from bbt.client._sessions import (
-    ProjectionSession,
-    accept_open,
-    as_p0,
-    as_spec,
-    open_request,
-    plan_session_logits,
-)
 from bbt.client.planning import (
     FloatArray,
     invalid,
@@ -34,6 +26,14 @@ from bbt.client.planning import (
     plan_tokenize,
     prompt_logits_into,
     prompt_path,
+)
+from bbt.client.projection_sessions import (
+    ProjectionSession,
+    accept_open,
+    as_p0,
+    as_spec,
+    open_request,
+    plan_session_logits,
 )
 from bbt.client.transport import UsageStats
 from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError

@@ -22,7 +22,7 @@ from bbt.protocol import (
 from bbt.protocol.projection import ProjectionRecipe
 
 if TYPE_CHECKING:
-    from bbt.client._sessions import ProjectionSession
+    from bbt.client.projection_sessions import ProjectionSession
 
 
 __all__ = ["PromptStore", "Service", "SessionService", "UsageStats", "offers_prompt_registry"]
