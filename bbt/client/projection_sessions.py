@@ -34,18 +34,6 @@ from bbt.protocol import (
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import check_session_logits, spec_of
 
-__all__ = [
-    "SESSION_NOT_FOUND",
-    "ProjectionSession",
-    "SessionChunk",
-    "accept_open",
-    "as_p0",
-    "as_spec",
-    "is_session_gone",
-    "open_request",
-    "plan_session_logits",
-]
-
 #: The error type of a 404 for a session that is gone (protocol 1.1).
 SESSION_NOT_FOUND = "session_not_found"
 
