@@ -297,7 +297,10 @@ class HTTPCore:
         with self._usage_lock:
             self._usage.retries += 1
         outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
+        self._log_retry(retry_state, outcome.exception() if outcome is not None else None)
+
+    def _log_retry(self, retry_state: RetryCallState, exc: BaseException | None) -> None:
+        """Say that a request is retried (an adapter may word it for its engine)."""
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
         # str(exc) is already redacted; the key is never formatted into a log record.
         logger.warning(

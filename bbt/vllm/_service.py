@@ -30,8 +30,10 @@ from typing import Any, Literal, TypeVar
 import httpx
 import numpy as np
 from pydantic import SecretStr
+from tenacity import RetryCallState
 
 from bbt.client import ClientSettings
+from bbt.client.redaction import redact
 from bbt.client.transport import DEFAULT_ENV_FILE, SyncHTTPCore
 from bbt.errors import (
     APIStatusError,
@@ -251,6 +253,14 @@ class VLLMService(SyncHTTPCore):
         content_type = None if body is None else "application/json"
         request = self._new_request(self._http, method, path, content, content_type, sequences)
         return self._send_request(request, partial(codec.read_json, secret=self._key))
+
+    def _log_retry(self, retry_state: RetryCallState, exc: BaseException | None) -> None:
+        # str(exc) is redacted already; the key never reaches a log record.
+        logger.warning(
+            "vLLM request failed (%s); retrying (attempt %d)",
+            redact(str(exc), self._key) if exc else "error",
+            retry_state.attempt_number + 1,
+        )
 
     def _map(self, fn: Callable[[T], Any], items: Sequence[T]) -> list[Any]:
         """``fn`` over ``items`` on the core's fan-out: at most ``max_concurrency`` in flight,
