@@ -3,7 +3,7 @@
 Counts come from the same code that a real run goes through, not from a model of it: the
 tuner is built exactly as :func:`bbt.tuner.tune` builds it (so discovery, verbalizer and
 p0 requests are measured, not guessed), and each kind of ``logits`` call is split into
-requests by the client's own :func:`bbt.client._base.plan_logits`, whose request bodies are
+requests by the client's own :func:`bbt.client.planning.plan_logits`, whose request bodies are
 what the HTTP client sends byte for byte. Only two figures are extrapolated and are labelled
 so: bytes down (the probe's response size, scaled to each request's logits) and wall time
 (the probe's seconds per sequence, scaled to the run's sequences).
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from bbt.client import UsageStats
-from bbt.client._base import _BODY_SLACK, LogitsChunk, plan_logits
-from bbt.client._sessions import ProjectionSession, SessionChunk, plan_session_logits
+from bbt.client.planning import BODY_SLACK, LogitsChunk, plan_logits
+from bbt.client.projection_sessions import ProjectionSession, SessionChunk, plan_session_logits
 from bbt.protocol import DType, ModelInfo, encoded_size
 from bbt.tuner.methods import dev_calls, generations, method_of
 
@@ -96,7 +96,7 @@ def plan_call(
         else:
             prompt_bytes = encoded_size((n_prompts, *deep, n_tokens, info.hidden_size), dtype)
         text_bytes = n_texts * max(6 * len(t) + 3 for t in texts)
-        bound = prompt_bytes + text_bytes + _BODY_SLACK
+        bound = prompt_bytes + text_bytes + BODY_SLACK
         if bound > lim.max_body_bytes:
             reasons.append(
                 f"one request could reach {bound:,} bytes ({prompt_bytes:,} of prompts, up to "

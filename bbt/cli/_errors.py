@@ -55,7 +55,7 @@ def secrets_in_use() -> list[str]:
 
 
 def redact(text: str) -> str:
-    from bbt.client._base import redact_url
+    from bbt.client.redaction import redact_url
 
     for key in secrets_in_use():
         text = text.replace(key, "***")

@@ -8,8 +8,9 @@ from bbt.client._async import AsyncClient
 from bbt.client._client import Client
 from bbt.client._config import ClientSettings
 from bbt.client._local import LocalClient
-from bbt.client._service import Service, SessionService, UsageStats
-from bbt.client._sessions import ProjectionSession
+from bbt.client.projection_sessions import ProjectionSession
+from bbt.client.service import Service, SessionService
+from bbt.client.transport import UsageStats
 
 __all__ = [
     "AsyncClient",

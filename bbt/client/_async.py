@@ -14,11 +14,11 @@ import numpy as np
 from pydantic import BaseModel, SecretStr
 from tenacity import AsyncRetrying
 
-from bbt.client._base import (
-    BaseClient,
+from bbt.client._base import BaseClient, M
+from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._fanout import gather_ordered
+from bbt.client.planning import (
     FloatArray,
-    M,
-    RawBody,
     next_page,
     plan_embed,
     plan_logits,
@@ -31,9 +31,7 @@ from bbt.client._base import (
     prompts_page_path,
     select_model,
 )
-from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
-from bbt.client._fanout import gather_ordered
-from bbt.client._sessions import (
+from bbt.client.projection_sessions import (
     ProjectionSession,
     SessionChunk,
     accept_open,
@@ -43,6 +41,7 @@ from bbt.client._sessions import (
     open_request,
     plan_session_logits,
 )
+from bbt.client.transport import RawBody
 from bbt.protocol import (
     SESSIONS_CAPABILITY,
     DType,
@@ -167,6 +166,7 @@ class AsyncClient(BaseClient):
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
+        self._count_received(response)
         return self._parse(response, model)
 
     async def _gather(self, jobs: Sequence[Awaitable[M]]) -> list[M]:

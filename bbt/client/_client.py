@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import numpy as np
 from pydantic import BaseModel, SecretStr
-from tenacity import Retrying
 
-from bbt.client._base import (
-    BaseClient,
+from bbt.client._base import BaseClient, M
+from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client.planning import (
     FloatArray,
-    M,
-    RawBody,
     next_page,
     plan_embed,
     plan_logits,
@@ -33,9 +28,7 @@ from bbt.client._base import (
     prompts_page_path,
     select_model,
 )
-from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
-from bbt.client._fanout import run_ordered
-from bbt.client._sessions import (
+from bbt.client.projection_sessions import (
     ProjectionSession,
     SessionChunk,
     accept_open,
@@ -45,6 +38,7 @@ from bbt.client._sessions import (
     open_request,
     plan_session_logits,
 )
+from bbt.client.transport import RawBody, SyncHTTPCore
 from bbt.protocol import (
     SESSIONS_CAPABILITY,
     DType,
@@ -65,7 +59,7 @@ from bbt.protocol import (
 from bbt.protocol.projection import ProjectionRecipe
 
 
-class Client(BaseClient):
+class Client(BaseClient, SyncHTTPCore):
     """A blocking client for a protocol v1 service; satisfies :class:`bbt.client.Service`.
 
     Arguments left as ``None`` come from ``BBT_*`` environment variables, then from
@@ -132,17 +126,12 @@ class Client(BaseClient):
         rng: random.Random | None,
     ) -> None:
         super().__init__(settings, rng=rng)
-        self._http = httpx.Client(
-            base_url=self.base_url,
+        self._open_http(
+            self.base_url,
             auth=self._url_auth,
             transport=transport,
-            timeout=self._timeout(),
+            width=settings.max_concurrency,
         )
-        #: How retries wait; tests replace it to record the waits instead of sleeping.
-        self._sleep: Callable[[float], None] = time.sleep
-        #: Threads that send one call's requests at once (fan-out); None: one at a time.
-        width = settings.max_concurrency
-        self._pool = ThreadPoolExecutor(width, "bbt-fanout") if width > 1 else None
 
     # ---------------------------------------------------------------- sending
 
@@ -155,17 +144,7 @@ class Client(BaseClient):
         sequences: int = 0,
     ) -> M:
         request = self._build_request(self._http, method, path, body, sequences)
-        retrying = Retrying(sleep=lambda s: self._sleep(s), **self._retry_kwargs())
-        result: M = retrying(self._send_once, request, model)
-        return result
-
-    def _send_once(self, request: httpx.Request, model: type[M]) -> M:
-        self._count_sent(request)
-        try:
-            response = self._http.send(request)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        return self._parse(response, model)
+        return self._send_request(request, partial(self._parse, model=model))
 
     # ---------------------------------------------------------------- API
 
@@ -212,8 +191,8 @@ class Client(BaseClient):
         n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
         out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
         send = partial(self._send, "POST", self._api("/logits"))
-        responses = run_ordered(
-            self._pool, [partial(send, c.request, LogitsResponse, c.sequences) for c in chunks]
+        responses = self._fan_out(
+            [partial(send, c.request, LogitsResponse, c.sequences) for c in chunks]
         )
         for chunk, resp in zip(chunks, responses, strict=True):
             self._logits_into(out, chunk, resp)
@@ -355,21 +334,3 @@ class Client(BaseClient):
             if not is_session_gone(exc):
                 raise
         session.info = None
-
-    # ---------------------------------------------------------------- lifetime
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from bbt.client._base import (
+from bbt.client.planning import (
     FloatArray,
     invalid,
     next_page,
@@ -27,8 +27,7 @@ from bbt.client._base import (
     prompt_logits_into,
     prompt_path,
 )
-from bbt.client._service import UsageStats
-from bbt.client._sessions import (
+from bbt.client.projection_sessions import (
     ProjectionSession,
     accept_open,
     as_p0,
@@ -36,29 +35,48 @@ from bbt.client._sessions import (
     open_request,
     plan_session_logits,
 )
+from bbt.client.transport import UsageStats
 from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError
 from bbt.protocol import (
     PROTOCOL_VERSION,
     SESSIONS_CAPABILITY,
+    DecodedLogitsRequest,
     ErrorType,
     Health,
     InitialPromptSpec,
+    LogitsResponse,
     ModelInfo,
     ProjectionSpec,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptList,
+    PromptLogitsRequest,
     ProtocolViolation,
     StoredPrompt,
     TokenizeResponse,
 )
-from bbt.protocol._validate import DecodedLogitsRequest
 from bbt.protocol.backend import Backend
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
 
-if TYPE_CHECKING:
-    from bbt.server._prompts import PromptEndpoints
-    from bbt.server.registry import PromptRegistry
-
 T = TypeVar("T")
+
+
+class PromptHost(Protocol):
+    """The prompt registry's calls, served in this process (what the server's
+    ``/v1/prompts`` routes run): :class:`bbt.server.local.LocalPromptHost` is one."""
+
+    def tenant(self, api_key: str | None) -> str: ...
+    def create(self, req: PromptCreateRequest, tenant: str) -> tuple[StoredPrompt, bool]: ...
+    def list_page(self, tenant: str, limit: str | None, cursor: str | None) -> PromptList: ...
+    def get(self, prompt_id: str, tenant: str) -> StoredPrompt: ...
+    def delete(self, prompt_id: str, tenant: str) -> PromptDeleted: ...
+    def logits(self, prompt_id: str, req: PromptLogitsRequest, tenant: str) -> LogitsResponse: ...
+    def close(self) -> None: ...
+
+
+#: Makes the prompt host of a backend, on a registry (``None``: its own, in memory).
+PromptHostFactory = Callable[[Backend, Any], PromptHost]
 
 
 class LocalClient:
@@ -66,18 +84,28 @@ class LocalClient:
 
     The prompt registry calls (:meth:`store_prompt` and the rest) work on ``registry``, by
     default a store in memory made on first use; everything stored is the one tenant's.
+    They run the server's code, which ``prompt_host`` supplies (a
+    :data:`PromptHostFactory`, e.g. ``bbt.server.local.prompt_host``); without one the
+    default of :mod:`bbt.inprocess` is loaded on the first registry call, so this class
+    imports nothing of the server.
     """
 
     #: Nothing travels: the tuner's ``sessions="auto"`` projects locally rather than through
     #: a session here (``"on"`` uses the session path, the server's own code).
     in_process = True
 
-    def __init__(self, backend: Backend, *, registry: PromptRegistry | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        registry: Any = None,
+        prompt_host: PromptHostFactory | None = None,
+    ) -> None:
         self._backend = backend
         self._usage = UsageStats()
         self._registry = registry
-        self._owns_registry = registry is None
-        self._prompt_endpoints: PromptEndpoints | None = None
+        self._make_prompt_host = prompt_host
+        self._prompt_host: PromptHost | None = None
         # What a 1.1 server would advertise for this backend: sessions run in this process
         # with the server's own session code (bbt.protocol.sessions).
         info = backend.info
@@ -173,20 +201,17 @@ class LocalClient:
 
     # ---------------------------------------------------------------- prompt registry
 
-    def _endpoints(self) -> PromptEndpoints:
-        if self._prompt_endpoints is None:
-            # Imported here: the registry (sqlite3) and the server's core are only loaded by
-            # a caller that uses them.
-            from bbt.server._core import ServiceCore
-            from bbt.server.registry import PromptRegistry
-            from bbt.server.settings import ServerSettings
+    def _endpoints(self) -> PromptHost:
+        if self._prompt_host is None:
+            make = self._make_prompt_host
+            if make is None:
+                # Imported here: the registry (sqlite3) and the server's core are only
+                # loaded by a caller that uses them.
+                from bbt.inprocess import default_prompt_host
 
-            if self._registry is None:
-                self._registry = PromptRegistry(":memory:")
-            core = ServiceCore(self._backend, ServerSettings(api_keys=[]), self._registry)
-            assert core.prompts is not None  # a registry was given
-            self._prompt_endpoints = core.prompts
-        return self._prompt_endpoints
+                make = default_prompt_host
+            self._prompt_host = make(self._backend, self._registry)
+        return self._prompt_host
 
     def _registry_call(self, fn: Callable[..., T], *args: Any) -> T:
         """A registry call with its refusals mapped as an HTTP client would see them."""
@@ -374,8 +399,8 @@ class LocalClient:
 
     def close(self) -> None:
         self._backend.close()
-        if self._prompt_endpoints is not None and self._owns_registry:
-            self._prompt_endpoints.registry.close()
+        if self._prompt_host is not None:
+            self._prompt_host.close()
 
     def __enter__(self) -> LocalClient:
         return self

@@ -1,5 +1,6 @@
 """The bbt wire protocol (version 1, with the additive 1.1): models shared by client and servers."""
 
+from bbt.protocol._frame import FRAME_CONTENT_TYPE, encode_frame
 from bbt.protocol._models import (
     API_PREFIX,
     DEEP_PROMPTS,
@@ -32,8 +33,10 @@ from bbt.protocol._registry import (
     PromptList,
     PromptLogitsRequest,
     StoredPrompt,
+    check_json_value,
     check_prompt_create_request,
     check_prompt_logits_request,
+    check_text,
     is_prompt_id,
 )
 from bbt.protocol._sessions import (
@@ -64,6 +67,7 @@ from bbt.protocol._version import negotiate, speaks, wire_json
 __all__ = [
     "API_PREFIX",
     "DEEP_PROMPTS",
+    "FRAME_CONTENT_TYPE",
     "MODEL_KINDS",
     "PROMPT_REGISTRY_CAPABILITY",
     "PROTOCOL_HEADER",
@@ -105,10 +109,13 @@ __all__ = [
     "TokenizeResponse",
     "Usage",
     "check_embeddings_request",
+    "check_json_value",
     "check_logits_request",
     "check_prompt_create_request",
     "check_prompt_logits_request",
+    "check_text",
     "check_tokenize_request",
+    "encode_frame",
     "encoded_size",
     "is_prompt_id",
     "negotiate",

@@ -152,7 +152,7 @@ def project_rows(
     BLAS rounds a one-row product ([1, d] x [d, D], a matrix-vector kernel) differently
     from the same row inside a product of two rows or more; a client that splits a
     population over several session requests therefore never sends a lone row of a larger
-    population on its own (see ``bbt.client._sessions.plan_session_logits``).
+    population on its own (see ``bbt.client.projection_sessions.plan_session_logits``).
     """
     flat = z @ matrix
     out: FloatArray = flat.reshape(z.shape[0], n_tokens, matrix.shape[1] // n_tokens)

@@ -25,7 +25,7 @@ import numpy as np
 
 from bbt._version import __version__
 from bbt.client import Service, UsageStats
-from bbt.client._base import redact_url
+from bbt.client.redaction import redact_url
 from bbt.errors import RunError
 from bbt.tuner._rundir import (
     atomic_write,

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from bbt.client import Service
-from bbt.client._base import redact_url
-from bbt.client._service import PromptStore, offers_prompt_registry
+from bbt.client.redaction import redact_url
+from bbt.client.service import PromptStore, offers_prompt_registry
 from bbt.errors import (
     APIStatusError,
     ConfigurationError,

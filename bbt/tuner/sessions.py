@@ -21,87 +21,21 @@ from the manifest's recipe and p0.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from typing import Any, Literal
+# The code lives in bbt.tuner.evaluator, next to the evaluator seam it plugs into:
+# make_evaluator chooses between these, and a module of its own imported the seam while the
+# seam imported it back (an import circle). This name stays for existing imports.
+from bbt.tuner.evaluator import (
+    SESSIONS_MODES,
+    SessionEvaluator,
+    SessionsMode,
+    choose_evaluator,
+    offers_sessions,
+)
 
-import numpy as np
-
-from bbt.client import Service, SessionService
-from bbt.errors import APIStatusError, BBTError, ConfigurationError, ProtocolError
-from bbt.tuner.evaluator import Evaluator, ProjectingEvaluator
-from bbt.tuner.projection import Projection, ProjectionRecipe
-
-log = logging.getLogger("bbt.tuner")
-
-F32 = np.ndarray[Any, np.dtype[np.float32]]
-SessionsMode = Literal["auto", "on", "off"]
-SESSIONS_MODES: tuple[SessionsMode, ...] = ("auto", "on", "off")
-
-
-class SessionEvaluator(Evaluator):
-    """Candidates scored through a projection session (see the module docstring)."""
-
-    def __init__(self, service: SessionService, recipe: ProjectionRecipe, p0: F32) -> None:
-        if p0.shape != (recipe.n_tokens, recipe.hidden_size):
-            raise ValueError(
-                f"p0 has shape {list(p0.shape)}; expected [{recipe.n_tokens}, {recipe.hidden_size}]"
-            )
-        self.service = service
-        self.recipe = recipe
-        self.projection = Projection(recipe)
-        self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
-        self.session = service.open_session(
-            recipe, self.p0, expected_fingerprint=self.projection.fingerprint()
-        )
-
-    def prompts(self, z: np.ndarray[Any, Any]) -> F32:
-        return self.projection.project(z, self.p0)
-
-    def logits(
-        self, z: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
-    ) -> F32:
-        return self.service.session_logits(self.session, z, texts, candidate_ids)
-
-    def close(self) -> None:
-        try:
-            self.service.close_session(self.session)
-        except BBTError as exc:  # it expires by itself: never fail a finished run for it
-            log.warning("could not close the projection session: %s", exc)
-
-
-def offers_sessions(service: Service) -> bool:
-    return isinstance(service, SessionService) and service.supports_sessions()
-
-
-def _worth_it(service: Service) -> bool:
-    """A session saves upload bytes; an in-process service (LocalClient) uploads nothing."""
-    return not getattr(service, "in_process", False)
-
-
-def choose_evaluator(
-    service: Service, recipe: ProjectionRecipe, p0: F32, sessions: str = "auto"
-) -> Evaluator:
-    """A :class:`SessionEvaluator` or a :class:`ProjectingEvaluator`, by ``sessions``."""
-    if sessions not in SESSIONS_MODES:
-        raise ConfigurationError(f"sessions must be auto, on or off, not {sessions!r}")
-    if sessions == "off" or (sessions == "auto" and not _worth_it(service)):
-        return ProjectingEvaluator(service, recipe, p0)
-    if not offers_sessions(service):
-        if sessions == "on":
-            raise ConfigurationError(
-                "sessions=on, but the service does not offer projection sessions (no "
-                "'sessions' in its capabilities: a protocol-v1 server, or one started with "
-                "--no-sessions); use sessions=auto or off"
-            )
-        return ProjectingEvaluator(service, recipe, p0)
-    assert isinstance(service, SessionService)
-    if sessions == "on":
-        return SessionEvaluator(service, recipe, p0)
-    try:
-        return SessionEvaluator(service, recipe, p0)
-    except (ProtocolError, APIStatusError) as exc:
-        # A server that rebuilt another A, or refused the session (too large for its
-        # bounds, say): the run still works with full prompts, bitwise the same.
-        log.warning("projection session not used (%s); sending full prompts instead", exc)
-        return ProjectingEvaluator(service, recipe, p0)
+__all__ = [
+    "SESSIONS_MODES",
+    "SessionEvaluator",
+    "SessionsMode",
+    "choose_evaluator",
+    "offers_sessions",
+]

@@ -28,13 +28,12 @@ import httpx
 import numpy as np
 from pydantic import SecretStr
 
-from bbt.client._base import _status_class, parse_retry_after, redact
+from bbt.client.redaction import redact
+from bbt.client.transport import error_for_status
 from bbt.errors import (
     APIStatusError,
     ConfigurationError,
     ProtocolError,
-    RateLimitError,
-    ServerError,
 )
 
 WireDType = Literal["float32", "float16", "bfloat16"]
@@ -165,7 +164,6 @@ def fill_candidates(
 
 def status_error(response: httpx.Response, secret: SecretStr | None) -> APIStatusError:
     """The bbt exception for a vLLM error answer (class from the status, text from the body)."""
-    status = response.status_code
     message = response.reason_phrase or "error"
     error_type: str | None = None
     field: str | None = None
@@ -185,14 +183,4 @@ def status_error(response: httpx.Response, secret: SecretStr | None) -> APIStatu
             message = str(body["detail"])
     elif response.text.strip():
         message = f"{message}: {response.text[:200].strip()}"
-    message = redact(message, secret)
-    cls = _status_class(status)
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    if cls is RateLimitError:
-        return RateLimitError(
-            message, retry_after=retry_after, status_code=status, error_type=error_type, field=field
-        )
-    exc = cls(message, status_code=status, error_type=error_type, field=field)
-    if isinstance(exc, ServerError):
-        exc.retry_after = retry_after
-    return exc
+    return error_for_status(response, redact(message, secret), error_type=error_type, field=field)

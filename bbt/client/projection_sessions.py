@@ -1,0 +1,209 @@
+"""Projection sessions on the client side (protocol 1.1): no I/O here.
+
+A :class:`ProjectionSession` keeps the recipe the session was opened from, so a client can
+reopen it by itself when the server answers ``session_not_found`` (the session expired,
+was evicted, or the server restarted) and retry the call once: a tuning run never fails
+because its session went away, and since A is rebuilt bit-exactly from the recipe the
+results do not change either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from bbt.client.planning import invalid, plan_grid
+from bbt.client.transport import RawBody
+from bbt.errors import APIStatusError, InvalidRequestError, ProtocolError
+from bbt.protocol import (
+    FRAME_CONTENT_TYPE,
+    InitialPromptSpec,
+    ModelInfo,
+    ProjectionSpec,
+    ProtocolViolation,
+    SessionInfo,
+    SessionLogitsRequest,
+    SessionOpenRequest,
+    Tensor,
+    encode_frame,
+)
+from bbt.protocol.projection import ProjectionRecipe
+from bbt.protocol.sessions import check_session_logits, spec_of
+
+#: The error type of a 404 for a session that is gone (protocol 1.1).
+SESSION_NOT_FOUND = "session_not_found"
+
+
+@dataclass
+class ProjectionSession:
+    """An open session as a client sees it: the recipe to reopen it from, and its id now.
+
+    ``expected_fingerprint`` (optional) is the fingerprint of the A the caller built
+    itself; a server that rebuilds a different A (another NumPy) is refused with a
+    :class:`~bbt.errors.ProtocolError` instead of silently projecting differently.
+    """
+
+    projection: ProjectionSpec
+    p0: InitialPromptSpec = field(default_factory=InitialPromptSpec)
+    expected_fingerprint: str | None = None
+    info: SessionInfo | None = None
+    #: How many times the client reopened the session after the server lost it.
+    reopened: int = 0
+
+    @property
+    def id(self) -> str:
+        if self.info is None:
+            raise ProtocolError("the session is not open")
+        return self.info.id
+
+    @property
+    def dim(self) -> int:
+        return self.projection.dim
+
+
+def as_spec(projection: ProjectionRecipe | ProjectionSpec) -> ProjectionSpec:
+    return projection if isinstance(projection, ProjectionSpec) else spec_of(projection)
+
+
+def as_p0(p0: InitialPromptSpec | np.ndarray[Any, Any] | None) -> InitialPromptSpec:
+    if p0 is None:
+        return InitialPromptSpec()
+    if isinstance(p0, InitialPromptSpec):
+        return p0
+    return InitialPromptSpec(tensor=Tensor.from_numpy(np.asarray(p0, dtype=np.float32)))
+
+
+def open_request(info: ModelInfo, session: ProjectionSession) -> SessionOpenRequest:
+    return SessionOpenRequest(model=info.id, projection=session.projection, p0=session.p0)
+
+
+def accept_open(session: ProjectionSession, answer: SessionInfo, reopening: bool) -> None:
+    """Record the server's answer to an open; refuse one that built another A."""
+    expected = session.expected_fingerprint
+    if expected is not None and answer.fingerprint != expected:
+        raise ProtocolError(
+            "the server built a different projection A from the same recipe (fingerprint "
+            f"{answer.fingerprint[:12]}, expected {expected[:12]}): another NumPy version "
+            "on the server; project locally instead (sessions off)"
+        )
+    if answer.projection != session.projection:
+        raise ProtocolError("the server answered a session open with another recipe")
+    session.info = answer
+    if reopening:
+        session.reopened += 1
+
+
+def is_session_gone(exc: BaseException) -> bool:
+    return isinstance(exc, APIStatusError) and exc.error_type == SESSION_NOT_FOUND
+
+
+@dataclass(frozen=True)
+class SessionChunk:
+    """One request's share of a session call: z [p0:p1] on texts [b0:b1], sent as a
+    binary frame (``request`` with ``z.data`` empty, then ``raw``: z's bytes)."""
+
+    p0: int
+    p1: int
+    b0: int
+    b1: int
+    request: SessionLogitsRequest
+    raw: bytes
+    #: Rows of z sent: p1 - p0, or 2 for a lone row of a larger population (sent twice, the
+    #: second answer dropped; see :func:`plan_session_logits`).
+    rows_sent: int
+
+    @property
+    def body(self) -> RawBody:
+        return RawBody(encode_frame(self.request, self.raw), FRAME_CONTENT_TYPE)
+
+    @property
+    def sequences(self) -> int:
+        return self.rows_sent * (self.b1 - self.b0)
+
+
+def _bounds(total: int, parts: int) -> list[tuple[int, int]]:
+    q, r = divmod(total, parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + q + (1 if i < r else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def plan_session_logits(
+    info: ModelInfo,
+    session: ProjectionSession,
+    z: np.ndarray[Any, Any],
+    texts: Sequence[str],
+    candidate_ids: Sequence[int],
+) -> list[SessionChunk]:
+    """Split and pre-flight check a session call, as :func:`plan_logits` does for prompts.
+
+    z travels as float32 whatever the client's prompt dtype: rounding it would change the
+    prompts, and it is small anyway (4 d bytes a candidate, in a binary frame: no base64).
+
+    A population split so that one request would carry a single row sends that row twice:
+    BLAS rounds a lone row's product differently from the same row among others, and the
+    full-prompt path projects the whole population at once. So the prompts the server
+    builds are bitwise the client's whatever the split (unless the server takes one prompt
+    a request, where no split can keep rows together).
+    """
+    arr = np.asarray(z)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != session.dim:
+        raise InvalidRequestError(
+            f"z must have shape [P, {session.dim}]; got {list(np.shape(z))}", field="z"
+        )
+    texts = list(texts)
+    ids = [int(i) for i in candidate_ids]
+    if arr.shape[0] == 0 or not texts or not ids:
+        raise InvalidRequestError(
+            "need at least one z, one text and one candidate id",
+            field="z" if arr.shape[0] == 0 else "texts" if not texts else "candidate_ids",
+        )
+    text_bytes = max(6 * len(t) + 3 for t in texts)
+    groups_p, groups_b = plan_grid(
+        arr.shape[0],
+        len(texts),
+        info.limits,
+        prompt_bytes=4 * session.dim,
+        text_bytes=text_bytes,
+    )
+    chunks = []
+    bounds = _bounds(arr.shape[0], groups_p)
+    widest = max(p1 - p0 for p0, p1 in bounds)
+    for p0, p1 in bounds:
+        rows = np.ascontiguousarray(arr[p0:p1], dtype="<f4")
+        if p1 - p0 == 1 and widest >= 2:
+            rows = np.concatenate([rows, rows])  # a lone row of a population: see above
+        raw = rows.tobytes()
+        tensor = Tensor(dtype="float32", shape=list(rows.shape), data="")
+        for b0, b1 in _bounds(len(texts), groups_b):
+            try:
+                req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
+                check_session_logits(req, info, session.dim, raw)
+            except ProtocolViolation as exc:
+                raise invalid(exc, offset=b0) from exc
+            except ValidationError as exc:
+                raise invalid(exc) from exc
+            chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, rows.shape[0]))
+    return chunks
+
+
+__all__ = [
+    "SESSION_NOT_FOUND",
+    "ProjectionSession",
+    "SessionChunk",
+    "accept_open",
+    "as_p0",
+    "as_spec",
+    "is_session_gone",
+    "open_request",
+    "plan_session_logits",
+]

@@ -1,0 +1,132 @@
+"""What the tuner needs from a model service, whatever carries the calls.
+
+:class:`bbt.Client` (HTTP), and :class:`bbt.client.LocalClient` (a backend in the same
+process, no HTTP) both satisfy :class:`Service`; the tuner depends on nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from bbt.client.transport import UsageStats
+from bbt.protocol import (
+    InitialPromptSpec,
+    ModelInfo,
+    ProjectionSpec,
+    StoredPrompt,
+    TokenizeResponse,
+)
+from bbt.protocol.projection import ProjectionRecipe
+
+if TYPE_CHECKING:
+    from bbt.client.projection_sessions import ProjectionSession
+
+
+__all__ = ["PromptStore", "Service", "SessionService", "UsageStats", "offers_prompt_registry"]
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A masked LM reachable through protocol v1 (or an in-process stand-in for one)."""
+
+    @property
+    def usage(self) -> UsageStats: ...
+
+    def model_info(self) -> ModelInfo:
+        """Discovery data of the model in use (cached after the first call)."""
+        ...
+
+    def tokenize(
+        self, texts: Sequence[str], add_special_tokens: bool = False
+    ) -> TokenizeResponse: ...
+
+    def embed(self, token_ids: Sequence[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Input embeddings, shape [len(token_ids), H]."""
+        ...
+
+    def logits(
+        self,
+        prompts: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits [P, B, C] for prompts [P, n, H]; work above the server's limits is split
+        into several requests and reassembled in order."""
+        ...
+
+
+@runtime_checkable
+class PromptStore(Protocol):
+    """A service that can keep tuned prompts and score texts against them by id (protocol
+    1.1's prompt registry). Having the methods is not enough: the model must also list the
+    ``"prompt_registry"`` capability (:func:`offers_prompt_registry`)."""
+
+    def model_info(self) -> ModelInfo: ...
+
+    def store_prompt(
+        self,
+        prompt: np.ndarray[Any, Any],
+        *,
+        label: str | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> StoredPrompt: ...
+
+    def get_prompt(self, prompt_id: str) -> StoredPrompt: ...
+
+    def list_prompts(self) -> list[StoredPrompt]: ...
+
+    def delete_prompt(self, prompt_id: str) -> None: ...
+
+    def prompt_logits(
+        self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits [B, C] of ``texts`` under the stored prompt."""
+        ...
+
+
+def offers_prompt_registry(service: object) -> bool:
+    """Whether ``service`` has the registry calls *and* its model lists the capability."""
+    from bbt.protocol import PROMPT_REGISTRY_CAPABILITY
+
+    if not isinstance(service, PromptStore):
+        return False
+    capabilities = getattr(service.model_info(), "capabilities", None) or ()
+    return PROMPT_REGISTRY_CAPABILITY in capabilities
+
+
+@runtime_checkable
+class SessionService(Service, Protocol):
+    """A :class:`Service` that can also host projection sessions (protocol 1.1).
+
+    Implementing the methods is not enough to use them: the server behind must offer
+    sessions too, which :meth:`supports_sessions` asks (``"sessions"`` in the model's
+    capabilities).
+    """
+
+    def supports_sessions(self) -> bool: ...
+
+    def open_session(
+        self,
+        projection: ProjectionRecipe | ProjectionSpec,
+        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> ProjectionSession:
+        """Have the service build A (and keep p0) so that calls send z, not prompts."""
+        ...
+
+    def session_logits(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits [P, B, C] of the prompts A z + p0 for z [P, d]; a session the service
+        lost is reopened from its recipe and the call retried once."""
+        ...
+
+    def close_session(self, session: ProjectionSession) -> None: ...

@@ -1,0 +1,258 @@
+"""The vLLM adapter's codec: request bodies, answers, capabilities. No I/O.
+
+:class:`~bbt.vllm.VLLMService` sends what this builds through the client core
+(:class:`bbt.client.transport.SyncHTTPCore`: headers, retries, usage, fan-out) and reads
+the answers with it, so everything vLLM-specific about the wire is here and nothing about
+sending is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from pydantic import SecretStr
+
+from bbt.errors import (
+    APIStatusError,
+    BadRequestError,
+    ConfigurationError,
+    InvalidRequestError,
+    ProtocolError,
+)
+from bbt.protocol import Limits, ModelInfo
+from bbt.vllm._model import FloatArray, ModelFacts
+from bbt.vllm._wire import status_error
+
+#: Oldest vLLM bbt talks to: earlier releases have known prompt-embeds vulnerabilities
+#: (crafted tensors crashing or corrupting the engine), and bbt sends tensors on every call.
+MIN_VLLM_VERSION = (0, 26, 0)
+#: vLLM's limit on ``logprob_token_ids`` (PR #43463): at most this many ids per request.
+MAX_LOGPROB_TOKEN_IDS = 128
+
+#: bbt's verbatim chat template for base models (black-box mode; docs/vllm.md).
+CHAT_TEMPLATE_PATH = Path(__file__).with_name("templates") / "bbt_base.jinja"
+
+Mode = Literal["auto", "chat", "completions"]
+Entries = Any  # one position's log-probs as vLLM answers them (see bbt.vllm._wire)
+
+
+def version_text(v: tuple[int, int, int]) -> str:
+    return ".".join(str(x) for x in v)
+
+
+def json_body(body: dict[str, Any]) -> bytes:
+    """A request body as sent: compact JSON."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def read_json(response: httpx.Response, secret: SecretStr | None) -> Any:
+    """The JSON of a vLLM answer; an error answer raised as :mod:`bbt.errors` says."""
+    if not response.is_success:
+        raise status_error(response, secret)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ProtocolError(
+            f"{response.request.url.path} answered with a body that is not JSON"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- capabilities
+
+
+def model_info(
+    card: dict[str, Any], facts: ModelFacts, mode: Literal["chat", "completions"], per: int
+) -> ModelInfo:
+    """What bbt's :class:`ModelInfo` says of a served model (one ``/v1/models`` card).
+
+    The limits are what one vLLM request carries: one (prompt, text) pair in black-box
+    mode, one prompt on up to ``per`` texts in embedding-table mode. The adapter splits jobs
+    itself; these make plans (``bbt tune --dry-run``) count requests right.
+    """
+    max_len = int(card.get("max_model_len") or 2048)
+    per = 1 if mode == "chat" else per
+    limits = Limits(
+        max_prompts_per_request=1,
+        max_texts_per_request=per,
+        max_sequences_per_request=per,
+        max_prompt_tokens=max(1, max_len - 2),
+        max_candidates=MAX_LOGPROB_TOKEN_IDS,
+        max_text_chars=max(1, max_len * 16),
+        max_embedding_ids=facts.vocab_size,
+        max_body_bytes=2**31 - 1,
+    )
+    return ModelInfo(
+        id=str(card["id"]),
+        kind="causal_lm",
+        hidden_size=facts.hidden_size,
+        vocab_size=facts.vocab_size,
+        num_layers=facts.num_layers,
+        max_sequence_length=max_len,
+        mask_token=None,
+        mask_token_id=None,
+        embedding_mean=facts.embedding_mean,
+        embedding_std=facts.embedding_std,
+        dtypes=["float32", "float16"],
+        limits=limits,
+    )
+
+
+def check_job(
+    info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int], mode: str
+) -> None:
+    """Refuse, before any request, a logits job vLLM cannot score."""
+    if arr.ndim != 3:
+        raise InvalidRequestError(
+            f"prompts must have shape [P, n, H]; got shape {list(arr.shape)}", field="prompts"
+        )
+    if arr.shape[0] == 0 or not texts or not ids:
+        raise InvalidRequestError("need at least one prompt, one text and one candidate id")
+    if arr.shape[2] != info.hidden_size:
+        raise InvalidRequestError(
+            f"prompts have hidden size {arr.shape[2]}; the model's is {info.hidden_size}",
+            field="prompts",
+        )
+    if arr.shape[1] == 0 and mode == "chat":
+        raise InvalidRequestError(
+            "black-box mode sends the soft prompt as a prompt_embeds part, which cannot be "
+            "empty: use n >= 1",
+            field="prompts",
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidRequestError("prompts hold NaN or infinite values", field="prompts")
+    if len(ids) > MAX_LOGPROB_TOKEN_IDS:
+        raise InvalidRequestError(
+            f"{len(ids)} candidate ids; vLLM returns log-probs for at most "
+            f"{MAX_LOGPROB_TOKEN_IDS} (logprob_token_ids)",
+            field="candidate_ids",
+        )
+    if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= info.vocab_size:
+        raise InvalidRequestError(
+            "candidate ids must be distinct vocabulary ids", field="candidate_ids"
+        )
+    for j, t in enumerate(texts):
+        if not t:
+            raise InvalidRequestError(
+                "a causal LM is scored after the text: empty text", field=f"texts.{j}"
+            )
+
+
+def explain(exc: APIStatusError, root: str, facts: ModelFacts, source: str) -> Exception:
+    """Turn vLLM's answers to a misconfigured server into settings errors that say what to
+    change; anything else unchanged. ``source``: where the hidden size came from."""
+    text = exc.message
+    if "enable-prompt-embeds" in text or "enable_prompt_embeds" in text:
+        return ConfigurationError(
+            f"the vLLM server at {root} does not accept prompt embeddings: start it "
+            "with --enable-prompt-embeds (see docs/vllm.md)"
+        )
+    if "chat template" in text.lower():
+        return ConfigurationError(
+            f"the vLLM server at {root} has no usable chat template for black-box "
+            f"mode ({text}); start it with --chat-template {CHAT_TEMPLATE_PATH} "
+            "--chat-template-content-format openai (see docs/vllm.md)"
+        )
+    if isinstance(exc, BadRequestError) and "hidden" in text.lower():
+        return ConfigurationError(
+            f"the vLLM server rejected the prompt tensor's shape ({text}): hidden size "
+            f"{facts.hidden_size} (from {source}) is not the served "
+            "model's; give the served model's config.json"
+        )
+    return exc
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def tokenize_body(model: str, text: str, add_special_tokens: bool) -> dict[str, Any]:
+    return {
+        "model": model,
+        "prompt": text,
+        "add_special_tokens": add_special_tokens,
+        "return_token_strs": True,
+    }
+
+
+def read_tokenize(answer: Any) -> tuple[list[int], list[str]]:
+    ids = answer.get("tokens") if isinstance(answer, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ProtocolError("/tokenize answered without a list of token ids")
+    strs = answer.get("token_strs")
+    if not isinstance(strs, list) or len(strs) != len(ids):
+        strs = [str(i) for i in ids]
+    return ids, [str(s) for s in strs]
+
+
+def sampling(ids: list[int]) -> dict[str, Any]:
+    """One token, greedy, with the log-probs of exactly ``ids`` at the scored position."""
+    return {
+        "max_tokens": 1,
+        "temperature": 0,
+        "logprob_token_ids": ids,
+        # Token ids as keys: no token string to map back (and none that is ambiguous).
+        "return_tokens_as_token_ids": True,
+    }
+
+
+def chat_body(model: str, embeds: str, text: str, ids: list[int], top_k: int) -> dict[str, Any]:
+    """Black-box mode: one user message, the soft prompt's ``prompt_embeds`` part then the
+    text, scored at the position after it."""
+    return {
+        "model": model,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "prompt_embeds", "data": embeds},
+                    {"type": "text", "text": text},
+                ],
+            }
+        ],
+        "add_generation_prompt": False,
+        # BOS where the tokenizer adds one: bbt's template adds none itself.
+        "add_special_tokens": True,
+        "logprobs": True,
+        "top_logprobs": top_k,
+        **sampling(ids),
+    }
+
+
+def read_chat(answer: Any) -> tuple[Entries, int]:
+    """The scored position's log-probs and the prompt tokens of a chat completion."""
+    try:
+        content = answer["choices"][0]["logprobs"]["content"]
+        entries = content[0]["top_logprobs"]
+        prompt_tokens = int(answer.get("usage", {}).get("prompt_tokens", 0))
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ProtocolError("chat completion answer without logprobs.content") from None
+    return entries, prompt_tokens
+
+
+def completions_body(model: str, embeds: list[str], ids: list[int], top_k: int) -> dict[str, Any]:
+    """Embedding-table mode: whole sequences as a list of ``prompt_embeds``."""
+    return {"model": model, "prompt_embeds": embeds, "logprobs": top_k, **sampling(ids)}
+
+
+def read_completions(answer: Any, count: int) -> tuple[list[tuple[int, Entries]], int]:
+    """Each choice's (index, scored position's log-probs), and the prompt tokens."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list) or len(choices) != count:
+        raise ProtocolError(
+            f"completions answered {len(choices) if isinstance(choices, list) else 0} "
+            f"choices for {count} prompts"
+        )
+    rows: list[tuple[int, Entries]] = []
+    for choice in choices:
+        try:
+            k = int(choice["index"])
+            entries = choice["logprobs"]["top_logprobs"][0]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ProtocolError("completion choice without logprobs.top_logprobs") from None
+        if not 0 <= k < count:
+            raise ProtocolError(f"completion choice index {k} out of range")
+        rows.append((k, entries))
+    return rows, int(answer.get("usage", {}).get("prompt_tokens", 0))
