@@ -77,8 +77,8 @@ def internal_error(exc: Exception, run_dir: Path | None) -> NoReturn:
     in the run directory when there is one, and the resume hint when the run can go on."""
     message = redact(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])
     if run_dir is not None and run_dir.is_dir():
-        from bbt.tuner._rundir import open_file
         from bbt.tuner.run import ERROR_LOG
+        from bbt.tuner.rundir import open_file
 
         log_path = run_dir / ERROR_LOG
         try:

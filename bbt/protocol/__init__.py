@@ -1,6 +1,5 @@
 """The bbt wire protocol (version 1, with the additive 1.1): models shared by client and servers."""
 
-from bbt.protocol._frame import FRAME_CONTENT_TYPE, encode_frame
 from bbt.protocol._models import (
     API_PREFIX,
     DEEP_PROMPTS,
@@ -26,19 +25,6 @@ from bbt.protocol._models import (
     TokenizeResponse,
     Usage,
 )
-from bbt.protocol._registry import (
-    PROMPT_REGISTRY_CAPABILITY,
-    PromptCreateRequest,
-    PromptDeleted,
-    PromptList,
-    PromptLogitsRequest,
-    StoredPrompt,
-    check_json_value,
-    check_prompt_create_request,
-    check_prompt_logits_request,
-    check_text,
-    is_prompt_id,
-)
 from bbt.protocol._sessions import (
     SESSIONS_CAPABILITY,
     InitialPromptSpec,
@@ -55,14 +41,28 @@ from bbt.protocol._tensor import (
     TensorDecodeError,
     encoded_size,
 )
-from bbt.protocol._validate import (
+from bbt.protocol._version import negotiate, speaks, wire_json
+from bbt.protocol.frame import FRAME_CONTENT_TYPE, encode_frame
+from bbt.protocol.registry import (
+    PROMPT_REGISTRY_CAPABILITY,
+    PromptCreateRequest,
+    PromptDeleted,
+    PromptList,
+    PromptLogitsRequest,
+    StoredPrompt,
+    check_json_value,
+    check_prompt_create_request,
+    check_prompt_logits_request,
+    check_text,
+    is_prompt_id,
+)
+from bbt.protocol.validate import (
     DecodedLogitsRequest,
     ProtocolViolation,
     check_embeddings_request,
     check_logits_request,
     check_tokenize_request,
 )
-from bbt.protocol._version import negotiate, speaks, wire_json
 
 __all__ = [
     "API_PREFIX",

@@ -52,19 +52,19 @@ from bbt.protocol._sessions import (
     SessionOpenRequest,
 )
 from bbt.protocol._tensor import TensorDecodeError
-from bbt.protocol._validate import (
-    DecodedLogitsRequest,
-    ProtocolViolation,
-    check_batch,
-    check_model,
-    check_prompt_values,
-)
 from bbt.protocol.projection import (
     RECIPE_VERSION,
     Projection,
     ProjectionRecipe,
     matrix_bytes,
     project_rows,
+)
+from bbt.protocol.validate import (
+    DecodedLogitsRequest,
+    ProtocolViolation,
+    check_batch,
+    check_model,
+    check_prompt_values,
 )
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]

@@ -50,8 +50,8 @@ from bbt.protocol import (
     negotiate,
     wire_json,
 )
-from bbt.protocol._frame import is_frame, split_frame
-from bbt.protocol._validate import DecodedLogitsRequest
+from bbt.protocol.frame import is_frame, split_frame
+from bbt.protocol.validate import DecodedLogitsRequest
 from bbt.server._failures import (
     STATUS_OF,
     APIFailure,

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Path, Query
 
 from bbt.protocol import SessionLogitsRequest
-from bbt.protocol._frame import FRAME_CONTENT_TYPE
+from bbt.protocol.frame import FRAME_CONTENT_TYPE
 from bbt.server._routes import MAX_SESSION_ID_CHARS, ROUTES, Route
 
 #: The session logits body, parsed by hand (JSON or a binary frame): documented as both.

@@ -35,7 +35,8 @@ from bbt.protocol import (
     check_prompt_create_request,
     check_prompt_logits_request,
 )
-from bbt.protocol._registry import (
+from bbt.protocol.projection import Projection
+from bbt.protocol.registry import (
     DEFAULT_MAX_RECIPE_BYTES,
     check_json_value,
     check_prompt_shape,
@@ -45,9 +46,8 @@ from bbt.protocol._registry import (
     page_limit,
     unknown_prompt,
 )
-from bbt.protocol._validate import check_prompt_values
-from bbt.protocol.projection import Projection
 from bbt.protocol.sessions import check_session_open, recipe_of, resolve_p0
+from bbt.protocol.validate import check_prompt_values
 from bbt.server._routes import PROMPTS_PATH
 from bbt.server.backend import Backend
 from bbt.server.registry import (

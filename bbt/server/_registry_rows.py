@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from bbt.protocol._registry import MAX_JSON_DEPTH, check_json_value, check_text
-from bbt.protocol._validate import ProtocolViolation
+from bbt.protocol.registry import MAX_JSON_DEPTH, check_json_value, check_text
+from bbt.protocol.validate import ProtocolViolation
 
 log = logging.getLogger("bbt.server")
 

@@ -61,8 +61,8 @@ from typing import Any, Literal
 import numpy as np
 
 from bbt.errors import ConfigurationError
-from bbt.protocol._registry import check_json_value, check_text
-from bbt.protocol._validate import ProtocolViolation
+from bbt.protocol.registry import check_json_value, check_text
+from bbt.protocol.validate import ProtocolViolation
 from bbt.server._registry_rows import (
     _F32,
     _ROW_COLUMNS,

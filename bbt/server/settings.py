@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bbt.errors import ConfigurationError
-from bbt.protocol._registry import (
+from bbt.protocol.registry import (
     DEFAULT_MAX_RECIPE_BYTES,
     DEFAULT_MAX_RECIPE_DEPTH,
     DEFAULT_PAGE_SIZE,

@@ -17,10 +17,10 @@ from typing import Any
 
 from bbt.client import Service
 from bbt.errors import RunError
-from bbt.tuner._rundir import load_npy
 from bbt.tuner.data import Example
 from bbt.tuner.predict import TunedPrompt
 from bbt.tuner.run import P0_FILE, load_result
+from bbt.tuner.rundir import load_npy
 
 Metrics = dict[str, float | int]
 

@@ -27,14 +27,14 @@ from bbt._version import __version__
 from bbt.client import Service, UsageStats
 from bbt.client.redaction import redact_url
 from bbt.errors import RunError
-from bbt.tuner._rundir import (
+from bbt.tuner.optimizer import import_cma
+from bbt.tuner.rundir import (
     atomic_write,
     check_run_dir,
     load_npy,
     open_fd,
     read_text,
 )
-from bbt.tuner.optimizer import import_cma
 
 try:
     import fcntl
@@ -113,7 +113,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """The manifest of a run directory; :class:`RunError` when there is none or it is damaged,
     :class:`~bbt.errors.UnsafeRunDirError` when the directory holds a link, a FIFO or a
-    device (see :func:`bbt.tuner._rundir.check_run_dir`).
+    device (see :func:`bbt.tuner.rundir.check_run_dir`).
 
     Every use of an existing run directory (resume, results, eval, predict) starts here, so
     this is where a crafted directory is refused, before any of its files is written."""

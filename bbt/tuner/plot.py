@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from bbt.tuner._rundir import atomic_write, read_text
+from bbt.tuner.rundir import atomic_write, read_text
 
 INSTALL_HINT = "install the plot extra to get plot.png: pip install 'bbt[plot]'"
 

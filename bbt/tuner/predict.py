@@ -24,10 +24,10 @@ from bbt.errors import (
     TaskError,
 )
 from bbt.protocol import DEEP_PROMPTS
-from bbt.tuner._rundir import atomic_write, load_npy, read_text
 from bbt.tuner.data import Example, load_examples
 from bbt.tuner.losses import accuracy, cross_entropy, f1, softmax
 from bbt.tuner.run import PROMPT, load_result, read_manifest
+from bbt.tuner.rundir import atomic_write, load_npy, read_text
 from bbt.tuner.tasks import Task, verbalizer_ids
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]

@@ -21,7 +21,7 @@ Layout of a run directory::
     plot.png          loss and dev metric against API calls (needs ``bbt[plot]``)
     error.log         the traceback of an internal error, when ``bbt tune`` met one
 
-Every file in a run directory is opened through :mod:`bbt.tuner._rundir`: a directory
+Every file in a run directory is opened through :mod:`bbt.tuner.rundir`: a directory
 holding a link, a FIFO or a device is refused (it may come from anyone), no open follows a
 link, and every file that is rewritten is replaced atomically. The directory itself may be a
 link.
@@ -49,15 +49,6 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import RunError
 from bbt.tuner import checkpoint as _ckpt
-from bbt.tuner._rundir import (
-    atomic_write,
-    exclusive_create,
-    load_npy,
-    open_file,
-    read_bytes,
-    read_text,
-    save_npy,
-)
 from bbt.tuner.data import Example, dump_jsonl, parse_jsonl
 
 # The layout and the manifest live in bbt.tuner.manifest; their names stay importable here.
@@ -97,6 +88,15 @@ from bbt.tuner.options import TuneOptions
 from bbt.tuner.plot import plot_history
 from bbt.tuner.projection import fingerprint_array
 from bbt.tuner.prompts import InitialPrompt
+from bbt.tuner.rundir import (
+    atomic_write,
+    exclusive_create,
+    load_npy,
+    open_file,
+    read_bytes,
+    read_text,
+    save_npy,
+)
 from bbt.tuner.tasks import Task, get_preset
 from bbt.tuner.tuner import Callback, GenerationRecord, TuneConfig, Tuner
 

@@ -240,7 +240,7 @@ def test_an_unwritable_run_directory_only_costs_the_record(
         raise PermissionError(13, "Permission denied")
 
     # The record is written by _rundir.atomic_write: its temp file cannot be made.
-    monkeypatch.setattr("bbt.tuner._rundir.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("bbt.tuner.rundir.tempfile.mkstemp", refuse)
     tp = TunedPrompt.load(run, server.client())
     tp.predict(TEXTS)
     assert tp.last_path == "id"

@@ -40,6 +40,7 @@ def test_all_is_sorted_and_complete() -> None:
         "prompts",
         "records",
         "run",
+        "rundir",
         "scoring",
         "sessions",
         "tasks",

@@ -1,4 +1,4 @@
-"""bbt.tuner._rundir: files in a run directory are opened without following links and
+"""bbt.tuner.rundir: files in a run directory are opened without following links and
 replaced atomically; a directory holding a link is refused whole (issue 18, item 2)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bbt.errors import RunError, UnsafeRunDirError
-from bbt.tuner import _rundir, read_manifest, resume, tune
+from bbt.tuner import read_manifest, resume, rundir, tune
 from bbt.tuner.plot import plot_history
 from bbt.tuner.run import ERROR_LOG, HISTORY, LOCK, RunLock
 from bbt.tuner.tasks import Task
@@ -56,7 +56,7 @@ def test_a_failed_replace_leaves_the_old_file_and_no_temp(
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="No space left"):
-        _rundir.atomic_write(target, b"new content that never lands\n")
+        rundir.atomic_write(target, b"new content that never lands\n")
     assert target.read_bytes() == OLD
     assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]
 
@@ -72,7 +72,7 @@ def test_a_failed_temp_write_leaves_the_old_file_and_no_temp(
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError, match="Input/output"):
-        _rundir.atomic_write(target, b"x" * 4096)
+        rundir.atomic_write(target, b"x" * 4096)
     assert target.read_bytes() == OLD
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.bin"]
 
@@ -81,7 +81,7 @@ def test_atomic_write_replaces_a_link_instead_of_writing_through_it(
     run: Path, victim: Path
 ) -> None:
     (run / "plot.png").symlink_to(victim)
-    _rundir.atomic_write(run / "plot.png", b"png")
+    rundir.atomic_write(run / "plot.png", b"png")
     assert victim.read_bytes() == VICTIM
     assert not (run / "plot.png").is_symlink()
     assert (run / "plot.png").read_bytes() == b"png"
@@ -90,7 +90,7 @@ def test_atomic_write_replaces_a_link_instead_of_writing_through_it(
 def test_exclusive_create_never_clobbers_a_dangling_link(run: Path, tmp_path: Path) -> None:
     (run / "manifest.json").symlink_to(tmp_path / "not-there-yet")
     with pytest.raises(FileExistsError):
-        _rundir.exclusive_create(run / "manifest.json", b"{}")
+        rundir.exclusive_create(run / "manifest.json", b"{}")
     assert not (tmp_path / "not-there-yet").exists()
     assert [p.name for p in run.iterdir()] == ["manifest.json"]  # and no temp left
 
@@ -99,10 +99,10 @@ def test_exclusive_create_never_clobbers_a_dangling_link(run: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("mode", ["rb", "ab", "r+b"])
-def test_open_file_refuses_a_symlink(mode: _rundir.Mode, run: Path, victim: Path) -> None:
+def test_open_file_refuses_a_symlink(mode: rundir.Mode, run: Path, victim: Path) -> None:
     (run / HISTORY).symlink_to(victim)
     with pytest.raises(UnsafeRunDirError, match=r"history\.jsonl is a symbolic link"):
-        _rundir.open_file(run / HISTORY, mode)
+        rundir.open_file(run / HISTORY, mode)
     assert victim.read_bytes() == VICTIM
 
 
@@ -110,15 +110,15 @@ def test_open_file_refuses_a_dangling_symlink_for_append(run: Path, tmp_path: Pa
     """O_CREAT through a dangling link would create the target wherever it points."""
     (run / ERROR_LOG).symlink_to(tmp_path / "created-elsewhere")
     with pytest.raises(UnsafeRunDirError, match="symbolic link"):
-        _rundir.open_file(run / ERROR_LOG, "ab")
+        rundir.open_file(run / ERROR_LOG, "ab")
     assert not (tmp_path / "created-elsewhere").exists()
 
 
-@pytest.mark.parametrize("name", sorted(_rundir.IN_PLACE))
+@pytest.mark.parametrize("name", sorted(rundir.IN_PLACE))
 def test_in_place_files_refuse_a_second_hard_link(name: str, run: Path, victim: Path) -> None:
     os.link(victim, run / name)
     with pytest.raises(UnsafeRunDirError, match="2 hard links"):
-        _rundir.open_file(run / name, "ab")
+        rundir.open_file(run / name, "ab")
     assert victim.read_bytes() == VICTIM
 
 
@@ -126,46 +126,46 @@ def test_a_replaced_file_may_have_hard_links(run: Path, victim: Path) -> None:
     """Files that are only read or atomically replaced (e.g. a `cp -al` backup of a run) are
     not written through, so a second link there is no danger and is not refused."""
     os.link(victim, run / "prompt.npy")
-    assert _rundir.read_bytes(run / "prompt.npy") == VICTIM
-    _rundir.check_run_dir(run)
+    assert rundir.read_bytes(run / "prompt.npy") == VICTIM
+    rundir.check_run_dir(run)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 @pytest.mark.parametrize("mode", ["rb", "ab", "r+b"])
-def test_a_fifo_is_refused_without_blocking(mode: _rundir.Mode, run: Path) -> None:
+def test_a_fifo_is_refused_without_blocking(mode: rundir.Mode, run: Path) -> None:
     os.mkfifo(run / HISTORY)
     with pytest.raises(UnsafeRunDirError, match="is a FIFO"):
-        _rundir.open_file(run / HISTORY, mode)  # a plain open("rb") would block forever
+        rundir.open_file(run / HISTORY, mode)  # a plain open("rb") would block forever
 
 
 def test_a_missing_file_is_file_not_found(run: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        _rundir.read_bytes(run / "z.npy")
+        rundir.read_bytes(run / "z.npy")
 
 
 def test_reads_and_appends_work_on_regular_files(run: Path) -> None:
-    with _rundir.open_file(run / HISTORY, "ab") as fh:
+    with rundir.open_file(run / HISTORY, "ab") as fh:
         fh.write(b"one\n")
         assert fh.tell() == 4
-    with _rundir.open_file(run / HISTORY, "ab") as fh:
+    with rundir.open_file(run / HISTORY, "ab") as fh:
         fh.write(b"two\n")
         assert fh.tell() == 8  # the history offset a checkpoint records
-    with _rundir.open_file(run / HISTORY, "r+b") as fh:
+    with rundir.open_file(run / HISTORY, "r+b") as fh:
         fh.truncate(4)
-    assert _rundir.read_text(run / HISTORY) == "one\n"
+    assert rundir.read_text(run / HISTORY) == "one\n"
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
-    _rundir.save_npy(run / "p0.npy", arr)
-    assert _rundir.load_npy(run / "p0.npy").tobytes() == arr.tobytes()
+    rundir.save_npy(run / "p0.npy", arr)
+    assert rundir.load_npy(run / "p0.npy").tobytes() == arr.tobytes()
 
 
 def test_without_o_nofollow_the_entry_is_checked_before_the_open(
     run: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Windows has no O_NOFOLLOW: the lstat check before the open must refuse the link."""
-    monkeypatch.setattr(_rundir, "_NOFOLLOW", 0)
+    monkeypatch.setattr(rundir, "_NOFOLLOW", 0)
     (run / HISTORY).symlink_to(victim)
     with pytest.raises(UnsafeRunDirError, match="symbolic link"):
-        _rundir.open_file(run / HISTORY, "ab")
+        rundir.open_file(run / HISTORY, "ab")
     assert victim.read_bytes() == VICTIM
 
 
@@ -176,10 +176,10 @@ def test_check_run_dir_names_the_first_offending_entry(run: Path, victim: Path) 
     (run / "manifest.json").write_text("{}")
     (run / "sub").mkdir()  # subdirectories are allowed: bbt never opens anything in them
     (run / "sub" / "link").symlink_to(victim)
-    _rundir.check_run_dir(run)
+    rundir.check_run_dir(run)
     (run / ".checkpoint.bin.abc.tmp").symlink_to(victim)
     with pytest.raises(UnsafeRunDirError) as info:
-        _rundir.check_run_dir(run)
+        rundir.check_run_dir(run)
     message = str(info.value)
     assert message.startswith(f"refusing the run directory {run}: .checkpoint.bin.abc.tmp is")
     assert "\n" not in message
@@ -187,11 +187,11 @@ def test_check_run_dir_names_the_first_offending_entry(run: Path, victim: Path) 
 
 def test_check_run_dir_of_a_missing_directory_is_a_run_error(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="cannot read run directory"):
-        _rundir.check_run_dir(tmp_path / "nope")
+        rundir.check_run_dir(tmp_path / "nope")
 
 
 def test_in_place_names_are_the_files_bbt_appends_to_or_truncates() -> None:
-    assert {LOCK, HISTORY, ERROR_LOG} == _rundir.IN_PLACE
+    assert {LOCK, HISTORY, ERROR_LOG} == rundir.IN_PLACE
 
 
 def test_the_run_lock_is_never_taken_through_a_link(run: Path, victim: Path) -> None:
@@ -243,7 +243,7 @@ def test_a_symlinked_run_directory_is_fine(
 
 # --------------------------------------------------------------------------- no raw opens
 
-#: Modules that touch run directories: every file operation there goes through _rundir.
+#: Modules that touch run directories: every file operation there goes through rundir.
 RUN_DIR_MODULES = [
     "bbt/tuner/run.py",
     "bbt/tuner/manifest.py",
@@ -278,7 +278,7 @@ def _raw_file_calls(path: Path) -> list[str]:
         elif isinstance(f, ast.Attribute):
             owner = f.value.id if isinstance(f.value, ast.Name) else None
             if (owner, f.attr) in _FORBIDDEN_MODULE_CALLS or (
-                f.attr in _FORBIDDEN_METHODS and owner != "_rundir"
+                f.attr in _FORBIDDEN_METHODS and owner != "rundir"
             ):
                 found.append(f"{path.name}:{node.lineno} {owner or '...'}.{f.attr}()")
     return found
@@ -286,7 +286,7 @@ def _raw_file_calls(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("module", RUN_DIR_MODULES)
 def test_no_raw_file_operation_in_modules_that_touch_run_directories(module: str) -> None:
-    """A new ``open()`` of a run file would follow links again: use bbt.tuner._rundir."""
+    """A new ``open()`` of a run file would follow links again: use bbt.tuner.rundir."""
     assert _raw_file_calls(ROOT / module) == []
 
 

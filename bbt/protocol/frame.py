@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from bbt.protocol._validate import ProtocolViolation
+from bbt.protocol.validate import ProtocolViolation
 
 FRAME_CONTENT_TYPE = "application/vnd.bbt.frame"
 _LENGTH = struct.Struct("<I")

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from bbt.protocol._models import ErrorType, ModelInfo, _Wire
 from bbt.protocol._sessions import InitialPromptSpec, ProjectionSpec
 from bbt.protocol._tensor import DType, Tensor, TensorDecodeError
-from bbt.protocol._validate import (
+from bbt.protocol.validate import (
     ProtocolViolation,
     check_batch,
     check_model,
