@@ -71,8 +71,8 @@ test-core-lowest:
 # benchmarks/embedded_quality.py, 3 seeds, 500 held-out rows: p0 33.2% -> 61.9% (+28.7 points),
 # as good as 400 calls with a population of 20, for a quarter of demo-full's tuning CPU time.
 # `make demo` on 2 cores held to AVX2 kernels in float32 (ATEN_CPU_CAPABILITY=avx2 ...
-# BBT_EMBEDDED_DTYPE=float32, the command in docs/server.md): 202 CPU seconds in all, so
-# under 5 minutes on 2 idle cores (138 with native bfloat16); held-out 33.0% -> 55.0% on
+# BBT_EMBEDDED_DTYPE=float32, the command in docs/server.md): 2 min 15 s wall on a quiet
+# machine (1 min 11 s with native bfloat16), start-up included; held-out 33.0% -> 55.0% on
 # examples/data/agnews_test.tsv, and 32.5% -> 58.8% (+26.3 points) natively, mean of seeds 0-2.
 # `make demo-full`: the settings before (16-shot, a population of 20, 600 calls; tuning 181 s
 # with native bfloat16, 636 s on 2 cores held to AVX2 kernels; held-out 36.7% with the manual
