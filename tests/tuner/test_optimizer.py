@@ -11,11 +11,11 @@ import pytest
 
 from bbt.client import LocalClient
 from bbt.server.mock import MockBackend
+from bbt.testing.contracts.optimizer import assert_continue_alike
 from bbt.tuner import Example, Task, TuneConfig, Tuner
 from bbt.tuner.optimizer import CMAOptimizer, cma_seed, import_cma
 
 from .conftest import H, small_config
-from .optimizers.test_base import assert_continue_alike
 
 Split = tuple[list[Example], list[Example]]
 

@@ -5,6 +5,8 @@ behaves as bbt expects (docs/testing.md, *Contract suites*).
   (discovery, tokenize, embeddings, logits, every limit enforced with an error envelope).
 - :class:`ServiceContract`: a client-side :class:`~bbt.client.Service` (signatures and
   behaviour of ``model_info``, ``tokenize``, ``embed``, ``logits``, ``usage``).
+- :class:`OptimizerContract`: an :class:`~bbt.tuner.optimizers.Optimizer` (ask/tell
+  alternation, a JSON-and-arrays state that resumes bit for bit, determinism, bounds).
 
 Importing this package imports pytest (you are writing tests); it never imports FastAPI or
 torch. ``bbt.testing`` itself does not import it.
@@ -14,5 +16,6 @@ from __future__ import annotations
 
 from bbt.testing.contracts._backend import BackendContract
 from bbt.testing.contracts._service import ServiceContract, assert_is_service
+from bbt.testing.contracts.optimizer import OptimizerContract
 
-__all__ = ["BackendContract", "ServiceContract", "assert_is_service"]
+__all__ = ["BackendContract", "OptimizerContract", "ServiceContract", "assert_is_service"]

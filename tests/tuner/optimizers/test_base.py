@@ -1,28 +1,29 @@
-"""The optimiser protocol and registry: every bbt optimiser conforms, names are looked up
-in code and through the ``bbt.optimizers`` entry points, an unknown name is one clear line."""
+"""The optimiser protocol and registry: every bbt optimiser passes the shipped
+OptimizerContract, names are looked up in code and through the ``bbt.optimizers`` entry
+points, an unknown name is one clear line."""
 
 from __future__ import annotations
 
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from bbt.client import LocalClient
 from bbt.errors import ConfigurationError
 from bbt.server.mock import MockBackend
+from bbt.testing.contracts import OptimizerContract
+from bbt.testing.contracts.optimizer import sphere
 from bbt.tuner import Example, Task, TuneConfig, read_manifest, resume, tune
-from bbt.tuner import checkpoint as ckpt
 from bbt.tuner.optimizers import (
     ENTRY_POINT_GROUP,
     LayerwiseOptimizer,
-    Optimizer,
+    OptimizerFactory,
     OptimizerSpec,
     available,
     base,
@@ -34,7 +35,6 @@ from bbt.tuner.optimizers import (
 from ..conftest import H, small_config
 
 Split = tuple[list[Example], list[Example]]
-SPEC = OptimizerSpec(dim=12, popsize=6, sigma=0.5, sampler_seed=1234567, bound=None)
 
 
 def _layerwise(spec: OptimizerSpec) -> LayerwiseOptimizer:
@@ -45,100 +45,47 @@ def _layerwise(spec: OptimizerSpec) -> LayerwiseOptimizer:
     return LayerwiseOptimizer(layers, layer_generations=2)
 
 
-FACTORIES: dict[str, Callable[[OptimizerSpec], Optimizer]] = {
-    "cma": lambda spec: make("cma", spec),
-    "sepcma": lambda spec: make("sepcma", spec),
-    "layerwise": _layerwise,
-}
+class _BbtOptimizer(OptimizerContract):
+    """The shipped contract, and what bbt's own optimisers promise beyond it (the same
+    array back from a second ``ask``, non-finite losses refused, their error wording)."""
 
+    spec = OptimizerSpec(dim=12, popsize=6, sigma=0.5, sampler_seed=1234567, bound=None)
 
-def _sphere(pop: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    return np.asarray((pop - 0.3) ** 2, dtype=np.float64).sum(axis=1)
-
-
-def assert_continue_alike(
-    ref: Any, copy: Any, loss: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
-) -> None:
-    """Two optimisers in the same state ask the same populations, bit for bit, for six
-    generations, and end with the same step size and mean."""
-    for _ in range(6):
-        a, b = ref.ask(), copy.ask()
-        np.testing.assert_array_equal(a, b)
-        ref.tell(loss(a))
-        copy.tell(loss(b))
-    assert ref.sigma == copy.sigma
-    np.testing.assert_array_equal(ref.mean(), copy.mean())
-
-
-def _through_a_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
-    """The state as a resumed run gets it back: JSON + npz bytes, read without pickle."""
-    return ckpt.decode_payload(ckpt.encode_payload({"s": state}))["s"]  # type: ignore[no-any-return]
-
-
-def _json_and_arrays_only(value: Any) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            assert isinstance(k, str)
-            _json_and_arrays_only(v)
-    elif isinstance(value, list):
-        for v in value:
-            _json_and_arrays_only(v)
-    elif isinstance(value, np.ndarray):
-        assert not value.dtype.hasobject
-    else:
-        assert value is None or isinstance(value, bool | int | float | str), type(value)
-
-
-@pytest.mark.parametrize("kind", sorted(FACTORIES))
-def test_protocol_conformance(kind: str) -> None:
-    opt = FACTORIES[kind](SPEC)
-    assert isinstance(opt, Optimizer)
-    width = SPEC.dim * (3 if kind == "layerwise" else 1)
-    assert (opt.dim, opt.popsize) == (width, SPEC.popsize)
-    pop = opt.ask()
-    assert pop.shape == (SPEC.popsize, width)
-    assert pop.dtype == np.float64
-    assert opt.ask() is pop  # stable until tell
-    assert opt.pending is pop
-    with pytest.raises(ValueError, match="one per candidate"):
-        opt.tell([1.0] * (SPEC.popsize - 1))
-    with pytest.raises(ValueError, match="finite"):
-        opt.tell([float("nan")] * SPEC.popsize)
-    opt.tell(_sphere(pop))
-    assert opt.pending is None
-    with pytest.raises(RuntimeError):
-        opt.tell(_sphere(pop))
-    assert opt.mean().shape == (width,)
-    assert opt.sigma > 0
-    assert opt.stop() == {}
-
-
-@pytest.mark.parametrize("kind", sorted(FACTORIES))
-def test_a_state_dict_taken_mid_run_continues_bit_for_bit(kind: str) -> None:
-    ref = FACTORIES[kind](SPEC)
-    for _ in range(5):
-        ref.tell(_sphere(ref.ask()))
-    state = ref.state_dict()
-    _json_and_arrays_only(state)
-    copy = FACTORIES[kind](SPEC)  # a fresh one, as a resumed run builds it
-    copy.load_state_dict(_through_a_checkpoint(state))
-    assert_continue_alike(ref, copy, _sphere)
-
-
-@pytest.mark.parametrize("kind", sorted(FACTORIES))
-def test_bounds_hold_every_candidate(kind: str) -> None:
-    opt = FACTORIES[kind](OptimizerSpec(8, 6, 5.0, 99, bound=0.25))
-    for _ in range(4):
+    def test_bbt_specifics(self, factory: OptimizerFactory) -> None:
+        opt = factory(self.spec)
         pop = opt.ask()
-        assert np.abs(pop).max() <= 0.25
-        opt.tell(_sphere(pop))
-    assert np.abs(opt.mean()).max() <= 0.25
+        assert opt.ask() is pop  # stable until tell
+        assert opt.pending is pop
+        with pytest.raises(ValueError, match="one per candidate"):
+            opt.tell([1.0] * (self.spec.popsize - 1))
+        with pytest.raises(ValueError, match="finite"):
+            opt.tell([float("nan")] * self.spec.popsize)
+        opt.tell(sphere(pop))
+        with pytest.raises(RuntimeError, match="without a pending ask"):
+            opt.tell(sphere(pop))
+        assert opt.sigma > 0
+        assert opt.stop() == {}
+        with pytest.raises(ValueError, match="not a"):
+            factory(self.spec).load_state_dict({"format": "something-else/1"})
 
 
-@pytest.mark.parametrize("kind", sorted(FACTORIES))
-def test_state_of_another_kind_is_refused(kind: str) -> None:
-    with pytest.raises(ValueError, match="not a"):
-        FACTORIES[kind](SPEC).load_state_dict({"format": "something-else/1"})
+class TestCMA(_BbtOptimizer):
+    name = "cma"
+
+
+class TestSepCMA(_BbtOptimizer):
+    name = "sepcma"
+
+
+class TestLayerwise(_BbtOptimizer):
+    """BBTv2's schedule over three CMA-ES layers, two generations a turn."""
+
+    @pytest.fixture
+    def factory(self) -> OptimizerFactory:
+        return _layerwise
+
+    def expected_dim(self, spec: OptimizerSpec) -> int:
+        return 3 * spec.dim
 
 
 def test_bbt_registers_its_optimisers_in_code_and_as_entry_points() -> None:
