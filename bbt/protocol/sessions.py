@@ -53,7 +53,8 @@ from bbt.protocol.projection import Projection, project_rows
 # The request checks and the limits live in bbt.protocol.session_requests; every name
 # stays importable from here, where servers and clients have always found them.
 from bbt.protocol.session_requests import MAX_Z_VALUE as MAX_Z_VALUE
-from bbt.protocol.session_requests import FloatArray, IntArray
+from bbt.protocol.session_requests import FloatArray as FloatArray
+from bbt.protocol.session_requests import IntArray as IntArray
 from bbt.protocol.session_requests import SessionLimits as SessionLimits
 from bbt.protocol.session_requests import check_session_logits as check_session_logits
 from bbt.protocol.session_requests import check_session_open as check_session_open
