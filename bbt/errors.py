@@ -32,6 +32,11 @@ Lower-level exceptions (httpx, pydantic) are mapped to these at one boundary, in
 from __future__ import annotations
 
 
+def _where(field: str | None) -> str:
+    """How a message names the request field it is about (local and server errors alike)."""
+    return f" (field: {field})" if field else ""
+
+
 class BBTError(Exception):
     """Base class of every bbt exception."""
 
@@ -71,8 +76,7 @@ class InvalidRequestError(BBTError, ValueError):
         self.error_type = error_type
 
     def __str__(self) -> str:
-        where = f" (field: {self.field})" if self.field else ""
-        return f"{self.message}{where}"
+        return f"{self.message}{_where(self.field)}"
 
 
 class APIError(BBTError):
@@ -120,8 +124,8 @@ class APIStatusError(APIError):
         self.field = field
 
     def __str__(self) -> str:
-        where = f" (field: {self.field})" if self.field else ""
-        return f"{self.status_code} {self.error_type or 'error'}: {self.message}{where}"
+        kind = self.error_type or "error"
+        return f"{self.status_code} {kind}: {self.message}{_where(self.field)}"
 
 
 class BadRequestError(APIStatusError):

@@ -129,3 +129,14 @@ def unpack_state(d: dict[str, Any]) -> RunState:
         elapsed=float(d["elapsed"]),
         extra=extra,
     )
+
+
+def unpack_checkpoint(data: dict[str, Any], optimizer: str) -> tuple[RunState, dict[str, Any]]:
+    """The tuner's state and the optimiser's from :func:`pack_state`'s data, for a run
+    whose optimiser is ``optimizer``; ValueError for another version or optimiser."""
+    if data.get("version") != STATE_VERSION:
+        raise ValueError("unsupported checkpoint version")
+    name = data.get("optimizer", "cma")
+    if name != optimizer:
+        raise ValueError(f"the checkpoint's optimizer is {name!r}; this run's is {optimizer!r}")
+    return unpack_state(data["state"]), data["optimizer_state"]

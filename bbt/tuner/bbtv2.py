@@ -104,16 +104,7 @@ def layer_recipes(config: TuneConfig, info: ModelInfo) -> list[ProjectionRecipe]
     """One projection recipe per layer, scaled from that layer's hidden-state std."""
     stds = require_deep(info)
     return [
-        ProjectionRecipe(
-            seed=layer_seed(config.seed, layer, 0xB2),
-            n_tokens=config.n_tokens,
-            hidden_size=info.hidden_size,
-            dim=config.dim,
-            embedding_std=std,
-            alpha=config.alpha,
-            sigma=config.sigma,
-            distribution=config.projection,
-        )
+        config.recipe(info.hidden_size, std, seed=layer_seed(config.seed, layer, 0xB2))
         for layer, std in enumerate(stds)
     ]
 

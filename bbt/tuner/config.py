@@ -11,7 +11,7 @@ from typing import Any
 from bbt.errors import ConfigurationError
 from bbt.tuner import optimizers
 from bbt.tuner.losses import LOSSES
-from bbt.tuner.projection import Distribution
+from bbt.tuner.projection import Distribution, ProjectionRecipe
 
 # Defaults of the paper (Sun et al., 2022, Sec. 4.1 and their released code).
 DEFAULT_N_TOKENS = 50
@@ -138,6 +138,23 @@ class TuneConfig:
     @property
     def population(self) -> int:
         return self.popsize if self.popsize is not None else 4 + int(3 * math.log(self.dim))
+
+    def recipe(
+        self, hidden_size: int, embedding_std: float, *, seed: int | None = None
+    ) -> ProjectionRecipe:
+        """The projection recipe of this run for a model of ``hidden_size`` whose prompts are
+        scaled from ``embedding_std``. ``seed`` replaces the run's (BBTv2 gives every layer
+        its own); BBT and BBTv2 build their recipes here so that they cannot drift apart."""
+        return ProjectionRecipe(
+            seed=self.seed if seed is None else seed,
+            n_tokens=self.n_tokens,
+            hidden_size=hidden_size,
+            dim=self.dim,
+            embedding_std=embedding_std,
+            alpha=self.alpha,
+            sigma=self.sigma,
+            distribution=self.projection,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -70,9 +70,12 @@ class Evaluator(ABC):
         """Release what the evaluator holds on the service (e.g. a session)."""
 
 
-class ProjectingEvaluator(Evaluator):
-    """p = A z + p0 computed locally, then one :meth:`Service.logits` call per population
-    (the service splits it over its limits). ``z`` is ``[P, d]``; prompts are ``[P, n, H]``."""
+class _LocalProjection(Evaluator):
+    """What the evaluators of a projection recipe share: A built here and p0, so that
+    :meth:`prompts` (what a run saves) is p = A z + p0 computed locally, whichever way the
+    logits are then asked for. ``z`` is ``[P, d]``; prompts are ``[P, n, H]``. (A base of
+    its own rather than one evaluator subclassing the other: ``isinstance`` tells the two
+    paths apart.)"""
 
     def __init__(self, service: Service, recipe: ProjectionRecipe, p0: F32) -> None:
         if p0.shape != (recipe.n_tokens, recipe.hidden_size):
@@ -86,6 +89,11 @@ class ProjectingEvaluator(Evaluator):
 
     def prompts(self, z: np.ndarray[Any, Any]) -> F32:
         return self.projection.project(z, self.p0)
+
+
+class ProjectingEvaluator(_LocalProjection):
+    """p = A z + p0 computed locally, then one :meth:`Service.logits` call per population
+    (the service splits it over its limits). ``z`` is ``[P, d]``; prompts are ``[P, n, H]``."""
 
     def logits(
         self, z: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
@@ -110,24 +118,18 @@ def make_evaluator(
 # --------------------------------------------------------------------------- sessions
 
 
-class SessionEvaluator(Evaluator):
-    """Candidates scored through a projection session (see the module docstring)."""
+class SessionEvaluator(_LocalProjection):
+    """Candidates scored through a projection session (see the module docstring). The
+    local A also checks the fingerprint of the server's; only the logits go through the
+    session."""
+
+    service: SessionService
 
     def __init__(self, service: SessionService, recipe: ProjectionRecipe, p0: F32) -> None:
-        if p0.shape != (recipe.n_tokens, recipe.hidden_size):
-            raise ValueError(
-                f"p0 has shape {list(p0.shape)}; expected [{recipe.n_tokens}, {recipe.hidden_size}]"
-            )
-        self.service = service
-        self.recipe = recipe
-        self.projection = Projection(recipe)
-        self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
+        super().__init__(service, recipe, p0)
         self.session = service.open_session(
             recipe, self.p0, expected_fingerprint=self.projection.fingerprint()
         )
-
-    def prompts(self, z: np.ndarray[Any, Any]) -> F32:
-        return self.projection.project(z, self.p0)
 
     def logits(
         self, z: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]

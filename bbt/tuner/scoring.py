@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bbt.tuner._state import Candidate
 from bbt.tuner.losses import cross_entropy
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
@@ -72,4 +73,19 @@ def beats(
         or sel_metric is None
         or metric > sel_metric
         or (metric == sel_metric and ce < (sel_ce or math.inf))
+    )
+
+
+def takes_selection(cand: Candidate, selected: Candidate | None) -> bool:
+    """Whether ``cand``, scored on dev, takes the selection from ``selected`` (:func:`beats`);
+    a candidate without dev scores never does."""
+    metric, ce = cand.dev_metric, cand.dev_ce
+    if metric is None or ce is None:
+        return False
+    return beats(
+        metric,
+        ce,
+        None if selected is None else selected.dev_metric,
+        None if selected is None else selected.dev_ce,
+        first=selected is None,
     )

@@ -34,8 +34,8 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import ConfigurationError, TaskError
 from bbt.tuner import optimizers
-from bbt.tuner._state import STATE_VERSION, RunState, pack_state, unpack_state
 from bbt.tuner._state import Candidate as Candidate  # part of this module's API
+from bbt.tuner._state import RunState, pack_state, unpack_checkpoint
 from bbt.tuner.config import (
     DEFAULT_ALPHA,
     DEFAULT_BUDGET,
@@ -57,7 +57,13 @@ from bbt.tuner.optimizers import OptimizerSpec, cma_seed
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.prompts import InitialPrompt, build_initial_prompt
 from bbt.tuner.records import Callback, GenerationRecord
-from bbt.tuner.scoring import NONFINITE_PENALTY, beats, dev_scores, nonfinite_rule, train_scores
+from bbt.tuner.scoring import (
+    NONFINITE_PENALTY,
+    dev_scores,
+    nonfinite_rule,
+    takes_selection,
+    train_scores,
+)
 from bbt.tuner.tasks import Task, verbalizer_ids
 
 #: The name under which pickles of bbt up to f05a715 (the legacy reader's) find the state.
@@ -172,16 +178,7 @@ class Tuner:
                 f"p0 has shape {list(p0.shape)}; expected [{cfg.n_tokens}, {info.hidden_size}]"
             )
         self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
-        self.recipe = ProjectionRecipe(
-            seed=cfg.seed,
-            n_tokens=cfg.n_tokens,
-            hidden_size=info.hidden_size,
-            dim=cfg.dim,
-            embedding_std=info.embedding_std,
-            alpha=cfg.alpha,
-            sigma=cfg.sigma,
-            distribution=cfg.projection,
-        )
+        self.recipe: ProjectionRecipe = cfg.recipe(info.hidden_size, info.embedding_std)
         if evaluator is None:
             self.evaluator: Evaluator = make_evaluator(
                 service, self.recipe, self.p0, sessions=cfg.sessions
@@ -426,28 +423,12 @@ class Tuner:
             and st.extra.get("mean_scored_calls") != st.calls
         )
 
-    def _mean_z(self) -> F64:
-        """The CMA-ES mean as a candidate z: pycma's ``mean`` mapped to the space the
-        candidates live in (within the bounds, when there are bounds)."""
-        return self.optimizer.mean()
-
     def _consider(self, cand: Candidate) -> bool:
         """Make ``cand`` (already scored on dev) the selection if it beats it: higher dev
         metric, or equal with a lower dev cross-entropy; on a full tie the earlier stays."""
-        st = self._state
-        sel = st.selected
-        metric, ce = cand.dev_metric, cand.dev_ce
-        if metric is None or ce is None:
-            return False
-        better = beats(
-            metric,
-            ce,
-            None if sel is None else sel.dev_metric,
-            None if sel is None else sel.dev_ce,
-            first=sel is None,
-        )
+        better = takes_selection(cand, self._state.selected)
         if better:
-            st.selected = replace(cand, z=cand.z.copy())
+            self._state.selected = replace(cand, z=cand.z.copy())
         return better
 
     def _dev_select(self, rec: GenerationRecord | None) -> None:
@@ -469,7 +450,7 @@ class Tuner:
         if self._mean_due():
             # The mean moves every generation, so it is scored even when the best is stale.
             # Scored after the best: on a full tie the best-by-train candidate stays.
-            z = self._mean_z()
+            z = self.optimizer.mean()  # the mean as a candidate z (within any bounds)
             metric, ce = self.evaluate_dev(z)
             st.extra["mean_scored_calls"] = st.calls
             mean = Candidate(z, float("nan"), st.calls, metric, ce, source="mean")
@@ -502,15 +483,8 @@ class Tuner:
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the legacy reader converts older checkpoints)."""
-        if data.get("version") != STATE_VERSION:
-            raise ValueError("unsupported checkpoint version")
-        name = data.get("optimizer", "cma")
-        if name != self.config.optimizer:
-            raise ValueError(
-                f"the checkpoint's optimizer is {name!r}; this run's is {self.config.optimizer!r}"
-            )
-        state = unpack_state(data["state"])
-        self.optimizer.load_state_dict(data["optimizer_state"])
+        state, optimizer_state = unpack_checkpoint(data, self.config.optimizer)
+        self.optimizer.load_state_dict(optimizer_state)
         self._state = state
         self._elapsed_base = state.elapsed
         self._session_start = time.perf_counter()
