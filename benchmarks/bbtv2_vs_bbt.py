@@ -60,19 +60,15 @@ METHODS = ("bbt", "bbtv2")
 def bytes_per_candidate(info: Any, tuner: Any, popsize: int, dtype: Any) -> float:
     """Request-body bytes of one generation on the training set, per candidate, as the
     client encodes it (base64 tensors in JSON), for ``dtype`` on the wire."""
-    from bbt.cli._dry_run import plan_call
+    from bbt.client.planning import plan_logits
 
+    # The client's own planner (as ``bbt tune --dry-run`` does): the bodies it would send.
     layers = getattr(tuner, "num_layers", None)
-    plan = plan_call(
-        info,
-        popsize,
-        tuner.config.n_tokens,
-        tuner.train_texts,
-        tuner.candidate_ids,
-        dtype,
-        layers=layers,
-    )
-    return plan.bytes_up / popsize
+    deep = () if layers is None else (layers,)
+    shape = (popsize, *deep, tuner.config.n_tokens, info.hidden_size)
+    prompts = np.zeros(shape, dtype=np.float32)
+    chunks = plan_logits(info, prompts, tuner.train_texts, tuner.candidate_ids, dtype)
+    return sum(len(c.request.model_dump_json().encode()) for c in chunks) / popsize
 
 
 def main(argv: list[str] | None = None) -> int:

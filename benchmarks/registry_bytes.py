@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from bbt.client import Client
-from bbt.server._core import ServiceCore
+from bbt.server.local import ServiceCore
 from bbt.server.mock import MockBackend
 from bbt.server.registry import PromptRegistry
 from bbt.server.settings import ServerSettings

@@ -195,7 +195,7 @@ def vllm_generation(mode: str, p: int, n: int, b: int, hidden: int, dtype: str) 
 
 
 def bbt_generation(p: int, n: int, b: int, hidden: int, dtype: str) -> dict[str, Any]:
-    from bbt.client._base import plan_logits
+    from bbt.client.planning import plan_logits
 
     limits = default_limits(8192).model_copy(update={"max_prompt_tokens": max(n, 1)})
     info = ModelInfo(
