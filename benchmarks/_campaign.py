@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -145,30 +145,25 @@ class Proc:
             return ""
 
 
+@dataclass
 class MockServer:
     """``bbt mock-server`` on a fixed loopback port, killable and restartable on that port.
 
     Each incarnation logs to its own file (``<name>-<i>.log``); the fault sequence of
-    incarnation ``i`` is seeded with ``fault_seed + i``.
+    incarnation ``i`` is seeded with ``fault_seed + i``. ``port`` 0 picks a free one.
     """
 
-    def __init__(
-        self,
-        workdir: Path,
-        name: str,
-        args: list[str],
-        env: dict[str, str],
-        fault_seed: int = 0,
-        port: int | None = None,
-    ) -> None:
-        self.workdir = workdir
-        self.name = name
-        self.args = args
-        self.env = env
-        self.fault_seed = fault_seed
-        self.port = port or free_port()
-        self.logs: list[Path] = []
-        self.proc: Proc | None = None
+    workdir: Path
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    fault_seed: int = 0
+    port: int = 0
+    logs: list[Path] = field(default_factory=list, init=False)
+    proc: Proc | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port()
 
     @property
     def url(self) -> str:
