@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -32,7 +31,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+import _machine
 import numpy as np
+from _machine import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -382,39 +383,12 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- result files
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return sorted({w for w in wanted if re.search(rf"\b{w}\b", text)})
-
-
 def commit() -> str:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "bbt")
-    return head + ("+dirty(bbt)" if dirty else "")
+    return git_commit(digits=12, only="bbt")
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "cpu_flags": cpu_flags(),
-        "gpu": None,
-        # The machine is shared: wall times mean little without the load they ran under.
-        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
+    return _machine.machine(processor=False, flags=True, load=True)
 
 
 def write_result(path: Path, record: dict[str, Any], argv: list[str]) -> None:

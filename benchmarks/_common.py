@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import quality_data  # noqa: E402
+from _machine import machine  # noqa: E402
 
 #: The paper's templates (Sun et al., 2022, Table 6) with the model's mask token filled in
 #: later, and the label order of ``../shared/data``. Both implementations use these texts.
@@ -105,16 +105,6 @@ def load_backend(dtype: str = "bfloat16", threads: int = 2, head: str = "auto") 
 def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Accuracy of each prompt; logits [P, B, C]."""
     return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "gpu": None,
-    }
 
 
 def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None) -> Path:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _machine  # noqa: E402
 import quality_data  # noqa: E402
 from _common import machine  # noqa: E402
 
@@ -169,18 +170,13 @@ def ridge_probe(
     return {"probe_dev": best[0], "probe_alpha": best[1], "probe_heldout": held_acc}
 
 
+#: The flags this benchmark reports (sorted): the compute path's and the int8 ones.
+EMBEDDED_FLAGS = ("amx_bf16", "amx_int8", "avx2", "avx512_bf16", "avx512_vnni", "avx512f")
+
+
 def cpu_flags() -> list[str]:
     """The CPU flags that decide the compute path (AVX2, AVX-512, native bfloat16)."""
-    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    found: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            found |= wanted & set(line.split(":", 1)[1].split())
-    return sorted(found)
+    return _machine.cpu_flags(EMBEDDED_FLAGS)
 
 
 def default_dtype() -> str:
