@@ -19,6 +19,7 @@ from typing import Any
 
 import _common
 import numpy as np
+from _reference import PROMPT_OFFSET
 
 #: One run's outcome: calls, dev_calls, seconds, best_dev_acc, selected_calls, the method's
 #: own fields, then ``selections`` (prompt per checkpoint) and ``p0``.
@@ -79,6 +80,90 @@ def run_tuner(tuner: Any, eval_every: int, extra: dict[str, Any]) -> RunResult:
         "selections": selections,
         "p0": tuner.p0,
     }
+
+
+def run_reference(
+    cls: Any,
+    backend: Any,
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    selection: Callable[[Any, Any], Any],
+    extra: Callable[[Any, Any], dict[str, Any]],
+) -> RunResult:
+    """One run of reference loop ``cls``; ``selection(model, best)``: the prompt of what it
+    has selected so far; ``extra(model, result)``: its own fields (after ``selected_calls``)."""
+    ref = cls(
+        backend,
+        data["train_texts"],
+        data["train_y"],
+        data["dev_texts"],
+        data["dev_y"],
+        data["cand"],
+        n_tokens=args.n_tokens,
+        dim=args.dim,
+        popsize=args.popsize,
+        sigma=args.sigma,
+        budget=args.budget,
+        eval_every=args.eval_every,
+        loss=args.loss,
+        seed=seed,
+    )
+    selections: dict[int, np.ndarray[Any, Any] | None] = {}
+    last = [0]
+
+    def on_generation(model: Any, rec: dict[str, Any], best: Any) -> None:
+        for c in crossed(last[0], int(rec["calls"]), args.eval_every):
+            selections[c] = None if best is None else selection(model, best)
+        last[0] = int(rec["calls"])
+
+    res = ref.run(on_generation)
+    return {
+        "calls": res.calls,
+        "dev_calls": res.dev_calls,
+        "seconds": res.seconds,
+        "best_dev_acc": res.best_dev_acc,
+        "selected_calls": res.selected_calls,
+        **extra(ref, res),
+        "selections": selections,
+        "p0": ref.p0,
+    }
+
+
+def run_bbt(
+    make: Callable[..., Any],
+    client: Any,
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    extra: Callable[[Any], dict[str, Any]],
+    **config: Any,
+) -> RunResult:
+    """One run of bbt's tuner ``make(client, task, train, dev, config, initial_prompt=...)``
+    with the same settings and p0 as the reference; ``config``: the method's own settings,
+    ``extra(tuner)``: its own result fields."""
+    from bbt.tuner import InitialPrompt, TuneConfig
+
+    cfg = TuneConfig(
+        n_tokens=args.n_tokens,
+        dim=args.dim,
+        popsize=args.popsize,
+        sigma=args.sigma,
+        budget=args.budget,
+        loss=args.loss,
+        eval_every=args.eval_every,
+        seed=seed,
+        **config,
+    )
+    tuner = make(
+        client,
+        data["task"],
+        data["train_ex"],
+        data["dev_ex"],
+        cfg,
+        initial_prompt=InitialPrompt(kind="vocab_range", start=PROMPT_OFFSET),
+    )
+    return run_tuner(tuner, args.eval_every, extra(tuner))
 
 
 class HeldOut:

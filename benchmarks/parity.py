@@ -25,75 +25,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _parity
-from reference_bbt import PROMPT_OFFSET, ReferenceBBT
+from reference_bbt import ReferenceBBT
 
 
 def run_reference(backend: Any, data: dict[str, Any], args: argparse.Namespace, seed: int) -> Any:
-    ref = ReferenceBBT(
+    return _parity.run_reference(
+        ReferenceBBT,
         backend,
-        data["train_texts"],
-        data["train_y"],
-        data["dev_texts"],
-        data["dev_y"],
-        data["cand"],
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        sigma=args.sigma,
-        budget=args.budget,
-        eval_every=args.eval_every,
-        loss=args.loss,
-        seed=seed,
+        data,
+        args,
+        seed,
+        selection=lambda model, best_z: model.prompts(best_z[None])[0],
+        extra=lambda ref, res: {
+            "proj_std": ref.proj_std,
+            "stop": {k: str(v) for k, v in res.stop.items()},
+        },
     )
-    selections: dict[int, np.ndarray[Any, Any] | None] = {}
-    last = [0]
-
-    def on_generation(model: ReferenceBBT, rec: dict[str, Any], best_z: Any) -> None:
-        for c in _parity.crossed(last[0], int(rec["calls"]), args.eval_every):
-            selections[c] = None if best_z is None else model.prompts(best_z[None])[0]
-        last[0] = int(rec["calls"])
-
-    res = ref.run(on_generation)
-    return {
-        "calls": res.calls,
-        "dev_calls": res.dev_calls,
-        "seconds": res.seconds,
-        "best_dev_acc": res.best_dev_acc,
-        "selected_calls": res.selected_calls,
-        "proj_std": ref.proj_std,
-        "stop": {k: str(v) for k, v in res.stop.items()},
-        "selections": selections,
-        "p0": ref.p0,
-    }
 
 
 def run_bbt(client: Any, data: dict[str, Any], args: argparse.Namespace, seed: int) -> Any:
-    from bbt.tuner import InitialPrompt, TuneConfig, Tuner
+    from bbt.tuner import Tuner
 
-    cfg = TuneConfig(
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        sigma=args.sigma,
-        budget=args.budget,
-        loss=args.loss,
-        eval_every=args.eval_every,
-        seed=seed,
-    )
-    tuner = Tuner(
-        client,
-        data["task"],
-        data["train_ex"],
-        data["dev_ex"],
-        cfg,
-        initial_prompt=InitialPrompt(kind="vocab_range", start=PROMPT_OFFSET),
-    )
-    return _parity.run_tuner(tuner, args.eval_every, {"proj_std": tuner.recipe.std})
+    def extra(tuner: Tuner) -> dict[str, Any]:
+        return {"proj_std": tuner.recipe.std}
+
+    return _parity.run_bbt(Tuner, client, data, args, seed, extra)
 
 
 METHOD = _parity.Method(

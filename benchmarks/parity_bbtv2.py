@@ -30,77 +30,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _parity
-from reference_bbtv2 import PROMPT_OFFSET, ReferenceBBTv2
+from reference_bbtv2 import ReferenceBBTv2
 
 
 def run_reference(backend: Any, data: dict[str, Any], args: argparse.Namespace, seed: int) -> Any:
-    ref = ReferenceBBTv2(
+    return _parity.run_reference(
+        ReferenceBBTv2,
         backend,
-        data["train_texts"],
-        data["train_y"],
-        data["dev_texts"],
-        data["dev_y"],
-        data["cand"],
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        sigma=args.sigma,
-        budget=args.budget,
-        eval_every=args.eval_every,
-        loss=args.loss,
-        seed=seed,
+        data,
+        args,
+        seed,
+        selection=lambda model, best: best.copy(),
+        extra=lambda ref, res: {"layer_std": res.layer_std},
     )
-    selections: dict[int, np.ndarray[Any, Any] | None] = {}
-    last = [0]
-
-    def on_generation(model: ReferenceBBTv2, rec: dict[str, Any], best: Any) -> None:
-        for c in _parity.crossed(last[0], int(rec["calls"]), args.eval_every):
-            selections[c] = None if best is None else best.copy()
-        last[0] = int(rec["calls"])
-
-    res = ref.run(on_generation)
-    return {
-        "calls": res.calls,
-        "dev_calls": res.dev_calls,
-        "seconds": res.seconds,
-        "best_dev_acc": res.best_dev_acc,
-        "selected_calls": res.selected_calls,
-        "layer_std": res.layer_std,
-        "selections": selections,
-        "p0": ref.p0,
-    }
 
 
 def run_bbt(client: Any, data: dict[str, Any], args: argparse.Namespace, seed: int) -> Any:
-    from bbt.tuner import InitialPrompt, TuneConfig
     from bbt.tuner.bbtv2 import BBTv2Tuner
 
-    cfg = TuneConfig(
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        sigma=args.sigma,
-        budget=args.budget,
-        loss=args.loss,
-        eval_every=args.eval_every,
-        seed=seed,
-        method="bbtv2",
-    )
-    tuner = BBTv2Tuner(
-        client,
-        data["task"],
-        data["train_ex"],
-        data["dev_ex"],
-        cfg,
-        initial_prompt=InitialPrompt(kind="vocab_range", start=PROMPT_OFFSET),
-    )
-    layer_std = [r.embedding_std for r in tuner.layer_recipes]
-    return _parity.run_tuner(tuner, args.eval_every, {"layer_std": layer_std})
+    def extra(tuner: BBTv2Tuner) -> dict[str, Any]:
+        return {"layer_std": [r.embedding_std for r in tuner.layer_recipes]}
+
+    return _parity.run_bbt(BBTv2Tuner, client, data, args, seed, extra, method="bbtv2")
 
 
 def check_budget(args: argparse.Namespace, info: Any) -> None:
