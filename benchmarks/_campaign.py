@@ -14,6 +14,7 @@ arithmetic in every process).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -381,6 +382,24 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- result files
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, budget: int, dim: int, seed: int) -> None:
+    """The tuning run's flags, as the campaigns (chaos, crash points) take them."""
+    p.add_argument("--budget", type=int, default=budget)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--n-tokens", type=int, default=10)
+    p.add_argument("--dim", type=int, default=dim)
+    p.add_argument("--seed", type=int, default=seed, help="seed of the tuning run")
+
+
+def add_output_flags(p: argparse.ArgumentParser, *, time_limit: float, smoke_help: str) -> None:
+    """A campaign's time limit, where its files go, and ``--smoke``."""
+    p.add_argument("--time-limit", type=float, default=time_limit, help="s for the whole check")
+    p.add_argument("--keep", type=Path, default=None, help="keep run dirs and logs here")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--smoke", action="store_true", help=smoke_help)
 
 
 def commit() -> str:
