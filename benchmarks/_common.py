@@ -33,6 +33,25 @@ TEMPLATES = {"sst2": "{text} . It was {mask} .", "agnews": "{mask} News: {text}"
 LABELS = {"sst2": ("0", "1"), "agnews": ("World", "Sports", "Business", "Sci/Tech")}
 
 
+#: SST-2-like movie review sentences (written for the wire benchmarks): the real set's
+#: sentences average about 100 characters, and so do these.
+SENTENCES = (
+    "a gripping , beautifully shot drama that never lets its big ideas smother the characters",
+    "the jokes land with a thud and the plot wanders off long before the final reel",
+    "an uneven but often touching portrait of a family coming apart at the seams",
+    "it is hard to remember the last time a thriller felt this lazy and this long",
+    "the performances are terrific , and the script gives every one of them room to breathe",
+    "a tired retread of better films , padded with scenes that go nowhere in particular",
+    "funny , warm and smarter than it has any right to be",
+    "even the talented cast cannot rescue this muddled , joyless mess of a comedy",
+)
+
+
+def sentences(count: int) -> list[str]:
+    """``count`` of :data:`SENTENCES`, cycling (no template)."""
+    return [SENTENCES[i % len(SENTENCES)] for i in range(count)]
+
+
 def k_shot(task: str, k: int, seed: int) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
     """k per class for train and the next k per class for dev, the way the paper's code
     draws them (``construct_true_few_shot_data``): shuffle the pool's indices with a seeded
