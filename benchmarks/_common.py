@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -52,13 +53,20 @@ def sentences(count: int) -> list[str]:
     return [SENTENCES[i % len(SENTENCES)] for i in range(count)]
 
 
+def pool_rows(task: str) -> tuple[quality_data.Row, ...]:
+    """The rows k-shot sets are drawn from (no text shared with the held-out rows); for
+    SST-2 without the short phrases, which carry little sentiment (see quality_data)."""
+    pool = quality_data.pool_rows(task)
+    if task == "sst2":
+        pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
+    return pool
+
+
 def k_shot(task: str, k: int, seed: int) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
     """k per class for train and the next k per class for dev, the way the paper's code
     draws them (``construct_true_few_shot_data``): shuffle the pool's indices with a seeded
     NumPy RNG and walk them, filling train first, then dev."""
-    pool = quality_data.pool_rows(task)
-    if task == "sst2":  # short phrases carry little sentiment (see quality_data)
-        pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
+    pool = pool_rows(task)
     order = np.random.RandomState(seed).permutation(len(pool))
     train: list[quality_data.Row] = []
     dev: list[quality_data.Row] = []
@@ -74,6 +82,26 @@ def k_shot(task: str, k: int, seed: int) -> tuple[list[quality_data.Row], list[q
             counts_dev[row.label] += 1
         if len(train) + len(dev) == 2 * k * len(LABELS[task]):
             break
+    return train, dev
+
+
+def sample_kshot(
+    task: str, shots: int, seed: int
+) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
+    """``shots`` per class for train and another ``shots`` per class for dev, by seed: the
+    draw of the embedded-quality benchmark (Python's RNG, class by class; its published
+    figures were measured on these sets, so it stays beside the paper's :func:`k_shot`)."""
+    pool = pool_rows(task)
+    rng = random.Random(seed)
+    train: list[quality_data.Row] = []
+    dev: list[quality_data.Row] = []
+    for label in LABELS[task]:
+        rows = [r for r in pool if r.label == label]
+        picked = rng.sample(rows, 2 * shots)
+        train += picked[:shots]
+        dev += picked[shots:]
+    rng.shuffle(train)
+    rng.shuffle(dev)
     return train, dev
 
 
@@ -103,11 +131,12 @@ def labels(task: str, rows: list[quality_data.Row]) -> np.ndarray[Any, Any]:
     return np.array([index[r.label] for r in rows], dtype=np.int64)
 
 
-def to_examples(task: str, rows: list[quality_data.Row]) -> list[Any]:
-    """The same rows as ``bbt.tuner.Example`` for the preset's template field."""
+def to_examples(task: str, rows: list[quality_data.Row], preset: Any = None) -> list[Any]:
+    """The same rows as ``bbt.tuner.Example`` for the template field of ``preset`` (a
+    ``bbt.tuner.Task``; the task's own preset by default)."""
     from bbt.tuner import Example, get_preset
 
-    field = get_preset(task).fields[0]
+    field = (preset or get_preset(task)).fields[0]
     y = labels(task, rows)
     return [Example({field: r.text}, int(lab)) for r, lab in zip(rows, y, strict=True)]
 

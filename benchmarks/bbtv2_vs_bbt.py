@@ -40,16 +40,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality_data  # noqa: E402
-from _common import machine, write_result  # noqa: E402
-from embedded_quality import (  # noqa: E402
-    DATA_LABELS,
-    DEFAULT_BUDGET,
+from _common import LABELS as DATA_LABELS  # noqa: E402
+from _common import (  # noqa: E402
     accuracy,
-    cpu_flags,
-    default_dtype,
+    labels,
+    machine,
     sample_kshot,
     to_examples,
+    write_result,
 )
+from embedded_quality import DEFAULT_BUDGET, cpu_flags, default_dtype  # noqa: E402
 
 from bbt.tuner import GenerationRecord, InitialPrompt, TuneConfig, get_preset  # noqa: E402
 from bbt.tuner.bbtv2 import make_tuner  # noqa: E402
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     field, limit = task.fields[0], info.limits.max_text_chars
     held = quality_data.heldout_rows(args.task)[: args.heldout]
     xh = [task.render({field: r.text}, info.mask_token, limit) for r in held]
-    index = {lab: i for i, lab in enumerate(DATA_LABELS[args.task])}
-    yh = np.array([index[r.label] for r in held], dtype=np.int64)
+    yh = labels(args.task, list(held))
     from bbt.tuner import verbalizer_ids
 
     cand = verbalizer_ids(task, service)
@@ -130,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     wire: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
         train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
-        train = to_examples(task, args.task, train_rows)
-        dev = to_examples(task, args.task, dev_rows)
+        train = to_examples(args.task, train_rows, task)
+        dev = to_examples(args.task, dev_rows, task)
         for method in args.methods:
             cfg = dataclasses.replace(base, seed=seed, method=method)
             curve: list[GenerationRecord] = []
