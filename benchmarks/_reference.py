@@ -64,6 +64,19 @@ class Tally:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
+    def summary(self) -> dict[str, Any]:
+        """The run's counters for its result (``ReferenceResult`` of either loop)."""
+        return {
+            "calls": self.calls,
+            "generations": self.generations,
+            "dev_calls": self.dev_calls,
+            "best_dev_acc": self.best_dev,
+            "selected_calls": self.selected_calls,
+            "dev_points": self.points,
+            "history": self.history,
+            "seconds": self.elapsed(),
+        }
+
     def record(self, fitnesses: list[float], **extra: float) -> dict[str, float]:
         """Count a generation and append its history row (``extra`` after ``generation``)."""
         self.generations += 1

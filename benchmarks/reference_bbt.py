@@ -129,15 +129,8 @@ class ReferenceBBT(ReferenceLoop):
             if on_generation is not None:
                 on_generation(self, rec, best_z)
         return ReferenceResult(
-            calls=tally.calls,
-            generations=tally.generations,
-            dev_calls=tally.dev_calls,
             best_prompt=None if best_z is None else self.prompts(best_z[None])[0],
             best_z=best_z,
-            best_dev_acc=tally.best_dev,
-            selected_calls=tally.selected_calls,
-            dev_points=tally.points,
-            history=tally.history,
-            seconds=tally.elapsed(),
             stop=dict(es.stop()),
+            **tally.summary(),
         )

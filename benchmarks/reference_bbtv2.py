@@ -168,15 +168,4 @@ class ReferenceBBTv2(ReferenceLoop):
                 rec = tally.record(fitnesses, layer=layer)
                 if on_generation is not None:
                     on_generation(self, rec, best)
-        return ReferenceResult(
-            calls=tally.calls,
-            generations=tally.generations,
-            dev_calls=tally.dev_calls,
-            best_prompt=best,
-            best_dev_acc=tally.best_dev,
-            selected_calls=tally.selected_calls,
-            layer_std=self.layer_std,
-            dev_points=tally.points,
-            history=tally.history,
-            seconds=tally.elapsed(),
-        )
+        return ReferenceResult(best_prompt=best, layer_std=self.layer_std, **tally.summary())
