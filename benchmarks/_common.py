@@ -7,6 +7,7 @@ sets are drawn from the pool, which shares no text with the held-out rows.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -155,6 +156,11 @@ def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarra
     return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
 
 
+def args_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags, for a result file (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None) -> Path:
     """Write ``record`` (with the command, machine and date) to ``<out_dir>/<name>.json``."""
     out = out_dir or RESULTS
@@ -166,12 +172,13 @@ def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None)
         **record,
     }
     path = out / f"{name}.json"
-    path.write_text(json.dumps(full, indent=1, default=_jsonable) + "\n")
+    path.write_text(json.dumps(full, indent=1, default=jsonable) + "\n")
     print(f"wrote {path}")
     return path
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for NumPy scalars and arrays."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -348,7 +348,7 @@ def main(method: Method, doc: str, argv: list[str] | None = None) -> int:
     print(f"wall time {wall:.0f}s, {held.evaluations} held-out evaluations")
 
     record = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": _common.args_record(args),
         "model": {
             "id": info.id,
             "head": getattr(backend, "head_name", None),

@@ -43,6 +43,7 @@ import quality_data  # noqa: E402
 from _common import LABELS as DATA_LABELS  # noqa: E402
 from _common import (  # noqa: E402
     accuracy,
+    args_record,
     labels,
     machine,
     sample_kshot,
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(
         tag,
         {
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": args_record(args),
             "backend": describe(backend),
             "layer_std": info.layer_std,
             "cpu_flags": cpu_flags(),

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import _machine  # noqa: E402
 import quality_data  # noqa: E402
 from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import accuracy, machine, sample_kshot, to_examples  # noqa: E402
+from _common import accuracy, jsonable, machine, sample_kshot, to_examples  # noqa: E402
 from _common import labels as label_indices  # noqa: E402
 
 from bbt.tuner import (  # noqa: E402
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         path = out_dir / f"{tag}.json"
-        path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+        path.write_text(json.dumps(record, indent=1, default=jsonable) + "\n")
         print(f"wrote {path}", flush=True)
 
     held_states: np.ndarray[Any, Any] | None = None
@@ -469,14 +469,6 @@ def main(argv: list[str] | None = None) -> int:
 
     write(complete=True)
     return 0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 if __name__ == "__main__":
