@@ -228,13 +228,7 @@ def main() -> None:
         },
         "setup_s": round(setup_s, 3),
         "request_body_bytes": client.usage.bytes_sent // max(client.usage.requests, 1),
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "cpus": os.cpu_count(),
-            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": _machine(openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "default")),
     }
     print(f"client-side cost per generation at n={N}, H={H}, d={D}, P={P}, B={B} (median ms):")
     for k in PHASES:
@@ -245,9 +239,25 @@ def main() -> None:
     )
     print(f"  {'cma':<11}{ms['cma']:9.2f}   (pycma ask + tell + state pickle, reported apart)")
     print(f"  A: {tuner.recipe.nbytes / 1e6:.1f} MB, generated in {generate_s:.2f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    _write(args.out, result)
+
+
+def _machine(**extra: Any) -> dict[str, Any]:
+    """The machine as this script's result files have always described it."""
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpus": os.cpu_count(),
+        **extra,
+        # The machine is shared: timings mean little without the load they ran under.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def _write(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def compare_sessions(args: argparse.Namespace) -> None:
@@ -333,12 +343,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
         "bytes_up_per_candidate": {k: round(v) for k, v in bytes_per.items()},
         "session_open_s": round(open_s, 3),
         "client_builds_a_s": round(build_a_s, 3),
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "cpus": os.cpu_count(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": _machine(),
     }
     print(f"per generation at n={N}, H={H}, d={D}, P={P}, B={B} (median ms):")
     print(f"  pycma ask + tell          {ms['pycma_ask_tell']:9.2f}")
@@ -350,9 +355,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
         )
     print(f"  server projection (CPU)   {ms['server_session_projection']:9.2f}")
     print(f"  session open (server builds A): {open_s:.2f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    _write(args.out, result)
 
 
 def _session_request(z: np.ndarray[Any, Any], texts: list[str], cands: list[int]) -> Any:
