@@ -411,7 +411,6 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(path: Path, record: dict[str, Any], argv: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     full = {
         "command": " ".join(["python", *argv]),
         "commit": commit(),
@@ -419,5 +418,4 @@ def write_result(path: Path, record: dict[str, Any], argv: list[str]) -> None:
         "machine": machine(),
         **record,
     }
-    path.write_text(json.dumps(full, indent=1) + "\n")
-    print(f"wrote {path}")
+    _machine.write_json(path, full)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import random
 import sys
@@ -27,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import quality_data  # noqa: E402
-from _machine import machine  # noqa: E402
+from _machine import machine, write_json  # noqa: E402
 
 #: The paper's templates (Sun et al., 2022, Table 6) with the model's mask token filled in
 #: later, and the label order of ``../shared/data``. Both implementations use these texts.
@@ -171,16 +170,4 @@ def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None)
         "machine": machine(),
         **record,
     }
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(full, indent=1, default=jsonable) + "\n")
-    print(f"wrote {path}")
-    return path
-
-
-def jsonable(value: Any) -> Any:
-    """``json.dumps``'s ``default`` for NumPy scalars and arrays."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    return write_json(out / f"{name}.json", full)

@@ -9,12 +9,15 @@ private to its server package; these figures only describe the machine, so readi
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +71,21 @@ def machine(*, processor: bool = True, flags: bool = False, load: bool = False) 
     if load:
         out["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     return out
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for NumPy scalars and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def write_json(path: Path, record: Any, indent: int = 1) -> Path:
+    """Write ``record`` as JSON to ``path`` (its folder made; NumPy values as plain ones)
+    and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=indent, default=jsonable) + "\n")
+    print(f"wrote {path}", flush=True)
+    return path

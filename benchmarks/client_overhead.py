@@ -35,7 +35,6 @@ benchmarks/results/client_overhead_sessions.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import write_json
 
 from bbt.client import Client
 from bbt.protocol import Limits, ModelInfo, Usage
@@ -239,7 +239,7 @@ def main() -> None:
     )
     print(f"  {'cma':<11}{ms['cma']:9.2f}   (pycma ask + tell + state pickle, reported apart)")
     print(f"  A: {tuner.recipe.nbytes / 1e6:.1f} MB, generated in {generate_s:.2f} s")
-    _write(args.out, result)
+    write_json(args.out, result, indent=2)
 
 
 def _machine(**extra: Any) -> dict[str, Any]:
@@ -252,12 +252,6 @@ def _machine(**extra: Any) -> dict[str, Any]:
         # The machine is shared: timings mean little without the load they ran under.
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-
-
-def _write(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
 
 
 def compare_sessions(args: argparse.Namespace) -> None:
@@ -355,7 +349,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
         )
     print(f"  server projection (CPU)   {ms['server_session_projection']:9.2f}")
     print(f"  session open (server builds A): {open_s:.2f} s")
-    _write(args.out, result)
+    write_json(args.out, result, indent=2)
 
 
 def _session_request(z: np.ndarray[Any, Any], texts: list[str], cands: list[int]) -> Any:

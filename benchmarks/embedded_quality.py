@@ -50,8 +50,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import _machine  # noqa: E402
 import quality_data  # noqa: E402
 from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import accuracy, jsonable, machine, sample_kshot, to_examples  # noqa: E402
+from _common import accuracy, machine, sample_kshot, to_examples  # noqa: E402
 from _common import labels as label_indices  # noqa: E402
+from _machine import jsonable  # noqa: E402
 
 from bbt.tuner import (  # noqa: E402
     Candidate,
