@@ -56,7 +56,7 @@ def sentences(count: int) -> list[str]:
 def pool_rows(task: str) -> tuple[quality_data.Row, ...]:
     """The rows k-shot sets are drawn from (no text shared with the held-out rows); for
     SST-2 without the short phrases, which carry little sentiment (see quality_data)."""
-    pool = quality_data.pool_rows(task)
+    pool: tuple[quality_data.Row, ...] = quality_data.pool_rows(task)
     if task == "sst2":
         pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
     return pool
@@ -152,7 +152,8 @@ def load_backend(dtype: str = "bfloat16", threads: int = 2, head: str = "auto") 
 
 def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Accuracy of each prompt; logits [P, B, C]."""
-    return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
+    acc: np.ndarray[Any, Any] = (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
+    return acc
 
 
 def args_record(args: argparse.Namespace) -> dict[str, Any]:

@@ -147,7 +147,7 @@ class ReferenceLoop:
         self,
         tally: Tally,
         logits: np.ndarray[Any, Any],
-        candidates: Sequence[Any],
+        candidates: Sequence[Any] | np.ndarray[Any, Any],
         dev_prompt: Callable[[Any], F32],
     ) -> tuple[list[float], int | None]:
         """The training loss of each candidate of a generation (``logits`` [P, B, C]), one
