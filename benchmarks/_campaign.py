@@ -14,11 +14,11 @@ arithmetic in every process).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -27,12 +27,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+import _machine
 import numpy as np
+from _machine import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -145,30 +147,25 @@ class Proc:
             return ""
 
 
+@dataclass
 class MockServer:
     """``bbt mock-server`` on a fixed loopback port, killable and restartable on that port.
 
     Each incarnation logs to its own file (``<name>-<i>.log``); the fault sequence of
-    incarnation ``i`` is seeded with ``fault_seed + i``.
+    incarnation ``i`` is seeded with ``fault_seed + i``. ``port`` 0 picks a free one.
     """
 
-    def __init__(
-        self,
-        workdir: Path,
-        name: str,
-        args: list[str],
-        env: dict[str, str],
-        fault_seed: int = 0,
-        port: int | None = None,
-    ) -> None:
-        self.workdir = workdir
-        self.name = name
-        self.args = args
-        self.env = env
-        self.fault_seed = fault_seed
-        self.port = port or free_port()
-        self.logs: list[Path] = []
-        self.proc: Proc | None = None
+    workdir: Path
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    fault_seed: int = 0
+    port: int = 0
+    logs: list[Path] = field(default_factory=list, init=False)
+    proc: Proc | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port()
 
     @property
     def url(self) -> str:
@@ -387,43 +384,33 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- result files
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return sorted({w for w in wanted if re.search(rf"\b{w}\b", text)})
+def add_run_flags(p: argparse.ArgumentParser, *, budget: int, dim: int, seed: int) -> None:
+    """The tuning run's flags, as the campaigns (chaos, crash points) take them."""
+    p.add_argument("--budget", type=int, default=budget)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--n-tokens", type=int, default=10)
+    p.add_argument("--dim", type=int, default=dim)
+    p.add_argument("--seed", type=int, default=seed, help="seed of the tuning run")
+
+
+def add_output_flags(p: argparse.ArgumentParser, *, time_limit: float, smoke_help: str) -> None:
+    """A campaign's time limit, where its files go, and ``--smoke``."""
+    p.add_argument("--time-limit", type=float, default=time_limit, help="s for the whole check")
+    p.add_argument("--keep", type=Path, default=None, help="keep run dirs and logs here")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--smoke", action="store_true", help=smoke_help)
 
 
 def commit() -> str:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "bbt")
-    return head + ("+dirty(bbt)" if dirty else "")
+    return git_commit(digits=12, only="bbt")
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "cpu_flags": cpu_flags(),
-        "gpu": None,
-        # The machine is shared: wall times mean little without the load they ran under.
-        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
+    return _machine.machine(processor=False, flags=True, load=True)
 
 
 def write_result(path: Path, record: dict[str, Any], argv: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     full = {
         "command": " ".join(["python", *argv]),
         "commit": commit(),
@@ -431,5 +418,4 @@ def write_result(path: Path, record: dict[str, Any], argv: list[str]) -> None:
         "machine": machine(),
         **record,
     }
-    path.write_text(json.dumps(full, indent=1) + "\n")
-    print(f"wrote {path}")
+    _machine.write_json(path, full)

@@ -7,10 +7,10 @@ sets are drawn from the pool, which shares no text with the held-out rows.
 
 from __future__ import annotations
 
+import argparse
 import functools
-import json
 import os
-import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import quality_data  # noqa: E402
+from _machine import machine, write_json  # noqa: E402
 
 #: The paper's templates (Sun et al., 2022, Table 6) with the model's mask token filled in
 #: later, and the label order of ``../shared/data``. Both implementations use these texts.
@@ -33,13 +34,39 @@ TEMPLATES = {"sst2": "{text} . It was {mask} .", "agnews": "{mask} News: {text}"
 LABELS = {"sst2": ("0", "1"), "agnews": ("World", "Sports", "Business", "Sci/Tech")}
 
 
+#: SST-2-like movie review sentences (written for the wire benchmarks): the real set's
+#: sentences average about 100 characters, and so do these.
+SENTENCES = (
+    "a gripping , beautifully shot drama that never lets its big ideas smother the characters",
+    "the jokes land with a thud and the plot wanders off long before the final reel",
+    "an uneven but often touching portrait of a family coming apart at the seams",
+    "it is hard to remember the last time a thriller felt this lazy and this long",
+    "the performances are terrific , and the script gives every one of them room to breathe",
+    "a tired retread of better films , padded with scenes that go nowhere in particular",
+    "funny , warm and smarter than it has any right to be",
+    "even the talented cast cannot rescue this muddled , joyless mess of a comedy",
+)
+
+
+def sentences(count: int) -> list[str]:
+    """``count`` of :data:`SENTENCES`, cycling (no template)."""
+    return [SENTENCES[i % len(SENTENCES)] for i in range(count)]
+
+
+def pool_rows(task: str) -> tuple[quality_data.Row, ...]:
+    """The rows k-shot sets are drawn from (no text shared with the held-out rows); for
+    SST-2 without the short phrases, which carry little sentiment (see quality_data)."""
+    pool: tuple[quality_data.Row, ...] = quality_data.pool_rows(task)
+    if task == "sst2":
+        pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
+    return pool
+
+
 def k_shot(task: str, k: int, seed: int) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
     """k per class for train and the next k per class for dev, the way the paper's code
     draws them (``construct_true_few_shot_data``): shuffle the pool's indices with a seeded
     NumPy RNG and walk them, filling train first, then dev."""
-    pool = quality_data.pool_rows(task)
-    if task == "sst2":  # short phrases carry little sentiment (see quality_data)
-        pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
+    pool = pool_rows(task)
     order = np.random.RandomState(seed).permutation(len(pool))
     train: list[quality_data.Row] = []
     dev: list[quality_data.Row] = []
@@ -55,6 +82,26 @@ def k_shot(task: str, k: int, seed: int) -> tuple[list[quality_data.Row], list[q
             counts_dev[row.label] += 1
         if len(train) + len(dev) == 2 * k * len(LABELS[task]):
             break
+    return train, dev
+
+
+def sample_kshot(
+    task: str, shots: int, seed: int
+) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
+    """``shots`` per class for train and another ``shots`` per class for dev, by seed: the
+    draw of the embedded-quality benchmark (Python's RNG, class by class; its published
+    figures were measured on these sets, so it stays beside the paper's :func:`k_shot`)."""
+    pool = pool_rows(task)
+    rng = random.Random(seed)
+    train: list[quality_data.Row] = []
+    dev: list[quality_data.Row] = []
+    for label in LABELS[task]:
+        rows = [r for r in pool if r.label == label]
+        picked = rng.sample(rows, 2 * shots)
+        train += picked[:shots]
+        dev += picked[shots:]
+    rng.shuffle(train)
+    rng.shuffle(dev)
     return train, dev
 
 
@@ -84,11 +131,12 @@ def labels(task: str, rows: list[quality_data.Row]) -> np.ndarray[Any, Any]:
     return np.array([index[r.label] for r in rows], dtype=np.int64)
 
 
-def to_examples(task: str, rows: list[quality_data.Row]) -> list[Any]:
-    """The same rows as ``bbt.tuner.Example`` for the preset's template field."""
+def to_examples(task: str, rows: list[quality_data.Row], preset: Any = None) -> list[Any]:
+    """The same rows as ``bbt.tuner.Example`` for the template field of ``preset`` (a
+    ``bbt.tuner.Task``; the task's own preset by default)."""
     from bbt.tuner import Example, get_preset
 
-    field = get_preset(task).fields[0]
+    field = (preset or get_preset(task)).fields[0]
     y = labels(task, rows)
     return [Example({field: r.text}, int(lab)) for r, lab in zip(rows, y, strict=True)]
 
@@ -104,17 +152,13 @@ def load_backend(dtype: str = "bfloat16", threads: int = 2, head: str = "auto") 
 
 def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Accuracy of each prompt; logits [P, B, C]."""
-    return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
+    acc: np.ndarray[Any, Any] = (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
+    return acc
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "gpu": None,
-    }
+def args_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags, for a result file (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None) -> Path:
@@ -127,15 +171,4 @@ def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None)
         "machine": machine(),
         **record,
     }
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(full, indent=1, default=_jsonable) + "\n")
-    print(f"wrote {path}")
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    return write_json(out / f"{name}.json", full)

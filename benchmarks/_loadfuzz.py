@@ -27,11 +27,13 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import httpx
 import numpy as np
+from _machine import cpu_flags, git_commit
+
+__all__ = ["cpu_flags", "git_commit"]  # the machine's, for the scripts that import them here
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -177,12 +179,7 @@ class ServerProc:
             self._log.close()
             self._log = None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -209,32 +206,6 @@ def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict
         return {f"p{q:g}": float("nan") for q in qs}
     arr = np.asarray(values, dtype=np.float64)
     return {f"p{q:g}": round(float(np.percentile(arr, q)), 2) for q in qs}
-
-
-def cpu_flags() -> list[str]:
-    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted(wanted & set(text.split()))
-
-
-def git_commit() -> str:
-    proc = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    head = proc.stdout.strip() or "unknown"
-    return head + ("+dirty" if dirty.stdout.strip() else "")
 
 
 # --------------------------------------------------------------------------- tune client

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine, write_result  # noqa: E402
-from embedded_quality import cpu_flags, default_dtype, sample_kshot, to_examples  # noqa: E402
+from _common import args_record, machine, sample_kshot, to_examples, write_result  # noqa: E402
+from embedded_quality import cpu_flags, default_dtype  # noqa: E402
 
 from bbt.protocol import encoded_size  # noqa: E402
 from bbt.tuner import InitialPrompt, TuneConfig, get_preset  # noqa: E402
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     task = get_preset("agnews")
     shots = 1 if args.smoke else 16
     train_rows, dev_rows = sample_kshot("agnews", shots, 0)
-    train = to_examples(task, "agnews", train_rows)
-    dev = to_examples(task, "agnews", dev_rows)
+    train = to_examples("agnews", train_rows, task)
+    dev = to_examples("agnews", dev_rows, task)
     tuners = {}
     for method in ("bbt", "bbtv2"):
         cfg = TuneConfig(n_tokens=args.n_tokens, dim=args.dim, popsize=args.popsize, method=method)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(
         args.name,
         {
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": args_record(args),
             "backend": describe(backend),
             "cpu_flags": cpu_flags(),
             "machine": machine(),

@@ -40,16 +40,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality_data  # noqa: E402
-from _common import machine, write_result  # noqa: E402
-from embedded_quality import (  # noqa: E402
-    DATA_LABELS,
-    DEFAULT_BUDGET,
+from _common import LABELS as DATA_LABELS  # noqa: E402
+from _common import (  # noqa: E402
     accuracy,
-    cpu_flags,
-    default_dtype,
+    args_record,
+    labels,
+    machine,
     sample_kshot,
     to_examples,
+    write_result,
 )
+from embedded_quality import DEFAULT_BUDGET, cpu_flags, default_dtype  # noqa: E402
 
 from bbt.tuner import GenerationRecord, InitialPrompt, TuneConfig, get_preset  # noqa: E402
 from bbt.tuner.bbtv2 import make_tuner  # noqa: E402
@@ -60,19 +61,15 @@ METHODS = ("bbt", "bbtv2")
 def bytes_per_candidate(info: Any, tuner: Any, popsize: int, dtype: Any) -> float:
     """Request-body bytes of one generation on the training set, per candidate, as the
     client encodes it (base64 tensors in JSON), for ``dtype`` on the wire."""
-    from bbt.cli._dry_run import plan_call
+    from bbt.client.planning import plan_logits
 
+    # The client's own planner (as ``bbt tune --dry-run`` does): the bodies it would send.
     layers = getattr(tuner, "num_layers", None)
-    plan = plan_call(
-        info,
-        popsize,
-        tuner.config.n_tokens,
-        tuner.train_texts,
-        tuner.candidate_ids,
-        dtype,
-        layers=layers,
-    )
-    return plan.bytes_up / popsize
+    deep = () if layers is None else (layers,)
+    shape = (popsize, *deep, tuner.config.n_tokens, info.hidden_size)
+    prompts = np.zeros(shape, dtype=np.float32)
+    chunks = plan_logits(info, prompts, tuner.train_texts, tuner.candidate_ids, dtype)
+    return sum(len(c.request.model_dump_json().encode()) for c in chunks) / popsize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     field, limit = task.fields[0], info.limits.max_text_chars
     held = quality_data.heldout_rows(args.task)[: args.heldout]
     xh = [task.render({field: r.text}, info.mask_token, limit) for r in held]
-    index = {lab: i for i, lab in enumerate(DATA_LABELS[args.task])}
-    yh = np.array([index[r.label] for r in held], dtype=np.int64)
+    yh = labels(args.task, list(held))
     from bbt.tuner import verbalizer_ids
 
     cand = verbalizer_ids(task, service)
@@ -134,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     wire: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
         train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
-        train = to_examples(task, args.task, train_rows)
-        dev = to_examples(task, args.task, dev_rows)
+        train = to_examples(args.task, train_rows, task)
+        dev = to_examples(args.task, dev_rows, task)
         for method in args.methods:
             cfg = dataclasses.replace(base, seed=seed, method=method)
             curve: list[GenerationRecord] = []
@@ -232,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(
         tag,
         {
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": args_record(args),
             "backend": describe(backend),
             "layer_std": info.layer_std,
             "cpu_flags": cpu_flags(),

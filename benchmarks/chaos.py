@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from _campaign import (
-    RESULTS,
     MockServer,
     Proc,
+    add_output_flags,
+    add_run_flags,
     bbt_argv,
     child_env,
     differences,
@@ -53,12 +54,7 @@ POLL_S = 0.01
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--budget", type=int, default=800)
-    p.add_argument("--popsize", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--n-tokens", type=int, default=10)
-    p.add_argument("--dim", type=int, default=100)
-    p.add_argument("--seed", type=int, default=3, help="seed of the tuning run")
+    add_run_flags(p, budget=800, dim=100, seed=3)
     p.add_argument("--rate-503", type=float, default=0.30)
     p.add_argument("--rate-drop", type=float, default=0.10)
     p.add_argument("--rate-slow", type=float, default=0.05, help="answers delayed --slow-s")
@@ -70,11 +66,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--downtime", type=float, default=1.0, help="s between kill and restart")
     p.add_argument("--fault-seed", type=int, default=0)
     p.add_argument("--max-resumes", type=int, default=3)
-    p.add_argument("--time-limit", type=float, default=900.0, help="s for the whole check")
     p.add_argument("--api-key-env", default=None, help="serve and send the key in $VAR")
-    p.add_argument("--keep", type=Path, default=None, help="keep run dirs and logs here")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
-    p.add_argument("--smoke", action="store_true", help="5 generations, 1 kill, low rates")
+    add_output_flags(p, time_limit=900.0, smoke_help="5 generations, 1 kill, low rates")
     args = p.parse_args(argv)
     if args.smoke:
         args.budget, args.eval_every, args.kills = 100, 40, 1

@@ -35,10 +35,10 @@ benchmarks/results/client_overhead_sessions.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import write_json
 
-import bbt.client._client as client_module
 from bbt.client import Client
 from bbt.protocol import Limits, ModelInfo, Usage
 from bbt.server.backend import Backend, FloatArray, IntArray
@@ -158,8 +158,11 @@ def main() -> None:
     transport = CoreTransport(ZeroBackend(), ServerSettings(api_keys=[]))
     client = Client(MOCK_BASE_URL, transport=transport, env_file=None)
     # Wrap the client's own steps (the real code path; see the module docstring).
-    planner = client_module.plan_logits  # type: ignore[attr-defined]
-    client_module.plan_logits = timers.wrap("encoding", planner)  # type: ignore[attr-defined]
+    # The planner is looked up in the module that defines Client (found from the class, so
+    # no private module is named here): wrapping it there times the very call Client makes.
+    client_module = sys.modules[Client.__module__]
+    planner = client_module.plan_logits
+    client_module.plan_logits = timers.wrap("encoding", planner)
     build = client._build_request
     client._build_request = timers.wrap("encoding", build)  # type: ignore[method-assign]
     client._http.send = timers.wrap("transport", client._http.send)  # type: ignore[method-assign]
@@ -225,13 +228,7 @@ def main() -> None:
         },
         "setup_s": round(setup_s, 3),
         "request_body_bytes": client.usage.bytes_sent // max(client.usage.requests, 1),
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "cpus": os.cpu_count(),
-            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": _machine(openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "default")),
     }
     print(f"client-side cost per generation at n={N}, H={H}, d={D}, P={P}, B={B} (median ms):")
     for k in PHASES:
@@ -242,9 +239,19 @@ def main() -> None:
     )
     print(f"  {'cma':<11}{ms['cma']:9.2f}   (pycma ask + tell + state pickle, reported apart)")
     print(f"  A: {tuner.recipe.nbytes / 1e6:.1f} MB, generated in {generate_s:.2f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result, indent=2)
+
+
+def _machine(**extra: Any) -> dict[str, Any]:
+    """The machine as this script's result files have always described it."""
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpus": os.cpu_count(),
+        **extra,
+        # The machine is shared: timings mean little without the load they ran under.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def compare_sessions(args: argparse.Namespace) -> None:
@@ -252,7 +259,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
     import cma
 
     from bbt.protocol.projection import Projection, ProjectionRecipe
-    from bbt.server._core import ServiceCore
+    from bbt.server.local import ServiceCore
 
     if args.out is None:
         name = "client_overhead_sessions_smoke" if args.smoke else "client_overhead_sessions"
@@ -330,12 +337,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
         "bytes_up_per_candidate": {k: round(v) for k, v in bytes_per.items()},
         "session_open_s": round(open_s, 3),
         "client_builds_a_s": round(build_a_s, 3),
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "cpus": os.cpu_count(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": _machine(),
     }
     print(f"per generation at n={N}, H={H}, d={D}, P={P}, B={B} (median ms):")
     print(f"  pycma ask + tell          {ms['pycma_ask_tell']:9.2f}")
@@ -347,9 +349,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
         )
     print(f"  server projection (CPU)   {ms['server_session_projection']:9.2f}")
     print(f"  session open (server builds A): {open_s:.2f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result, indent=2)
 
 
 def _session_request(z: np.ndarray[Any, Any], texts: list[str], cands: list[int]) -> Any:

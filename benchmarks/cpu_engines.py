@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import statistics
@@ -49,6 +48,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _machine  # noqa: E402
+from _machine import write_json  # noqa: E402
 
 DEFAULT_SETUPS = ["fp32", "eager-attn", "budget4096", "bf16", "ort", "ort-int8"]
 ALL_SETUPS = [*DEFAULT_SETUPS, "torch-int8", "compile"]
@@ -61,16 +64,7 @@ EMULATION_VARS = (
 
 
 def cpu_flags() -> list[str]:
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags |= set(line.split(":", 1)[1].split())
-    return [f for f in wanted if f in flags]
+    return _machine.cpu_flags(("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
 
 
 def demo_texts(batch: int) -> list[str]:
@@ -291,11 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     tag = "avx2" if emulated else "native"
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"cpu_engines_{tag}{'_smoke' if args.smoke else ''}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_json(
+        Path(args.out_dir) / f"cpu_engines_{tag}{'_smoke' if args.smoke else ''}.json", record
+    )
     return 0
 
 

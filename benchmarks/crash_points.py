@@ -43,10 +43,11 @@ from typing import Any
 
 import numpy as np
 from _campaign import (
-    RESULTS,
     Access,
     MockServer,
     Proc,
+    add_output_flags,
+    add_run_flags,
     bbt_argv,
     child_env,
     differences,
@@ -68,18 +69,10 @@ SLACK_S = 0.003
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--kills", type=int, default=10)
-    p.add_argument("--budget", type=int, default=400)
-    p.add_argument("--popsize", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--n-tokens", type=int, default=10)
-    p.add_argument("--dim", type=int, default=500)
-    p.add_argument("--seed", type=int, default=5, help="seed of the tuning run")
+    add_run_flags(p, budget=400, dim=500, seed=5)
     p.add_argument("--latency-ms", type=float, default=300.0, help="server delay per request")
     p.add_argument("--rng-seed", type=int, default=0, help="seed of the kill moments")
-    p.add_argument("--time-limit", type=float, default=1500.0, help="s for the whole check")
-    p.add_argument("--keep", type=Path, default=None, help="keep run dirs and logs here")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
-    p.add_argument("--smoke", action="store_true", help="2 kills, 6 generations")
+    add_output_flags(p, time_limit=1500.0, smoke_help="2 kills, 6 generations")
     args = p.parse_args(argv)
     if args.smoke:
         args.kills, args.budget, args.eval_every = 2, 120, 40

@@ -35,7 +35,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -48,55 +47,25 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _machine  # noqa: E402
 import quality_data  # noqa: E402
-from _common import machine  # noqa: E402
+from _common import LABELS as DATA_LABELS  # noqa: E402
+from _common import accuracy, machine, sample_kshot, to_examples  # noqa: E402
+from _common import labels as label_indices  # noqa: E402
+from _machine import jsonable  # noqa: E402
 
 from bbt.tuner import (  # noqa: E402
     Candidate,
-    Example,
     GenerationRecord,
     InitialPrompt,
-    Task,
     TuneConfig,
     Tuner,
     build_initial_prompt,
     get_preset,
 )
 
-#: Data labels of ``../shared/data/<task>/train.tsv``, in the presets' class order.
-DATA_LABELS = {"sst2": ("0", "1"), "agnews": ("World", "Sports", "Business", "Sci/Tech")}
 #: The calls each task gets by default (the budget that fits ~10 minutes a seed here).
 DEFAULT_BUDGET = {"agnews": 600, "sst2": 1000}
-
-
-def sample_kshot(
-    task: str, shots: int, seed: int
-) -> tuple[list[quality_data.Row], list[quality_data.Row]]:
-    """``shots`` per class for train and another ``shots`` per class for dev, by seed."""
-    pool = quality_data.pool_rows(task)
-    if task == "sst2":
-        pool = tuple(r for r in pool if len(r.text.split()) >= quality_data.SST2_MIN_WORDS)
-    rng = random.Random(seed)
-    train: list[quality_data.Row] = []
-    dev: list[quality_data.Row] = []
-    for label in DATA_LABELS[task]:
-        rows = [r for r in pool if r.label == label]
-        picked = rng.sample(rows, 2 * shots)
-        train += picked[:shots]
-        dev += picked[shots:]
-    rng.shuffle(train)
-    rng.shuffle(dev)
-    return train, dev
-
-
-def to_examples(task: Task, name: str, rows: Any) -> list[Example]:
-    index = {lab: i for i, lab in enumerate(DATA_LABELS[name])}
-    field = task.fields[0]
-    return [Example({field: r.text}, index[r.label]) for r in rows]
-
-
-def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    return (logits.argmax(axis=2) == y[None, :]).mean(axis=1)
 
 
 class LoggingTuner(Tuner):
@@ -169,18 +138,13 @@ def ridge_probe(
     return {"probe_dev": best[0], "probe_alpha": best[1], "probe_heldout": held_acc}
 
 
+#: The flags this benchmark reports (sorted): the compute path's and the int8 ones.
+EMBEDDED_FLAGS = ("amx_bf16", "amx_int8", "avx2", "avx512_bf16", "avx512_vnni", "avx512f")
+
+
 def cpu_flags() -> list[str]:
     """The CPU flags that decide the compute path (AVX2, AVX-512, native bfloat16)."""
-    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    found: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            found |= wanted & set(line.split(":", 1)[1].split())
-    return sorted(found)
+    return _machine.cpu_flags(EMBEDDED_FLAGS)
 
 
 def default_dtype() -> str:
@@ -323,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return [task.render({field: r.text}, info.mask_token, limit) for r in rows]
 
     def ids(rows: Any) -> np.ndarray[Any, Any]:
-        index = {lab: i for i, lab in enumerate(DATA_LABELS[args.task])}
-        return np.array([index[r.label] for r in rows], dtype=np.int64)
+        return label_indices(args.task, list(rows))
 
     from bbt.tuner import verbalizer_ids
 
@@ -405,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         path = out_dir / f"{tag}.json"
-        path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+        path.write_text(json.dumps(record, indent=1, default=jsonable) + "\n")
         print(f"wrote {path}", flush=True)
 
     held_states: np.ndarray[Any, Any] | None = None
@@ -443,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         tuner = LoggingTuner(
             service,
             task,
-            to_examples(task, args.task, train_rows),
-            to_examples(task, args.task, dev_rows),
+            to_examples(args.task, train_rows, task),
+            to_examples(args.task, dev_rows, task),
             dataclasses.replace(config, seed=seed),
             initial_prompt=InitialPrompt.parse(args.init, seed=seed),
             callbacks=[progress],
@@ -507,14 +470,6 @@ def main(argv: list[str] | None = None) -> int:
 
     write(complete=True)
     return 0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.write_result(
         args.name,
         {
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": _common.args_record(args),
             "runs": results,
         },
         args.out_dir,

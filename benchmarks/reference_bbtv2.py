@@ -30,6 +30,10 @@ deep prompts [P, L, n, H] (``bbt.server.hf.HFBackend`` or ``MockBackend``).
   *that* call is scored on dev; it becomes the selection when its accuracy is strictly
   higher than the best so far (starting at 0).
 
+What this loop has in common with ``reference_bbt`` (settings, pycma options, losses, the dev
+cadence and selection of a generation) is in :mod:`_reference`, shared by the two reference
+loops only.
+
 One difference that changes no result: a generation's population is scored in one backend
 call (each row depends only on its own prompt and text).
 """
@@ -37,18 +41,18 @@ call (each row depends only on its own prompt and text).
 from __future__ import annotations
 
 import random
-import time
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bbt.tuner.losses import HINGE_MARGIN, cross_entropy, hinge
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-F32 = np.ndarray[Any, np.dtype[np.float32]]
+from _reference import F32, PROMPT_OFFSET, DevPoint, ReferenceLoop, Tally
 
-#: The paper's code inserts vocabulary tokens from this id as its prompt placeholder.
-PROMPT_OFFSET = 1000
+__all__ = ["PROMPT_OFFSET", "ReferenceBBTv2", "ReferenceResult", "clip_std", "measure_layer_std"]
 
 
 def clip_std(values: np.ndarray[Any, Any], rounds: int = 5) -> float:
@@ -80,20 +84,8 @@ def measure_layer_std(backend: Any, texts: list[str]) -> list[float] | None:
     return [clip_std(h.float().numpy()) for h in out.hidden_states[1:-1]]
 
 
-def ce_loss(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
-    return float(cross_entropy(logits, y)[0])
-
-
-def hinge_loss(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
-    return float(hinge(logits, y, HINGE_MARGIN)[0])
-
-
-@dataclass
-class DevPoint:
-    calls: int
-    dev_acc: float
-    best_dev_acc: float
-    selected_calls: int | None
+def _one(prompt: F32) -> F32:
+    return prompt[None]
 
 
 @dataclass
@@ -110,54 +102,29 @@ class ReferenceResult:
     seconds: float = 0.0
 
 
-class ReferenceBBTv2:
-    """One run of the reference BBTv2 loop (see the module docstring)."""
+class ReferenceBBTv2(ReferenceLoop):
+    """One run of the reference BBTv2 loop (see the module docstring; arguments:
+    :class:`_reference.ReferenceLoop`)."""
 
-    def __init__(
-        self,
-        backend: Any,
-        train_texts: list[str],
-        train_labels: np.ndarray[Any, Any],
-        dev_texts: list[str],
-        dev_labels: np.ndarray[Any, Any],
-        candidate_ids: np.ndarray[Any, Any],
-        *,
-        n_tokens: int = 50,
-        dim: int = 500,
-        popsize: int = 20,
-        sigma: float = 1.0,
-        alpha: float = 1.0,
-        bound: float = 0.0,
-        budget: int = 8000,
-        eval_every: int = 100,
-        loss: str = "ce",
-        seed: int = 42,
-    ) -> None:
+    def __init__(self, backend: Any, *args: Any, **kwargs: Any) -> None:
         import torch
 
-        self.backend = backend
-        self.train_texts, self.train_labels = train_texts, np.asarray(train_labels)
-        self.dev_texts, self.dev_labels = dev_texts, np.asarray(dev_labels)
-        self.candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
-        self.n_tokens, self.dim, self.popsize = n_tokens, dim, popsize
-        self.sigma, self.bound, self.budget = sigma, bound, budget
-        self.eval_every, self.seed = eval_every, seed
-        self.loss_fn = {"ce": ce_loss, "hinge": hinge_loss}[loss]
-
+        super().__init__(backend, *args, **kwargs)
+        seed, n_tokens, dim = self.seed, self.n_tokens, self.dim
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
         info = backend.info
         self.hidden, self.layers = info.hidden_size, info.num_layers
         emb = backend.embed(np.arange(info.vocab_size, dtype=np.int64))
-        deeper = measure_layer_std(backend, train_texts)
+        deeper = measure_layer_std(backend, self.train_texts)
         if deeper is None:  # the mock: its own statistics
             deeper = list(info.layer_std[1:])
         self.layer_std = [float(np.std(emb.reshape(-1))), *deeper]
         self.A: list[F32] = []
         for std_hat in self.layer_std:
             weight = torch.empty(n_tokens * self.hidden, dim)
-            torch.nn.init.normal_(weight, 0.0, alpha * std_hat / (np.sqrt(dim) * sigma))
+            torch.nn.init.normal_(weight, 0.0, self.alpha * std_hat / (np.sqrt(dim) * self.sigma))
             self.A.append(weight.numpy())
         ids = np.arange(PROMPT_OFFSET, PROMPT_OFFSET + n_tokens, dtype=np.int64)
         self.p0: F32 = np.zeros((self.layers, n_tokens, self.hidden), dtype=np.float32)
@@ -180,68 +147,25 @@ class ReferenceBBTv2:
         import cma
 
         rounds = self.budget // (self.popsize * self.layers)
-        opts: dict[str, Any] = {
-            "seed": self.seed,
-            "popsize": self.popsize,
-            "maxiter": rounds,
-            "verbose": -1,
-            "verb_log": 0,
-        }
-        if self.bound > 0:
-            opts["bounds"] = [-self.bound, self.bound]
+        opts = self.cma_options(rounds)
         es_list = [
             cma.CMAEvolutionStrategy(self.dim * [0], self.sigma, inopts=opts)
             for _ in range(self.layers)
         ]
-        num_call = dev_calls = generations = 0
-        best_dev = 0.0
         best: F32 | None = None
-        selected_calls: int | None = None
-        points: list[DevPoint] = []
-        history: list[dict[str, float]] = []
-        t0 = time.perf_counter()
+        tally = Tally()
         for _ in range(rounds):
             for layer, es in enumerate(es_list):
                 solutions = es.ask()
                 prompts = self.deep(layer, np.asarray(solutions))
                 logits = self.backend.logits(prompts, self.train_texts, self.candidate_ids)[0]
-                fitnesses: list[float] = []
-                for k in range(len(solutions)):
-                    num_call += 1
-                    fitnesses.append(self.loss_fn(logits[k], self.train_labels))
-                    if num_call % self.eval_every == 0:
-                        dev_logits = self.backend.logits(
-                            prompts[k : k + 1], self.dev_texts, self.candidate_ids
-                        )[0][0]
-                        dev_calls += 1
-                        acc = float((dev_logits.argmax(axis=1) == self.dev_labels).mean())
-                        if acc > best_dev:
-                            best_dev, best, selected_calls = acc, prompts[k].copy(), num_call
-                        points.append(DevPoint(num_call, acc, best_dev, selected_calls))
+                fitnesses, k = self.score(tally, logits, prompts, _one)
+                if k is not None:
+                    best = prompts[k].copy()
                 es.tell(solutions, fitnesses)
                 xbest = np.asarray(es.result.xbest)
                 self.best_prefix[layer] = self.layer_prompts(layer, xbest[None])[0]
-                generations += 1
-                rec = {
-                    "generation": generations,
-                    "layer": layer,
-                    "calls": num_call,
-                    "loss_min": min(fitnesses),
-                    "loss_mean": float(np.mean(fitnesses)),
-                    "seconds": time.perf_counter() - t0,
-                }
-                history.append(rec)
+                rec = tally.record(fitnesses, layer=layer)
                 if on_generation is not None:
                     on_generation(self, rec, best)
-        return ReferenceResult(
-            calls=num_call,
-            generations=generations,
-            dev_calls=dev_calls,
-            best_prompt=best,
-            best_dev_acc=best_dev,
-            selected_calls=selected_calls,
-            layer_std=self.layer_std,
-            dev_points=points,
-            history=history,
-            seconds=time.perf_counter() - t0,
-        )
+        return ReferenceResult(best_prompt=best, layer_std=self.layer_std, **tally.summary())

@@ -11,10 +11,11 @@ HTTP (headers aside). Prints one table; the figures are counted, not timed.
 
 from __future__ import annotations
 
+import _common
 import numpy as np
 
 from bbt.client import Client
-from bbt.server._core import ServiceCore
+from bbt.server.local import ServiceCore
 from bbt.server.mock import MockBackend
 from bbt.server.registry import PromptRegistry
 from bbt.server.settings import ServerSettings
@@ -24,24 +25,13 @@ from bbt.tuner import TunedPrompt, get_preset
 N, H, B = 50, 1024, 32
 CALLS = 5
 
-_SENTENCES = [
-    "a gripping , beautifully shot drama that never lets its big ideas smother the characters",
-    "the jokes land with a thud and the plot wanders off long before the final reel",
-    "an uneven but often touching portrait of a family coming apart at the seams",
-    "it is hard to remember the last time a thriller felt this lazy and this long",
-    "the performances are terrific , and the script gives every one of them room to breathe",
-    "a tired retread of better films , padded with scenes that go nowhere in particular",
-    "funny , warm and smarter than it has any right to be",
-    "even the talented cast cannot rescue this muddled , joyless mess of a comedy",
-]
-
 
 def measure() -> dict[str, dict[str, float]]:
     backend = MockBackend(hidden_size=H)
     registry = PromptRegistry(":memory:")
     core = ServiceCore(backend, ServerSettings(api_keys=[]), registry)
     prompt = (np.random.default_rng(0).standard_normal((N, H)) * 0.1).astype(np.float32)
-    texts = [_SENTENCES[i % len(_SENTENCES)] for i in range(B)]
+    texts = _common.sentences(B)
     out: dict[str, dict[str, float]] = {}
     for path, use_registry in (("upload", False), ("id", True)):
         with Client("http://bench.test", transport=CoreTransport(core), env_file=None) as client:

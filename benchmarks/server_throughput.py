@@ -21,7 +21,6 @@ Prints sequences per second (median of ``--repeats``) and writes
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -36,6 +35,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 import quality_data  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _machine import write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,11 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"throughput_{args.dtype}{'_smoke' if args.smoke else ''}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
+    smoke = "_smoke" if args.smoke else ""
+    write_json(Path(args.out_dir) / f"throughput_{args.dtype}{smoke}.json", record)
     return 0
 
 

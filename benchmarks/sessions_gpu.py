@@ -26,7 +26,6 @@ Writes benchmarks/results/sessions_gpu_<device>.json (``--out`` to change).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -202,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             f"client {ms['client']:7.1f} ({share:.0%})  pycma {ms['pycma']:6.1f}  "
             f"{ratio:.2f}x bare forward"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result, indent=2)
     return 0
 
 

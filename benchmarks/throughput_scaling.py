@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print_table(f"n sweep (P={args.popsize}, B={args.b}, {args.dtype})", by_n)
     record = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": _common.args_record(args),
         "model": {
             "id": info.id,
             "head": getattr(backend, "head_name", None),

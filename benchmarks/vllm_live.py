@@ -24,6 +24,7 @@ check that ran passed, 1 otherwise. Writes ``benchmarks/results/vllm_live.json``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -139,9 +140,10 @@ def _checks(args: argparse.Namespace, chat: Any, report: Report, record: dict[st
 
     black: np.ndarray[Any, Any] | None = None
     try:
-        from bbt.vllm._wire import require_torch
-
-        require_torch()  # imported before the clock starts: seconds on a cold start
+        # torch (vLLM's tensor format) imported before the clock starts: seconds on a cold
+        # start. Without it, ``chat.logits`` fails below with bbt's own install hint.
+        with contextlib.suppress(ImportError):
+            import torch  # noqa: F401
         before = chat.usage.copy()
         t0 = time.perf_counter()
         black = chat.logits(prompts, texts, ids)

@@ -50,21 +50,10 @@ from bbt.server.hf import default_limits
 P, N, B, H, C = 20, 50, 32, 4096, 2
 VOCAB = 128_256  # Llama 3's vocabulary: ids up to 6 digits in "token_id:N"
 TEMPLATE = "Review: {sentence}\nSentiment:"
-# SST-2-like sentences (as in wire_bytes.py): about 100 characters each.
-_SENTENCES = [
-    "a gripping , beautifully shot drama that never lets its big ideas smother the characters",
-    "the jokes land with a thud and the plot wanders off long before the final reel",
-    "an uneven but often touching portrait of a family coming apart at the seams",
-    "it is hard to remember the last time a thriller felt this lazy and this long",
-    "the performances are terrific , and the script gives every one of them room to breathe",
-    "a tired retread of better films , padded with scenes that go nowhere in particular",
-    "funny , warm and smarter than it has any right to be",
-    "even the talented cast cannot rescue this muddled , joyless mess of a comedy",
-]
 
 
 def texts(b: int) -> list[str]:
-    return [TEMPLATE.format(sentence=_SENTENCES[i % len(_SENTENCES)]) for i in range(b)]
+    return [TEMPLATE.format(sentence=s) for s in _common.sentences(b)]
 
 
 class EchoVLLM:
@@ -195,7 +184,7 @@ def vllm_generation(mode: str, p: int, n: int, b: int, hidden: int, dtype: str) 
 
 
 def bbt_generation(p: int, n: int, b: int, hidden: int, dtype: str) -> dict[str, Any]:
-    from bbt.client._base import plan_logits
+    from bbt.client.planning import plan_logits
 
     limits = default_limits(8192).model_copy(update={"max_prompt_tokens": max(n, 1)})
     info = ModelInfo(

@@ -11,6 +11,7 @@ headers aside, a few hundred bytes).
 
 from __future__ import annotations
 
+import _common
 import numpy as np
 
 from bbt.protocol import DType, LogitsRequest, LogitsResponse, Tensor, Usage
@@ -18,23 +19,10 @@ from bbt.protocol import DType, LogitsRequest, LogitsResponse, Tensor, Usage
 P, N, H, B, C = 20, 50, 1024, 32, 2
 MASK = "<mask>"
 
-# SST-2-like movie review sentences (written for this script): the real set's sentences
-# average about 100 characters.
-_SENTENCES = [
-    "a gripping , beautifully shot drama that never lets its big ideas smother the characters",
-    "the jokes land with a thud and the plot wanders off long before the final reel",
-    "an uneven but often touching portrait of a family coming apart at the seams",
-    "it is hard to remember the last time a thriller felt this lazy and this long",
-    "the performances are terrific , and the script gives every one of them room to breathe",
-    "a tired retread of better films , padded with scenes that go nowhere in particular",
-    "funny , warm and smarter than it has any right to be",
-    "even the talented cast cannot rescue this muddled , joyless mess of a comedy",
-]
-
 
 def texts(b: int) -> list[str]:
     # The BBT template for SST-2: "<sentence> . It was <mask> ."
-    return [f"{_SENTENCES[i % len(_SENTENCES)]} . It was {MASK} ." for i in range(b)]
+    return [f"{s} . It was {MASK} ." for s in _common.sentences(b)]
 
 
 def request_bytes(dtype: DType) -> int:

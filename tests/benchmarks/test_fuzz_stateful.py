@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from bbt.server import MockBackend, ServerSettings
-from bbt.server._core import ServiceCore
+from bbt.server.local import ServiceCore
 from bbt.server.registry import PromptRegistry
 from bbt.testing import CoreTransport
 
