@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import copyreg
 import importlib
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -156,6 +157,12 @@ class _Encoder:
         if t is bytearray:
             data = base64.b64encode(bytes(obj)).decode("ascii")
             return {"t": "bytearray", "id": self._memo(obj), "v": data}
+        if t.__name__ == "builtin_function_or_method" and not isinstance(
+            getattr(obj, "__self__", None), (type(None), types.ModuleType)
+        ):
+            # A C method bound to an object (NumPy < 2 builds RandomState.randn so; 2.x as a
+            # "method"): pickle reduces it to getattr(obj, name), and so does this.
+            return self._reduce(obj)
         if isinstance(obj, type) or t.__name__ in ("function", "builtin_function_or_method"):
             return {"t": "global", "v": global_name(obj)}
         return self._reduce(obj)

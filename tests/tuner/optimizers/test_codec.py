@@ -111,3 +111,23 @@ def test_a_damaged_tree_is_a_codec_error() -> None:
         codec.decode({"codec": codec.VERSION, "root": {"t": "nd", "id": 0, "v": "a9"}}, {})
     with pytest.raises(codec.CodecError, match="before it is built"):
         codec.decode({"codec": codec.VERSION, "root": {"t": "ref", "id": 5}}, {})
+
+
+def test_a_c_method_bound_to_an_object_is_written_as_pickle_writes_it() -> None:
+    """NumPy < 2 builds ``RandomState.randn`` (pycma's ``randn`` option) as a C method bound
+    to its RandomState, with no importable name of its own; pickle writes it as
+    ``getattr(obj, name)``, and so must the codec (the lowest-bounds install found this)."""
+    bound = {"k": 1}.get  # a builtin_function_or_method bound to an object, on any NumPy
+    assert type(bound).__name__ == "builtin_function_or_method"
+    tree, arrays = codec.encode({"m": bound})
+    assert "getattr" in json.dumps(tree)
+    # ...and only RandomState's public samplers may come back through getattr.
+    with pytest.raises(codec.CodecError):
+        codec.decode(tree, arrays)
+
+
+def test_a_randomstate_sampler_round_trips() -> None:
+    rs = np.random.RandomState(3)
+    tree, arrays = codec.encode({"randn": rs.randn})
+    again = codec.decode(tree, arrays)["randn"]
+    assert np.array_equal(again(4), np.random.RandomState(3).randn(4))
