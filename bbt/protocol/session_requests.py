@@ -22,7 +22,7 @@ from bbt.protocol._sessions import (
     SessionLogitsRequest,
     SessionOpenRequest,
 )
-from bbt.protocol._tensor import TensorDecodeError
+from bbt.protocol._tensor import Tensor, TensorDecodeError
 from bbt.protocol.projection import RECIPE_VERSION, ProjectionRecipe, matrix_bytes
 from bbt.protocol.validate import ProtocolViolation, check_batch, check_model, check_prompt_values
 
@@ -210,6 +210,29 @@ def resolve_p0(
     return np.ascontiguousarray(emb)
 
 
+def decode_z(t: Tensor, raw: bytes | None = None) -> FloatArray:
+    """z as float32 from its tensor (or, for a binary frame, its payload ``raw``), finite;
+    ProtocolViolation on ``z.data`` otherwise. Shared by session logits and the registry's
+    store-by-projection, which decode the same field the same way."""
+    if raw is not None:
+        if t.data or len(raw) != t.nbytes:
+            raise ProtocolViolation(
+                f"a framed z of shape {t.shape} in {t.dtype} needs {t.nbytes} payload bytes "
+                f"and an empty data field; got {len(raw)} bytes",
+                field="z.data",
+            )
+        z = np.frombuffer(raw, dtype=np.dtype(t.dtype).newbyteorder("<")).reshape(t.shape)
+        z = z.astype(np.float32)  # a writable, native-order copy
+    else:
+        try:
+            z = t.to_numpy().astype(np.float32, copy=False)
+        except TensorDecodeError as exc:
+            raise ProtocolViolation(str(exc), field="z.data") from None
+    if not np.isfinite(z).all():
+        raise ProtocolViolation("z contains NaN or infinite values", field="z.data")
+    return z
+
+
 def check_session_logits(
     req: SessionLogitsRequest, info: ModelInfo, dim: int, raw: bytes | None = None
 ) -> tuple[FloatArray, list[str], IntArray]:
@@ -229,22 +252,7 @@ def check_session_logits(
             f"z must have shape [P, {dim}] for this session; got {t.shape}", field="z.shape"
         )
     check_batch(t.shape[0], req.texts, req.candidate_ids, info, "z.shape")
-    if raw is not None:
-        if t.data or len(raw) != t.nbytes:
-            raise ProtocolViolation(
-                f"a framed z of shape {t.shape} in {t.dtype} needs {t.nbytes} payload bytes "
-                f"and an empty data field; got {len(raw)} bytes",
-                field="z.data",
-            )
-        z = np.frombuffer(raw, dtype=np.dtype(t.dtype).newbyteorder("<")).reshape(t.shape)
-        z = z.astype(np.float32)  # a writable, native-order copy
-    else:
-        try:
-            z = t.to_numpy().astype(np.float32, copy=False)
-        except TensorDecodeError as exc:
-            raise ProtocolViolation(str(exc), field="z.data") from None
-    if not np.isfinite(z).all():
-        raise ProtocolViolation("z contains NaN or infinite values", field="z.data")
+    z = decode_z(t, raw)
     largest = float(np.abs(z).max(initial=0.0))
     if largest > MAX_Z_VALUE:
         raise ProtocolViolation(

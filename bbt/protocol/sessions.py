@@ -58,6 +58,7 @@ from bbt.protocol.session_requests import IntArray as IntArray
 from bbt.protocol.session_requests import SessionLimits as SessionLimits
 from bbt.protocol.session_requests import check_session_logits as check_session_logits
 from bbt.protocol.session_requests import check_session_open as check_session_open
+from bbt.protocol.session_requests import decode_z as decode_z
 from bbt.protocol.session_requests import recipe_of as recipe_of
 from bbt.protocol.session_requests import resolve_p0 as resolve_p0
 from bbt.protocol.session_requests import session_bytes as session_bytes

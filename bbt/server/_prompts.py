@@ -31,7 +31,6 @@ from bbt.protocol import (
     SessionOpenRequest,
     StoredPrompt,
     Tensor,
-    TensorDecodeError,
     check_prompt_create_request,
     check_prompt_logits_request,
 )
@@ -46,7 +45,7 @@ from bbt.protocol.registry import (
     page_limit,
     unknown_prompt,
 )
-from bbt.protocol.sessions import check_session_open, recipe_of, resolve_p0
+from bbt.protocol.sessions import check_session_open, decode_z, recipe_of, resolve_p0
 from bbt.protocol.validate import check_prompt_values
 from bbt.server._routes import PROMPTS_PATH
 from bbt.server.backend import Backend
@@ -190,12 +189,7 @@ class PromptEndpoints:
                 f"z must have shape [{spec.dim}] (the projection's d); got {t.shape}",
                 field="z.shape",
             )
-        try:
-            z = t.to_numpy().astype(np.float32, copy=False)
-        except TensorDecodeError as exc:
-            raise ProtocolViolation(str(exc), field="z.data") from None
-        if not np.isfinite(z).all():
-            raise ProtocolViolation("z contains NaN or infinite values", field="z.data")
+        z = decode_z(t)
         p0 = resolve_p0(p0_spec, info, spec.n_tokens, core.backend.embed, core.backend.tokenize)
         prompt = Projection(recipe_of(spec)).project(z[None], p0)[0]
         check_prompt_values(prompt, info, "z.data")
