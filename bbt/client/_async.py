@@ -3,59 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import BaseModel, SecretStr
 from tenacity import AsyncRetrying
 
-from bbt.client._base import BaseClient, M
-from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
+from bbt.client._config import ClientSettings
 from bbt.client._fanout import gather_ordered
 from bbt.client.planning import (
     FloatArray,
-    next_page,
-    plan_embed,
-    plan_logits,
+    PromptPages,
     plan_projected_store,
-    plan_prompt_logits,
     plan_prompt_store,
-    plan_tokenize,
-    prompt_logits_into,
     prompt_path,
     prompts_page_path,
-    select_model,
 )
 from bbt.client.projection_sessions import (
     ProjectionSession,
     SessionChunk,
-    accept_open,
     as_p0,
     as_spec,
     is_session_gone,
-    open_request,
     plan_session_logits,
 )
-from bbt.client.transport import RawBody
 from bbt.protocol import (
     SESSIONS_CAPABILITY,
-    DType,
-    EmbeddingsResponse,
     Health,
     InitialPromptSpec,
     LogitsResponse,
     ModelInfo,
-    ModelList,
     ProjectionSpec,
     PromptDeleted,
     PromptList,
-    SessionClosed,
-    SessionInfo,
     StoredPrompt,
     TokenizeResponse,
 )
@@ -67,7 +51,7 @@ from bbt.protocol.projection import ProjectionRecipe
 DEFAULT_MAX_CONCURRENCY = 4
 
 
-class AsyncClient(BaseClient):
+class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
     """The async twin of :class:`bbt.Client`: same arguments, same behaviour, ``await`` it.
 
     The split sub-requests of one call run concurrently, at most ``max_concurrency`` at a
@@ -77,57 +61,9 @@ class AsyncClient(BaseClient):
     ``transport`` takes any ``httpx.AsyncBaseTransport``, e.g. ``httpx.ASGITransport(app=...)``.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | SecretStr | None = None,
-        model: str | None = None,
-        *,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        dtype: DType | None = None,
-        max_retry_wait: float | None = None,
-        connect_timeout: float | None = None,
-        timeout_per_sequence: float | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        env_file: str | Path | None = DEFAULT_ENV_FILE,
-        max_concurrency: int | None = None,
-        rng: random.Random | None = None,
+    def _connect(
+        self, settings: ClientSettings, transport: httpx.AsyncBaseTransport | None
     ) -> None:
-        settings = ClientSettings(
-            env_file=env_file,
-            base_url=base_url,
-            api_key=api_key,
-            model=model,
-            timeout=timeout,
-            max_retries=max_retries,
-            dtype=dtype,
-            max_retry_wait=max_retry_wait,
-            connect_timeout=connect_timeout,
-            timeout_per_sequence=timeout_per_sequence,
-            max_concurrency=max_concurrency,
-        )
-        self._init(settings, transport, rng)
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: ClientSettings,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        rng: random.Random | None = None,
-    ) -> AsyncClient:
-        self = cls.__new__(cls)
-        self._init(settings, transport, rng)
-        return self
-
-    def _init(
-        self,
-        settings: ClientSettings,
-        transport: httpx.AsyncBaseTransport | None,
-        rng: random.Random | None,
-    ) -> None:
-        super().__init__(settings, rng=rng)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             auth=self._url_auth,
@@ -137,57 +73,60 @@ class AsyncClient(BaseClient):
         # Set explicitly (argument or environment): that many in flight, and fan-out.
         chosen = "max_concurrency" in settings.model_fields_set
         self._max_concurrency = settings.max_concurrency if chosen else DEFAULT_MAX_CONCURRENCY
-        self._fan_out = settings.max_concurrency
         #: How retries wait; tests replace it to record the waits instead of sleeping.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # ---------------------------------------------------------------- sending
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        body: BaseModel | RawBody | None,
-        model: type[M],
-        sequences: int = 0,
-    ) -> M:
-        request = self._build_request(self._http, method, path, body, sequences)
+    async def _send(self, call: Call) -> Any:
+        request = self._build_request(self._http, call.method, call.path, call.body, call.sequences)
 
         async def sleep(seconds: float) -> None:
             await self._sleep(seconds)
 
         retrying = AsyncRetrying(sleep=sleep, **self._retry_kwargs())
-        result: M = await retrying(self._send_once, request, model)
-        return result
+        return await retrying(self._send_once, request, partial(self._parse, model=call.model))
 
-    async def _send_once(self, request: httpx.Request, model: type[M]) -> M:
+    async def _send_once(self, request: httpx.Request, parse: Callable[[httpx.Response], R]) -> R:
         self._count_sent(request)
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
         self._count_received(response)
-        return self._parse(response, model)
+        return parse(response)
 
-    async def _gather(self, jobs: Sequence[Awaitable[M]]) -> list[M]:
-        """Run ``jobs`` at most ``max_concurrency`` at a time; results in job order.
+    async def _send_batch(self, batch: Batch) -> list[Any]:
+        """The batch's requests, at most ``max_concurrency`` in flight; answers in order.
 
-        On the first failure the remaining jobs are cancelled and that error is raised.
+        On the first failure the remaining requests are cancelled and that error is raised.
         """
-        return await gather_ordered(self._max_concurrency, jobs)
+        if len(batch.calls) == 1:
+            return [await self._send(batch.calls[0])]
+        return await gather_ordered(self._max_concurrency, [self._send(c) for c in batch.calls])
+
+    async def _run(self, exchange: Exchange[R]) -> R:
+        """Drive ``exchange`` to its result, sending each batch it asks for."""
+        steps = Steps(exchange)
+        while (batch := steps.batch) is not None:
+            try:
+                answers = await self._send_batch(batch)
+            except Exception as exc:
+                steps.fail(exc)
+            else:
+                steps.answer(answers)
+        return steps.result  # type: ignore[return-value]  # set when the batches end
 
     # ---------------------------------------------------------------- API
 
     async def health(self) -> Health:
-        return await self._send("GET", "/healthz", None, Health)
+        return await self._run(self._exchange("GET", "/healthz", None, Health))
 
     async def models(self) -> list[ModelInfo]:
-        return (await self._send("GET", self._api("/models"), None, ModelList)).data
+        return await self._run(self._exchange_models())
 
     async def model_info(self) -> ModelInfo:
-        if self._info is None:
-            self._info = select_model(await self.models(), self._settings.model)
-        return self._info
+        return await self._run(self._exchange_model_info())
 
     async def supports_sessions(self) -> bool:
         """Whether the server offers projection sessions (protocol 1.1)."""
@@ -196,19 +135,10 @@ class AsyncClient(BaseClient):
     async def tokenize(
         self, texts: Sequence[str], add_special_tokens: bool = False
     ) -> TokenizeResponse:
-        requests = plan_tokenize(await self.model_info(), texts, add_special_tokens)
-        responses = await self._gather(
-            [self._send("POST", self._api("/tokenize"), r, TokenizeResponse) for r in requests]
-        )
-        return self._tokenize_result(requests, responses)
+        return await self._run(self._exchange_tokenize(texts, add_special_tokens))
 
     async def embed(self, token_ids: Sequence[int]) -> FloatArray:
-        info = await self.model_info()
-        requests = plan_embed(info, token_ids)
-        responses = await self._gather(
-            [self._send("POST", self._api("/embeddings"), r, EmbeddingsResponse) for r in requests]
-        )
-        return self._embed_result(info, requests, [r.embeddings for r in responses])
+        return await self._run(self._exchange_embed(token_ids))
 
     async def logits(
         self,
@@ -216,22 +146,7 @@ class AsyncClient(BaseClient):
         texts: Sequence[str],
         candidate_ids: Sequence[int],
     ) -> FloatArray:
-        info = await self.model_info()
-        chunks = plan_logits(
-            info, prompts, texts, candidate_ids, self._settings.dtype, self._fan_out
-        )
-        n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
-        responses = await self._gather(
-            [
-                self._send("POST", self._api("/logits"), c.request, LogitsResponse, c.sequences)
-                for c in chunks
-            ]
-        )
-        out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
-        for chunk, resp in zip(chunks, responses, strict=True):
-            self._logits_into(out, chunk, resp)
-        self._usage.calls += n_prompts
-        return out
+        return await self._run(self._exchange_logits(prompts, texts, candidate_ids))
 
     # ---------------------------------------------------------------- prompt registry (1.1)
 
@@ -243,8 +158,8 @@ class AsyncClient(BaseClient):
         recipe: dict[str, Any] | None = None,
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_prompt`."""
-        req = plan_prompt_store(await self.model_info(), prompt, label, recipe)
-        return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+        plan = partial(plan_prompt_store, prompt=prompt, label=label, recipe=recipe)
+        return await self._run(self._exchange_store(plan))
 
     async def store_projected_prompt(
         self,
@@ -256,8 +171,10 @@ class AsyncClient(BaseClient):
         recipe: dict[str, Any] | None = None,
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_projected_prompt`."""
-        req = plan_projected_store(await self.model_info(), projection, z, p0, label, recipe)
-        return await self._send("POST", self._api("/prompts"), req, StoredPrompt)
+        plan = partial(
+            plan_projected_store, projection=projection, z=z, p0=p0, label=label, recipe=recipe
+        )
+        return await self._run(self._exchange_store(plan))
 
     async def list_prompts(self) -> list[StoredPrompt]:
         """As :meth:`bbt.Client.list_prompts`: every page, to the end."""
@@ -265,41 +182,27 @@ class AsyncClient(BaseClient):
 
     async def iter_prompts(self, page_size: int | None = None) -> AsyncIterator[StoredPrompt]:
         """As :meth:`bbt.Client.iter_prompts`: a page at a time, as the iteration reaches it."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
-            path = prompts_page_path(cursor, page_size)
-            page = await self._send("GET", path, None, PromptList)
-            for stored in page.data:
+        pages = PromptPages()
+        while pages.more():
+            path = prompts_page_path(pages.cursor, page_size)
+            for stored in pages.take(
+                await self._run(self._exchange("GET", path, None, PromptList))
+            ):
                 yield stored
-            cursor = next_page(page.next_cursor, seen)
-            if cursor is None:
-                return
 
     async def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""
-        return await self._send("GET", prompt_path(prompt_id), None, StoredPrompt)
+        return await self._run(self._exchange("GET", prompt_path(prompt_id), None, StoredPrompt))
 
     async def delete_prompt(self, prompt_id: str) -> None:
         """As :meth:`bbt.Client.delete_prompt`."""
-        await self._send("DELETE", prompt_path(prompt_id), None, PromptDeleted)
+        await self._run(self._exchange("DELETE", prompt_path(prompt_id), None, PromptDeleted))
 
     async def prompt_logits(
         self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> FloatArray:
         """As :meth:`bbt.Client.prompt_logits`; split requests run concurrently."""
-        path = prompt_path(prompt_id) + "/logits"
-        chunks = plan_prompt_logits(
-            await self.model_info(), texts, candidate_ids, self._settings.dtype
-        )
-        responses = await self._gather(
-            [self._send("POST", path, c.request, LogitsResponse, c.b1 - c.b0) for c in chunks]
-        )
-        out = np.empty((len(texts), len(candidate_ids)), dtype=np.float32)
-        for chunk, resp in zip(chunks, responses, strict=True):
-            prompt_logits_into(out, chunk, resp, self._usage)
-        self._usage.calls += 1
-        return out
+        return await self._run(self._exchange_prompt_logits(prompt_id, texts, candidate_ids))
 
     # ---------------------------------------------------------------- sessions (1.1)
 
@@ -312,13 +215,8 @@ class AsyncClient(BaseClient):
     ) -> ProjectionSession:
         """See :meth:`bbt.Client.open_session`."""
         session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
-        await self._open(session, reopening=False)
+        await self._run(self._exchange_open(session, reopening=False))
         return session
-
-    async def _open(self, session: ProjectionSession, reopening: bool) -> None:
-        req = open_request(await self.model_info(), session)
-        answer = await self._send("POST", self._api("/sessions"), req, SessionInfo)
-        accept_open(session, answer, reopening)
 
     async def session_logits(
         self,
@@ -331,42 +229,27 @@ class AsyncClient(BaseClient):
         info = await self.model_info()
         chunks = plan_session_logits(info, session, z, texts, candidate_ids)
         reopen = asyncio.Lock()
-        responses = await self._gather([self._session_call(session, c, reopen) for c in chunks])
-        n_prompts = chunks[-1].p1
-        out = np.empty((n_prompts, len(texts), len(candidate_ids)), dtype=np.float32)
-        for chunk, resp in zip(chunks, responses, strict=True):
-            self._logits_into(out, chunk, resp)
-        self._usage.calls += n_prompts
-        return out
+        jobs = [self._session_call(session, c, reopen) for c in chunks]
+        responses = await gather_ordered(self._max_concurrency, jobs)
+        return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     async def _session_call(
         self, session: ProjectionSession, chunk: SessionChunk, reopen: asyncio.Lock
     ) -> LogitsResponse:
-        async def send() -> LogitsResponse:
-            path = self._api(f"/sessions/{session.id}/logits")
-            return await self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
-
         sent_to = session.id
         try:
-            return await send()
+            return await self._run(self._exchange_session_chunk(session, chunk))
         except Exception as exc:
             if not is_session_gone(exc):
                 raise
         async with reopen:  # sibling chunks that also found it gone reopen it only once
             if session.id == sent_to:
-                await self._open(session, reopening=True)
-        return await send()
+                await self._run(self._exchange_open(session, reopening=True))
+        return await self._run(self._exchange_session_chunk(session, chunk))
 
     async def close_session(self, session: ProjectionSession) -> None:
         """See :meth:`bbt.Client.close_session`."""
-        if session.info is None:
-            return
-        try:
-            await self._send("DELETE", self._api(f"/sessions/{session.id}"), None, SessionClosed)
-        except Exception as exc:
-            if not is_session_gone(exc):
-                raise
-        session.info = None
+        await self._run(self._exchange_close_session(session))
 
     # ---------------------------------------------------------------- lifetime
 

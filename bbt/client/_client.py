@@ -2,64 +2,48 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import BaseModel, SecretStr
 
-from bbt.client._base import BaseClient, M
-from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
+from bbt.client._config import ClientSettings
 from bbt.client.planning import (
     FloatArray,
-    next_page,
-    plan_embed,
-    plan_logits,
+    PromptPages,
     plan_projected_store,
-    plan_prompt_logits,
     plan_prompt_store,
-    plan_tokenize,
-    prompt_logits_into,
     prompt_path,
     prompts_page_path,
-    select_model,
 )
 from bbt.client.projection_sessions import (
     ProjectionSession,
     SessionChunk,
-    accept_open,
     as_p0,
     as_spec,
     is_session_gone,
-    open_request,
     plan_session_logits,
 )
-from bbt.client.transport import RawBody, SyncHTTPCore
+from bbt.client.transport import SyncHTTPCore
 from bbt.protocol import (
     SESSIONS_CAPABILITY,
-    DType,
-    EmbeddingsResponse,
     Health,
     InitialPromptSpec,
     LogitsResponse,
     ModelInfo,
-    ModelList,
     ProjectionSpec,
     PromptDeleted,
     PromptList,
-    SessionClosed,
-    SessionInfo,
     StoredPrompt,
     TokenizeResponse,
 )
 from bbt.protocol.projection import ProjectionRecipe
 
 
-class Client(BaseClient, SyncHTTPCore):
+class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     """A blocking client for a protocol v1 service; satisfies :class:`bbt.client.Service`.
 
     Arguments left as ``None`` come from ``BBT_*`` environment variables, then from
@@ -75,57 +59,7 @@ class Client(BaseClient, SyncHTTPCore):
     ``calls`` counts candidate prompts per completed :meth:`logits` call.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | SecretStr | None = None,
-        model: str | None = None,
-        *,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        dtype: DType | None = None,
-        max_retry_wait: float | None = None,
-        connect_timeout: float | None = None,
-        timeout_per_sequence: float | None = None,
-        max_concurrency: int | None = None,
-        transport: httpx.BaseTransport | None = None,
-        env_file: str | Path | None = DEFAULT_ENV_FILE,
-        rng: random.Random | None = None,
-    ) -> None:
-        settings = ClientSettings(
-            env_file=env_file,
-            base_url=base_url,
-            api_key=api_key,
-            model=model,
-            timeout=timeout,
-            max_retries=max_retries,
-            dtype=dtype,
-            max_retry_wait=max_retry_wait,
-            connect_timeout=connect_timeout,
-            timeout_per_sequence=timeout_per_sequence,
-            max_concurrency=max_concurrency,
-        )
-        self._init(settings, transport, rng)
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: ClientSettings,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        rng: random.Random | None = None,
-    ) -> Client:
-        self = cls.__new__(cls)
-        self._init(settings, transport, rng)
-        return self
-
-    def _init(
-        self,
-        settings: ClientSettings,
-        transport: httpx.BaseTransport | None,
-        rng: random.Random | None,
-    ) -> None:
-        super().__init__(settings, rng=rng)
+    def _connect(self, settings: ClientSettings, transport: httpx.BaseTransport | None) -> None:
         self._open_http(
             self.base_url,
             auth=self._url_auth,
@@ -135,49 +69,46 @@ class Client(BaseClient, SyncHTTPCore):
 
     # ---------------------------------------------------------------- sending
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        body: BaseModel | RawBody | None,
-        model: type[M],
-        sequences: int = 0,
-    ) -> M:
-        request = self._build_request(self._http, method, path, body, sequences)
-        return self._send_request(request, partial(self._parse, model=model))
+    def _send(self, call: Call) -> Any:
+        request = self._build_request(self._http, call.method, call.path, call.body, call.sequences)
+        return self._send_request(request, partial(self._parse, model=call.model))
+
+    def _send_batch(self, batch: Batch) -> list[Any]:
+        jobs = [partial(self._send, call) for call in batch.calls]
+        return self._fan_out(jobs) if batch.fan_out else [job() for job in jobs]
+
+    def _run(self, exchange: Exchange[R]) -> R:
+        """Drive ``exchange`` to its result, sending each batch it asks for."""
+        steps = Steps(exchange)
+        while (batch := steps.batch) is not None:
+            try:
+                answers = self._send_batch(batch)
+            except Exception as exc:
+                steps.fail(exc)
+            else:
+                steps.answer(answers)
+        return steps.result  # type: ignore[return-value]  # set when the batches end
 
     # ---------------------------------------------------------------- API
 
     def health(self) -> Health:
-        return self._send("GET", "/healthz", None, Health)
+        return self._run(self._exchange("GET", "/healthz", None, Health))
 
     def models(self) -> list[ModelInfo]:
-        return self._send("GET", self._api("/models"), None, ModelList).data
+        return self._run(self._exchange_models())
 
     def model_info(self) -> ModelInfo:
-        if self._info is None:
-            self._info = select_model(self.models(), self._settings.model)
-        return self._info
+        return self._run(self._exchange_model_info())
 
     def supports_sessions(self) -> bool:
         """Whether the server offers projection sessions (protocol 1.1)."""
         return SESSIONS_CAPABILITY in self.model_info().capabilities
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = False) -> TokenizeResponse:
-        requests = plan_tokenize(self.model_info(), texts, add_special_tokens)
-        responses = [
-            self._send("POST", self._api("/tokenize"), r, TokenizeResponse) for r in requests
-        ]
-        return self._tokenize_result(requests, responses)
+        return self._run(self._exchange_tokenize(texts, add_special_tokens))
 
     def embed(self, token_ids: Sequence[int]) -> FloatArray:
-        info = self.model_info()
-        requests = plan_embed(info, token_ids)
-        tensors = [
-            self._send("POST", self._api("/embeddings"), r, EmbeddingsResponse).embeddings
-            for r in requests
-        ]
-        return self._embed_result(info, requests, tensors)
+        return self._run(self._exchange_embed(token_ids))
 
     def logits(
         self,
@@ -185,19 +116,7 @@ class Client(BaseClient, SyncHTTPCore):
         texts: Sequence[str],
         candidate_ids: Sequence[int],
     ) -> FloatArray:
-        info = self.model_info()
-        width = self._settings.max_concurrency
-        chunks = plan_logits(info, prompts, texts, candidate_ids, self._settings.dtype, width)
-        n_prompts, n_texts, n_cand = len(prompts), len(texts), len(candidate_ids)
-        out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
-        send = partial(self._send, "POST", self._api("/logits"))
-        responses = self._fan_out(
-            [partial(send, c.request, LogitsResponse, c.sequences) for c in chunks]
-        )
-        for chunk, resp in zip(chunks, responses, strict=True):
-            self._logits_into(out, chunk, resp)
-        self._usage.calls += n_prompts
-        return out
+        return self._run(self._exchange_logits(prompts, texts, candidate_ids))
 
     # ---------------------------------------------------------------- prompt registry (1.1)
 
@@ -213,8 +132,8 @@ class Client(BaseClient, SyncHTTPCore):
         Storing the same prompt again answers the same id (so a retried store is harmless).
         Needs the ``prompt_registry`` capability (``model_info().capabilities``).
         """
-        req = plan_prompt_store(self.model_info(), prompt, label, recipe)
-        return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+        plan = partial(plan_prompt_store, prompt=prompt, label=label, recipe=recipe)
+        return self._run(self._exchange_store(plan))
 
     def store_projected_prompt(
         self,
@@ -227,8 +146,10 @@ class Client(BaseClient, SyncHTTPCore):
     ) -> StoredPrompt:
         """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
         session does): z (d floats) travels instead of the prompt (n x H)."""
-        req = plan_projected_store(self.model_info(), projection, z, p0, label, recipe)
-        return self._send("POST", self._api("/prompts"), req, StoredPrompt)
+        plan = partial(
+            plan_projected_store, projection=projection, z=z, p0=p0, label=label, recipe=recipe
+        )
+        return self._run(self._exchange_store(plan))
 
     def list_prompts(self) -> list[StoredPrompt]:
         """Every prompt this API key stored on the server, oldest first (metadata only);
@@ -238,37 +159,25 @@ class Client(BaseClient, SyncHTTPCore):
     def iter_prompts(self, page_size: int | None = None) -> Iterator[StoredPrompt]:
         """This key's prompts, oldest first, fetched a page (``page_size`` prompts; None:
         the server's default) at a time as the iteration reaches it."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
-            path = prompts_page_path(cursor, page_size)
-            page = self._send("GET", path, None, PromptList)
-            yield from page.data
-            cursor = next_page(page.next_cursor, seen)
-            if cursor is None:
-                return
+        pages = PromptPages()
+        while pages.more():
+            path = prompts_page_path(pages.cursor, page_size)
+            yield from pages.take(self._run(self._exchange("GET", path, None, PromptList)))
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """A stored prompt's metadata; :class:`~bbt.errors.NotFoundError` when it is gone
         or was stored with another API key."""
-        return self._send("GET", prompt_path(prompt_id), None, StoredPrompt)
+        return self._run(self._exchange("GET", prompt_path(prompt_id), None, StoredPrompt))
 
     def delete_prompt(self, prompt_id: str) -> None:
         """Delete a stored prompt; :class:`~bbt.errors.NotFoundError` when there is none."""
-        self._send("DELETE", prompt_path(prompt_id), None, PromptDeleted)
+        self._run(self._exchange("DELETE", prompt_path(prompt_id), None, PromptDeleted))
 
     def prompt_logits(
         self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> FloatArray:
         """Logits [B, C] of ``texts`` under a stored prompt: only the texts are uploaded."""
-        path = prompt_path(prompt_id) + "/logits"
-        chunks = plan_prompt_logits(self.model_info(), texts, candidate_ids, self._settings.dtype)
-        out = np.empty((len(texts), len(candidate_ids)), dtype=np.float32)
-        for chunk in chunks:
-            resp = self._send("POST", path, chunk.request, LogitsResponse, chunk.b1 - chunk.b0)
-            prompt_logits_into(out, chunk, resp, self._usage)
-        self._usage.calls += 1
-        return out
+        return self._run(self._exchange_prompt_logits(prompt_id, texts, candidate_ids))
 
     # ---------------------------------------------------------------- sessions (1.1)
 
@@ -283,13 +192,8 @@ class Client(BaseClient, SyncHTTPCore):
         with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
         lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`)."""
         session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
-        self._open(session, reopening=False)
+        self._run(self._exchange_open(session, reopening=False))
         return session
-
-    def _open(self, session: ProjectionSession, reopening: bool) -> None:
-        req = open_request(self.model_info(), session)
-        answer = self._send("POST", self._api("/sessions"), req, SessionInfo)
-        accept_open(session, answer, reopening)
 
     def session_logits(
         self,
@@ -302,35 +206,19 @@ class Client(BaseClient, SyncHTTPCore):
 
         A session the server no longer has (expired, evicted, a restart) is reopened from
         its recipe and the request sent once more."""
-        info = self.model_info()
-        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
-        n_prompts = chunks[-1].p1
-        out = np.empty((n_prompts, len(texts), len(candidate_ids)), dtype=np.float32)
-        for chunk in chunks:
-            self._logits_into(out, chunk, self._session_call(session, chunk))
-        self._usage.calls += n_prompts
-        return out
+        chunks = plan_session_logits(self.model_info(), session, z, texts, candidate_ids)
+        responses = [self._session_call(session, chunk) for chunk in chunks]
+        return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     def _session_call(self, session: ProjectionSession, chunk: SessionChunk) -> LogitsResponse:
-        def send() -> LogitsResponse:
-            path = self._api(f"/sessions/{session.id}/logits")
-            return self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
-
         try:
-            return send()
+            return self._run(self._exchange_session_chunk(session, chunk))
         except Exception as exc:
             if not is_session_gone(exc):
                 raise
-        self._open(session, reopening=True)
-        return send()
+        self._run(self._exchange_open(session, reopening=True))
+        return self._run(self._exchange_session_chunk(session, chunk))
 
     def close_session(self, session: ProjectionSession) -> None:
         """Close the session on the server (a session already gone is fine)."""
-        if session.info is None:
-            return
-        try:
-            self._send("DELETE", self._api(f"/sessions/{session.id}"), None, SessionClosed)
-        except Exception as exc:
-            if not is_session_gone(exc):
-                raise
-        session.info = None
+        self._run(self._exchange_close_session(session))

@@ -16,8 +16,8 @@ import numpy as np
 
 from bbt.client.planning import (
     FloatArray,
+    PromptPages,
     invalid,
-    next_page,
     plan_embed,
     plan_logits,
     plan_projected_store,
@@ -271,14 +271,11 @@ class LocalClient:
         """As :meth:`bbt.Client.iter_prompts`."""
         ep = self._endpoints()
         limit = None if page_size is None else str(page_size)
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
-            page = self._registry_call(ep.list_page, ep.tenant(None), limit, cursor)
-            yield from page.data
-            cursor = next_page(page.next_cursor, seen)
-            if cursor is None:
-                return
+        pages = PromptPages()
+        while pages.more():
+            yield from pages.take(
+                self._registry_call(ep.list_page, ep.tenant(None), limit, pages.cursor)
+            )
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""

@@ -33,8 +33,10 @@ from bbt.protocol import (
     ModelInfo,
     ProjectionSpec,
     PromptCreateRequest,
+    PromptList,
     PromptLogitsRequest,
     ProtocolViolation,
+    StoredPrompt,
     Tensor,
     TokenizeRequest,
     check_embeddings_request,
@@ -319,6 +321,37 @@ def next_page(cursor: str | None, seen: set[str]) -> str | None:
         raise ProtocolError("the server's prompt list does not end (a cursor came back twice)")
     seen.add(cursor)
     return cursor
+
+
+class PromptPages:
+    """The walk over a prompt listing's pages (1.2), without I/O, for every client::
+
+        pages = PromptPages()
+        while pages.more():
+            yield from pages.take(fetch(pages.cursor))
+
+    The first page is fetched without a cursor, each later one with the cursor the page
+    before handed out, until a page hands out none (:func:`next_page` refuses a cursor
+    handed out twice).
+    """
+
+    def __init__(self) -> None:
+        self.cursor: str | None = None
+        self._seen: set[str] = set()
+        self._started = False
+
+    def more(self) -> bool:
+        """Whether there is a page to fetch, at :attr:`cursor`."""
+        if self._started:
+            self.cursor = next_page(self.cursor, self._seen)
+            return self.cursor is not None
+        self._started = True
+        return True
+
+    def take(self, page: PromptList) -> list[StoredPrompt]:
+        """The page's prompts; its cursor is the next one to fetch."""
+        self.cursor = page.next_cursor
+        return page.data
 
 
 def check_free_form(label: str | None, recipe: dict[str, Any] | None) -> None:
