@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from bbt.server.faults import FaultConfig
     from bbt.server.mock import MockBackend
     from bbt.server.settings import ServerSettings
-    from bbt.testing.vllm_fake import VLLMFake
+    from bbt.testing._vllm_server import VLLMFake
 
 LiveFactory = Callable[..., str]
 
@@ -111,7 +111,9 @@ def live_mock_server(live_mock_server_factory: LiveFactory) -> str:
 def vllm_fake() -> VLLMFake:
     """A :class:`~bbt.testing.vllm_fake.VLLMFake` with vLLM 0.26's API over the causal mock
     (H=64, seed 0)."""
-    from bbt.testing.vllm_fake import VLLMFake
+    # From where it is defined: bbt.testing.vllm_fake re-exports these fixtures for old
+    # conftests, so importing it here would make the two modules import each other.
+    from bbt.testing._vllm_server import VLLMFake
 
     return VLLMFake()
 
@@ -119,7 +121,7 @@ def vllm_fake() -> VLLMFake:
 @pytest.fixture
 def live_vllm_fake(vllm_fake: VLLMFake) -> Iterator[str]:
     """Base URL of ``vllm_fake`` served by uvicorn on a free loopback port (``bbt[server]``)."""
-    from bbt.testing.vllm_fake import serve_vllm_fake
+    from bbt.testing._vllm_server import serve_vllm_fake
 
     with serve_vllm_fake(vllm_fake) as url:
         yield url

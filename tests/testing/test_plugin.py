@@ -22,6 +22,7 @@ HEAVY = (
     "torch",
     "bbt.server",  # the framework-free core too: only the fixtures need it
     "bbt.testing.vllm_fake",
+    "bbt.testing._vllm_server",  # where the fake is defined, which the fixtures import
 )
 
 _LOADED = """
@@ -72,7 +73,7 @@ def test_a_pytest_run_loads_nothing_heavy_until_a_fixture_is_used(
             def test_the_fixtures_import_what_they_need(mock_client, vllm_fake):
                 assert mock_client.tokenize(["great"]).ids
                 assert type(vllm_fake).__name__ == "VLLMFake"
-                assert "bbt.testing.vllm_fake" in loaded()
+                assert "bbt.testing._vllm_server" in loaded()
             """
         )
     )
