@@ -64,7 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     out.mkdir(parents=True, exist_ok=True)
     from bbt.errors import BBTError
     from bbt.protocol import ProtocolViolation
-    from bbt.server._core import APIFailure
+    from bbt.server import APIFailure
 
     for cls in (BBTError, ProtocolViolation, APIFailure):
         _wrap_init(cls, out / "exceptions.txt")

@@ -8,7 +8,7 @@ process so that their RSS figures do not mix:
 
 * ``old``: the former cache, an OrderedDict of tuples of Python ints bounded at 65,536
   entries (reproduced here; the byte count is estimated the same way the new cache counts);
-* ``new``: the current :class:`bbt.server._tokcache.TokenCache` (64 MiB by default).
+* ``new``: the current :class:`bbt.server.hf.TokenCache` (64 MiB by default).
 
 Usage::
 
@@ -52,7 +52,7 @@ class LegacyCache:
 
     @staticmethod
     def _cost(text: str, ids: tuple[int, ...]) -> int:
-        from bbt.server._tokcache import ENTRY_OVERHEAD_BYTES
+        from bbt.server.hf import ENTRY_OVERHEAD_BYTES
 
         # Ids above 256 are separate int objects: 28 bytes each besides the tuple's pointer.
         ints = sum(sys.getsizeof(i) for i in ids if not -5 <= i <= 256)

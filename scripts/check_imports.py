@@ -2,14 +2,14 @@
 
 Reads the source with :mod:`ast` only (nothing is imported), so it runs on any install:
 
-    python scripts/check_imports.py [--root DIR] [--package bbt]
+    python scripts/check_imports.py [--root DIR] [--package bbt] [--outside DIR ...]
 
 Every ``import``/``from ... import`` counts, at module level or inside a function (a deferred
 import still couples the two modules); ``importlib.import_module("bbt.x")`` with a literal
 name counts as one too. Imports under ``if TYPE_CHECKING:`` are kept apart: they never run,
 so a circle that needs one of them is listed separately and does not fail the check.
 
-It prints, and exits 1 if any of the first three is non-empty:
+It prints, and exits 1 if any of the first four is non-empty:
 
 - import circles: the strongly connected components (of more than one module, or a module
   importing itself) of the runtime graph;
@@ -18,6 +18,9 @@ It prints, and exits 1 if any of the first three is non-empty:
   ``bbt._version`` and the like belong to ``bbt`` itself and may be imported anywhere;
 - client -> server: anything under ``bbt.client`` importing ``bbt.server`` (the client must
   install and run without the server);
+- outside reaches: a file of a tree outside the package (``--outside``, by default
+  ``benchmarks/`` where the root has one) importing a private module of the package or a
+  private name (``_x``) from a public one: such code uses bbt as any user does;
 - circles that exist only through TYPE_CHECKING imports (informational).
 
 Edges go to the module named: ``from bbt.client import Service`` is an edge to
@@ -30,7 +33,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,10 +58,11 @@ class Report:
     typing_cycles: list[list[str]] = field(default_factory=list)
     private: list[Edge] = field(default_factory=list)
     client_to_server: list[Edge] = field(default_factory=list)
+    outside: list[Edge] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
-        return bool(self.cycles or self.private or self.client_to_server)
+        return bool(self.cycles or self.private or self.client_to_server or self.outside)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -157,6 +161,30 @@ def _private_owner(target: str, package: str) -> str | None:
     return package if top.startswith("_") else f"{package}.{top}"
 
 
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def outside_reaches(tree: Path, root: Path, modules: set[str], package: str) -> list[Edge]:
+    """Imports, by the files under ``tree`` (outside ``package``), of a private module of
+    ``package`` or of a private name from one of its public modules."""
+    found: list[Edge] = []
+    for path in sorted(tree.rglob("*.py")):
+        edges = imports_of(path, root, modules, package)
+        found += [e for e in edges if any(_is_private(p) for p in e.target.split("."))]
+        source = module_name(path, root)
+        for node, typing_only in _walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if node.module != package and not node.module.startswith(package + "."):
+                continue
+            for alias in node.names:
+                target = f"{node.module}.{alias.name}"
+                if _is_private(alias.name) and target not in modules:
+                    found.append(Edge(source, target, str(path), node.lineno, typing_only))
+    return found
+
+
 def _top(module: str, package: str) -> str:
     parts = module.split(".")
     return package if len(parts) < 2 else f"{package}.{parts[1]}"
@@ -207,7 +235,7 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def check(root: Path, package: str = "bbt") -> Report:
+def check(root: Path, package: str = "bbt", outside: Sequence[Path] = ()) -> Report:
     files = sorted((root / package).rglob("*.py"))
     modules = {module_name(f, root) for f in files}
     edges = [e for f in files for e in imports_of(f, root, modules, package)]
@@ -230,6 +258,8 @@ def check(root: Path, package: str = "bbt") -> Report:
         client, server = f"{package}.client", f"{package}.server"
         if _top(e.source, package) == client and _top(e.target, package) == server:
             report.client_to_server.append(e)
+    for tree in outside:
+        report.outside += outside_reaches(tree, root, modules, package)
     return report
 
 
@@ -242,9 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--package", default="bbt")
+    parser.add_argument(
+        "--outside",
+        action="append",
+        type=Path,
+        help="a tree outside the package that may import only its public names "
+        "(repeatable; default: benchmarks/ under the root, where there is one)",
+    )
     args = parser.parse_args(argv)
     root: Path = args.root.resolve()
-    report = check(root, args.package)
+    trees = args.outside if args.outside is not None else [root / "benchmarks"]
+    report = check(root, args.package, [(root / t).resolve() for t in trees if (root / t).is_dir()])
     print(f"{report.modules} modules")
     print(f"import circles: {len(report.cycles)}")
     for cycle in report.cycles:
@@ -257,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + _where(e, root))
     print(f"bbt.client -> bbt.server imports: {len(report.client_to_server)}")
     for e in report.client_to_server:
+        print("  " + _where(e, root))
+    print(f"private names imported from outside the package: {len(report.outside)}")
+    for e in report.outside:
         print("  " + _where(e, root))
     return 1 if report.failed else 0
 

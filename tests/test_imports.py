@@ -103,3 +103,41 @@ def test_the_client_imports_nothing_of_the_server(check_imports: ModuleType) -> 
     assert report.client_to_server == []
     assert not any(e.source.startswith("bbt.client") for e in report.private)
     assert not any(c[0].startswith(("bbt.client", "bbt.vllm", "bbt.tuner")) for c in report.cycles)
+
+
+def test_it_finds_private_reaches_from_a_tree_outside_the_package(
+    check_imports: ModuleType, tmp_path: Path
+) -> None:
+    _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/server/__init__.py": "from pkg.server._core import Failure\n",
+            "pkg/server/_core.py": "class Failure(Exception): ...\n_LIMIT = 1\n",
+            "pkg/server/hf.py": "_HIDDEN = 2\nSHOWN = 3\n",
+            "bench/ok.py": "from pkg.server import Failure\nfrom pkg.server.hf import SHOWN\n",
+            "bench/bad.py": (
+                "from pkg.server._core import Failure\n"
+                "def f():\n    from pkg.server.hf import _HIDDEN\n"
+                "import pkg.server._core\n"
+            ),
+        },
+    )
+    report = check_imports.check(tmp_path, "pkg", [tmp_path / "bench"])
+    assert sorted((e.source, e.target, e.line) for e in report.outside) == [
+        ("bench.bad", "pkg.server._core", 1),
+        ("bench.bad", "pkg.server._core", 4),
+        ("bench.bad", "pkg.server.hf._HIDDEN", 3),
+    ]
+    assert report.failed
+    run = [sys.executable, str(SCRIPT), "--root", str(tmp_path), "--package", "pkg"]
+    outside = subprocess.run([*run, "--outside", "bench"], capture_output=True, text=True)
+    assert outside.returncode == 1
+    assert "bench/bad.py:3: bench.bad -> pkg.server.hf._HIDDEN" in outside.stdout
+    inside_only = subprocess.run(run, capture_output=True, text=True)  # no benchmarks/ there
+    assert inside_only.returncode == 0, inside_only.stdout
+
+
+def test_the_benchmarks_import_only_public_names_of_bbt(check_imports: ModuleType) -> None:
+    report = check_imports.check(ROOT, "bbt", [ROOT / "benchmarks"])
+    assert [check_imports._where(e, ROOT) for e in report.outside] == []

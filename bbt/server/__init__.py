@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bbt.server._failures import APIFailure
 from bbt.server.backend import Backend
 from bbt.server.faults import FaultConfig
 from bbt.server.mock import (
@@ -38,6 +39,7 @@ __all__ = [
     "MOCK_MODEL_ID",
     "MOCK_TEMPLATE",
     "MOCK_VERBALIZER",
+    "APIFailure",
     "Backend",
     "FaultConfig",
     "MockBackend",

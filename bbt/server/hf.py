@@ -75,6 +75,7 @@ from bbt.server._hf_runtime import HFRuntime
 from bbt.server._tokcache import (
     DEFAULT_TOKENIZER_CACHE_BYTES,
     DEFAULT_TOKENIZER_CACHE_ENTRIES,
+    ENTRY_OVERHEAD_BYTES,
     TokenCache,
 )
 
@@ -461,6 +462,7 @@ __all__ = [
     "DEFAULT_TOKEN_BUDGET",
     "DEVICE_CHOICES",
     "DTYPE_CHOICES",
+    "ENTRY_OVERHEAD_BYTES",
     "PROBE_KEY",
     "PROBE_ROWS",
     "SERVE_EXTRA_HINT",
@@ -471,6 +473,7 @@ __all__ = [
     "DeviceSpec",
     "HFBackend",
     "HeadSpec",
+    "TokenCache",
     "clipped_std",
     "default_limits",
     "default_model_path",
