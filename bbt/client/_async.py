@@ -17,6 +17,12 @@ from tenacity import AsyncRetrying
 from bbt.client._base import BaseClient, M
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
 from bbt.client._fanout import gather_ordered
+from bbt.client.features import (
+    FeaturesChunk,
+    assemble_features,
+    plan_features,
+    plan_session_features,
+)
 from bbt.client.planning import (
     FloatArray,
     next_page,
@@ -43,9 +49,11 @@ from bbt.client.projection_sessions import (
 )
 from bbt.client.transport import RawBody
 from bbt.protocol import (
+    FEATURES_CAPABILITY,
     SESSIONS_CAPABILITY,
     DType,
     EmbeddingsResponse,
+    FeaturesResponse,
     Health,
     InitialPromptSpec,
     LogitsResponse,
@@ -59,6 +67,7 @@ from bbt.protocol import (
     StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol.features import Pooling
 from bbt.protocol.projection import ProjectionRecipe
 
 #: Sub-requests of one split call in flight at once when ``max_concurrency`` is not set
@@ -192,6 +201,26 @@ class AsyncClient(BaseClient):
     async def supports_sessions(self) -> bool:
         """Whether the server offers projection sessions (protocol 1.1)."""
         return SESSIONS_CAPABILITY in (await self.model_info()).capabilities
+
+    async def supports_features(self) -> bool:
+        """Whether the server answers features (protocol 1.3)."""
+        return FEATURES_CAPABILITY in (await self.model_info()).capabilities
+
+    async def features(
+        self,
+        texts: Sequence[str],
+        prompts: np.ndarray[Any, Any] | None = None,
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.features`; sub-requests run concurrently."""
+        info = await self.model_info()
+        chunks = plan_features(info, texts, prompts, pooling, self._settings.dtype, self._fan_out)
+        path = self._api("/features")
+        answers = await self._gather(
+            [self._send("POST", path, c.body, FeaturesResponse, c.sequences) for c in chunks]
+        )
+        return assemble_features(chunks, answers, self._usage)
 
     async def tokenize(
         self, texts: Sequence[str], add_special_tokens: bool = False
@@ -339,12 +368,33 @@ class AsyncClient(BaseClient):
         self._usage.calls += n_prompts
         return out
 
+    async def session_features(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.session_features`; sub-requests run concurrently."""
+        chunks = plan_session_features(await self.model_info(), session, z, texts, pooling)
+        reopen = asyncio.Lock()
+        answers = await self._gather(
+            [self._session_call(session, c, reopen, "features", FeaturesResponse) for c in chunks]
+        )
+        return assemble_features(chunks, answers, self._usage)
+
     async def _session_call(
-        self, session: ProjectionSession, chunk: SessionChunk, reopen: asyncio.Lock
-    ) -> LogitsResponse:
-        async def send() -> LogitsResponse:
-            path = self._api(f"/sessions/{session.id}/logits")
-            return await self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
+        self,
+        session: ProjectionSession,
+        chunk: SessionChunk | FeaturesChunk,
+        reopen: asyncio.Lock,
+        op: str = "logits",
+        answer: type[BaseModel] = LogitsResponse,
+    ) -> Any:
+        async def send() -> Any:
+            path = self._api(f"/sessions/{session.id}/{op}")
+            return await self._send("POST", path, chunk.body, answer, chunk.sequences)
 
         sent_to = session.id
         try:

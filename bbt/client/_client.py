@@ -14,6 +14,12 @@ from pydantic import BaseModel, SecretStr
 
 from bbt.client._base import BaseClient, M
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client.features import (
+    FeaturesChunk,
+    assemble_features,
+    plan_features,
+    plan_session_features,
+)
 from bbt.client.planning import (
     FloatArray,
     next_page,
@@ -40,9 +46,11 @@ from bbt.client.projection_sessions import (
 )
 from bbt.client.transport import RawBody, SyncHTTPCore
 from bbt.protocol import (
+    FEATURES_CAPABILITY,
     SESSIONS_CAPABILITY,
     DType,
     EmbeddingsResponse,
+    FeaturesResponse,
     Health,
     InitialPromptSpec,
     LogitsResponse,
@@ -56,6 +64,7 @@ from bbt.protocol import (
     StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol.features import Pooling
 from bbt.protocol.projection import ProjectionRecipe
 
 
@@ -162,6 +171,27 @@ class Client(BaseClient, SyncHTTPCore):
     def supports_sessions(self) -> bool:
         """Whether the server offers projection sessions (protocol 1.1)."""
         return SESSIONS_CAPABILITY in self.model_info().capabilities
+
+    def supports_features(self) -> bool:
+        """Whether the server answers features (protocol 1.3)."""
+        return FEATURES_CAPABILITY in self.model_info().capabilities
+
+    def features(
+        self,
+        texts: Sequence[str],
+        prompts: np.ndarray[Any, Any] | None = None,
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """Feature vectors [P, B, F] of ``texts`` under ``prompts`` [P, n, H] (none: P = 1),
+        split over the server's limits like :meth:`logits` (protocol 1.3)."""
+        info, width = self.model_info(), self._settings.max_concurrency
+        chunks = plan_features(info, texts, prompts, pooling, self._settings.dtype, width)
+        send = partial(self._send, "POST", self._api("/features"))
+        answers = self._fan_out(
+            [partial(send, c.body, FeaturesResponse, c.sequences) for c in chunks]
+        )
+        return assemble_features(chunks, answers, self._usage)
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = False) -> TokenizeResponse:
         requests = plan_tokenize(self.model_info(), texts, add_special_tokens)
@@ -311,10 +341,29 @@ class Client(BaseClient, SyncHTTPCore):
         self._usage.calls += n_prompts
         return out
 
-    def _session_call(self, session: ProjectionSession, chunk: SessionChunk) -> LogitsResponse:
-        def send() -> LogitsResponse:
-            path = self._api(f"/sessions/{session.id}/logits")
-            return self._send("POST", path, chunk.body, LogitsResponse, chunk.sequences)
+    def session_features(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """Feature vectors [P, B, F] under the prompts A z + p0 for z [P, d] (1.3)."""
+        chunks = plan_session_features(self.model_info(), session, z, texts, pooling)
+        answers = [self._session_call(session, c, "features", FeaturesResponse) for c in chunks]
+        return assemble_features(chunks, answers, self._usage)
+
+    def _session_call(
+        self,
+        session: ProjectionSession,
+        chunk: SessionChunk | FeaturesChunk,
+        op: str = "logits",
+        answer: type[BaseModel] = LogitsResponse,
+    ) -> Any:
+        def send() -> Any:
+            path = self._api(f"/sessions/{session.id}/{op}")
+            return self._send("POST", path, chunk.body, answer, chunk.sequences)
 
         try:
             return send()
