@@ -9,13 +9,14 @@ from bbt.client._client import Client
 from bbt.client._config import ClientSettings
 from bbt.client._local import LocalClient
 from bbt.client.projection_sessions import ProjectionSession
-from bbt.client.service import Service, SessionService
+from bbt.client.service import FeatureService, Service, SessionService
 from bbt.client.transport import UsageStats
 
 __all__ = [
     "AsyncClient",
     "Client",
     "ClientSettings",
+    "FeatureService",
     "LocalClient",
     "ProjectionSession",
     "Service",

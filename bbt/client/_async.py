@@ -10,11 +10,17 @@ from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 from tenacity import AsyncRetrying
 
 from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
 from bbt.client._config import ClientSettings
 from bbt.client._fanout import gather_ordered
+from bbt.client.features import (
+    FeaturesChunk,
+    assemble_features,
+    plan_session_features,
+)
 from bbt.client.planning import (
     FloatArray,
     PromptPages,
@@ -32,7 +38,9 @@ from bbt.client.projection_sessions import (
     plan_session_logits,
 )
 from bbt.protocol import (
+    FEATURES_CAPABILITY,
     SESSIONS_CAPABILITY,
+    FeaturesResponse,
     Health,
     InitialPromptSpec,
     LogitsResponse,
@@ -43,6 +51,7 @@ from bbt.protocol import (
     StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol.features import Pooling
 from bbt.protocol.projection import ProjectionRecipe
 
 #: Sub-requests of one split call in flight at once when ``max_concurrency`` is not set
@@ -131,6 +140,20 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
     async def supports_sessions(self) -> bool:
         """Whether the server offers projection sessions (protocol 1.1)."""
         return SESSIONS_CAPABILITY in (await self.model_info()).capabilities
+
+    async def supports_features(self) -> bool:
+        """Whether the server answers features (protocol 1.3)."""
+        return FEATURES_CAPABILITY in (await self.model_info()).capabilities
+
+    async def features(
+        self,
+        texts: Sequence[str],
+        prompts: np.ndarray[Any, Any] | None = None,
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.features`; sub-requests run concurrently."""
+        return await self._run(self._exchange_features(texts, prompts, pooling))
 
     async def tokenize(
         self, texts: Sequence[str], add_special_tokens: bool = False
@@ -233,19 +256,41 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
         responses = await gather_ordered(self._max_concurrency, jobs)
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
+    async def session_features(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.session_features`; sub-requests run concurrently."""
+        chunks = plan_session_features(await self.model_info(), session, z, texts, pooling)
+        reopen = asyncio.Lock()
+        answers = await gather_ordered(
+            self._max_concurrency,
+            [self._session_call(session, c, reopen, "features", FeaturesResponse) for c in chunks],
+        )
+        return assemble_features(chunks, answers, self._usage)
+
     async def _session_call(
-        self, session: ProjectionSession, chunk: SessionChunk, reopen: asyncio.Lock
-    ) -> LogitsResponse:
+        self,
+        session: ProjectionSession,
+        chunk: SessionChunk | FeaturesChunk,
+        reopen: asyncio.Lock,
+        op: str = "logits",
+        answer: type[BaseModel] = LogitsResponse,
+    ) -> Any:
         sent_to = session.id
         try:
-            return await self._run(self._exchange_session_chunk(session, chunk))
+            return await self._run(self._exchange_session_chunk(session, chunk, op, answer))
         except Exception as exc:
             if not is_session_gone(exc):
                 raise
         async with reopen:  # sibling chunks that also found it gone reopen it only once
             if session.id == sent_to:
                 await self._run(self._exchange_open(session, reopening=True))
-        return await self._run(self._exchange_session_chunk(session, chunk))
+        return await self._run(self._exchange_session_chunk(session, chunk, op, answer))
 
     async def close_session(self, session: ProjectionSession) -> None:
         """See :meth:`bbt.Client.close_session`."""

@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from bbt.client._config import DEFAULT_ENV_FILE, ClientSettings
+from bbt.client.features import FeaturesChunk, assemble_features, plan_features
 from bbt.client.planning import (
     BODY_SLACK,
     FloatArray,
@@ -69,6 +70,7 @@ from bbt.protocol import (
     DType,
     EmbeddingsRequest,
     EmbeddingsResponse,
+    FeaturesResponse,
     LogitsResponse,
     ModelInfo,
     ModelList,
@@ -81,6 +83,7 @@ from bbt.protocol import (
     TokenizeResponse,
     speaks,
 )
+from bbt.protocol.features import Pooling
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -431,14 +434,29 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         answer = yield from self._exchange("POST", self._api("/sessions"), req, SessionInfo)
         accept_open(session, answer, reopening)
 
-    def _exchange_session_chunk(
-        self, session: ProjectionSession, chunk: SessionChunk
-    ) -> Exchange[LogitsResponse]:
-        """One chunk of a session call: the server's answer for ``chunk``."""
-        path = self._api(f"/sessions/{session.id}/logits")
-        return (
-            yield from self._exchange("POST", path, chunk.body, LogitsResponse, chunk.sequences)
+    def _exchange_features(
+        self, texts: Sequence[str], prompts: np.ndarray[Any, Any] | None, pooling: Pooling
+    ) -> Exchange[FloatArray]:
+        info = yield from self._exchange_model_info()
+        settings = self._settings
+        chunks = plan_features(
+            info, texts, prompts, pooling, settings.dtype, settings.max_concurrency
         )
+        path = self._api("/features")
+        calls = [Call("POST", path, c.body, FeaturesResponse, c.sequences) for c in chunks]
+        answers = yield Batch(calls, fan_out=True)
+        return assemble_features(chunks, answers, self._usage)
+
+    def _exchange_session_chunk(
+        self,
+        session: ProjectionSession,
+        chunk: SessionChunk | FeaturesChunk,
+        op: str = "logits",
+        answer: type[M] = LogitsResponse,  # type: ignore[assignment]
+    ) -> Exchange[M]:
+        """One chunk of a session call (``op``: logits or features): the server's answer."""
+        path = self._api(f"/sessions/{session.id}/{op}")
+        return (yield from self._exchange("POST", path, chunk.body, answer, chunk.sequences))
 
     def _exchange_close_session(self, session: ProjectionSession) -> Exchange[None]:
         if session.info is None:

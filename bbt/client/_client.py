@@ -8,9 +8,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 
 from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
 from bbt.client._config import ClientSettings
+from bbt.client.features import FeaturesChunk, assemble_features, plan_session_features
 from bbt.client.planning import (
     FloatArray,
     PromptPages,
@@ -29,7 +31,9 @@ from bbt.client.projection_sessions import (
 )
 from bbt.client.transport import SyncHTTPCore
 from bbt.protocol import (
+    FEATURES_CAPABILITY,
     SESSIONS_CAPABILITY,
+    FeaturesResponse,
     Health,
     InitialPromptSpec,
     LogitsResponse,
@@ -40,6 +44,7 @@ from bbt.protocol import (
     StoredPrompt,
     TokenizeResponse,
 )
+from bbt.protocol.features import Pooling
 from bbt.protocol.projection import ProjectionRecipe
 
 
@@ -103,6 +108,21 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     def supports_sessions(self) -> bool:
         """Whether the server offers projection sessions (protocol 1.1)."""
         return SESSIONS_CAPABILITY in self.model_info().capabilities
+
+    def supports_features(self) -> bool:
+        """Whether the server answers features (protocol 1.3)."""
+        return FEATURES_CAPABILITY in self.model_info().capabilities
+
+    def features(
+        self,
+        texts: Sequence[str],
+        prompts: np.ndarray[Any, Any] | None = None,
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """Feature vectors [P, B, F] of ``texts`` under ``prompts`` [P, n, H] (none: P = 1),
+        split over the server's limits like :meth:`logits` (protocol 1.3)."""
+        return self._run(self._exchange_features(texts, prompts, pooling))
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = False) -> TokenizeResponse:
         return self._run(self._exchange_tokenize(texts, add_special_tokens))
@@ -210,14 +230,34 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         responses = [self._session_call(session, chunk) for chunk in chunks]
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
-    def _session_call(self, session: ProjectionSession, chunk: SessionChunk) -> LogitsResponse:
+    def session_features(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """Feature vectors [P, B, F] under the prompts A z + p0 for z [P, d] (1.3)."""
+        chunks = plan_session_features(self.model_info(), session, z, texts, pooling)
+        answers = [self._session_call(session, c, "features", FeaturesResponse) for c in chunks]
+        return assemble_features(chunks, answers, self._usage)
+
+    def _session_call(
+        self,
+        session: ProjectionSession,
+        chunk: SessionChunk | FeaturesChunk,
+        op: str = "logits",
+        answer: type[BaseModel] = LogitsResponse,
+    ) -> Any:
+        """One chunk of a session call; a session the server lost is reopened once."""
         try:
-            return self._run(self._exchange_session_chunk(session, chunk))
+            return self._run(self._exchange_session_chunk(session, chunk, op, answer))
         except Exception as exc:
             if not is_session_gone(exc):
                 raise
         self._run(self._exchange_open(session, reopening=True))
-        return self._run(self._exchange_session_chunk(session, chunk))
+        return self._run(self._exchange_session_chunk(session, chunk, op, answer))
 
     def close_session(self, session: ProjectionSession) -> None:
         """Close the session on the server (a session already gone is fine)."""

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from bbt.client.features import assemble_features, plan_features, plan_session_features
 from bbt.client.planning import (
     FloatArray,
     PromptPages,
@@ -38,10 +39,12 @@ from bbt.client.projection_sessions import (
 from bbt.client.transport import UsageStats
 from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError
 from bbt.protocol import (
+    FEATURES_CAPABILITY,
     PROTOCOL_VERSION,
     SESSIONS_CAPABILITY,
     DecodedLogitsRequest,
     ErrorType,
+    FeaturesResponse,
     Health,
     InitialPromptSpec,
     LogitsResponse,
@@ -53,9 +56,11 @@ from bbt.protocol import (
     PromptLogitsRequest,
     ProtocolViolation,
     StoredPrompt,
+    Tensor,
     TokenizeResponse,
 )
 from bbt.protocol.backend import Backend
+from bbt.protocol.features import DecodedFeaturesRequest, Pooling
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
 
@@ -373,16 +378,64 @@ class LocalClient:
         out = np.empty((n_prompts, len(texts), n_cand), dtype=np.float32)
         host = self._host()
         for chunk in chunks:
-            try:
-                decoded = host.decode("", session.id, chunk.request, chunk.raw)
-            except SessionNotFound:
-                self._open(session, reopening=True)
-                decoded = self._call(host.decode, "", session.id, chunk.request, chunk.raw)
-            except ProtocolViolation as exc:
-                raise invalid(exc) from exc
+            decoded = self._session_decoded(session, host.decode, chunk.request, chunk.raw)
             self._score_into(out, chunk.p0, chunk.p1, chunk.b0, chunk.b1, decoded, chunk.rows_sent)
         self._usage.calls += n_prompts
         return out
+
+    def _session_decoded(
+        self, session: ProjectionSession, decode: Callable[..., T], request: Any, raw: bytes
+    ) -> T:
+        """``decode`` (a session host's) of one chunk; a session the host lost is reopened
+        from its recipe and the chunk decoded once more."""
+        try:
+            return decode("", session.id, request, raw)
+        except SessionNotFound:
+            self._open(session, reopening=True)
+            return self._call(decode, "", session.id, request, raw)
+        except ProtocolViolation as exc:
+            raise invalid(exc) from exc
+
+    # ---------------------------------------------------------------- features (1.3)
+
+    def supports_features(self) -> bool:
+        return FEATURES_CAPABILITY in self._info().capabilities
+
+    def features(
+        self,
+        texts: Sequence[str],
+        prompts: np.ndarray[Any, Any] | None = None,
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.features`; float32 prompts, nothing travels."""
+        chunks = plan_features(self._info(), texts, prompts, pooling)
+        answers = [self._features_answer(c.decoded) for c in chunks if c.decoded is not None]
+        return assemble_features(chunks, answers, self._usage)
+
+    def session_features(
+        self,
+        session: ProjectionSession,
+        z: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """See :meth:`bbt.Client.session_features`."""
+        chunks = plan_session_features(self._info(), session, z, texts, pooling)
+        decode = self._host().decode_features
+        answers = [
+            self._features_answer(self._session_decoded(session, decode, c.request, c.raw))
+            for c in chunks
+        ]
+        return assemble_features(chunks, answers, self._usage)
+
+    def _features_answer(self, d: DecodedFeaturesRequest) -> FeaturesResponse:
+        out, usage = self._call(self._backend.features, d.prompts, d.texts, d.pooling)
+        tensor = Tensor.from_numpy(np.asarray(out, dtype=np.float32))
+        return FeaturesResponse(
+            model=self._info().id, features=tensor, pooling=d.pooling, usage=usage
+        )
 
     def close_session(self, session: ProjectionSession) -> None:
         if session.info is None:

@@ -7,7 +7,7 @@ process, no HTTP) both satisfy :class:`Service`; the tuner depends on nothing el
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from bbt.client.projection_sessions import ProjectionSession
 
 
-__all__ = ["PromptStore", "Service", "SessionService", "UsageStats", "offers_prompt_registry"]
+__all__ = [
+    "FeatureService",
+    "PromptStore",
+    "Service",
+    "SessionService",
+    "UsageStats",
+    "offers_features",
+    "offers_prompt_registry",
+]
 
 
 @runtime_checkable
@@ -95,6 +103,33 @@ def offers_prompt_registry(service: object) -> bool:
         return False
     capabilities = getattr(service.model_info(), "capabilities", None) or ()
     return PROMPT_REGISTRY_CAPABILITY in capabilities
+
+
+@runtime_checkable
+class FeatureService(Service, Protocol):
+    """A :class:`Service` that can also answer feature vectors under a prompt (protocol
+    1.3): what a probe is fitted on. ``Client``, ``AsyncClient`` (with ``await``) and
+    ``LocalClient`` have these members; the model must also list the ``"features"``
+    capability, which :meth:`supports_features` asks (:func:`offers_features`).
+    """
+
+    def supports_features(self) -> bool: ...
+
+    def features(
+        self,
+        texts: Sequence[str],
+        prompts: np.ndarray[Any, Any] | None = None,
+        *,
+        pooling: Literal["mean", "mask"] = "mean",
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Features [P, B, F] of ``texts`` under ``prompts`` [P, n, H] (none: P = 1), split
+        over the server's limits like :meth:`Service.logits`; ``calls`` counts P."""
+        ...
+
+
+def offers_features(service: object) -> bool:
+    """Whether ``service`` has the features calls *and* its model lists the capability."""
+    return isinstance(service, FeatureService) and service.supports_features()
 
 
 @runtime_checkable

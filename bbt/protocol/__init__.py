@@ -42,6 +42,12 @@ from bbt.protocol._tensor import (
     encoded_size,
 )
 from bbt.protocol._version import negotiate, speaks, wire_json
+from bbt.protocol.features import (
+    FEATURES_CAPABILITY,
+    FeaturesRequest,
+    FeaturesResponse,
+    SessionFeaturesRequest,
+)
 from bbt.protocol.frame import FRAME_CONTENT_TYPE, encode_frame
 from bbt.protocol.registry import (
     PROMPT_REGISTRY_CAPABILITY,
@@ -67,6 +73,7 @@ from bbt.protocol.validate import (
 __all__ = [
     "API_PREFIX",
     "DEEP_PROMPTS",
+    "FEATURES_CAPABILITY",
     "FRAME_CONTENT_TYPE",
     "MODEL_KINDS",
     "PROMPT_REGISTRY_CAPABILITY",
@@ -84,6 +91,8 @@ __all__ = [
     "ErrorBody",
     "ErrorEnvelope",
     "ErrorType",
+    "FeaturesRequest",
+    "FeaturesResponse",
     "Health",
     "InitialPromptSpec",
     "Limits",
@@ -99,6 +108,7 @@ __all__ = [
     "PromptLogitsRequest",
     "ProtocolViolation",
     "SessionClosed",
+    "SessionFeaturesRequest",
     "SessionInfo",
     "SessionLogitsRequest",
     "SessionOpenRequest",

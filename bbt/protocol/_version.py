@@ -22,6 +22,7 @@ from bbt.protocol._models import (
     SUPPORTED_VERSIONS,
     V1_ERROR_TYPES,
     ErrorBody,
+    ModelInfo,
 )
 
 
@@ -60,6 +61,15 @@ def is_at_least(version: str, since: str) -> bool:
     return _key(version) >= _key(since)
 
 
+#: Capabilities newer than the ``capabilities`` field itself, by the version that added
+#: them: a client older than that is not told of them (it could not use them).
+CAPABILITY_SINCE: dict[str, str] = {"features": "1.3"}
+
+
+def _capabilities(names: list[str], version: str) -> list[str]:
+    return [c for c in names if is_at_least(version, CAPABILITY_SINCE.get(c, PROTOCOL_V1))]
+
+
 def _since(model: type[BaseModel], name: str) -> str | None:
     extra = model.model_fields[name].json_schema_extra
     if isinstance(extra, dict):
@@ -84,6 +94,9 @@ def _downgrade(value: Any, dumped: Any, version: str) -> Any:
                 continue
             if name == "protocol_version":
                 out[key] = version  # discovery reports the version this answer speaks
+                continue
+            if name == "capabilities" and isinstance(value, ModelInfo):
+                out[key] = _capabilities(dumped[key], version)
                 continue
             out[key] = _downgrade(getattr(value, name), dumped[key], version)
         if isinstance(value, ErrorBody) and version == PROTOCOL_V1:
@@ -113,6 +126,8 @@ def _needs_walk(cls: type[BaseModel], version: str) -> bool:
     for name, info in cls.model_fields.items():
         since = _since(cls, name)
         if name == "protocol_version" or (since is not None and not is_at_least(version, since)):
+            return True
+        if cls is ModelInfo and name == "capabilities" and version != PROTOCOL_VERSION:
             return True
         if any(_needs_walk(m, version) for m in _models_in(info.annotation)):
             return True

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bbt.protocol import ModelInfo, Usage
+from bbt.protocol.features import Pooling, no_features
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -52,6 +53,19 @@ class Backend(ABC):
         ``prompts`` has shape [P, n, H] (n may be 0). Row ``[i, j]`` must depend only on
         prompt i and text j: results may not change with how a client splits its work.
         """
+
+    def features(
+        self, prompts: FloatArray, texts: list[str], pooling: Pooling
+    ) -> tuple[FloatArray, Usage]:
+        """Feature vectors [P, B, F], float32, of each text under each prompt (protocol 1.3).
+
+        ``prompts`` has shape [P, n, H] (n may be 0: the texts alone), prepended as in
+        :meth:`logits`. ``pooling`` is ``"mean"`` (the last hidden state averaged over the
+        sequence's tokens, padding and prompt positions left out) or ``"mask"`` (at the
+        scored position). Optional: a backend that offers it also lists ``"features"`` in
+        its :attr:`info`'s capabilities; this default refuses.
+        """
+        raise no_features(self.info.id)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (threads, model memory)."""

@@ -252,6 +252,12 @@ def check_session_logits(
             f"z must have shape [P, {dim}] for this session; got {t.shape}", field="z.shape"
         )
     check_batch(t.shape[0], req.texts, req.candidate_ids, info, "z.shape")
+    z = decode_bounded_z(t, raw)
+    return z, list(req.texts), np.asarray(req.candidate_ids, dtype=np.int64)
+
+
+def decode_bounded_z(t: Tensor, raw: bytes | None = None) -> FloatArray:
+    """:func:`decode_z` within :data:`MAX_Z_VALUE` (a session's z, for logits or features)."""
     z = decode_z(t, raw)
     largest = float(np.abs(z).max(initial=0.0))
     if largest > MAX_Z_VALUE:
@@ -259,4 +265,4 @@ def check_session_logits(
             f"a z entry has absolute value {largest:.3g}; the limit is {MAX_Z_VALUE:.3g}",
             field="z.data",
         )
-    return z, list(req.texts), np.asarray(req.candidate_ids, dtype=np.int64)
+    return z

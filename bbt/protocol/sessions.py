@@ -48,6 +48,11 @@ from bbt.protocol._sessions import (
     SessionLogitsRequest,
     SessionOpenRequest,
 )
+from bbt.protocol.features import (
+    DecodedFeaturesRequest,
+    SessionFeaturesRequest,
+    check_session_features,
+)
 from bbt.protocol.projection import Projection, project_rows
 
 # The request checks and the limits live in bbt.protocol.session_requests; every name
@@ -327,10 +332,27 @@ class SessionHost:
         """The prompts of a session call, projected and checked as ``/v1/logits`` would."""
         session = self._lookup(tenant, session_id)
         z, texts, ids = check_session_logits(req, self.info, session.spec.dim, raw)
+        prompts = self._project(session, z)
+        return DecodedLogitsRequest(prompts=prompts, texts=texts, candidate_ids=ids)
+
+    def decode_features(
+        self,
+        tenant: str,
+        session_id: str,
+        req: SessionFeaturesRequest,
+        raw: bytes | None = None,
+    ) -> DecodedFeaturesRequest:
+        """The prompts of a session features call (1.3), as ``/v1/features`` takes them."""
+        session = self._lookup(tenant, session_id)
+        z = check_session_features(req, self.info, session.spec.dim, raw)
+        prompts = self._project(session, z)
+        return DecodedFeaturesRequest(prompts=prompts, texts=list(req.texts), pooling=req.pooling)
+
+    def _project(self, session: HostedSession, z: FloatArray) -> FloatArray:
         with np.errstate(over="ignore", invalid="ignore"):
             prompts = np.asarray(session.project(z), dtype=np.float32)
         check_prompt_values(prompts, self.info, "z.data")
-        return DecodedLogitsRequest(prompts=prompts, texts=texts, candidate_ids=ids)
+        return prompts
 
     def close(self, tenant: str, session_id: str) -> SessionClosed:
         self._lookup(tenant, session_id)

@@ -38,6 +38,7 @@ from bbt.protocol import (
     PromptLogitsRequest,
     ProtocolViolation,
     SessionClosed,
+    SessionFeaturesRequest,
     SessionInfo,
     SessionLogitsRequest,
     SessionOpenRequest,
@@ -66,6 +67,7 @@ from bbt.server._failures import (
     validation_failure,
     violation_failure,
 )
+from bbt.server._features import features, session_features
 from bbt.server._prompts import PromptEndpoints, no_registry
 from bbt.server._routes import (
     MAX_SESSION_ID_CHARS,
@@ -171,6 +173,8 @@ class ServiceCore:
             "logits": self._bind_plain(self.logits),
             "open_session": self._bind_open_session,
             "session_logits": self._bind_session_logits,
+            "features": self._bind_plain(lambda req: features(self, req)),
+            "session_features": self._bind_session_features,
             "close_session": self._bind_close_session,
             "store_prompt": self._bind_store_prompt,
             "list_prompts": self._bind_list_prompts,
@@ -399,6 +403,13 @@ class ServiceCore:
         req, raw = parse_session_logits(incoming.body, incoming.headers.get("content-type"))
         return Call(lambda: self.session_logits(tenant, session_id, req, raw), route.mode)
 
+    def _bind_session_features(self, route: Route, incoming: Incoming) -> Call:
+        session_id = _session_id(incoming)
+        tenant = self.tenant(incoming.headers.get("authorization"))
+        body, content_type = incoming.body, incoming.headers.get("content-type")
+        req, raw = parse_session_logits(body, content_type, SessionFeaturesRequest)
+        return Call(lambda: session_features(self, tenant, session_id, req, raw), route.mode)
+
     def _bind_close_session(self, route: Route, incoming: Incoming) -> Call:
         session_id = _session_id(incoming)
         tenant = self.tenant(incoming.headers.get("authorization"))
@@ -451,18 +462,18 @@ def _session_id(incoming: Incoming) -> str:
 
 
 def parse_session_logits(
-    body: bytes, content_type: str | None
-) -> tuple[SessionLogitsRequest, bytes | None]:
-    """A session logits body, JSON or a binary frame: (request, z's raw payload or None)."""
+    body: bytes, content_type: str | None, model: type[BaseModel] = SessionLogitsRequest
+) -> tuple[Any, bytes | None]:
+    """A session logits body (or, with ``model``, another session body carrying z: the
+    features one), JSON or a binary frame: (request, z's raw payload or None)."""
     if not is_frame(content_type):
         # Read as JSON whatever the declared type: this body was always parsed by hand.
-        return parse_body(SessionLogitsRequest, body, sniff=False), None
+        return parse_body(model, body, sniff=False), None
     try:
         header, payload = split_frame(body)
     except ProtocolViolation as exc:
         raise APIFailure(400, ErrorType.invalid_request, exc.message) from None
-    req: SessionLogitsRequest = parse_body(SessionLogitsRequest, header, sniff=False)
-    return req, payload
+    return parse_body(model, header, sniff=False), payload
 
 
 def is_api_path(path: str) -> bool:

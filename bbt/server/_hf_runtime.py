@@ -24,6 +24,7 @@ from bbt.protocol import (
     Usage,
 )
 from bbt.protocol.backend import Backend, FloatArray, IntArray
+from bbt.protocol.features import Pooling
 from bbt.server._cancel import StopCheck, current_stop_check, raise_if_stopped
 from bbt.server._tokcache import (
     TokenCache,
@@ -190,6 +191,12 @@ class HFRuntime(Backend):
             raise ProtocolViolation("candidate ids out of range", field="candidate_ids")
         return self._run(prompts, texts, cand)
 
+    def features(
+        self, prompts: FloatArray, texts: list[str], pooling: Pooling
+    ) -> tuple[FloatArray, Usage]:
+        """The last hidden state [P, B, H], mean-pooled or at the scored position (1.3)."""
+        return self._run(prompts, texts, None, pooling=pooling)
+
     def mask_hidden_states(self, prompts: FloatArray, texts: list[str]) -> FloatArray:
         """The encoder's last hidden state at each mask position: shape [P, B, H], float32.
 
@@ -204,8 +211,10 @@ class HFRuntime(Backend):
         texts: list[str],
         cand: IntArray | None,
         should_stop: StopCheck | None = None,
+        pooling: Pooling = "mask",
     ) -> tuple[FloatArray, Usage]:
-        """Score all pairs in chunks; ``should_stop`` (default: the app's check for this
+        """Score all pairs in chunks (``cand`` None: hidden states, pooled by ``pooling``);
+        ``should_stop`` (default: the app's check for this
         request, see :mod:`bbt.server._cancel`) is polled before each forward chunk, and
         :class:`~bbt.server._cancel.Cancelled` is raised once it says the client has gone.
         """
@@ -255,8 +264,9 @@ class HFRuntime(Backend):
                 with self._lock.hold():
                     try:
                         res = self._forward_chunk(
-                            chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t
-                        )
+                            chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t,
+                            pooling,
+                        )  # fmt: skip
                     finally:
                         self._deep_chunk = None  # set by a deep chunk for the layer hooks
                 res_np = res.float().cpu().numpy()
@@ -267,6 +277,13 @@ class HFRuntime(Backend):
 
     def close(self) -> None:
         self._cache.clear()
+
+    @staticmethod
+    def _mean_pool(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Hidden states [S, T, H] averaged over the positions ``keep`` [S, T] marks (each
+        sequence's own tokens: no padding, no soft prompt), in float32."""
+        weight = keep.float().unsqueeze(-1)
+        return (hidden.float() * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1)
 
     @property
     def tokenizer_cache(self) -> TokenCache:
@@ -296,5 +313,5 @@ class HFRuntime(Backend):
     def _forward_chunk(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """One forward pass over a chunk of (prompt, text) pairs: candidate logits (or
         hidden states when ``cand_t`` is None) at each sequence's scored position. Called as
-        ``(chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t)``."""
+        ``(chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t, pooling)``."""
         raise NotImplementedError

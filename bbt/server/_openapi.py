@@ -12,28 +12,38 @@ import inspect
 from typing import Any
 
 from fastapi import FastAPI, Path, Query
+from pydantic import BaseModel
 
-from bbt.protocol import SessionLogitsRequest
+from bbt.protocol import SessionFeaturesRequest, SessionLogitsRequest
 from bbt.protocol.frame import FRAME_CONTENT_TYPE
 from bbt.server._routes import MAX_SESSION_ID_CHARS, ROUTES, Route
 
-#: The session logits body, parsed by hand (JSON or a binary frame): documented as both.
-_FRAME_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/SessionLogitsRequest"}},
-            FRAME_CONTENT_TYPE: {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": "uint32 LE header length, the JSON request with "
-                    "z.data empty, then z's raw little-endian bytes "
-                    "(docs/protocol.md).",
+
+def _frame_body(model: str) -> dict[str, Any]:
+    """A session body carrying z, parsed by hand (JSON or a binary frame): documented as both."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}},
+                FRAME_CONTENT_TYPE: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "uint32 LE header length, the JSON request with "
+                        "z.data empty, then z's raw little-endian bytes "
+                        "(docs/protocol.md).",
+                    },
                 },
             },
-        },
+        }
     }
+
+
+#: The session routes whose body is parsed by hand, by endpoint: the model it documents.
+_FRAMED: dict[str, type[BaseModel]] = {
+    "session_logits": SessionLogitsRequest,
+    "session_features": SessionFeaturesRequest,
 }
 
 
@@ -81,20 +91,23 @@ def describe_routes(app: FastAPI, *, registry: bool) -> None:
             response_model=route.response,
             tags=[route.tag],
             name=route.endpoint,
-            openapi_extra=_FRAME_BODY if route.endpoint == "session_logits" else None,
+            openapi_extra=(
+                _frame_body(_FRAMED[route.endpoint].__name__) if route.endpoint in _FRAMED else None
+            ),
         )
 
     def openapi() -> dict[str, Any]:
-        # The session logits body is parsed by hand (JSON or a binary frame), so FastAPI
+        # The session bodies carrying z are parsed by hand (JSON or a binary frame), so FastAPI
         # does not list its schema by itself.
         if app.openapi_schema is None:
             doc = FastAPI.openapi(app)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             ref = "#/components/schemas/{model}"
-            schema = SessionLogitsRequest.model_json_schema(ref_template=ref)
-            for name, sub in schema.pop("$defs", {}).items():
-                schemas.setdefault(name, sub)
-            schemas["SessionLogitsRequest"] = schema
+            for model in _FRAMED.values():
+                schema = model.model_json_schema(ref_template=ref)
+                for name, sub in schema.pop("$defs", {}).items():
+                    schemas.setdefault(name, sub)
+                schemas[model.__name__] = schema
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -18,6 +18,8 @@ from bbt.protocol import (
     API_PREFIX,
     EmbeddingsRequest,
     EmbeddingsResponse,
+    FeaturesRequest,
+    FeaturesResponse,
     Health,
     LogitsRequest,
     LogitsResponse,
@@ -102,6 +104,15 @@ ROUTES: tuple[Route, ...] = (
         "queue",
         doc="Score P soft prompts on B texts: mask-position logits [P, B, C] of candidates.",
     ),
+    Route(
+        "POST",
+        f"{API_PREFIX}/features",
+        "features",
+        FeaturesResponse,
+        FeaturesRequest,
+        "queue",
+        doc="Feature vectors [P, B, F] of B texts under P soft prompts or none (1.3).",
+    ),
     # Projection sessions (protocol 1.1): the server builds p = A z + p0 from a recipe.
     Route(
         "POST",
@@ -122,6 +133,17 @@ ROUTES: tuple[Route, ...] = (
         "queue",
         "sessions",
         "Score z [P, d] through a session: the logits /v1/logits gives for A z + p0 (1.1).\n\n"
+        "The body is JSON or a binary frame (no base64).",
+    ),
+    Route(
+        "POST",
+        f"{API_PREFIX}/sessions/{{session_id}}/features",
+        "session_features",
+        FeaturesResponse,
+        None,  # JSON or a binary frame, parsed by the handler
+        "queue",
+        "sessions",
+        "Feature vectors for z [P, d] through a session: /v1/features for A z + p0 (1.3).\n\n"
         "The body is JSON or a binary frame (no base64).",
     ),
     Route(

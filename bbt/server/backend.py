@@ -6,7 +6,8 @@ Backend`` keeps working.
 
 Capabilities are protocols over what a backend declares in its :class:`ModelInfo` (what a
 client can discover too): :class:`MaskedLM` or :class:`CausalLM` by ``info.kind``,
-:class:`DeepPrompts` by the ``deep_prompts`` capability. :func:`supports` checks one (not
+:class:`DeepPrompts` by the ``deep_prompts`` capability, :class:`Features` by ``features``
+(protocol 1.3). :func:`supports` checks one (not
 ``isinstance``: every backend has the same members, what differs is what it declares).
 
 :func:`backend_for` is the registry: ``bbt serve``, the embedded server and each Ray replica
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bbt.errors import ConfigurationError
-from bbt.protocol import DEEP_PROMPTS, ModelInfo
+from bbt.protocol import DEEP_PROMPTS, FEATURES_CAPABILITY, ModelInfo, Usage
 from bbt.protocol.backend import Backend, FloatArray, IntArray
+from bbt.protocol.features import Pooling
 
 ModelRef = str | Path | None
 
@@ -50,6 +52,17 @@ class DeepPrompts(Protocol):
     def info(self) -> ModelInfo: ...
 
 
+class Features(Protocol):
+    """Answers feature vectors under a prompt (protocol 1.3; ``features`` listed)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def features(
+        self, prompts: FloatArray, texts: list[str], pooling: Pooling
+    ) -> tuple[FloatArray, Usage]: ...
+
+
 def supports(backend: Backend, capability: type[Any]) -> bool:
     """Whether ``backend`` declares ``capability`` (one of the protocols above)."""
     info = backend.info
@@ -59,6 +72,8 @@ def supports(backend: Backend, capability: type[Any]) -> bool:
         return info.kind == "causal_lm"
     if capability is DeepPrompts:
         return DEEP_PROMPTS in info.capabilities
+    if capability is Features:
+        return FEATURES_CAPABILITY in info.capabilities
     raise ValueError(f"unknown backend capability {capability!r}")
 
 
@@ -150,6 +165,7 @@ __all__ = [
     "BackendKind",
     "CausalLM",
     "DeepPrompts",
+    "Features",
     "FloatArray",
     "IntArray",
     "MaskedLM",

@@ -40,11 +40,13 @@ import numpy as np
 from bbt.errors import ConfigurationError
 from bbt.protocol import (
     DEEP_PROMPTS,
+    FEATURES_CAPABILITY,
     SUPPORTED_DTYPES,
     Limits,
     ModelInfo,
     ProtocolViolation,
 )
+from bbt.protocol.features import Pooling
 from bbt.server._hf_common import (
     _CALIBRATION_TEXTS,
     DEFAULT_MODEL_ID,
@@ -245,6 +247,7 @@ class HFBackend(HFRuntime):
             embedding_std=self._emb_std,
             dtypes=list(SUPPORTED_DTYPES),
             limits=self._limits,
+            capabilities=[FEATURES_CAPABILITY],
         )
 
     def _add_deep_prompts(self) -> None:
@@ -258,8 +261,9 @@ class HFBackend(HFRuntime):
                 if index > 0:
                     layer.register_forward_pre_hook(self._deep_hook(index), with_kwargs=True)
             layer_std = [self._emb_std, *self._hidden_std(len(layers))]
+            capabilities = [*self._info.capabilities, DEEP_PROMPTS]
             self._info = self._info.model_copy(
-                update={"capabilities": [DEEP_PROMPTS], "layer_std": layer_std}
+                update={"capabilities": capabilities, "layer_std": layer_std}
             )
 
     def _encoder_layers(self) -> Any:
@@ -385,6 +389,7 @@ class HFBackend(HFRuntime):
         n_tokens: int,
         longest: int,
         cand_t: torch.Tensor | None,
+        pooling: Pooling = "mask",
     ) -> torch.Tensor:
         th = self._torch
         dev = self._word_emb.device
@@ -419,7 +424,11 @@ class HFBackend(HFRuntime):
             kwargs["token_type_ids"] = th.zeros_like(attn)
         rows = th.arange(n_seq, device=dev)
         result: Any
-        if cand_t is None:
+        if cand_t is None and pooling == "mean":
+            keep = attn.clone()
+            keep[:, at : at + n_tokens] = 0  # the text's own tokens, specials included
+            result = self._mean_pool(self._encoder(**kwargs).last_hidden_state, keep)
+        elif cand_t is None:
             result = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]
         elif self._built_head is not None:
             hidden = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]

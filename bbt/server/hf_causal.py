@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from bbt.errors import ConfigurationError
-from bbt.protocol import SUPPORTED_DTYPES, Limits, ModelInfo, ModelKind, ProtocolViolation
+from bbt.protocol import (
+    FEATURES_CAPABILITY,
+    SUPPORTED_DTYPES,
+    Limits,
+    ModelInfo,
+    ModelKind,
+    ProtocolViolation,
+)
+from bbt.protocol.features import Pooling
 from bbt.server._hf_common import DeviceSpec, DTypeSpec, HeadSpec, _Encoded
 from bbt.server._tokcache import (
     DEFAULT_TOKENIZER_CACHE_BYTES,
@@ -158,6 +166,7 @@ class HFCausalBackend(HFBackend):
             embedding_std=self._emb_std,
             dtypes=list(SUPPORTED_DTYPES),
             limits=self._limits,
+            capabilities=[FEATURES_CAPABILITY],
         )
 
     def _add_deep_prompts(self) -> None:
@@ -194,12 +203,14 @@ class HFCausalBackend(HFBackend):
         n_tokens: int,
         longest: int,
         cand_t: torch.Tensor | None,
+        pooling: Pooling = "mask",
     ) -> torch.Tensor:
         th = self._torch
         dev = self._word_emb.device
         n_seq = len(chunk)
         x = th.zeros((n_seq, longest, self._hidden), dtype=self._word_emb.dtype, device=dev)
         attn = th.zeros((n_seq, longest), dtype=th.long, device=dev)
+        keep = th.zeros((n_seq, longest), dtype=th.long, device=dev)  # own tokens, for "mean"
         by_text: dict[int, list[int]] = {}
         for s, (_, j) in enumerate(chunk):
             by_text.setdefault(j, []).append(s)
@@ -214,6 +225,8 @@ class HFCausalBackend(HFBackend):
                 prompt_idx = th.tensor([chunk[s][0] for s in seqs], device=dev)
                 x[idx, start + at : start + at + n_tokens] = prompts_t[prompt_idx]
             attn[idx, start:] = 1
+            keep[idx, start:] = 1
+            keep[idx, start + at : start + at + n_tokens] = 0
         # Positions count real tokens only, as if each sequence ran alone.
         positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
         kwargs: dict[str, Any] = {
@@ -223,7 +236,8 @@ class HFCausalBackend(HFBackend):
             "use_cache": False,
         }
         if cand_t is None:
-            hidden = self._encoder(**kwargs).last_hidden_state[:, -1]
+            states = self._encoder(**kwargs).last_hidden_state
+            hidden = self._mean_pool(states, keep) if pooling == "mean" else states[:, -1]
             return cast("torch.Tensor", hidden)
         if self._keep_arg is not None:
             kwargs[self._keep_arg] = 1

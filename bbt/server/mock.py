@@ -37,8 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from bbt.protocol import DEEP_PROMPTS, Limits, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol import (
+    DEEP_PROMPTS,
+    FEATURES_CAPABILITY,
+    Limits,
+    ModelInfo,
+    ProtocolViolation,
+    Usage,
+)
 from bbt.protocol.backend import Backend, FloatArray, IntArray
+from bbt.protocol.features import Pooling
 from bbt.server._cancel import current_stop_check, raise_if_stopped
 
 #: Literal mask token of the mock model.
@@ -155,6 +163,8 @@ class MockBackend(Backend):
             between slices as the Hugging Face backend does between forward chunks.
         causal: serve the model as a causal LM (see the module docstring); ``model_id``
             then defaults to :data:`MOCK_CAUSAL_MODEL_ID`.
+        features: whether to serve features (protocol 1.3, ``"features"`` capability);
+            False looks like a server from before 1.3.
     """
 
     def __init__(
@@ -170,6 +180,7 @@ class MockBackend(Backend):
         num_layers: int = 1,
         deep_prompts: bool | None = None,
         causal: bool = False,
+        features: bool = True,
     ) -> None:
         if hidden_size < 8:
             raise ValueError("hidden_size must be at least 8")
@@ -240,11 +251,15 @@ class MockBackend(Backend):
             embedding_std=self._std,
             dtypes=["float32", "float16"],
             limits=lim,
+            capabilities=[FEATURES_CAPABILITY] if features else [],
         )
         if num_layers > 1 if deep_prompts is None else deep_prompts:
             layer_std = [self._std, *(float(v) for v in self._layer_std[1:])]
             self._info = self._info.model_copy(
-                update={"capabilities": [DEEP_PROMPTS], "layer_std": layer_std}
+                update={
+                    "capabilities": [*self._info.capabilities, DEEP_PROMPTS],
+                    "layer_std": layer_std,
+                }
             )
 
     def _init_deep(self, num_layers: int) -> None:
@@ -260,6 +275,9 @@ class MockBackend(Backend):
         )
         turns = rng.standard_normal((max(num_layers - 1, 0), h, h)) / np.sqrt(h)
         self._layer_turn = turns.astype(np.float32)  # [L - 1, H, H]
+        # The features' readout (protocol 1.3) from a stream of its own, for the same reason.
+        readout = np.random.default_rng([self.seed, h, 0xFEA7]).standard_normal((h, _STATE_DIM))
+        self._readout = (readout / np.sqrt(_STATE_DIM)).astype(np.float32)  # [H, R]
 
     @property
     def info(self) -> ModelInfo:
@@ -350,6 +368,15 @@ class MockBackend(Backend):
         p, n = int(prompts.shape[0]), int(prompts.shape[-2])
         x, tokens_per_prompt = self._text_features(texts, n)  # [B, H]
         s = self._prompt_summary(prompts)  # [P, H]
+        state = self._state(s, x)  # [P, B, R]
+        out = np.einsum("rh,ch->rc", self._head, self._table[candidate_ids])  # [R, C]
+        logits = np.einsum("pbr,rc->pbc", np.tanh(state), out) + self._bias[candidate_ids]
+        usage = Usage(prompts=p, sequences=p * len(texts), tokens=p * tokens_per_prompt)
+        return logits.astype(np.float32, copy=False), usage
+
+    def _state(self, s: FloatArray, x: FloatArray) -> FloatArray:
+        """The pre-activation state [P, X, R] of prompt summaries ``s`` [P, H] reading text
+        features ``x`` [X, H] (a text's mean embedding, or one token's embedding)."""
         # einsum, not matmul: these products are tiny, and a multi-threaded BLAS on a
         # busy machine turns them from microseconds into tens of milliseconds. einsum's
         # fixed per-element summation order also makes each (i, j) result bitwise
@@ -357,15 +384,45 @@ class MockBackend(Backend):
         query = np.einsum("ph,kh->pk", s, self._query)  # [P, K]
         keys = np.einsum("bh,kh->bk", x, self._keys)  # [B, K]
         match = np.einsum("pk,bk->pb", query, keys) / np.float32(np.sqrt(_KEY_DIM))
-        state = (
+        state: FloatArray = (
             np.einsum("bh,rh->br", x, self._blind)[None, :, :]  # [1, B, R]
             + match[:, :, None] * np.einsum("ph,rh->pr", s, self._value)[:, None, :]
             + np.einsum("ph,rh->pr", s, self._shift)[:, None, :]
         )  # [P, B, R]
-        out = np.einsum("rh,ch->rc", self._head, self._table[candidate_ids])  # [R, C]
-        logits = np.einsum("pbr,rc->pbc", np.tanh(state), out) + self._bias[candidate_ids]
+        return state
+
+    def features(
+        self, prompts: FloatArray, texts: list[str], pooling: Pooling
+    ) -> tuple[FloatArray, Usage]:
+        """The mock's "last hidden state", read out to width H (protocol 1.3).
+
+        ``"mask"``: the activated mask-position state the logits are read from (causal: the
+        text's last token, the same state). ``"mean"``: each text token's own state (the
+        token's embedding in place of the text's mean, the prompt gating it as above),
+        activated and averaged over the text's tokens. Both go through one fixed readout
+        [H, R], so F = H as for a real model. The prompt's own positions are never pooled.
+        """
+        if self.compute_ms > 0:
+            self._simulate_compute()
+        p, n = int(prompts.shape[0]), int(prompts.shape[-2])
+        x, tokens_per_prompt = self._text_features(texts, n)  # [B, H]
+        s = self._prompt_summary(prompts)  # [P, H]
+        if pooling == "mask":
+            pooled = np.tanh(self._state(s, x))  # [P, B, R]
+        else:
+            ids_all, _ = self.tokenize(texts)
+            pooled = np.stack(
+                [
+                    np.tanh(
+                        self._state(s, self._table[np.asarray(ids)] / np.float32(self._std))
+                    ).mean(axis=1)
+                    for ids in ids_all
+                ],
+                axis=1,
+            )  # [P, B, R]
+        feats = np.einsum("pbr,hr->pbh", pooled, self._readout)
         usage = Usage(prompts=p, sequences=p * len(texts), tokens=p * tokens_per_prompt)
-        return logits.astype(np.float32, copy=False), usage
+        return feats.astype(np.float32, copy=False), usage
 
 
 __all__ = [

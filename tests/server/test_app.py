@@ -15,7 +15,15 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from bbt.protocol import ErrorEnvelope, ErrorType, ModelInfo, ProtocolViolation, Usage
+from bbt.protocol import (
+    PROTOCOL_V1,
+    ErrorEnvelope,
+    ErrorType,
+    ModelInfo,
+    ProtocolViolation,
+    Usage,
+    wire_json,
+)
 from bbt.protocol._models import V1_ERROR_TYPES
 from bbt.server import MockBackend, ServerSettings
 from bbt.server._core import STATUS_OF
@@ -318,7 +326,9 @@ def test_max_concurrency_allows_overlap(make_client: MakeClient) -> None:
 
 
 def test_info_is_the_backend_info(client: TestClient, mock: MockBackend) -> None:
-    assert ModelInfo.model_validate(client.get("/v1/models").json()["data"][0]) == mock.info
+    # As a v1 client (no protocol header) is told it: without the fields newer than v1.
+    seen = ModelInfo.model_validate(client.get("/v1/models").json()["data"][0])
+    assert seen == ModelInfo.model_validate_json(wire_json(mock.info, PROTOCOL_V1))
 
 
 class _Refusing(MockBackend):

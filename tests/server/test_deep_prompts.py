@@ -17,6 +17,7 @@ from bbt.client import LocalClient
 from bbt.errors import InvalidRequestError
 from bbt.protocol import (
     DEEP_PROMPTS,
+    FEATURES_CAPABILITY,
     PROTOCOL_HEADER,
     PROTOCOL_V1,
     PROTOCOL_VERSION,
@@ -192,7 +193,7 @@ def test_client_splits_deep_prompts_like_shallow_ones(deep_mock: MockBackend) ->
 
 def test_the_default_mock_has_no_deep_prompts() -> None:
     mock = MockBackend(hidden_size=16, seed=0)
-    assert mock.info.capabilities == []
+    assert mock.info.capabilities == [FEATURES_CAPABILITY]
     assert mock.info.layer_std is None
 
 

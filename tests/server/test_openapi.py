@@ -37,6 +37,9 @@ def test_all_routes_listed(spec: dict[str, Any]) -> None:
         ("/v1/sessions", "post"),
         ("/v1/sessions/{session_id}/logits", "post"),
         ("/v1/sessions/{session_id}", "delete"),
+        # Features (protocol 1.3).
+        ("/v1/features", "post"),
+        ("/v1/sessions/{session_id}/features", "post"),
     }
 
 

@@ -10,6 +10,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from bbt.cli import app
+from bbt.protocol import FEATURES_CAPABILITY
 from bbt.server import MockBackend, ServerSettings
 from bbt.server.app import create_app
 
@@ -66,7 +67,7 @@ def test_serve_can_turn_sessions_off(started: list[Any]) -> None:
     assert result.exit_code == 0, result.output
     (config,) = started
     assert config.app.state.core.sessions is None
-    assert config.app.state.core.info.capabilities == []
+    assert config.app.state.core.info.capabilities == [FEATURES_CAPABILITY]
 
 
 def test_bad_session_flag_is_a_one_line_error(started: list[Any]) -> None:

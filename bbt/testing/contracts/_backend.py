@@ -29,9 +29,11 @@ import numpy as np
 import pytest
 
 from bbt.protocol import (
+    FEATURES_CAPABILITY,
     PROTOCOL_V1,
     EmbeddingsResponse,
     ErrorType,
+    FeaturesResponse,
     Health,
     LogitsResponse,
     ModelInfo,
@@ -48,6 +50,12 @@ def _logits(http: httpx.Client, body: dict[str, object]) -> np.ndarray[Any, Any]
     r = http.post("/v1/logits", json=body)
     assert r.status_code == 200, r.text
     return LogitsResponse.model_validate_json(r.content).logits.to_numpy()
+
+
+def _features(http: httpx.Client, body: dict[str, object]) -> np.ndarray[Any, Any]:
+    r = http.post("/v1/features", json=body)
+    assert r.status_code == 200, r.text
+    return FeaturesResponse.model_validate_json(r.content).features.to_numpy()
 
 
 def _violations(info: ModelInfo) -> dict[str, tuple[str, dict[str, object], str | None]]:
@@ -320,6 +328,39 @@ class BackendContract:
         zero = _logits(http, logits_body(info, np.zeros((1, 0, info.hidden_size), np.float32)))
         some = _logits(http, logits_body(info, prompts(1, 5, info.hidden_size, scale=1.0)))
         assert not np.allclose(zero, some)
+
+    # ------------------------------------------------------------------ features (1.3)
+
+    @pytest.mark.parametrize("pooling", ["mean", "mask"])
+    def test_features_shape_usage_and_prompt(
+        self, http: httpx.Client, info: ModelInfo, backend: Backend, pooling: str
+    ) -> None:
+        """Protocol 1.3: a backend listing ``features`` answers [P, B, F], finite, that
+        depend on the prompt and not on how the work is split; one that does not list it
+        answers 404 naming the capability."""
+        body: dict[str, object] = {"model": info.id, "texts": texts(info, 3), "pooling": pooling}
+        if FEATURES_CAPABILITY not in backend.info.capabilities:  # ``info`` is v1's view
+            env = assert_envelope(http.post("/v1/features", json=body), 404)
+            assert FEATURES_CAPABILITY in env.error.message
+            return
+        bare = _features(http, body)
+        assert bare.shape[:2] == (1, 3)
+        assert np.isfinite(bare).all()
+        p = prompts(2, 3, info.hidden_size, scale=1.0)
+        body["prompts"] = Tensor.from_numpy(p).model_dump()
+        r = http.post("/v1/features", json=body)
+        assert r.status_code == 200, r.text
+        out = FeaturesResponse.model_validate_json(r.content)
+        assert out.pooling == pooling
+        assert out.usage.prompts == 2
+        assert out.usage.sequences == 6
+        assert out.usage.tokens >= 6 * 4
+        feats = out.features.to_numpy()
+        assert feats.shape == (2, 3, bare.shape[2])
+        assert not np.allclose(feats[0], bare[0])
+        body["prompts"] = Tensor.from_numpy(p[1:]).model_dump()
+        body["texts"] = texts(info, 3)[2:]
+        np.testing.assert_allclose(_features(http, body)[0, 0], feats[1, 2], rtol=1e-4, atol=1e-4)
 
     # ------------------------------------------------------------------ limits and violations
 

@@ -78,6 +78,29 @@ def check_logits(obj: Any, texts: list[str], hidden_size: int) -> None:
     assert obj.usage.calls == calls + 2  # one call per candidate prompt
 
 
+def check_features(obj: Any, texts: list[str], hidden_size: int) -> None:
+    """Features [P, B, F] in float32, finite, with ``usage.calls`` counting the prompts, when
+    the service offers them (protocol 1.3); otherwise asking is one clear error."""
+    from bbt.client.service import FeatureService
+    from bbt.errors import InvalidRequestError
+
+    if not isinstance(obj, FeatureService):
+        return  # a Service need not have the features calls at all
+    if not obj.supports_features():
+        with pytest.raises(InvalidRequestError, match="features"):
+            obj.features(texts)
+        return
+    calls = obj.usage.calls
+    prompts = np.zeros((2, 1, hidden_size), dtype=np.float32)
+    out = obj.features(texts, prompts, pooling="mask")
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.float32
+    assert out.shape[:2] == (2, len(texts))
+    assert np.isfinite(out).all()
+    assert obj.usage.calls == calls + 2
+    assert obj.features(texts).shape == (1, len(texts), out.shape[2])
+
+
 def assert_is_service(obj: Any, texts: list[str]) -> None:
     """Fail unless ``obj`` has the Service members with the Protocol's signatures and they
     behave: discovery, tokenisation, embeddings [k, H] and logits [P, B, C], float32, with
@@ -119,6 +142,9 @@ class ServiceContract:
 
     def test_logits_shape_dtype_and_usage(self, service: Any, texts: list[str]) -> None:
         check_logits(service, texts, service.model_info().hidden_size)
+
+    def test_features_when_offered(self, service: Any, texts: list[str]) -> None:
+        check_features(service, texts, service.model_info().hidden_size)
 
 
 __all__ = ["ServiceContract", "assert_is_service"]
