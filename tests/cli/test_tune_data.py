@@ -42,8 +42,21 @@ def test_tune_eval_predict_from_parquet_and_a_saved_dataset(tmp_path: Path) -> N
     run = tmp_path / "run"
     r = runner.invoke(
         app,
-        ["tune", "--task", "mock", "-k", "4", "--budget", "16", "--data", str(pq), *cols]
-        + ["--out", str(run), *SMALL],
+        [
+            "tune",
+            "--task",
+            "mock",
+            "-k",
+            "4",
+            "--budget",
+            "16",
+            "--data",
+            str(pq),
+            *cols,
+            "--out",
+            str(run),
+            *SMALL,
+        ],
     )
     assert r.exit_code == 0, r.output
     options = read_manifest(run)["options"]
@@ -83,8 +96,19 @@ def test_bad_data_is_one_clear_line_and_exit_2(
         frame(only=1 if setup == "one" else None).to_parquet(path)  # type: ignore[attr-defined]
     r = runner.invoke(
         app,
-        ["tune", "--task", "mock", "-k", "4", "--data", str(path), *extra]
-        + ["--out", str(tmp_path / "x"), *SMALL],
+        [
+            "tune",
+            "--task",
+            "mock",
+            "-k",
+            "4",
+            "--data",
+            str(path),
+            *extra,
+            "--out",
+            str(tmp_path / "x"),
+            *SMALL,
+        ],
     )
     assert r.exit_code == 2, r.output
     assert message in r.output

@@ -141,7 +141,7 @@ def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
     task = get_preset("sst2")
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
-    with pytest.raises(TaskError, match="cannot read .* as Parquet"):
+    with pytest.raises(TaskError, match=r"cannot read .* as Parquet"):
         load_examples(bad, task)
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(TaskError, match="as a saved dataset"):
