@@ -223,6 +223,13 @@ class BBTClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             live["tuned"] = tuned
         return tuned
 
+    def bind(self, service: Any) -> BBTClassifier:
+        """Fit and predict through ``service`` (a :class:`bbt.client.Service` you built, e.g.
+        a ``bbt.Client`` with its own transport) instead of the one the parameters name.
+        Kept outside the estimator's state: not pickled, not cloned."""
+        _LIVE[self] = {"service": service, "where": "bound"}
+        return self
+
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.string = True
@@ -244,7 +251,7 @@ class BBTClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         shown = object.__new__(type(self))
         shown.__dict__.update(self.__dict__)
         shown.api_key = "***"
-        return repr(shown)
+        return str(BaseEstimator.__repr__(shown, N_CHAR_MAX))
 
     # ------------------------------------------------------------------ helpers
 
@@ -328,7 +335,7 @@ class BBTClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         live = _LIVE.setdefault(self, {})
         where = (self.mock, self.mock_hidden_size, self.base_url, self.api_key, self.model)
         svc = live.get("service")
-        if svc is not None and live.get("where") == where:
+        if svc is not None and live.get("where") in (where, "bound"):
             return svc
         if self.mock:
             from bbt.client import LocalClient
