@@ -128,13 +128,3 @@ def map_label(value: Any, label_map: Mapping[str, str]) -> Any:
             f"label {key!r} is not in the label map (it maps {', '.join(sorted(label_map))})"
         )
     return label_map[key]
-
-
-def check_classes(labels: Sequence[int | None], names: Sequence[str], where: str) -> None:
-    """Every class has at least one example: an empty class cannot be tuned or selected on."""
-    seen = {lab for lab in labels if lab is not None}
-    if not seen:
-        return  # unlabelled data
-    empty = [names[i] for i in range(len(names)) if i not in seen]
-    if empty:
-        raise TaskError(f"{where} has no examples of class(es) {', '.join(empty)}")

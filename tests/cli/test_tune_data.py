@@ -114,3 +114,34 @@ def test_bad_data_is_one_clear_line_and_exit_2(
     assert message in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert "Traceback" not in r.output
+
+
+def test_text_pairs_with_text_column_and_text_pair_column(tmp_path: Path) -> None:
+    import pandas as pd
+
+    rows = [{"x": t, "z": t.split()[0], "label": y} for t, y in sample_mock_dataset(60, 4)]
+    path = tmp_path / "pairs.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    task = ["--template", "{a} ? {mask} , {b}", "--verbalizer", "0=bad,1=great"]
+    cols = ["--text-column", "x", "--text-pair-column", "z"]
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app,
+        ["tune", *task, "-k", "4", "--budget", "16", "--data", str(path), *cols,
+         "--out", str(run), *SMALL],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    train = (run / "train.jsonl").read_text().splitlines()
+    first = json.loads(train[0])["fields"]
+    assert set(first) == {"a", "b"}
+    assert first["b"] == first["a"].split()[0]
+    r = runner.invoke(app, ["eval", str(run), "--data", str(path), *cols])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["n"] == 60
+    r = runner.invoke(
+        app,
+        ["tune", "--task", "mock", "--data", str(path), "--text-pair-column", "z",
+         "--out", str(tmp_path / "y"), *SMALL],
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert "--text-pair-column needs a two-field task" in r.output

@@ -59,3 +59,14 @@ def test_on_generation_true_stops_the_run() -> None:
     assert result.stop_reason == "callback"
     assert result.calls == 24
     assert rec.finished == [result]
+
+
+def test_the_cli_progress_bar_is_a_tune_callback() -> None:
+    from bbt.cli._progress import Progress
+
+    bar = Progress(80, "accuracy", quiet=True)
+    assert isinstance(bar, TuneCallback)
+    train, dev = data()
+    svc = LocalClient(MockBackend(hidden_size=32))
+    with bar:
+        tune(svc, get_preset("mock"), train, dev, CONFIG, callbacks=[bar])
