@@ -23,6 +23,11 @@ selects the prompt (a scikit-learn model has no separate dev set); with ``k_shot
 paper's protocol is followed: k per class to train and ``dev_k`` (default k) others per
 class to select on.
 
+``run_dir`` keeps one fit's run directory (a second fit into it is refused, as
+:func:`~bbt.tuner.tune` refuses; leave it unset under ``GridSearchCV`` or
+``cross_val_score``, which fit many times). ``callbacks`` go to every fit (scikit-learn's
+``clone`` deep-copies them).
+
 **Pickling** never stores the API key: ``__getstate__`` drops it, and an unpickled
 estimator reads ``BBT_API_KEY`` (environment or ``.env``) when it first predicts. Predictions
 go through the service's prompt registry when it has one (the prompt is stored once, then
