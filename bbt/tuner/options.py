@@ -30,12 +30,14 @@ HELP: dict[str, str] = {
     "template": "Custom template, e.g. '{text} It was {mask} .'",
     "verbalizer": "Custom verbalizer, e.g. 0=bad,1=great.",
     "metric": "Custom task's metric: accuracy or f1.",
-    "data": "Labelled examples (TSV, CSV, JSONL).",
+    "data": "Labelled examples (TSV, CSV, JSONL, Parquet, a datasets.save_to_disk dir).",
     "dev_data": "Draw the dev set from this file instead.",
     "columns": "FIELD=COLUMN mapping (repeatable).",
-    "text_field": "Column holding the text of a one-field task.",
+    "text_field": "Column holding the text (a one-field task's, or a pair's first).",
+    "text_pair_column": "Column holding the second text of a two-field task.",
     "label_column": "Label column (default: label).",
-    "data_format": "tsv, csv or jsonl.",
+    "label_map": "Data label -> task label, e.g. pos=1,neg=0.",
+    "data_format": "tsv, csv, jsonl, parquet or hf (a save_to_disk directory).",
     "k_shot": "Training examples per class.",
     "dev_k": "Dev examples per class (default: k).",
     "data_seed": "Seed of k-shot sampling (default: --seed).",
@@ -81,6 +83,8 @@ class TuneOptions:
     columns: tuple[str, ...] = ()
     text_field: str | None = None
     label_column: str | None = None
+    text_pair_column: str | None = None
+    label_map: str | None = None
     data_format: str | None = None
     k_shot: int = 16
     dev_k: int | None = None
