@@ -250,13 +250,26 @@ class BBTClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         state["api_key"] = None  # never stored; BBT_API_KEY supplies it when predicting
         return state
 
-    def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # noqa: N803 (scikit-learn names)
-        if self.api_key is None:
-            return str(super().__repr__(N_CHAR_MAX))
+    def _masked(self) -> BBTClassifier:
+        """A shallow copy whose ``api_key`` reads ``***``, for every display of the estimator."""
         shown = object.__new__(type(self))
         shown.__dict__.update(self.__dict__)
         shown.api_key = "***"
-        return str(BaseEstimator.__repr__(shown, N_CHAR_MAX))
+        return shown
+
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # noqa: N803 (scikit-learn names)
+        if self.api_key is None:
+            return str(super().__repr__(N_CHAR_MAX))
+        return str(BaseEstimator.__repr__(self._masked(), N_CHAR_MAX))
+
+    def _repr_html_(self) -> str:
+        # Notebooks show the HTML diagram, which lists the parameters: mask the key there too.
+        shown = self if self.api_key is None else self._masked()
+        return str(BaseEstimator._repr_html_inner(shown))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        shown = self if self.api_key is None else self._masked()
+        return dict(BaseEstimator._repr_mimebundle_(shown, **kwargs))
 
     # ------------------------------------------------------------------ helpers
 

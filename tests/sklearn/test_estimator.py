@@ -115,6 +115,9 @@ def test_pickles_without_the_api_key_and_predicts_the_same(
     X, y = mock_data(80, 5)
     clf = BBTClassifier(api_key="sk-do-not-store-1234", **TUNE_KW).fit(X, y)
     assert "sk-do-not-store-1234" not in repr(clf)
+    # The notebook displays (HTML diagram, MIME bundle) list the parameters too.
+    assert "sk-do-not-store-1234" not in clf._repr_html_()
+    assert "sk-do-not-store-1234" not in str(clf._repr_mimebundle_())
     blob = pickle.dumps(clf)
     assert b"sk-do-not-store-1234" not in blob
     back = pickle.loads(blob)
