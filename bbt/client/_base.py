@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -86,6 +86,7 @@ from bbt.protocol import (
 from bbt.protocol.features import Pooling
 
 M = TypeVar("M", bound=BaseModel)
+P = ParamSpec("P")
 R = TypeVar("R")
 #: The transport a client takes: ``httpx.BaseTransport`` or ``httpx.AsyncBaseTransport``.
 TransportT = TypeVar("TransportT")
@@ -409,10 +410,14 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     def _exchange_store(
-        self, plan: Callable[[ModelInfo], PromptCreateRequest]
+        self,
+        plan: Callable[Concatenate[ModelInfo, P], PromptCreateRequest],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Exchange[StoredPrompt]:
-        """Store the prompt that ``plan`` describes for the model (its values or A z + p0)."""
-        req = plan((yield from self._exchange_model_info()))
+        """Store the prompt that ``plan(info, *args)`` describes for the model (its values,
+        or A z + p0)."""
+        req = plan((yield from self._exchange_model_info()), *args, **kwargs)
         return (yield from self._exchange("POST", self._api("/prompts"), req, StoredPrompt))
 
     def _exchange_prompt_logits(

@@ -24,9 +24,8 @@ from bbt.client.planning import (
 from bbt.client.projection_sessions import (
     ProjectionSession,
     SessionChunk,
-    as_p0,
-    as_spec,
     is_session_gone,
+    new_session,
     plan_session_logits,
 )
 from bbt.client.transport import SyncHTTPCore
@@ -152,8 +151,7 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         Storing the same prompt again answers the same id (so a retried store is harmless).
         Needs the ``prompt_registry`` capability (``model_info().capabilities``).
         """
-        plan = partial(plan_prompt_store, prompt=prompt, label=label, recipe=recipe)
-        return self._run(self._exchange_store(plan))
+        return self._run(self._exchange_store(plan_prompt_store, prompt, label, recipe))
 
     def store_projected_prompt(
         self,
@@ -166,10 +164,8 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     ) -> StoredPrompt:
         """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
         session does): z (d floats) travels instead of the prompt (n x H)."""
-        plan = partial(
-            plan_projected_store, projection=projection, z=z, p0=p0, label=label, recipe=recipe
-        )
-        return self._run(self._exchange_store(plan))
+        store = self._exchange_store(plan_projected_store, projection, z, p0, label, recipe)
+        return self._run(store)
 
     def list_prompts(self) -> list[StoredPrompt]:
         """Every prompt this API key stored on the server, oldest first (metadata only);
@@ -211,7 +207,7 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         """Open a projection session: the server rebuilds A from ``projection`` and keeps it
         with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
         lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`)."""
-        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        session = new_session(projection, p0, expected_fingerprint)
         self._run(self._exchange_open(session, reopening=False))
         return session
 

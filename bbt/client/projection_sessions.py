@@ -77,6 +77,15 @@ def as_p0(p0: InitialPromptSpec | np.ndarray[Any, Any] | None) -> InitialPromptS
     return InitialPromptSpec(tensor=Tensor.from_numpy(np.asarray(p0, dtype=np.float32)))
 
 
+def new_session(
+    projection: ProjectionRecipe | ProjectionSpec,
+    p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+    expected_fingerprint: str | None = None,
+) -> ProjectionSession:
+    """A session not yet opened, as every service's ``open_session`` takes its arguments."""
+    return ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+
+
 def open_request(info: ModelInfo, session: ProjectionSession) -> SessionOpenRequest:
     return SessionOpenRequest(model=info.id, projection=session.projection, p0=session.p0)
 
@@ -204,6 +213,7 @@ __all__ = [
     "as_p0",
     "as_spec",
     "is_session_gone",
+    "new_session",
     "open_request",
     "plan_session_logits",
 ]
