@@ -9,7 +9,7 @@ from :mod:`bbt.protocol.sessions`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -68,32 +68,13 @@ def recipe_of(spec: ProjectionSpec) -> ProjectionRecipe:
     """The recipe of ``spec``; one the generator cannot build (e.g. a scale beyond float32)
     is the caller's error, a 422 on ``projection``."""
     try:
-        return ProjectionRecipe(
-            seed=spec.seed,
-            n_tokens=spec.n_tokens,
-            hidden_size=spec.hidden_size,
-            dim=spec.dim,
-            embedding_std=spec.embedding_std,
-            alpha=spec.alpha,
-            sigma=spec.sigma,
-            distribution=spec.distribution,
-        )
+        return ProjectionRecipe(**{f.name: getattr(spec, f.name) for f in fields(ProjectionRecipe)})
     except ConfigurationError as exc:
         raise ProtocolViolation(str(exc), field="projection") from None
 
 
 def spec_of(recipe: ProjectionRecipe) -> ProjectionSpec:
-    return ProjectionSpec(
-        recipe=RECIPE_VERSION,
-        seed=recipe.seed,
-        n_tokens=recipe.n_tokens,
-        hidden_size=recipe.hidden_size,
-        dim=recipe.dim,
-        distribution=recipe.distribution,
-        alpha=recipe.alpha,
-        sigma=recipe.sigma,
-        embedding_std=recipe.embedding_std,
-    )
+    return ProjectionSpec(recipe=RECIPE_VERSION, **asdict(recipe))
 
 
 def session_bytes(spec: ProjectionSpec) -> int:

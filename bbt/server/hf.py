@@ -46,7 +46,6 @@ from bbt.protocol import (
     ModelInfo,
     ProtocolViolation,
 )
-from bbt.protocol.features import Pooling
 from bbt.server._hf_common import (
     _CALIBRATION_TEXTS,
     DEFAULT_MODEL_ID,
@@ -61,6 +60,7 @@ from bbt.server._hf_common import (
     Device,
     DeviceSpec,
     DTypeSpec,
+    ForwardChunk,
     HeadSpec,
     _build_head_module,
     _Encoded,
@@ -380,17 +380,8 @@ class HFBackend(HFRuntime):
         ids = self._prefix + body + self._suffix
         return _Encoded(ids=ids, mask_index=ids.index(self._mask_id), truncated=truncated)
 
-    def _forward_chunk(
-        self,
-        chunk: list[tuple[int, int]],
-        encoded: list[_Encoded],
-        text_embs: dict[int, torch.Tensor],
-        prompts_t: torch.Tensor,
-        n_tokens: int,
-        longest: int,
-        cand_t: torch.Tensor | None,
-        pooling: Pooling = "mask",
-    ) -> torch.Tensor:
+    def _forward_chunk(self, job: ForwardChunk) -> torch.Tensor:
+        chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t, pooling = job
         th = self._torch
         dev = self._word_emb.device
         n_seq = len(chunk)
@@ -398,11 +389,8 @@ class HFBackend(HFRuntime):
         x = pad_vec.expand(n_seq, longest, self._hidden).clone()
         attn = th.zeros((n_seq, longest), dtype=th.long, device=dev)
         mask_pos = th.empty(n_seq, dtype=th.long, device=dev)
-        by_text: dict[int, list[int]] = {}
-        for s, (_, j) in enumerate(chunk):
-            by_text.setdefault(j, []).append(s)
         at = self._insert_at
-        for j, seqs in by_text.items():
+        for j, seqs in job.by_text().items():
             emb = text_embs[j]
             length = emb.shape[0]
             idx = th.tensor(seqs, device=dev)
