@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
-from bbt.client.planning import invalid, plan_grid
+from bbt.client.planning import _even_bounds, checked, plan_grid
 from bbt.client.transport import RawBody
 from bbt.errors import APIStatusError, InvalidRequestError, ProtocolError
 from bbt.protocol import (
@@ -24,7 +23,6 @@ from bbt.protocol import (
     InitialPromptSpec,
     ModelInfo,
     ProjectionSpec,
-    ProtocolViolation,
     SessionInfo,
     SessionLogitsRequest,
     SessionOpenRequest,
@@ -134,16 +132,6 @@ class SessionChunk:
         return self.rows_sent * (self.b1 - self.b0)
 
 
-def _bounds(total: int, parts: int) -> list[tuple[int, int]]:
-    q, r = divmod(total, parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + q + (1 if i < r else 0)
-        out.append((start, end))
-        start = end
-    return out
-
-
 def plan_session_logits(
     info: ModelInfo,
     session: ProjectionSession,
@@ -185,7 +173,7 @@ def plan_session_logits(
         text_bytes=text_bytes,
     )
     chunks = []
-    bounds = _bounds(arr.shape[0], groups_p)
+    bounds = _even_bounds(arr.shape[0], groups_p)
     widest = max(p1 - p0 for p0, p1 in bounds)
     for p0, p1 in bounds:
         rows = np.ascontiguousarray(arr[p0:p1], dtype="<f4")
@@ -193,14 +181,10 @@ def plan_session_logits(
             rows = np.concatenate([rows, rows])  # a lone row of a population: see above
         raw = rows.tobytes()
         tensor = Tensor(dtype="float32", shape=list(rows.shape), data="")
-        for b0, b1 in _bounds(len(texts), groups_b):
-            try:
+        for b0, b1 in _even_bounds(len(texts), groups_b):
+            with checked(b0):
                 req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
                 check_session_logits(req, info, session.dim, raw)
-            except ProtocolViolation as exc:
-                raise invalid(exc, offset=b0) from exc
-            except ValidationError as exc:
-                raise invalid(exc) from exc
             chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, rows.shape[0]))
     return chunks
 

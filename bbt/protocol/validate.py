@@ -113,23 +113,21 @@ def _check_deep(shape: list[int], info: ModelInfo) -> None:
         )
 
 
+def _at_most(count: int, limit: int, what: str, field: str) -> None:
+    """A request carrying more ``what`` than one request may: a violation on ``field``."""
+    if count > limit:
+        raise ProtocolViolation(f"{count} {what}; at most {limit} per request", field=field)
+
+
 def check_tokenize_request(req: TokenizeRequest, info: ModelInfo) -> None:
     check_model(req.model, info)
-    if len(req.texts) > info.limits.max_texts_per_request:
-        raise ProtocolViolation(
-            f"{len(req.texts)} texts; at most {info.limits.max_texts_per_request} per request",
-            field="texts",
-        )
+    _at_most(len(req.texts), info.limits.max_texts_per_request, "texts", "texts")
     _check_texts(req.texts, info, need_mask=False)
 
 
 def check_embeddings_request(req: EmbeddingsRequest, info: ModelInfo) -> None:
     check_model(req.model, info)
-    if len(req.token_ids) > info.limits.max_embedding_ids:
-        raise ProtocolViolation(
-            f"{len(req.token_ids)} token ids; at most {info.limits.max_embedding_ids} per request",
-            field="token_ids",
-        )
+    _at_most(len(req.token_ids), info.limits.max_embedding_ids, "token ids", "token_ids")
     _check_ids(req.token_ids, info, "token_ids")
     if req.dtype not in info.dtypes:
         raise ProtocolViolation(f"dtype {req.dtype!r} is not supported here", field="dtype")
@@ -204,10 +202,7 @@ def check_batch(
             field=shape_field,
         )
     b = len(texts)
-    if b > lim.max_texts_per_request:
-        raise ProtocolViolation(
-            f"{b} texts; at most {lim.max_texts_per_request} per request", field="texts"
-        )
+    _at_most(b, lim.max_texts_per_request, "texts", "texts")
     if p * b > lim.max_sequences_per_request:
         raise ProtocolViolation(
             f"P x B = {p * b} sequences; at most {lim.max_sequences_per_request} per request",

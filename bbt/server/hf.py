@@ -122,8 +122,8 @@ class HFBackend(HFRuntime):
         tokenizer_cache_bytes: int = DEFAULT_TOKENIZER_CACHE_BYTES,
     ) -> None:
         # One construction for every HF backend; what differs between a masked and a causal
-        # LM is in the hooks below (_locate, _load, _attach_head, _layout, _describe,
-        # _add_deep_prompts), which HFCausalBackend overrides.
+        # LM is in the hooks below (_locate, _load, _attach_head, _layout, _model_id,
+        # _kind, _add_deep_prompts), which HFCausalBackend overrides.
         torch, transformers = _require_torch()
         self._init_compute(
             torch, dtype, device, num_threads, token_budget, tokenizer_cache_size,
@@ -224,25 +224,31 @@ class HFBackend(HFRuntime):
             "token_type_ids" in self._encoder.forward.__code__.co_varnames
         )
 
+    def _model_id(self, model_id: str | None, model_path: str | Path | None) -> str:
+        """The id to advertise: ``model_id``, else the model's name (and a built head's)."""
+        if model_id is not None:
+            return model_id
+        path = self.model_path
+        base = DEFAULT_MODEL_ID if self._is_default else path.name or str(model_path)
+        if self.head_name in ("model", "shipped"):
+            return base
+        return f"{base}+{head_label(self.head_name)}"
+
+    def _kind(self) -> dict[str, Any]:
+        """The :class:`ModelInfo` fields that say what kind of LM this is: a masked LM's
+        mask token."""
+        return {"mask_token": str(self._tok.mask_token), "mask_token_id": self._mask_id}
+
     def _describe(
         self, config: Any, model_id: str | None, model_path: str | Path | None
     ) -> ModelInfo:
-        if model_id is None:
-            path = self.model_path
-            base = DEFAULT_MODEL_ID if self._is_default else path.name or str(model_path)
-            model_id = (
-                base
-                if self.head_name in ("model", "shipped")
-                else f"{base}+{head_label(self.head_name)}"
-            )
         return ModelInfo(
-            id=model_id,
+            id=self._model_id(model_id, model_path),
+            **self._kind(),
             hidden_size=self._hidden,
             vocab_size=self._vocab,
             num_layers=int(getattr(config, "num_hidden_layers", 1) or 1),
             max_sequence_length=self._max_len,
-            mask_token=str(self._tok.mask_token),
-            mask_token_id=self._mask_id,
             embedding_mean=self._emb_mean,
             embedding_std=self._emb_std,
             dtypes=list(SUPPORTED_DTYPES),

@@ -28,10 +28,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 from bbt.errors import ConfigurationError
 from bbt.protocol import (
-    FEATURES_CAPABILITY,
-    SUPPORTED_DTYPES,
     Limits,
-    ModelInfo,
     ModelKind,
     ProtocolViolation,
 )
@@ -137,24 +134,11 @@ class HFCausalBackend(HFBackend):
         self._mask_id = -1  # no mask token; never matches a token id
         self._uses_token_types = False
 
-    def _describe(
-        self, config: Any, model_id: str | None, model_path: str | Path | None
-    ) -> ModelInfo:
-        return ModelInfo(
-            id=model_id or self.model_path.name or str(model_path),
-            kind="causal_lm",
-            hidden_size=self._hidden,
-            vocab_size=self._vocab,
-            num_layers=int(getattr(config, "num_hidden_layers", 1) or 1),
-            max_sequence_length=self._max_len,
-            mask_token=None,
-            mask_token_id=None,
-            embedding_mean=self._emb_mean,
-            embedding_std=self._emb_std,
-            dtypes=list(SUPPORTED_DTYPES),
-            limits=self._limits,
-            capabilities=[FEATURES_CAPABILITY],
-        )
+    def _model_id(self, model_id: str | None, model_path: str | Path | None) -> str:
+        return model_id or self.model_path.name or str(model_path)
+
+    def _kind(self) -> dict[str, Any]:
+        return {"kind": "causal_lm", "mask_token": None, "mask_token_id": None}
 
     def _add_deep_prompts(self) -> None:
         pass  # no layer hooks: a causal LM takes shallow prompts only
