@@ -24,7 +24,13 @@ from bbt.protocol._sessions import (
 )
 from bbt.protocol._tensor import Tensor, TensorDecodeError
 from bbt.protocol.projection import RECIPE_VERSION, ProjectionRecipe, matrix_bytes
-from bbt.protocol.validate import ProtocolViolation, check_batch, check_model, check_prompt_values
+from bbt.protocol.validate import (
+    ProtocolViolation,
+    check_batch,
+    check_dtype,
+    check_model,
+    check_prompt_values,
+)
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -222,12 +228,8 @@ def check_session_logits(
     ``raw`` is z's payload when the request came as a binary frame (``z.data`` is then
     empty)."""
     t = req.z
-    if t.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="z.dtype")
-    if req.output_dtype not in info.dtypes:
-        raise ProtocolViolation(
-            f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
-        )
+    check_dtype(t.dtype, info, "z.dtype")
+    check_dtype(req.output_dtype, info, "output_dtype", "output dtype")
     if len(t.shape) != 2 or t.shape[1] != dim:
         raise ProtocolViolation(
             f"z must have shape [P, {dim}] for this session; got {t.shape}", field="z.shape"

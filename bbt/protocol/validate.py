@@ -53,6 +53,12 @@ def check_model(model: str, info: ModelInfo) -> None:
         )
 
 
+def check_dtype(dtype: str, info: ModelInfo, field: str, what: str = "dtype") -> None:
+    """A tensor (or answer) element type the model does not list: a violation on ``field``."""
+    if dtype not in info.dtypes:
+        raise ProtocolViolation(f"{what} {dtype!r} is not supported here", field=field)
+
+
 def _check_texts(texts: list[str], info: ModelInfo, *, need_mask: bool) -> None:
     limit = info.limits.max_text_chars
     for i, text in enumerate(texts):
@@ -129,8 +135,7 @@ def check_embeddings_request(req: EmbeddingsRequest, info: ModelInfo) -> None:
     check_model(req.model, info)
     _at_most(len(req.token_ids), info.limits.max_embedding_ids, "token ids", "token_ids")
     _check_ids(req.token_ids, info, "token_ids")
-    if req.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {req.dtype!r} is not supported here", field="dtype")
+    check_dtype(req.dtype, info, "dtype")
 
 
 def check_logits_request(
@@ -148,12 +153,8 @@ def check_logits_request(
     check_model(req.model, info)
     lim = info.limits
     t = req.prompts
-    if t.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="prompts.dtype")
-    if req.output_dtype not in info.dtypes:
-        raise ProtocolViolation(
-            f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
-        )
+    check_dtype(t.dtype, info, "prompts.dtype")
+    check_dtype(req.output_dtype, info, "output_dtype", "output dtype")
     if len(t.shape) == 4:
         _check_deep(t.shape, info)
     elif len(t.shape) != 3:
