@@ -9,7 +9,7 @@ results do not change either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,20 +173,39 @@ def plan_session_logits(
         text_bytes=text_bytes,
     )
     chunks = []
+    for p0, p1, b0, b1, z_frame in z_grid(arr, len(texts), groups_p, groups_b, pad_lone=True):
+        tensor, raw, sent = z_frame
+        with checked(b0):
+            req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
+            check_session_logits(req, info, session.dim, raw)
+        chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, sent))
+    return chunks
+
+
+#: z rows as a session request sends them: the tensor header (its data empty), the rows'
+#: float32 bytes for the binary frame, and how many rows that is.
+ZFrame = tuple[Tensor, bytes, int]
+
+
+def z_grid(
+    arr: np.ndarray[Any, Any], n_texts: int, groups_p: int, groups_b: int, *, pad_lone: bool
+) -> Iterator[tuple[int, int, int, int, ZFrame]]:
+    """The requests of a session call split ``groups_p`` x ``groups_b``: z rows [p0:p1] on
+    texts [b0:b1], each range of rows encoded once. ``pad_lone``: a lone row of a larger
+    population is sent twice (see :func:`plan_session_logits`)."""
     bounds = _even_bounds(arr.shape[0], groups_p)
     widest = max(p1 - p0 for p0, p1 in bounds)
     for p0, p1 in bounds:
         rows = np.ascontiguousarray(arr[p0:p1], dtype="<f4")
-        if p1 - p0 == 1 and widest >= 2:
-            rows = np.concatenate([rows, rows])  # a lone row of a population: see above
-        raw = rows.tobytes()
-        tensor = Tensor(dtype="float32", shape=list(rows.shape), data="")
-        for b0, b1 in _even_bounds(len(texts), groups_b):
-            with checked(b0):
-                req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
-                check_session_logits(req, info, session.dim, raw)
-            chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, rows.shape[0]))
-    return chunks
+        if pad_lone and p1 - p0 == 1 and widest >= 2:
+            rows = np.concatenate([rows, rows])  # a lone row of a population
+        frame = (
+            Tensor(dtype="float32", shape=list(rows.shape), data=""),
+            rows.tobytes(),
+            rows.shape[0],
+        )
+        for b0, b1 in _even_bounds(n_texts, groups_b):
+            yield p0, p1, b0, b1, frame
 
 
 __all__ = [
@@ -200,4 +219,5 @@ __all__ = [
     "new_session",
     "open_request",
     "plan_session_logits",
+    "z_grid",
 ]
