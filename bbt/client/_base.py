@@ -463,6 +463,23 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         path = self._api(f"/sessions/{session.id}/{op}")
         return (yield from self._exchange("POST", path, chunk.body, answer, chunk.sequences))
 
+    def _exchange_session_call(
+        self,
+        session: ProjectionSession,
+        chunk: SessionChunk | FeaturesChunk,
+        op: str = "logits",
+        answer: type[M] = LogitsResponse,  # type: ignore[assignment]
+    ) -> Exchange[M]:
+        """One chunk of a session call, sent alone; a session the server lost is reopened
+        from its recipe once and the chunk sent again (the sync client's way)."""
+        try:
+            return (yield from self._exchange_session_chunk(session, chunk, op, answer))
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        yield from self._exchange_open(session, reopening=True)
+        return (yield from self._exchange_session_chunk(session, chunk, op, answer))
+
     def _exchange_close_session(self, session: ProjectionSession) -> Exchange[None]:
         if session.info is None:
             return

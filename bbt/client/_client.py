@@ -8,11 +8,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import BaseModel
 
 from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
 from bbt.client._config import ClientSettings
-from bbt.client.features import FeaturesChunk, assemble_features, plan_session_features
+from bbt.client.features import assemble_features, plan_session_features
 from bbt.client.planning import (
     FloatArray,
     PromptPages,
@@ -23,8 +22,6 @@ from bbt.client.planning import (
 )
 from bbt.client.projection_sessions import (
     ProjectionSession,
-    SessionChunk,
-    is_session_gone,
     new_session,
     plan_session_logits,
 )
@@ -223,7 +220,8 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         A session the server no longer has (expired, evicted, a restart) is reopened from
         its recipe and the request sent once more."""
         chunks = plan_session_logits(self.model_info(), session, z, texts, candidate_ids)
-        responses = [self._session_call(session, chunk) for chunk in chunks]
+        call = partial(self._exchange_session_call, session, op="logits", answer=LogitsResponse)
+        responses = [self._run(call(c)) for c in chunks]
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     def session_features(
@@ -236,24 +234,9 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     ) -> FloatArray:
         """Feature vectors [P, B, F] under the prompts A z + p0 for z [P, d] (1.3)."""
         chunks = plan_session_features(self.model_info(), session, z, texts, pooling)
-        answers = [self._session_call(session, c, "features", FeaturesResponse) for c in chunks]
+        call = partial(self._exchange_session_call, session, op="features", answer=FeaturesResponse)
+        answers = [self._run(call(c)) for c in chunks]
         return assemble_features(chunks, answers, self._usage)
-
-    def _session_call(
-        self,
-        session: ProjectionSession,
-        chunk: SessionChunk | FeaturesChunk,
-        op: str = "logits",
-        answer: type[BaseModel] = LogitsResponse,
-    ) -> Any:
-        """One chunk of a session call; a session the server lost is reopened once."""
-        try:
-            return self._run(self._exchange_session_chunk(session, chunk, op, answer))
-        except Exception as exc:
-            if not is_session_gone(exc):
-                raise
-        self._run(self._exchange_open(session, reopening=True))
-        return self._run(self._exchange_session_chunk(session, chunk, op, answer))
 
     def close_session(self, session: ProjectionSession) -> None:
         """Close the session on the server (a session already gone is fine)."""
