@@ -198,6 +198,27 @@ def sampling(ids: list[int]) -> dict[str, Any]:
     }
 
 
+def check_sequences(
+    info: ModelInfo, prefix: list[int], text_ids: list[list[int]], n: int, table_rows: int
+) -> None:
+    """Refuse, before any scoring request, embedding-table sequences that are too long or
+    whose token ids the table does not hold (it is not the served model's table)."""
+    for j, tids in enumerate(text_ids):
+        length = len(prefix) + n + len(tids) + 1
+        if length > info.max_sequence_length:
+            raise InvalidRequestError(
+                f"text {j} needs {length} tokens with the prompt and the scored token; the "
+                f"server takes {info.max_sequence_length}",
+                field=f"texts.{j}",
+            )
+    for tids in [prefix, *text_ids]:
+        if tids and max(tids) >= table_rows:
+            raise ConfigurationError(
+                f"the server's tokenizer gave token id {max(tids)}, but the embedding table "
+                f"has {table_rows} rows: it is not the served model's input-embedding table"
+            )
+
+
 def chat_body(model: str, embeds: str, text: str, ids: list[int], top_k: int) -> dict[str, Any]:
     """Black-box mode: one user message, the soft prompt's ``prompt_embeds`` part then the
     text, scored at the position after it."""

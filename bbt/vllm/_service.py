@@ -34,6 +34,7 @@ from tenacity import RetryCallState
 
 from bbt.client import ClientSettings
 from bbt.client.redaction import redact
+from bbt.client.request_plans import PlannedRequest
 from bbt.client.transport import DEFAULT_ENV_FILE, SyncHTTPCore
 from bbt.errors import (
     APIStatusError,
@@ -76,6 +77,8 @@ __all__ = [
 logger = logging.getLogger("bbt.vllm")
 
 T = TypeVar("T")
+#: One request of a logits call: prompt i on texts [b0:b1].
+Job = tuple[int, int, int]
 
 #: Top-k log-probs asked for on servers without ``logprob_token_ids``: vLLM's default
 #: ``--max-logprobs`` is 20, the most a stock server returns.
@@ -374,18 +377,26 @@ class VLLMService(SyncHTTPCore):
         texts: Sequence[str],
         candidate_ids: Sequence[int],
     ) -> FloatArray:
-        info = self.model_info()
-        arr = np.asarray(prompts, dtype=np.float32)
-        texts = list(texts)
         ids = [int(i) for i in candidate_ids]
-        codec.check_job(info, arr, texts, ids, self.mode)
-        p_count = arr.shape[0]
-        out = np.empty((p_count, len(texts), len(ids)), dtype=np.float32)
-        try:
+
+        def one(job: Job) -> None:
+            i, b0, b1 = job
+            answer = self._request("POST", path, body(job), sequences=b1 - b0)
             if self.mode == "chat":
-                self._score_chat(info, arr, texts, ids, out)
+                entries, prompt_tokens = codec.read_chat(answer)
+                rows = [(0, entries)]
             else:
-                self._score_completions(info, arr, texts, ids, out)
+                rows, prompt_tokens = codec.read_completions(answer, b1 - b0)
+            for k, row in rows:
+                out[i, b0 + k] = self._position_logprobs(row, ids)
+            with self._usage_lock:
+                self._usage.tokens += prompt_tokens
+
+        try:
+            path, jobs, body = self._plan(prompts, texts, ids)  # checked: prompts [P, n, H]
+            p_count = len(prompts)
+            out = np.empty((p_count, len(texts), len(ids)), dtype=np.float32)
+            self._map(one, jobs)
         except APIStatusError as exc:
             mapped = codec.explain(exc, self._root, self._facts, self._facts_source())
             if mapped is exc:
@@ -395,6 +406,38 @@ class VLLMService(SyncHTTPCore):
             self._usage.calls += p_count
             self._usage.sequences += p_count * len(texts)
         return out
+
+    def plan_logits_requests(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> list[PlannedRequest]:
+        """The requests :meth:`logits` sends for this call, bodies sized byte for byte
+        (:class:`bbt.client.request_plans.PlansLogits`: what ``bbt tune --dry-run`` counts)."""
+        _, jobs, body = self._plan(prompts, texts, candidate_ids)
+        return [
+            PlannedRequest(i, i + 1, b0, b1, len(codec.json_body(body((i, b0, b1)))), "float32")
+            for i, b0, b1 in jobs
+        ]
+
+    def _plan(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> tuple[str, list[Job], Callable[[Job], dict[str, Any]]]:
+        """A checked call as its requests: the path, the jobs (prompt i on texts [b0:b1])
+        and the body of each, built when it is sent."""
+        info = self.model_info()
+        arr = np.asarray(prompts, dtype=np.float32)
+        text_list = list(texts)
+        ids = [int(i) for i in candidate_ids]
+        codec.check_job(info, arr, text_list, ids, self.mode)
+        if self.mode == "chat":
+            encoded = self._map(lambda i: encode_embeds(arr[i], self._dtype), list(range(len(arr))))
+            jobs = [(i, j, j + 1) for i in range(len(arr)) for j in range(len(text_list))]
+
+            def chat(job: Job) -> dict[str, Any]:
+                i, j, _ = job
+                return codec.chat_body(info.id, encoded[i], text_list[j], ids, self._top_k)
+
+            return "/v1/chat/completions", jobs, chat
+        return "/v1/completions", *self._completion_jobs(info, arr, text_list, ids)
 
     def _position_logprobs(self, entries: Any, ids: list[int]) -> np.ndarray[Any, Any]:
         if entries is None:
@@ -416,44 +459,13 @@ class VLLMService(SyncHTTPCore):
                 )
         return row
 
-    def _score_chat(
-        self, info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int], out: FloatArray
-    ) -> None:
-        encoded = self._map(lambda i: encode_embeds(arr[i], self._dtype), list(range(len(arr))))
-
-        def one(pair: tuple[int, int]) -> None:
-            i, j = pair
-            body = codec.chat_body(info.id, encoded[i], texts[j], ids, self._top_k)
-            answer = self._request("POST", "/v1/chat/completions", body, sequences=1)
-            entries, prompt_tokens = codec.read_chat(answer)
-            out[i, j] = self._position_logprobs(entries, ids)
-            with self._usage_lock:
-                self._usage.tokens += prompt_tokens
-
-        self._map(one, [(i, j) for i in range(len(arr)) for j in range(len(texts))])
-
-    def _score_completions(
-        self, info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int], out: FloatArray
-    ) -> None:
+    def _completion_jobs(
+        self, info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int]
+    ) -> tuple[list[Job], Callable[[Job], dict[str, Any]]]:
         assert self._table is not None
         prefix = self._special_prefix()
         text_ids = self._ids_of(texts)
-        n = arr.shape[1]
-        for j, tids in enumerate(text_ids):
-            length = len(prefix) + n + len(tids) + 1
-            if length > info.max_sequence_length:
-                raise InvalidRequestError(
-                    f"text {j} needs {length} tokens with the prompt and the scored token; the "
-                    f"server takes {info.max_sequence_length}",
-                    field=f"texts.{j}",
-                )
-        rows = self._table.shape[0]
-        for tids in [prefix, *text_ids]:
-            if tids and max(tids) >= rows:
-                raise ConfigurationError(
-                    f"the server's tokenizer gave token id {max(tids)}, but the embedding table "
-                    f"has {rows} rows: it is not the served model's input-embedding table"
-                )
+        codec.check_sequences(info, prefix, text_ids, arr.shape[1], self._table.shape[0])
         head = self._table[np.asarray(prefix, dtype=np.int64)]
         bodies = [self._table[np.asarray(t, dtype=np.int64)] for t in text_ids]
         jobs = [
@@ -462,21 +474,15 @@ class VLLMService(SyncHTTPCore):
             for b0 in range(0, len(texts), self._per_request)
         ]
 
-        def one(job: tuple[int, int, int]) -> None:
+        def body(job: Job) -> dict[str, Any]:
             i, b0, b1 = job
             embeds = [
                 encode_embeds(np.concatenate([head, arr[i], bodies[j]], axis=0), self._dtype)
                 for j in range(b0, b1)
             ]
-            body = codec.completions_body(info.id, embeds, ids, self._top_k)
-            answer = self._request("POST", "/v1/completions", body, sequences=b1 - b0)
-            rows, prompt_tokens = codec.read_completions(answer, b1 - b0)
-            for k, entries in rows:
-                out[i, b0 + k] = self._position_logprobs(entries, ids)
-            with self._usage_lock:
-                self._usage.tokens += prompt_tokens
+            return codec.completions_body(info.id, embeds, ids, self._top_k)
 
-        self._map(one, jobs)
+        return jobs, body
 
 
 def service_from_settings(settings: ClientSettings, **overrides: Any) -> VLLMService:
