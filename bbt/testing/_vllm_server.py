@@ -300,8 +300,8 @@ class VLLMFake(FakeModel):
                 )
             template = body["chat_template"]
         kwargs = body.get("chat_template_kwargs") or {}
-        if not isinstance(kwargs, dict) or {"chat_template", "tokenize"} & kwargs.keys():
-            raise FakeError(400, "Found unexpected chat template kwargs from request", "messages")
+        if not isinstance(kwargs, dict):
+            raise FakeError(400, "chat_template_kwargs must be an object", "chat_template_kwargs")
         if template is None:
             raise FakeError(400, NO_CHAT_TEMPLATE_ERROR, "chat_template")
         messages = body.get("messages")
@@ -332,6 +332,13 @@ class VLLMFake(FakeModel):
                     parts.append({"type": "text", "text": text})
                 elif kind == "prompt_embeds":
                     embeds.append(self._decode(part.get("data"), "prompt_embeds"))
+                    if not len(embeds[-1]):  # vLLM: its placeholder expands to no token
+                        raise FakeError(
+                            400,
+                            "Expected 1 prompt_embeds placeholder spans in the tokenized "
+                            "prompt, found 0.",
+                            "messages",
+                        )
                     parts.append({"type": "text", "text": PROMPT_EMBEDS_PLACEHOLDER})
                 else:
                     raise FakeError(400, f"Unsupported chat content part type: {kind!r}.", "type")

@@ -239,15 +239,24 @@ def test_sentencepiece_fake_loses_the_word_boundary_after_the_placeholder() -> N
 
 
 def test_top_logprobs_without_logprobs_and_empty_tensors(vllm_fake: VLLMFake) -> None:
-    """As vLLM: top_logprobs > 0 without logprobs is a 400; a 0-row tensor is accepted."""
+    """As vLLM: top_logprobs > 0 without logprobs is a 400; a 0-row tensor is accepted by
+    completions, and refused in chat (its placeholder expands to no token)."""
     bad = _chat(vllm_fake, logprobs=False, top_logprobs=5, logprob_token_ids=None)
     assert bad.status_code == 400
     assert "`logprobs` must be set to true" in _error(bad)["message"]
     empty = np.zeros((0, 64), dtype=np.float32)
-    assert _chat_17(vllm_fake, empty, "great fun") == pytest.approx(
-        vllm_fake.next_logprobs(empty, vllm_fake.tokenize_ids("great fun", False), bos=False)[17]
-    )
-
-
-def test_live_fixture_serves_http(live_vllm_fake: str) -> None:
-    assert httpx.get(f"{live_vllm_fake}/version").json() == {"version": "0.26.0"}
+    content = [
+        {"type": "prompt_embeds", "data": encode_embeds(empty)},
+        {"type": "text", "text": "great"},
+    ]
+    refused = _chat(vllm_fake, messages=[{"role": "user", "content": content}])
+    assert "placeholder spans" in _error(refused)["message"]
+    body = {
+        "prompt_embeds": [encode_embeds(empty)],
+        "max_tokens": 1,
+        "logprobs": 1,
+        "logprob_token_ids": [17],
+        "return_tokens_as_token_ids": True,
+    }
+    answer = _client(vllm_fake).post("/v1/completions", json=body)
+    assert answer.status_code == 200
