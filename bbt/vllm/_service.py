@@ -46,7 +46,9 @@ from bbt.errors import (
 from bbt.protocol import ModelInfo, TokenizeResponse
 from bbt.vllm import _codec as codec
 from bbt.vllm._codec import CHAT_TEMPLATE_PATH, MAX_LOGPROB_TOKEN_IDS, MIN_VLLM_VERSION, Mode
-from bbt.vllm._model import FloatArray, ModelFacts, load_embedding_table, model_facts, read_config
+from bbt.vllm._layout import ChatLayout, special_prefix, text_lead
+from bbt.vllm._model import FloatArray, load_embedding_table, model_facts, read_config
+from bbt.vllm._scale import apply_scale
 from bbt.vllm._url import URL_OPTIONS, URL_SCHEME_PREFIX, is_vllm_url, parse_vllm_url
 from bbt.vllm._wire import (
     DEFAULT_MISSING_MARGIN,
@@ -54,7 +56,6 @@ from bbt.vllm._wire import (
     WireDType,
     encode_embeds,
     fill_candidates,
-    parse_version,
     require_torch,
     token_logprobs,
 )
@@ -108,14 +109,15 @@ class VLLMService(SyncHTTPCore):
         embedding_std: the embedding table's standard deviation (BBT scales its projection
             by it); overrides the table's and config.json's.
         vocab_size: the vocabulary size; overrides the table's and config.json's.
+        embedding_scale: the engine's token-embedding multiplier (``None``: by config.json's
+            ``model_type``, sqrt(H) for Gemma, else 1); scales table rows and statistics.
         mode: ``"chat"`` (black-box), ``"completions"`` (needs the table) or ``"auto"``.
         max_concurrency: requests in flight at once.
         top_logprobs: k of the top-k fallback on servers without ``logprob_token_ids``.
         missing_margin: nats below the floor for a verbalizer token the fallback did not
             return (see :func:`bbt.vllm.fill_candidates`).
         dtype: element type of the tensors sent (``float16``/``bfloat16`` halve the bytes).
-        check_version: refuse servers older than :data:`MIN_VLLM_VERSION` (where ``/version``
-            answers).
+        check_version: refuse servers older than :data:`MIN_VLLM_VERSION` (if ``/version`` answers).
         settings: URL, key, model, timeouts and retries as resolved :class:`ClientSettings`
             (replaces the arguments above them and the environment).
         transport: replaces the network (``httpx.MockTransport``, bbt.testing's fake).
@@ -135,6 +137,7 @@ class VLLMService(SyncHTTPCore):
         hidden_size: int | None = None,
         embedding_std: float | None = None,
         vocab_size: int | None = None,
+        embedding_scale: float | None = None,
         mode: Mode = "auto",
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         sequences_per_request: int = DEFAULT_SEQUENCES_PER_REQUEST,
@@ -202,16 +205,21 @@ class VLLMService(SyncHTTPCore):
             raise ConfigurationError(
                 "embedding-table mode (completions) needs the model's input-embedding table"
             )
-        self._table = table
         self._config = cfg
         self._facts_given = (hidden_size, embedding_std, vocab_size)
-        # Checked now, so a mismatch is an error before any request.
-        self._facts: ModelFacts = model_facts(
-            config=cfg,
-            table=table,
-            hidden_size=hidden_size,
-            embedding_std=embedding_std,
-            vocab_size=vocab_size,
+        # Checked now, so a mismatch is an error before any request; then scaled as the
+        # engine scales token embeddings (Gemma: sqrt(H)), see bbt.vllm._scale.
+        self._facts, self._table = apply_scale(
+            model_facts(
+                config=cfg,
+                table=table,
+                hidden_size=hidden_size,
+                embedding_std=embedding_std,
+                vocab_size=vocab_size,
+            ),
+            table,
+            cfg,
+            embedding_scale,
         )
         self.mode: Literal["chat", "completions"] = (
             "completions"
@@ -228,6 +236,7 @@ class VLLMService(SyncHTTPCore):
         self._info: ModelInfo | None = None
         self._server_version: str | None = None
         self._prefix_ids: list[int] | None = None
+        self._layout: ChatLayout | None = None
         self._text_ids: dict[str, list[int]] = {}
         #: Positions whose verbalizer tokens were not all returned (top-k fallback).
         self.fallback_positions = 0
@@ -310,16 +319,7 @@ class VLLMService(SyncHTTPCore):
             return
         text = str(answer.get("version", "")) if isinstance(answer, dict) else ""
         self._server_version = text or None
-        parsed = parse_version(text)
-        if parsed is None:
-            logger.info("vLLM version %r not understood: not checked", text)
-            return
-        if parsed < MIN_VLLM_VERSION:
-            raise ConfigurationError(
-                f"the server runs vLLM {text}, older than {codec.version_text(MIN_VLLM_VERSION)}: "
-                "those releases have known prompt-embeds vulnerabilities (a crafted tensor can "
-                "crash or corrupt the engine), and bbt sends tensors on every call; upgrade vLLM"
-            )
+        codec.check_version(text)
 
     # ---------------------------------------------------------------- tokens
 
@@ -350,16 +350,21 @@ class VLLMService(SyncHTTPCore):
             raise InvalidRequestError("token id outside the vocabulary", field="token_ids")
         return self._table[ids].copy()
 
+    def _tokenize_one(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tokenize([text], add_special_tokens).ids[0]
+
     def _special_prefix(self) -> list[int]:
-        """Ids the tokenizer puts before a text (BOS, where the model has one): the first ids
-        of a tokenisation with special tokens that the plain one lacks."""
+        """Ids the tokenizer puts before a text (BOS, where the model has one)."""
         if self._prefix_ids is None:
-            probe = "a"
-            plain = self.tokenize([probe], False).ids[0]
-            full = self.tokenize([probe], True).ids[0]
-            k = len(full) - len(plain)
-            self._prefix_ids = full[:k] if k > 0 and full[k : k + len(plain)] == plain else []
+            self._prefix_ids = special_prefix(self._tokenize_one)
         return self._prefix_ids
+
+    def chat_layout(self) -> ChatLayout:
+        """BOS and the text's lead in black-box requests, probed once (bbt.vllm._layout)."""
+        if self._layout is None:
+            lead, exact = text_lead(self._tokenize_one)
+            self._layout = ChatLayout(bool(self._special_prefix()), lead, exact)
+        return self._layout
 
     def _ids_of(self, texts: Sequence[str]) -> list[list[int]]:
         todo = [t for t in dict.fromkeys(texts) if t not in self._text_ids]
@@ -429,12 +434,14 @@ class VLLMService(SyncHTTPCore):
         ids = [int(i) for i in candidate_ids]
         codec.check_job(info, arr, text_list, ids, self.mode)
         if self.mode == "chat":
+            layout = self.chat_layout()
             encoded = self._map(lambda i: encode_embeds(arr[i], self._dtype), list(range(len(arr))))
             jobs = [(i, j, j + 1) for i in range(len(arr)) for j in range(len(text_list))]
 
             def chat(job: Job) -> dict[str, Any]:
                 i, j, _ = job
-                return codec.chat_body(info.id, encoded[i], text_list[j], ids, self._top_k)
+                text = layout.lead + text_list[j]
+                return codec.chat_body(info.id, encoded[i], text, ids, self._top_k, layout.bos)
 
             return "/v1/chat/completions", jobs, chat
         return "/v1/completions", *self._completion_jobs(info, arr, text_list, ids)
