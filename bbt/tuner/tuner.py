@@ -222,7 +222,7 @@ class Tuner:
 
     @property
     def popsize(self) -> int:
-        return self.config.population
+        return self.optimizer.popsize  # the next generation's (IPOP's grows)
 
     @property
     def best(self) -> Candidate | None:
