@@ -24,10 +24,15 @@ def after_dev_check(state: RunState, improved: bool, patience_calls: int | None)
     """Record a dev check's outcome; stop the run when ``patience_calls`` says so."""
     if improved:
         state.extra[IMPROVED_AT] = state.calls
-    if patience_calls is None or state.stop_reason is not None:
-        return
-    if state.calls - int(state.extra.get(IMPROVED_AT, 0)) >= patience_calls:
+    if state.stop_reason is None and stop_due(
+        state.calls, int(state.extra.get(IMPROVED_AT, 0)), patience_calls
+    ):
         state.stop_reason = "patience_calls"
+
+
+def stop_due(calls: int, improved_at: int, patience_calls: int | None) -> bool:
+    """Whether a dev check at ``calls``, the last gain at ``improved_at``, ends the run."""
+    return patience_calls is not None and calls - improved_at >= patience_calls
 
 
 def calls_saved(budget: int, calls: int, stop_reason: str | None) -> int:

@@ -43,6 +43,7 @@ def test_all_is_sorted_and_complete() -> None:
         "rundir",
         "scoring",
         "sessions",
+        "stopping",
         "tasks",
         "templates",
         "tuner",

@@ -111,3 +111,44 @@ def test_the_cli_summary_says_how_many_calls_were_saved(tmp_path: Path) -> None:
     saved = read_manifest(tmp_path / "r")["result"]["calls_saved"]
     assert saved > 0
     assert f"stop: patience_calls, {saved} calls saved" in r.output
+
+
+def test_a_stopped_run_is_a_prefix_of_the_full_run(mock_task: Task, split: Split) -> None:
+    """What benchmarks/stopping.py relies on to replay the rule over one full run."""
+    train, dev = _dev_stuck(mock_task, split)
+    full: list[GenerationRecord] = []
+    part: list[GenerationRecord] = []
+    service = LocalClient(MockBackend(hidden_size=H))
+    tune_run(
+        service,
+        mock_task,
+        train,
+        dev,
+        small_config(budget=400, eval_every=8),
+        callbacks=[full.append],
+    )
+    res = tune_run(
+        service,
+        mock_task,
+        train,
+        dev,
+        small_config(budget=400, eval_every=8, patience_calls=24),
+        callbacks=[part.append],
+    )
+    assert res.stop_reason == "patience_calls"
+    assert 0 < len(part) < len(full)
+    keys = ("calls", "loss_min", "best_loss", "dev_metric", "selected_calls")
+    assert [[getattr(r, k) for k in keys] for r in part] == [
+        [getattr(r, k) for k in keys] for r in full[: len(part)]
+    ]
+    # The replay of the rule over the full run stops where the real run stopped.
+    from bbt.tuner.stopping import stop_due
+
+    improved_at, last, stop = 0, 0, None
+    for r in full:
+        if r.selected_calls != last:
+            improved_at, last = r.calls, r.selected_calls
+        if stop_due(r.calls, improved_at, 24):
+            stop = r.calls
+            break
+    assert stop == res.calls
