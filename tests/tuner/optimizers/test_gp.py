@@ -83,3 +83,18 @@ def test_a_tuner_with_gp_resumes_bit_for_bit(mock_task: Task, split: Split) -> N
     assert [r.loss_min for r in first + rest] == [r.loss_min for r in ref_hist]
     assert resumed.calls == ref.calls
     np.testing.assert_array_equal(resumed.optimizer.mean(), ref.optimizer.mean())
+
+
+def test_pyproject_names_it_as_an_entry_point() -> None:
+    """The shared install predates the entry point: read it from pyproject.toml and load it."""
+    from importlib import metadata
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[3]
+    eps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]
+    value = eps["bbt.optimizers"]["gp"]
+    loaded = metadata.EntryPoint("gp", value, "bbt.optimizers").load()
+    assert loaded == GPOptimizer.from_spec
+    assert isinstance(loaded(SPEC), GPOptimizer)

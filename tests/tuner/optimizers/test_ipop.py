@@ -4,6 +4,8 @@ cap while the population grows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from bbt.client import LocalClient
 from bbt.server.mock import MockBackend
 from bbt.testing.contracts import OptimizerContract
 from bbt.testing.contracts.optimizer import assert_continue_alike, sphere, through_a_checkpoint
-from bbt.tuner import Example, GenerationRecord, Task, Tuner
+from bbt.tuner import Example, GenerationRecord, Task, Tuner, read_manifest, resume, tune
 from bbt.tuner.optimizers import IPOPOptimizer, OptimizerSpec, make, register
 
 from ..conftest import H, small_config
@@ -83,3 +85,37 @@ def test_the_tuner_keeps_the_budget_as_the_population_grows(mock_task: Task, spl
     assert tuner.calls <= 100
     assert tuner.calls + opt.popsize > 100  # it stopped because the next one does not fit
     assert tuner.stop_reason == "budget"
+
+
+def test_pyproject_names_it_as_an_entry_point() -> None:
+    """The shared install predates the entry point: read it from pyproject.toml and load it."""
+    from importlib import metadata
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[3]
+    eps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"]
+    value = eps["bbt.optimizers"]["ipop"]
+    loaded = metadata.EntryPoint("ipop", value, "bbt.optimizers").load()
+    assert loaded == IPOPOptimizer.from_spec
+    assert isinstance(loaded(SPEC), IPOPOptimizer)
+
+
+def test_a_run_with_restarts_resumes_from_its_run_directory(
+    mock_task: Task, split: Split, tmp_path: Path
+) -> None:
+    register("ipop-test-fast", lambda spec: IPOPOptimizer(spec, stall_generations=1))
+    cfg = small_config(optimizer="ipop-test-fast", budget=120)
+    svc = LocalClient(MockBackend(hidden_size=H))
+    full = tune(svc, mock_task, *split, cfg, run_dir=tmp_path / "full", plot=False)
+    assert read_manifest(tmp_path / "full")["config"]["optimizer"] == "ipop-test-fast"
+
+    def cut(rec: GenerationRecord) -> None:
+        if rec.generation >= 3:  # after a restart (stall 1 restarts at the first stall)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(svc, mock_task, *split, cfg, run_dir=tmp_path / "cut", callbacks=[cut])
+    res = resume(tmp_path / "cut", svc, plot=False)
+    assert res.z.tobytes() == full.z.tobytes()
+    assert res.calls == full.calls
