@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -174,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--heldout", type=int, default=100)
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    ap.add_argument("--at", type=int, default=150, help="the goal's call count (table)")
+    ap.add_argument(
+        "--from-result",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="summarise the runs of these result files (e.g. one per seed) instead of tuning",
+    )
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     return ap
@@ -183,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.dtype = args.dtype or default_dtype()
     tag = args.tag or f"optimizers_{args.task}"
+    if args.from_result:
+        files = [json.loads(p.read_text()) for p in args.from_result]
+        runs = [r for f in files for r in f["runs"]]
+        for key in ("task", "shots", "n_tokens", "dim", "popsize", "eval_every", "heldout"):
+            setattr(args, key, files[0]["args"][key])
+        args.budget, args.ref_budget = files[0]["args"]["budget"], files[0]["args"]["ref_budget"]
+        args.optimizers = [n for n in OPTIMIZERS if any(r["optimizer"] == n for r in runs)]
+        args.seeds = sorted({r["seed"] for r in runs})
+        summarise(args, runs)
+        return 0
     t_all = time.time()
     bench = setup(args.task, args.heldout, args.dtype, args.threads)
     base = TuneConfig(
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[{args.task} seed {seed} {name:6s}] held-out {rec['heldout']:.4f} "
                 f"(p0 {rec['p0_heldout']:.4f}) at {rec['calls']} calls, "
-                f"@150 {at(rec['curve'], 150):.4f}, {rec['seconds']:.0f}s",
+                f"@{args.at} {at(rec['curve'], args.at):.4f}, {rec['seconds']:.0f}s",
                 flush=True,
             )
     summary = summarise(args, runs)
@@ -223,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The table: per optimiser, mean held-out at 150 calls and at its budget, and the first
+    """The table: per optimiser, mean held-out at ``--at`` calls and at its budget, and the first
     call count whose mean reaches cma's mean at the reference budget."""
     by = {n: [r for r in runs if r["optimizer"] == n] for n in args.optimizers}
     target = None
@@ -236,19 +255,22 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
     )
     if target is not None:
         print(f"target: cma (BBT as shipped) at {args.ref_budget} calls = {100 * target:.1f}")
-    print("| optimizer | held-out @150 | held-out @budget | per seed @budget | calls to target |")
+    print(
+        f"| optimizer | held-out @{args.at} | held-out @budget | per seed @budget "
+        "| calls to target |"
+    )
     print("|---|---:|---:|---|---:|")
     summary: dict[str, Any] = {"target": target}
     for name, rs in by.items():
         if not rs:
             continue
         curve = mean_curve(rs, args.budget)
-        a150 = at(curve, 150)
+        a150 = at(curve, args.at)
         abud = at(curve, args.budget)
         per_seed = ", ".join(f"{100 * at(r['curve'], args.budget):.1f}" for r in rs)
         reach = None if target is None else next((c for c, a in curve if a >= target), None)
         summary[name] = {
-            "at_150": a150,
+            f"at_{args.at}": a150,
             "at_budget": abud,
             "calls_to_target": reach,
             "mean_curve": curve,
