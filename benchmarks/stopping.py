@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             data = json.loads(path.read_text())
             runs += [r for r in data["runs"] if r["optimizer"] == "cma"]
         args.budget = min(r["budget"] for r in runs)
+        args.from_result = [str(p) for p in args.from_result]  # for the result file
     else:
         bench = setup(args.task, args.heldout, args.dtype, args.threads)
         # A dev check every generation, so the rule sees every change of the selection.
