@@ -120,6 +120,7 @@ def summary(result: Any, say: Callable[[str], None]) -> None:
         + (f" (p0: {init:.4f})" if init is not None else "")
         + f", selected at {result.selected_at_calls} of {result.calls} calls "
         f"({result.dev_calls} dev), stop: {result.stop_reason}"
+        + (f", {saved} calls saved" if (saved := getattr(result, "calls_saved", 0)) else "")
     )
     if result.run_dir is not None:
         say(f"run directory: {result.run_dir}")

@@ -112,6 +112,7 @@ def tune_command(
     loss: str = option("loss", panel=BUDGET_PANEL),
     eval_every: int = option("eval_every", panel=BUDGET_PANEL),
     patience: int | None = option("patience", panel=BUDGET_PANEL),
+    patience_calls: int | None = option("patience_calls", panel=BUDGET_PANEL),
     eval_mean: bool | None = option(
         "eval_mean",
         "--eval-mean/--no-eval-mean",
@@ -225,6 +226,7 @@ def tune_command(
             loss=loss,
             eval_every=eval_every,
             patience=patience,
+            patience_calls=patience_calls,
             seed=seed,
             projection=projection,  # type: ignore[arg-type]
             method=method,

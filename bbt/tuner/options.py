@@ -56,11 +56,13 @@ HELP: dict[str, str] = {
     "loss": "ce, hinge, neg_accuracy or neg_f1.",
     "eval_every": "Score the best candidate on dev every N calls.",
     "patience": "Stop after N dev evaluations without gain.",
+    "patience_calls": "Stop when dev has not improved for N calls (checked every eval_every).",
     "eval_mean": "Also score the CMA-ES mean on dev at each check (one more dev call).",
     "method": "bbt (a prompt at the input) or bbtv2 (a prompt at every layer, layers tuned in "
     "turn; needs a server with deep prompts, e.g. bbt's own).",
     "layer_generations": "bbtv2: CMA-ES generations each layer runs per turn.",
-    "optimizer": "The optimiser over z: cma, sepcma (diagonal CMA-ES) or one a plug-in registers "
+    "optimizer": "The optimiser over z: cma, sepcma (diagonal CMA-ES), ipop (restarts, growing "
+    "population), gp (GP-assisted CMA-ES; the gp extra) or one a plug-in registers "
     "(entry-point group bbt.optimizers). bbtv2 runs one per layer.",
     # Service
     "sessions": "auto: send z to a projection session when the server offers them, else full "

@@ -45,6 +45,7 @@ def test_all_is_sorted_and_complete() -> None:
         "rundir",
         "scoring",
         "sessions",
+        "stopping",
         "tasks",
         "templates",
         "tracking",  # imported by its users only (mlflow), like plot
