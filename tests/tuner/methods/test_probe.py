@@ -31,11 +31,14 @@ def test_z0_of_the_tuned_probe_is_exactly_the_plain_probe(
     train, dev = split
     plain = methods.build_tuner(service, mock_task, train, dev, small_config(method="probe"))
     tuned = methods.build_tuner(service, mock_task, train, dev, small_config(method="probe-tuned"))
-    assert isinstance(plain, PlainProbeTuner) and isinstance(tuned, ProbeTuner)
+    assert isinstance(plain, PlainProbeTuner)
+    assert isinstance(tuned, ProbeTuner)
     before = service.usage.calls
     sel = plain.run()
     assert service.usage.calls - before == 1  # one features pass (train + dev), no tuning
-    assert plain.calls == 0 and plain.dev_calls == 1 and not sel.z.any()
+    assert plain.calls == 0
+    assert plain.dev_calls == 1
+    assert not sel.z.any()
     tuned.start()
     assert tuned.initial_dev_metric == plain.initial_dev_metric
     z0 = np.zeros(tuned.config.dim)
@@ -56,7 +59,8 @@ def test_the_tuned_probe_scores_moved_prompts(
     )
     pop = tuner.ask()
     loss, acc = tuner.evaluate(pop)
-    assert loss.shape == acc.shape == (8,) and np.isfinite(loss).all()
+    assert loss.shape == acc.shape == (8,)
+    assert np.isfinite(loss).all()
     assert len(set(loss.tolist())) > 1  # z changes the features, so the loss
 
 
@@ -67,7 +71,8 @@ def test_a_saved_head_predicts_the_same_after_reload(
     cfg = small_config(method="probe-tuned", budget=16, eval_every=8)
     result = tune(service, mock_task, train, dev, cfg, run_dir=tmp_path / "run", plot=False)
     run = tmp_path / "run"
-    assert (run / HEAD_JSON).is_file() and (run / HEAD_NPZ).is_file()
+    assert (run / HEAD_JSON).is_file()
+    assert (run / HEAD_NPZ).is_file()
     texts = [e.fields["text"] for e in dev]
     loaded = TunedPrompt.load(run, service)
     assert loaded.head is not None
