@@ -3,6 +3,7 @@ the same after reload."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from bbt.client import LocalClient
 from bbt.errors import ConfigurationError
-from bbt.tuner import Example, TunedPrompt, methods, tune
+from bbt.tuner import Candidate, Example, TunedPrompt, methods, tune
 from bbt.tuner.methods.probe import PlainProbeTuner, ProbeTuner
 from bbt.tuner.probe_head import HEAD_JSON, HEAD_NPZ, ProbeHead, head_logits
 
@@ -96,3 +97,21 @@ def test_a_service_without_features_is_refused(mock_task: object, split: Split) 
         methods.build_tuner(
             WordService(), mock_task, train, dev, small_config(method="probe-tuned")
         )
+
+
+def test_a_candidate_that_fits_the_shots_worse_than_z0_is_never_dev_scored(
+    service: LocalClient, mock_task: object, split: Split
+) -> None:
+    train, dev = split
+    tuner = methods.build_tuner(service, mock_task, train, dev, small_config(method="probe-tuned"))
+    assert isinstance(tuner, ProbeTuner)
+    tuner.start()
+    z = np.ones(tuner.config.dim)
+    tuner._state.best_train = Candidate(z, tuner.z0_loss() + 1e-9, 8)
+    before = service.usage.calls
+    assert tuner.evaluate_dev(z) == (-math.inf, math.inf)
+    assert service.usage.calls == before  # nothing was sent
+    tuner._state.best_train = Candidate(z, tuner.z0_loss() - 1.0, 8)
+    metric, _ = tuner.evaluate_dev(z)
+    assert math.isfinite(metric)
+    assert service.usage.calls == before + 1
