@@ -26,6 +26,7 @@ from bbt.errors import (
 from bbt.protocol import DEEP_PROMPTS
 from bbt.tuner.data import Example, load_examples
 from bbt.tuner.losses import accuracy, cross_entropy, f1, softmax
+from bbt.tuner.probe_head import ProbeHead, has_head, head_logits
 from bbt.tuner.run import PROMPT, load_result, read_manifest
 from bbt.tuner.rundir import atomic_write, load_npy, read_text
 from bbt.tuner.tasks import Task, verbalizer_ids
@@ -87,7 +88,10 @@ class TunedPrompt:
         run_dir: Path | None = None,
         recorded_base_url: str | None = None,
         use_registry: bool = True,
+        head: ProbeHead | None = None,
     ) -> None:
+        #: A probe run's head (``head.json``): predictions come from the prompt's features.
+        self.head = head
         self.prompt: F32 = np.ascontiguousarray(prompt, dtype=np.float32)
         if self.prompt.ndim not in (2, 3):
             raise ValueError("prompt must have shape [n, H] (or [L, n, H], a deep prompt)")
@@ -139,6 +143,7 @@ class TunedPrompt:
             run_dir=path,
             recorded_base_url=manifest.get("service", {}).get("base_url"),
             use_registry=use_registry,
+            head=ProbeHead.load(path) if has_head(path) else None,
         )
 
     def bind(self, service: Service) -> TunedPrompt:
@@ -235,6 +240,9 @@ class TunedPrompt:
         if not inputs:
             return np.zeros((0, self.task.num_classes), dtype=np.float32)
         texts = self._inputs(inputs)
+        if self.head is not None:
+            self.last_path = "features"
+            return head_logits(self.head, self.service, self.prompt, texts)
         assert self.candidate_ids is not None  # set by the service property's bind()
         svc = self.service
         if self.use_registry and not self._registry_refused and offers_prompt_registry(svc):

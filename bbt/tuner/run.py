@@ -237,6 +237,7 @@ class _Run:
         if self.dir is not None:
             save_npy(self.dir / PROMPT, prompt)
             save_npy(self.dir / Z_FILE, result.z)
+            method_of(t).save_artifacts(t, self.dir, result.z)
             self.checkpoint()
             if plot and (self.dir / HISTORY).is_file():
                 note = plot_history(

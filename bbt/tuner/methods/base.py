@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -154,6 +155,12 @@ class Method(ABC):
     def manifest_extra(self, tuner: Tuner) -> dict[str, Any]:
         """Keys this method adds to a run's manifest (how to regenerate what it built)."""
         return {}
+
+    def save_artifacts(  # noqa: B027 - optional hook
+        self, tuner: Tuner, run_dir: Path, z: np.ndarray[Any, Any]
+    ) -> None:
+        """Write what this method adds to a finished run's directory beside ``prompt.npy``
+        and ``z.npy`` (a probe's head); ``z`` is the selected one."""
 
     def cost(self, config: TuneConfig, *, has_dev: bool) -> CallCounts:
         """API calls of a run with ``config`` that goes its whole budget (one call per

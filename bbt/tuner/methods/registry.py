@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 _BUILTIN: dict[str, str] = {
     "bbt": "bbt.tuner.methods.shallow:BBT",
     "bbtv2": "bbt.tuner.methods.deep:BBTV2",
+    "probe": "bbt.tuner.methods.probe:PROBE",
+    "probe-tuned": "bbt.tuner.methods.probe:PROBE_TUNED",
 }
 _loaded: dict[str, Method] = {}
 _order = METHOD_NAMES  # one list: what TuneConfig accepts is what is registered

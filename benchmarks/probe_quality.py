@@ -1,0 +1,135 @@
+"""Held-out accuracy of the plain probe against the prompt-tuned probe on the embedded MiniLM.
+
+Per task and seed: ``--shots`` per class for train and as many for dev
+(``_common.sample_kshot``, drawn from rows that share no text with the held-out ones), the
+first ``--heldout`` held-out rows of ``../shared/data`` (``quality_data.heldout_rows``) for
+the score. Both methods are the product's (``bbt.tuner.methods``: ``probe`` and
+``probe-tuned``), in-process through :class:`bbt.client.LocalClient`; the held-out score is
+:meth:`bbt.tuner.TunedPrompt.evaluate` with the run's head, i.e. what ``bbt eval`` reports.
+Calls, dev calls and tokens are the service's usage counters for each run.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 nice -n 5 .venv/bin/python \\
+        benchmarks/probe_quality.py --task agnews --seeds 0 1 2 --budget 60
+
+Writes ``benchmarks/results/probe_<task>.json`` and prints one line per seed and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import (  # noqa: E402
+    args_record,
+    heldout,
+    load_backend,
+    sample_kshot,
+    to_examples,
+    write_result,
+)
+
+from bbt.tuner import TuneConfig, TunedPrompt, get_preset, methods  # noqa: E402
+from bbt.tuner.methods.probe import ProbeTuner  # noqa: E402
+
+
+def one_run(
+    service: Any, task: Any, method: str, train: Any, dev: Any, held: Any, cfg: TuneConfig
+) -> dict[str, Any]:
+    before = service.usage.copy()
+    t0 = time.time()
+    tuner = methods.build_tuner(service, task, train, dev, cfg)
+    assert isinstance(tuner, ProbeTuner)
+    try:
+        sel = tuner.run()
+        head = tuner.head_for(sel.z)
+    finally:
+        tuner.close()
+    prompt = tuner.prompts(sel.z[None])[0]
+    spent = {
+        "calls": service.usage.calls - before.calls,
+        "tokens": service.usage.tokens - before.tokens,
+        "sequences": service.usage.sequences - before.sequences,
+    }
+    info = service.model_info()
+    scored = TunedPrompt(prompt, task, info.id, service=service, head=head).evaluate(held)
+    return {
+        "method": method,
+        "heldout_accuracy": scored["accuracy"],
+        "dev_metric": sel.dev_metric,
+        "selected_z0": not sel.z.any(),
+        "train_calls": tuner.calls,
+        "dev_calls": tuner.dev_calls,
+        "service": spent,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=("agnews", "sst2"), required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--heldout", type=int, default=200)
+    ap.add_argument("--budget", type=int, default=60)
+    ap.add_argument("--popsize", type=int, default=10)
+    ap.add_argument("--n-tokens", type=int, default=5)
+    ap.add_argument("--dim", type=int, default=50)
+    ap.add_argument("--sigma", type=float, default=0.5)
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args(argv)
+
+    from bbt.client import LocalClient
+
+    service = LocalClient(load_backend(args.dtype, args.threads))
+    task = get_preset(args.task)
+    held = to_examples(args.task, heldout(args.task, args.heldout), task)
+    runs = []
+    for seed in args.seeds:
+        train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
+        train, dev = (
+            to_examples(args.task, train_rows, task),
+            to_examples(args.task, dev_rows, task),
+        )
+        for method in ("probe", "probe-tuned"):
+            cfg = TuneConfig(
+                n_tokens=args.n_tokens,
+                dim=args.dim,
+                popsize=args.popsize,
+                sigma=args.sigma,
+                budget=args.budget,
+                eval_every=args.eval_every,
+                seed=seed,
+                method=method,
+            )
+            rec = {"seed": seed, **one_run(service, task, method, train, dev, held, cfg)}
+            runs.append(rec)
+            print(rec, flush=True)
+    summary = {}
+    for method in ("probe", "probe-tuned"):
+        accs = [100 * r["heldout_accuracy"] for r in runs if r["method"] == method]
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        summary[method] = {"mean": statistics.mean(accs), "std": sd, "per_seed": accs}
+        print(f"{args.task} {method}: {statistics.mean(accs):.1f} +- {sd:.1f}  {accs}")
+    write_result(
+        args.tag or f"probe_{args.task}",
+        {"args": args_record(args), "runs": runs, "summary": summary},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
