@@ -145,7 +145,7 @@ def _normalise(features: np.ndarray[Any, Any]) -> F64:
 
 def _sklearn_logreg(c: float) -> Any:
     try:
-        from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+        from sklearn.linear_model import LogisticRegression
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigurationError(
             "the logreg probe head needs scikit-learn: pip install 'bbt[probe]'"
