@@ -66,6 +66,7 @@ __all__ = [
     "class_scores",
     "format_label_words",
     "parse_label_words",
+    "pool_logits",
     "search_label_words",
 ]
 
@@ -317,6 +318,19 @@ def candidate_pool(
     return list(seen.values()), list(seen)
 
 
+def pool_logits(
+    service: Service, prompt: np.ndarray[Any, Any], texts: Sequence[str], ids: Sequence[int]
+) -> F32:
+    """Logits ``[B, V]`` of one prompt (``[1, ...]``) at many candidate ids, asked in slices
+    of the service's ``max_candidates``: one call's worth of prompts, several requests."""
+    step = service.model_info().limits.max_candidates
+    parts = [
+        service.logits(prompt, list(texts), list(ids[i : i + step]))[0]
+        for i in range(0, len(ids), step)
+    ]
+    return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+
+
 def attach_readout(tuner: Any) -> Any:
     """Give ``tuner`` the readout its config asks for (a no-op for the default one): search
     the label words first when asked (one call: p0 on the training shots, counted in the
@@ -330,7 +344,7 @@ def attach_readout(tuner: Any) -> Any:
     if cfg.search_label_words > 0:
         words, ids = candidate_pool(task, tuner.service, label_words)
         p0 = np.asarray(tuner.p0, dtype=np.float32)[None]
-        scores = tuner.service.logits(p0, tuner.train_texts, ids)[0]
+        scores = pool_logits(tuner.service, p0, tuner.train_texts, ids)
         chosen = search_label_words(
             scores, tuner.train_labels, words, task.num_classes, cfg.search_label_words
         )

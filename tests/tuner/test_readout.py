@@ -186,3 +186,18 @@ def test_searched_words_are_saved_and_eval_predict_use_the_run_readout(
         old.logits(inputs),
         service.logits(tp.prompt[None], tp._inputs(inputs), old.candidate_ids)[0],
     )
+
+
+def test_the_search_pool_is_asked_in_slices_of_max_candidates() -> None:
+    from bbt.server.mock import MockBackend
+    from bbt.tuner.readout import pool_logits
+
+    wide = LocalClient(MockBackend(hidden_size=8))
+    limits = wide.model_info().limits.model_copy(update={"max_candidates": 3})
+    narrow = LocalClient(MockBackend(hidden_size=8, limits=limits))
+    prompt = np.zeros((1, 2, 8), dtype=np.float32)
+    ids = list(range(5, 15))
+    texts = ["a b [MASK] c", "d [MASK] e"]
+    got = pool_logits(narrow, prompt, texts, ids)
+    assert got.shape == (2, 10)
+    np.testing.assert_allclose(got, wide.logits(prompt, texts, ids)[0], rtol=1e-5, atol=1e-6)
