@@ -42,14 +42,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import quality_data  # noqa: E402
 from _common import heldout, labels, sample_kshot  # noqa: E402
 
 from bbt.tuner import (  # noqa: E402
     Example,
     InitialPrompt,
-    TunedPrompt,
     TuneConfig,
+    TunedPrompt,
     get_preset,
     tune,
     verbalizer_ids,
@@ -84,7 +83,7 @@ def acc(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> float:
     return float((np.asarray(logits).argmax(-1) == y).mean())
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear script
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="agnews", choices=["agnews", "sst2"])
     p.add_argument("--model", default="embedded")
@@ -156,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
             rec["search"] = {"words": spec, "plain": s_plain, "calibrated": s_cal}
             print(f"  seed {seed} search {spec}: {s_plain:.3f} / cal {s_cal:.3f}", flush=True)
         if "bbt" in methods:
-            train = [Example({field: r.text}, int(v)) for r, v in zip(train_rows, y_train)]
+            train = [
+                Example({field: r.text}, int(v)) for r, v in zip(train_rows, y_train, strict=True)
+            ]
             dev = [
                 Example({field: r.text}, int(v))
-                for r, v in zip(dev_rows, labels(args.task, dev_rows))
+                for r, v in zip(dev_rows, labels(args.task, dev_rows), strict=True)
             ]
             for cal in (False, True):
                 cfg = TuneConfig(
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one linear scrip
                 )
                 secs = time.perf_counter() - t
                 tp = TunedPrompt(res.prompt, task, info.id, service=service, calibrate=cal)
-                held = [Example({field: r.text}, int(v)) for r, v in zip(held_rows, y_held)]
+                held = [
+                    Example({field: r.text}, int(v)) for r, v in zip(held_rows, y_held, strict=True)
+                ]
                 a = float(tp.evaluate(held)["accuracy"])
                 key = "bbt_calibrated" if cal else "bbt"
                 rec[key] = {
