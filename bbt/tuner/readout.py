@@ -98,7 +98,9 @@ def parse_label_words(spec: str, labels: Sequence[str]) -> tuple[tuple[str, ...]
 
 def format_label_words(labels: Sequence[str], words: Sequence[Sequence[str]]) -> str:
     """The spec :func:`parse_label_words` reads back (labels by index: names may hold ``=``)."""
-    return ",".join(f"{i}={'|'.join(ws)}" for i, ws in enumerate(words)) if labels else ""
+    if len(words) != len(labels):
+        raise ValueError(f"{len(words)} word groups for {len(labels)} labels")
+    return ",".join(f"{i}={'|'.join(ws)}" for i, ws in enumerate(words))
 
 
 def class_scores(logits: np.ndarray[Any, Any], groups: Sequence[Sequence[int]]) -> F32:
@@ -184,6 +186,8 @@ class ReadoutEvaluator(Evaluator):
         self.inner.close()
 
     def __getattr__(self, name: str) -> Any:  # session, projection, p0: the inner one's
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

@@ -201,3 +201,21 @@ def test_the_search_pool_is_asked_in_slices_of_max_candidates() -> None:
     got = pool_logits(narrow, prompt, texts, ids)
     assert got.shape == (2, 10)
     np.testing.assert_allclose(got, wide.logits(prompt, texts, ids)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bbtv2_tunes_and_predicts_through_the_readout(
+    mock_task: Any, split: Split, tmp_path: Path
+) -> None:
+    from bbt.server.mock import MockBackend
+
+    svc = LocalClient(MockBackend(hidden_size=8, num_layers=2))
+    train, dev = split
+    cfg = small_config(method="bbtv2", budget=16, calibrate=True, label_words="0=bad|no,1=great")
+    tuner = build_tuner(svc, mock_task, train, dev, cfg)
+    assert isinstance(tuner.evaluator, ReadoutEvaluator)
+    tune(svc, mock_task, train, dev, cfg, run_dir=tmp_path / "r")
+    tp = TunedPrompt.load(tmp_path / "r", svc)
+    assert tp.deep
+    assert tp.readout is not None
+    assert [len(g) for g in tp.readout.groups] == [2, 1]
+    assert tp.logits(["a b c"]).shape == (1, 2)
