@@ -40,7 +40,7 @@ install: $(VENV)/.installed
 # The suite's Ray Serve test needs the ray extra (~80 MB); only `make test` installs it, so
 # `make demo` stays light.
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,serve,ray]'
+	$(PY) -m pip install -q -e '.[dev,serve,ray,sklearn,data,mlflow]'
 	touch $@
 
 lint: install

@@ -156,6 +156,16 @@ def accuracy(logits: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> np.ndarra
     return acc
 
 
+#: The tuning options the benchmarks take on their command lines, by their TuneConfig names.
+TUNE_ARGS = ("n_tokens", "dim", "popsize", "sigma", "budget", "loss", "eval_every")
+
+
+def tune_settings(args: argparse.Namespace, names: tuple[str, ...] = TUNE_ARGS) -> dict[str, Any]:
+    """``args``' tuning options (``names``) as TuneConfig keyword arguments: one mapping of
+    flags to settings for every benchmark, and for the reference loops that mirror it."""
+    return {name: getattr(args, name) for name in names}
+
+
 def args_record(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed flags, for a result file (paths as strings)."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

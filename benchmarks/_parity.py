@@ -100,13 +100,7 @@ def run_reference(
         data["dev_texts"],
         data["dev_y"],
         data["cand"],
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        sigma=args.sigma,
-        budget=args.budget,
-        eval_every=args.eval_every,
-        loss=args.loss,
+        **_common.tune_settings(args),
         seed=seed,
     )
     selections: dict[int, np.ndarray[Any, Any] | None] = {}
@@ -144,17 +138,7 @@ def run_bbt(
     ``extra(tuner)``: its own result fields."""
     from bbt.tuner import InitialPrompt, TuneConfig
 
-    cfg = TuneConfig(
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        sigma=args.sigma,
-        budget=args.budget,
-        loss=args.loss,
-        eval_every=args.eval_every,
-        seed=seed,
-        **config,
-    )
+    cfg = TuneConfig(**_common.tune_settings(args), seed=seed, **config)
     tuner = make(
         client,
         data["task"],

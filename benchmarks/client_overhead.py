@@ -158,9 +158,10 @@ def main() -> None:
     transport = CoreTransport(ZeroBackend(), ServerSettings(api_keys=[]))
     client = Client(MOCK_BASE_URL, transport=transport, env_file=None)
     # Wrap the client's own steps (the real code path; see the module docstring).
-    # The planner is looked up in the module that defines Client (found from the class, so
-    # no private module is named here): wrapping it there times the very call Client makes.
-    client_module = sys.modules[Client.__module__]
+    # The planner is looked up in the module that defines the logits exchange Client runs
+    # (found from the method, so no private module is named here): wrapping it there times
+    # the very call Client makes.
+    client_module = sys.modules[Client._exchange_logits.__module__]
     planner = client_module.plan_logits
     client_module.plan_logits = timers.wrap("encoding", planner)
     build = client._build_request

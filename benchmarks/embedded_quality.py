@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import _machine  # noqa: E402
 import quality_data  # noqa: E402
 from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import accuracy, machine, sample_kshot, to_examples  # noqa: E402
+from _common import accuracy, machine, sample_kshot, to_examples, tune_settings  # noqa: E402
 from _common import labels as label_indices  # noqa: E402
 from _machine import jsonable  # noqa: E402
 
@@ -262,16 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbalizer:
             words = tuple(w.strip() for w in args.verbalizer.split(","))
             task = dataclasses.replace(task, words=words)
-        config = TuneConfig(
-            n_tokens=args.n_tokens,
-            dim=args.dim,
-            popsize=args.popsize,
-            sigma=args.sigma,
-            budget=args.budget,
-            loss=args.loss,
-            eval_every=args.eval_every,
-            eval_mean=True,
-        )
+        config = TuneConfig(**tune_settings(args), eval_mean=True)
         t_load = time.time()
         backend = HFBackend(head=args.head, dtype=args.dtype, num_threads=args.threads)
     except (BBTError, ValueError) as exc:

@@ -170,6 +170,8 @@ def vllm_generation(mode: str, p: int, n: int, b: int, hidden: int, dtype: str) 
     if mode == "completions":
         svc._ids_of(ts)
         svc._special_prefix()
+    else:
+        svc.chat_layout()  # BOS and the text's lead, probed once per server
     before = svc.usage.copy()
     t0 = time.perf_counter()
     svc.logits(prompts, ts, [VOCAB - 3, VOCAB - 2])

@@ -22,7 +22,13 @@ from bbt.tuner import load_result, read_manifest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 # The examples this module runs; test_every_example_is_run keeps the list complete.
-COVERED = {"pipeline.py", "mock_three_seeds.sh"}
+COVERED = {
+    "pipeline.py",
+    "mock_three_seeds.sh",
+    "sklearn_pipeline.py",
+    "sklearn_grid_search.py",
+    "mlflow_tracking.py",
+}
 # `bbt` for the shell example: the interpreter running the suite, importing this checkout.
 BBT_CODE = "import sys; from bbt.cli import main; sys.argv = ['bbt', *sys.argv[1:]]; main()"
 SEED_LINE = re.compile(
@@ -97,3 +103,47 @@ def test_mock_three_seeds_example_tunes_each_seed_over_http(tmp_path: Path) -> N
         assert int(calls) == 200
         assert float(tuned) > float(p0), f"seed {seed}: tuning did not beat p0"
         assert read_manifest(out / f"seed{seed}")["result"]["calls"] == 200
+
+
+def _run_example(name: str, *args: str) -> str:
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_sklearn_pipeline_example_cross_validates_fits_and_pickles() -> None:
+    pytest.importorskip("sklearn")
+    out = _run_example("sklearn_pipeline.py")
+    mean = float(re.search(r"\(mean ([0-9.]+)\)", out).group(1))  # type: ignore[union-attr]
+    held = float(re.search(r"held-out accuracy on 300 texts: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert mean >= 0.7, out
+    assert held >= 0.8, out
+    assert "same predictions: True" in out
+
+
+@pytest.mark.slow
+def test_sklearn_grid_search_example_tries_four_settings() -> None:
+    pytest.importorskip("sklearn")
+    out = _run_example("sklearn_grid_search.py")
+    assert len(re.findall(r"^  n_tokens=\d+ +budget=\d+ +cv accuracy", out, re.MULTILINE)) == 4
+    held = float(re.search(r"refitted best: ([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    assert held >= 0.8, out
+
+
+@pytest.mark.slow
+def test_mlflow_example_logs_and_reads_back(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    out = _run_example("mlflow_tracking.py", str(tmp_path))
+    assert "(FINISHED)" in out
+    assert "loss_min logged at 20 generations" in out
+    assert "dev_metric at calls [50, 100, 150, 200]" in out
+    assert "run/manifest.json" in out
+    assert (tmp_path / "mlruns").is_dir()

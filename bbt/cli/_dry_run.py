@@ -3,10 +3,12 @@
 Counts come from the same code that a real run goes through, not from a model of it: the
 tuner is built exactly as :func:`bbt.tuner.tune` builds it (so discovery, verbalizer and
 p0 requests are measured, not guessed), and each kind of ``logits`` call is split into
-requests by the client's own :func:`bbt.client.planning.plan_logits`, whose request bodies are
-what the HTTP client sends byte for byte. Only two figures are extrapolated and are labelled
-so: bytes down (the probe's response size, scaled to each request's logits) and wall time
-(the probe's seconds per sequence, scaled to the run's sequences).
+requests by :func:`bbt.client.request_plans.planned_requests` (the client's own
+:func:`bbt.client.planning.plan_logits`, or an engine adapter's plan made by the code it sends
+with, as vLLM's), whose request bodies are what the run sends byte for byte. Only two figures
+are extrapolated and are labelled so: bytes down (the probe's response size, scaled to each
+request's logits) and wall time (the probe's seconds per sequence, scaled to the run's
+sequences).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from bbt.client import UsageStats
-from bbt.client.planning import BODY_SLACK, LogitsChunk, plan_logits
+from bbt.client.planning import BODY_SLACK
 from bbt.client.projection_sessions import ProjectionSession, SessionChunk, plan_session_logits
+from bbt.client.request_plans import PlannedRequest, planned_requests
 from bbt.protocol import DType, ModelInfo, encoded_size
 from bbt.tuner.methods import dev_calls, generations, method_of
 
@@ -54,24 +58,27 @@ def plan_call(
     dtype: DType,
     session: ProjectionSession | None = None,
     layers: int | None = None,
+    service: object = None,
 ) -> CallPlan:
     """Split a call exactly as the client will, and say which limit made it split.
 
     With ``session`` the call goes through a projection session (z in binary frames).
-    ``layers``: deep prompts [P, L, n, H] (BBTv2) of that many layers."""
+    ``layers``: deep prompts [P, L, n, H] (BBTv2) of that many layers. ``service``: the
+    one the run calls; an engine adapter that plans its own requests (vLLM) is asked."""
     n_cand = len(candidate_ids)
     deep = () if layers is None else (layers,)
-    chunks: Sequence[LogitsChunk | SessionChunk]
+    chunks: Sequence[PlannedRequest | SessionChunk]
     if session is not None:
         z = np.zeros((n_prompts, session.dim), dtype=np.float32)
         chunks = plan_session_logits(info, session, z, texts, candidate_ids)
         sizes = [len(c.body.content) for c in chunks]
-        rows = [c.rows_sent for c in chunks]
+        out_dtype = chunks[0].request.output_dtype
     else:
         prompts = np.zeros((n_prompts, *deep, n_tokens, info.hidden_size), dtype=np.float32)
-        chunks = plan_logits(info, prompts, texts, candidate_ids, dtype)
-        sizes = [len(c.request.model_dump_json().encode()) for c in chunks]
-        rows = [c.p1 - c.p0 for c in chunks]
+        chunks = planned_requests(service, info, prompts, texts, candidate_ids, dtype)
+        sizes = [c.body_bytes for c in chunks]
+        out_dtype = chunks[0].output_dtype
+    rows = [c.rows_sent for c in chunks]
     groups = (len({(c.p0, c.p1) for c in chunks}), len({(c.b0, c.b1) for c in chunks}))
     text_bounds = [(c.b0, c.b1) for c in chunks]
     reasons: list[str] = []
@@ -110,7 +117,7 @@ def plan_call(
         logits_per_request=tuple(
             r * (b1 - b0) * n_cand for r, (b0, b1) in zip(rows, text_bounds, strict=True)
         ),
-        output_dtype=chunks[0].request.output_dtype,
+        output_dtype=out_dtype,
         split=groups,
         reasons=tuple(reasons),
     )
@@ -201,15 +208,17 @@ def make_plan(
     # The method's prompt layout: BBTv2 sends deep prompts [P, L, n, H] of z with L * d.
     layout = method.layout(tuner)
     layers, z_size = layout.layers, layout.z_size
-    train = plan_call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire, session, layers)
-    dev = (
-        plan_call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire, session, layers)
-        if tuner.dev_texts
-        else None
-    )
+    call = partial(plan_call, session=session, layers=layers, service=service)
+    planning = service.usage.copy()
+    train = call(info, pop, cfg.n_tokens, tuner.train_texts, ids, wire)
+    dev = call(info, 1, cfg.n_tokens, tuner.dev_texts, ids, wire) if tuner.dev_texts else None
 
+    # What planning asked once (an engine adapter tokenising the texts, as the run's first
+    # call does) is set-up.
+    setup = setup + (service.usage - planning)
     # The probe: the first request of a generation, as the run will send it.
-    chunk: LogitsChunk | SessionChunk = plan_logits(
+    chunk: PlannedRequest | SessionChunk = planned_requests(
+        service,
         info,
         np.zeros((pop, *layout.shape), dtype=np.float32),
         tuner.train_texts,

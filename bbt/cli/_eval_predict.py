@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from bbt.cli._errors import ARG_API_KEY, guard
-from bbt.cli._options import read_examples
+from bbt.cli._options import read_examples, text_columns
 from bbt.cli._progress import say_err
 from bbt.cli._service_select import (
     server_device_option,
@@ -40,6 +40,14 @@ def _mock_option() -> Any:
     return typer.Option(None, "--mock/--no-mock", help="Use the in-process mock.")
 
 
+def _text_column_option() -> Any:
+    return typer.Option(None, "--text-column", help="Column of the text (or a pair's first).")
+
+
+def _pair_column_option() -> Any:
+    return typer.Option(None, "--text-pair-column", help="Column of a pair's second text.")
+
+
 def _upload_option() -> Any:
     return typer.Option(
         False,
@@ -52,10 +60,19 @@ def _upload_option() -> Any:
 def eval_command(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
-    data: Path = typer.Option(..., "--data", help="Labelled examples (TSV, CSV, JSONL)."),
+    data: Path = typer.Option(
+        ..., "--data", help="Labelled examples (TSV, CSV, JSONL, Parquet, save_to_disk dir)."
+    ),
     column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
+    text_column: str | None = _text_column_option(),
+    text_pair_column: str | None = _pair_column_option(),
     label_column: str | None = typer.Option(None, help="Label column (default: the task's)."),
-    data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
+    label_map: str | None = typer.Option(
+        None, "--label-map", help="Data label -> task label, e.g. pos=1,neg=0."
+    ),
+    data_format: str | None = typer.Option(
+        None, "--format", help="tsv, csv, jsonl, parquet or hf."
+    ),
     base_url: str | None = _base_url_option(),
     api_key: str | None = _api_key_option(),
     model: str | None = _model_option(),
@@ -78,7 +95,10 @@ def eval_command(
         service = service_for_run(run_dir, mock, base_url, api_key, model, say_err, server)
         with service as (svc, _):
             tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
-            examples = read_examples(tp.task, data, column, label_column, data_format)
+            cols = text_columns(tp.task, column, text_column, text_pair_column)
+            examples = read_examples(
+                tp.task, data, cols, label_column, data_format, label_map=label_map
+            )
             if baseline:  # p0 too (bbt/tuner/heldout.py); the tuned figures stay the same
                 from bbt.tuner.heldout import compare
 
@@ -98,10 +118,14 @@ def predict_command(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     texts: list[str] = typer.Argument(None, help="Texts to classify (single-field tasks)."),
     file: Path | None = typer.Option(
-        None, "--file", "-f", help="Inputs from a TSV/CSV/JSONL file."
+        None, "--file", "-f", help="Inputs from a TSV/CSV/JSONL/Parquet file or dataset dir."
     ),
     column: list[str] = typer.Option([], "--column", help="FIELD=COLUMN mapping (repeatable)."),
-    data_format: str | None = typer.Option(None, "--format", help="tsv, csv or jsonl."),
+    text_column: str | None = _text_column_option(),
+    text_pair_column: str | None = _pair_column_option(),
+    data_format: str | None = typer.Option(
+        None, "--format", help="tsv, csv, jsonl, parquet or hf."
+    ),
     base_url: str | None = _base_url_option(),
     api_key: str | None = _api_key_option(),
     model: str | None = _model_option(),
@@ -125,7 +149,8 @@ def predict_command(
             tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
             inputs: list[Any]
             if file is not None:
-                examples = read_examples(tp.task, file, column, None, data_format, labels=False)
+                cols = text_columns(tp.task, column, text_column, text_pair_column)
+                examples = read_examples(tp.task, file, cols, None, data_format, labels=False)
                 inputs = [dict(e.fields) for e in examples]
             else:
                 inputs = list(texts)

@@ -65,6 +65,7 @@ def read_examples(
     label_column: str | None,
     fmt: str | None,
     labels: bool = True,
+    label_map: str | None = None,
 ) -> Any:
     from bbt.tuner import load_examples, parse_columns
 
@@ -75,7 +76,31 @@ def read_examples(
         label_column=label_column,
         fmt=fmt,
         require_labels=labels,
+        label_map=label_map,
     )
+
+
+def text_columns(
+    task: Any, columns: list[str], text_column: str | None, text_pair_column: str | None
+) -> list[str]:
+    """``columns`` plus the FIELD=COLUMN items ``--text-column`` (a one-field task's text, or
+    a two-field task's first) and ``--text-pair-column`` (the second) stand for."""
+    out = list(columns)
+    if text_pair_column is not None:
+        if len(task.fields) != 2:
+            raise TaskError(
+                f"--text-pair-column needs a two-field task; {task.name!r} has fields "
+                f"{', '.join(task.fields)}"
+            )
+        out.append(f"{task.fields[1]}={text_pair_column}")
+    if text_column is not None:
+        if len(task.fields) != 1 and text_pair_column is None:
+            raise TaskError(
+                f"--text-field needs a one-field task; {task.name!r} has fields "
+                f"{', '.join(task.fields)}: map each with --column FIELD=COLUMN"
+            )
+        out.append(f"{task.fields[0]}={text_column}")
+    return out
 
 
 def default_out(task_name: str) -> Path:
@@ -105,14 +130,7 @@ def prepare(options: TuneOptions, task: Any) -> Prepared:
 
     t = task
     dseed = options.sampling_seed
-    columns = list(options.columns)
-    if options.text_field is not None:
-        if len(t.fields) != 1:
-            raise TaskError(
-                f"--text-field needs a one-field task; {t.name!r} has fields "
-                f"{', '.join(t.fields)}: map each with --column FIELD=COLUMN"
-            )
-        columns.append(f"{t.fields[0]}={options.text_field}")
+    columns = text_columns(t, list(options.columns), options.text_field, options.text_pair_column)
     k_shot, dev_k = options.k_shot, options.dev_k
     info: dict[str, Any] = {"k_shot": k_shot, "dev_k": dev_k or k_shot, "data_seed": dseed}
     if options.data is None:
@@ -138,4 +156,11 @@ def prepare(options: TuneOptions, task: Any) -> Prepared:
 
 
 def _read(task: Any, path: str, columns: list[str], options: TuneOptions) -> Any:
-    return read_examples(task, Path(path), columns, options.label_column, options.data_format)
+    return read_examples(
+        task,
+        Path(path),
+        columns,
+        options.label_column,
+        options.data_format,
+        label_map=options.label_map,
+    )

@@ -8,6 +8,9 @@ from typing import Any
 
 import typer
 
+from bbt.tuner.callbacks import TuneCallback
+from bbt.tuner.records import GenerationRecord
+
 #: The console of the progress bar while one is on screen: messages must go through it, or
 #: the bar's next refresh draws over them (or they land glued to the bar's line).
 LIVE: list[Any] = []
@@ -51,8 +54,9 @@ class Eta:
         return clock(max(self.total - calls, 0) * spent_s / spent_calls)
 
 
-class Progress:
-    """A rich progress bar: API calls spent, current loss, best dev metric, time, ETA.
+class Progress(TuneCallback):
+    """A rich progress bar: API calls spent, current loss, best dev metric, time, ETA. It is a
+    :class:`~bbt.tuner.callbacks.TuneCallback` like any other a library user writes.
 
     The ETA (see :class:`Eta`) shows from the first generation on, so a user knows at once
     whether to wait.
@@ -95,9 +99,9 @@ class Progress:
             LIVE.remove(self._bar.console)
             self._bar.__exit__(None, None, None)
 
-    def __call__(self, rec: Any) -> None:
+    def on_generation(self, rec: GenerationRecord) -> None:
         if self._bar is None:
-            return
+            return None
         dev = "-" if rec.best_dev_metric is None else f"{rec.best_dev_metric:.4f}"
         self._bar.update(
             self._task,
@@ -116,6 +120,7 @@ def summary(result: Any, say: Callable[[str], None]) -> None:
         + (f" (p0: {init:.4f})" if init is not None else "")
         + f", selected at {result.selected_at_calls} of {result.calls} calls "
         f"({result.dev_calls} dev), stop: {result.stop_reason}"
+        + (f", {saved} calls saved" if (saved := getattr(result, "calls_saved", 0)) else "")
     )
     if result.run_dir is not None:
         say(f"run directory: {result.run_dir}")

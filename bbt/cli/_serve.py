@@ -267,14 +267,12 @@ def _session_settings(
     idle_timeout: float | None, per_key: int | None, memory_mib: int | None
 ) -> dict[str, Any]:
     """The session options given, as :class:`ServerSettings` fields (the rest default)."""
-    out: dict[str, Any] = {}
-    if idle_timeout is not None:
-        out["session_idle_timeout_s"] = idle_timeout
-    if per_key is not None:
-        out["max_sessions_per_key"] = per_key
-    if memory_mib is not None:
-        out["max_session_bytes"] = memory_mib * 1024 * 1024
-    return out
+    given = {
+        "session_idle_timeout_s": idle_timeout,
+        "max_sessions_per_key": per_key,
+        "max_session_bytes": None if memory_mib is None else memory_mib * 1024 * 1024,
+    }
+    return {field: value for field, value in given.items() if value is not None}
 
 
 def _serve_here(

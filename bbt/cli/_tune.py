@@ -91,7 +91,11 @@ def tune_command(
     data: Path | None = option("data", "--data", panel=TASK_PANEL),
     dev_data: Path | None = option("dev_data", panel=TASK_PANEL),
     column: list[str] = option("columns", "--column", default=[], panel=TASK_PANEL),
-    text_field: str | None = option("text_field", "--text-field", panel=TASK_PANEL),
+    text_field: str | None = option(
+        "text_field", "--text-field", "--text-column", panel=TASK_PANEL
+    ),
+    text_pair_column: str | None = option("text_pair_column", panel=TASK_PANEL),
+    label_map: str | None = option("label_map", panel=TASK_PANEL),
     label_column: str | None = option("label_column", panel=TASK_PANEL),
     data_format: str | None = option("data_format", "--format", panel=TASK_PANEL),
     k_shot: int = option("k_shot", "--k-shot", "-k", panel=TASK_PANEL),
@@ -108,6 +112,7 @@ def tune_command(
     loss: str = option("loss", panel=BUDGET_PANEL),
     eval_every: int = option("eval_every", panel=BUDGET_PANEL),
     patience: int | None = option("patience", panel=BUDGET_PANEL),
+    patience_calls: int | None = option("patience_calls", panel=BUDGET_PANEL),
     eval_mean: bool | None = option(
         "eval_mean",
         "--eval-mean/--no-eval-mean",
@@ -224,6 +229,7 @@ def tune_command(
             loss=loss,
             eval_every=eval_every,
             patience=patience,
+            patience_calls=patience_calls,
             seed=seed,
             projection=projection,  # type: ignore[arg-type]
             method=method,
@@ -246,7 +252,9 @@ def tune_command(
             dev_data=None if dev_data is None else str(dev_data),
             columns=tuple(column),
             text_field=text_field,
+            text_pair_column=text_pair_column,
             label_column=label_column,
+            label_map=label_map,
             data_format=data_format,
             k_shot=k_shot,
             dev_k=dev_k,

@@ -32,9 +32,8 @@ from bbt.client.planning import (
 from bbt.client.projection_sessions import (
     ProjectionSession,
     SessionChunk,
-    as_p0,
-    as_spec,
     is_session_gone,
+    new_session,
     plan_session_logits,
 )
 from bbt.protocol import (
@@ -181,8 +180,7 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
         recipe: dict[str, Any] | None = None,
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_prompt`."""
-        plan = partial(plan_prompt_store, prompt=prompt, label=label, recipe=recipe)
-        return await self._run(self._exchange_store(plan))
+        return await self._run(self._exchange_store(plan_prompt_store, prompt, label, recipe))
 
     async def store_projected_prompt(
         self,
@@ -194,10 +192,8 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
         recipe: dict[str, Any] | None = None,
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_projected_prompt`."""
-        plan = partial(
-            plan_projected_store, projection=projection, z=z, p0=p0, label=label, recipe=recipe
-        )
-        return await self._run(self._exchange_store(plan))
+        store = self._exchange_store(plan_projected_store, projection, z, p0, label, recipe)
+        return await self._run(store)
 
     async def list_prompts(self) -> list[StoredPrompt]:
         """As :meth:`bbt.Client.list_prompts`: every page, to the end."""
@@ -237,7 +233,7 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
         expected_fingerprint: str | None = None,
     ) -> ProjectionSession:
         """See :meth:`bbt.Client.open_session`."""
-        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        session = new_session(projection, p0, expected_fingerprint)
         await self._run(self._exchange_open(session, reopening=False))
         return session
 

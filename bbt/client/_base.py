@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -86,6 +86,7 @@ from bbt.protocol import (
 from bbt.protocol.features import Pooling
 
 M = TypeVar("M", bound=BaseModel)
+P = ParamSpec("P")
 R = TypeVar("R")
 #: The transport a client takes: ``httpx.BaseTransport`` or ``httpx.AsyncBaseTransport``.
 TransportT = TypeVar("TransportT")
@@ -409,10 +410,14 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     def _exchange_store(
-        self, plan: Callable[[ModelInfo], PromptCreateRequest]
+        self,
+        plan: Callable[Concatenate[ModelInfo, P], PromptCreateRequest],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Exchange[StoredPrompt]:
-        """Store the prompt that ``plan`` describes for the model (its values or A z + p0)."""
-        req = plan((yield from self._exchange_model_info()))
+        """Store the prompt that ``plan(info, *args)`` describes for the model (its values,
+        or A z + p0)."""
+        req = plan((yield from self._exchange_model_info()), *args, **kwargs)
         return (yield from self._exchange("POST", self._api("/prompts"), req, StoredPrompt))
 
     def _exchange_prompt_logits(
@@ -457,6 +462,23 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         """One chunk of a session call (``op``: logits or features): the server's answer."""
         path = self._api(f"/sessions/{session.id}/{op}")
         return (yield from self._exchange("POST", path, chunk.body, answer, chunk.sequences))
+
+    def _exchange_session_call(
+        self,
+        session: ProjectionSession,
+        chunk: SessionChunk | FeaturesChunk,
+        op: str = "logits",
+        answer: type[M] = LogitsResponse,  # type: ignore[assignment]
+    ) -> Exchange[M]:
+        """One chunk of a session call, sent alone; a session the server lost is reopened
+        from its recipe once and the chunk sent again (the sync client's way)."""
+        try:
+            return (yield from self._exchange_session_chunk(session, chunk, op, answer))
+        except Exception as exc:
+            if not is_session_gone(exc):
+                raise
+        yield from self._exchange_open(session, reopening=True)
+        return (yield from self._exchange_session_chunk(session, chunk, op, answer))
 
     def _exchange_close_session(self, session: ProjectionSession) -> Exchange[None]:
         if session.info is None:

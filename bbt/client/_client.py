@@ -8,11 +8,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import BaseModel
 
 from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
 from bbt.client._config import ClientSettings
-from bbt.client.features import FeaturesChunk, assemble_features, plan_session_features
+from bbt.client.features import assemble_features, plan_session_features
 from bbt.client.planning import (
     FloatArray,
     PromptPages,
@@ -23,10 +22,7 @@ from bbt.client.planning import (
 )
 from bbt.client.projection_sessions import (
     ProjectionSession,
-    SessionChunk,
-    as_p0,
-    as_spec,
-    is_session_gone,
+    new_session,
     plan_session_logits,
 )
 from bbt.client.transport import SyncHTTPCore
@@ -152,8 +148,7 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         Storing the same prompt again answers the same id (so a retried store is harmless).
         Needs the ``prompt_registry`` capability (``model_info().capabilities``).
         """
-        plan = partial(plan_prompt_store, prompt=prompt, label=label, recipe=recipe)
-        return self._run(self._exchange_store(plan))
+        return self._run(self._exchange_store(plan_prompt_store, prompt, label, recipe))
 
     def store_projected_prompt(
         self,
@@ -166,10 +161,8 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     ) -> StoredPrompt:
         """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
         session does): z (d floats) travels instead of the prompt (n x H)."""
-        plan = partial(
-            plan_projected_store, projection=projection, z=z, p0=p0, label=label, recipe=recipe
-        )
-        return self._run(self._exchange_store(plan))
+        store = self._exchange_store(plan_projected_store, projection, z, p0, label, recipe)
+        return self._run(store)
 
     def list_prompts(self) -> list[StoredPrompt]:
         """Every prompt this API key stored on the server, oldest first (metadata only);
@@ -211,7 +204,7 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         """Open a projection session: the server rebuilds A from ``projection`` and keeps it
         with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
         lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`)."""
-        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        session = new_session(projection, p0, expected_fingerprint)
         self._run(self._exchange_open(session, reopening=False))
         return session
 
@@ -227,7 +220,8 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         A session the server no longer has (expired, evicted, a restart) is reopened from
         its recipe and the request sent once more."""
         chunks = plan_session_logits(self.model_info(), session, z, texts, candidate_ids)
-        responses = [self._session_call(session, chunk) for chunk in chunks]
+        call = partial(self._exchange_session_call, session, op="logits", answer=LogitsResponse)
+        responses = [self._run(call(c)) for c in chunks]
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     def session_features(
@@ -240,24 +234,9 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     ) -> FloatArray:
         """Feature vectors [P, B, F] under the prompts A z + p0 for z [P, d] (1.3)."""
         chunks = plan_session_features(self.model_info(), session, z, texts, pooling)
-        answers = [self._session_call(session, c, "features", FeaturesResponse) for c in chunks]
+        call = partial(self._exchange_session_call, session, op="features", answer=FeaturesResponse)
+        answers = [self._run(call(c)) for c in chunks]
         return assemble_features(chunks, answers, self._usage)
-
-    def _session_call(
-        self,
-        session: ProjectionSession,
-        chunk: SessionChunk | FeaturesChunk,
-        op: str = "logits",
-        answer: type[BaseModel] = LogitsResponse,
-    ) -> Any:
-        """One chunk of a session call; a session the server lost is reopened once."""
-        try:
-            return self._run(self._exchange_session_chunk(session, chunk, op, answer))
-        except Exception as exc:
-            if not is_session_gone(exc):
-                raise
-        self._run(self._exchange_open(session, reopening=True))
-        return self._run(self._exchange_session_chunk(session, chunk, op, answer))
 
     def close_session(self, session: ProjectionSession) -> None:
         """Close the session on the server (a session already gone is fine)."""

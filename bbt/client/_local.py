@@ -31,8 +31,7 @@ from bbt.client.planning import (
 from bbt.client.projection_sessions import (
     ProjectionSession,
     accept_open,
-    as_p0,
-    as_spec,
+    new_session,
     open_request,
     plan_session_logits,
 )
@@ -356,7 +355,7 @@ class LocalClient:
         expected_fingerprint: str | None = None,
     ) -> ProjectionSession:
         """See :meth:`bbt.Client.open_session`; the session lives in this process."""
-        session = ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+        session = new_session(projection, p0, expected_fingerprint)
         self._open(session, reopening=False)
         return session
 

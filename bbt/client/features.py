@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from bbt.client.planning import FloatArray, _even_bounds, decode_tensor, invalid, plan_grid
-from bbt.client.projection_sessions import ProjectionSession
+from bbt.client.planning import FloatArray, _even_bounds, checked, decode_tensor, invalid, plan_grid
+from bbt.client.projection_sessions import ProjectionSession, z_grid
 from bbt.client.transport import RawBody, UsageStats
 from bbt.errors import InvalidRequestError
 from bbt.protocol import (
@@ -27,7 +27,6 @@ from bbt.protocol import (
     FeaturesRequest,
     FeaturesResponse,
     ModelInfo,
-    ProtocolViolation,
     SessionFeaturesRequest,
     Tensor,
     encode_frame,
@@ -114,15 +113,11 @@ def plan_features(
             except ValueError as exc:  # values beyond float16's range
                 raise InvalidRequestError(str(exc), field="prompts") from exc
         for b0, b1 in _even_bounds(len(texts), groups_b):
-            try:
+            with checked(b0):
                 req = FeaturesRequest(
                     model=info.id, texts=texts[b0:b1], prompts=tensor, pooling=pooling
                 )
                 decoded = check_features_request(req, info)
-            except ProtocolViolation as exc:
-                raise invalid(exc, offset=b0) from exc
-            except ValidationError as exc:
-                raise invalid(exc) from exc
             chunks.append(FeaturesChunk(p0, p1, b0, b1, req, decoded))
     return chunks
 
@@ -150,19 +145,13 @@ def plan_session_features(
         arr.shape[0], len(texts), info.limits, prompt_bytes=4 * session.dim, text_bytes=text_bytes
     )
     chunks = []
-    for p0, p1 in _even_bounds(arr.shape[0], groups_p):
-        rows = np.ascontiguousarray(arr[p0:p1], dtype="<f4")
-        raw = rows.tobytes()
-        tensor = Tensor(dtype="float32", shape=list(rows.shape), data="")
-        for b0, b1 in _even_bounds(len(texts), groups_b):
-            try:
-                req = SessionFeaturesRequest(z=tensor, texts=texts[b0:b1], pooling=pooling)
-                check_session_features(req, info, session.dim, raw)
-            except ProtocolViolation as exc:
-                raise invalid(exc, offset=b0) from exc
-            except ValidationError as exc:
-                raise invalid(exc) from exc
-            chunks.append(FeaturesChunk(p0, p1, b0, b1, req, raw=raw))
+    for p0, p1, b0, b1, (tensor, raw, _) in z_grid(
+        arr, len(texts), groups_p, groups_b, pad_lone=False
+    ):
+        with checked(b0):
+            req = SessionFeaturesRequest(z=tensor, texts=texts[b0:b1], pooling=pooling)
+            check_session_features(req, info, session.dim, raw)
+        chunks.append(FeaturesChunk(p0, p1, b0, b1, req, raw=raw))
     return chunks
 
 

@@ -11,7 +11,8 @@ requests with the same functions, so its plan is what a run sends.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -150,6 +151,18 @@ def invalid(exc: ProtocolViolation | ValidationError, offset: int = 0) -> Invali
     return InvalidRequestError(first["msg"], field=field)
 
 
+@contextmanager
+def checked(offset: int = 0) -> Iterator[None]:
+    """Build and check one request inside: what the server would reject is the caller's
+    :class:`~bbt.errors.InvalidRequestError` (a ``texts.i`` field shifted by ``offset``)."""
+    try:
+        yield
+    except ProtocolViolation as exc:
+        raise invalid(exc, offset=offset) from exc
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+
 def plan_logits(
     info: ModelInfo,
     prompts: np.ndarray[Any, Any],
@@ -199,15 +212,11 @@ def plan_logits(
         # What the server will decode, without decoding the base64 we just wrote.
         sent = np.asarray(arr[p0:p1], dtype=WIRE_DTYPES[dtype]).astype(np.float32, copy=False)
         for b0, b1 in _even_bounds(len(texts), groups_b):
-            try:
+            with checked(b0):
                 req = LogitsRequest(
                     model=info.id, prompts=tensor, texts=texts[b0:b1], candidate_ids=ids
                 )
                 decoded = check_logits_request(req, info, prompts=sent)
-            except ProtocolViolation as exc:
-                raise invalid(exc, offset=b0) from exc
-            except ValidationError as exc:
-                raise invalid(exc) from exc
             chunks.append(LogitsChunk(p0, p1, b0, b1, req, decoded))
     return chunks
 
@@ -221,17 +230,13 @@ def plan_tokenize(
     size = info.limits.max_texts_per_request
     requests = []
     for start in range(0, len(texts), size):
-        try:
+        with checked(start):
             req = TokenizeRequest(
                 model=info.id,
                 texts=texts[start : start + size],
                 add_special_tokens=add_special_tokens,
             )
             check_tokenize_request(req, info)
-        except ProtocolViolation as exc:
-            raise invalid(exc, offset=start) from exc
-        except ValidationError as exc:
-            raise invalid(exc) from exc
         requests.append(req)
     return requests
 
@@ -457,15 +462,11 @@ def plan_prompt_logits(
     groups_b = max(groups_b, math.ceil(len(texts) / room))
     chunks = []
     for b0, b1 in _even_bounds(len(texts), groups_b):
-        try:
+        with checked(b0):
             req = PromptLogitsRequest(
                 model=info.id, texts=texts[b0:b1], candidate_ids=ids, output_dtype=dtype
             )
             check_prompt_logits_request(req, info)
-        except ProtocolViolation as exc:
-            raise invalid(exc, offset=b0) from exc
-        except ValidationError as exc:
-            raise invalid(exc) from exc
         chunks.append(PromptLogitsChunk(b0, b1, req))
     return chunks
 

@@ -9,14 +9,13 @@ results do not change either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
-from bbt.client.planning import invalid, plan_grid
+from bbt.client.planning import _even_bounds, checked, plan_grid
 from bbt.client.transport import RawBody
 from bbt.errors import APIStatusError, InvalidRequestError, ProtocolError
 from bbt.protocol import (
@@ -24,7 +23,6 @@ from bbt.protocol import (
     InitialPromptSpec,
     ModelInfo,
     ProjectionSpec,
-    ProtocolViolation,
     SessionInfo,
     SessionLogitsRequest,
     SessionOpenRequest,
@@ -77,6 +75,15 @@ def as_p0(p0: InitialPromptSpec | np.ndarray[Any, Any] | None) -> InitialPromptS
     return InitialPromptSpec(tensor=Tensor.from_numpy(np.asarray(p0, dtype=np.float32)))
 
 
+def new_session(
+    projection: ProjectionRecipe | ProjectionSpec,
+    p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
+    expected_fingerprint: str | None = None,
+) -> ProjectionSession:
+    """A session not yet opened, as every service's ``open_session`` takes its arguments."""
+    return ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+
+
 def open_request(info: ModelInfo, session: ProjectionSession) -> SessionOpenRequest:
     return SessionOpenRequest(model=info.id, projection=session.projection, p0=session.p0)
 
@@ -125,16 +132,6 @@ class SessionChunk:
         return self.rows_sent * (self.b1 - self.b0)
 
 
-def _bounds(total: int, parts: int) -> list[tuple[int, int]]:
-    q, r = divmod(total, parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + q + (1 if i < r else 0)
-        out.append((start, end))
-        start = end
-    return out
-
-
 def plan_session_logits(
     info: ModelInfo,
     session: ProjectionSession,
@@ -176,24 +173,39 @@ def plan_session_logits(
         text_bytes=text_bytes,
     )
     chunks = []
-    bounds = _bounds(arr.shape[0], groups_p)
+    for p0, p1, b0, b1, z_frame in z_grid(arr, len(texts), groups_p, groups_b, pad_lone=True):
+        tensor, raw, sent = z_frame
+        with checked(b0):
+            req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
+            check_session_logits(req, info, session.dim, raw)
+        chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, sent))
+    return chunks
+
+
+#: z rows as a session request sends them: the tensor header (its data empty), the rows'
+#: float32 bytes for the binary frame, and how many rows that is.
+ZFrame = tuple[Tensor, bytes, int]
+
+
+def z_grid(
+    arr: np.ndarray[Any, Any], n_texts: int, groups_p: int, groups_b: int, *, pad_lone: bool
+) -> Iterator[tuple[int, int, int, int, ZFrame]]:
+    """The requests of a session call split ``groups_p`` x ``groups_b``: z rows [p0:p1] on
+    texts [b0:b1], each range of rows encoded once. ``pad_lone``: a lone row of a larger
+    population is sent twice (see :func:`plan_session_logits`)."""
+    bounds = _even_bounds(arr.shape[0], groups_p)
     widest = max(p1 - p0 for p0, p1 in bounds)
     for p0, p1 in bounds:
         rows = np.ascontiguousarray(arr[p0:p1], dtype="<f4")
-        if p1 - p0 == 1 and widest >= 2:
-            rows = np.concatenate([rows, rows])  # a lone row of a population: see above
-        raw = rows.tobytes()
-        tensor = Tensor(dtype="float32", shape=list(rows.shape), data="")
-        for b0, b1 in _bounds(len(texts), groups_b):
-            try:
-                req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
-                check_session_logits(req, info, session.dim, raw)
-            except ProtocolViolation as exc:
-                raise invalid(exc, offset=b0) from exc
-            except ValidationError as exc:
-                raise invalid(exc) from exc
-            chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, rows.shape[0]))
-    return chunks
+        if pad_lone and p1 - p0 == 1 and widest >= 2:
+            rows = np.concatenate([rows, rows])  # a lone row of a population
+        frame = (
+            Tensor(dtype="float32", shape=list(rows.shape), data=""),
+            rows.tobytes(),
+            rows.shape[0],
+        )
+        for b0, b1 in _even_bounds(n_texts, groups_b):
+            yield p0, p1, b0, b1, frame
 
 
 __all__ = [
@@ -204,6 +216,8 @@ __all__ = [
     "as_p0",
     "as_spec",
     "is_session_gone",
+    "new_session",
     "open_request",
     "plan_session_logits",
+    "z_grid",
 ]

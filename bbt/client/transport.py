@@ -113,6 +113,10 @@ class UsageStats:
         a, b = asdict(self), asdict(other)
         return UsageStats(**{k: a[k] - b[k] for k in a})
 
+    def __add__(self, other: UsageStats) -> UsageStats:
+        a, b = asdict(self), asdict(other)
+        return UsageStats(**{k: a[k] + b[k] for k in a})
+
 
 @dataclass(frozen=True)
 class RawBody:

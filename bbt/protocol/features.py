@@ -28,7 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from bbt.protocol._models import ErrorType, ModelInfo, Usage
 from bbt.protocol._tensor import DType, Tensor, TensorDecodeError
 from bbt.protocol.session_requests import decode_bounded_z
-from bbt.protocol.validate import ProtocolViolation, check_batch, check_model, check_prompt_values
+from bbt.protocol.validate import (
+    ProtocolViolation,
+    check_batch,
+    check_dtype,
+    check_model,
+    check_prompt_values,
+)
 
 #: The capability a server lists in ``ModelInfo.capabilities`` when it serves features.
 FEATURES_CAPABILITY = "features"
@@ -98,10 +104,7 @@ class DecodedFeaturesRequest:
 
 
 def _check_dtypes(info: ModelInfo, output_dtype: str) -> None:
-    if output_dtype not in info.dtypes:
-        raise ProtocolViolation(
-            f"output dtype {output_dtype!r} is not supported here", field="output_dtype"
-        )
+    check_dtype(output_dtype, info, "output_dtype", "output dtype")
 
 
 def check_features_request(req: FeaturesRequest, info: ModelInfo) -> DecodedFeaturesRequest:
@@ -113,10 +116,7 @@ def check_features_request(req: FeaturesRequest, info: ModelInfo) -> DecodedFeat
         check_batch(1, req.texts, [], info)
         prompts = np.zeros((1, 0, info.hidden_size), dtype=np.float32)
     else:
-        if t.dtype not in info.dtypes:
-            raise ProtocolViolation(
-                f"dtype {t.dtype!r} is not supported here", field="prompts.dtype"
-            )
+        check_dtype(t.dtype, info, "prompts.dtype")
         if len(t.shape) != 3 or t.shape[2] != info.hidden_size:
             raise ProtocolViolation(
                 f"prompts must have shape [P, n, {info.hidden_size}]; got {t.shape}",
@@ -143,8 +143,7 @@ def check_session_features(
 
     ``raw`` is z's payload when the request came as a binary frame."""
     t = req.z
-    if t.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="z.dtype")
+    check_dtype(t.dtype, info, "z.dtype")
     _check_dtypes(info, req.output_dtype)
     if len(t.shape) != 2 or t.shape[1] != dim:
         raise ProtocolViolation(

@@ -29,6 +29,7 @@ from bbt.protocol._tensor import DType, Tensor, TensorDecodeError
 from bbt.protocol.validate import (
     ProtocolViolation,
     check_batch,
+    check_dtype,
     check_model,
     check_prompt_values,
 )
@@ -211,8 +212,7 @@ def check_prompt_create_request(
     t = req.prompt
     if t is None:
         raise ProtocolViolation("no prompt tensor in this request", field="prompt")
-    if t.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="prompt.dtype")
+    check_dtype(t.dtype, info, "prompt.dtype")
     check_prompt_shape(t.shape, info, "prompt.shape")
     try:
         arr = t.to_numpy().astype(np.float32, copy=False)
@@ -225,10 +225,7 @@ def check_prompt_create_request(
 def check_prompt_logits_request(req: PromptLogitsRequest, info: ModelInfo) -> None:
     """Validate a by-id logits request against ``info``'s limits (one prompt, B texts)."""
     check_model(req.model, info)
-    if req.output_dtype not in info.dtypes:
-        raise ProtocolViolation(
-            f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
-        )
+    check_dtype(req.output_dtype, info, "output_dtype", "output dtype")
     # The stored prompt is a population of one: the /v1/logits limits with P = 1.
     check_batch(1, list(req.texts), list(req.candidate_ids), info, shape_field="prompt_id")
 

@@ -9,7 +9,7 @@ from :mod:`bbt.protocol.sessions`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,13 @@ from bbt.protocol._sessions import (
 )
 from bbt.protocol._tensor import Tensor, TensorDecodeError
 from bbt.protocol.projection import RECIPE_VERSION, ProjectionRecipe, matrix_bytes
-from bbt.protocol.validate import ProtocolViolation, check_batch, check_model, check_prompt_values
+from bbt.protocol.validate import (
+    ProtocolViolation,
+    check_batch,
+    check_dtype,
+    check_model,
+    check_prompt_values,
+)
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -68,32 +74,13 @@ def recipe_of(spec: ProjectionSpec) -> ProjectionRecipe:
     """The recipe of ``spec``; one the generator cannot build (e.g. a scale beyond float32)
     is the caller's error, a 422 on ``projection``."""
     try:
-        return ProjectionRecipe(
-            seed=spec.seed,
-            n_tokens=spec.n_tokens,
-            hidden_size=spec.hidden_size,
-            dim=spec.dim,
-            embedding_std=spec.embedding_std,
-            alpha=spec.alpha,
-            sigma=spec.sigma,
-            distribution=spec.distribution,
-        )
+        return ProjectionRecipe(**{f.name: getattr(spec, f.name) for f in fields(ProjectionRecipe)})
     except ConfigurationError as exc:
         raise ProtocolViolation(str(exc), field="projection") from None
 
 
 def spec_of(recipe: ProjectionRecipe) -> ProjectionSpec:
-    return ProjectionSpec(
-        recipe=RECIPE_VERSION,
-        seed=recipe.seed,
-        n_tokens=recipe.n_tokens,
-        hidden_size=recipe.hidden_size,
-        dim=recipe.dim,
-        distribution=recipe.distribution,
-        alpha=recipe.alpha,
-        sigma=recipe.sigma,
-        embedding_std=recipe.embedding_std,
-    )
+    return ProjectionSpec(recipe=RECIPE_VERSION, **asdict(recipe))
 
 
 def session_bytes(spec: ProjectionSpec) -> int:
@@ -241,12 +228,8 @@ def check_session_logits(
     ``raw`` is z's payload when the request came as a binary frame (``z.data`` is then
     empty)."""
     t = req.z
-    if t.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="z.dtype")
-    if req.output_dtype not in info.dtypes:
-        raise ProtocolViolation(
-            f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
-        )
+    check_dtype(t.dtype, info, "z.dtype")
+    check_dtype(req.output_dtype, info, "output_dtype", "output dtype")
     if len(t.shape) != 2 or t.shape[1] != dim:
         raise ProtocolViolation(
             f"z must have shape [P, {dim}] for this session; got {t.shape}", field="z.shape"

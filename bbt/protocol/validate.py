@@ -53,6 +53,12 @@ def check_model(model: str, info: ModelInfo) -> None:
         )
 
 
+def check_dtype(dtype: str, info: ModelInfo, field: str, what: str = "dtype") -> None:
+    """A tensor (or answer) element type the model does not list: a violation on ``field``."""
+    if dtype not in info.dtypes:
+        raise ProtocolViolation(f"{what} {dtype!r} is not supported here", field=field)
+
+
 def _check_texts(texts: list[str], info: ModelInfo, *, need_mask: bool) -> None:
     limit = info.limits.max_text_chars
     for i, text in enumerate(texts):
@@ -113,26 +119,23 @@ def _check_deep(shape: list[int], info: ModelInfo) -> None:
         )
 
 
+def _at_most(count: int, limit: int, what: str, field: str) -> None:
+    """A request carrying more ``what`` than one request may: a violation on ``field``."""
+    if count > limit:
+        raise ProtocolViolation(f"{count} {what}; at most {limit} per request", field=field)
+
+
 def check_tokenize_request(req: TokenizeRequest, info: ModelInfo) -> None:
     check_model(req.model, info)
-    if len(req.texts) > info.limits.max_texts_per_request:
-        raise ProtocolViolation(
-            f"{len(req.texts)} texts; at most {info.limits.max_texts_per_request} per request",
-            field="texts",
-        )
+    _at_most(len(req.texts), info.limits.max_texts_per_request, "texts", "texts")
     _check_texts(req.texts, info, need_mask=False)
 
 
 def check_embeddings_request(req: EmbeddingsRequest, info: ModelInfo) -> None:
     check_model(req.model, info)
-    if len(req.token_ids) > info.limits.max_embedding_ids:
-        raise ProtocolViolation(
-            f"{len(req.token_ids)} token ids; at most {info.limits.max_embedding_ids} per request",
-            field="token_ids",
-        )
+    _at_most(len(req.token_ids), info.limits.max_embedding_ids, "token ids", "token_ids")
     _check_ids(req.token_ids, info, "token_ids")
-    if req.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {req.dtype!r} is not supported here", field="dtype")
+    check_dtype(req.dtype, info, "dtype")
 
 
 def check_logits_request(
@@ -150,12 +153,8 @@ def check_logits_request(
     check_model(req.model, info)
     lim = info.limits
     t = req.prompts
-    if t.dtype not in info.dtypes:
-        raise ProtocolViolation(f"dtype {t.dtype!r} is not supported here", field="prompts.dtype")
-    if req.output_dtype not in info.dtypes:
-        raise ProtocolViolation(
-            f"output dtype {req.output_dtype!r} is not supported here", field="output_dtype"
-        )
+    check_dtype(t.dtype, info, "prompts.dtype")
+    check_dtype(req.output_dtype, info, "output_dtype", "output dtype")
     if len(t.shape) == 4:
         _check_deep(t.shape, info)
     elif len(t.shape) != 3:
@@ -204,10 +203,7 @@ def check_batch(
             field=shape_field,
         )
     b = len(texts)
-    if b > lim.max_texts_per_request:
-        raise ProtocolViolation(
-            f"{b} texts; at most {lim.max_texts_per_request} per request", field="texts"
-        )
+    _at_most(b, lim.max_texts_per_request, "texts", "texts")
     if p * b > lim.max_sequences_per_request:
         raise ProtocolViolation(
             f"P x B = {p * b} sequences; at most {lim.max_sequences_per_request} per request",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bbt.protocol import ProtocolViolation, Usage
+from bbt.server._hf_common import ForwardChunk
 from bbt.server.backend import FloatArray, IntArray
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def _group(backend: Any, calls: list[Call]) -> list[tuple[FloatArray, Usage]]:
             chunk = pairs[start : start + size]
             start += len(chunk)
             with backend._lock.hold():
-                res = backend._forward_chunk(
+                job = ForwardChunk(
                     [(g, t) for g, t, _, _, _ in chunk],
                     encoded,
                     text_embs,
@@ -95,6 +96,7 @@ def _group(backend: Any, calls: list[Call]) -> list[tuple[FloatArray, Usage]]:
                     longest,
                     cand_t,
                 )
+                res = backend._forward_chunk(job)
             res_np = res.float().cpu().numpy()
             for row, (_, _, k, i, j) in enumerate(chunk):
                 outs[k][i, j] = res_np[row]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from bbt.errors import ConfigurationError
 from bbt.protocol import (
     Limits,
 )
+from bbt.protocol.features import Pooling
 from bbt.server import _compute
 
 if TYPE_CHECKING:
@@ -201,6 +202,28 @@ class _Encoded:
     ids: tuple[int, ...]
     mask_index: int
     truncated: bool
+
+
+class ForwardChunk(NamedTuple):
+    """One forward pass's work: ``pairs`` (prompt, text) of the request, the texts
+    ``encoded`` and embedded (``text_embs``), the prompts on the device, every sequence padded
+    to ``longest``; ``cand_t`` None: hidden states, pooled by ``pooling``."""
+
+    pairs: list[tuple[int, int]]
+    encoded: list[_Encoded]
+    text_embs: dict[int, torch.Tensor]
+    prompts_t: torch.Tensor
+    n_tokens: int
+    longest: int
+    cand_t: torch.Tensor | None
+    pooling: Pooling = "mask"
+
+    def by_text(self) -> dict[int, list[int]]:
+        """The chunk's sequences (rows) grouped by the text they hold."""
+        groups: dict[int, list[int]] = {}
+        for s, (_, j) in enumerate(self.pairs):
+            groups.setdefault(j, []).append(s)
+        return groups
 
 
 def _build_head_module(torch: Any, hidden: int, vocab: int, eps: float, transform: bool) -> Any:

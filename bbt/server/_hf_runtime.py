@@ -41,6 +41,7 @@ from bbt.server._hf_common import (
     Device,
     DeviceSpec,
     DTypeSpec,
+    ForwardChunk,
     _Encoded,
     _FifoLock,
     _positive_int,
@@ -263,10 +264,11 @@ class HFRuntime(Backend):
                 start += len(chunk)
                 with self._lock.hold():
                     try:
-                        res = self._forward_chunk(
+                        job = ForwardChunk(
                             chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t,
                             pooling,
                         )  # fmt: skip
+                        res = self._forward_chunk(job)
                     finally:
                         self._deep_chunk = None  # set by a deep chunk for the layer hooks
                 res_np = res.float().cpu().numpy()
@@ -310,8 +312,7 @@ class HFRuntime(Backend):
         in the request, for error messages)."""
         raise NotImplementedError
 
-    def _forward_chunk(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def _forward_chunk(self, job: ForwardChunk) -> torch.Tensor:
         """One forward pass over a chunk of (prompt, text) pairs: candidate logits (or
-        hidden states when ``cand_t`` is None) at each sequence's scored position. Called as
-        ``(chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t, pooling)``."""
+        hidden states when ``job.cand_t`` is None) at each sequence's scored position."""
         raise NotImplementedError

@@ -230,13 +230,19 @@ class PromptEndpoints:
         return self.list_page(tenant)
 
     def get(self, prompt_id: str, tenant: str) -> StoredPrompt:
+        return stored_prompt(self._find(self.registry.get, tenant, prompt_id))
+
+    @staticmethod
+    def _find(fn: Callable[[str, str], T | None], tenant: str, prompt_id: str) -> T:
+        """``fn(tenant, prompt_id)`` from the registry: a damaged row is the caller's 422 on
+        ``prompt_id``, none (or another tenant's) a 404."""
         try:
-            record = _stored(self.registry.get, tenant, prompt_id)
+            found = _stored(fn, tenant, prompt_id)
         except DamagedPrompt as exc:
             raise ProtocolViolation(str(exc), field="prompt_id") from None
-        if record is None:
+        if found is None:
             raise unknown_prompt(prompt_id)
-        return stored_prompt(record)
+        return found
 
     def delete(self, prompt_id: str, tenant: str) -> PromptDeleted:
         if not _stored(self.registry.delete, tenant, prompt_id):
@@ -247,13 +253,7 @@ class PromptEndpoints:
         """Logits [1, B, C] of the texts under the stored prompt, as POST /v1/logits gives."""
         info = self.core.info
         check_prompt_logits_request(req, info)
-        try:
-            found = _stored(self.registry.load, tenant, prompt_id)
-        except DamagedPrompt as exc:
-            raise ProtocolViolation(str(exc), field="prompt_id") from None
-        if found is None:
-            raise unknown_prompt(prompt_id)
-        record, prompt = found
+        record, prompt = self._find(self.registry.load, tenant, prompt_id)
         if record.model != info.id:
             raise ProtocolViolation(
                 f"prompt {prompt_id} was stored for model {record.model!r}; this server now "

@@ -46,7 +46,6 @@ from bbt.protocol import (
     ModelInfo,
     ProtocolViolation,
 )
-from bbt.protocol.features import Pooling
 from bbt.server._hf_common import (
     _CALIBRATION_TEXTS,
     DEFAULT_MODEL_ID,
@@ -61,6 +60,7 @@ from bbt.server._hf_common import (
     Device,
     DeviceSpec,
     DTypeSpec,
+    ForwardChunk,
     HeadSpec,
     _build_head_module,
     _Encoded,
@@ -122,8 +122,8 @@ class HFBackend(HFRuntime):
         tokenizer_cache_bytes: int = DEFAULT_TOKENIZER_CACHE_BYTES,
     ) -> None:
         # One construction for every HF backend; what differs between a masked and a causal
-        # LM is in the hooks below (_locate, _load, _attach_head, _layout, _describe,
-        # _add_deep_prompts), which HFCausalBackend overrides.
+        # LM is in the hooks below (_locate, _load, _attach_head, _layout, _model_id,
+        # _kind, _add_deep_prompts), which HFCausalBackend overrides.
         torch, transformers = _require_torch()
         self._init_compute(
             torch, dtype, device, num_threads, token_budget, tokenizer_cache_size,
@@ -224,25 +224,31 @@ class HFBackend(HFRuntime):
             "token_type_ids" in self._encoder.forward.__code__.co_varnames
         )
 
+    def _model_id(self, model_id: str | None, model_path: str | Path | None) -> str:
+        """The id to advertise: ``model_id``, else the model's name (and a built head's)."""
+        if model_id is not None:
+            return model_id
+        path = self.model_path
+        base = DEFAULT_MODEL_ID if self._is_default else path.name or str(model_path)
+        if self.head_name in ("model", "shipped"):
+            return base
+        return f"{base}+{head_label(self.head_name)}"
+
+    def _kind(self) -> dict[str, Any]:
+        """The :class:`ModelInfo` fields that say what kind of LM this is: a masked LM's
+        mask token."""
+        return {"mask_token": str(self._tok.mask_token), "mask_token_id": self._mask_id}
+
     def _describe(
         self, config: Any, model_id: str | None, model_path: str | Path | None
     ) -> ModelInfo:
-        if model_id is None:
-            path = self.model_path
-            base = DEFAULT_MODEL_ID if self._is_default else path.name or str(model_path)
-            model_id = (
-                base
-                if self.head_name in ("model", "shipped")
-                else f"{base}+{head_label(self.head_name)}"
-            )
         return ModelInfo(
-            id=model_id,
+            id=self._model_id(model_id, model_path),
+            **self._kind(),
             hidden_size=self._hidden,
             vocab_size=self._vocab,
             num_layers=int(getattr(config, "num_hidden_layers", 1) or 1),
             max_sequence_length=self._max_len,
-            mask_token=str(self._tok.mask_token),
-            mask_token_id=self._mask_id,
             embedding_mean=self._emb_mean,
             embedding_std=self._emb_std,
             dtypes=list(SUPPORTED_DTYPES),
@@ -380,17 +386,8 @@ class HFBackend(HFRuntime):
         ids = self._prefix + body + self._suffix
         return _Encoded(ids=ids, mask_index=ids.index(self._mask_id), truncated=truncated)
 
-    def _forward_chunk(
-        self,
-        chunk: list[tuple[int, int]],
-        encoded: list[_Encoded],
-        text_embs: dict[int, torch.Tensor],
-        prompts_t: torch.Tensor,
-        n_tokens: int,
-        longest: int,
-        cand_t: torch.Tensor | None,
-        pooling: Pooling = "mask",
-    ) -> torch.Tensor:
+    def _forward_chunk(self, job: ForwardChunk) -> torch.Tensor:
+        chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t, pooling = job
         th = self._torch
         dev = self._word_emb.device
         n_seq = len(chunk)
@@ -398,11 +395,8 @@ class HFBackend(HFRuntime):
         x = pad_vec.expand(n_seq, longest, self._hidden).clone()
         attn = th.zeros((n_seq, longest), dtype=th.long, device=dev)
         mask_pos = th.empty(n_seq, dtype=th.long, device=dev)
-        by_text: dict[int, list[int]] = {}
-        for s, (_, j) in enumerate(chunk):
-            by_text.setdefault(j, []).append(s)
         at = self._insert_at
-        for j, seqs in by_text.items():
+        for j, seqs in job.by_text().items():
             emb = text_embs[j]
             length = emb.shape[0]
             idx = th.tensor(seqs, device=dev)

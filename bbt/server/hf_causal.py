@@ -24,24 +24,16 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 from bbt.errors import ConfigurationError
 from bbt.protocol import (
-    FEATURES_CAPABILITY,
-    SUPPORTED_DTYPES,
     Limits,
-    ModelInfo,
     ModelKind,
     ProtocolViolation,
 )
-from bbt.protocol.features import Pooling
 from bbt.server._embed_scale import ScaledRows, embedding_scale
-from bbt.server._hf_common import DeviceSpec, DTypeSpec, HeadSpec, _Encoded
-from bbt.server._tokcache import (
-    DEFAULT_TOKENIZER_CACHE_BYTES,
-    DEFAULT_TOKENIZER_CACHE_ENTRIES,
-)
+from bbt.server._hf_common import DeviceSpec, DTypeSpec, ForwardChunk, HeadSpec, _Encoded
 from bbt.server.hf import HFBackend
 
 if TYPE_CHECKING:
@@ -75,6 +67,20 @@ def detect_model_kind(model_path: str | Path | None) -> ModelKind:
     return "causal_lm" if data.get("is_decoder") is True else "masked_lm"
 
 
+class CausalOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`~bbt.server.hf.HFBackend` that a causal LM takes:
+    all but ``head`` (defaults and meaning as there)."""
+
+    dtype: DTypeSpec
+    device: DeviceSpec
+    num_threads: int | str | None
+    token_budget: int | None
+    model_id: str | None
+    limits: Limits | None
+    tokenizer_cache_size: int
+    tokenizer_cache_bytes: int
+
+
 class HFCausalBackend(HFBackend):
     """A causal LM from a local Hugging Face directory (``AutoModelForCausalLM``).
 
@@ -82,32 +88,10 @@ class HFCausalBackend(HFBackend):
     uses its own LM head); ``model_path`` is required.
     """
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        *,
-        dtype: DTypeSpec = "float32",
-        device: DeviceSpec = "cpu",
-        num_threads: int | str | None = None,
-        token_budget: int | None = None,
-        model_id: str | None = None,
-        limits: Limits | None = None,
-        tokenizer_cache_size: int = DEFAULT_TOKENIZER_CACHE_ENTRIES,
-        tokenizer_cache_bytes: int = DEFAULT_TOKENIZER_CACHE_BYTES,
-    ) -> None:
+    def __init__(self, model_path: str | Path, **options: Unpack[CausalOptions]) -> None:
         # HFBackend's construction, with the causal hooks below (no head choice: the
         # model's own LM head scores).
-        super().__init__(
-            model_path,
-            dtype=dtype,
-            device=device,
-            num_threads=num_threads,
-            token_budget=token_budget,
-            model_id=model_id,
-            limits=limits,
-            tokenizer_cache_size=tokenizer_cache_size,
-            tokenizer_cache_bytes=tokenizer_cache_bytes,
-        )
+        super().__init__(model_path, **options)
 
     # ------------------------------------------------------------------ construction hooks
 
@@ -160,24 +144,11 @@ class HFCausalBackend(HFBackend):
         self._mask_id = -1  # no mask token; never matches a token id
         self._uses_token_types = False
 
-    def _describe(
-        self, config: Any, model_id: str | None, model_path: str | Path | None
-    ) -> ModelInfo:
-        return ModelInfo(
-            id=model_id or self.model_path.name or str(model_path),
-            kind="causal_lm",
-            hidden_size=self._hidden,
-            vocab_size=self._vocab,
-            num_layers=int(getattr(config, "num_hidden_layers", 1) or 1),
-            max_sequence_length=self._max_len,
-            mask_token=None,
-            mask_token_id=None,
-            embedding_mean=self._emb_mean,
-            embedding_std=self._emb_std,
-            dtypes=list(SUPPORTED_DTYPES),
-            limits=self._limits,
-            capabilities=[FEATURES_CAPABILITY],
-        )
+    def _model_id(self, model_id: str | None, model_path: str | Path | None) -> str:
+        return model_id or self.model_path.name or str(model_path)
+
+    def _kind(self) -> dict[str, Any]:
+        return {"kind": "causal_lm", "mask_token": None, "mask_token_id": None}
 
     def _add_deep_prompts(self) -> None:
         pass  # no layer hooks: a causal LM takes shallow prompts only
@@ -204,28 +175,16 @@ class HFCausalBackend(HFBackend):
         # mask_index: the scored position in ``ids``, its last token.
         return _Encoded(ids=ids, mask_index=len(ids) - 1, truncated=truncated)
 
-    def _forward_chunk(
-        self,
-        chunk: list[tuple[int, int]],
-        encoded: list[_Encoded],
-        text_embs: dict[int, torch.Tensor],
-        prompts_t: torch.Tensor,
-        n_tokens: int,
-        longest: int,
-        cand_t: torch.Tensor | None,
-        pooling: Pooling = "mask",
-    ) -> torch.Tensor:
+    def _forward_chunk(self, job: ForwardChunk) -> torch.Tensor:
+        chunk, _, text_embs, prompts_t, n_tokens, longest, cand_t, pooling = job
         th = self._torch
         dev = self._word_emb.device
         n_seq = len(chunk)
         x = th.zeros((n_seq, longest, self._hidden), dtype=self._word_emb.dtype, device=dev)
         attn = th.zeros((n_seq, longest), dtype=th.long, device=dev)
         keep = th.zeros((n_seq, longest), dtype=th.long, device=dev)  # own tokens, for "mean"
-        by_text: dict[int, list[int]] = {}
-        for s, (_, j) in enumerate(chunk):
-            by_text.setdefault(j, []).append(s)
         at = self._insert_at
-        for j, seqs in by_text.items():
+        for j, seqs in job.by_text().items():
             emb = text_embs[j]
             start = longest - (emb.shape[0] + n_tokens)  # left padding before it
             idx = th.tensor(seqs, device=dev)
@@ -255,4 +214,4 @@ class HFCausalBackend(HFBackend):
         return cast("torch.Tensor", logits[:, cand_t])
 
 
-__all__ = ["CAUSAL_HEAD", "HFCausalBackend", "detect_model_kind"]
+__all__ = ["CAUSAL_HEAD", "CausalOptions", "HFCausalBackend", "detect_model_kind"]

@@ -4,6 +4,7 @@ how a sequence of embeddings is read back into soft prompt and text (see that mo
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -20,6 +21,8 @@ FAKE_VLLM_VERSION = "0.26.0"
 FAKE_MODEL_ID = f"{MOCK_MODEL_ID}-causal"
 _BOS = "[CLS]"
 _SPECIAL = frozenset({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
+_PLACEHOLDER = "<prompt_embeds>"
+_SPECIAL_RE = re.compile(r"(\[[A-Z]+\]|<prompt_embeds>)")
 _MATCH_RTOL = 1e-2  # a row "is" a vocabulary embedding within float16/bfloat16 rounding
 
 
@@ -69,6 +72,7 @@ class FakeModel:
         api_key: str | None = None,
         faults: list[tuple[int, float | None]] | None = None,
         keep_requests: int = 1000,
+        sentencepiece: bool = False,
     ) -> None:
         self.backend = MockBackend(hidden_size=hidden_size, seed=seed)
         self.vocab = self.backend.vocab
@@ -92,6 +96,12 @@ class FakeModel:
         self.max_logprobs = max_logprobs
         self.api_key = api_key
         self.faults = list(faults or [])
+        #: Tokenize as a SentencePiece tokenizer without a word boundary after special
+        #: tokens: a text segment right after one, not starting with a space, loses its
+        #: first word's boundary piece (played by [UNK], which this vocabulary lacks).
+        self.sentencepiece = sentencepiece
+        #: The id vLLM gives its registered ``<prompt_embeds>`` special token.
+        self.placeholder_id = len(self.vocab)
         self.counters = FakeCounters()
         #: The last ``keep_requests`` POST bodies (path and JSON), oldest first, for tests.
         self.requests_seen: deque[dict[str, Any]] = deque(maxlen=keep_requests)
@@ -126,13 +136,36 @@ class FakeModel:
     # ---------------------------------------------------------------- the model
 
     def tokenize_ids(self, text: str, add_special_tokens: bool) -> list[int]:
-        ids, _ = self.backend.tokenize([text], add_special_tokens=False)
-        return ([self.index[_BOS]] if add_special_tokens else []) + ids[0]
+        """The ids of ``text`` as a Hugging Face tokenizer gives them: special tokens written
+        in the text (``[CLS]``..., and vLLM's ``<prompt_embeds>`` when prompt embeddings are
+        enabled) are split off first and kept whole; BOS first with ``add_special_tokens``."""
+        ids = [self.index[_BOS]] if add_special_tokens else []
+        after_special = False
+        for piece in _SPECIAL_RE.split(text):
+            if not piece:
+                continue
+            if piece in _SPECIAL or (piece == _PLACEHOLDER and self.enable_prompt_embeds):
+                ids.append(self.placeholder_id if piece == _PLACEHOLDER else self.index[piece])
+                after_special = True
+                continue
+            words, _ = self.backend.tokenize([piece], add_special_tokens=False)
+            tids = list(words[0])
+            if self.sentencepiece and after_special and tids and not piece[0].isspace():
+                tids[0] = self.index["[UNK]"]
+            ids.extend(tids)
+            after_special = False
+        return ids
+
+    def token_str(self, tid: int) -> str:
+        return _PLACEHOLDER if tid == self.placeholder_id else self.vocab[tid]
 
     def next_logprobs(
-        self, soft: np.ndarray[Any, Any], text_ids: list[int]
+        self, soft: np.ndarray[Any, Any], text_ids: list[int], bos: bool = True
     ) -> np.ndarray[Any, Any]:
-        """Log-probs over the vocabulary of the token after ``[BOS] soft text``."""
+        """Log-probs over the vocabulary of the token after ``[BOS]? soft text``: the fake's
+        model reads the rows before the text (BOS's included) as the soft prompt."""
+        if bos:
+            soft = np.concatenate([self.table[[self.index[_BOS]]], soft], axis=0)
         return self.batch_logprobs([(soft, text_ids)])[0]
 
     def batch_logprobs(
@@ -170,11 +203,10 @@ class FakeModel:
         nearest = sq.argmin(axis=1)
         dist = np.sqrt(np.maximum(sq[np.arange(len(rows)), nearest], 0.0))
         is_token = dist <= _MATCH_RTOL * self._norms[nearest]
-        start = 1 if len(rows) and is_token[0] and nearest[0] == self.index[_BOS] else 0
         end = len(rows)
-        while end > start and is_token[end - 1]:
+        while end > 0 and is_token[end - 1]:
             end -= 1
-        return rows[start:end], [int(i) for i in nearest[end:]]
+        return rows[:end], [int(i) for i in nearest[end:]]
 
     def _count(self, **deltas: int) -> None:
         with self._lock:

@@ -22,6 +22,8 @@ FAKE_BASE_URL = "http://vllm-fake.test"
 #: vLLM's placeholder for a prompt_embeds part inside the rendered chat prompt.
 PROMPT_EMBEDS_PLACEHOLDER = "<prompt_embeds>"
 MAX_LOGPROB_TOKEN_IDS = 128
+#: Names the fake's template render sets itself (a request's kwargs cannot replace them).
+_TEMPLATE_NAMES = frozenset({"messages", "add_generation_prompt", "bos_token", "eos_token"})
 ENABLE_PROMPT_EMBEDS_ERROR = "You must set `--enable-prompt-embeds` to input `prompt_embeds`."
 NO_CHAT_TEMPLATE_ERROR = (
     "As of transformers v4.44, default chat template is no longer allowed, so you must "
@@ -107,7 +109,9 @@ class VLLMFake(FakeModel):
             "max_model_len": self.max_model_len,
             "tokens": ids,
         }
-        out["token_strs"] = [self.vocab[i] for i in ids] if body.get("return_token_strs") else None
+        out["token_strs"] = (
+            [self.token_str(i) for i in ids] if body.get("return_token_strs") else None
+        )
         return out
 
     # ---------------------------------------------------------------- sampling checks
@@ -119,7 +123,12 @@ class VLLMFake(FakeModel):
         ids = body.get("logprob_token_ids") if self.logprob_token_ids else None
         wants = body.get("logprobs")
         if chat:
-            k = int(body.get("top_logprobs") or 0) if wants else 0
+            top = body.get("top_logprobs")
+            if top is not None and (top == -1 or top > 0) and not wants and not ids:
+                raise FakeError(
+                    400, "when using `top_logprobs`, `logprobs` must be set to true.", k_field
+                )
+            k = int(top or 0) if wants else 0
             on = bool(wants)
         else:
             k = int(wants) if wants is not None else 0
@@ -134,7 +143,7 @@ class VLLMFake(FakeModel):
                     400,
                     "when using `logprob_token_ids`, `logprobs` must be set."
                     if not chat
-                    else "when using `logprob_token_ids`, `logprobs` must be true.",
+                    else "when using `logprob_token_ids`, `logprobs` must be set to true.",
                     "logprob_token_ids",
                 )
             if len(ids) > MAX_LOGPROB_TOKEN_IDS:
@@ -180,8 +189,6 @@ class VLLMFake(FakeModel):
                 f"is {self.hidden_size}",
                 param,
             )
-        if rows.shape[0] == 0:
-            raise FakeError(400, "prompt_embeds must not be empty", param)
         return rows
 
     def _position(
@@ -292,6 +299,9 @@ class VLLMFake(FakeModel):
                     "chat_template",
                 )
             template = body["chat_template"]
+        kwargs = body.get("chat_template_kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise FakeError(400, "chat_template_kwargs must be an object", "chat_template_kwargs")
         if template is None:
             raise FakeError(400, NO_CHAT_TEMPLATE_ERROR, "chat_template")
         messages = body.get("messages")
@@ -322,6 +332,13 @@ class VLLMFake(FakeModel):
                     parts.append({"type": "text", "text": text})
                 elif kind == "prompt_embeds":
                     embeds.append(self._decode(part.get("data"), "prompt_embeds"))
+                    if not len(embeds[-1]):  # vLLM: its placeholder expands to no token
+                        raise FakeError(
+                            400,
+                            "Expected 1 prompt_embeds placeholder spans in the tokenized "
+                            "prompt, found 0.",
+                            "messages",
+                        )
                     parts.append({"type": "text", "text": PROMPT_EMBEDS_PLACEHOLDER})
                 else:
                     raise FakeError(400, f"Unsupported chat content part type: {kind!r}.", "type")
@@ -334,6 +351,7 @@ class VLLMFake(FakeModel):
         rendered = env.from_string(template).render(
             messages=conversation,
             add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+            **{k: v for k, v in kwargs.items() if k not in _TEMPLATE_NAMES},
             bos_token=_BOS,
             eos_token="[SEP]",
         )
@@ -344,27 +362,25 @@ class VLLMFake(FakeModel):
         k, ids = self._logprob_request(body, "top_logprobs", chat=True)
         as_ids = bool(body.get("return_tokens_as_token_ids"))
         rendered, embeds = self._render(body)
-        pieces = rendered.split(PROMPT_EMBEDS_PLACEHOLDER)
-        if len(pieces) - 1 != len(embeds):
+        # As vLLM: with prompt_embeds parts the rendered prompt is tokenized once, without
+        # special tokens whatever the request says; each placeholder token is then replaced
+        # by its tensor's rows. The model reads the row sequence as completions do.
+        special = False if embeds else bool(body.get("add_special_tokens", False))
+        token_ids = self.tokenize_ids(rendered, special)
+        if token_ids.count(self.placeholder_id) != len(embeds):
             raise FakeError(
                 400, "the chat template dropped or repeated a prompt_embeds part", "messages"
             )
-        # Layout [BOS] piece0 E0 piece1 E1 ...: the model reads soft rows and text tokens.
-        soft_rows: list[np.ndarray[Any, Any]] = []
-        text_ids: list[int] = []
-        length = 1 if body.get("add_special_tokens", False) else 0
-        for n, piece in enumerate(pieces):
-            if piece:
-                tids = self.tokenize_ids(piece, False)
-                text_ids.extend(tids)
-                length += len(tids)
-            if n < len(embeds):
-                soft_rows.append(embeds[n])
-                length += len(embeds[n])
+        rows: list[np.ndarray[Any, Any]] = []
+        queue = iter(embeds)
+        for tid in token_ids:
+            rows.append(next(queue) if tid == self.placeholder_id else self.table[[tid]])
+        length = sum(len(r) for r in rows)
         self._check_len(length, "messages")
-        soft = np.concatenate(soft_rows, axis=0) if soft_rows else np.zeros((0, self.hidden_size))
+        seq = np.concatenate(rows, axis=0) if rows else np.zeros((0, self.hidden_size))
+        soft, text_ids = self.split_sequence(seq)
         self._count(chat=1, sequences=1)
-        lp = self.next_logprobs(soft, text_ids)
+        lp = self.batch_logprobs([(soft, text_ids)])[0]
         sampled, listed = self._position(lp, k, ids, as_ids)
         token = f"token_id:{sampled}" if as_ids else self.vocab[sampled]
         logprobs = None

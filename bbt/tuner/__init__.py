@@ -19,7 +19,15 @@ Quick start::
     TunedPrompt.load("runs/sst2", service).predict(["a gorgeous film"])
 """
 
-from bbt.tuner.data import Example, load_examples, parse_columns, read_rows, sample_k_shot
+from bbt.tuner.callbacks import TuneCallback
+from bbt.tuner.data import (
+    Example,
+    load_examples,
+    parse_columns,
+    read_rows,
+    sample_k_shot,
+    to_examples,
+)
 from bbt.tuner.evaluator import Evaluator, ProjectingEvaluator, make_evaluator
 from bbt.tuner.losses import (
     HINGE_MARGIN,
@@ -69,6 +77,7 @@ __all__ = [
     "Projection",
     "ProjectionRecipe",
     "Task",
+    "TuneCallback",
     "TuneConfig",
     "TuneOptions",
     "TuneResult",
@@ -96,6 +105,7 @@ __all__ = [
     "resume",
     "sample_k_shot",
     "softmax",
+    "to_examples",
     "tune",
     "verbalizer_ids",
 ]

@@ -49,6 +49,8 @@ class TuneConfig:
     loss: str = DEFAULT_LOSS
     eval_every: int = DEFAULT_EVAL_EVERY
     patience: int | None = None
+    # Stop when the dev selection has not improved for this many calls (bbt.tuner.stopping).
+    patience_calls: int | None = None
     seed: int = DEFAULT_SEED
     projection: Distribution = "normal"
     eval_initial: bool = True
@@ -126,6 +128,8 @@ class TuneConfig:
             problems.append("eval_every must be at least 1")
         if self.patience is not None and self.patience < 1:
             problems.append("patience must be at least 1 dev evaluation (or unset)")
+        if self.patience_calls is not None and self.patience_calls < 1:
+            problems.append("patience_calls must be at least 1 API call (or unset)")
         return problems
 
     def _choice_problems(self) -> list[str]:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from bbt.errors import TaskError
+from bbt.tuner.readers import map_label, parse_label_map, read_table, rows_of, table_format
 from bbt.tuner.tasks import Task
 
-FORMATS = ("tsv", "csv", "jsonl")
+FORMATS = ("tsv", "csv", "jsonl", "parquet", "hf")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,12 @@ def _format_of(path: Path, fmt: str | None) -> str:
 
 
 def read_rows(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a TSV/CSV file with a header row, or of a JSONL file (one object a line)."""
+    """Rows of a TSV/CSV file with a header row, of a JSONL file (one object a line), of a
+    Parquet file or of a ``datasets.save_to_disk`` directory (``hf``)."""
     p = Path(path)
+    table = table_format(p, fmt)
+    if table is not None:
+        return read_table(p, table)
     kind = _format_of(p, fmt)
     try:
         with p.open(encoding="utf-8", newline="") as fh:
@@ -110,20 +115,55 @@ def load_examples(
     label_column: str | None = None,
     fmt: str | None = None,
     require_labels: bool = True,
+    label_map: str | Mapping[Any, Any] | None = None,
 ) -> list[Example]:
     """Examples of ``task`` from a file. ``columns`` maps template fields to file columns
-    (default: same name; a single-field task also finds ``text`` or ``sentence``)."""
+    (default: same name; a single-field task also finds ``text`` or ``sentence``);
+    ``label_map`` turns the file's label values into the task's (``pos=1,neg=0``)."""
     p = Path(path)
     rows = read_rows(p, fmt)
     if not rows:
         raise TaskError(f"data file {p} holds no rows")
+    return _examples(
+        rows, str(p), task, columns, label_column, require_labels, parse_label_map(label_map)
+    )
+
+
+def to_examples(
+    data: Any,
+    task: Task,
+    *,
+    columns: Mapping[str, str] | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+    label_map: str | Mapping[Any, Any] | None = None,
+) -> list[Example]:
+    """:func:`load_examples` on data in memory: a pandas DataFrame, a list of row mappings
+    or a mapping of columns (lists)."""
+    rows = rows_of(data)
+    if not rows:
+        raise TaskError("the data holds no rows")
+    return _examples(
+        rows, "data", task, columns, label_column, require_labels, parse_label_map(label_map)
+    )
+
+
+def _examples(
+    rows: list[dict[str, Any]],
+    where: str,
+    task: Task,
+    columns: Mapping[str, str] | None,
+    label_column: str | None,
+    require_labels: bool,
+    label_map: Mapping[str, str],
+) -> list[Example]:
     available = list(rows[0].keys())
-    mapping = _field_columns(p, task, available, columns)
+    mapping = _field_columns(where, task, available, columns)
     lab_col = label_column or task.label_column
     has_labels = lab_col in available
     if require_labels and not has_labels:
         raise TaskError(
-            f"{p} has no label column {lab_col!r} (columns: {', '.join(available)}); "
+            f"{where} has no label column {lab_col!r} (columns: {', '.join(available)}); "
             "name it with --label-column"
         )
     out: list[Example] = []
@@ -132,20 +172,20 @@ def load_examples(
         for f, c in mapping.items():
             v = row.get(c)
             if v is None:
-                raise TaskError(f"{p}: row {i + 1} lacks column {c!r}")
+                raise TaskError(f"{where}: row {i + 1} lacks column {c!r}")
             values[f] = str(v)
         label = None
         if has_labels:
             try:
-                label = task.label_index(row[lab_col])
+                label = task.label_index(map_label(row[lab_col], label_map))
             except TaskError as exc:
-                raise TaskError(f"{p}: row {i + 1}: {exc}") from None
+                raise TaskError(f"{where}: row {i + 1}: {exc}") from None
         out.append(Example(values, label))
     return out
 
 
 def _field_columns(
-    p: Path, task: Task, available: list[str], columns: Mapping[str, str] | None
+    p: str, task: Task, available: list[str], columns: Mapping[str, str] | None
 ) -> dict[str, str]:
     """Which file column feeds each template field: ``columns`` first, then the field's own
     name, then (for a one-field task) a usual name for a text column."""
@@ -204,12 +244,18 @@ def sample_k_shot(
         if ex.label is None:
             raise TaskError(f"example {i} has no label; k-shot sampling needs labelled data")
         by_class[ex.label].append(i)
+    empty = [c for c, ids in enumerate(by_class) if not ids]
+    if empty:
+        raise TaskError(
+            f"class(es) {', '.join(map(str, empty))} have no examples; each class needs "
+            f"{k} train + {dev_k} dev"
+        )
     short = [(c, len(ids)) for c, ids in enumerate(by_class) if len(ids) < k + dev_k]
     if short:
         detail = ", ".join(f"class {c}: {n}" for c, n in short)
         raise TaskError(
-            f"too few examples per class for {k} train + {dev_k} dev each ({detail}); "
-            "lower k or add data"
+            f"too few examples per class for {k} train + {dev_k} dev each ({detail}): k is "
+            "larger than a class; lower k or add data"
         )
     rng = np.random.Generator(np.random.PCG64(seed))
     train: list[Example] = []

@@ -174,6 +174,8 @@ class TuneResult:
     usage: dict[str, int]
     run_dir: Path | None
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: The budget an early stop left unspent (bbt.tuner.stopping.calls_saved).
+    calls_saved: int = 0
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -186,6 +188,7 @@ class TuneResult:
             "dev_calls": self.dev_calls,
             "generations": self.generations,
             "stop_reason": self.stop_reason,
+            "calls_saved": self.calls_saved,
         }
 
 

@@ -30,12 +30,14 @@ HELP: dict[str, str] = {
     "template": "Custom template, e.g. '{text} It was {mask} .'",
     "verbalizer": "Custom verbalizer, e.g. 0=bad,1=great.",
     "metric": "Custom task's metric: accuracy or f1.",
-    "data": "Labelled examples (TSV, CSV, JSONL).",
+    "data": "Labelled examples (TSV, CSV, JSONL, Parquet, a datasets.save_to_disk dir).",
     "dev_data": "Draw the dev set from this file instead.",
     "columns": "FIELD=COLUMN mapping (repeatable).",
-    "text_field": "Column holding the text of a one-field task.",
+    "text_field": "Column holding the text (a one-field task's, or a pair's first).",
+    "text_pair_column": "Column holding the second text of a two-field task.",
     "label_column": "Label column (default: label).",
-    "data_format": "tsv, csv or jsonl.",
+    "label_map": "Data label -> task label, e.g. pos=1,neg=0.",
+    "data_format": "tsv, csv, jsonl, parquet or hf (a save_to_disk directory).",
     "k_shot": "Training examples per class.",
     "dev_k": "Dev examples per class (default: k).",
     "data_seed": "Seed of k-shot sampling (default: --seed).",
@@ -54,11 +56,13 @@ HELP: dict[str, str] = {
     "loss": "ce, hinge, neg_accuracy or neg_f1.",
     "eval_every": "Score the best candidate on dev every N calls.",
     "patience": "Stop after N dev evaluations without gain.",
+    "patience_calls": "Stop when dev has not improved for N calls (checked every eval_every).",
     "eval_mean": "Also score the CMA-ES mean on dev at each check (one more dev call).",
     "method": "bbt (a prompt at the input) or bbtv2 (a prompt at every layer, layers tuned in "
     "turn; needs a server with deep prompts, e.g. bbt's own).",
     "layer_generations": "bbtv2: CMA-ES generations each layer runs per turn.",
-    "optimizer": "The optimiser over z: cma, sepcma (diagonal CMA-ES) or one a plug-in registers "
+    "optimizer": "The optimiser over z: cma, sepcma (diagonal CMA-ES), ipop (restarts, growing "
+    "population), gp (GP-assisted CMA-ES; the gp extra) or one a plug-in registers "
     "(entry-point group bbt.optimizers). bbtv2 runs one per layer.",
     # Readout (bbt.tuner.readout)
     "label_words": "Several label words per class, LABEL=WORD|WORD,... (class score: log-sum-exp "
@@ -88,6 +92,8 @@ class TuneOptions:
     columns: tuple[str, ...] = ()
     text_field: str | None = None
     label_column: str | None = None
+    text_pair_column: str | None = None
+    label_map: str | None = None
     data_format: str | None = None
     k_shot: int = 16
     dev_k: int | None = None

@@ -49,6 +49,8 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import RunError
 from bbt.tuner import checkpoint as _ckpt
+from bbt.tuner import stopping
+from bbt.tuner.callbacks import notify_finish
 from bbt.tuner.data import Example, dump_jsonl, parse_jsonl
 
 # The layout and the manifest live in bbt.tuner.manifest; their names stay importable here.
@@ -223,6 +225,7 @@ class _Run:
             generations=t.generation,
             stop_reason=t.stop_reason,
             usage=self.usage(),
+            calls_saved=stopping.calls_saved(t.config.budget, t.calls, t.stop_reason),
             run_dir=self.dir,
         )
         self.manifest["result"] = {
@@ -245,6 +248,7 @@ class _Run:
         self.set_status("completed")
         result.usage = self.manifest["usage"]
         result.manifest = self.manifest
+        notify_finish(t.callbacks, result)
         return result
 
 

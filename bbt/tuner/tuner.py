@@ -33,7 +33,7 @@ import numpy as np
 
 from bbt.client import Service
 from bbt.errors import ConfigurationError, TaskError
-from bbt.tuner import optimizers
+from bbt.tuner import optimizers, stopping
 from bbt.tuner._state import Candidate as Candidate  # part of this module's API
 from bbt.tuner._state import RunState, pack_state, unpack_checkpoint
 from bbt.tuner.config import (
@@ -222,7 +222,7 @@ class Tuner:
 
     @property
     def popsize(self) -> int:
-        return self.config.population
+        return self.optimizer.popsize  # the next generation's (IPOP's grows)
 
     @property
     def best(self) -> Candidate | None:
@@ -464,6 +464,7 @@ class Tuner:
         p = self.config.patience
         if p is not None and st.stale_evals >= p and st.stop_reason is None:
             st.stop_reason = "early_stopping"
+        stopping.after_dev_check(st, improved, self.config.patience_calls)
 
     @property
     def last_mean(self) -> Candidate | None:

@@ -9,6 +9,7 @@ sending is.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +25,11 @@ from bbt.errors import (
     ProtocolError,
 )
 from bbt.protocol import Limits, ModelInfo
+from bbt.vllm._layout import BOS_TEMPLATE_KWARG
 from bbt.vllm._model import FloatArray, ModelFacts
-from bbt.vllm._wire import status_error
+from bbt.vllm._wire import parse_version, status_error
+
+logger = logging.getLogger("bbt.vllm")
 
 #: Oldest vLLM bbt talks to: earlier releases have known prompt-embeds vulnerabilities
 #: (crafted tensors crashing or corrupting the engine), and bbt sends tensors on every call.
@@ -42,6 +46,20 @@ Entries = Any  # one position's log-probs as vLLM answers them (see bbt.vllm._wi
 
 def version_text(v: tuple[int, int, int]) -> str:
     return ".".join(str(x) for x in v)
+
+
+def check_version(text: str) -> None:
+    """Refuse a vLLM older than :data:`MIN_VLLM_VERSION` (``/version``'s answer)."""
+    parsed = parse_version(text)
+    if parsed is None:
+        logger.info("vLLM version %r not understood: not checked", text)
+        return
+    if parsed < MIN_VLLM_VERSION:
+        raise ConfigurationError(
+            f"the server runs vLLM {text}, older than {version_text(MIN_VLLM_VERSION)}: "
+            "those releases have known prompt-embeds vulnerabilities (a crafted tensor can "
+            "crash or corrupt the engine), and bbt sends tensors on every call; upgrade vLLM"
+        )
 
 
 def json_body(body: dict[str, Any]) -> bytes:
@@ -198,9 +216,33 @@ def sampling(ids: list[int]) -> dict[str, Any]:
     }
 
 
-def chat_body(model: str, embeds: str, text: str, ids: list[int], top_k: int) -> dict[str, Any]:
+def check_sequences(
+    info: ModelInfo, prefix: list[int], text_ids: list[list[int]], n: int, table_rows: int
+) -> None:
+    """Refuse, before any scoring request, embedding-table sequences that are too long or
+    whose token ids the table does not hold (it is not the served model's table)."""
+    for j, tids in enumerate(text_ids):
+        length = len(prefix) + n + len(tids) + 1
+        if length > info.max_sequence_length:
+            raise InvalidRequestError(
+                f"text {j} needs {length} tokens with the prompt and the scored token; the "
+                f"server takes {info.max_sequence_length}",
+                field=f"texts.{j}",
+            )
+    for tids in [prefix, *text_ids]:
+        if tids and max(tids) >= table_rows:
+            raise ConfigurationError(
+                f"the server's tokenizer gave token id {max(tids)}, but the embedding table "
+                f"has {table_rows} rows: it is not the served model's input-embedding table"
+            )
+
+
+def chat_body(
+    model: str, embeds: str, text: str, ids: list[int], top_k: int, bos: bool = False
+) -> dict[str, Any]:
     """Black-box mode: one user message, the soft prompt's ``prompt_embeds`` part then the
-    text, scored at the position after it."""
+    text (with its lead already, see :mod:`bbt.vllm._layout`), scored at the position after
+    it. ``bos``: bbt's template writes the tokenizer's BOS first."""
     return {
         "model": model,
         "messages": [
@@ -213,8 +255,10 @@ def chat_body(model: str, embeds: str, text: str, ids: list[int], top_k: int) ->
             }
         ],
         "add_generation_prompt": False,
-        # BOS where the tokenizer adds one: bbt's template adds none itself.
-        "add_special_tokens": True,
+        # vLLM ignores this with prompt_embeds parts (it tokenizes the rendered prompt
+        # without special tokens); false says so, and the template writes BOS itself.
+        "add_special_tokens": False,
+        "chat_template_kwargs": {BOS_TEMPLATE_KWARG: bos},
         "logprobs": True,
         "top_logprobs": top_k,
         **sampling(ids),

@@ -137,6 +137,8 @@ class ModelFacts:
     embedding_mean: float
     embedding_std: float
     std_source: str
+    #: What the engine multiplies token embeddings by (bbt.vllm._scale); 1 for most models.
+    embedding_scale: float = 1.0
 
 
 def model_facts(

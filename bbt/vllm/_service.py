@@ -34,6 +34,7 @@ from tenacity import RetryCallState
 
 from bbt.client import ClientSettings
 from bbt.client.redaction import redact
+from bbt.client.request_plans import PlannedRequest
 from bbt.client.transport import DEFAULT_ENV_FILE, SyncHTTPCore
 from bbt.errors import (
     APIStatusError,
@@ -45,7 +46,9 @@ from bbt.errors import (
 from bbt.protocol import ModelInfo, TokenizeResponse
 from bbt.vllm import _codec as codec
 from bbt.vllm._codec import CHAT_TEMPLATE_PATH, MAX_LOGPROB_TOKEN_IDS, MIN_VLLM_VERSION, Mode
-from bbt.vllm._model import FloatArray, ModelFacts, load_embedding_table, model_facts, read_config
+from bbt.vllm._layout import ChatLayout, special_prefix, text_lead
+from bbt.vllm._model import FloatArray, load_embedding_table, model_facts, read_config
+from bbt.vllm._scale import apply_scale
 from bbt.vllm._url import URL_OPTIONS, URL_SCHEME_PREFIX, is_vllm_url, parse_vllm_url
 from bbt.vllm._wire import (
     DEFAULT_MISSING_MARGIN,
@@ -53,7 +56,6 @@ from bbt.vllm._wire import (
     WireDType,
     encode_embeds,
     fill_candidates,
-    parse_version,
     require_torch,
     token_logprobs,
 )
@@ -76,6 +78,8 @@ __all__ = [
 logger = logging.getLogger("bbt.vllm")
 
 T = TypeVar("T")
+#: One request of a logits call: prompt i on texts [b0:b1].
+Job = tuple[int, int, int]
 
 #: Top-k log-probs asked for on servers without ``logprob_token_ids``: vLLM's default
 #: ``--max-logprobs`` is 20, the most a stock server returns.
@@ -105,14 +109,15 @@ class VLLMService(SyncHTTPCore):
         embedding_std: the embedding table's standard deviation (BBT scales its projection
             by it); overrides the table's and config.json's.
         vocab_size: the vocabulary size; overrides the table's and config.json's.
+        embedding_scale: the engine's token-embedding multiplier (``None``: by config.json's
+            ``model_type``, sqrt(H) for Gemma, else 1); scales table rows and statistics.
         mode: ``"chat"`` (black-box), ``"completions"`` (needs the table) or ``"auto"``.
         max_concurrency: requests in flight at once.
         top_logprobs: k of the top-k fallback on servers without ``logprob_token_ids``.
         missing_margin: nats below the floor for a verbalizer token the fallback did not
             return (see :func:`bbt.vllm.fill_candidates`).
         dtype: element type of the tensors sent (``float16``/``bfloat16`` halve the bytes).
-        check_version: refuse servers older than :data:`MIN_VLLM_VERSION` (where ``/version``
-            answers).
+        check_version: refuse servers older than :data:`MIN_VLLM_VERSION` (if ``/version`` answers).
         settings: URL, key, model, timeouts and retries as resolved :class:`ClientSettings`
             (replaces the arguments above them and the environment).
         transport: replaces the network (``httpx.MockTransport``, bbt.testing's fake).
@@ -132,6 +137,7 @@ class VLLMService(SyncHTTPCore):
         hidden_size: int | None = None,
         embedding_std: float | None = None,
         vocab_size: int | None = None,
+        embedding_scale: float | None = None,
         mode: Mode = "auto",
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         sequences_per_request: int = DEFAULT_SEQUENCES_PER_REQUEST,
@@ -199,16 +205,21 @@ class VLLMService(SyncHTTPCore):
             raise ConfigurationError(
                 "embedding-table mode (completions) needs the model's input-embedding table"
             )
-        self._table = table
         self._config = cfg
         self._facts_given = (hidden_size, embedding_std, vocab_size)
-        # Checked now, so a mismatch is an error before any request.
-        self._facts: ModelFacts = model_facts(
-            config=cfg,
-            table=table,
-            hidden_size=hidden_size,
-            embedding_std=embedding_std,
-            vocab_size=vocab_size,
+        # Checked now, so a mismatch is an error before any request; then scaled as the
+        # engine scales token embeddings (Gemma: sqrt(H)), see bbt.vllm._scale.
+        self._facts, self._table = apply_scale(
+            model_facts(
+                config=cfg,
+                table=table,
+                hidden_size=hidden_size,
+                embedding_std=embedding_std,
+                vocab_size=vocab_size,
+            ),
+            table,
+            cfg,
+            embedding_scale,
         )
         self.mode: Literal["chat", "completions"] = (
             "completions"
@@ -225,6 +236,7 @@ class VLLMService(SyncHTTPCore):
         self._info: ModelInfo | None = None
         self._server_version: str | None = None
         self._prefix_ids: list[int] | None = None
+        self._layout: ChatLayout | None = None
         self._text_ids: dict[str, list[int]] = {}
         #: Positions whose verbalizer tokens were not all returned (top-k fallback).
         self.fallback_positions = 0
@@ -307,16 +319,7 @@ class VLLMService(SyncHTTPCore):
             return
         text = str(answer.get("version", "")) if isinstance(answer, dict) else ""
         self._server_version = text or None
-        parsed = parse_version(text)
-        if parsed is None:
-            logger.info("vLLM version %r not understood: not checked", text)
-            return
-        if parsed < MIN_VLLM_VERSION:
-            raise ConfigurationError(
-                f"the server runs vLLM {text}, older than {codec.version_text(MIN_VLLM_VERSION)}: "
-                "those releases have known prompt-embeds vulnerabilities (a crafted tensor can "
-                "crash or corrupt the engine), and bbt sends tensors on every call; upgrade vLLM"
-            )
+        codec.check_version(text)
 
     # ---------------------------------------------------------------- tokens
 
@@ -347,16 +350,21 @@ class VLLMService(SyncHTTPCore):
             raise InvalidRequestError("token id outside the vocabulary", field="token_ids")
         return self._table[ids].copy()
 
+    def _tokenize_one(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tokenize([text], add_special_tokens).ids[0]
+
     def _special_prefix(self) -> list[int]:
-        """Ids the tokenizer puts before a text (BOS, where the model has one): the first ids
-        of a tokenisation with special tokens that the plain one lacks."""
+        """Ids the tokenizer puts before a text (BOS, where the model has one)."""
         if self._prefix_ids is None:
-            probe = "a"
-            plain = self.tokenize([probe], False).ids[0]
-            full = self.tokenize([probe], True).ids[0]
-            k = len(full) - len(plain)
-            self._prefix_ids = full[:k] if k > 0 and full[k : k + len(plain)] == plain else []
+            self._prefix_ids = special_prefix(self._tokenize_one)
         return self._prefix_ids
+
+    def chat_layout(self) -> ChatLayout:
+        """BOS and the text's lead in black-box requests, probed once (bbt.vllm._layout)."""
+        if self._layout is None:
+            lead, exact = text_lead(self._tokenize_one)
+            self._layout = ChatLayout(bool(self._special_prefix()), lead, exact)
+        return self._layout
 
     def _ids_of(self, texts: Sequence[str]) -> list[list[int]]:
         todo = [t for t in dict.fromkeys(texts) if t not in self._text_ids]
@@ -374,18 +382,26 @@ class VLLMService(SyncHTTPCore):
         texts: Sequence[str],
         candidate_ids: Sequence[int],
     ) -> FloatArray:
-        info = self.model_info()
-        arr = np.asarray(prompts, dtype=np.float32)
-        texts = list(texts)
         ids = [int(i) for i in candidate_ids]
-        codec.check_job(info, arr, texts, ids, self.mode)
-        p_count = arr.shape[0]
-        out = np.empty((p_count, len(texts), len(ids)), dtype=np.float32)
-        try:
+
+        def one(job: Job) -> None:
+            i, b0, b1 = job
+            answer = self._request("POST", path, body(job), sequences=b1 - b0)
             if self.mode == "chat":
-                self._score_chat(info, arr, texts, ids, out)
+                entries, prompt_tokens = codec.read_chat(answer)
+                rows = [(0, entries)]
             else:
-                self._score_completions(info, arr, texts, ids, out)
+                rows, prompt_tokens = codec.read_completions(answer, b1 - b0)
+            for k, row in rows:
+                out[i, b0 + k] = self._position_logprobs(row, ids)
+            with self._usage_lock:
+                self._usage.tokens += prompt_tokens
+
+        try:
+            path, jobs, body = self._plan(prompts, texts, ids)  # checked: prompts [P, n, H]
+            p_count = len(prompts)
+            out = np.empty((p_count, len(texts), len(ids)), dtype=np.float32)
+            self._map(one, jobs)
         except APIStatusError as exc:
             mapped = codec.explain(exc, self._root, self._facts, self._facts_source())
             if mapped is exc:
@@ -395,6 +411,40 @@ class VLLMService(SyncHTTPCore):
             self._usage.calls += p_count
             self._usage.sequences += p_count * len(texts)
         return out
+
+    def plan_logits_requests(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> list[PlannedRequest]:
+        """The requests :meth:`logits` sends for this call, bodies sized byte for byte
+        (:class:`bbt.client.request_plans.PlansLogits`: what ``bbt tune --dry-run`` counts)."""
+        _, jobs, body = self._plan(prompts, texts, candidate_ids)
+        return [
+            PlannedRequest(i, i + 1, b0, b1, len(codec.json_body(body((i, b0, b1)))), "float32")
+            for i, b0, b1 in jobs
+        ]
+
+    def _plan(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> tuple[str, list[Job], Callable[[Job], dict[str, Any]]]:
+        """A checked call as its requests: the path, the jobs (prompt i on texts [b0:b1])
+        and the body of each, built when it is sent."""
+        info = self.model_info()
+        arr = np.asarray(prompts, dtype=np.float32)
+        text_list = list(texts)
+        ids = [int(i) for i in candidate_ids]
+        codec.check_job(info, arr, text_list, ids, self.mode)
+        if self.mode == "chat":
+            layout = self.chat_layout()
+            encoded = self._map(lambda i: encode_embeds(arr[i], self._dtype), list(range(len(arr))))
+            jobs = [(i, j, j + 1) for i in range(len(arr)) for j in range(len(text_list))]
+
+            def chat(job: Job) -> dict[str, Any]:
+                i, j, _ = job
+                text = layout.lead + text_list[j]
+                return codec.chat_body(info.id, encoded[i], text, ids, self._top_k, layout.bos)
+
+            return "/v1/chat/completions", jobs, chat
+        return "/v1/completions", *self._completion_jobs(info, arr, text_list, ids)
 
     def _position_logprobs(self, entries: Any, ids: list[int]) -> np.ndarray[Any, Any]:
         if entries is None:
@@ -416,44 +466,13 @@ class VLLMService(SyncHTTPCore):
                 )
         return row
 
-    def _score_chat(
-        self, info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int], out: FloatArray
-    ) -> None:
-        encoded = self._map(lambda i: encode_embeds(arr[i], self._dtype), list(range(len(arr))))
-
-        def one(pair: tuple[int, int]) -> None:
-            i, j = pair
-            body = codec.chat_body(info.id, encoded[i], texts[j], ids, self._top_k)
-            answer = self._request("POST", "/v1/chat/completions", body, sequences=1)
-            entries, prompt_tokens = codec.read_chat(answer)
-            out[i, j] = self._position_logprobs(entries, ids)
-            with self._usage_lock:
-                self._usage.tokens += prompt_tokens
-
-        self._map(one, [(i, j) for i in range(len(arr)) for j in range(len(texts))])
-
-    def _score_completions(
-        self, info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int], out: FloatArray
-    ) -> None:
+    def _completion_jobs(
+        self, info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int]
+    ) -> tuple[list[Job], Callable[[Job], dict[str, Any]]]:
         assert self._table is not None
         prefix = self._special_prefix()
         text_ids = self._ids_of(texts)
-        n = arr.shape[1]
-        for j, tids in enumerate(text_ids):
-            length = len(prefix) + n + len(tids) + 1
-            if length > info.max_sequence_length:
-                raise InvalidRequestError(
-                    f"text {j} needs {length} tokens with the prompt and the scored token; the "
-                    f"server takes {info.max_sequence_length}",
-                    field=f"texts.{j}",
-                )
-        rows = self._table.shape[0]
-        for tids in [prefix, *text_ids]:
-            if tids and max(tids) >= rows:
-                raise ConfigurationError(
-                    f"the server's tokenizer gave token id {max(tids)}, but the embedding table "
-                    f"has {rows} rows: it is not the served model's input-embedding table"
-                )
+        codec.check_sequences(info, prefix, text_ids, arr.shape[1], self._table.shape[0])
         head = self._table[np.asarray(prefix, dtype=np.int64)]
         bodies = [self._table[np.asarray(t, dtype=np.int64)] for t in text_ids]
         jobs = [
@@ -462,21 +481,15 @@ class VLLMService(SyncHTTPCore):
             for b0 in range(0, len(texts), self._per_request)
         ]
 
-        def one(job: tuple[int, int, int]) -> None:
+        def body(job: Job) -> dict[str, Any]:
             i, b0, b1 = job
             embeds = [
                 encode_embeds(np.concatenate([head, arr[i], bodies[j]], axis=0), self._dtype)
                 for j in range(b0, b1)
             ]
-            body = codec.completions_body(info.id, embeds, ids, self._top_k)
-            answer = self._request("POST", "/v1/completions", body, sequences=b1 - b0)
-            rows, prompt_tokens = codec.read_completions(answer, b1 - b0)
-            for k, entries in rows:
-                out[i, b0 + k] = self._position_logprobs(entries, ids)
-            with self._usage_lock:
-                self._usage.tokens += prompt_tokens
+            return codec.completions_body(info.id, embeds, ids, self._top_k)
 
-        self._map(one, jobs)
+        return jobs, body
 
 
 def service_from_settings(settings: ClientSettings, **overrides: Any) -> VLLMService:

@@ -23,6 +23,7 @@ URL_OPTIONS: dict[str, str] = {
     "hidden_size": "hidden_size",
     "embedding_std": "embedding_std",
     "vocab_size": "vocab_size",
+    "embedding_scale": "embedding_scale",
     "mode": "mode",
     "concurrency": "max_concurrency",
     "top_logprobs": "top_logprobs",
@@ -45,7 +46,7 @@ def parse_vllm_url(url: str) -> tuple[str, dict[str, Any]]:
         try:
             if key in _INT_OPTIONS:
                 options[key] = int(value)
-            elif key == "embedding_std":
+            elif key in ("embedding_std", "embedding_scale"):
                 options[key] = float(value)
             else:
                 options[key] = value

@@ -487,8 +487,11 @@ def test_bbt_serve_opens_the_registry_it_is_told(
     from typer.testing import CliRunner
 
     import bbt.server.hf
+    import bbt.server.hf_causal  # imported before the swap below
     from bbt.cli import app
 
+    # hf_causal subclasses HFBackend at import: imported first while the fake stands in for
+    # HFBackend, it would subclass the fake for the rest of the session.
     monkeypatch.setenv("BBT_HOME", str(tmp_path))
     monkeypatch.setattr(bbt.server.hf, "HFBackend", _FakeHF)
     seen: list[Any] = []

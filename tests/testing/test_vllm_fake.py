@@ -86,7 +86,7 @@ def test_logprob_token_ids_returns_exactly_those_plus_the_sampled(vllm_fake: VLL
     [
         ({"logprob_token_ids": list(range(129))}, "at most 128"),
         ({"logprob_token_ids": []}, "must not be an empty list"),
-        ({"logprob_token_ids": [1], "logprobs": False}, "`logprobs` must be true"),
+        ({"logprob_token_ids": [1], "logprobs": False}, "`logprobs` must be set to true"),
         ({"top_logprobs": 21}, "greater than max allowed: 20"),
         ({"chat_template": "{{ messages }}"}, "--trust-request-chat-template"),
     ],
@@ -184,7 +184,7 @@ def test_chat_and_completions_see_the_same_model(vllm_fake: VLLMFake) -> None:
                 ],
             }
         ],
-        add_special_tokens=True,
+        chat_template_kwargs={"bbt_bos": True},
         logprob_token_ids=[17, 18],
     ).json()
     got = {
@@ -196,8 +196,67 @@ def test_chat_and_completions_see_the_same_model(vllm_fake: VLLMFake) -> None:
     for dtype in ("float32", "float16"):
         rows, text_ids = vllm_fake.split_sequence(seq.astype(dtype).astype(np.float32))
         assert text_ids == ids
-        assert rows.shape == soft.shape
+        assert rows.shape == (1 + len(soft), soft.shape[1])  # BOS is read with the prompt
 
 
-def test_live_fixture_serves_http(live_vllm_fake: str) -> None:
-    assert httpx.get(f"{live_vllm_fake}/version").json() == {"version": "0.26.0"}
+def _chat_17(fake: VLLMFake, soft: Any, text: str, **kw: Any) -> float:
+    content = [
+        {"type": "prompt_embeds", "data": encode_embeds(soft)},
+        {"type": "text", "text": text},
+    ]
+    answer = _chat(
+        fake, messages=[{"role": "user", "content": content}], logprob_token_ids=[17], **kw
+    ).json()
+    entries = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    return float({e["token"]: e["logprob"] for e in entries}["token_id:17"])
+
+
+def test_chat_with_prompt_embeds_ignores_add_special_tokens_as_vllm_does(
+    vllm_fake: VLLMFake,
+) -> None:
+    """vLLM tokenizes a rendered prompt holding prompt_embeds without special tokens, so
+    add_special_tokens=true adds no BOS there; only the template's bos_token does."""
+    soft = (np.random.default_rng(1).standard_normal((2, 64)) * 0.05).astype(np.float32)
+    ids = vllm_fake.tokenize_ids("great fun", False)
+    no_bos = vllm_fake.next_logprobs(soft, ids, bos=False)[17]
+    with_bos = vllm_fake.next_logprobs(soft, ids)[17]
+    assert no_bos != pytest.approx(with_bos)
+    assert _chat_17(vllm_fake, soft, "great fun", add_special_tokens=True) == pytest.approx(no_bos)
+    got = _chat_17(vllm_fake, soft, "great fun", chat_template_kwargs={"bbt_bos": True})
+    assert got == pytest.approx(with_bos)
+
+
+def test_sentencepiece_fake_loses_the_word_boundary_after_the_placeholder() -> None:
+    fake = VLLMFake(sentencepiece=True)
+    plain = fake.tokenize_ids("great bad", False)
+    unk = fake.index["[UNK]"]
+    assert unk not in plain
+    after = fake.tokenize_ids("<prompt_embeds>great bad", False)
+    assert after == [fake.placeholder_id, unk, plain[1]]
+    assert fake.tokenize_ids("<prompt_embeds> great bad", False)[1:] == plain
+    assert fake.tokenize_ids("[CLS]great", False) == [fake.index["[CLS]"], unk]
+    assert VLLMFake().tokenize_ids("<prompt_embeds>great bad", False)[1:] == plain
+
+
+def test_top_logprobs_without_logprobs_and_empty_tensors(vllm_fake: VLLMFake) -> None:
+    """As vLLM: top_logprobs > 0 without logprobs is a 400; a 0-row tensor is accepted by
+    completions, and refused in chat (its placeholder expands to no token)."""
+    bad = _chat(vllm_fake, logprobs=False, top_logprobs=5, logprob_token_ids=None)
+    assert bad.status_code == 400
+    assert "`logprobs` must be set to true" in _error(bad)["message"]
+    empty = np.zeros((0, 64), dtype=np.float32)
+    content = [
+        {"type": "prompt_embeds", "data": encode_embeds(empty)},
+        {"type": "text", "text": "great"},
+    ]
+    refused = _chat(vllm_fake, messages=[{"role": "user", "content": content}])
+    assert "placeholder spans" in _error(refused)["message"]
+    body = {
+        "prompt_embeds": [encode_embeds(empty)],
+        "max_tokens": 1,
+        "logprobs": 1,
+        "logprob_token_ids": [17],
+        "return_tokens_as_token_ids": True,
+    }
+    answer = _client(vllm_fake).post("/v1/completions", json=body)
+    assert answer.status_code == 200

@@ -4,6 +4,7 @@ selected by a ``vllm+http://`` URL; bad input is one ``error:`` line each, no tr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +149,30 @@ def test_bad_input_is_one_clear_error_each(
     _fails([*tune, "--base-url", _url(old, config=cfg, embeddings=emb)], "older than 0.26.0")
     # Nothing that says the hidden size.
     _fails([*tune, "--base-url", _url(base)], "hidden size is unknown")
+
+
+@pytest.mark.parametrize("table", [False, True], ids=["black-box", "embedding-table"])
+def test_dry_run_plans_vllm_requests_as_the_run_sends_them(
+    tmp_path: Path, files: tuple[Path, Path], serve: object, table: bool
+) -> None:
+    """The dry run plans a ``vllm+`` URL with the adapter's own requests (one chat request
+    per prompt and text, or one completions request per prompt and text group), not protocol
+    v1's: its requests and bytes up are the real run's exactly."""
+    cfg, emb = files
+    opts = {"config": cfg, "embeddings": emb} if table else {"config": cfg, "embedding_std": 0.05}
+    url = _url(serve(VLLMFake()), **opts)  # type: ignore[operator]
+    args = ["tune", "--task", "mock", "--base-url", url, "--budget", "24", "--eval-every", "16"]
+    args += [*SMALL, "--out", str(tmp_path / "run")]
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    real = runner.invoke(app, args)
+    assert real.exit_code == 0, real.output
+    usage = read_manifest(tmp_path / "run")["usage"]
+    requests = re.search(r"requests: at most ([\d,]+) = \d+ x (\d+) per generation", dry.stdout)
+    sent = re.search(r"bytes up: ([\d,]+)", dry.stdout)
+    assert requests is not None, dry.stdout
+    assert sent is not None, dry.stdout
+    assert int(requests.group(1).replace(",", "")) == usage["requests"]
+    assert int(sent.group(1).replace(",", "")) == usage["bytes_sent"]
+    # 8 prompts x 8 texts: 64 chat requests, or 8 completions requests of 8 sequences.
+    assert int(requests.group(2)) == (8 if table else 64)

@@ -75,7 +75,9 @@ def test_black_box_request_shape(make_service: ServiceFactory, vllm_fake: VLLMFa
     assert body["temperature"] == 0
     assert body["logprobs"] is True
     assert body["logprob_token_ids"] == _ids(vllm_fake)
-    assert body["add_special_tokens"] is True
+    # vLLM ignores add_special_tokens with prompt_embeds parts: the template writes BOS.
+    assert body["add_special_tokens"] is False
+    assert body["chat_template_kwargs"] == {"bbt_bos": True}
     assert "chat_template" not in body  # the server's --chat-template decides
     assert svc.usage.calls == 2
     assert svc.usage.sequences == 2 * len(TEXTS)

@@ -1,5 +1,6 @@
 """Optimisers over z: a protocol, a registry (and the ``bbt.optimizers`` entry points), and
-bbt's own: CMA-ES (``cma``), sep-CMA-ES (``sepcma``) and BBTv2's layer-wise schedule."""
+bbt's own: CMA-ES (``cma``), sep-CMA-ES (``sepcma``), IPOP-CMA-ES (``ipop``), GP-assisted CMA-ES
+(``gp``, scikit-learn imported when one is built) and BBTv2's layer-wise schedule."""
 
 from bbt.tuner.optimizers.base import (
     ENTRY_POINT_GROUP,
@@ -13,12 +14,16 @@ from bbt.tuner.optimizers.base import (
     register,
 )
 from bbt.tuner.optimizers.cma import CMAOptimizer, cma_seed
+from bbt.tuner.optimizers.gp import GPOptimizer
+from bbt.tuner.optimizers.ipop import IPOPOptimizer
 from bbt.tuner.optimizers.layerwise import LayerSchedule, LayerwiseOptimizer
 from bbt.tuner.optimizers.sepcma import SepCMAOptimizer
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "CMAOptimizer",
+    "GPOptimizer",
+    "IPOPOptimizer",
     "LayerSchedule",
     "LayerwiseOptimizer",
     "Optimizer",

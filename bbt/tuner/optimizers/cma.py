@@ -134,10 +134,11 @@ def new_strategy(
     randn_seed: int,
     bound: float | None = None,
     options: Mapping[str, Any] | None = None,
+    x0: F64 | None = None,
 ) -> Any:
-    """A fresh pycma strategy at z = 0 whose randomness all comes from a private RandomState
-    seeded with ``randn_seed`` (it is saved with the strategy). ``options`` are more pycma
-    options (sep-CMA's ``CMA_diagonal``)."""
+    """A fresh pycma strategy at z = 0 (or ``x0``) whose randomness all comes from a private
+    RandomState seeded with ``randn_seed`` (it is saved with the strategy). ``options`` are
+    more pycma options (sep-CMA's ``CMA_diagonal``)."""
     cma = import_cma()
     opts: dict[str, Any] = {
         "popsize": popsize,
@@ -158,7 +159,8 @@ def new_strategy(
         opts["bounds"] = [-bound, bound]
     opts.update(options or {})
     with _pycma():
-        return cma.CMAEvolutionStrategy(np.zeros(dim), sigma, inopts=opts)
+        start = np.zeros(dim) if x0 is None else np.array(x0, dtype=np.float64)
+        return cma.CMAEvolutionStrategy(start, sigma, inopts=opts)
 
 
 class CMAOptimizer:

@@ -1,0 +1,286 @@
+"""Held-out accuracy against API calls, per optimiser, on the embedded default model.
+
+Every optimiser is the product's (``TuneConfig.optimizer``: ``cma`` = BBT as shipped,
+``sepcma``, ``ipop``, ``gp``) driving :class:`bbt.tuner.Tuner` against
+:class:`bbt.server.hf.HFBackend` (MiniLM) in-process. Per seed s the same k-shot train and
+dev sets for every optimiser (``_common.sample_kshot``: ``--shots`` per class each, drawn by
+``random.Random(s)`` from the pool, which shares no text with the held-out rows), the same
+p0 (``vocab:1000``) and the same settings; the selection (dev-selected prompt) is scored on
+``--heldout`` held-out rows (``scripts/quality_data.py``, never seen by tuning or
+selection) every time it changes, which gives held-out accuracy against calls.
+
+``cma`` runs ``--ref-budget`` calls (BBT's figure at 600 calls: the goal's reference), the
+others ``--budget``. A CMA-ES run is a function of its seed, so the cma curve up to
+``--budget`` is what a cma run of ``--budget`` calls would give. The table says, per
+optimiser, the mean held-out accuracy at 150 calls, at its budget, and the first call count
+at which its mean curve reaches cma's mean at ``--ref-budget``.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 nice -n 5 .venv/bin/python \\
+        benchmarks/optimizers.py --task agnews --seeds 0 1 2 --shots 4 --budget 200
+
+Prints a table and writes ``benchmarks/results/optimizers_<task>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality_data  # noqa: E402
+from _common import LABELS as DATA_LABELS  # noqa: E402
+from _common import (  # noqa: E402
+    accuracy,
+    args_record,
+    labels,
+    machine,
+    sample_kshot,
+    to_examples,
+    write_result,
+)
+from embedded_quality import cpu_flags, default_dtype  # noqa: E402
+
+from bbt.tuner import (  # noqa: E402
+    GenerationRecord,
+    InitialPrompt,
+    TuneConfig,
+    Tuner,
+    get_preset,
+    verbalizer_ids,
+)
+
+OPTIMIZERS = ("cma", "sepcma", "ipop", "gp")
+
+
+@dataclasses.dataclass
+class Bench:
+    """What every run of one task shares: the service, the task, the held-out scorer."""
+
+    service: Any
+    task: Any
+    heldout: Callable[[np.ndarray[Any, Any]], float]
+    backend: Any
+
+
+def setup(task_name: str, heldout_rows: int, dtype: str, threads: int) -> Bench:
+    from bbt.client import LocalClient
+    from bbt.server.hf import HFBackend
+
+    backend = HFBackend(dtype=dtype, num_threads=threads)
+    service = LocalClient(backend)
+    info = service.model_info()
+    task = get_preset(task_name)
+    field, limit = task.fields[0], info.limits.max_text_chars
+    held = quality_data.heldout_rows(task_name)[:heldout_rows]
+    xh = [task.render({field: r.text}, info.mask_token, limit) for r in held]
+    yh = labels(task_name, list(held))
+    cand = verbalizer_ids(task, service)
+
+    def heldout(prompt: np.ndarray[Any, Any]) -> float:
+        return float(accuracy(service.logits(prompt[None], xh, cand), yh)[0])
+
+    return Bench(service, task, heldout, backend)
+
+
+def run_one(bench: Bench, task_name: str, cfg: TuneConfig, shots: int, init: str) -> dict[str, Any]:
+    """One tuning run; the held-out accuracy of its selection after every generation."""
+    train_rows, dev_rows = sample_kshot(task_name, shots, cfg.seed)
+    train = to_examples(task_name, train_rows, bench.task)
+    dev = to_examples(task_name, dev_rows, bench.task)
+    curve: list[tuple[int, float]] = []
+    selections: list[tuple[int, int]] = []  # (calls, key of the selection then)
+    seen: dict[int, float] = {}
+    holder: list[Tuner] = []
+
+    def on_generation(rec: GenerationRecord) -> None:
+        t = holder[0]
+        sel = t.selected
+        if sel is None:
+            return
+        key = sel.calls if sel.source != "mean" else -sel.calls - 1
+        if key not in seen:
+            seen[key] = bench.heldout(t.prompts(sel.z)[0])
+        curve.append((rec.calls, seen[key]))
+        selections.append((rec.calls, key))
+
+    tuner = Tuner(
+        bench.service,
+        bench.task,
+        train,
+        dev,
+        cfg,
+        initial_prompt=InitialPrompt.parse(init, seed=cfg.seed),
+        callbacks=[on_generation],
+    )
+    holder.append(tuner)
+    t0 = time.time()
+    sel = tuner.run()
+    seconds = time.time() - t0
+    final = bench.heldout(tuner.prompts(sel.z)[0])
+    p0 = bench.heldout(tuner.p0)
+    return {
+        "optimizer": cfg.optimizer,
+        "seed": cfg.seed,
+        "budget": cfg.budget,
+        "heldout": final,
+        "p0_heldout": p0,
+        "curve": [(0, p0), *curve],
+        "selections": selections,
+        "dev_metric": sel.dev_metric,
+        "selected_calls": sel.calls,
+        "calls": tuner.calls,
+        "dev_calls": tuner.dev_calls,
+        "stop_reason": tuner.stop_reason,
+        "seconds": seconds,
+    }
+
+
+def at(curve: list[tuple[int, float]], calls: int) -> float:
+    """The held-out accuracy of the selection held after ``calls`` calls."""
+    return [acc for c, acc in curve if c <= calls][-1]
+
+
+def mean_curve(runs: list[dict[str, Any]], upto: int) -> list[tuple[int, float]]:
+    points = sorted({c for r in runs for c, _ in r["curve"] if c <= upto})
+    return [(c, float(np.mean([at(r["curve"], c) for r in runs]))) for c in points]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", choices=sorted(DATA_LABELS), default="agnews")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--ref-budget", type=int, default=600)
+    ap.add_argument("--n-tokens", type=int, default=10)
+    ap.add_argument("--dim", type=int, default=200)
+    ap.add_argument("--popsize", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--init", default="vocab:1000")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heldout", type=int, default=100)
+    ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    ap.add_argument("--at", type=int, default=150, help="the goal's call count (table)")
+    ap.add_argument(
+        "--from-result",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="summarise the runs of these result files (e.g. one per seed) instead of tuning",
+    )
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.dtype = args.dtype or default_dtype()
+    tag = args.tag or f"optimizers_{args.task}"
+    if args.from_result:
+        files = [json.loads(p.read_text()) for p in args.from_result]
+        runs = [r for f in files for r in f["runs"]]
+        for key in ("task", "shots", "n_tokens", "dim", "popsize", "eval_every", "heldout"):
+            setattr(args, key, files[0]["args"][key])
+        args.budget, args.ref_budget = files[0]["args"]["budget"], files[0]["args"]["ref_budget"]
+        args.optimizers = [n for n in OPTIMIZERS if any(r["optimizer"] == n for r in runs)]
+        args.seeds = sorted({r["seed"] for r in runs})
+        summarise(args, runs)
+        return 0
+    t_all = time.time()
+    bench = setup(args.task, args.heldout, args.dtype, args.threads)
+    base = TuneConfig(
+        n_tokens=args.n_tokens,
+        dim=args.dim,
+        popsize=args.popsize,
+        eval_every=args.eval_every,
+    )
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        for name in args.optimizers:
+            budget = args.ref_budget if name == "cma" else args.budget
+            cfg = dataclasses.replace(base, seed=seed, optimizer=name, budget=budget)
+            rec = run_one(bench, args.task, cfg, args.shots, args.init)
+            runs.append(rec)
+            print(
+                f"[{args.task} seed {seed} {name:6s}] held-out {rec['heldout']:.4f} "
+                f"(p0 {rec['p0_heldout']:.4f}) at {rec['calls']} calls, "
+                f"@{args.at} {at(rec['curve'], args.at):.4f}, {rec['seconds']:.0f}s",
+                flush=True,
+            )
+    summary = summarise(args, runs)
+    wall = time.time() - t_all
+    print(f"wall time {wall:.0f}s")
+    write_result(
+        tag,
+        {
+            "args": args_record(args),
+            "cpu_flags": cpu_flags(),
+            "machine": machine(),
+            "summary": summary,
+            "runs": runs,
+            "wall_seconds": wall,
+        },
+        args.out_dir,
+    )
+    return 0
+
+
+def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table: per optimiser, mean held-out at ``--at`` calls and at its budget, and the first
+    call count whose mean reaches cma's mean at the reference budget."""
+    by = {n: [r for r in runs if r["optimizer"] == n] for n in args.optimizers}
+    target = None
+    if by.get("cma"):
+        target = float(np.mean([at(r["curve"], args.ref_budget) for r in by["cma"]]))
+    print(
+        f"\n{args.task}, {args.shots}-shot, n={args.n_tokens}, d={args.dim}, "
+        f"popsize={args.popsize}, dev check every {args.eval_every} calls, seeds {args.seeds}, "
+        f"held-out {args.heldout} rows; CPU flags {' '.join(cpu_flags())}"
+    )
+    if target is not None:
+        print(f"target: cma (BBT as shipped) at {args.ref_budget} calls = {100 * target:.1f}")
+    print(
+        f"| optimizer | held-out @{args.at} | held-out @budget | per seed @budget "
+        "| calls to target |"
+    )
+    print("|---|---:|---:|---|---:|")
+    summary: dict[str, Any] = {"target": target}
+    for name, rs in by.items():
+        if not rs:
+            continue
+        curve = mean_curve(rs, args.budget)
+        a150 = at(curve, args.at)
+        abud = at(curve, args.budget)
+        per_seed = ", ".join(f"{100 * at(r['curve'], args.budget):.1f}" for r in rs)
+        reach = None if target is None else next((c for c, a in curve if a >= target), None)
+        summary[name] = {
+            f"at_{args.at}": a150,
+            "at_budget": abud,
+            "calls_to_target": reach,
+            "mean_curve": curve,
+        }
+        print(
+            f"| {name} | {100 * a150:.1f} | {100 * abud:.1f} | {per_seed} | "
+            f"{'not reached' if reach is None else reach} |"
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

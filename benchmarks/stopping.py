@@ -1,0 +1,149 @@
+"""``--patience-calls``: calls saved and held-out accuracy lost, on the embedded model.
+
+For each seed, one BBT run (``cma``, :func:`optimizers.run_one`: the product's Tuner against
+MiniLM in-process, the selection scored on held-out rows whenever it changes) spends the
+whole ``--budget``. A run with ``patience_calls = P`` follows exactly the same trajectory
+until it stops (same seed, same calls; stopping only ends the loop, which
+``tests/tuner/test_stopping.py`` checks bit for bit), so the stop is found by replaying
+the product's own rule (:func:`bbt.tuner.stopping.stop_due`) over the full run's dev
+checks: no second run is needed for each P. Per P the table gives the calls saved
+(budget - calls at the stop) and the held-out accuracy lost (full run's selection minus the
+selection held at the stop), both averaged over seeds.
+
+``--from-result`` replays runs already in an ``optimizers.py`` result file (its ``cma``
+runs) instead of tuning again.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 nice -n 5 .venv/bin/python \\
+        benchmarks/stopping.py --task sst2 --seeds 0 1 2 --shots 4 --budget 200 --patience 30 60
+
+Prints a table and writes ``benchmarks/results/stopping_<task>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import LABELS as DATA_LABELS  # noqa: E402
+from _common import args_record, machine, write_result  # noqa: E402
+from embedded_quality import cpu_flags, default_dtype  # noqa: E402
+from optimizers import at, run_one, setup  # noqa: E402
+
+from bbt.tuner import TuneConfig  # noqa: E402
+from bbt.tuner.stopping import calls_saved, stop_due  # noqa: E402
+
+
+def replay(run: dict[str, Any], patience: int, budget: int) -> tuple[int, float]:
+    """Where a run with ``patience_calls = patience`` stops (calls) and the held-out accuracy
+    of its selection there, from the dev checks of the full run (one per generation)."""
+    improved_at, last = 0, 0  # p0, selected at 0 calls
+    for calls, key in run["selections"]:
+        if key != last:  # the selection changed at this check: a gain
+            improved_at, last = calls, key
+        if stop_due(calls, improved_at, patience):
+            return calls, at(run["curve"], calls)
+    return run["calls"], run["heldout"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", choices=sorted(DATA_LABELS), default="sst2")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--patience", type=int, nargs="+", default=[30, 60])
+    ap.add_argument("--n-tokens", type=int, default=10)
+    ap.add_argument("--dim", type=int, default=200)
+    ap.add_argument("--popsize", type=int, default=10)
+    ap.add_argument("--init", default="vocab:1000")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heldout", type=int, default=100)
+    ap.add_argument("--from-result", type=Path, nargs="*", default=None)
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    args.dtype = args.dtype or default_dtype()
+    tag = args.tag or f"stopping_{args.task}"
+    t_all = time.time()
+    runs: list[dict[str, Any]] = []
+    if args.from_result:
+        for path in args.from_result:
+            data = json.loads(path.read_text())
+            runs += [r for r in data["runs"] if r["optimizer"] == "cma"]
+        args.budget = min(r["budget"] for r in runs)
+        args.from_result = [str(p) for p in args.from_result]  # for the result file
+    else:
+        bench = setup(args.task, args.heldout, args.dtype, args.threads)
+        # A dev check every generation, so the rule sees every change of the selection.
+        base = TuneConfig(
+            n_tokens=args.n_tokens,
+            dim=args.dim,
+            popsize=args.popsize,
+            budget=args.budget,
+            eval_every=args.popsize,
+        )
+        for seed in args.seeds:
+            rec = run_one(
+                bench, args.task, dataclasses.replace(base, seed=seed), args.shots, args.init
+            )
+            runs.append(rec)
+            print(
+                f"[{args.task} seed {seed}] held-out {rec['heldout']:.4f} at {rec['calls']} "
+                f"calls, {rec['seconds']:.0f}s",
+                flush=True,
+            )
+    print(
+        f"\n{args.task}, {len(runs)} seeds, budget {args.budget} calls; "
+        f"CPU flags {' '.join(cpu_flags())}"
+    )
+    print(
+        "| patience (calls) | calls saved (mean, per seed) "
+        "| held-out lost, points (mean, per seed) |"
+    )
+    print("|---:|---|---|")
+    summary: dict[str, Any] = {}
+    for p in args.patience:
+        saved, lost = [], []
+        for r in runs:
+            full = at(r["curve"], args.budget)
+            stop, acc = replay(r, p, args.budget)
+            reason = "patience_calls" if stop < r["calls"] else "budget"
+            saved.append(calls_saved(args.budget, stop, reason))
+            lost.append(100 * (full - acc))
+        summary[str(p)] = {"calls_saved": saved, "points_lost": lost}
+        print(
+            f"| {p} | {np.mean(saved):.0f} ({', '.join(map(str, saved))}) | "
+            f"{np.mean(lost):.1f} ({', '.join(f'{v:.1f}' for v in lost)}) |"
+        )
+    wall = time.time() - t_all
+    write_result(
+        tag,
+        {
+            "args": args_record(args),
+            "cpu_flags": cpu_flags(),
+            "machine": machine(),
+            "summary": summary,
+            "runs": runs,
+            "wall_seconds": wall,
+        },
+        args.out_dir,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
