@@ -69,7 +69,8 @@ def serve(
         "--model",
         "-m",
         help="Model directory (default: the embedded MiniLM); a causal LM's config "
-        "(*ForCausalLM, GPT2LMHeadModel, is_decoder) is detected.",
+        "(*ForCausalLM, GPT2LMHeadModel, is_decoder) is detected. smollm2-135m or "
+        "gemma-3-270m: a GGUF model installed from PyPI (docs/quality.md), converted once.",
         rich_help_panel=_MODEL,
     ),
     head: str = typer.Option(
@@ -176,6 +177,7 @@ def serve(
 ) -> None:
     """Serve a masked or causal LM over protocol v1 (needs bbt\\[serve])."""
     level = _check_options(dtype, device, log_level, replicas, ray_address)
+    model = _packaged_model(model)
     session_settings = _session_settings(
         session_idle_timeout, max_sessions_per_key, max_session_memory
     )
@@ -222,6 +224,27 @@ def serve(
         settings_kw=settings_kw,
         backend_options=backend_options,
     )
+
+
+def _packaged_model(model: str | None) -> str | None:
+    """A packaged GGUF model's name (bbt.server.packaged) as its converted directory, with
+    its licence said on stderr; any other value unchanged. A name that is also a path is a
+    path."""
+    from bbt.server import packaged
+
+    if model is None or not packaged.is_packaged(model) or Path(model).exists():
+        return model
+    entry = packaged.PACKAGED[model]
+    if packaged.converted(entry) is None:
+        typer.echo(
+            f"converting {model} once to {packaged.cache_dir() / model} (minutes) ...", err=True
+        )
+    try:
+        path = packaged.resolve(model)
+    except BBTError as exc:
+        fail(str(exc))
+    typer.echo(f"{model}: {packaged.licence_line(path) or entry.licence}", err=True)
+    return str(path)
 
 
 def _check_options(

@@ -125,6 +125,9 @@ def tune_command(
     optimizer: str = option("optimizer", panel=BUDGET_PANEL),
     projection: str = option("projection", panel=PROMPT_PANEL),
     sessions: str = option("sessions", "--sessions", panel=SERVICE_PANEL),
+    label_words: str | None = option("label_words", panel=PROMPT_PANEL),
+    calibrate: bool = option("calibrate", "--calibrate/--no-calibrate", panel=PROMPT_PANEL),
+    search_label_words: int = option("search_label_words", panel=PROMPT_PANEL),
     init: str = option("init", panel=PROMPT_PANEL),
     out: Path | None = typer.Option(
         None,
@@ -233,6 +236,9 @@ def tune_command(
             layer_generations=layer_generations,
             sessions=sessions,
             optimizer=optimizer,
+            label_words=label_words,
+            calibrate=calibrate,
+            search_label_words=search_label_words,
             # Unset: TuneConfig's own default.
             **({} if eval_mean is None else {"eval_mean": eval_mean}),
         )

@@ -32,6 +32,7 @@ from bbt.protocol import (
     ModelKind,
     ProtocolViolation,
 )
+from bbt.server._embed_scale import ScaledRows, embedding_scale
 from bbt.server._hf_common import DeviceSpec, DTypeSpec, ForwardChunk, HeadSpec, _Encoded
 from bbt.server.hf import HFBackend
 
@@ -122,6 +123,15 @@ class HFCausalBackend(HFBackend):
         return config, model
 
     def _attach_head(self, config: Any, head: HeadSpec) -> str:
+        # The first hook after the table is read: a model that scales its embeddings inside
+        # the embedding layer (Gemma: sqrt(H)) gets text rows, soft prompts, embed() and the
+        # embedding statistics in that scaled space (bbt.server._embed_scale).
+        scale = embedding_scale(self._model.get_input_embeddings())
+        if scale is not None:
+            self._word_emb = rows = ScaledRows(self._word_emb, scale)
+            factor = float(rows.scale.float().item())  # the statistics of the scaled rows
+            self._emb_mean *= factor
+            self._emb_std *= abs(factor)
         return CAUSAL_HEAD
 
     def _layout(self, source: str, config: Any) -> None:

@@ -69,6 +69,12 @@ class TuneConfig:
     # The optimiser, by registry name (bbt.tuner.optimizers); manifests without the field
     # were tuned with CMA-ES.
     optimizer: str = "cma"
+    # The readout (bbt.tuner.readout): several label words per class (LABEL=W|W,...), contextual
+    # calibration, and a search of N label words per class on the training shots (recorded
+    # back as label_words). Manifests without them: the task's one word per class, as run.
+    label_words: str | None = None
+    calibrate: bool = False
+    search_label_words: int = 0
 
     def __post_init__(self) -> None:
         problems = [*self._size_problems(), *self._schedule_problems(), *self._choice_problems()]
@@ -135,6 +141,8 @@ class TuneConfig:
             problems.append("projection must be normal or uniform")
         if not isinstance(self.eval_mean, bool):
             problems.append("eval_mean must be true or false")
+        if self.search_label_words < 0:
+            problems.append("search_label_words must be 0 (off) or more")
         if self.sessions not in ("auto", "on", "off"):
             problems.append("sessions must be auto, on or off")
         return problems

@@ -87,7 +87,14 @@ def initial_prompt(tuned: TunedPrompt, service: Service) -> TunedPrompt:
             f"{path} has shape {p0.shape}, the tuned prompt {tuned.prompt.shape}: not the same run"
         )
     return TunedPrompt(
-        p0, tuned.task, tuned.model_id, tuned.candidate_ids, service=service, use_registry=False
+        p0,
+        tuned.task,
+        tuned.model_id,
+        tuned.candidate_ids,
+        service=service,
+        use_registry=False,
+        label_words=tuned.label_words,
+        calibrate=tuned.calibrate,
     )
 
 

@@ -64,6 +64,13 @@ HELP: dict[str, str] = {
     "optimizer": "The optimiser over z: cma, sepcma (diagonal CMA-ES), ipop (restarts, growing "
     "population), gp (GP-assisted CMA-ES; the gp extra) or one a plug-in registers "
     "(entry-point group bbt.optimizers). bbtv2 runs one per layer.",
+    # Readout (bbt.tuner.readout)
+    "label_words": "Several label words per class, LABEL=WORD|WORD,... (class score: log-sum-exp "
+    "of its words' logits); with --search-label-words, the candidates to search.",
+    "calibrate": "Contextual calibration: divide out the class probabilities of a content-free "
+    "input ('N/A') under the same prompt.",
+    "search_label_words": "Pick N label words per class on the training shots under p0 (one "
+    "call; from --label-words, else a built-in list); 0: off.",
     # Service
     "sessions": "auto: send z to a projection session when the server offers them, else full "
     "prompts; on: require a session; off: always full prompts. Same results.",

@@ -27,6 +27,7 @@ from bbt.protocol import DEEP_PROMPTS
 from bbt.tuner.data import Example, load_examples
 from bbt.tuner.losses import accuracy, cross_entropy, f1, softmax
 from bbt.tuner.probe_head import ProbeHead, has_head, head_logits
+from bbt.tuner.readout import Readout, build_readout
 from bbt.tuner.run import PROMPT, load_result, read_manifest
 from bbt.tuner.rundir import atomic_write, load_npy, read_text
 from bbt.tuner.tasks import Task, verbalizer_ids
@@ -89,6 +90,8 @@ class TunedPrompt:
         recorded_base_url: str | None = None,
         use_registry: bool = True,
         head: ProbeHead | None = None,
+        label_words: str | None = None,
+        calibrate: bool = False,
     ) -> None:
         #: A probe run's head (``head.json``): predictions come from the prompt's features.
         self.head = head
@@ -106,6 +109,10 @@ class TunedPrompt:
         self.recorded_base_url = recorded_base_url
         #: Whether to use the service's prompt registry when it has one (see the class doc).
         self.use_registry = use_registry
+        #: The run's readout (bbt.tuner.readout): label words per class and calibration.
+        self.label_words = label_words
+        self.calibrate = calibrate
+        self.readout: Readout | None = None
         #: The id the bound service keeps this prompt under, once known.
         self.prompt_id: str | None = None
         #: How the last :meth:`logits` call reached the model: "id" or "upload".
@@ -144,6 +151,8 @@ class TunedPrompt:
             recorded_base_url=manifest.get("service", {}).get("base_url"),
             use_registry=use_registry,
             head=ProbeHead.load(path) if has_head(path) else None,
+            label_words=manifest.get("config", {}).get("label_words"),
+            calibrate=bool(manifest.get("config", {}).get("calibrate", False)),
         )
 
     def bind(self, service: Service) -> TunedPrompt:
@@ -170,6 +179,9 @@ class TunedPrompt:
         if self.candidate_ids is not None and ids != self.candidate_ids:
             raise RunError("the service's tokenizer maps the verbalizer words differently")
         self.candidate_ids = ids
+        self.readout = build_readout(
+            self.task.for_kind(info.kind, info.id), service, self.label_words, self.calibrate
+        )
         self._service = service
         self.prompt_id = None  # an id belongs to one service
         self._registry_refused = False
@@ -244,11 +256,17 @@ class TunedPrompt:
             self.last_path = "features"
             return head_logits(self.head, self.service, self.prompt, texts)
         assert self.candidate_ids is not None  # set by the service property's bind()
+        if self.readout is None:
+            return self._word_logits(texts, self.candidate_ids)
+        sent, ids = self.readout.request(texts)
+        return self.readout.reduce(self._word_logits(sent, ids))
+
+    def _word_logits(self, texts: list[str], candidate_ids: list[int]) -> np.ndarray[Any, Any]:
         svc = self.service
         if self.use_registry and not self._registry_refused and offers_prompt_registry(svc):
             assert isinstance(svc, PromptStore)  # offers_prompt_registry checked it
             try:
-                by_id = self._logits_by_id(svc, texts, self.candidate_ids)
+                by_id = self._logits_by_id(svc, texts, candidate_ids)
             except APIStatusError as exc:
                 if exc.status_code != 503:
                     raise
@@ -266,7 +284,7 @@ class TunedPrompt:
                 self.last_path = "id"
                 return by_id
         self.last_path = "upload"
-        out: np.ndarray[Any, Any] = svc.logits(self.prompt[None], texts, self.candidate_ids)[0]
+        out: np.ndarray[Any, Any] = svc.logits(self.prompt[None], texts, candidate_ids)[0]
         return out
 
     # ------------------------------------------------------------------ the prompt registry

@@ -329,7 +329,7 @@ def tune(
             },
             "task": task_obj.as_dict(),
             "candidate_ids": tuner.candidate_ids,
-            "config": cfg.as_dict(),
+            "config": tuner.config.as_dict(),  # with searched label words
             **({"options": options.manifest_dict()} if options is not None else {}),
             "method": cfg.method,
             "projection": tuner.recipe.as_dict(),

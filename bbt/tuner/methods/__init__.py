@@ -52,4 +52,7 @@ def build_tuner(
     **kwargs: Any,
 ) -> Tuner:
     """The tuner of ``config.method``, built by that method."""
-    return get(config.method).build(service, task, train, dev, config, **kwargs)
+    from bbt.tuner.readout import attach_readout
+
+    tuner = get(config.method).build(service, task, train, dev, config, **kwargs)
+    return attach_readout(tuner)  # type: ignore[no-any-return]
