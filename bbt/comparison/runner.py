@@ -111,7 +111,12 @@ def compare(
     """Every method of ``settings`` on ``settings.seeds`` k-shot samples of ``data``, scored
     on ``test`` (or on ``n_test`` rows of ``data`` kept out of every sample)."""
     for name in settings.methods:
-        get_method(name)  # unknown names fail before any call
+        # Unknown names, and white-box methods without local weights, fail before any call.
+        if get_method(name).kind == "white-box" and settings.local_model is None:
+            raise ComparisonError(
+                f"{name} needs the model's weights on this machine (the embedded default "
+                "server); a remote service or the mock does not expose them"
+            )
     pool, held = held_out_split(data, test, settings.n_test, settings.split_seed)
     if any(e.label is None for e in held):
         raise ComparisonError("the held-out rows need labels")

@@ -54,7 +54,7 @@ class Whitebox:
         if ctx.local_model is None:
             raise ComparisonError(
                 f"{self.name} needs the model's weights on this machine (the embedded default "
-                "server or --model-dir); a remote service does not expose them"
+                "server); a remote service or the mock does not expose them"
             )
         wb = _whitebox()
         if self.method not in wb.WHITEBOX_METHODS:
