@@ -116,8 +116,7 @@ def _run(
 ) -> None:
     import time
 
-    from bbt.comparison import compare
-    from bbt.comparison import report
+    from bbt.comparison import compare, report
 
     out_dir = out if out is not None else Path("runs") / f"compare-{t.name}-{int(time.time())}"
 

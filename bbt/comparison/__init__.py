@@ -16,7 +16,7 @@ from bbt.comparison.base import (
     Usage,
 )
 from bbt.comparison.registry import DEFAULT_METHODS, available, get_method, register
-from bbt.comparison.runner import Comparison, CompareSettings, compare
+from bbt.comparison.runner import CompareSettings, Comparison, compare
 
 __all__ = [
     "DEFAULT_METHODS",

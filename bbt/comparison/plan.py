@@ -33,15 +33,15 @@ def mean_tokens(service: Service, task: Task, rows: Sequence[Example], sample: i
     texts = render_inputs(task, service, list(rows)[:sample])
     if not texts:
         return 0.0
-    return float(np.mean([len(ids) for ids in service.tokenize(texts, add_special_tokens=True).ids]))
+    return float(
+        np.mean([len(ids) for ids in service.tokenize(texts, add_special_tokens=True).ids])
+    )
 
 
-def plan_method(
-    name: str, s: CompareSettings, task: Task, tok: float, n_test: int
-) -> MethodPlan:
+def plan_method(name: str, s: CompareSettings, task: Task, tok: float, n_test: int) -> MethodPlan:
     """Per seed: fit calls and input tokens, and the held-out scoring's input tokens."""
     shots = s.k_shot * task.num_classes  # train rows; dev has as many
-    eval_tokens = int(round(n_test * tok))
+    eval_tokens = round(n_test * tok)
     if name == "manual":
         return MethodPlan(name, 0, 0, eval_tokens)
     if name == "manual-select":

@@ -4,6 +4,7 @@ on the feature vectors the service returns for the labelled rows (protocol 1.3
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,23 +12,25 @@ from typing import Any
 import numpy as np
 
 from bbt.client.service import FeatureService, offers_features
-from bbt.comparison.base import CompareContext, ComparisonError, Fitted, IntArray
+from bbt.comparison.base import CompareContext, ComparisonError, Fitted, IntArray, Kind
 from bbt.comparison.prompting import labels_of, render_inputs
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task
 
 
-def _sklearn() -> Any:
+def _sklearn(module: str = "sklearn") -> Any:
+    """A scikit-learn module (imported only here: an extra, without type stubs)."""
     try:
-        import sklearn  # noqa: F401
+        return importlib.import_module(module)
     except ImportError:
         raise ComparisonError(
             "the feature probes need scikit-learn: pip install 'bbt[compare]'"
         ) from None
-    return sklearn
 
 
-def features_of(service: FeatureService, task: Task, examples: Sequence[Example]) -> np.ndarray:  # type: ignore[type-arg]
+def features_of(
+    service: FeatureService, task: Task, examples: Sequence[Example]
+) -> np.ndarray[Any, Any]:
     texts = render_inputs(task, service, examples)
     return np.asarray(service.features(texts)[0], dtype=np.float64)
 
@@ -46,8 +49,8 @@ class ProbePredictor:
 
 
 class _Probe:
-    name = "probe"
-    kind = "black-box"
+    name: str = "probe"
+    kind: Kind = "black-box"
 
     def model(self, seed: int) -> Any:
         raise NotImplementedError
@@ -75,11 +78,10 @@ class LogisticProbe(_Probe):
     name = "feature-lr"
 
     def model(self, seed: int) -> Any:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+        lr = _sklearn("sklearn.linear_model").LogisticRegression
+        make_pipeline = _sklearn("sklearn.pipeline").make_pipeline
+        scaler = _sklearn("sklearn.preprocessing").StandardScaler
+        return make_pipeline(scaler(), lr(max_iter=2000, random_state=seed))
 
 
 class MLPProbe(_Probe):
@@ -88,11 +90,11 @@ class MLPProbe(_Probe):
     name = "feature-mlp"
 
     def model(self, seed: int) -> Any:
-        from sklearn.neural_network import MLPClassifier
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        mlp = _sklearn("sklearn.neural_network").MLPClassifier
+        make_pipeline = _sklearn("sklearn.pipeline").make_pipeline
+        scaler = _sklearn("sklearn.preprocessing").StandardScaler
 
         return make_pipeline(
-            StandardScaler(),
-            MLPClassifier(hidden_layer_sizes=(128,), max_iter=500, random_state=seed),
+            scaler(),
+            mlp(hidden_layer_sizes=(128,), max_iter=500, random_state=seed),
         )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bbt.client import Service
-from bbt.comparison.base import CompareContext, Fitted, IntArray
+from bbt.comparison.base import CompareContext, Fitted, IntArray, Kind
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task, verbalizer_ids
 
@@ -26,7 +27,7 @@ def render_inputs(task: Task, service: Service, examples: Sequence[Example]) -> 
 
 def zero_prompt_logits(
     service: Service, task: Task, texts: Sequence[str], ids: Sequence[int] | None = None
-) -> np.ndarray:  # type: ignore[type-arg]
+) -> np.ndarray[Any, Any]:
     """Verbalizer logits [B, C] of ``texts`` with no soft prompt (n = 0)."""
     info = service.model_info()
     cand = list(ids) if ids is not None else verbalizer_ids(task, service)
@@ -54,10 +55,12 @@ class ManualPrompt:
     """The task's own template and verbalizer, no tuning: zero calls before scoring."""
 
     name = "manual"
-    kind = "black-box"
+    kind: Kind = "black-box"
 
     def fit(self, ctx: CompareContext) -> Fitted:
-        return Fitted(TemplatePredictor(ctx.service, ctx.task), notes={"template": ctx.task.template})
+        return Fitted(
+            TemplatePredictor(ctx.service, ctx.task), notes={"template": ctx.task.template}
+        )
 
 
 def template_variants(task: Task) -> list[Task]:
@@ -90,7 +93,7 @@ class ManualSelect:
     log-probabilities; no bbt service returns them today, so dev accuracy decides alone."""
 
     name = "manual-select"
-    kind = "black-box"
+    kind: Kind = "black-box"
 
     def fit(self, ctx: CompareContext) -> Fitted:
         svc = ctx.service
@@ -147,7 +150,7 @@ class InContextLearning:
     before each input, each rendered with its label word in place of the mask."""
 
     name = "icl"
-    kind = "black-box"
+    kind: Kind = "black-box"
 
     def fit(self, ctx: CompareContext) -> Fitted:
         svc = ctx.service

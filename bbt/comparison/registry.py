@@ -25,8 +25,14 @@ _BUILTIN: dict[str, Factory] = {
     "bbt": BBT,
     "bbtv2": BBTv2,
 }
+
+
+def _whitebox_factory(method: str) -> Factory:
+    return lambda: Whitebox(method)
+
+
 for _wb in WHITEBOX_NAMES:
-    _BUILTIN[f"whitebox-{_wb}"] = lambda m=_wb: Whitebox(m)  # type: ignore[misc]
+    _BUILTIN[f"whitebox-{_wb}"] = _whitebox_factory(_wb)
 _EXTRA: dict[str, Factory] = {}
 
 #: What ``bbt compare`` runs without ``--methods``: every black-box method.

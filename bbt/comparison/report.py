@@ -46,7 +46,9 @@ def summary_rows(comp: Comparison) -> list[dict[str, Any]]:
     for name in dict.fromkeys(r.method for r in comp.runs):
         runs = [r for r in comp.runs if r.method == name]
         ok = [r for r in runs if r.metric is not None]
-        mean, std = _mean_std([100 * float(r.metric) for r in ok]) if ok else (float("nan"), 0.0)
+        mean, std = (
+            _mean_std([100 * float(r.metric or 0.0) for r in ok]) if ok else (float("nan"), 0.0)
+        )
         cost = [r.cost for r in ok if r.cost is not None]
         rows.append(
             {
@@ -81,7 +83,9 @@ def markdown(comp: Comparison) -> str:
     lines = []
     for r in summary_rows(comp):
         if r["seeds"] == 0:
-            lines.append(f"| {r['method']} | {r['kind']} | failed: {r['error']} |  |  |  |  |  |  |")
+            lines.append(
+                f"| {r['method']} | {r['kind']} | failed: {r['error']} |  |  |  |  |  |  |"
+            )
             continue
         cost = "n/a" if r["cost"] is None else f"{r['cost']:.4f}"
         lines.append(
@@ -136,8 +140,12 @@ def plot(comp: Comparison, path: Path) -> Path:
         for j, (ax, key) in enumerate(zip(axes, ("calls", "input_tokens"), strict=True)):
             for k, r in enumerate(runs):
                 x = r.fit.calls if key == "calls" else r.fit.input_tokens
-                ax.scatter([max(x, 1)], [100 * float(r.metric or 0)], color=color,
-                           label=name if k == 0 and j == 0 else None)
+                ax.scatter(
+                    [max(x, 1)],
+                    [100 * float(r.metric or 0)],
+                    color=color,
+                    label=name if k == 0 and j == 0 else None,
+                )
                 if r.curve:
                     xs = [max(p.calls if key == "calls" else p.tokens, 1) for p in r.curve]
                     ys = [100 * p.metric for p in r.curve]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def held_out_split(
     return pool, [data[int(i)] for i in order[:n_test]]
 
 
-def score(task: Task, pred: np.ndarray, gold: np.ndarray) -> float:  # type: ignore[type-arg]
+def score(task: Task, pred: np.ndarray[Any, Any], gold: np.ndarray[Any, Any]) -> float:
     """The task's metric of class predictions (as one-hot logits for the tuner's metric)."""
     onehot = np.eye(task.num_classes, dtype=np.float32)[np.asarray(pred, dtype=np.int64)]
     return float(np.asarray(get_metric(task.metric)(onehot, gold)).reshape(-1)[0])

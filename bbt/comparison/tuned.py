@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bbt.comparison.base import CompareContext, CurvePoint, Fitted, IntArray
+from bbt.comparison.base import CompareContext, CurvePoint, Fitted, IntArray, Kind
 from bbt.tuner.config import TuneConfig
 from bbt.tuner.data import Example
 from bbt.tuner.predict import TunedPrompt
@@ -28,7 +28,7 @@ class TunedPredictor:
 
 class _Tuned:
     name = "bbt"
-    kind = "black-box"
+    kind: Kind = "black-box"
     method = "bbt"
 
     def fit(self, ctx: CompareContext) -> Fitted:

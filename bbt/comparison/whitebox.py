@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bbt.comparison.base import CompareContext, ComparisonError, Fitted, IntArray
+from bbt.comparison.base import CompareContext, ComparisonError, Fitted, IntArray, Kind
 from bbt.tuner.data import Example
 
 
@@ -43,7 +43,7 @@ class WhiteboxPredictor:
 class Whitebox:
     """One of ``bbt.whitebox.WHITEBOX_METHODS`` as a comparison row."""
 
-    kind = "white-box"
+    kind: Kind = "white-box"
 
     def __init__(self, method: str, steps: int = 100) -> None:
         self.method = method

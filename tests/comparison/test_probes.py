@@ -21,7 +21,8 @@ def test_probe_fits_on_train_and_dev_features_in_one_call(
     before = mock_service.usage.copy()
     fitted = probe.fit(ctx)
     spent = mock_service.usage - before
-    assert spent.calls == 1 and fitted.notes["rows"] == 16
+    assert spent.calls == 1
+    assert fitted.notes["rows"] == 16
     pred = fitted.predictor.predict(rows[20:40])
     # The fitted model itself, on the features of the same rows, agrees with the predictor.
     x = features_of(mock_service, task, rows[20:40])
@@ -29,9 +30,7 @@ def test_probe_fits_on_train_and_dev_features_in_one_call(
     assert set(pred.tolist()) <= {0, 1}
 
 
-def test_probe_without_the_features_capability_is_refused(
-    task: Task, rows: list[Example]
-) -> None:
+def test_probe_without_the_features_capability_is_refused(task: Task, rows: list[Example]) -> None:
     svc = LocalClient(MockBackend(hidden_size=16, features=False))
     ctx = CompareContext(svc, task, rows[:8], rows[8:16], 0, budget=1)
     with pytest.raises(ComparisonError, match="features operation"):

@@ -60,9 +60,11 @@ def test_icl_puts_labelled_demonstrations_before_the_query(
     assert isinstance(predictor, DemoPredictor)
     assert len(predictor.demos) == 4
     for demo in predictor.demos:
-        assert "[MASK]" not in demo and ("great" in demo or "bad" in demo)
+        assert "[MASK]" not in demo
+        assert "great" in demo or "bad" in demo
     other = InContextLearning().fit(_ctx(mock_service, task, rows, seed=1)).predictor
-    assert isinstance(other, DemoPredictor) and other.demos != predictor.demos
+    assert isinstance(other, DemoPredictor)
+    assert other.demos != predictor.demos
     assert predictor.predict(rows[20:24]).shape == (4,)
 
 

@@ -5,13 +5,13 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from bbt.comparison import registry
-from bbt.comparison.base import CompareContext, ComparisonError, Fitted
+from bbt.comparison.base import CompareContext, ComparisonError, Fitted, Kind
 from bbt.comparison.prompting import TemplatePredictor
 
 
 class _Plugin:
-    name = "plugin"
-    kind = "black-box"
+    name: str = "plugin"
+    kind: Kind = "black-box"
 
     def fit(self, ctx: CompareContext) -> Fitted:
         return Fitted(TemplatePredictor(ctx.service, ctx.task))
@@ -40,7 +40,7 @@ def test_builtin_methods_cover_the_issue() -> None:
 
 
 def test_unknown_method_lists_the_known_ones() -> None:
-    with pytest.raises(ComparisonError, match="unknown method 'nope'.*manual"):
+    with pytest.raises(ComparisonError, match=r"unknown method .nope.*manual"):
         registry.get_method("nope")
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from bbt.client import LocalClient
-from bbt.comparison import CompareSettings, compare
-from bbt.comparison import report
+from bbt.comparison import CompareSettings, compare, report
 from bbt.comparison.runner import Comparison
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task
@@ -30,19 +29,22 @@ def comp(mock_service: LocalClient, task: Task, rows: list[Example]) -> Comparis
 def test_compare_json_holds_one_entry_per_method_and_seed(comp: Comparison, tmp_path: Path) -> None:
     paths = report.write(comp, tmp_path, with_plot=False)
     data = json.loads((tmp_path / report.JSON_FILE).read_text())
-    assert len(data["methods"]) == 8 and len(paths) == 2
+    assert len(data["methods"]) == 8
+    assert len(paths) == 2
     for entry in data["methods"]:
         for key in ("method", "seed", "metric", "calls", "input_tokens", "output_tokens", "cost"):
             assert key in entry
     bbt = [e for e in data["methods"] if e["method"] == "bbt"]
-    assert bbt[0]["calls"] > 0 and bbt[0]["curve"]
+    assert bbt[0]["calls"] > 0
+    assert bbt[0]["curve"]
     assert bbt[0]["cost"] == pytest.approx(bbt[0]["input_tokens"] / 1000 * 0.01)
 
 
 def test_markdown_table_has_mean_std_and_failures(comp: Comparison) -> None:
     text = report.markdown(comp)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "±" in rows["manual"] and "±" in rows["feature-lr"]
+    assert "±" in rows["manual"]
+    assert "±" in rows["feature-lr"]
     assert "failed" in rows["bbtv2"]  # the plain mock has no deep prompts
     summary = {r["method"]: r for r in report.summary_rows(comp)}
     lr = [100 * float(r.metric or 0) for r in comp.runs if r.method == "feature-lr"]

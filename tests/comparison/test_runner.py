@@ -25,10 +25,12 @@ def _mock_tokens(svc: LocalClient, task: Task, rows: list[Example], n_prompt: in
 
 def test_held_out_rows_are_kept_out_of_the_pool(rows: list[Example]) -> None:
     pool, held = held_out_split(rows, None, 10, seed=0)
-    assert len(held) == 10 and len(pool) == 30
+    assert len(held) == 10
+    assert len(pool) == 30
     assert not {id(e) for e in held} & {id(e) for e in pool}
     pool2, held2 = held_out_split(rows, rows[:5], 3, seed=0)
-    assert pool2 == rows and held2 == rows[:3]
+    assert pool2 == rows
+    assert held2 == rows[:3]
     with pytest.raises(ComparisonError, match="leaves no rows"):
         held_out_split(rows, None, 40, seed=0)
 
@@ -50,7 +52,9 @@ def test_every_method_runs_and_its_tokens_match_the_mock(
     _, held = held_out_split(rows, None, 10, 0)
     plain = _mock_tokens(mock_service, task, held, 0)
     for run in comp.runs:
-        assert run.error is None and run.metric is not None and 0 <= run.metric <= 1
+        assert run.error is None
+        assert run.metric is not None
+        assert 0 <= run.metric <= 1
         assert run.fit.output_tokens == run.evaluation.output_tokens == 0
         assert run.cost == pytest.approx(run.fit.input_tokens / 1000 * 0.5)
         if run.method in ("manual", "manual-select", "feature-lr", "feature-mlp"):
@@ -81,7 +85,9 @@ def test_a_failing_method_is_recorded_and_the_others_go_on(
     # The plain mock has no deep prompts: BBTv2 fails with the tuner's clear error.
     comp = compare(mock_service, task, rows, CompareSettings(["bbtv2", "manual"], 1, 2, n_test=8))
     bbtv2, manual = comp.runs
-    assert bbtv2.metric is None and bbtv2.error and "deep" in bbtv2.error
+    assert bbtv2.metric is None
+    assert bbtv2.error
+    assert "deep" in bbtv2.error
     assert manual.metric is not None
 
 

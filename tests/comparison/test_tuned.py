@@ -18,11 +18,14 @@ def test_bbt_spends_the_budget_and_records_a_dev_curve(
     spent = mock_service.usage - before
     assert fitted.notes["tuning_calls"] <= 40
     assert spent.calls >= fitted.notes["tuning_calls"]  # plus the dev evaluations
-    assert fitted.curve and all(p.split == "dev" for p in fitted.curve)
+    assert fitted.curve
+    assert all(p.split == "dev" for p in fitted.curve)
     calls = [p.calls for p in fitted.curve]
-    assert calls == sorted(calls) and fitted.curve[-1].tokens <= spent.tokens
+    assert calls == sorted(calls)
+    assert fitted.curve[-1].tokens <= spent.tokens
     pred = fitted.predictor.predict(rows[20:30])
-    assert pred.shape == (10,) and set(pred.tolist()) <= {0, 1}
+    assert pred.shape == (10,)
+    assert set(pred.tolist()) <= {0, 1}
 
 
 def test_bbtv2_tunes_a_deep_prompt(
@@ -31,5 +34,6 @@ def test_bbtv2_tunes_a_deep_prompt(
     ctx = CompareContext(deep_service, task, rows[:8], rows[8:16], 1, budget=40, n_tokens=5)
     fitted = BBTv2().fit(ctx)
     prompt = fitted.predictor.prompt  # type: ignore[attr-defined]
-    assert prompt.deep and prompt.prompt.shape[0] == 2
+    assert prompt.deep
+    assert prompt.prompt.shape[0] == 2
     assert np.isin(fitted.predictor.predict(rows[20:24]), [0, 1]).all()

@@ -23,7 +23,7 @@ class _Result:
     train_seconds = 0.5
     trainable_params = 1234
 
-    def predict(self, examples: Sequence[Example]) -> np.ndarray:  # type: ignore[type-arg]
+    def predict(self, examples: Sequence[Example]) -> np.ndarray[Any, Any]:
         return np.array([len(e.fields["sentence"]) % 2 for e in examples])
 
 
@@ -58,8 +58,11 @@ def test_whitebox_trains_on_train_and_dev_and_makes_no_api_call(
     pred = fitted.predictor.predict(rows[20:24])
     assert (mock_service.usage - before).calls == 0
     (call,) = fake_whitebox
-    assert call["method"] == method and call["model_dir"] == "/models/x"
-    assert call["seed"] == 3 and len(call["train"]) == 16 and call["task"] is task
+    assert call["method"] == method
+    assert call["model_dir"] == "/models/x"
+    assert call["seed"] == 3
+    assert len(call["train"]) == 16
+    assert call["task"] is task
     assert fitted.notes == {"steps": 7, "train_seconds": 0.5, "trainable_params": 1234}
     assert pred.tolist() == [len(e.fields["sentence"]) % 2 for e in rows[20:24]]
 
