@@ -117,6 +117,12 @@ def summary(result: Any, say: Callable[[str], None]) -> None:
         + f", selected at {result.selected_at_calls} of {result.calls} calls "
         f"({result.dev_calls} dev), stop: {result.stop_reason}"
     )
+    usage = result.usage or {}
+    if "tokens" in usage:
+        say(
+            f"usage: {usage.get('calls', 0):,} calls, {usage.get('requests', 0):,} requests, "
+            f"{usage['tokens']:,} input tokens, 0 output tokens (the service returns logits)"
+        )
     if result.run_dir is not None:
         say(f"run directory: {result.run_dir}")
 
