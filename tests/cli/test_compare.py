@@ -14,7 +14,9 @@ def _data(tmp_path: Path) -> Path:
     path = tmp_path / "reviews.csv"
     lines = ["text,label"]
     for i in range(40):
-        lines.append(f"great lovely film {i},positive" if i % 2 else f"awful dull film {i},negative")
+        lines.append(
+            f"great lovely film {i},positive" if i % 2 else f"awful dull film {i},negative"
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -51,15 +53,18 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     data = str(_data(tmp_path))
     result = runner.invoke(app, ["compare", "--mock", *ARGS, "--data", data, "--methods", "x"])
     assert result.exit_code != 0
-    assert "unknown method 'x'" in result.output and "Traceback" not in result.output
+    assert "unknown method 'x'" in result.output
+    assert "Traceback" not in result.output
     wb = ["compare", "--mock", *ARGS, "--data", data, "--methods", "whitebox-lora"]
     result = runner.invoke(app, wb)
-    assert result.exit_code != 0 and "weights on this machine" in result.output
+    assert result.exit_code != 0
+    assert "weights on this machine" in result.output
 
 
 def test_list_methods(tmp_path: Path) -> None:
     result = runner.invoke(app, ["compare", "--list-methods", "--data", str(tmp_path)])
-    assert result.exit_code == 0 and "whitebox-lora" in result.output
+    assert result.exit_code == 0
+    assert "whitebox-lora" in result.output
 
 
 def test_compare_on_the_shipped_reviews_csv(tmp_path: Path) -> None:
@@ -71,4 +76,5 @@ def test_compare_on_the_shipped_reviews_csv(tmp_path: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "compare.json").read_text())
-    assert data["n_test"] == 40 and len(data["methods"]) == 3
+    assert data["n_test"] == 40
+    assert len(data["methods"]) == 3
