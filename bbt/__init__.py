@@ -22,6 +22,7 @@ Quick start::
 from bbt import errors
 from bbt._version import __version__
 from bbt.client import AsyncClient, Client, ClientSettings, LocalClient, Service, UsageStats
+from bbt.comparison import compare
 from bbt.errors import BBTError
 from bbt.tuner import (
     Task,
@@ -52,6 +53,7 @@ __all__ = [
     "Tuner",
     "UsageStats",
     "__version__",
+    "compare",
     "errors",
     "get_preset",
     "load_examples",

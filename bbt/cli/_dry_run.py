@@ -150,6 +150,14 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
     #: Through a projection session (z on the wire), which the run closes at its end.
     session: bool = False
+    #: Input tokens the service counted for the probe (its usage ``tokens``).
+    probe_tokens: int = 0
+
+    @property
+    def input_tokens(self) -> int:
+        """The run's input tokens, at the probe's tokens per sequence."""
+        per = self.probe_tokens / max(self.probe_prompts * self.probe_texts, 1)
+        return round(per * self.sequences)
 
     @property
     def requests(self) -> int:
@@ -263,6 +271,7 @@ def make_plan(
         probe_bytes_down=spent.bytes_received,
         projection_s=projection_s,
         session=session is not None,
+        probe_tokens=spent.tokens,
     )
 
 
@@ -335,6 +344,10 @@ def describe(plan: RunPlan, summary: str) -> list[str]:
         f"+ {plan.sequences:,} sequences at the probe's rate; the probe, the first request of a "
         f"generation, {plan.probe_prompts} prompts x {plan.probe_texts} texts = {probe_seq:,} "
         f"sequences, took {_duration(plan.probe_s)})"
+    )
+    lines.append(
+        f"  input tokens: about {plan.input_tokens:,} (the probe's tokens per sequence x "
+        f"{plan.sequences:,} sequences); output tokens: 0 (the service returns logits)"
     )
     closing = " and closing its session" if plan.session else ""
     spent = plan.setup.requests + 1 + int(plan.session)

@@ -122,6 +122,12 @@ def summary(result: Any, say: Callable[[str], None]) -> None:
         f"({result.dev_calls} dev), stop: {result.stop_reason}"
         + (f", {saved} calls saved" if (saved := getattr(result, "calls_saved", 0)) else "")
     )
+    usage = result.usage or {}
+    if "tokens" in usage:
+        say(
+            f"usage: {usage.get('calls', 0):,} calls, {usage.get('requests', 0):,} requests, "
+            f"{usage['tokens']:,} input tokens, 0 output tokens (the service returns logits)"
+        )
     if result.run_dir is not None:
         say(f"run directory: {result.run_dir}")
 

@@ -149,3 +149,19 @@ def test_dev_call_bound_counts_the_mean() -> None:
     assert _dry_run.dev_calls(10, 8, 20, initial=True, has_dev=True, mean=True) == (4, 9)
     # One check (60 calls) and a final evaluation at 80: both with the mean.
     assert _dry_run.dev_calls(4, 20, 50, initial=True, has_dev=True, mean=True) == (1, 5)
+
+
+def test_dry_run_and_summary_count_input_tokens(tmp_path: Path) -> None:
+    """The dry run's token estimate against the tokens the mock counted for the real run
+    (an upper bound: dev checks and early stops only lower it), and the summary line."""
+    args = [*SMALL, "--budget", "32", "--eval-every", "16"]
+    dry, usage, _ = _dry_and_real(args, tmp_path / "run")
+    m = re.search(r"input tokens: about ([\d,]+)", dry)
+    assert m is not None, dry
+    planned = int(m.group(1).replace(",", ""))
+    assert usage["tokens"] > 0
+    assert 0.8 * usage["tokens"] <= planned <= 1.25 * usage["tokens"]
+    assert "output tokens: 0" in dry
+    real = runner.invoke(app, ["tune", *args, "--out", str(tmp_path / "again")])
+    assert real.exit_code == 0, real.output
+    assert f"{usage['tokens']:,} input tokens" in real.output

@@ -1,0 +1,176 @@
+"""A comparison's outputs: ``compare.json``, a Markdown table (mean and standard deviation
+over seeds, cost columns), the same table printed with rich, and a plot of held-out
+metric against API calls and against input tokens (matplotlib, imported when plotting)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bbt.comparison.base import MethodRun, write_text
+from bbt.comparison.runner import Comparison
+
+JSON_FILE = "compare.json"
+TABLE_FILE = "compare.md"
+PLOT_FILE = "compare.png"
+
+
+def as_json(comp: Comparison) -> dict[str, Any]:
+    s = comp.settings
+    return {
+        "task": comp.task.name,
+        "model": comp.model,
+        "metric": comp.task.metric,
+        "n_test": comp.n_test,
+        "seeds": s.seeds,
+        "k_shot": s.k_shot,
+        "budget": s.budget,
+        "price_per_1k_tokens": s.price_per_1k_tokens,
+        "output_tokens_note": "the service scores verbalizer logits and generates no tokens",
+        "methods": [r.as_dict() for r in comp.runs],
+    }
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=0))
+
+
+def summary_rows(comp: Comparison) -> list[dict[str, Any]]:
+    """One row per method: mean and std of the metric (percent) and mean cost per seed."""
+    rows = []
+    for name in dict.fromkeys(r.method for r in comp.runs):
+        runs = [r for r in comp.runs if r.method == name]
+        ok = [r for r in runs if r.metric is not None]
+        mean, std = (
+            _mean_std([100 * float(r.metric or 0.0) for r in ok]) if ok else (float("nan"), 0.0)
+        )
+        cost = [r.cost for r in ok if r.cost is not None]
+        rows.append(
+            {
+                "method": name,
+                "kind": runs[0].kind,
+                "mean": mean,
+                "std": std,
+                "seeds": len(ok),
+                "calls": _avg([r.fit.calls for r in ok]),
+                "input_tokens": _avg([r.fit.input_tokens for r in ok]),
+                "output_tokens": _avg([r.fit.output_tokens for r in ok]),
+                "eval_tokens": _avg([r.evaluation.input_tokens for r in ok]),
+                "seconds": _avg([r.fit.seconds for r in ok]),
+                "cost": sum(cost) / len(cost) if cost else None,
+                "error": next((r.error for r in runs if r.error), None),
+            }
+        )
+    return rows
+
+
+def _avg(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if values else 0.0
+
+
+def markdown(comp: Comparison) -> str:
+    metric = comp.task.metric
+    head = (
+        f"| method | kind | held-out {metric} (%) | calls | input tokens | output tokens "
+        "| held-out scoring tokens | fit seconds | cost |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in summary_rows(comp):
+        if r["seeds"] == 0:
+            lines.append(
+                f"| {r['method']} | {r['kind']} | failed: {r['error']} |  |  |  |  |  |  |"
+            )
+            continue
+        cost = "n/a" if r["cost"] is None else f"{r['cost']:.4f}"
+        lines.append(
+            f"| {r['method']} | {r['kind']} | {r['mean']:.1f} ± {r['std']:.1f} "
+            f"| {r['calls']:.0f} | {r['input_tokens']:.0f} | {r['output_tokens']:.0f} "
+            f"| {r['eval_tokens']:.0f} | {r['seconds']:.1f} | {cost} |"
+        )
+    s = comp.settings
+    foot = (
+        f"\n{comp.task.name} on {comp.model}: {s.seeds} seeds, {s.k_shot} shots per class, "
+        f"budget {s.budget}, {comp.n_test} held-out rows; cost columns are the fit's "
+        "(mean per seed), held-out scoring is counted apart.\n"
+    )
+    return head + "\n".join(lines) + "\n" + foot
+
+
+def print_table(comp: Comparison) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{comp.task.name} on {comp.model}: held-out {comp.task.metric}")
+    for col in ("method", "kind", "metric %", "calls", "in tokens", "out tokens", "cost"):
+        table.add_column(col)
+    for r in summary_rows(comp):
+        metric = f"{r['mean']:.1f} ± {r['std']:.1f}" if r["seeds"] else f"failed: {r['error']}"
+        cost = "n/a" if r["cost"] is None else f"{r['cost']:.4f}"
+        table.add_row(
+            r["method"],
+            r["kind"],
+            metric,
+            f"{r['calls']:.0f}",
+            f"{r['input_tokens']:.0f}",
+            f"{r['output_tokens']:.0f}",
+            cost,
+        )
+    Console().print(table)
+
+
+def plot(comp: Comparison, path: Path) -> Path:
+    """Held-out metric against fit calls and against fit tokens: a point per method and
+    seed, and for tuned methods the dev curve that led to it (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(dict.fromkeys(r.method for r in comp.runs))
+    for i, name in enumerate(names):
+        color = f"C{i % 10}"
+        runs = [r for r in comp.runs if r.method == name and r.metric is not None]
+        for j, (ax, key) in enumerate(zip(axes, ("calls", "input_tokens"), strict=True)):
+            for k, r in enumerate(runs):
+                x = r.fit.calls if key == "calls" else r.fit.input_tokens
+                ax.scatter(
+                    [max(x, 1)],
+                    [100 * float(r.metric or 0)],
+                    color=color,
+                    label=name if k == 0 and j == 0 else None,
+                )
+                if r.curve:
+                    xs = [max(p.calls if key == "calls" else p.tokens, 1) for p in r.curve]
+                    ys = [100 * p.metric for p in r.curve]
+                    ax.plot(xs, ys, color=color, linestyle="--", alpha=0.5)
+    for ax, label in zip(axes, ("API calls (fit)", "input tokens (fit)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel(label + "; 0 drawn at 1")
+        ax.set_ylabel(f"{comp.task.metric} (%): points held-out, dashed dev")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{comp.task.name} on {comp.model}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(comp: Comparison, out: Path, *, with_plot: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / JSON_FILE, json.dumps(as_json(comp), indent=2) + "\n")
+    write_text(out / TABLE_FILE, markdown(comp))
+    paths = [out / JSON_FILE, out / TABLE_FILE]
+    if with_plot:
+        paths.append(plot(comp, out / PLOT_FILE))
+    return paths
+
+
+__all__ = ["JSON_FILE", "PLOT_FILE", "TABLE_FILE", "MethodRun", "as_json", "markdown", "write"]

@@ -1,0 +1,144 @@
+"""Running a comparison: the held-out split, one k-shot sample per seed, every method on
+it, and the cost of each phase from the service's usage counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bbt.client import Service, UsageStats
+from bbt.comparison.base import CompareContext, ComparisonError, MethodRun, Usage
+from bbt.comparison.prompting import labels_of
+from bbt.comparison.registry import get_method
+from bbt.errors import BBTError
+from bbt.tuner.data import Example, sample_k_shot
+from bbt.tuner.losses import get_metric
+from bbt.tuner.tasks import Task
+
+
+@dataclass
+class CompareSettings:
+    methods: Sequence[str]
+    seeds: int = 3
+    k_shot: int = 16
+    budget: int = 8000
+    n_test: int = 200
+    price_per_1k_tokens: float | None = None
+    local_model: str | None = None
+    icl_demos: int = 8
+    n_tokens: int = 50
+    split_seed: int = 0
+
+
+@dataclass
+class Comparison:
+    task: Task
+    settings: CompareSettings
+    model: str
+    runs: list[MethodRun] = field(default_factory=list)
+    n_test: int = 0
+
+
+def usage_of(delta: UsageStats, seconds: float) -> Usage:
+    return Usage(
+        calls=delta.calls,
+        requests=delta.requests,
+        input_tokens=delta.tokens,
+        output_tokens=0,
+        bytes_sent=delta.bytes_sent,
+        bytes_received=delta.bytes_received,
+        seconds=seconds,
+    )
+
+
+def held_out_split(
+    data: Sequence[Example], test: Sequence[Example] | None, n_test: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """The pool the shots are drawn from and the held-out rows (disjoint when split)."""
+    if test is not None:
+        return list(data), list(test)[:n_test]
+    if n_test >= len(data):
+        raise ComparisonError(f"--n-test {n_test} leaves no rows of the {len(data)} to learn from")
+    order = np.random.default_rng(seed).permutation(len(data))
+    held = {int(i) for i in order[:n_test]}
+    pool = [e for i, e in enumerate(data) if i not in held]
+    return pool, [data[int(i)] for i in order[:n_test]]
+
+
+def score(task: Task, pred: np.ndarray[Any, Any], gold: np.ndarray[Any, Any]) -> float:
+    """The task's metric of class predictions (as one-hot logits for the tuner's metric)."""
+    onehot = np.eye(task.num_classes, dtype=np.float32)[np.asarray(pred, dtype=np.int64)]
+    return float(np.asarray(get_metric(task.metric)(onehot, gold)).reshape(-1)[0])
+
+
+def run_method(
+    name: str, ctx: CompareContext, test: Sequence[Example], price: float | None
+) -> MethodRun:
+    method = get_method(name)
+    svc = ctx.service
+    gold = labels_of(test)
+    run = MethodRun(name, method.kind, ctx.seed, ctx.task.metric, None, Usage(), Usage(), price)
+    start, t0 = svc.usage.copy(), time.perf_counter()
+    try:
+        fitted = method.fit(ctx)
+        mid, t1 = svc.usage.copy(), time.perf_counter()
+        run.fit = usage_of(mid - start, t1 - t0)
+        pred = fitted.predictor.predict(test)
+        run.evaluation = usage_of(svc.usage - mid, time.perf_counter() - t1)
+    except ComparisonError:
+        raise
+    except BBTError as exc:
+        run.error = f"{type(exc).__name__}: {exc}"
+        return run
+    run.metric = score(ctx.task, pred, gold)
+    run.curve = fitted.curve
+    run.notes = fitted.notes
+    return run
+
+
+def compare(
+    service: Service,
+    task: Task,
+    data: Sequence[Example],
+    settings: CompareSettings,
+    *,
+    test: Sequence[Example] | None = None,
+    on_run: Callable[[MethodRun], None] | None = None,
+) -> Comparison:
+    """Every method of ``settings`` on ``settings.seeds`` k-shot samples of ``data``, scored
+    on ``test`` (or on ``n_test`` rows of ``data`` kept out of every sample)."""
+    for name in settings.methods:
+        # Unknown names, and white-box methods without local weights, fail before any call.
+        if get_method(name).kind == "white-box" and settings.local_model is None:
+            raise ComparisonError(
+                f"{name} needs the model's weights on this machine (the embedded default "
+                "server); a remote service or the mock does not expose them"
+            )
+    pool, held = held_out_split(data, test, settings.n_test, settings.split_seed)
+    if any(e.label is None for e in held):
+        raise ComparisonError("the held-out rows need labels")
+    info = service.model_info()
+    out = Comparison(task, settings, info.id, n_test=len(held))
+    for seed in range(settings.seeds):
+        train, dev = sample_k_shot(pool, settings.k_shot, seed, task.num_classes)
+        ctx = CompareContext(
+            service,
+            task,
+            train,
+            dev,
+            seed,
+            settings.budget,
+            local_model=settings.local_model,
+            icl_demos=settings.icl_demos,
+            n_tokens=settings.n_tokens,
+        )
+        for name in settings.methods:
+            run = run_method(name, ctx, held, settings.price_per_1k_tokens)
+            out.runs.append(run)
+            if on_run is not None:
+                on_run(run)
+    return out

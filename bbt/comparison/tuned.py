@@ -1,0 +1,74 @@
+"""BBT and BBTv2 through :func:`bbt.tuner.tune` with the user's budget, in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bbt.comparison.base import CompareContext, CurvePoint, Fitted, IntArray, Kind
+from bbt.tuner.config import TuneConfig
+from bbt.tuner.data import Example
+from bbt.tuner.predict import TunedPrompt
+from bbt.tuner.records import GenerationRecord
+from bbt.tuner.run import tune
+
+
+@dataclass
+class TunedPredictor:
+    prompt: TunedPrompt
+
+    def predict(self, examples: Sequence[Example]) -> IntArray:
+        if not examples:
+            return np.zeros(0, dtype=np.int64)
+        preds = self.prompt.predict([dict(e.fields) for e in examples])
+        return np.array([p.index for p in preds], dtype=np.int64)
+
+
+class _Tuned:
+    name = "bbt"
+    kind: Kind = "black-box"
+    method = "bbt"
+
+    def fit(self, ctx: CompareContext) -> Fitted:
+        svc = ctx.service
+        start = svc.usage.copy()
+        curve: list[CurvePoint] = []
+
+        def record(rec: GenerationRecord) -> None:
+            if rec.best_dev_metric is not None:
+                used = svc.usage - start
+                curve.append(CurvePoint(rec.calls, used.tokens, rec.best_dev_metric, "dev"))
+
+        cfg = TuneConfig(
+            budget=ctx.budget, seed=ctx.seed, method=self.method, n_tokens=ctx.n_tokens
+        )
+        result = tune(svc, ctx.task, ctx.train, ctx.dev, cfg, callbacks=[record], plot=False)
+        info = svc.model_info()
+        from bbt.tuner.tasks import verbalizer_ids
+
+        prompt = TunedPrompt(
+            result.prompt,
+            ctx.task,
+            info.id,
+            verbalizer_ids(ctx.task, svc),
+            service=svc,
+            use_registry=False,
+        )
+        notes = {"dev_metric": result.dev_metric, "tuning_calls": result.calls}
+        return Fitted(TunedPredictor(prompt), curve=curve, notes=notes)
+
+
+class BBT(_Tuned):
+    """Black-Box Tuning: CMA-ES over z, p = A z + p0, the user's budget of calls."""
+
+    name = "bbt"
+    method = "bbt"
+
+
+class BBTv2(_Tuned):
+    """BBTv2: a deep prompt, one layer's z at a time."""
+
+    name = "bbtv2"
+    method = "bbtv2"

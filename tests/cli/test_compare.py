@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from bbt.cli import app
+
+runner = CliRunner()
+
+
+def _data(tmp_path: Path) -> Path:
+    path = tmp_path / "reviews.csv"
+    lines = ["text,label"]
+    for i in range(40):
+        lines.append(
+            f"great lovely film {i},positive" if i % 2 else f"awful dull film {i},negative"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+ARGS = ["--template", "{text} It was {mask} .", "--verbalizer", "negative=bad,positive=great"]
+
+
+def test_compare_on_the_mock_writes_json_table_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--mock", *ARGS, "--data", str(_data(tmp_path)), "--out", str(out)]
+    args += ["--methods", "manual,feature-lr,bbt", "--seeds", "2", "-k", "2", "--budget", "20"]
+    args += ["--n-test", "10", "--price-per-1k-tokens", "0.01", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert [m["method"] for m in data["methods"]] == ["manual", "feature-lr", "bbt"] * 2
+    assert (out / "compare.md").read_text().startswith("| method |")
+    assert (out / "compare.png").stat().st_size > 0
+    assert "feature-lr" in result.output
+
+
+def test_dry_run_prices_the_comparison_and_calls_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--mock", *ARGS, "--data", str(_data(tmp_path)), "--out", str(out)]
+    args += ["--budget", "40", "--dry-run", "--price-per-1k-tokens", "0.5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "dry run: 7 methods x 3 seeds" in result.output
+    assert "cost at 0.5 per 1k tokens" in result.output
+    assert not out.exists()
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
+    data = str(_data(tmp_path))
+    result = runner.invoke(app, ["compare", "--mock", *ARGS, "--data", data, "--methods", "x"])
+    assert result.exit_code != 0
+    assert "unknown method 'x'" in result.output
+    assert "Traceback" not in result.output
+    wb = ["compare", "--mock", *ARGS, "--data", data, "--methods", "whitebox-lora"]
+    result = runner.invoke(app, wb)
+    assert result.exit_code != 0
+    assert "weights on this machine" in result.output
+
+
+def test_list_methods(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["compare", "--list-methods", "--data", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "whitebox-lora" in result.output
+
+
+def test_compare_on_the_shipped_reviews_csv(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2] / "examples" / "data"
+    out = tmp_path / "reviews"
+    args = ["compare", "--mock", *ARGS, "--data", str(root / "reviews.csv")]
+    args += ["--test", str(root / "reviews_test.csv"), "--methods", "manual,icl,feature-lr"]
+    args += ["--seeds", "1", "-k", "4", "--out", str(out), "--no-plot", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["n_test"] == 40
+    assert len(data["methods"]) == 3
