@@ -124,7 +124,11 @@ def _run(
         value = "failed" if run.metric is None else f"{100 * run.metric:.1f}%"
         say(f"seed {run.seed} {run.method}: {value}, {run.fit.calls} calls")
 
-    comp = compare(svc, t, rows, settings, test=held, on_run=progress)
+    def save(partial: Any) -> None:
+        # After every method run: a crash or Ctrl-C later keeps the runs already paid for.
+        report.write(partial, out_dir, with_plot=False)
+
+    comp = compare(svc, t, rows, settings, test=held, on_run=progress, on_progress=save)
     paths = report.write(comp, out_dir, with_plot=plot)
     report.print_table(comp)
     say("wrote " + ", ".join(str(p) for p in paths))

@@ -108,9 +108,13 @@ def compare(
     *,
     test: Sequence[Example] | None = None,
     on_run: Callable[[MethodRun], None] | None = None,
+    on_progress: Callable[[Comparison], None] | None = None,
 ) -> Comparison:
     """Every method of ``settings`` on ``settings.seeds`` k-shot samples of ``data``, scored
-    on ``test`` (or on ``n_test`` rows of ``data`` kept out of every sample)."""
+    on ``test`` (or on ``n_test`` rows of ``data`` kept out of every sample).
+
+    ``on_progress`` gets the comparison so far after every method run, so a caller can save
+    what was paid for before the next run starts (the CLI rewrites compare.json each time)."""
     for name in settings.methods:
         # Unknown names, and white-box methods without local weights, fail before any call.
         if get_method(name).kind == "white-box" and settings.local_model is None:
@@ -141,4 +145,6 @@ def compare(
             out.runs.append(run)
             if on_run is not None:
                 on_run(run)
+            if on_progress is not None:
+                on_progress(out)
     return out

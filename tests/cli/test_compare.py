@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from bbt.cli import app
@@ -78,3 +80,34 @@ def test_compare_on_the_shipped_reviews_csv(tmp_path: Path) -> None:
     data = json.loads((out / "compare.json").read_text())
     assert data["n_test"] == 40
     assert len(data["methods"]) == 3
+
+
+def test_runs_paid_for_are_on_disk_when_a_later_method_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compare.json is rewritten after every method run: an interruption (here Ctrl-C
+    during the second seed's bbt run) keeps the runs that were already paid for."""
+    import bbt.comparison.runner as runner_module
+
+    real = runner_module.run_method
+    calls: list[str] = []
+
+    def interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        if len(calls) == 4:  # seed 1's first method: seed 0's two runs are done
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "run_method", interrupted)
+    out = tmp_path / "cmp"
+    args = ["compare", "--mock", *ARGS, "--data", str(_data(tmp_path)), "--out", str(out)]
+    args += ["--methods", "manual,feature-lr,bbt", "--seeds", "2", "-k", "2", "--budget", "20"]
+    args += ["--n-test", "10", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    data = json.loads((out / "compare.json").read_text())
+    assert [(m["method"], m["seed"]) for m in data["methods"]] == [
+        ("manual", 0),
+        ("feature-lr", 0),
+        ("bbt", 0),
+    ]
