@@ -17,9 +17,12 @@ import numpy as np
 
 from bbt.client import Service
 from bbt.errors import ConfigurationError
+from bbt.tuner.transfer import load_run_prompt
 
-PromptKind = Literal["zeros", "vocab_sample", "vocab_range", "text", "file"]
-PROMPT_KINDS: tuple[PromptKind, ...] = ("zeros", "vocab_sample", "vocab_range", "text", "file")
+PromptKind = Literal["zeros", "vocab_sample", "vocab_range", "text", "file", "run"]
+PROMPT_KINDS: tuple[PromptKind, ...] = (
+    "zeros", "vocab_sample", "vocab_range", "text", "file", "run",
+)  # fmt: skip
 
 #: The paper's code takes its prompt tokens from ids 1000..1000+n of the vocabulary.
 DEFAULT_VOCAB_START = 1000
@@ -37,6 +40,9 @@ class InitialPrompt:
     - ``text``: embeddings of the tokens of ``text``, repeated cyclically (or cut) to n.
     - ``file``: an array of shape [n, H] (or [n * H]) in a ``.npy`` file; ``sha256`` is
       recorded so a run can tell when the file changed.
+    - ``run``: the selected prompt of the finished run in directory ``path``
+      (:mod:`bbt.tuner.transfer`); ``sha256`` is the prompt's, ``model`` the fingerprint of
+      the model it was tuned on (checked against the service's).
     """
 
     kind: PromptKind = "zeros"
@@ -45,6 +51,7 @@ class InitialPrompt:
     text: str | None = None
     path: str | None = None
     sha256: str | None = None
+    model: str | None = None  # kind "run": the source's model fingerprint
 
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:
@@ -55,11 +62,16 @@ class InitialPrompt:
             raise ConfigurationError("an initial prompt from text needs the text")
         if self.kind == "file" and not self.path:
             raise ConfigurationError("an initial prompt from a file needs the file's path")
+        if self.kind == "run" and not self.path:
+            raise ConfigurationError("an initial prompt from a run needs the run directory")
         if self.start < 0:
             raise ConfigurationError("the first vocabulary id must be non-negative")
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["model"] is None:  # manifests from before transfer have no such key
+            del data["model"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InitialPrompt:
@@ -67,8 +79,8 @@ class InitialPrompt:
 
     @classmethod
     def parse(cls, spec: str, seed: int = 0) -> InitialPrompt:
-        """Parse a CLI spec: ``zeros``, ``vocab``, ``vocab:START``, ``text:WORDS`` or
-        ``file:PATH``."""
+        """Parse a CLI spec: ``zeros``, ``vocab``, ``vocab:START``, ``text:WORDS``,
+        ``file:PATH`` or ``run:DIR``."""
         head, _, rest = spec.partition(":")
         if head == "zeros" and not rest:
             return cls("zeros")
@@ -83,9 +95,11 @@ class InitialPrompt:
             return cls("text", text=rest)
         if head == "file" and rest:
             return cls("file", path=rest)
+        if head == "run" and rest:
+            return cls("run", path=rest)
         raise ConfigurationError(
             f"cannot read initial prompt {spec!r}; use zeros, vocab, vocab:START, "
-            "text:WORDS or file:PATH.npy"
+            "text:WORDS, file:PATH.npy or run:DIR"
         )
 
 
@@ -109,6 +123,12 @@ def build_initial_prompt(
     h = info.hidden_size
     if recipe.kind == "zeros":
         return np.zeros((n_tokens, h), dtype=np.float32), recipe
+    if recipe.kind == "run":
+        assert recipe.path is not None  # checked in __post_init__
+        prompt, digest, fingerprint = load_run_prompt(recipe.path, info, n_tokens)
+        if recipe.sha256 is not None and recipe.sha256 != digest:
+            raise ConfigurationError(f"the prompt of run {recipe.path} changed since this started")
+        return prompt, InitialPrompt("run", path=recipe.path, sha256=digest, model=fingerprint)
     if recipe.kind == "file":
         assert recipe.path is not None  # checked in __post_init__
         path = Path(recipe.path)
