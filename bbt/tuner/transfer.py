@@ -90,3 +90,28 @@ def load_run_prompt(run_dir: str, info: ModelInfo, n_tokens: int) -> tuple[F32, 
     check_transfer(source, prompt, fingerprint, info, n_tokens)
     arr = np.ascontiguousarray(prompt, dtype=np.float32)
     return arr, prompt_sha256(arr), fingerprint
+
+
+def load_sources(
+    run_dirs: tuple[str, ...], info: ModelInfo, n_tokens: int, sha256: str | None = None
+) -> tuple[np.ndarray[Any, np.dtype[np.float64]], str, str]:
+    """The selected prompts of K finished runs, stacked [K, n, H] (float64), each checked as
+    by :func:`load_run_prompt`: (stack, SHA-256 of the float32 stack, model fingerprint).
+    ``sha256``: what a run recorded; a stack that changed since is refused."""
+    if len(run_dirs) < 2:
+        raise ConfigurationError("a mixture needs at least two source runs (mix:DIR1,DIR2)")
+    prompts = [load_run_prompt(d, info, n_tokens) for d in run_dirs]
+    stack32 = np.stack([p for p, _, _ in prompts])
+    digest = prompt_sha256(stack32)
+    if sha256 is not None and sha256 != digest:
+        raise ConfigurationError("the source prompts of this mixture changed since it started")
+    return stack32.astype(np.float64), digest, prompts[0][2]
+
+
+def mix_prompts(weights: np.ndarray[Any, Any], stack: np.ndarray[Any, np.dtype[np.float64]]) -> F32:
+    """sum_k softmax(w)_k P_k for each row of ``weights`` [P, K]: prompts [P, n, H], float32."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = np.exp(w - w.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    mixed = np.einsum("pk,knh->pnh", w, stack)
+    return np.ascontiguousarray(mixed, dtype=np.float32)

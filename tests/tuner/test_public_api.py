@@ -45,6 +45,7 @@ def test_all_is_sorted_and_complete() -> None:
         "sessions",
         "tasks",
         "templates",
+        "transfer",
         "tuner",
         "verbalizers",
         "plot",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _BUILTIN: dict[str, str] = {
     "bbt": "bbt.tuner.methods.shallow:BBT",
     "bbtv2": "bbt.tuner.methods.deep:BBTV2",
+    "mixture": "bbt.tuner.methods.mixture:MIXTURE",
 }
 _loaded: dict[str, Method] = {}
 _order = METHOD_NAMES  # one list: what TuneConfig accepts is what is registered
