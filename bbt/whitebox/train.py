@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bbt.errors import ConfigurationError
+from bbt.protocol import ModelInfo
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task
 from bbt.whitebox._model import LocalModel, require_peft
@@ -48,6 +49,7 @@ class WhiteboxResult:
     trainable_params: int
     prompt: np.ndarray[Any, Any] | None  # [n_tokens, H] for prompt tuning, else None
     losses: list[float] = field(default_factory=list)  # training loss before each step
+    model_info: ModelInfo | None = None  # the model trained on, as the server describes it
     _scorer: Scorer | None = field(default=None, repr=False)
     _texts: Callable[[Sequence[Example]], list[str]] | None = field(default=None, repr=False)
 
@@ -182,6 +184,7 @@ def train_whitebox(
         trainable_params=int(sum(p.numel() for p in params)),
         prompt=None if prompt is None else np.ascontiguousarray(prompt, dtype=np.float32),
         losses=losses,
+        model_info=model.info,
         _scorer=scorer,
         _texts=model.texts,
     )
