@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bbt._version import __version__
-from bbt.cli import _mock, _serve, _tune
+from bbt.cli import _mock, _pretrain, _serve, _tune
 
 app = typer.Typer(
     name="bbt",
@@ -34,6 +34,7 @@ def _root(
 _tune.register(app)
 _serve.register(app)
 _mock.register(app)
+_pretrain.register(app)
 
 
 def main() -> None:
