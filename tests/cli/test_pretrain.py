@@ -50,3 +50,27 @@ def test_pretrain_then_tune_from_it(tmp_path: Path) -> None:
     )  # fmt: skip
     assert again.exit_code != 0
     assert "already holds a run" in again.output
+
+
+def test_tune_from_runs_and_from_a_mixture_on_the_command_line(tmp_path: Path) -> None:
+    small = ["--mock", "--mock-hidden-size", "32", "-n", "5", "-d", "20", "--popsize", "8", "-q"]
+    base = ["tune", "--task", "mock", "--budget", "32", "-k", "8", "--dev-k", "4", *small]
+    for name, seed in (("a", "1"), ("b", "2")):
+        r = runner.invoke(app, [*base, "--seed", seed, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*base, "--init", f"run:{tmp_path / 'a'}", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["initial_prompt"]["kind"] == "run"
+    mix = f"mix:{tmp_path / 'a'},{tmp_path / 'b'}"
+    r = runner.invoke(
+        app, [*base, "--method", "mixture", "--init", mix, "--out", str(tmp_path / "m")]
+    )
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["method"] == "mixture"
+    assert manifest["mixture"] == {"sources": 2}
+    r = runner.invoke(app, [*base, "-n", "7", "--init", f"run:{tmp_path / 'a'}"])
+    assert r.exit_code != 0
+    assert "--n-tokens 5" in r.output
+    assert "Traceback" not in r.output
