@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bbt._version import __version__
-from bbt.cli import _compare, _mock, _serve, _tune
+from bbt.cli import _compare, _mock, _pretrain, _serve, _tune
 
 app = typer.Typer(
     name="bbt",
@@ -35,6 +35,7 @@ _tune.register(app)
 _serve.register(app)
 _mock.register(app)
 _compare.register(app)
+_pretrain.register(app)
 
 
 def main() -> None:

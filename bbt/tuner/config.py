@@ -27,7 +27,7 @@ DEFAULT_EVAL_MEAN = False
 #: The built-in tuning methods: BBT (one prompt at the input) and BBTv2 (a prompt at every
 #: layer, layer-wise CMA-ES; bbt.tuner.bbtv2). Which names a config takes is the registry's
 #: to say (bbt.tuner.methods.available()): a registered method is valid too.
-METHODS: tuple[str, ...] = ("bbt", "bbtv2", "probe", "probe-tuned")
+METHODS: tuple[str, ...] = ("bbt", "bbtv2", "probe", "probe-tuned", "mixture")
 #: Every method name a config may take, in registration order: the built-in ones, then those
 #: that bbt.tuner.methods.register adds (the registry keeps this list; it imports this
 #: module, not the other way round, so a config needs no tuner to be checked).

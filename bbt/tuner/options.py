@@ -42,7 +42,10 @@ HELP: dict[str, str] = {
     "dev_k": "Dev examples per class (default: k).",
     "data_seed": "Seed of k-shot sampling (default: --seed).",
     # Prompt
-    "init": "p0: zeros, vocab, vocab:START, text:WORDS, file:PATH.",
+    "init": (
+        "p0: zeros, vocab, vocab:START, text:WORDS, file:PATH, run:DIR (a tuned run's "
+        "prompt), mix:DIR1,DIR2 (the mixture method's sources)."
+    ),
     "n_tokens": "Soft prompt length n.",
     "dim": "Intrinsic dimension d.",
     "alpha": "Projection scale alpha.",

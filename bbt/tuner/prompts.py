@@ -17,9 +17,13 @@ import numpy as np
 
 from bbt.client import Service
 from bbt.errors import ConfigurationError
+from bbt.protocol import ModelInfo
+from bbt.tuner.transfer import load_run_prompt, load_sources, mix_prompts
 
-PromptKind = Literal["zeros", "vocab_sample", "vocab_range", "text", "file"]
-PROMPT_KINDS: tuple[PromptKind, ...] = ("zeros", "vocab_sample", "vocab_range", "text", "file")
+PromptKind = Literal["zeros", "vocab_sample", "vocab_range", "text", "file", "run", "mix"]
+PROMPT_KINDS: tuple[PromptKind, ...] = (
+    "zeros", "vocab_sample", "vocab_range", "text", "file", "run", "mix",
+)  # fmt: skip
 
 #: The paper's code takes its prompt tokens from ids 1000..1000+n of the vocabulary.
 DEFAULT_VOCAB_START = 1000
@@ -37,6 +41,11 @@ class InitialPrompt:
     - ``text``: embeddings of the tokens of ``text``, repeated cyclically (or cut) to n.
     - ``file``: an array of shape [n, H] (or [n * H]) in a ``.npy`` file; ``sha256`` is
       recorded so a run can tell when the file changed.
+    - ``run``: the selected prompt of the finished run in directory ``path``
+      (:mod:`bbt.tuner.transfer`); ``sha256`` is the prompt's, ``model`` the fingerprint of
+      the model it was tuned on (checked against the service's).
+    - ``mix``: the K finished runs in ``sources`` (each as for ``run``); p0 is their mean,
+      softmax(0)-weighted, where the ``mixture`` method starts; ``sha256`` hashes the stack.
     """
 
     kind: PromptKind = "zeros"
@@ -45,6 +54,8 @@ class InitialPrompt:
     text: str | None = None
     path: str | None = None
     sha256: str | None = None
+    model: str | None = None  # kinds "run" and "mix": the sources' model fingerprint
+    sources: tuple[str, ...] | None = None  # kind "mix": the source run directories
 
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:
@@ -55,20 +66,33 @@ class InitialPrompt:
             raise ConfigurationError("an initial prompt from text needs the text")
         if self.kind == "file" and not self.path:
             raise ConfigurationError("an initial prompt from a file needs the file's path")
+        if self.kind == "run" and not self.path:
+            raise ConfigurationError("an initial prompt from a run needs the run directory")
+        if self.kind == "mix" and not self.sources:
+            raise ConfigurationError("a mixture of prompts needs its source run directories")
         if self.start < 0:
             raise ConfigurationError("the first vocabulary id must be non-negative")
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("model", "sources"):  # manifests from before transfer have no such keys
+            if data[key] is None:
+                del data[key]
+        if self.sources is not None:
+            data["sources"] = list(self.sources)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InitialPrompt:
+        sources = data.get("sources")
+        if sources is not None:
+            data = {**data, "sources": tuple(sources)}
         return cls(**data)
 
     @classmethod
     def parse(cls, spec: str, seed: int = 0) -> InitialPrompt:
-        """Parse a CLI spec: ``zeros``, ``vocab``, ``vocab:START``, ``text:WORDS`` or
-        ``file:PATH``."""
+        """Parse a CLI spec: ``zeros``, ``vocab``, ``vocab:START``, ``text:WORDS``,
+        ``file:PATH``, ``run:DIR`` or ``mix:DIR1,DIR2,...``."""
         head, _, rest = spec.partition(":")
         if head == "zeros" and not rest:
             return cls("zeros")
@@ -83,9 +107,13 @@ class InitialPrompt:
             return cls("text", text=rest)
         if head == "file" and rest:
             return cls("file", path=rest)
+        if head == "run" and rest:
+            return cls("run", path=rest)
+        if head == "mix" and rest:
+            return cls("mix", sources=tuple(p for p in rest.split(",") if p))
         raise ConfigurationError(
             f"cannot read initial prompt {spec!r}; use zeros, vocab, vocab:START, "
-            "text:WORDS or file:PATH.npy"
+            "text:WORDS, file:PATH.npy, run:DIR or mix:DIR1,DIR2,..."
         )
 
 
@@ -109,6 +137,8 @@ def build_initial_prompt(
     h = info.hidden_size
     if recipe.kind == "zeros":
         return np.zeros((n_tokens, h), dtype=np.float32), recipe
+    if recipe.kind in ("run", "mix"):
+        return _transferred(recipe, info, n_tokens)
     if recipe.kind == "file":
         assert recipe.path is not None  # checked in __post_init__
         path = Path(recipe.path)
@@ -152,3 +182,20 @@ def build_initial_prompt(
     if n_tokens == 0:
         return np.zeros((0, h), dtype=np.float32), recipe
     return _embed(service, ids), recipe
+
+
+def _transferred(
+    recipe: InitialPrompt, info: ModelInfo, n_tokens: int
+) -> tuple[FloatArray, InitialPrompt]:
+    """p0 from finished runs (``run``: one; ``mix``: the mean of several), checked against
+    the served model and ``n_tokens`` (:mod:`bbt.tuner.transfer`)."""
+    if recipe.kind == "run":
+        assert recipe.path is not None  # checked in __post_init__
+        prompt, digest, fingerprint = load_run_prompt(recipe.path, info, n_tokens)
+        if recipe.sha256 is not None and recipe.sha256 != digest:
+            raise ConfigurationError(f"the prompt of run {recipe.path} changed since this started")
+        return prompt, InitialPrompt("run", path=recipe.path, sha256=digest, model=fingerprint)
+    assert recipe.sources is not None  # kind "mix", checked in __post_init__
+    stack, digest, fingerprint = load_sources(recipe.sources, info, n_tokens, recipe.sha256)
+    p0 = mix_prompts(np.zeros((1, len(recipe.sources))), stack)[0]
+    return p0, InitialPrompt("mix", sources=recipe.sources, sha256=digest, model=fingerprint)

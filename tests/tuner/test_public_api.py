@@ -49,6 +49,7 @@ def test_all_is_sorted_and_complete() -> None:
         "tasks",
         "templates",
         "tracking",  # imported by its users only (mlflow), like plot
+        "transfer",
         "tuner",
         "verbalizers",
         "plot",

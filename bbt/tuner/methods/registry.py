@@ -23,6 +23,7 @@ _BUILTIN: dict[str, str] = {
     "bbtv2": "bbt.tuner.methods.deep:BBTV2",
     "probe": "bbt.tuner.methods.probe:PROBE",
     "probe-tuned": "bbt.tuner.methods.probe:PROBE_TUNED",
+    "mixture": "bbt.tuner.methods.mixture:MIXTURE",
 }
 _loaded: dict[str, Method] = {}
 _order = METHOD_NAMES  # one list: what TuneConfig accepts is what is registered
