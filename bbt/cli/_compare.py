@@ -52,6 +52,12 @@ def compare_command(
     base_url: str | None = typer.Option(None, "--base-url", envvar="BBT_BASE_URL"),
     api_key: str | None = typer.Option(None, "--api-key", envvar="BBT_API_KEY"),
     model: str | None = typer.Option(None, "--model"),
+    local_model: Path | None = typer.Option(
+        None,
+        "--local-model",
+        help="The served model's directory on this machine, for the white-box rows "
+        "(the embedded default needs none).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Is tuning worth it on my task, and what does it cost? Every method on the same
@@ -92,7 +98,12 @@ def compare_command(
             say=say,
         )
         with service as (svc, info):
-            settings.local_model = "embedded" if info.get("kind") == "embedded" else None
+            if local_model is not None:
+                if not local_model.is_dir():
+                    raise ConfigurationError(f"--local-model {local_model} is not a directory")
+                settings.local_model = str(local_model)
+            elif info.get("kind") == "embedded":
+                settings.local_model = "embedded"
             if dry_run:
                 _dry_run(svc, t, rows, held, settings)
                 return

@@ -474,6 +474,7 @@ __all__ = [
     "DTypeSpec",
     "Device",
     "DeviceSpec",
+    "ForwardChunk",
     "HFBackend",
     "HeadSpec",
     "TokenCache",

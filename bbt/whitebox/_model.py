@@ -98,9 +98,10 @@ class LocalModel:
         }
         longest = max(len(e.ids) for e in encoded) + n
         chunk = [(0, j) for j in range(len(texts))]
-        out = b._forward_chunk(
-            chunk, encoded, text_embs, prompt[None], n, longest, self.cand_t, "mask"
-        )
+        from bbt.server.hf import ForwardChunk
+
+        job = ForwardChunk(chunk, encoded, text_embs, prompt[None], n, longest, self.cand_t)
+        out = b._forward_chunk(job)
         return out.float()
 
     def plain_inputs(self, texts: list[str]) -> tuple[Any, Any, Any]:
