@@ -37,10 +37,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The suite's Ray Serve test needs the ray extra (~80 MB); only `make test` installs it, so
-# `make demo` stays light.
+# The suite also tests the optional parts, so only `make test` installs their extras: ray
+# (the Ray Serve test, ~80 MB), sklearn (BBTClassifier, the probe heads, the gp optimiser,
+# compare's probes), data (Parquet, saved datasets), mlflow (the tracking callback) and
+# whitebox (peft: compare's white-box rows, bbt pretrain). `make demo` stays light.
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,serve,ray,sklearn,data,mlflow]'
+	$(PY) -m pip install -q -e '.[dev,serve,ray,sklearn,data,mlflow,whitebox]'
 	touch $@
 
 lint: install
