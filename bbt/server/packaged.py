@@ -138,6 +138,7 @@ def _gguf_path(entry: PackagedModel, work: Path) -> Path:
 
 def convert(entry: PackagedModel, root: Path | None = None) -> Path:
     """Convert ``entry``'s GGUF to a float32 safetensors directory under ``root`` (once)."""
+    _package_dir(entry)  # the model first: its install line is what a new user needs
     try:
         import transformers
     except ImportError:
