@@ -52,6 +52,13 @@ def compare_command(
     base_url: str | None = typer.Option(None, "--base-url", envvar="BBT_BASE_URL"),
     api_key: str | None = typer.Option(None, "--api-key", envvar="BBT_API_KEY"),
     model: str | None = typer.Option(None, "--model"),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="The bbt-pretrained row's start: run:DIR, a pre-trained or tuned run on the "
+        "same model (bbt pretrain writes one).",
+        rich_help_panel=PANEL,
+    ),
     local_model: Path | None = typer.Option(
         None,
         "--local-model",
@@ -87,6 +94,7 @@ def compare_command(
             price_per_1k_tokens=price,
             icl_demos=icl_demos,
             n_tokens=n_tokens,
+            init=init,
         )
         say = sayer(quiet)
         service = open_service(

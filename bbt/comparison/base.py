@@ -43,6 +43,9 @@ class CompareContext:
     local_model: str | None = None
     icl_demos: int = 8
     n_tokens: int = 50
+    #: The ``--init`` of the ``bbt-pretrained`` row (``run:DIR``: a pre-trained or tuned run
+    #: on the same model, e.g. from ``bbt pretrain``); None: that row is refused.
+    init: str | None = None
 
 
 @dataclass

@@ -54,8 +54,8 @@ def plan_method(name: str, s: CompareSettings, task: Task, tok: float, n_test: i
         )
     if name in ("feature-lr", "feature-mlp"):
         return MethodPlan(name, 1, int(2 * shots * tok), eval_tokens)
-    if name in ("bbt", "bbtv2"):
-        cfg = TuneConfig(budget=s.budget, n_tokens=s.n_tokens, method=name)
+    if name in ("bbt", "bbt-pretrained", "bbtv2"):
+        cfg = TuneConfig(budget=s.budget, n_tokens=s.n_tokens, method=name.split("-")[0])
         dev_calls = s.budget // max(cfg.eval_every, 1) + 2
         train_tok = s.budget * shots * (tok + s.n_tokens)
         dev_tok = dev_calls * shots * (tok + s.n_tokens)

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from bbt.comparison.base import ComparisonError, ComparisonMethod
 from bbt.comparison.probes import LogisticProbe, MLPProbe
 from bbt.comparison.prompting import InContextLearning, ManualPrompt, ManualSelect
-from bbt.comparison.tuned import BBT, BBTv2
+from bbt.comparison.tuned import BBT, BBTPretrained, BBTv2
 from bbt.comparison.whitebox import WHITEBOX_NAMES, Whitebox
 
 ENTRY_POINT_GROUP = "bbt.compare_methods"
@@ -23,6 +23,7 @@ _BUILTIN: dict[str, Factory] = {
     "feature-lr": LogisticProbe,
     "feature-mlp": MLPProbe,
     "bbt": BBT,
+    "bbt-pretrained": BBTPretrained,
     "bbtv2": BBTv2,
 }
 

@@ -32,6 +32,7 @@ class CompareSettings:
     icl_demos: int = 8
     n_tokens: int = 50
     split_seed: int = 0
+    init: str | None = None  # the bbt-pretrained row's start (run:DIR)
 
 
 @dataclass
@@ -122,6 +123,8 @@ def compare(
                 f"{name} needs the model's weights on this machine (the embedded default "
                 "server); a remote service or the mock does not expose them"
             )
+        if name == "bbt-pretrained" and not settings.init:
+            raise ComparisonError("bbt-pretrained needs --init run:DIR (bbt pretrain writes one)")
     pool, held = held_out_split(data, test, settings.n_test, settings.split_seed)
     if any(e.label is None for e in held):
         raise ComparisonError("the held-out rows need labels")
@@ -139,6 +142,7 @@ def compare(
             local_model=settings.local_model,
             icl_demos=settings.icl_demos,
             n_tokens=settings.n_tokens,
+            init=settings.init,
         )
         for name in settings.methods:
             run = run_method(name, ctx, held, settings.price_per_1k_tokens)

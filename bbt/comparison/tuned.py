@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from bbt.comparison.base import CompareContext, CurvePoint, Fitted, IntArray, Kind
+from bbt.comparison.base import (
+    CompareContext,
+    ComparisonError,
+    CurvePoint,
+    Fitted,
+    IntArray,
+    Kind,
+)
 from bbt.tuner.config import TuneConfig
 from bbt.tuner.data import Example
 from bbt.tuner.predict import TunedPrompt
+from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.records import GenerationRecord
 from bbt.tuner.run import tune
 
@@ -31,6 +40,10 @@ class _Tuned:
     kind: Kind = "black-box"
     method = "bbt"
 
+    def initial_prompt(self, ctx: CompareContext) -> InitialPrompt | None:
+        """Where p0 comes from; None: the method's default (the vocabulary)."""
+        return None
+
     def fit(self, ctx: CompareContext) -> Fitted:
         svc = ctx.service
         start = svc.usage.copy()
@@ -44,7 +57,11 @@ class _Tuned:
         cfg = TuneConfig(
             budget=ctx.budget, seed=ctx.seed, method=self.method, n_tokens=ctx.n_tokens
         )
-        result = tune(svc, ctx.task, ctx.train, ctx.dev, cfg, callbacks=[record], plot=False)
+        init = self.initial_prompt(ctx)
+        result = tune(
+            svc, ctx.task, ctx.train, ctx.dev, cfg,
+            initial_prompt=init, callbacks=[record], plot=False,
+        )  # fmt: skip
         info = svc.model_info()
         from bbt.tuner.tasks import verbalizer_ids
 
@@ -56,7 +73,9 @@ class _Tuned:
             service=svc,
             use_registry=False,
         )
-        notes = {"dev_metric": result.dev_metric, "tuning_calls": result.calls}
+        notes: dict[str, Any] = {"dev_metric": result.dev_metric, "tuning_calls": result.calls}
+        if init is not None:
+            notes["init"] = f"run:{init.path}"
         return Fitted(TunedPredictor(prompt), curve=curve, notes=notes)
 
 
@@ -65,6 +84,23 @@ class BBT(_Tuned):
 
     name = "bbt"
     method = "bbt"
+
+
+class BBTPretrained(_Tuned):
+    """BBT from a pre-trained prompt: p0 is a run's prompt (``--init run:DIR``, e.g. written
+    by ``bbt pretrain`` or an earlier ``bbt tune`` on the same model), the user's budget."""
+
+    name = "bbt-pretrained"
+    method = "bbt"
+
+    def initial_prompt(self, ctx: CompareContext) -> InitialPrompt | None:
+        init = InitialPrompt.parse(ctx.init, ctx.seed) if ctx.init else None
+        if init is None or init.kind != "run":
+            raise ComparisonError(
+                "bbt-pretrained needs --init run:DIR: a pre-trained or tuned run on the same "
+                "model (bbt pretrain writes one)"
+            )
+        return init
 
 
 class BBTv2(_Tuned):

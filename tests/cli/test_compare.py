@@ -111,3 +111,28 @@ def test_runs_paid_for_are_on_disk_when_a_later_method_fails(
         ("feature-lr", 0),
         ("bbt", 0),
     ]
+
+
+def test_bbt_pretrained_row_from_a_run_and_refused_without_one(tmp_path: Path) -> None:
+    data = _data(tmp_path)
+    source = tmp_path / "source"
+    tuned = runner.invoke(
+        app,
+        ["tune", "--mock", *ARGS, "--data", str(data), "-k", "4", "--budget", "40",
+         "--n-tokens", "5", "--out", str(source), "-q"],
+    )  # fmt: skip
+    assert tuned.exit_code == 0, tuned.output
+    out = tmp_path / "cmp"
+    args = ["compare", "--mock", *ARGS, "--data", str(data), "--out", str(out), "-q"]
+    args += ["--methods", "bbt,bbt-pretrained", "--seeds", "1", "-k", "2", "--budget", "20"]
+    args += ["--n-tokens", "5", "--n-test", "10"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code != 0
+    assert "bbt-pretrained needs --init run:DIR" in refused.output
+    assert "Traceback" not in refused.output
+    assert not (out / "compare.json").exists()  # refused before any call
+    result = runner.invoke(app, [*args, "--init", f"run:{source}"])
+    assert result.exit_code == 0, result.output
+    data_out = json.loads((out / "compare.json").read_text())
+    assert [m["method"] for m in data_out["methods"]] == ["bbt", "bbt-pretrained"]
+    assert data_out["methods"][1]["notes"]["init"] == f"run:{source}"

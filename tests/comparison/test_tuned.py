@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pytest
 
 from bbt.client import LocalClient
-from bbt.comparison.base import CompareContext
-from bbt.comparison.tuned import BBT, BBTv2
+from bbt.comparison.base import CompareContext, ComparisonError
+from bbt.comparison.tuned import BBT, BBTPretrained, BBTv2
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task
 
@@ -37,3 +41,47 @@ def test_bbtv2_tunes_a_deep_prompt(
     assert prompt.deep
     assert prompt.prompt.shape[0] == 2
     assert np.isin(fitted.predictor.predict(rows[20:24]), [0, 1]).all()
+
+
+def test_bbt_pretrained_starts_from_the_run_it_is_given(
+    mock_service: LocalClient,
+    task: Task,
+    rows: list[Example],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The row tunes from the source run's prompt (``--init run:DIR``, checked as
+    ``bbt tune`` checks it); without a source the row is refused before any call."""
+    import bbt.comparison.tuned as tuned_module
+    from bbt.tuner.config import TuneConfig
+    from bbt.tuner.run import tune
+
+    source = tmp_path / "source"
+    tune(
+        mock_service, task, rows[:8], rows[8:16],
+        TuneConfig(budget=40, n_tokens=5, seed=3), run_dir=source, plot=False,
+    )  # fmt: skip
+    seen: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = tune(*args, **kwargs)
+        seen.append((kwargs["initial_prompt"], result))
+        return result
+
+    monkeypatch.setattr(tuned_module, "tune", spy)
+    ctx = CompareContext(
+        mock_service, task, rows[:8], rows[8:16], 0, budget=20, n_tokens=5,
+        init=f"run:{source}",
+    )  # fmt: skip
+    fitted = BBTPretrained().fit(ctx)
+    assert fitted.notes["init"] == f"run:{source}"
+    assert fitted.notes["tuning_calls"] <= 20
+    (init, _) = seen[0]
+    assert init.kind == "run"  # loaded and checked by the tuner (tests/tuner/test_transfer.py)
+    assert init.path == str(source)
+
+    before = mock_service.usage.copy()
+    bare = CompareContext(mock_service, task, rows[:8], rows[8:16], 0, budget=20, n_tokens=5)
+    with pytest.raises(ComparisonError, match="needs --init run:DIR"):
+        BBTPretrained().fit(bare)
+    assert (mock_service.usage - before).calls == 0
