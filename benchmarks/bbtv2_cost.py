@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import args_record, machine, sample_kshot, to_examples, write_result  # noqa: E402
+from _common import args_record, sample_kshot, to_examples, write_result  # noqa: E402
 from embedded_quality import cpu_flags, default_dtype  # noqa: E402
 
 from bbt.protocol import encoded_size  # noqa: E402
@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
             "args": args_record(args),
             "backend": describe(backend),
             "cpu_flags": cpu_flags(),
-            "machine": machine(),
             "server_seconds": server,
             "client_seconds": client,
             "server_median": med,

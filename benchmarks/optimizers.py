@@ -47,7 +47,6 @@ from _common import (  # noqa: E402
     accuracy,
     args_record,
     labels,
-    machine,
     sample_kshot,
     to_examples,
     write_result,
@@ -231,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         {
             "args": args_record(args),
             "cpu_flags": cpu_flags(),
-            "machine": machine(),
             "summary": summary,
             "runs": runs,
             "wall_seconds": wall,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import args_record, machine, write_result  # noqa: E402
+from _common import args_record, write_result  # noqa: E402
 from embedded_quality import cpu_flags, default_dtype  # noqa: E402
 from optimizers import at, run_one, setup  # noqa: E402
 
@@ -135,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         {
             "args": args_record(args),
             "cpu_flags": cpu_flags(),
-            "machine": machine(),
             "summary": summary,
             "runs": runs,
             "wall_seconds": wall,
