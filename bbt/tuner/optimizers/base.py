@@ -103,6 +103,19 @@ _REGISTRY: dict[str, OptimizerFactory] = {}
 _ENTRY_POINTS: dict[str, metadata.EntryPoint] | None = None
 
 
+def checked_losses(pending: F64 | None, losses: Sequence[float] | F64) -> tuple[F64, F64]:
+    """``tell``'s checks, for an optimiser that keeps its asked population in ``pending``:
+    (that population, the losses as float64), one finite loss per candidate."""
+    if pending is None:
+        raise RuntimeError("tell() without a pending ask()")
+    values = np.asarray(losses, dtype=np.float64)
+    if values.shape != (pending.shape[0],):
+        raise ValueError(f"losses must be {pending.shape[0]} numbers, one per candidate")
+    if not np.isfinite(values).all():
+        raise ValueError("losses must be finite")
+    return pending, values
+
+
 def register(name: str, factory: OptimizerFactory) -> None:
     """Make ``factory`` the optimiser called ``name`` (replacing one of that name)."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():

@@ -34,7 +34,6 @@ a pickle round trip), so the trajectories, and the recorded goldens, are unchang
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,7 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bbt.tuner.optimizers import codec
-from bbt.tuner.optimizers.base import OptimizerSpec, register
+from bbt.tuner.optimizers.base import OptimizerSpec, checked_losses, register
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -287,14 +286,7 @@ class CMAOptimizer:
 
     def tell(self, losses: Sequence[float] | F64) -> None:
         """The losses of the pending population, one finite number per candidate."""
-        pop = self._pending
-        if pop is None:
-            raise RuntimeError("tell() without a pending ask()")
-        values = np.asarray(losses, dtype=np.float64)
-        if values.shape != (pop.shape[0],):
-            raise ValueError(f"losses must be {pop.shape[0]} numbers, one per candidate")
-        if not all(math.isfinite(v) for v in values.tolist()):
-            raise ValueError("losses must be finite")
+        pop, values = checked_losses(self._pending, losses)
         with _pycma():
             self._es.tell(list(pop), values.tolist())
         self._pending = None

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from bbt.errors import ConfigurationError
-from bbt.tuner.optimizers.base import OptimizerSpec, register
+from bbt.tuner.optimizers.base import OptimizerSpec, checked_losses, register
 from bbt.tuner.optimizers.cma import CMAOptimizer, pycma_context
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
@@ -178,14 +178,7 @@ class GPOptimizer:
         self.surrogate_generations += 1
 
     def tell(self, losses: Sequence[float] | F64) -> None:
-        pop = self._pending
-        if pop is None:
-            raise RuntimeError("tell() without a pending ask()")
-        values = np.asarray(losses, dtype=np.float64)
-        if values.shape != (pop.shape[0],):
-            raise ValueError(f"losses must be {pop.shape[0]} numbers, one per candidate")
-        if not all(math.isfinite(v) for v in values.tolist()):
-            raise ValueError("losses must be finite")
+        pop, values = checked_losses(self._pending, losses)
         rows = self._rows
         cma_losses = np.where(rows >= 0, values[np.maximum(rows, 0)], self._predicted)
         self._cma.tell(cma_losses)
