@@ -9,7 +9,7 @@ from bbt.client._client import Client
 from bbt.client._config import ClientSettings
 from bbt.client._local import LocalClient
 from bbt.client.projection_sessions import ProjectionSession
-from bbt.client.service import FeatureService, Service, SessionService
+from bbt.client.service import FeatureService, ScoreService, Service, SessionService
 from bbt.client.transport import UsageStats
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "FeatureService",
     "LocalClient",
     "ProjectionSession",
+    "ScoreService",
     "Service",
     "SessionService",
     "UsageStats",

@@ -36,8 +36,10 @@ from bbt.client.projection_sessions import (
     new_session,
     plan_session_logits,
 )
+from bbt.client.score import TextScores, exchange_score
 from bbt.protocol import (
     FEATURES_CAPABILITY,
+    SCORE_CAPABILITY,
     SESSIONS_CAPABILITY,
     FeaturesResponse,
     Health,
@@ -153,6 +155,14 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
     ) -> FloatArray:
         """See :meth:`bbt.Client.features`; sub-requests run concurrently."""
         return await self._run(self._exchange_features(texts, prompts, pooling))
+
+    async def supports_score(self) -> bool:
+        """Whether the server answers prompt log-probabilities (protocol 1.6)."""
+        return SCORE_CAPABILITY in (await self.model_info()).capabilities
+
+    async def score(self, texts: Sequence[str]) -> TextScores:
+        """See :meth:`bbt.Client.score`; sub-requests run concurrently."""
+        return await self._run(exchange_score(self, texts))
 
     async def tokenize(
         self, texts: Sequence[str], add_special_tokens: bool = False

@@ -25,9 +25,11 @@ from bbt.client.projection_sessions import (
     new_session,
     plan_session_logits,
 )
+from bbt.client.score import TextScores, exchange_score
 from bbt.client.transport import SyncHTTPCore
 from bbt.protocol import (
     FEATURES_CAPABILITY,
+    SCORE_CAPABILITY,
     SESSIONS_CAPABILITY,
     FeaturesResponse,
     Health,
@@ -119,6 +121,15 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         """Feature vectors [P, B, F] of ``texts`` under ``prompts`` [P, n, H] (none: P = 1),
         split over the server's limits like :meth:`logits` (protocol 1.3)."""
         return self._run(self._exchange_features(texts, prompts, pooling))
+
+    def supports_score(self) -> bool:
+        """Whether the server answers prompt log-probabilities (protocol 1.6)."""
+        return SCORE_CAPABILITY in self.model_info().capabilities
+
+    def score(self, texts: Sequence[str]) -> TextScores:
+        """Each text's summed token log-probability and token count under the model (a
+        causal LM listing the ``"score"`` capability; protocol 1.6)."""
+        return self._run(exchange_score(self, texts))
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = False) -> TokenizeResponse:
         return self._run(self._exchange_tokenize(texts, add_special_tokens))

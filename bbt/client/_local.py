@@ -35,11 +35,13 @@ from bbt.client.projection_sessions import (
     open_request,
     plan_session_logits,
 )
+from bbt.client.score import TextScores, assemble_score, plan_score
 from bbt.client.transport import UsageStats
 from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError
 from bbt.protocol import (
     FEATURES_CAPABILITY,
     PROTOCOL_VERSION,
+    SCORE_CAPABILITY,
     SESSIONS_CAPABILITY,
     DecodedLogitsRequest,
     ErrorType,
@@ -54,6 +56,7 @@ from bbt.protocol import (
     PromptList,
     PromptLogitsRequest,
     ProtocolViolation,
+    ScoreResponse,
     StoredPrompt,
     Tensor,
     TokenizeResponse,
@@ -394,6 +397,20 @@ class LocalClient:
             return self._call(decode, "", session.id, request, raw)
         except ProtocolViolation as exc:
             raise invalid(exc) from exc
+
+    # ---------------------------------------------------------------- score (1.6)
+
+    def supports_score(self) -> bool:
+        return SCORE_CAPABILITY in self._info().capabilities
+
+    def score(self, texts: Sequence[str]) -> TextScores:
+        """See :meth:`bbt.Client.score`."""
+        reqs = plan_score(self._info(), texts)
+        answers = [
+            ScoreResponse(model=self._info().id, logprobs=s, token_counts=c, usage=u)
+            for s, c, u in (self._call(self._backend.score, list(r.texts)) for r in reqs)
+        ]
+        return assemble_score(reqs, answers, self._usage)
 
     # ---------------------------------------------------------------- features (1.3)
 

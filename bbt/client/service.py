@@ -23,16 +23,19 @@ from bbt.protocol.projection import ProjectionRecipe
 
 if TYPE_CHECKING:
     from bbt.client.projection_sessions import ProjectionSession
+    from bbt.client.score import TextScores
 
 
 __all__ = [
     "FeatureService",
     "PromptStore",
+    "ScoreService",
     "Service",
     "SessionService",
     "UsageStats",
     "offers_features",
     "offers_prompt_registry",
+    "offers_score",
 ]
 
 
@@ -130,6 +133,26 @@ class FeatureService(Service, Protocol):
 def offers_features(service: object) -> bool:
     """Whether ``service`` has the features calls *and* its model lists the capability."""
     return isinstance(service, FeatureService) and service.supports_features()
+
+
+@runtime_checkable
+class ScoreService(Service, Protocol):
+    """A :class:`Service` that can also answer prompt log-probabilities (protocol 1.6):
+    each text's summed token log-probability under a causal LM. ``Client``,
+    ``AsyncClient`` (with ``await``) and ``LocalClient`` have these members; the model must
+    also list the ``"score"`` capability, which :meth:`supports_score` asks
+    (:func:`offers_score`)."""
+
+    def supports_score(self) -> bool: ...
+
+    def score(self, texts: Sequence[str]) -> TextScores:
+        """Each text's log-probability and token count; ``calls`` counts 1."""
+        ...
+
+
+def offers_score(service: object) -> bool:
+    """Whether ``service`` has the score call *and* its model lists the capability."""
+    return isinstance(service, ScoreService) and service.supports_score()
 
 
 @runtime_checkable

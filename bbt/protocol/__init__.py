@@ -62,6 +62,7 @@ from bbt.protocol.registry import (
     check_text,
     is_prompt_id,
 )
+from bbt.protocol.score import SCORE_CAPABILITY, ScoreRequest, ScoreResponse
 from bbt.protocol.validate import (
     DecodedLogitsRequest,
     ProtocolViolation,
@@ -81,6 +82,7 @@ __all__ = [
     "PROTOCOL_V1",
     "PROTOCOL_VERSION",
     "REQUEST_ID_HEADER",
+    "SCORE_CAPABILITY",
     "SESSIONS_CAPABILITY",
     "SUPPORTED_DTYPES",
     "SUPPORTED_VERSIONS",
@@ -107,6 +109,8 @@ __all__ = [
     "PromptList",
     "PromptLogitsRequest",
     "ProtocolViolation",
+    "ScoreRequest",
+    "ScoreResponse",
     "SessionClosed",
     "SessionFeaturesRequest",
     "SessionInfo",

@@ -20,6 +20,7 @@ import numpy as np
 
 from bbt.protocol import ModelInfo, Usage
 from bbt.protocol.features import Pooling, no_features
+from bbt.protocol.score import no_score
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -66,6 +67,13 @@ class Backend(ABC):
         its :attr:`info`'s capabilities; this default refuses.
         """
         raise no_features(self.info.id)
+
+    def score(self, texts: list[str]) -> tuple[list[float], list[int], Usage]:
+        """Each text's summed token log-probability and the tokens it covers (protocol 1.6,
+        :mod:`bbt.protocol.score`). Optional: a causal LM backend that offers it also lists
+        ``"score"`` in its :attr:`info`'s capabilities; this default refuses.
+        """
+        raise no_score(self.info.id)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (threads, model memory)."""

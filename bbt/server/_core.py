@@ -77,6 +77,7 @@ from bbt.server._routes import (
     match,
     slash_redirect,
 )
+from bbt.server._score import score
 from bbt.server.backend import Backend
 from bbt.server.registry import PromptRegistry
 from bbt.server.sessions import SessionHost, session_host, tenant_of
@@ -175,6 +176,7 @@ class ServiceCore:
             "session_logits": self._bind_session_logits,
             "features": self._bind_plain(lambda req: features(self, req)),
             "session_features": self._bind_session_features,
+            "score": self._bind_plain(lambda req: score(self, req)),
             "close_session": self._bind_close_session,
             "store_prompt": self._bind_store_prompt,
             "list_prompts": self._bind_list_prompts,

@@ -28,6 +28,8 @@ from bbt.protocol import (
     PromptDeleted,
     PromptList,
     PromptLogitsRequest,
+    ScoreRequest,
+    ScoreResponse,
     SessionClosed,
     SessionInfo,
     SessionOpenRequest,
@@ -112,6 +114,15 @@ ROUTES: tuple[Route, ...] = (
         FeaturesRequest,
         "queue",
         doc="Feature vectors [P, B, F] of B texts under P soft prompts or none (1.3).",
+    ),
+    Route(
+        "POST",
+        f"{API_PREFIX}/score",
+        "score",
+        ScoreResponse,
+        ScoreRequest,
+        "queue",
+        doc="Each text's summed token log-probability under a causal LM (1.6).",
     ),
     # Projection sessions (protocol 1.1): the server builds p = A z + p0 from a recipe.
     Route(

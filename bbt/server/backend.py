@@ -7,7 +7,7 @@ Backend`` keeps working.
 Capabilities are protocols over what a backend declares in its :class:`ModelInfo` (what a
 client can discover too): :class:`MaskedLM` or :class:`CausalLM` by ``info.kind``,
 :class:`DeepPrompts` by the ``deep_prompts`` capability, :class:`Features` by ``features``
-(protocol 1.3). :func:`supports` checks one (not
+(protocol 1.3), :class:`Scores` by ``score`` (1.6). :func:`supports` checks one (not
 ``isinstance``: every backend has the same members, what differs is what it declares).
 
 :func:`backend_for` is the registry: ``bbt serve``, the embedded server and each Ray replica
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bbt.errors import ConfigurationError
-from bbt.protocol import DEEP_PROMPTS, FEATURES_CAPABILITY, ModelInfo, Usage
+from bbt.protocol import DEEP_PROMPTS, FEATURES_CAPABILITY, SCORE_CAPABILITY, ModelInfo, Usage
 from bbt.protocol.backend import Backend, FloatArray, IntArray
 from bbt.protocol.features import Pooling
 
@@ -63,6 +63,15 @@ class Features(Protocol):
     ) -> tuple[FloatArray, Usage]: ...
 
 
+class Scores(Protocol):
+    """Answers each text's token log-probability (protocol 1.6; ``score`` listed)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def score(self, texts: list[str]) -> tuple[list[float], list[int], Usage]: ...
+
+
 def supports(backend: Backend, capability: type[Any]) -> bool:
     """Whether ``backend`` declares ``capability`` (one of the protocols above)."""
     info = backend.info
@@ -74,6 +83,8 @@ def supports(backend: Backend, capability: type[Any]) -> bool:
         return DEEP_PROMPTS in info.capabilities
     if capability is Features:
         return FEATURES_CAPABILITY in info.capabilities
+    if capability is Scores:
+        return SCORE_CAPABILITY in info.capabilities
     raise ValueError(f"unknown backend capability {capability!r}")
 
 
@@ -169,6 +180,7 @@ __all__ = [
     "FloatArray",
     "IntArray",
     "MaskedLM",
+    "Scores",
     "backend_for",
     "backend_kind",
     "backend_kinds",

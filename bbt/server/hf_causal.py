@@ -28,12 +28,15 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 from bbt.errors import ConfigurationError
 from bbt.protocol import (
+    SCORE_CAPABILITY,
     Limits,
     ModelKind,
     ProtocolViolation,
+    Usage,
 )
 from bbt.server._embed_scale import ScaledRows, embedding_scale
 from bbt.server._hf_common import DeviceSpec, DTypeSpec, ForwardChunk, HeadSpec, _Encoded
+from bbt.server._hf_score import causal_score
 from bbt.server.hf import HFBackend
 
 if TYPE_CHECKING:
@@ -92,6 +95,13 @@ class HFCausalBackend(HFBackend):
         # HFBackend's construction, with the causal hooks below (no head choice: the
         # model's own LM head scores).
         super().__init__(model_path, **options)
+        # Prompt log-probabilities (protocol 1.6): a causal LM has them.
+        caps = [*self._info.capabilities, SCORE_CAPABILITY]
+        self._info = self._info.model_copy(update={"capabilities": caps})
+
+    def score(self, texts: list[str]) -> tuple[list[float], list[int], Usage]:
+        """Each text's summed token log-probability and token count (protocol 1.6)."""
+        return causal_score(self, texts)
 
     # ------------------------------------------------------------------ construction hooks
 

@@ -40,6 +40,7 @@ import numpy as np
 from bbt.protocol import (
     DEEP_PROMPTS,
     FEATURES_CAPABILITY,
+    SCORE_CAPABILITY,
     Limits,
     ModelInfo,
     ProtocolViolation,
@@ -47,7 +48,9 @@ from bbt.protocol import (
 )
 from bbt.protocol.backend import Backend, FloatArray, IntArray
 from bbt.protocol.features import Pooling
+from bbt.protocol.score import no_score
 from bbt.server._cancel import current_stop_check, raise_if_stopped
+from bbt.server._toylm import ToyBigramLM
 
 #: Literal mask token of the mock model.
 MOCK_MASK_TOKEN = "[MASK]"
@@ -165,6 +168,9 @@ class MockBackend(Backend):
             then defaults to :data:`MOCK_CAUSAL_MODEL_ID`.
         features: whether to serve features (protocol 1.3, ``"features"`` capability);
             False looks like a server from before 1.3.
+        score: whether to answer prompt log-probabilities (protocol 1.6, ``"score"``
+            capability) from a toy bigram LM (:mod:`bbt.server._toylm`); default: in
+            causal mode only, as a masked LM has none.
     """
 
     def __init__(
@@ -181,6 +187,7 @@ class MockBackend(Backend):
         deep_prompts: bool | None = None,
         causal: bool = False,
         features: bool = True,
+        score: bool | None = None,
     ) -> None:
         if hidden_size < 8:
             raise ValueError("hidden_size must be at least 8")
@@ -253,6 +260,10 @@ class MockBackend(Backend):
             limits=lim,
             capabilities=[FEATURES_CAPABILITY] if features else [],
         )
+        if causal if score is None else score:
+            caps = [*self._info.capabilities, SCORE_CAPABILITY]
+            self._info = self._info.model_copy(update={"capabilities": caps})
+        self._toy_lm: ToyBigramLM | None = None
         if num_layers > 1 if deep_prompts is None else deep_prompts:
             layer_std = [self._std, *(float(v) for v in self._layer_std[1:])]
             self._info = self._info.model_copy(
@@ -423,6 +434,17 @@ class MockBackend(Backend):
         feats = np.einsum("pbr,hr->pbh", pooled, self._readout)
         usage = Usage(prompts=p, sequences=p * len(texts), tokens=p * tokens_per_prompt)
         return feats.astype(np.float32, copy=False), usage
+
+    def score(self, texts: list[str]) -> tuple[list[float], list[int], Usage]:
+        """Each text's log-probability under the toy bigram LM (protocol 1.6)."""
+        if SCORE_CAPABILITY not in self._info.capabilities:
+            raise no_score(self._info.id)
+        if self._toy_lm is None:
+            self._toy_lm = ToyBigramLM(self._table, self.seed)
+        ids_all, _ = self.tokenize(texts)
+        pairs = [self._toy_lm.score(ids) for ids in ids_all]
+        usage = Usage(prompts=1, sequences=len(texts), tokens=sum(len(i) for i in ids_all))
+        return [s for s, _ in pairs], [c for _, c in pairs], usage
 
 
 __all__ = [

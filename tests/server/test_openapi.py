@@ -40,6 +40,8 @@ def test_all_routes_listed(spec: dict[str, Any]) -> None:
         # Features (protocol 1.3).
         ("/v1/features", "post"),
         ("/v1/sessions/{session_id}/features", "post"),
+        # Prompt log-probabilities (protocol 1.6).
+        ("/v1/score", "post"),
     }
 
 
