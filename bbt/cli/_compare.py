@@ -125,7 +125,8 @@ def _dry_run(svc: Any, t: Any, rows: Any, held: Any, settings: Any) -> None:
 
     n_test = len(held[: settings.n_test]) if held is not None else settings.n_test
     tok = mean_tokens(svc, t, rows)
-    plans = [plan_method(m, settings, t, tok, n_test) for m in settings.methods]
+    served = t.for_kind(svc.model_info().kind)  # the templates manual-select/-ppl will try
+    plans = [plan_method(m, settings, served, tok, n_test) for m in settings.methods]
     for line in describe(plans, settings, tok):
         typer.echo(line)
 

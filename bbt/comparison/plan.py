@@ -39,14 +39,17 @@ def mean_tokens(service: Service, task: Task, rows: Sequence[Example], sample: i
 
 
 def plan_method(name: str, s: CompareSettings, task: Task, tok: float, n_test: int) -> MethodPlan:
-    """Per seed: fit calls and input tokens, and the held-out scoring's input tokens."""
+    """Per seed: fit calls and input tokens, and the held-out scoring's input tokens
+    (``task`` as the served model's kind sees it, :meth:`Task.for_kind`)."""
     shots = s.k_shot * task.num_classes  # train rows; dev has as many
     eval_tokens = round(n_test * tok)
     if name == "manual":
         return MethodPlan(name, 0, 0, eval_tokens)
-    if name == "manual-select":
+    if name in ("manual-select", "manual-ppl"):
+        # manual-ppl: one score call per template over the training rows and their label
+        # words (without the capability it chooses on dev as manual-select does).
         n = len(template_variants(task))
-        return MethodPlan(name, n, int(n * shots * tok), eval_tokens)
+        return MethodPlan(name, n, int(n * shots * (tok + 1)), eval_tokens)
     if name == "icl":
         demos = min(s.icl_demos, shots)
         return MethodPlan(

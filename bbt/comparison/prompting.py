@@ -86,11 +86,20 @@ def template_variants(task: Task) -> list[Task]:
     return out
 
 
+def served_variants(task: Task, service: Service) -> list[Task]:
+    """:func:`template_variants` for the served model's kind: the task's own template for
+    that kind first (a causal model: its causal twin), then rewrites written for that kind
+    (rewriting the masked template and then converting would give the causal twin every
+    time)."""
+    info = service.model_info()
+    return template_variants(task.for_kind(info.kind, info.id))
+
+
 class ManualSelect:
     """Several manual templates; the one with the best dev accuracy is kept.
 
-    The issue also asks for the lowest-perplexity prompt where the engine returns prompt
-    log-probabilities; no bbt service returns them today, so dev accuracy decides alone."""
+    ``manual-ppl`` (:mod:`bbt.comparison.perplexity`) chooses among the same templates by
+    perplexity instead, where the service returns prompt log-probabilities."""
 
     name = "manual-select"
     kind: Kind = "black-box"
@@ -99,7 +108,7 @@ class ManualSelect:
         svc = ctx.service
         gold = labels_of(ctx.dev)
         scores: list[float] = []
-        variants = [t.for_kind(svc.model_info().kind) for t in template_variants(ctx.task)]
+        variants = served_variants(ctx.task, svc)
         for variant in variants:
             pred = TemplatePredictor(svc, variant).predict(ctx.dev)
             scores.append(float((pred == gold).mean()) if len(gold) else 0.0)
@@ -162,6 +171,12 @@ class InContextLearning:
         chosen = [labelled[i] for i in order[: ctx.icl_demos]]
         demos = [_demo(task, ex) for ex in chosen]
         return Fitted(DemoPredictor(svc, task, demos), notes={"demos": len(demos)})
+
+
+def filled(task: Task, ex: Example) -> str:
+    """``ex`` rendered with its label word in place of the mask (a causal template: after
+    the text), as a demonstration and as the text whose perplexity ``manual-ppl`` reads."""
+    return _demo(task, ex)
 
 
 def _demo(task: Task, ex: Example) -> str:

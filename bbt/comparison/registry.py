@@ -8,6 +8,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from bbt.comparison.base import ComparisonError, ComparisonMethod
+from bbt.comparison.perplexity import ManualPerplexity
 from bbt.comparison.probes import LogisticProbe, MLPProbe
 from bbt.comparison.prompting import InContextLearning, ManualPrompt, ManualSelect
 from bbt.comparison.tuned import BBT, BBTPretrained, BBTv2
@@ -19,6 +20,7 @@ Factory = Callable[[], ComparisonMethod]
 _BUILTIN: dict[str, Factory] = {
     "manual": ManualPrompt,
     "manual-select": ManualSelect,
+    "manual-ppl": ManualPerplexity,
     "icl": InContextLearning,
     "feature-lr": LogisticProbe,
     "feature-mlp": MLPProbe,

@@ -99,6 +99,10 @@ def markdown(comp: Comparison) -> str:
         f"budget {s.budget}, {comp.n_test} held-out rows; cost columns are the fit's "
         "(mean per seed), held-out scoring is counted apart.\n"
     )
+    fallbacks = sorted({r.method for r in comp.runs if r.notes.get("fallback")})
+    for name in fallbacks:
+        note = next(r.notes["fallback"] for r in comp.runs if r.method == name)
+        foot += f"\n{name}: {note}.\n"
     return head + "\n".join(lines) + "\n" + foot
 
 

@@ -76,3 +76,14 @@ def test_icl_drops_demonstrations_that_do_not_fit(task: Task, rows: list[Example
     text = predictor._fit_demos("short . It was [MASK] .")
     assert len(svc.tokenize([text]).ids[0]) <= 40
     assert predictor.predict(rows[:2]).shape == (2,)
+
+
+def test_a_causal_model_gets_causal_rewrites_not_one_template_five_times(task: Task) -> None:
+    from bbt.comparison.prompting import served_variants
+    from bbt.server.mock import MockBackend
+
+    svc = LocalClient(MockBackend(hidden_size=16, causal=True))
+    variants = served_variants(task, svc)
+    assert variants[0] == task.for_kind("causal_lm")
+    assert len({v.template for v in variants}) == len(variants) >= 3
+    assert all(v.kind == "causal_lm" and "{mask}" not in v.template for v in variants)

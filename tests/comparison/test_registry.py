@@ -26,6 +26,7 @@ def test_builtin_methods_cover_the_issue() -> None:
     for name in (
         "manual",
         "manual-select",
+        "manual-ppl",
         "icl",
         "feature-lr",
         "feature-mlp",
