@@ -41,6 +41,14 @@ def compare_command(
     n_test: int = typer.Option(200, "--n-test", min=1, rich_help_panel=PANEL),
     icl_demos: int = typer.Option(8, "--icl-demos", min=0, rich_help_panel=PANEL),
     n_tokens: int = typer.Option(50, "--n-tokens", "-n", min=1, rich_help_panel=PANEL),
+    curve_points: int = typer.Option(
+        4,
+        "--curve-points",
+        min=0,
+        help="Held-out checkpoints of each tuned method's learning curve (0: none); their "
+        "calls are counted apart from tuning.",
+        rich_help_panel=PANEL,
+    ),
     price: float | None = typer.Option(
         None, "--price-per-1k-tokens", min=0.0, help="Money per 1,000 tokens, for the cost column."
     ),
@@ -95,6 +103,7 @@ def compare_command(
             icl_demos=icl_demos,
             n_tokens=n_tokens,
             init=init,
+            curve_points=curve_points,
         )
         say = sayer(quiet)
         service = open_service(

@@ -46,6 +46,11 @@ class CompareContext:
     #: The ``--init`` of the ``bbt-pretrained`` row (``run:DIR``: a pre-trained or tuned run
     #: on the same model, e.g. from ``bbt pretrain``); None: that row is refused.
     init: str | None = None
+    #: The held-out rows, for held-out learning curves only (a method never learns from
+    #: them): tuned methods score their best-so-far prompt on them at ``curve_points``
+    #: checkpoints of the budget, and report those calls apart (:attr:`Fitted.curve_usage`).
+    held_out: Sequence[Example] = ()
+    curve_points: int = 0
 
 
 @dataclass
@@ -73,6 +78,9 @@ class Fitted:
     predictor: Predictor
     curve: list[CurvePoint] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: What the fit spent on held-out curve checkpoints (not learning: the runner takes it
+    #: out of the fit's cost and reports it as ``curve_eval``).
+    curve_usage: Usage | None = None
 
 
 @runtime_checkable
@@ -118,6 +126,8 @@ class MethodRun:
     curve: list[CurvePoint] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: The held-out curve checkpoints' own usage, apart from ``fit`` and ``evaluation``.
+    curve_eval: Usage = field(default_factory=Usage)
 
     @property
     def cost(self) -> float | None:
@@ -146,9 +156,18 @@ class MethodRun:
             "eval": self.evaluation.as_dict(),
             "eval_cost": None if price is None else eval_tokens / 1000.0 * price,
             "curve": [asdict(p) for p in self.curve],
+            "curve_eval": self.curve_eval.as_dict(),
             "notes": self.notes,
             "error": self.error,
         }
+
+
+def metric_of(task: Task, pred: np.ndarray[Any, Any], gold: np.ndarray[Any, Any]) -> float:
+    """The task's metric of class predictions (as one-hot logits for the tuner's metric)."""
+    from bbt.tuner.losses import get_metric
+
+    onehot = np.eye(task.num_classes, dtype=np.float32)[np.asarray(pred, dtype=np.int64)]
+    return float(np.asarray(get_metric(task.metric)(onehot, gold)).reshape(-1)[0])
 
 
 def write_text(path: Path, text: str) -> None:

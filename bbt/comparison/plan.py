@@ -62,12 +62,14 @@ def plan_method(name: str, s: CompareSettings, task: Task, tok: float, n_test: i
         dev_calls = s.budget // max(cfg.eval_every, 1) + 2
         train_tok = s.budget * shots * (tok + s.n_tokens)
         dev_tok = dev_calls * shots * (tok + s.n_tokens)
+        # The held-out scoring, and up to curve_points checkpoints of the learning curve.
+        held_tok = n_test * (tok + s.n_tokens) * (1 + max(s.curve_points, 0))
         return MethodPlan(
             name,
             s.budget + dev_calls,
             int(train_tok + dev_tok),
-            int(n_test * (tok + s.n_tokens)),
-            "at most",
+            int(held_tok),
+            f"at most; held-out includes {s.curve_points} curve checkpoints",
         )
     if name.startswith("whitebox-"):
         return MethodPlan(name, 0, 0, 0, "local gradients, no API call")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bbt.comparison.base import MethodRun, write_text
+from bbt.comparison.base import CurvePoint, MethodRun, Usage, write_text
 from bbt.comparison.runner import Comparison
 
 JSON_FILE = "compare.json"
@@ -130,19 +130,45 @@ def print_table(comp: Comparison) -> None:
 
 def plot(comp: Comparison, path: Path) -> Path:
     """Held-out metric against fit calls and against fit tokens: a point per method and
-    seed, and for tuned methods the dev curve that led to it (dashed)."""
+    seed; for tuned methods the held-out learning curve (solid, its checkpoints' own calls
+    counted apart, :mod:`bbt.comparison.curves`) and the dev curve (dashed)."""
+    return plot_runs(comp.runs, f"{comp.task.name} on {comp.model}", comp.task.metric, path)
+
+
+def load_runs(data: dict[str, Any]) -> list[MethodRun]:
+    """The runs of a ``compare.json`` (as :func:`as_json` wrote it), enough to plot them."""
+    runs = []
+    for m in data["methods"]:
+        fit = Usage(
+            calls=m["calls"],
+            requests=m["requests"],
+            input_tokens=m["input_tokens"],
+            output_tokens=m["output_tokens"],
+            seconds=m["wall_seconds"],
+        )
+        run = MethodRun(
+            m["method"], m["kind"], m["seed"], m["metric_name"], m["metric"], fit,
+            Usage(**m["eval"]), notes=m.get("notes", {}), error=m.get("error"),
+            curve=[CurvePoint(**c) for c in m.get("curve", [])],
+        )  # fmt: skip
+        runs.append(run)
+    return runs
+
+
+def plot_runs(runs: Sequence[MethodRun], title: str, metric: str, path: Path) -> Path:
+    """:func:`plot` of ``runs`` (e.g. :func:`load_runs` of a saved ``compare.json``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    names = list(dict.fromkeys(r.method for r in comp.runs))
+    names = list(dict.fromkeys(r.method for r in runs))
     for i, name in enumerate(names):
         color = f"C{i % 10}"
-        runs = [r for r in comp.runs if r.method == name and r.metric is not None]
+        mine = [r for r in runs if r.method == name and r.metric is not None]
         for j, (ax, key) in enumerate(zip(axes, ("calls", "input_tokens"), strict=True)):
-            for k, r in enumerate(runs):
+            for k, r in enumerate(mine):
                 x = r.fit.calls if key == "calls" else r.fit.input_tokens
                 ax.scatter(
                     [max(x, 1)],
@@ -150,16 +176,25 @@ def plot(comp: Comparison, path: Path) -> Path:
                     color=color,
                     label=name if k == 0 and j == 0 else None,
                 )
-                if r.curve:
-                    xs = [max(p.calls if key == "calls" else p.tokens, 1) for p in r.curve]
-                    ys = [100 * p.metric for p in r.curve]
-                    ax.plot(xs, ys, color=color, linestyle="--", alpha=0.5)
+                for split, style in (("dev", "--"), ("test", "-")):
+                    points = [p for p in r.curve if p.split == split]
+                    if points:
+                        xs = [max(p.calls if key == "calls" else p.tokens, 1) for p in points]
+                        ys = [100 * p.metric for p in points]
+                        solid = split == "test"
+                        ax.plot(
+                            xs, ys, color=color, linestyle=style, alpha=0.8 if solid else 0.4,
+                            marker="." if solid else None,
+                        )  # fmt: skip
     for ax, label in zip(axes, ("API calls (fit)", "input tokens (fit)"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel(label + "; 0 drawn at 1")
-        ax.set_ylabel(f"{comp.task.metric} (%): points held-out, dashed dev")
+        ax.set_ylabel(f"{metric} (%)")
+    axes[1].set_title(
+        "points, solid: held-out (curve checkpoints counted apart); dashed: dev", fontsize=8
+    )
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{comp.task.name} on {comp.model}")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -177,4 +212,14 @@ def write(comp: Comparison, out: Path, *, with_plot: bool = True) -> list[Path]:
     return paths
 
 
-__all__ = ["JSON_FILE", "PLOT_FILE", "TABLE_FILE", "MethodRun", "as_json", "markdown", "write"]
+__all__ = [
+    "JSON_FILE",
+    "PLOT_FILE",
+    "TABLE_FILE",
+    "MethodRun",
+    "as_json",
+    "load_runs",
+    "markdown",
+    "plot_runs",
+    "write",
+]

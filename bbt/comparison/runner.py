@@ -11,12 +11,18 @@ from typing import Any
 import numpy as np
 
 from bbt.client import Service, UsageStats
-from bbt.comparison.base import CompareContext, ComparisonError, MethodRun, Usage
+from bbt.comparison.base import (
+    CompareContext,
+    ComparisonError,
+    CurvePoint,
+    MethodRun,
+    Usage,
+    metric_of,
+)
 from bbt.comparison.prompting import labels_of
 from bbt.comparison.registry import get_method
 from bbt.errors import BBTError
 from bbt.tuner.data import Example, sample_k_shot
-from bbt.tuner.losses import get_metric
 from bbt.tuner.tasks import Task
 
 
@@ -33,6 +39,8 @@ class CompareSettings:
     n_tokens: int = 50
     split_seed: int = 0
     init: str | None = None  # the bbt-pretrained row's start (run:DIR)
+    #: Held-out checkpoints of a tuned method's learning curve (0: none), counted apart.
+    curve_points: int = 4
 
 
 @dataclass
@@ -72,8 +80,13 @@ def held_out_split(
 
 def score(task: Task, pred: np.ndarray[Any, Any], gold: np.ndarray[Any, Any]) -> float:
     """The task's metric of class predictions (as one-hot logits for the tuner's metric)."""
-    onehot = np.eye(task.num_classes, dtype=np.float32)[np.asarray(pred, dtype=np.int64)]
-    return float(np.asarray(get_metric(task.metric)(onehot, gold)).reshape(-1)[0])
+    return metric_of(task, pred, gold)
+
+
+def _minus(fit: Usage, part: Usage) -> Usage:
+    """``fit`` without ``part`` (what the fit spent on held-out curve checkpoints)."""
+    a, b = fit.as_dict(), part.as_dict()
+    return Usage(**{k: a[k] - b[k] for k in a})
 
 
 def run_method(
@@ -88,6 +101,9 @@ def run_method(
         fitted = method.fit(ctx)
         mid, t1 = svc.usage.copy(), time.perf_counter()
         run.fit = usage_of(mid - start, t1 - t0)
+        if fitted.curve_usage is not None:
+            run.curve_eval = fitted.curve_usage
+            run.fit = _minus(run.fit, fitted.curve_usage)
         pred = fitted.predictor.predict(test)
         run.evaluation = usage_of(svc.usage - mid, time.perf_counter() - t1)
     except ComparisonError:
@@ -97,6 +113,8 @@ def run_method(
         return run
     run.metric = score(ctx.task, pred, gold)
     run.curve = fitted.curve
+    if any(p.split == "test" for p in run.curve):  # the curve ends at the run's own figure
+        run.curve.append(CurvePoint(run.fit.calls, run.fit.input_tokens, run.metric, "test"))
     run.notes = fitted.notes
     return run
 
@@ -143,6 +161,8 @@ def compare(
             icl_demos=settings.icl_demos,
             n_tokens=settings.n_tokens,
             init=settings.init,
+            held_out=held,
+            curve_points=settings.curve_points,
         )
         for name in settings.methods:
             run = run_method(name, ctx, held, settings.price_per_1k_tokens)

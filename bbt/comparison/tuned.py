@@ -16,12 +16,13 @@ from bbt.comparison.base import (
     IntArray,
     Kind,
 )
+from bbt.comparison.curves import HeldOutCurve
 from bbt.tuner.config import TuneConfig
 from bbt.tuner.data import Example
+from bbt.tuner.methods import build_tuner
 from bbt.tuner.predict import TunedPrompt
 from bbt.tuner.prompts import InitialPrompt
 from bbt.tuner.records import GenerationRecord
-from bbt.tuner.run import tune
 
 
 @dataclass
@@ -46,37 +47,52 @@ class _Tuned:
 
     def fit(self, ctx: CompareContext) -> Fitted:
         svc = ctx.service
-        start = svc.usage.copy()
+        held = HeldOutCurve(ctx, svc.usage.copy())
         curve: list[CurvePoint] = []
 
         def record(rec: GenerationRecord) -> None:
             if rec.best_dev_metric is not None:
-                used = svc.usage - start
+                used = held.tuning_spent()
                 curve.append(CurvePoint(rec.calls, used.tokens, rec.best_dev_metric, "dev"))
 
         cfg = TuneConfig(
             budget=ctx.budget, seed=ctx.seed, method=self.method, n_tokens=ctx.n_tokens
         )
         init = self.initial_prompt(ctx)
-        result = tune(
-            svc, ctx.task, ctx.train, ctx.dev, cfg,
-            initial_prompt=init, callbacks=[record], plot=False,
-        )  # fmt: skip
+        # tune()'s loop, in memory, with a held-out checkpoint after each step.
+        tuner = build_tuner(
+            svc, ctx.task, ctx.train, ctx.dev, cfg, initial_prompt=init, callbacks=[record]
+        )
+        try:
+            tuner.start()
+            held.observe(tuner)
+            while not tuner.done():
+                tuner.step()
+                held.observe(tuner)
+            sel = tuner.finish()
+            result = tuner.prompts(sel.z)[0]
+        finally:
+            tuner.close()
         info = svc.model_info()
         from bbt.tuner.tasks import verbalizer_ids
 
         prompt = TunedPrompt(
-            result.prompt,
+            result,
             ctx.task,
             info.id,
             verbalizer_ids(ctx.task, svc),
             service=svc,
             use_registry=False,
         )
-        notes: dict[str, Any] = {"dev_metric": result.dev_metric, "tuning_calls": result.calls}
+        notes: dict[str, Any] = {"dev_metric": sel.dev_metric, "tuning_calls": tuner.calls}
         if init is not None:
             notes["init"] = f"run:{init.path}"
-        return Fitted(TunedPredictor(prompt), curve=curve, notes=notes)
+        return Fitted(
+            TunedPredictor(prompt),
+            curve=[*held.points, *curve],
+            notes=notes,
+            curve_usage=held.as_usage() if held.points else None,
+        )
 
 
 class BBT(_Tuned):

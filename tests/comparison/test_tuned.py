@@ -63,12 +63,14 @@ def test_bbt_pretrained_starts_from_the_run_it_is_given(
     )  # fmt: skip
     seen: list[Any] = []
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        result = tune(*args, **kwargs)
-        seen.append((kwargs["initial_prompt"], result))
-        return result
+    build = tuned_module.build_tuner
 
-    monkeypatch.setattr(tuned_module, "tune", spy)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        tuner = build(*args, **kwargs)
+        seen.append((kwargs["initial_prompt"], tuner))
+        return tuner
+
+    monkeypatch.setattr(tuned_module, "build_tuner", spy)
     ctx = CompareContext(
         mock_service, task, rows[:8], rows[8:16], 0, budget=20, n_tokens=5,
         init=f"run:{source}",
