@@ -58,9 +58,9 @@ class ManualPrompt:
     kind: Kind = "black-box"
 
     def fit(self, ctx: CompareContext) -> Fitted:
-        return Fitted(
-            TemplatePredictor(ctx.service, ctx.task), notes={"template": ctx.task.template}
-        )
+        info = ctx.service.model_info()
+        served = ctx.task.for_kind(info.kind, info.id).template  # what the model is sent
+        return Fitted(TemplatePredictor(ctx.service, ctx.task), notes={"template": served})
 
 
 def template_variants(task: Task) -> list[Task]:

@@ -87,3 +87,12 @@ def test_a_causal_model_gets_causal_rewrites_not_one_template_five_times(task: T
     assert variants[0] == task.for_kind("causal_lm")
     assert len({v.template for v in variants}) == len(variants) >= 3
     assert all(v.kind == "causal_lm" and "{mask}" not in v.template for v in variants)
+
+
+def test_manual_notes_the_template_the_model_is_sent(task: Task) -> None:
+    from bbt.server.mock import MockBackend
+
+    svc = LocalClient(MockBackend(hidden_size=16, causal=True))
+    rows = [Example({"sentence": "fun"}, 1)]
+    fitted = ManualPrompt().fit(CompareContext(svc, task, rows, rows, 0, budget=1))
+    assert fitted.notes["template"] == task.causal_template
