@@ -136,3 +136,21 @@ def test_bbt_pretrained_row_from_a_run_and_refused_without_one(tmp_path: Path) -
     data_out = json.loads((out / "compare.json").read_text())
     assert [m["method"] for m in data_out["methods"]] == ["bbt", "bbt-pretrained"]
     assert data_out["methods"][1]["notes"]["init"] == f"run:{source}"
+
+
+def test_curve_points_and_manual_ppl_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--mock", *ARGS, "--data", str(_data(tmp_path)), "--out", str(out)]
+    args += ["--methods", "manual-ppl,bbt", "--seeds", "1", "-k", "2", "--budget", "20"]
+    args += ["--n-test", "10", "--curve-points", "0", "--no-plot", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ppl, bbt = json.loads((out / "compare.json").read_text())["methods"]
+    # The masked mock has no prompt log-probabilities: dev accuracy, and the table says so.
+    assert ppl["notes"]["selected_by"] == "dev accuracy"
+    assert "manual-ppl: the service returns no prompt" in (out / "compare.md").read_text()
+    assert not [p for p in bbt["curve"] if p["split"] == "test"]
+    assert bbt["curve_eval"]["calls"] == 0
+    dry = runner.invoke(app, [*args[:-4], "--curve-points", "2", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "held-out includes 2 curve checkpoints" in dry.output
