@@ -10,6 +10,7 @@ outside ``inference_mode`` so that gradients reach the prompt, the prefix or the
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -25,24 +26,21 @@ from bbt.tuner.tasks import Task, verbalizer_ids
 WHITEBOX_EXTRA_HINT = "pip install 'bbt[whitebox]'"
 
 
-def require_torch() -> Any:
+def _require(module: str, needed_for: str) -> Any:
+    """``import module``, or one clear line saying what it is ``needed_for`` and how to
+    install it."""
     try:
-        import torch
+        return importlib.import_module(module)
     except ImportError:  # pragma: no cover - exercised only without the extra
-        raise ConfigurationError(
-            f"white-box training needs torch, transformers and peft: {WHITEBOX_EXTRA_HINT}"
-        ) from None
-    return torch
+        raise ConfigurationError(f"{needed_for}: {WHITEBOX_EXTRA_HINT}") from None
+
+
+def require_torch() -> Any:
+    return _require("torch", "white-box training needs torch, transformers and peft")
 
 
 def require_peft() -> Any:
-    try:
-        import peft
-    except ImportError:  # pragma: no cover - exercised only without the extra
-        raise ConfigurationError(
-            f"prefix tuning and LoRA need peft: {WHITEBOX_EXTRA_HINT}"
-        ) from None
-    return peft
+    return _require("peft", "prefix tuning and LoRA need peft")
 
 
 class LocalModel:

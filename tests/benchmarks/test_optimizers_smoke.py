@@ -38,7 +38,8 @@ def _module(name: str) -> ModuleType:
 def _result(path: Path) -> dict[str, Any]:
     assert path.is_file(), f"{path} was not written"
     data: dict[str, Any] = json.loads(path.read_text())
-    assert data["command"] and data["machine"]["cpus"]
+    assert data["command"]
+    assert data["machine"]["cpus"]
     assert data["wall_seconds"] > 0
     assert isinstance(data["cpu_flags"], list)
     return data
@@ -72,7 +73,8 @@ def test_stopping_smoke_replays_the_stopping_rule_on_the_mock(
     assert "| patience (calls) |" in out
     data = _result(tmp_path / "stopping_smoke.json")
     (run,) = data["runs"]
-    assert run["optimizer"] == "cma" and run["budget"] == 24
+    assert run["optimizer"] == "cma"
+    assert run["budget"] == 24
     # One dev check a generation (eval_every = popsize): a selection per generation.
     assert len(run["selections"]) == run["calls"] // 4
     for patience in ("8", "16"):
