@@ -8,7 +8,7 @@ written once, in :class:`~bbt.tuner.tuner.Tuner`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,12 +22,11 @@ if TYPE_CHECKING:
     from bbt.tuner.prompts import InitialPrompt
     from bbt.tuner.records import Callback
     from bbt.tuner.tasks import Task
-    from bbt.tuner.tuner import Tuner
 
 __all__ = ["TunerInputs"]
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
-T = TypeVar("T", bound="Tuner")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class TunerInputs:
     callbacks: Sequence[Callback] = ()
     evaluator: EvaluatorFactory | None = None
 
-    def make(self, cls: type[T], **extra: Any) -> T:
+    def make(self, cls: Callable[..., T], **extra: Any) -> T:
         """``cls`` (a :class:`~bbt.tuner.tuner.Tuner` class) built from these inputs, with
         ``extra`` keywords of its own."""
         keywords: dict[str, Any] = {
