@@ -34,7 +34,7 @@ from bbt.vllm import ModelFacts
 URL_SCHEME_PREFIX = "sglang+"
 #: Oldest and newest SGLang releases whose request code bbt's bodies were checked against
 #: (tests/engines/test_sglang_contract.py, scripts/engine_contracts.sh).
-MIN_SGLANG_VERSION = (0, 4, 6)
+MIN_SGLANG_VERSION = (0, 5, 4)
 NEWEST_CHECKED_SGLANG = (0, 5, 23)
 #: What SGLang answers an ``input_embeds`` request without ``--disable-radix-cache``.
 RADIX_CACHE_HINT = "disable-radix-cache"

@@ -220,9 +220,14 @@ class SGLangService(SyncHTTPCore):
         return codec.model_info(card, self._facts, self._per_request)
 
     def _read_version(self) -> None:
-        try:
-            answer = self._request("GET", "/server_info")
-        except NotFoundError:
+        answer = None
+        for path in ("/server_info", "/get_server_info"):  # the second before SGLang 0.5.6
+            try:
+                answer = self._request("GET", path)
+                break
+            except NotFoundError:
+                continue
+        if answer is None:
             logger.info("the server has no /server_info: its SGLang version is not visible")
             return
         text = str(answer.get("version", "")) if isinstance(answer, dict) else ""

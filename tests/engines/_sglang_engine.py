@@ -84,7 +84,7 @@ class SGLangEngine:
             self.parse(body)
         except ValueError as exc:  # SGLang answers 400
             return Verdict(str(exc), 400)
-        except Exception as exc:  # noqa: BLE001 - anything else is SGLang's 500
+        except Exception as exc:  # anything else is SGLang's 500
             return Verdict(f"{type(exc).__name__}: {exc}", 500)
         return Verdict(None)
 

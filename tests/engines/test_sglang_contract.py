@@ -8,6 +8,7 @@ alike by SGLang's code and by bbt's fake (bbt.testing.sglang_fake)."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 from typing import Any
 
@@ -63,10 +64,12 @@ def test_every_generate_body_bbt_sends_is_taken_by_sglang(engine: SGLangEngine, 
     for body in bodies:
         assert engine.check(body).error is None
         obj = engine.parse(body)
-        assert not obj.is_single and obj.batch_size == len(body["input_embeds"])
+        assert not obj.is_single
+        assert obj.batch_size == len(body["input_embeds"])
         assert obj.token_ids_logprob == [ids] * obj.batch_size
         assert obj.return_logprob == [True] * obj.batch_size
-    assert out.shape == (2, 3, len(ids)) and np.isfinite(out).all()
+    assert out.shape == (2, 3, len(ids))
+    assert np.isfinite(out).all()
 
 
 def test_the_adapter_reads_what_sglang_builds_as_the_fake_answers(engine: SGLangEngine) -> None:
@@ -109,7 +112,7 @@ def test_sglang_and_the_fake_take_and_refuse_the_same_bodies(engine: SGLangEngin
     gated = engine.gate is not None
     for name, (body, taken) in _good_and_bad(fake).items():
         verdict = engine.check(body)
-        status, _, _ = fake.handle("POST", "/generate", {}, __import__("json").dumps(body).encode())
+        status, _, _ = fake.handle("POST", "/generate", {}, json.dumps(body).encode())
         if not gated and name == "vLLM's max_tokens":
             # Without the contract gate SGLang refuses it too, as a TypeError (500).
             assert verdict.error is not None, name
@@ -133,7 +136,7 @@ def test_the_fake_refuses_input_embeds_with_sglangs_radix_cache_text() -> None:
     fake = SGLangFake(disable_radix_cache=False)
     body = generate_body([rows_json(fake.table[[3, 4]], "float32")], [3])
     assert engine.check(body).status == 400
-    assert fake.handle("POST", "/generate", {}, __import__("json").dumps(body).encode())[0] == 400
+    assert fake.handle("POST", "/generate", {}, json.dumps(body).encode())[0] == 400
 
 
 def test_tokenize_bodies_use_only_fields_sglang_declares(engine: SGLangEngine) -> None:
@@ -153,7 +156,8 @@ def test_tokenize_bodies_use_only_fields_sglang_declares(engine: SGLangEngine) -
     with _service(engine) as svc:
         svc.tokenize(["a", "b c"], add_special_tokens=True)
     bodies = [s["body"] for s in engine.seen if s["path"] == "/tokenize"]
-    assert bodies and all(set(b) <= declared for b in bodies), (bodies, declared)
+    assert bodies
+    assert all(set(b) <= declared for b in bodies), (bodies, declared)
     assert "Union[str, List[str]]" in ast.get_source_segment(
         path.read_text(), cls
     )  # a list of prompts
