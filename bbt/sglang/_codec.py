@@ -89,12 +89,28 @@ def json_body(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def rows_json(rows: np.ndarray[Any, Any], dtype: WireDType) -> list[list[float]]:
-    """``[L, H]`` rows as JSON numbers: the shortest decimal that reads back as ``dtype``
-    (numpy's shortest repr), so no digit beyond the type's precision is sent."""
+#: The longest text a number of each type takes (numpy's shortest repr, |x| < 1e8): what
+#: a plan counts for every soft-prompt number, so planned bytes bound the bytes sent.
+WIDEST_NUMBER = {"float32": 15, "float16": 11}
+
+
+def rows_text(rows: np.ndarray[Any, Any], dtype: WireDType) -> str:
+    """``[L, H]`` rows as JSON text: each number the shortest decimal that reads back as
+    ``dtype`` (numpy's shortest repr), so no digit beyond the type's precision is sent."""
     typed = np.asarray(rows, dtype=np.float16 if dtype == "float16" else np.float32)
-    text = typed.astype(str)
-    return [[float(x) for x in row] for row in text]
+    return "[" + ",".join("[" + ",".join(row) + "]" for row in typed.astype(str)) + "]"
+
+
+def number_chars(rows: np.ndarray[Any, Any], dtype: WireDType) -> int:
+    """How many characters the numbers of ``rows`` take in :func:`rows_text`."""
+    typed = np.asarray(rows, dtype=np.float16 if dtype == "float16" else np.float32)
+    return int(np.char.str_len(typed.astype(str)).sum())
+
+
+def rows_json(rows: np.ndarray[Any, Any], dtype: WireDType) -> list[list[float]]:
+    """:func:`rows_text` as Python lists (the values the server reads)."""
+    value: list[list[float]] = json.loads(rows_text(rows, dtype))
+    return value
 
 
 def read_json(response: httpx.Response, secret: SecretStr | None) -> Any:
@@ -242,16 +258,27 @@ def read_tokenize(answer: Any, count: int) -> list[list[int]]:
     return [list(row) for row in ids]  # type: ignore[union-attr]
 
 
-def generate_body(embeds: list[list[list[float]]], ids: list[int]) -> dict[str, Any]:
-    """One ``/generate`` request: a batch of whole sequences as embeddings, one greedy
-    token each, with the log-probs of exactly ``ids`` at that token's position."""
+def generate_options(ids: list[int]) -> dict[str, Any]:
+    """Everything of a ``/generate`` body but its input: one greedy token per sequence,
+    with the log-probs of exactly ``ids`` at that token's position."""
     return {
-        "input_embeds": embeds,
         "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
         "return_logprob": True,
         "token_ids_logprob": ids,
         "stream": False,
     }
+
+
+def generate_content(sequences: list[str], ids: list[int]) -> bytes:
+    """A ``/generate`` body as sent: ``input_embeds`` a batch of sequences given as
+    :func:`rows_text`, then :func:`generate_options`."""
+    rest = json_body(generate_options(ids))[1:]
+    return b'{"input_embeds":[' + ",".join(sequences).encode() + b"]," + rest
+
+
+def generate_body(embeds: list[list[list[float]]], ids: list[int]) -> dict[str, Any]:
+    """The same body as a dict (tests; what the server parses :func:`generate_content` to)."""
+    return {"input_embeds": embeds, **generate_options(ids)}
 
 
 def read_generate(answer: Any, count: int) -> tuple[list[dict[int, float]], int]:

@@ -178,10 +178,14 @@ class SGLangService(SyncHTTPCore):
         return f"SGLangService(base_url={self._root!r}, api_key={key})"
 
     def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, sequences: int = 0
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | bytes | None = None,
+        sequences: int = 0,
     ) -> Any:
         """One call through the client core (retries, usage); the JSON answer."""
-        content = None if body is None else codec.json_body(body)
+        content = body if isinstance(body, bytes) or body is None else codec.json_body(body)
         content_type = None if body is None else "application/json"
         request = self._new_request(self._http, method, path, content, content_type, sequences)
         return self._send_request(request, partial(codec.read_json, secret=self._key))
@@ -315,17 +319,25 @@ class SGLangService(SyncHTTPCore):
     def plan_logits_requests(
         self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> list[PlannedRequest]:
-        """The requests :meth:`logits` sends for this call, bodies sized byte for byte
-        (:class:`bbt.client.request_plans.PlansLogits`: what ``bbt tune --dry-run`` counts)."""
-        jobs, body = self._plan(prompts, texts, candidate_ids)
-        return [
-            PlannedRequest(i, i + 1, b0, b1, len(codec.json_body(body((i, b0, b1)))), "float32")
-            for i, b0, b1 in jobs
-        ]
+        """The requests :meth:`logits` sends for this call (:class:`bbt.client.request_plans.
+        PlansLogits`: what ``bbt tune --dry-run`` counts). A number's text depends on its
+        value, so each soft-prompt number is counted at its widest
+        (:data:`~bbt.sglang._codec.WIDEST_NUMBER`): the planned bytes bound those sent."""
+        arr = np.asarray(prompts, dtype=np.float32)
+        jobs, body = self._plan(arr, texts, candidate_ids)
+        n, h = arr.shape[1], arr.shape[2]
+        extra = n * h * codec.WIDEST_NUMBER[self._dtype]
+        out = []
+        for i, b0, b1 in jobs:
+            # The prompt's numbers as they are now, swapped for the widest ones.
+            now = codec.number_chars(arr[i], self._dtype)
+            size = len(body((i, b0, b1))) + (b1 - b0) * (extra - now)
+            out.append(PlannedRequest(i, i + 1, b0, b1, size, "float32"))
+        return out
 
     def _plan(
         self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
-    ) -> tuple[list[Job], Callable[[Job], dict[str, Any]]]:
+    ) -> tuple[list[Job], Callable[[Job], bytes]]:
         """A checked call as its requests: the jobs (prompt i on texts [b0:b1]) and the
         body of each, built when it is sent."""
         info = self.model_info()
@@ -344,13 +356,13 @@ class SGLangService(SyncHTTPCore):
             for b0 in range(0, len(text_list), self._per_request)
         ]
 
-        def body(job: Job) -> dict[str, Any]:
+        def body(job: Job) -> bytes:
             i, b0, b1 = job
             embeds = [
-                codec.rows_json(np.concatenate([head, arr[i], bodies[j]], axis=0), self._dtype)
+                codec.rows_text(np.concatenate([head, arr[i], bodies[j]], axis=0), self._dtype)
                 for j in range(b0, b1)
             ]
-            return codec.generate_body(embeds, ids)
+            return codec.generate_content(embeds, ids)
 
         return jobs, body
 

@@ -123,8 +123,7 @@ class SGLangEngine:
             card = {"id": "tiny", "object": "model", "max_model_len": self.model.max_model_len}
             return httpx.Response(200, json={"object": "list", "data": [card]})
         if path == "/server_info":
-            version = (src.ROOT / "version.py").read_text().split('"')[1]
-            return httpx.Response(200, json={"version": version})
+            return httpx.Response(200, json={"version": src.version()})
         if path == "/tokenize":
             prompts = body["prompt"]
             special = body.get("add_special_tokens", True)

@@ -150,6 +150,28 @@ def _hidden_states_mode(value: Any) -> Any:
 STAND_INS["get_return_hidden_states_mode"] = _hidden_states_mode
 
 
+def version() -> str:
+    """The installed SGLang's version, read from its source (``version.py`` or, in newer
+    wheels, the build's ``_version.py``)."""
+    for name in ("_version.py", "version.py"):
+        path = ROOT / name
+        if not path.exists():
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Assign)
+                and any(
+                    isinstance(t, ast.Name) and t.id in ("__version__", "version")
+                    for t in node.targets
+                )
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+                and not node.value.value.startswith("0.0.0")
+            ):
+                return node.value.value
+    raise LookupError("no version in the installed sglang")
+
+
 def contract_gate() -> Any:
     """``generate_contract_error(body) -> str | None`` of this SGLang's JSON contract gate
     (``sglang/srt/entrypoints/api_contract.py`` over ``sglang/api/v1/api_types.py``, both

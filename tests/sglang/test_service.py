@@ -70,15 +70,30 @@ def test_float16_numbers_are_shorter_and_score_within_rounding(
     assert plan16 < 0.75 * plan32
 
 
-def test_the_plan_is_what_logits_sends(make_service: ServiceFactory) -> None:
-    svc = make_service(sequences_per_request=2)
-    prompts = _prompts()
-    plan = svc.plan_logits_requests(prompts, TEXTS, [5, 6])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("scale", [0.0, 1e-6, 0.05, 3e4])
+def test_the_plan_bounds_what_logits_sends(
+    make_service: ServiceFactory, dtype: str, scale: float
+) -> None:
+    """Same requests; planned bytes never below those sent, whatever the prompt values
+    (0: the shortest numbers; the plan is exact where every number is at its widest)."""
+    svc = make_service(sequences_per_request=2, dtype=dtype)
+    prompts = _prompts() * np.float32(scale)
+    plan = svc.plan_logits_requests(np.zeros_like(prompts), TEXTS, [5, 6])
     before = svc.usage.copy()
     svc.logits(prompts, TEXTS, [5, 6])
     spent = svc.usage - before
     assert spent.requests == len(plan)
-    assert spent.bytes_sent == sum(r.body_bytes for r in plan)
+    assert spent.bytes_sent <= sum(r.body_bytes for r in plan)
+
+
+def test_the_plan_is_exact_for_the_widest_numbers(make_service: ServiceFactory) -> None:
+    svc = make_service()
+    prompts = np.full((1, 2, 64), -1.08570915e-13, dtype=np.float32)  # 15 characters each
+    plan = svc.plan_logits_requests(prompts, TEXTS, [5])
+    before = svc.usage.copy()
+    svc.logits(prompts, TEXTS, [5])
+    assert (svc.usage - before).bytes_sent == sum(r.body_bytes for r in plan)
 
 
 def test_numbers_read_back_as_the_float32_rows(make_service: ServiceFactory) -> None:
