@@ -1,5 +1,5 @@
-"""Black-Box Tuning against an SGLang server (``pip install 'bbt[vllm]'`` is not needed:
-the embeddings travel as JSON numbers).
+"""Black-Box Tuning against an SGLang server (no extra to install: the embeddings travel as
+JSON numbers).
 
 :class:`SGLangService` is a :class:`bbt.client.Service` over SGLang's native ``/generate``
 API with ``input_embeds`` (``python -m sglang.launch_server ... --disable-radix-cache``);
@@ -13,10 +13,12 @@ from bbt.sglang._codec import (
     URL_OPTIONS,
     URL_SCHEME_PREFIX,
     generate_body,
+    generate_content,
     is_sglang_url,
     parse_sglang_url,
     read_generate,
     rows_json,
+    rows_text,
 )
 from bbt.sglang._service import SGLangService, service_from_settings
 
@@ -27,9 +29,11 @@ __all__ = [
     "URL_SCHEME_PREFIX",
     "SGLangService",
     "generate_body",
+    "generate_content",
     "is_sglang_url",
     "parse_sglang_url",
     "read_generate",
     "rows_json",
+    "rows_text",
     "service_from_settings",
 ]

@@ -67,15 +67,24 @@ class SGLangService(SyncHTTPCore):
             ``.npy``/``.safetensors``/``.pt``, or an array). Required: SGLang takes the
             whole input as embeddings.
         embedding_key: the table's tensor name in a ``.safetensors``/``.pt`` file.
-        hidden_size, embedding_std, vocab_size: override what the table and config say
-            (a hidden size contradicting them is an error).
+        hidden_size: the model's hidden size; one contradicting the config or the table is
+            an error, not an override.
+        embedding_std: the table's standard deviation (overrides the table's).
+        vocab_size: the vocabulary size (overrides the table's and config.json's).
         embedding_scale: the engine's token-embedding multiplier (``None``: by
             config.json's ``model_type``, sqrt(H) for Gemma, else 1).
         max_concurrency: requests in flight at once.
         sequences_per_request: sequences (texts of one prompt) per ``/generate`` request.
         dtype: precision of the numbers written (``float16``: about half the bytes).
-        settings, transport, env_file, timeout, max_retries, max_retry_wait, rng: as
-            :class:`bbt.vllm.VLLMService`'s.
+        timeout: seconds per request (``None``: the settings' default).
+        max_retries: retries of a failed request (``None``: the settings' default).
+        max_retry_wait: the longest wait between retries (``None``: the default).
+        transport: replaces the network (``httpx.MockTransport``, bbt.testing's fake).
+        env_file: the ``.env`` file read for ``BBT_*`` settings (``None``: none).
+        settings: URL, key, model, timeouts and retries as resolved
+            :class:`~bbt.client.ClientSettings` (replaces the arguments above and the
+            environment).
+        rng: the random source of retry jitter (tests).
     """
 
     _content_type_last = False
