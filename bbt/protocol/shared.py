@@ -39,7 +39,7 @@ SHARED_KIND = "pretrained"
 SHARED_FIELDS: tuple[str, ...] = (
     "source_task",
     "fingerprint",
-    "n_tokens",
+    "tokens",
     "steps",
     "source_accuracy",
 )
