@@ -1,7 +1,8 @@
 """``bbt pretrain``: the provider's side of transfer. Tune a soft prompt with gradients on a
 source task on the local model (the embedded default or a model directory) and save it as a
 run directory that ``bbt tune --init run:DIR`` (or ``--init mix:DIR1,DIR2`` with
-``--method mixture``) starts from. Needs ``bbt[whitebox]``."""
+``--method mixture``) starts from; ``--publish`` also shares it in the server's registry
+(``--init prompt:ID``, :mod:`bbt.cli._registry`). Needs ``bbt[whitebox]``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def pretrain(
     steps: int = typer.Option(60, "--steps", min=1, help="Gradient steps (Adam)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam's step size (default 3e-3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the initial prompt."),
+    publish: bool = typer.Option(
+        False, "--publish", help="Also share it with every key (as bbt registry publish)."
+    ),
+    registry: str | None = typer.Option(
+        None, "--registry", help="With --publish: the server's registry file."
+    ),
 ) -> None:
     """Pre-train a soft prompt with gradients on a source task (needs bbt\\[whitebox])."""
     try:
@@ -46,6 +53,10 @@ def pretrain(
     except (BBTError, OSError) as exc:
         fail(str(exc))
     meta = {k: v for k, v in pre.metadata.items() if k != "task"}
+    if publish:
+        from bbt.cli._registry import publish_run
+
+        meta["shared_id"] = publish_run(path, registry, None)["id"]
     typer.echo(json.dumps({"run_dir": str(path), **meta}))
 
 
