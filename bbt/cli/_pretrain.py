@@ -10,8 +10,7 @@ from pathlib import Path
 
 import typer
 
-from bbt.cli._common import fail
-from bbt.errors import BBTError
+from bbt.cli._common import one_line_errors
 
 
 def pretrain(
@@ -29,7 +28,7 @@ def pretrain(
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the initial prompt."),
 ) -> None:
     """Pre-train a soft prompt with gradients on a source task (needs bbt\\[whitebox])."""
-    try:
+    with one_line_errors("bbt pretrain needs {name}: pip install 'bbt[whitebox]'", also=(OSError,)):
         from bbt.tuner import get_preset, load_examples, sample_k_shot
         from bbt.whitebox.pretrain import pretrain_prompt, save_pretrained
 
@@ -41,10 +40,6 @@ def pretrain(
             seed=seed, source_name=task,
         )  # fmt: skip
         path = save_pretrained(pre, out)
-    except ImportError as exc:
-        fail(f"bbt pretrain needs {exc.name}: pip install 'bbt[whitebox]'")
-    except (BBTError, OSError) as exc:
-        fail(str(exc))
     meta = {k: v for k, v in pre.metadata.items() if k != "task"}
     typer.echo(json.dumps({"run_dir": str(path), **meta}))
 
