@@ -11,8 +11,7 @@ from pathlib import Path
 
 import typer
 
-from bbt.cli._common import fail
-from bbt.errors import BBTError
+from bbt.cli._common import one_line_errors
 
 
 def pretrain(
@@ -36,7 +35,7 @@ def pretrain(
     ),
 ) -> None:
     """Pre-train a soft prompt with gradients on a source task (needs bbt\\[whitebox])."""
-    try:
+    with one_line_errors("bbt pretrain needs {name}: pip install 'bbt[whitebox]'", also=(OSError,)):
         from bbt.tuner import get_preset, load_examples, sample_k_shot
         from bbt.whitebox.pretrain import pretrain_prompt, save_pretrained
 
@@ -48,10 +47,6 @@ def pretrain(
             seed=seed, source_name=task,
         )  # fmt: skip
         path = save_pretrained(pre, out)
-    except ImportError as exc:
-        fail(f"bbt pretrain needs {exc.name}: pip install 'bbt[whitebox]'")
-    except (BBTError, OSError) as exc:
-        fail(str(exc))
     meta = {k: v for k, v in pre.metadata.items() if k != "task"}
     if publish:
         from bbt.cli._registry import publish_run
