@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+# A script that imports this module finds scripts/ (quality_data) and this checkout's bbt
+# (before an installed one): the import header every benchmark needs, written once.
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import quality_data  # noqa: E402
+from _machine import cpu_flags as machine_cpu_flags  # noqa: E402
 from _machine import machine, write_json  # noqa: E402
 
 #: The paper's templates (Sun et al., 2022, Table 6) with the model's mask token filled in
@@ -182,3 +187,110 @@ def write_result(name: str, record: dict[str, Any], out_dir: Path | None = None)
         **record,
     }
     return write_json(out / f"{name}.json", full)
+
+
+#: The CPU flags the model benchmarks report (sorted): the compute path's and the int8 ones.
+EMBEDDED_FLAGS = ("amx_bf16", "amx_int8", "avx2", "avx512_bf16", "avx512_vnni", "avx512f")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide the compute path (AVX2, AVX-512, native bfloat16)."""
+    flags: list[str] = machine_cpu_flags(EMBEDDED_FLAGS)
+    return flags
+
+
+def default_dtype() -> str:
+    """bfloat16 where the CPU runs it natively (AMX or AVX-512 BF16), else float32: torch
+    emulates bfloat16 elsewhere, several times slower than float32."""
+    flags = set(cpu_flags())
+    return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
+
+
+# ---------------------------------------------------------------- the tuning benchmarks' harness
+
+
+def bench_parser(doc: str | None, **defaults: Any) -> argparse.ArgumentParser:
+    """A parser with the flags every tuning benchmark takes (task, seeds, k-shot sizes, the
+    run's settings, the model's dtype and threads, the held-out rows, where results go);
+    ``defaults`` overrides their defaults by name (``task="agnews"``, ``popsize=10``...)."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    ap.add_argument("--task", choices=sorted(LABELS), default="sst2")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--n-tokens", type=int, default=10)
+    ap.add_argument("--dim", type=int, default=200)
+    ap.add_argument("--popsize", type=int, default=20)
+    ap.add_argument("--init", default="vocab:1000")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heldout", type=int, default=100)
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.set_defaults(**defaults)
+    return ap
+
+
+def tune_config(args: argparse.Namespace, names: tuple[str, ...], **overrides: Any) -> Any:
+    """The ``bbt.tuner.TuneConfig`` of ``args``' tuning options ``names`` (see
+    :func:`tune_settings`), with ``overrides`` (a seed, a method...)."""
+    from bbt.tuner import TuneConfig
+
+    return TuneConfig(**tune_settings(args, names), **overrides)
+
+
+def kshot_examples(task_name: str, shots: int, seed: int, task: Any) -> tuple[Any, Any]:
+    """Seed ``seed``'s k-shot train and dev sets (:func:`sample_kshot`) as examples of the
+    ``bbt.tuner.Task`` ``task``."""
+    train_rows, dev_rows = sample_kshot(task_name, shots, seed)
+    return to_examples(task_name, train_rows, task), to_examples(task_name, dev_rows, task)
+
+
+def heldout_scorer(
+    service: Any, task_name: str, task: Any, size: int
+) -> Callable[[np.ndarray[Any, Any]], float]:
+    """The accuracy of one prompt [n, H] on the first ``size`` held-out rows, through
+    ``service`` (the task's template and verbalizer, as the product renders them)."""
+    from bbt.tuner import verbalizer_ids
+
+    info = service.model_info()
+    field, limit = task.fields[0], info.limits.max_text_chars
+    held = quality_data.heldout_rows(task_name)[:size]
+    xh = [task.render({field: r.text}, info.mask_token, limit) for r in held]
+    yh = labels(task_name, list(held))
+    cand = verbalizer_ids(task, service)
+
+    def score(prompt: np.ndarray[Any, Any]) -> float:
+        return float(accuracy(service.logits(prompt[None], xh, cand), yh)[0])
+
+    return score
+
+
+def write_bench_result(
+    tag: str, args: argparse.Namespace, started: float, record: dict[str, Any]
+) -> float:
+    """Write a tuning benchmark's result ``<args.out_dir>/<tag>.json``: the flags, the CPU
+    flags, ``record`` and the wall seconds since ``started`` (``time.time()``); returns them."""
+    wall = time.time() - started
+    full = {"args": args_record(args), "cpu_flags": cpu_flags(), **record, "wall_seconds": wall}
+    write_result(tag, full, args.out_dir)
+    return wall
+
+
+def smoke_sizes(args: argparse.Namespace, **sizes: Any) -> None:
+    """Shrink ``args`` to ``--smoke`` sizes (seconds, for CI): the first seed only, and
+    ``sizes`` by flag name."""
+    args.seeds = args.seeds[:1]
+    for name, value in sizes.items():
+        setattr(args, name, value)
+
+
+def table_head(caption: str, header: str, aligns: str, note: str | None = None) -> None:
+    """Print a result table's caption (with the CPU flags), an optional ``note`` line, and
+    the markdown ``header`` (its columns split by " | "), aligned by ``aligns`` (``"-"``
+    left, ``":"`` right, one character a column)."""
+    print(f"\n{caption}; CPU flags {' '.join(cpu_flags())}")
+    if note is not None:
+        print(note)
+    print(f"| {header} |")
+    print("|" + "|".join("---:" if a == ":" else "---" for a in aligns) + "|")

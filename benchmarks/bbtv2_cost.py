@@ -29,8 +29,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import args_record, sample_kshot, to_examples, write_result  # noqa: E402
-from embedded_quality import cpu_flags, default_dtype  # noqa: E402
+from _common import (  # noqa: E402
+    args_record,
+    cpu_flags,
+    default_dtype,
+    sample_kshot,
+    to_examples,
+    write_result,
+)
 
 from bbt.protocol import encoded_size  # noqa: E402
 from bbt.tuner import InitialPrompt, TuneConfig, get_preset  # noqa: E402

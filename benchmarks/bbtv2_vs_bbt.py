@@ -25,34 +25,25 @@ Prints a table and writes ``benchmarks/results/bbtv2_vs_bbt_<task>.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import quality_data  # noqa: E402
-from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import (  # noqa: E402
-    accuracy,
-    args_record,
-    labels,
-    sample_kshot,
-    to_examples,
-    write_result,
+from _common import (
+    bench_parser,
+    default_dtype,
+    heldout_scorer,
+    kshot_examples,
+    smoke_sizes,
+    table_head,
+    tune_config,
+    write_bench_result,
 )
-from embedded_quality import DEFAULT_BUDGET, cpu_flags, default_dtype  # noqa: E402
+from embedded_quality import DEFAULT_BUDGET
 
-from bbt.tuner import GenerationRecord, InitialPrompt, TuneConfig, get_preset  # noqa: E402
-from bbt.tuner.bbtv2 import make_tuner  # noqa: E402
+from bbt.tuner import GenerationRecord, InitialPrompt, get_preset
+from bbt.tuner.bbtv2 import make_tuner
 
 METHODS = ("bbt", "bbtv2")
 
@@ -72,29 +63,17 @@ def bytes_per_candidate(info: Any, tuner: Any, popsize: int, dtype: Any) -> floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--task", choices=sorted(DATA_LABELS), default="agnews")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--budget", type=int, default=None, help="API calls (default: per task)")
-    ap.add_argument("--n-tokens", type=int, default=10)
-    ap.add_argument("--dim", type=int, default=200)
-    ap.add_argument("--popsize", type=int, default=20)
+    # --budget unset: the task's (embedded_quality.DEFAULT_BUDGET).
+    ap = bench_parser(__doc__, task="agnews", shots=16, budget=None, heldout=1000)
     ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--init", default="vocab:1000")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--heldout", type=int, default=1000)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
     args = ap.parse_args(argv)
     if args.budget is None:
         args.budget = DEFAULT_BUDGET[args.task]
     if args.smoke:
-        args.seeds, args.shots, args.popsize, args.budget = args.seeds[:1], 2, 4, 24
-        args.n_tokens, args.dim, args.eval_every, args.heldout = 2, 4, 8, 16
+        smoke_sizes(args, shots=2, popsize=4, budget=24)
+        smoke_sizes(args, n_tokens=2, dim=4, eval_every=8, heldout=16)
         args.tag = args.tag or f"bbtv2_vs_bbt_{args.task}_smoke"
     args.dtype = args.dtype or default_dtype()
     tag = args.tag or f"bbtv2_vs_bbt_{args.task}"
@@ -107,30 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     service = LocalClient(backend)
     info = service.model_info()
     task = get_preset(args.task)
-    field, limit = task.fields[0], info.limits.max_text_chars
-    held = quality_data.heldout_rows(args.task)[: args.heldout]
-    xh = [task.render({field: r.text}, info.mask_token, limit) for r in held]
-    yh = labels(args.task, list(held))
-    from bbt.tuner import verbalizer_ids
-
-    cand = verbalizer_ids(task, service)
-
-    def heldout(prompt: np.ndarray[Any, Any]) -> float:
-        return float(accuracy(service.logits(prompt[None], xh, cand), yh)[0])
-
-    base = TuneConfig(
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        budget=args.budget,
-        eval_every=args.eval_every,
-    )
+    heldout = heldout_scorer(service, args.task, task, args.heldout)
+    base = tune_config(args, ("n_tokens", "dim", "popsize", "budget", "eval_every"))
     runs: list[dict[str, Any]] = []
     wire: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
-        train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
-        train = to_examples(args.task, train_rows, task)
-        dev = to_examples(args.task, dev_rows, task)
+        train, dev = kshot_examples(args.task, args.shots, seed, task)
         for method in args.methods:
             cfg = dataclasses.replace(base, seed=seed, method=method)
             curve: list[GenerationRecord] = []
@@ -190,16 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     def std(method: str, key: str) -> float:
         return float(np.std([r[key] for r in runs if r["method"] == method]))
 
-    print(
-        f"\n{args.task}, {args.shots}-shot, n={args.n_tokens}, d={args.dim}, "
+    table_head(
+        f"{args.task}, {args.shots}-shot, n={args.n_tokens}, d={args.dim}, "
         f"popsize={args.popsize}, budget={args.budget}, {args.dtype}, seeds {args.seeds}, "
-        f"held-out {len(held)} rows; CPU flags {' '.join(cpu_flags())}"
+        f"held-out {args.heldout} rows",
+        "method | held-out % (mean ± std) | per seed | s / generation | client projection "
+        "ms / generation | bytes up / candidate (f32, f16)",
+        "-:-:::",
     )
-    print(
-        "| method | held-out % (mean ± std) | per seed | s / generation | client projection "
-        "ms / generation | bytes up / candidate (f32, f16) |"
-    )
-    print("|---|---:|---|---:|---:|---:|")
     summary: dict[str, Any] = {}
     for method in args.methods:
         per_seed = ", ".join(f"{100 * r['heldout']:.1f}" for r in runs if r["method"] == method)
@@ -222,21 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         diff = summary["bbtv2"]["heldout_mean"] - summary["bbt"]["heldout_mean"]
         print(f"BBTv2 - BBT: {100 * diff:+.1f} points (mean of {len(args.seeds)} seeds)")
         summary["diff_points"] = 100 * diff
-    wall = time.time() - t_all
+    record = {"backend": describe(backend), "layer_std": info.layer_std, "summary": summary}
+    wall = write_bench_result(tag, args, t_all, {**record, "runs": runs})
     print(f"wall time {wall:.0f}s")
-    write_result(
-        tag,
-        {
-            "args": args_record(args),
-            "backend": describe(backend),
-            "layer_std": info.layer_std,
-            "cpu_flags": cpu_flags(),
-            "summary": summary,
-            "runs": runs,
-            "wall_seconds": wall,
-        },
-        args.out_dir,
-    )
     return 0
 
 

@@ -47,10 +47,18 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import _machine  # noqa: E402
 import quality_data  # noqa: E402
 from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import accuracy, machine, sample_kshot, to_examples, tune_settings  # noqa: E402
+from _common import (  # noqa: E402
+    accuracy,
+    cpu_flags,
+    default_dtype,
+    machine,
+    sample_kshot,
+    smoke_sizes,
+    to_examples,
+    tune_settings,
+)
 from _common import labels as label_indices  # noqa: E402
 from _machine import jsonable  # noqa: E402
 
@@ -136,22 +144,6 @@ def ridge_probe(
     w = fit(best[1])
     held_acc = float(((x["held"] @ w).argmax(axis=1) == labels["held"]).mean())
     return {"probe_dev": best[0], "probe_alpha": best[1], "probe_heldout": held_acc}
-
-
-#: The flags this benchmark reports (sorted): the compute path's and the int8 ones.
-EMBEDDED_FLAGS = ("amx_bf16", "amx_int8", "avx2", "avx512_bf16", "avx512_vnni", "avx512f")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU flags that decide the compute path (AVX2, AVX-512, native bfloat16)."""
-    return _machine.cpu_flags(EMBEDDED_FLAGS)
-
-
-def default_dtype() -> str:
-    """bfloat16 where the CPU runs it natively (AMX or AVX-512 BF16), else float32: torch
-    emulates bfloat16 elsewhere, several times slower than float32."""
-    flags = set(cpu_flags())
-    return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
 
 
 def pct(v: float | None) -> str:
@@ -246,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is None:
         args.budget = DEFAULT_BUDGET[args.task]
     if args.smoke:
-        args.seeds, args.shots, args.popsize, args.budget = args.seeds[:1], 2, 4, 8
-        args.n_tokens, args.dim, args.eval_every, args.heldout = 2, 4, 4, 20
+        smoke_sizes(args, shots=2, popsize=4, budget=8)
+        smoke_sizes(args, n_tokens=2, dim=4, eval_every=4, heldout=20)
         args.tag = args.tag or f"quality_{args.task}_smoke"
     args.dtype = args.dtype or default_dtype()
 

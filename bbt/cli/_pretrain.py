@@ -1,7 +1,8 @@
 """``bbt pretrain``: the provider's side of transfer. Tune a soft prompt with gradients on a
 source task on the local model (the embedded default or a model directory) and save it as a
 run directory that ``bbt tune --init run:DIR`` (or ``--init mix:DIR1,DIR2`` with
-``--method mixture``) starts from. Needs ``bbt[whitebox]``."""
+``--method mixture``) starts from; ``--publish`` also shares it in the server's registry
+(``--init prompt:ID``, :mod:`bbt.cli._registry`). Needs ``bbt[whitebox]``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from pathlib import Path
 
 import typer
 
-from bbt.cli._common import fail
-from bbt.errors import BBTError
+from bbt.cli._common import one_line_errors
 
 
 def pretrain(
@@ -27,9 +27,15 @@ def pretrain(
     steps: int = typer.Option(60, "--steps", min=1, help="Gradient steps (Adam)."),
     lr: float | None = typer.Option(None, "--lr", help="Adam's step size (default 3e-3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the initial prompt."),
+    publish: bool = typer.Option(
+        False, "--publish", help="Also share it with every key (as bbt registry publish)."
+    ),
+    registry: str | None = typer.Option(
+        None, "--registry", help="With --publish: the server's registry file."
+    ),
 ) -> None:
     """Pre-train a soft prompt with gradients on a source task (needs bbt\\[whitebox])."""
-    try:
+    with one_line_errors("bbt pretrain needs {name}: pip install 'bbt[whitebox]'", also=(OSError,)):
         from bbt.tuner import get_preset, load_examples, sample_k_shot
         from bbt.whitebox.pretrain import pretrain_prompt, save_pretrained
 
@@ -41,11 +47,11 @@ def pretrain(
             seed=seed, source_name=task,
         )  # fmt: skip
         path = save_pretrained(pre, out)
-    except ImportError as exc:
-        fail(f"bbt pretrain needs {exc.name}: pip install 'bbt[whitebox]'")
-    except (BBTError, OSError) as exc:
-        fail(str(exc))
     meta = {k: v for k, v in pre.metadata.items() if k != "task"}
+    if publish:
+        from bbt.cli._registry import publish_run
+
+        meta["shared_id"] = publish_run(path, registry, None)["id"]
     typer.echo(json.dumps({"run_dir": str(path), **meta}))
 
 

@@ -22,8 +22,7 @@ from typing import Any, cast
 
 import typer
 
-from bbt.cli._common import bind_listener, fail
-from bbt.errors import BBTError
+from bbt.cli._common import bind_listener, fail, one_line_errors
 
 
 def exposure_warning(command: str, bound_host: str, port: int, n_keys: int) -> str | None:
@@ -56,6 +55,9 @@ def warn_if_exposed(command: str, bound_host: str, port: int, n_keys: int) -> No
 
 
 # Help panels of `bbt serve --help`: the options grouped by what they set.
+#: What ``bbt serve`` says when an import of the serve extra fails.
+NEEDS_SERVE = "bbt serve needs the serve extra ({name} is missing): pip install 'bbt[serve]'"
+
 _MODEL = "Model"
 _COMPUTE = "Compute"
 _ACCESS = "Listening, access and logs"
@@ -239,10 +241,8 @@ def _packaged_model(model: str | None) -> str | None:
         typer.echo(
             f"converting {model} once to {packaged.cache_dir() / model} (minutes) ...", err=True
         )
-    try:
+    with one_line_errors():
         path = packaged.resolve(model)
-    except BBTError as exc:
-        fail(str(exc))
     typer.echo(f"{model}: {packaged.licence_line(path) or entry.licence}", err=True)
     return str(path)
 
@@ -288,29 +288,19 @@ def _serve_here(
     backend_options: dict[str, Any],
 ) -> None:
     """``bbt serve`` in this process: one model, uvicorn, the prompt registry."""
-    try:
+    with one_line_errors(NEEDS_SERVE):
         import uvicorn
 
         from bbt.server.app import create_app
         from bbt.server.backend import backend_for, backend_kind
-        from bbt.server.hf import SERVE_EXTRA_HINT, HFBackend
+        from bbt.server.hf import HFBackend
         from bbt.server.settings import ServerSettings
-    except ImportError as exc:
-        fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
-    except BBTError as exc:
-        fail(str(exc))
 
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    try:
+    with one_line_errors(invalid="invalid server settings"):
         settings = ServerSettings(**settings_kw)
-    except BBTError as exc:
-        fail(str(exc))
-    except ValueError as exc:  # pydantic's ValidationError: report messages, never values
-        errors = getattr(exc, "errors", None)
-        detail = "; ".join(str(e.get("msg")) for e in errors()) if callable(errors) else "invalid"
-        fail(f"invalid server settings: {detail}")
 
     from bbt.server.registry import default_path, open_registry
 
@@ -320,28 +310,19 @@ def _serve_here(
     if causal and head != "auto":
         fail(f"--head is for masked LMs; {model} is a causal LM, scored with its own LM head")
     sock = bind_listener(host, port)
-    try:
-        # Before the model: a bad --registry fails in a second, not after a model load.
+    # Before the model: a bad --registry fails in a second, not after a model load.
+    with one_line_errors(cleanup=sock.close):
         store = open_registry(registry, default=default_path())
-    except BBTError as exc:
-        sock.close()
-        fail(str(exc))
 
     def release() -> None:
         sock.close()
         if store is not None:
             store.close()
 
-    try:
+    with one_line_errors(NEEDS_SERVE, cleanup=release):
         typer.echo(f"loading {model or 'the embedded default model'} ...", err=True)
         # Both kinds a model directory can be are Hugging Face backends.
         backend = cast("HFBackend", backend_for(model, head=head, **backend_options))
-    except BBTError as exc:
-        release()
-        fail(str(exc))
-    except ImportError as exc:
-        release()
-        fail(f"bbt serve needs the serve extra ({exc.name} is missing): {SERVE_EXTRA_HINT}")
     info = backend.info
     bound = sock.getsockname()
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key"
@@ -383,14 +364,10 @@ def _serve_on_ray(
     backend_options: dict[str, Any],
 ) -> None:
     """``bbt serve --replicas``: the same backend options, one model per Ray Serve replica."""
-    try:
+    with one_line_errors(NEEDS_SERVE):  # the server extra itself, then Ray
         from bbt.server import ray_serve
-    except ImportError as exc:  # the server extra itself
-        fail(f"bbt serve needs the serve extra ({exc.name} is missing): pip install 'bbt[serve]'")
-    try:
+
         ray_serve.require_ray()
-    except BBTError as exc:
-        fail(str(exc))
     if port == 0:
         fail("--replicas needs a fixed --port (Ray Serve's proxy cannot report a free one)")
     bind_listener(host, port).close()  # a port in use: the usual one-line error, now
@@ -405,7 +382,7 @@ def _serve_on_ray(
         server_settings=tuple(sorted(session_settings.items())),
     )
     spec = ray_serve.BackendSpec("hf", {k: v for k, v in backend_options.items() if v is not None})
-    try:
+    with one_line_errors():
         ray_serve.run_blocking(
             spec,
             options,
@@ -414,8 +391,6 @@ def _serve_on_ray(
             address=address,
             say=lambda m: typer.echo(m, err=True),
         )
-    except BBTError as exc:
-        fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
-"""Which service a command talks to: ``--mock``, a URL (HTTP or ``vllm+``), or the embedded
-default server, started for the command (with the ``--server-*`` options) and stopped after.
+"""Which service a command talks to: ``--mock``, a URL (HTTP, ``vllm+`` or ``sglang+``), or
+the embedded default server, started for the command (with the ``--server-*`` options) and
+stopped after.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import typer
 from bbt.errors import ConfigurationError
 
 DEFAULT_MOCK_HIDDEN = 64
+#: How messages name each engine adapter.
+ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
 #: Read timeout (s) for the embedded server unless BBT_TIMEOUT or .env sets one.
 EMBEDDED_TIMEOUT = 3600.0
 #: The help panel of the embedded server's options.
@@ -136,14 +140,15 @@ def open_service(
         )
         return
     from bbt.client import Client, ClientSettings
+    from bbt.client.engine_urls import engine_of
 
     settings = ClientSettings(base_url=base_url, api_key=api_key, model=model)
-    if settings.base_url and settings.base_url.lower().startswith("vllm+"):
-        server.refuse("vLLM server at the configured URL")
-        from bbt.vllm import service_from_settings
-
-        with service_from_settings(settings) as svc:
-            yield svc, {"kind": "vllm", "base_url": settings.base_url}
+    engine = engine_of(settings.base_url)
+    if engine is not None:
+        server.refuse(f"{ENGINE_NAMES[engine]} server at the configured URL")
+        factory = import_module(f"bbt.{engine}").service_from_settings
+        with factory(settings) as svc:
+            yield svc, {"kind": engine, "base_url": settings.base_url}
         return
     if settings.base_url:
         server.refuse("service at the configured URL (--base-url, BBT_BASE_URL or .env)")

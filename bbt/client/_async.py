@@ -54,6 +54,7 @@ from bbt.protocol import (
 )
 from bbt.protocol.features import Pooling
 from bbt.protocol.projection import ProjectionRecipe
+from bbt.protocol.shared import PromptTensor
 
 #: Sub-requests of one split call in flight at once when ``max_concurrency`` is not set
 #: (argument or ``BBT_MAX_CONCURRENCY``); a server that limits per-request size usually also
@@ -222,6 +223,11 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
     async def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""
         return await self._run(self._exchange("GET", prompt_path(prompt_id), None, StoredPrompt))
+
+    async def fetch_prompt(self, prompt_id: str) -> PromptTensor:
+        """As :meth:`bbt.Client.fetch_prompt`."""
+        path = prompt_path(prompt_id) + "/tensor"
+        return await self._run(self._exchange("GET", path, None, PromptTensor))
 
     async def delete_prompt(self, prompt_id: str) -> None:
         """As :meth:`bbt.Client.delete_prompt`."""

@@ -44,6 +44,7 @@ from bbt.protocol import (
 )
 from bbt.protocol.features import Pooling
 from bbt.protocol.projection import ProjectionRecipe
+from bbt.protocol.shared import PromptTensor
 
 
 class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
@@ -196,6 +197,12 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     def delete_prompt(self, prompt_id: str) -> None:
         """Delete a stored prompt; :class:`~bbt.errors.NotFoundError` when there is none."""
         self._run(self._exchange("DELETE", prompt_path(prompt_id), None, PromptDeleted))
+
+    def fetch_prompt(self, prompt_id: str) -> PromptTensor:
+        """A stored prompt's values and metadata, this key's or one the operator shares
+        (protocol 1.4: the model lists ``"shared_prompts"``)."""
+        path = prompt_path(prompt_id) + "/tensor"
+        return self._run(self._exchange("GET", path, None, PromptTensor))
 
     def prompt_logits(
         self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]

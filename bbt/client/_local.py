@@ -65,6 +65,7 @@ from bbt.protocol.backend import Backend
 from bbt.protocol.features import DecodedFeaturesRequest, Pooling
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
+from bbt.protocol.shared import PromptTensor
 
 T = TypeVar("T")
 
@@ -79,6 +80,7 @@ class PromptHost(Protocol):
     def get(self, prompt_id: str, tenant: str) -> StoredPrompt: ...
     def delete(self, prompt_id: str, tenant: str) -> PromptDeleted: ...
     def logits(self, prompt_id: str, req: PromptLogitsRequest, tenant: str) -> LogitsResponse: ...
+    def tensor(self, prompt_id: str, tenant: str) -> PromptTensor: ...
     def close(self) -> None: ...
 
 
@@ -295,6 +297,12 @@ class LocalClient:
         prompt_path(prompt_id)
         ep = self._endpoints()
         self._registry_call(ep.delete, prompt_id, ep.tenant(None))
+
+    def fetch_prompt(self, prompt_id: str) -> PromptTensor:
+        """As :meth:`bbt.Client.fetch_prompt`."""
+        prompt_path(prompt_id)
+        ep = self._endpoints()
+        return self._registry_call(ep.tensor, prompt_id, ep.tenant(None))
 
     def prompt_logits(
         self, prompt_id: str, texts: Sequence[str], candidate_ids: Sequence[int]

@@ -1,7 +1,8 @@
 """The requests one ``logits`` call sends, whatever the engine: the dry run's one planner.
 
 Protocol v1 clients split a call with :func:`bbt.client.planning.plan_logits`; an engine
-adapter with its own wire format (vLLM's OpenAI API) splits it its own way. An adapter that
+adapter with its own wire format (vLLM's OpenAI API, SGLang's ``/generate``) splits it its
+own way. An adapter that
 declares :class:`PlansLogits` lists the requests it would send, from the same code its
 ``logits`` sends them with; :func:`planned_requests` asks it, and otherwise plans as the
 protocol v1 client does. ``bbt tune --dry-run`` counts requests and bytes through here only.
@@ -29,7 +30,9 @@ class PlannedRequest:
     p1: int
     b0: int
     b1: int
-    body_bytes: int  # exact: the request body as it is sent
+    #: The request body as it is sent; an upper bound where its length depends on the
+    #: prompt's values (SGLang's embeddings are JSON numbers, counted at their widest).
+    body_bytes: int
     output_dtype: DType  # the element type of the logits that come back
 
     @property

@@ -53,6 +53,12 @@ class _Probe:
     kind: Kind = "black-box"
 
     def model(self, seed: int) -> Any:
+        """The fitted model: :meth:`classifier` on standardised features."""
+        make_pipeline = _sklearn("sklearn.pipeline").make_pipeline
+        scaler = _sklearn("sklearn.preprocessing").StandardScaler
+        return make_pipeline(scaler(), self.classifier(seed))
+
+    def classifier(self, seed: int) -> Any:
         raise NotImplementedError
 
     def fit(self, ctx: CompareContext) -> Fitted:
@@ -77,11 +83,9 @@ class LogisticProbe(_Probe):
 
     name = "feature-lr"
 
-    def model(self, seed: int) -> Any:
+    def classifier(self, seed: int) -> Any:
         lr = _sklearn("sklearn.linear_model").LogisticRegression
-        make_pipeline = _sklearn("sklearn.pipeline").make_pipeline
-        scaler = _sklearn("sklearn.preprocessing").StandardScaler
-        return make_pipeline(scaler(), lr(max_iter=2000, random_state=seed))
+        return lr(max_iter=2000, random_state=seed)
 
 
 class MLPProbe(_Probe):
@@ -89,12 +93,6 @@ class MLPProbe(_Probe):
 
     name = "feature-mlp"
 
-    def model(self, seed: int) -> Any:
+    def classifier(self, seed: int) -> Any:
         mlp = _sklearn("sklearn.neural_network").MLPClassifier
-        make_pipeline = _sklearn("sklearn.pipeline").make_pipeline
-        scaler = _sklearn("sklearn.preprocessing").StandardScaler
-
-        return make_pipeline(
-            scaler(),
-            mlp(hidden_layer_sizes=(128,), max_iter=500, random_state=seed),
-        )
+        return mlp(hidden_layer_sizes=(128,), max_iter=500, random_state=seed)

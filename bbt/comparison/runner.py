@@ -38,7 +38,7 @@ class CompareSettings:
     icl_demos: int = 8
     n_tokens: int = 50
     split_seed: int = 0
-    init: str | None = None  # the bbt-pretrained row's start (run:DIR)
+    init: str | None = None  # the bbt-pretrained row's start (run:DIR or prompt:ID)
     #: Held-out checkpoints of a tuned method's learning curve (0: none), counted apart.
     curve_points: int = 4
 
@@ -142,7 +142,9 @@ def compare(
                 "server); a remote service or the mock does not expose them"
             )
         if name == "bbt-pretrained" and not settings.init:
-            raise ComparisonError("bbt-pretrained needs --init run:DIR (bbt pretrain writes one)")
+            raise ComparisonError(
+                "bbt-pretrained needs --init run:DIR (bbt pretrain writes one) or prompt:ID"
+            )
     pool, held = held_out_split(data, test, settings.n_test, settings.split_seed)
     if any(e.label is None for e in held):
         raise ComparisonError("the held-out rows need labels")

@@ -86,7 +86,9 @@ class _Tuned:
         )
         notes: dict[str, Any] = {"dev_metric": sel.dev_metric, "tuning_calls": tuner.calls}
         if init is not None:
-            notes["init"] = f"run:{init.path}"
+            notes["init"] = (
+                f"prompt:{init.prompt_id}" if init.kind == "prompt" else f"run:{init.path}"
+            )
         return Fitted(
             TunedPredictor(prompt),
             curve=[*held.points, *curve],
@@ -104,17 +106,19 @@ class BBT(_Tuned):
 
 class BBTPretrained(_Tuned):
     """BBT from a pre-trained prompt: p0 is a run's prompt (``--init run:DIR``, e.g. written
-    by ``bbt pretrain`` or an earlier ``bbt tune`` on the same model), the user's budget."""
+    by ``bbt pretrain`` or an earlier ``bbt tune`` on the same model) or a prompt in the
+    service's registry (``--init prompt:ID``, e.g. one its operator shares), the user's
+    budget."""
 
     name = "bbt-pretrained"
     method = "bbt"
 
     def initial_prompt(self, ctx: CompareContext) -> InitialPrompt | None:
         init = InitialPrompt.parse(ctx.init, ctx.seed) if ctx.init else None
-        if init is None or init.kind != "run":
+        if init is None or init.kind not in ("run", "prompt"):
             raise ComparisonError(
-                "bbt-pretrained needs --init run:DIR: a pre-trained or tuned run on the same "
-                "model (bbt pretrain writes one)"
+                "bbt-pretrained needs --init run:DIR (a pre-trained or tuned run on the same "
+                "model: bbt pretrain writes one) or --init prompt:ID (a registry prompt)"
             )
         return init
 

@@ -22,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bbt.protocol._tensor import DType, Tensor
 
-#: The newest protocol version this package speaks (v1 plus additive 1.1, 1.2, 1.3 and 1.6
+#: The newest protocol version this package speaks (v1 plus additive 1.1 to 1.4 and 1.6
 #: features; 1.2 pages the prompt registry's list and marks rows it cannot show; 1.3 adds
-#: the features operation, :mod:`bbt.protocol.features`; 1.6 the score operation, prompt
-#: log-probabilities, :mod:`bbt.protocol.score`).
+#: the features operation, :mod:`bbt.protocol.features`; 1.4 shared, read-only prompts,
+#: :mod:`bbt.protocol.shared`; 1.6 the score operation, prompt log-probabilities,
+#: :mod:`bbt.protocol.score`).
 PROTOCOL_VERSION = "1.6"
 #: The original version: what a client that announces nothing (or "1") is answered with.
 PROTOCOL_V1 = "1"
@@ -34,7 +35,14 @@ PROTOCOL_V1_1 = "1.1"
 #: Versions a server negotiates, oldest first. Within one major version every change is
 #: additive: a response field new in version X is declared ``json_schema_extra={"since": X}``
 #: and left out of answers to older clients (:func:`bbt.protocol.wire_json`).
-SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_V1, PROTOCOL_V1_1, "1.2", "1.3", PROTOCOL_VERSION)
+SUPPORTED_VERSIONS: tuple[str, ...] = (
+    PROTOCOL_V1,
+    PROTOCOL_V1_1,
+    "1.2",
+    "1.3",
+    "1.4",
+    PROTOCOL_VERSION,
+)
 API_PREFIX = "/v1"
 #: Header carrying the protocol version on every request and response: the client announces
 #: the newest version it speaks, the server answers with the version it used.

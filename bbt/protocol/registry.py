@@ -133,6 +133,12 @@ class StoredPrompt(_Wire):
         "why. The fields it could not read are empty; delete the prompt and store it again.",
         json_schema_extra={"since": "1.2"},
     )
+    shared: bool = Field(
+        default=False,
+        description="True for a prompt the server's operator shares with every key: "
+        "readable and usable by all, changed or deleted by none (bbt.protocol.shared).",
+        json_schema_extra={"since": "1.4"},
+    )
 
 
 class PromptList(_Wire):

@@ -22,7 +22,6 @@ from pydantic import BaseModel
 
 from bbt.protocol import (
     API_PREFIX,
-    PROMPT_REGISTRY_CAPABILITY,
     PROTOCOL_HEADER,
     REQUEST_ID_HEADER,
     SESSIONS_CAPABILITY,
@@ -52,6 +51,7 @@ from bbt.protocol import (
     wire_json,
 )
 from bbt.protocol.frame import is_frame, split_frame
+from bbt.protocol.shared import REGISTRY_CAPABILITIES, lists_shared
 from bbt.protocol.validate import DecodedLogitsRequest
 from bbt.server._failures import (
     STATUS_OF,
@@ -67,7 +67,7 @@ from bbt.server._failures import (
     validation_failure,
     violation_failure,
 )
-from bbt.server._features import features, session_features
+from bbt.server._features import features, score, session_features
 from bbt.server._prompts import PromptEndpoints, no_registry
 from bbt.server._routes import (
     MAX_SESSION_ID_CHARS,
@@ -77,7 +77,6 @@ from bbt.server._routes import (
     match,
     slash_redirect,
 )
-from bbt.server._score import score
 from bbt.server.backend import Backend
 from bbt.server.registry import PromptRegistry
 from bbt.server.sessions import SessionHost, session_host, tenant_of
@@ -149,7 +148,7 @@ class ServiceCore:
             info = info.model_copy(update={"limits": limits})
         if registry is not None:
             info = info.model_copy(
-                update={"capabilities": [*info.capabilities, PROMPT_REGISTRY_CAPABILITY]}
+                update={"capabilities": [*info.capabilities, *REGISTRY_CAPABILITIES]}
             )
         #: Projection sessions (protocol 1.1), or None when turned off.
         self.sessions: SessionHost | None = None
@@ -182,6 +181,7 @@ class ServiceCore:
             "list_prompts": self._bind_list_prompts,
             "get_prompt": self._bind_prompt_item,
             "delete_prompt": self._bind_prompt_item,
+            "prompt_tensor": self._bind_prompt_item,
             "prompt_logits": self._bind_prompt_logits,
         }
 
@@ -435,12 +435,14 @@ class ServiceCore:
     def _bind_list_prompts(self, route: Route, incoming: Incoming) -> Call:
         ep, tenant = self._registry(incoming)
         page = dict(parse_qsl(incoming.query, keep_blank_values=True))
-        return Call(lambda: ep.list_page(tenant, page.get("limit"), page.get("cursor")), route.mode)
+        limit, cursor = page.get("limit"), page.get("cursor")
+        shared = lists_shared(negotiate(incoming.headers.get(PROTOCOL_HEADER.lower())))
+        return Call(lambda: ep.list_page(tenant, limit, cursor, shared), route.mode)
 
     def _bind_prompt_item(self, route: Route, incoming: Incoming) -> Call:
         ep, tenant = self._registry(incoming)
         prompt_id = incoming.params["prompt_id"]
-        action = ep.get if route.method == "GET" else ep.delete
+        action = {"get_prompt": ep.get, "prompt_tensor": ep.tensor}.get(route.endpoint, ep.delete)
         return Call(lambda: action(prompt_id, tenant), route.mode)
 
     def _bind_prompt_logits(self, route: Route, incoming: Incoming) -> Call:

@@ -1,4 +1,6 @@
-"""The features endpoints (protocol 1.3), framework-free: ``/v1/features`` and its session twin.
+"""The features endpoints (protocol 1.3), framework-free: ``/v1/features`` and its session twin;
+and the score endpoint (protocol 1.6, ``/v1/score``: prompt log-probabilities, answered when
+the backend lists ``"score"``, :class:`bbt.server.backend.Scores`, a causal LM).
 
 :class:`~bbt.server._core.ServiceCore` routes both here, whichever transport a request came
 by. A backend serves features when it lists the ``"features"`` capability
@@ -12,10 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bbt.protocol import FeaturesRequest, FeaturesResponse, SessionFeaturesRequest, Tensor
+from bbt.protocol import (
+    FeaturesRequest,
+    FeaturesResponse,
+    ScoreRequest,
+    ScoreResponse,
+    SessionFeaturesRequest,
+    Tensor,
+)
 from bbt.protocol.features import DecodedFeaturesRequest, check_features_request, no_features
+from bbt.protocol.score import check_score_answer, check_score_request, no_score
 from bbt.protocol.validate import ProtocolViolation
-from bbt.server.backend import Features, supports
+from bbt.server.backend import Features, Scores, supports
 
 if TYPE_CHECKING:
     from bbt.server._core import ServiceCore
@@ -64,3 +74,15 @@ def answer(
     return FeaturesResponse(
         model=core.info.id, features=tensor, pooling=decoded.pooling, usage=usage
     )
+
+
+def score(core: ServiceCore, req: ScoreRequest) -> ScoreResponse:
+    """``/v1/score`` (1.6): refused (404 naming the capability) before any compute when the
+    backend lists no ``"score"``."""
+    if not supports(core.backend, Scores):
+        raise no_score(core.info.id)
+    texts = check_score_request(req, core.info)
+    sums, counts, usage = core.backend.score(texts)
+    # A backend bug, not the caller's, when this fails: a 500 with the details logged.
+    sums, counts = check_score_answer(sums, counts, len(texts))
+    return ScoreResponse(model=core.info.id, logprobs=sums, token_counts=counts, usage=usage)

@@ -303,9 +303,40 @@ class HFRuntime(Backend):
         self._cache.put(text, ids)
         return ids
 
-    def encode(self, text: str, n_prompt_tokens: int = 0) -> _Encoded:
-        """Tokenise ``text`` as :meth:`logits` does (special tokens, truncation)."""
-        return self._encode(text, n_prompt_tokens, 0)
+    def encode(self, text: str, n_prompt_tokens: int = 0, index: int = 0) -> _Encoded:
+        """Tokenise ``text`` as :meth:`logits` does (special tokens, truncation); ``index``
+        is its place in a request, for error messages."""
+        return self._encode(text, n_prompt_tokens, index)
+
+    # ------------------------------------------------------------------ white-box hooks
+    # What bbt.whitebox trains around: the served model and its own forward pass, so that a
+    # prompt trained with gradients scores as it does through the server.
+
+    @property
+    def word_embeddings(self) -> Any:
+        """The model's input embedding table [V, H] (its own tensor)."""
+        return self._word_emb
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def freeze(self) -> None:
+        """Stop gradients from reaching the model's (and a built head's) weights."""
+        self._model.requires_grad_(False)
+        built = getattr(self, "_built_head", None)
+        if built is not None:
+            built.requires_grad_(False)
+
+    def trunk(self) -> Any:
+        """The module a fine-tuning wrapper (peft) wraps: a causal LM whole (logits out), a
+        masked LM's encoder (hidden states out; :meth:`head_logits` reads them)."""
+        return self._model if self._info.kind == "causal_lm" else self._encoder
+
+    def forward(self, job: ForwardChunk) -> torch.Tensor:
+        """The forward pass :meth:`logits` runs over one chunk, with autograd when called
+        outside ``torch.inference_mode`` (gradients reach a prompt that requires them)."""
+        return self._forward_chunk(job)
 
     def _encode(self, text: str, n_tokens: int, index: int) -> _Encoded:
         """``text`` as the model sees it with an ``n_tokens`` prompt (``index``: its place

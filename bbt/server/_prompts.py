@@ -46,6 +46,7 @@ from bbt.protocol.registry import (
     unknown_prompt,
 )
 from bbt.protocol.sessions import check_session_open, decode_z, recipe_of, resolve_p0
+from bbt.protocol.shared import PromptTensor, read_only_prompt
 from bbt.protocol.validate import check_prompt_values
 from bbt.server._routes import PROMPTS_PATH
 from bbt.server.backend import Backend
@@ -57,6 +58,7 @@ from bbt.server.registry import (
     RegistryUnavailable,
 )
 from bbt.server.settings import ServerSettings
+from bbt.server.shared_prompts import SHARED_TENANT, is_shared, merged_page
 
 #: Default largest stored recipe (JSON): provenance, not a second copy of the prompt. The
 #: bound in force is ``ServerSettings.registry_max_recipe_bytes``.
@@ -71,7 +73,7 @@ def no_registry() -> ProtocolViolation:
     )
 
 
-def stored_prompt(record: PromptRecord) -> StoredPrompt:
+def stored_prompt(record: PromptRecord, shared: bool = False) -> StoredPrompt:
     return StoredPrompt(
         id=record.id,
         model=record.model,
@@ -83,6 +85,7 @@ def stored_prompt(record: PromptRecord) -> StoredPrompt:
         recipe=dict(record.recipe),
         created_at=record.created_at,
         damaged=record.damaged,
+        shared=shared,
     )
 
 
@@ -208,20 +211,18 @@ class PromptEndpoints:
         return prompt, made
 
     def list_page(
-        self, tenant: str, limit: str | None = None, cursor: str | None = None
+        self, tenant: str, limit: str | None = None, cursor: str | None = None, shared: bool = True
     ) -> PromptList:
         """One page of ``GET /v1/prompts?limit=&cursor=`` (the raw query values, None when
-        absent): at most ``limit`` prompts and about ``registry_max_page_bytes`` of JSON."""
+        absent): at most ``limit`` prompts and about ``registry_max_page_bytes`` of JSON.
+        ``shared``: the operator's shared prompts are listed too (clients of 1.4 and later)."""
         settings = self.core.settings
         size = page_limit(limit, settings.registry_page_size, settings.registry_max_page_size)
         after = decode_cursor(cursor) if cursor is not None else None
-        records, more = _stored(
-            lambda: self.registry.page(
-                tenant, size, after=after, max_bytes=settings.registry_max_page_bytes
-            )
-        )
-        data = [stored_prompt(r) for r in records]
-        last = records[-1] if records else None
+        bound = settings.registry_max_page_bytes
+        rows, more = _stored(merged_page, self.registry, tenant, size, after, bound, shared)
+        data = [stored_prompt(r, s) for r, s in rows]
+        last = rows[-1][0] if rows else None
         next_cursor = encode_cursor(last.created_at, last.id) if more and last else None
         return PromptList(data=data, next_cursor=next_cursor)
 
@@ -230,22 +231,36 @@ class PromptEndpoints:
         return self.list_page(tenant)
 
     def get(self, prompt_id: str, tenant: str) -> StoredPrompt:
-        return stored_prompt(self._find(self.registry.get, tenant, prompt_id))
+        return stored_prompt(*self._find(self.registry.get, tenant, prompt_id))
+
+    def tensor(self, prompt_id: str, tenant: str) -> PromptTensor:
+        """``GET /v1/prompts/{id}/tensor`` (1.4): the values of the caller's or a shared prompt."""
+        (record, prompt), shared = self._find(self.registry.load, tenant, prompt_id)
+        return PromptTensor(
+            id=record.id, model=record.model, sha256=record.sha256, shared=shared,
+            recipe=dict(record.recipe), tensor=Tensor.from_numpy(prompt, "float32"),
+        )  # fmt: skip
 
     @staticmethod
-    def _find(fn: Callable[[str, str], T | None], tenant: str, prompt_id: str) -> T:
-        """``fn(tenant, prompt_id)`` from the registry: a damaged row is the caller's 422 on
-        ``prompt_id``, none (or another tenant's) a 404."""
+    def _find(fn: Callable[[str, str], T | None], tenant: str, prompt_id: str) -> tuple[T, bool]:
+        """(``fn(tenant, prompt_id)`` from the registry, False), else the shared prompt of
+        that id (True): a damaged row is the caller's 422 on ``prompt_id``, none (or
+        another tenant's) a 404."""
         try:
             found = _stored(fn, tenant, prompt_id)
+            shared = found is None and tenant != SHARED_TENANT
+            if shared:
+                found = _stored(fn, SHARED_TENANT, prompt_id)
         except DamagedPrompt as exc:
             raise ProtocolViolation(str(exc), field="prompt_id") from None
         if found is None:
             raise unknown_prompt(prompt_id)
-        return found
+        return found, shared
 
     def delete(self, prompt_id: str, tenant: str) -> PromptDeleted:
         if not _stored(self.registry.delete, tenant, prompt_id):
+            if _stored(is_shared, self.registry, prompt_id):
+                raise read_only_prompt(prompt_id)
             raise unknown_prompt(prompt_id)
         return PromptDeleted(id=prompt_id)
 
@@ -253,7 +268,7 @@ class PromptEndpoints:
         """Logits [1, B, C] of the texts under the stored prompt, as POST /v1/logits gives."""
         info = self.core.info
         check_prompt_logits_request(req, info)
-        record, prompt = self._find(self.registry.load, tenant, prompt_id)
+        (record, prompt), _ = self._find(self.registry.load, tenant, prompt_id)
         if record.model != info.id:
             raise ProtocolViolation(
                 f"prompt {prompt_id} was stored for model {record.model!r}; this server now "

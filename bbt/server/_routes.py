@@ -37,6 +37,7 @@ from bbt.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from bbt.protocol.shared import PromptTensor
 
 #: Path of the prompt registry's collection; a prompt is ``{PROMPTS_PATH}/{id}``.
 PROMPTS_PATH = f"{API_PREFIX}/prompts"
@@ -209,6 +210,16 @@ ROUTES: tuple[Route, ...] = (
         mode="thread",
         tag="registry",
         doc="Delete a stored prompt for good; 404 for another key's prompt.",
+        registry=True,
+    ),
+    Route(
+        "GET",
+        PROMPTS_PATH + "/{prompt_id}/tensor",
+        "prompt_tensor",
+        PromptTensor,
+        mode="thread",
+        tag="registry",
+        doc="A stored prompt's values, the caller's own or a shared one, to start from (1.4).",
         registry=True,
     ),
     Route(

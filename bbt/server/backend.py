@@ -31,32 +31,27 @@ from bbt.protocol.features import Pooling
 ModelRef = str | Path | None
 
 
-class MaskedLM(Protocol):
+class Declares(Protocol):
+    """What every capability below is read from: the model info the backend declares."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+
+class MaskedLM(Declares, Protocol):
     """Scores each text at its one mask token (``info.kind == "masked_lm"``)."""
 
-    @property
-    def info(self) -> ModelInfo: ...
 
-
-class CausalLM(Protocol):
+class CausalLM(Declares, Protocol):
     """Scores each text at the next token after it (``info.kind == "causal_lm"``)."""
 
-    @property
-    def info(self) -> ModelInfo: ...
 
-
-class DeepPrompts(Protocol):
+class DeepPrompts(Declares, Protocol):
     """Takes prompts [P, L, n, H], one slice per layer (BBTv2; ``deep_prompts`` listed)."""
 
-    @property
-    def info(self) -> ModelInfo: ...
 
-
-class Features(Protocol):
+class Features(Declares, Protocol):
     """Answers feature vectors under a prompt (protocol 1.3; ``features`` listed)."""
-
-    @property
-    def info(self) -> ModelInfo: ...
 
     def features(
         self, prompts: FloatArray, texts: list[str], pooling: Pooling
@@ -175,6 +170,7 @@ __all__ = [
     "Backend",
     "BackendKind",
     "CausalLM",
+    "Declares",
     "DeepPrompts",
     "Features",
     "FloatArray",

@@ -386,6 +386,13 @@ class HFBackend(HFRuntime):
         ids = self._prefix + body + self._suffix
         return _Encoded(ids=ids, mask_index=ids.index(self._mask_id), truncated=truncated)
 
+    def head_logits(self, hidden: Any, cand_t: Any) -> Any:
+        """Candidate logits [S, C] of mask-position states ``hidden`` [S, H] through the
+        served head (a built head, or the model's own MLM head)."""
+        if self._built_head is not None:
+            return self._built_head(hidden.float(), self._word_emb[cand_t].float(), cand_t)
+        return self._mlm_head(hidden)[:, cand_t]
+
     def _forward_chunk(self, job: ForwardChunk) -> torch.Tensor:
         chunk, encoded, text_embs, prompts_t, n_tokens, longest, cand_t, pooling = job
         th = self._torch
@@ -424,13 +431,9 @@ class HFBackend(HFRuntime):
             result = self._mean_pool(self._encoder(**kwargs).last_hidden_state, keep)
         elif cand_t is None:
             result = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]
-        elif self._built_head is not None:
+        elif self._built_head is not None or self._mlm_head is not None:
             hidden = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]
-            decoder_rows = self._word_emb[cand_t].float()
-            result = self._built_head(hidden.float(), decoder_rows, cand_t)
-        elif self._mlm_head is not None:
-            hidden = self._encoder(**kwargs).last_hidden_state[rows, mask_pos]
-            result = self._mlm_head(hidden)[:, cand_t]
+            result = self.head_logits(hidden, cand_t)
         else:
             result = self._model(**kwargs).logits[rows, mask_pos][:, cand_t]
         return cast("torch.Tensor", result)

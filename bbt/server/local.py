@@ -31,6 +31,7 @@ from bbt.protocol import (
     PromptLogitsRequest,
     StoredPrompt,
 )
+from bbt.protocol.shared import PromptTensor
 from bbt.server._core import ServiceCore
 from bbt.server.backend import Backend
 from bbt.server.registry import PromptRegistry
@@ -123,6 +124,9 @@ class LocalPromptHost:
 
     def logits(self, prompt_id: str, req: PromptLogitsRequest, tenant: str) -> LogitsResponse:
         return self._endpoints.logits(prompt_id, req, tenant)
+
+    def tensor(self, prompt_id: str, tenant: str) -> PromptTensor:
+        return self._endpoints.tensor(prompt_id, tenant)
 
     def close(self) -> None:
         """Close the registry if this host made it (one it was given is its owner's)."""

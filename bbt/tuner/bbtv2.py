@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,15 +52,12 @@ from bbt.client import Service
 from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
 from bbt.tuner import optimizers
-from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator
+from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.optimizers import LayerSchedule, LayerwiseOptimizer, OptimizerSpec
 from bbt.tuner.projection import Projection, ProjectionRecipe
-from bbt.tuner.prompts import InitialPrompt
-from bbt.tuner.tasks import Task
 from bbt.tuner.tuner import (
     NONFINITE_PENALTY,
-    Callback,
     Candidate,
     GenerationRecord,
     TuneConfig,
@@ -195,19 +192,13 @@ class BBTv2Tuner(Tuner):
     resumed, or the layer-0 p0 [n, H].
     """
 
-    def __init__(
-        self,
-        service: Service,
-        task: Task,
-        train: Sequence[Example],
-        dev: Sequence[Example],
-        config: TuneConfig | None = None,
-        *,
-        initial_prompt: InitialPrompt | None = None,
-        p0: F32 | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
-        cfg = config or TuneConfig(method=METHOD)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """:class:`~bbt.tuner.tuner.Tuner`'s arguments; ``config`` defaults to BBTv2's."""
+        super().__init__(*args, **kwargs)
+        self.p0 = self.deep_evaluator.p0
+
+    def _prepare(self, inputs: TunerInputs) -> TunerInputs:
+        cfg = inputs.config or TuneConfig(method=METHOD)
         if cfg.sessions == "on":
             # A projection session holds one A and takes [P, d] z's; deep prompts go on the
             # full-prompt path (docs/bbtv2.md says what a session would need).
@@ -215,10 +206,10 @@ class BBTv2Tuner(Tuner):
                 "--sessions on does not apply to --method bbtv2: its deep prompts are sent "
                 "whole; use --sessions auto or off"
             )
-        info = service.model_info()
+        info = inputs.service.model_info()
         stds = require_deep(info)
         self.num_layers = len(stds)
-        shallow = None
+        p0 = shallow = inputs.p0
         self._resumed_p0: F32 | None = None
         if p0 is not None:
             p0 = np.asarray(p0, dtype=np.float32)
@@ -231,18 +222,13 @@ class BBTv2Tuner(Tuner):
                 shallow, self._resumed_p0 = p0[0], p0
             else:
                 shallow = p0
-        super().__init__(
-            service,
-            task,
-            train,
-            dev,
-            cfg,
-            initial_prompt=initial_prompt,
+        return replace(
+            inputs,
+            config=cfg,
             p0=shallow,
-            callbacks=[self._mark_layer, *callbacks],
+            callbacks=[self._mark_layer, *inputs.callbacks],
             evaluator=self._deep_evaluator,
         )
-        self.p0 = self.deep_evaluator.p0
 
     def _make_optimizer(self) -> optimizers.Optimizer:
         """BBTv2's layer-wise schedule over one ``config.optimizer`` per layer, each seeded

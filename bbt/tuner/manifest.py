@@ -27,6 +27,7 @@ from bbt._version import __version__
 from bbt.client import Service, UsageStats
 from bbt.client.redaction import redact_url
 from bbt.errors import RunError
+from bbt.protocol import ModelInfo
 from bbt.tuner.optimizer import import_cma
 from bbt.tuner.rundir import (
     atomic_write,
@@ -195,6 +196,19 @@ class TuneResult:
 def num(x: float | None) -> float | None:
     # NaN and +-inf -> None: JSON has neither, and a non-finite figure means "no figure".
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def model_record(info: ModelInfo) -> dict[str, Any]:
+    """What a run directory (or a pre-trained prompt) records of the model under ``"model"``:
+    enough to check a later service serves the same one (:func:`check_model`)."""
+    return {
+        "id": info.id,
+        "kind": info.kind,
+        "hidden_size": info.hidden_size,
+        "vocab_size": info.vocab_size,
+        "mask_token": info.mask_token,
+        "embedding_std": info.embedding_std,
+    }
 
 
 def now() -> str:

@@ -44,7 +44,8 @@ HELP: dict[str, str] = {
     # Prompt
     "init": (
         "p0: zeros, vocab, vocab:START, text:WORDS, file:PATH, run:DIR (a tuned run's "
-        "prompt), mix:DIR1,DIR2 (the mixture method's sources)."
+        "prompt), mix:DIR1,DIR2 (the mixture method's sources), prompt:ID (a prompt in the "
+        "service's registry, e.g. one its operator shares)."
     ),
     "n_tokens": "Soft prompt length n.",
     "dim": "Intrinsic dimension d.",

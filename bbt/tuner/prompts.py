@@ -18,11 +18,13 @@ import numpy as np
 from bbt.client import Service
 from bbt.errors import ConfigurationError
 from bbt.protocol import ModelInfo
-from bbt.tuner.transfer import load_run_prompt, load_sources, mix_prompts
+from bbt.tuner.transfer import load_registry_prompt, load_run_prompt, load_sources, mix_prompts
 
-PromptKind = Literal["zeros", "vocab_sample", "vocab_range", "text", "file", "run", "mix"]
+PromptKind = Literal[
+    "zeros", "vocab_sample", "vocab_range", "text", "file", "run", "mix", "prompt"
+]  # fmt: skip
 PROMPT_KINDS: tuple[PromptKind, ...] = (
-    "zeros", "vocab_sample", "vocab_range", "text", "file", "run", "mix",
+    "zeros", "vocab_sample", "vocab_range", "text", "file", "run", "mix", "prompt",
 )  # fmt: skip
 
 #: The paper's code takes its prompt tokens from ids 1000..1000+n of the vocabulary.
@@ -46,6 +48,8 @@ class InitialPrompt:
       the model it was tuned on (checked against the service's).
     - ``mix``: the K finished runs in ``sources`` (each as for ``run``); p0 is their mean,
       softmax(0)-weighted, where the ``mixture`` method starts; ``sha256`` hashes the stack.
+    - ``prompt``: the prompt ``prompt_id`` in the service's registry, shared by its operator
+      or stored by this key (protocol 1.4); ``sha256`` and ``model`` as for ``run``.
     """
 
     kind: PromptKind = "zeros"
@@ -56,6 +60,7 @@ class InitialPrompt:
     sha256: str | None = None
     model: str | None = None  # kinds "run" and "mix": the sources' model fingerprint
     sources: tuple[str, ...] | None = None  # kind "mix": the source run directories
+    prompt_id: str | None = None  # kind "prompt": the registry id
 
     def __post_init__(self) -> None:
         if self.kind not in PROMPT_KINDS:
@@ -68,6 +73,8 @@ class InitialPrompt:
             raise ConfigurationError("an initial prompt from a file needs the file's path")
         if self.kind == "run" and not self.path:
             raise ConfigurationError("an initial prompt from a run needs the run directory")
+        if self.kind == "prompt" and not self.prompt_id:
+            raise ConfigurationError("an initial prompt from the registry needs its id")
         if self.kind == "mix" and not self.sources:
             raise ConfigurationError("a mixture of prompts needs its source run directories")
         if self.start < 0:
@@ -75,7 +82,7 @@ class InitialPrompt:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("model", "sources"):  # manifests from before transfer have no such keys
+        for key in ("model", "sources", "prompt_id"):  # older manifests have no such keys
             if data[key] is None:
                 del data[key]
         if self.sources is not None:
@@ -92,7 +99,7 @@ class InitialPrompt:
     @classmethod
     def parse(cls, spec: str, seed: int = 0) -> InitialPrompt:
         """Parse a CLI spec: ``zeros``, ``vocab``, ``vocab:START``, ``text:WORDS``,
-        ``file:PATH``, ``run:DIR`` or ``mix:DIR1,DIR2,...``."""
+        ``file:PATH``, ``run:DIR``, ``mix:DIR1,DIR2,...`` or ``prompt:ID``."""
         head, _, rest = spec.partition(":")
         if head == "zeros" and not rest:
             return cls("zeros")
@@ -111,9 +118,11 @@ class InitialPrompt:
             return cls("run", path=rest)
         if head == "mix" and rest:
             return cls("mix", sources=tuple(p for p in rest.split(",") if p))
+        if head == "prompt" and rest:
+            return cls("prompt", prompt_id=rest.strip())
         raise ConfigurationError(
             f"cannot read initial prompt {spec!r}; use zeros, vocab, vocab:START, "
-            "text:WORDS, file:PATH.npy, run:DIR or mix:DIR1,DIR2,..."
+            "text:WORDS, file:PATH.npy, run:DIR, mix:DIR1,DIR2,... or prompt:ID"
         )
 
 
@@ -139,6 +148,13 @@ def build_initial_prompt(
         return np.zeros((n_tokens, h), dtype=np.float32), recipe
     if recipe.kind in ("run", "mix"):
         return _transferred(recipe, info, n_tokens)
+    if recipe.kind == "prompt":
+        assert recipe.prompt_id is not None  # checked in __post_init__
+        prompt, digest, fingerprint = load_registry_prompt(
+            service, recipe.prompt_id, info, n_tokens, recipe.sha256
+        )
+        done = InitialPrompt("prompt", prompt_id=recipe.prompt_id, sha256=digest, model=fingerprint)
+        return prompt, done
     if recipe.kind == "file":
         assert recipe.path is not None  # checked in __post_init__
         path = Path(recipe.path)

@@ -75,6 +75,7 @@ from bbt.tuner.manifest import (
     check_fingerprints,
     check_model,
     load_result,
+    model_record,
     now,
     num,
     prepare_dir,
@@ -315,14 +316,7 @@ def tune(
             "run_id": secrets.token_hex(16),
             "status": "running",
             "created": now(),
-            "model": {
-                "id": info.id,
-                "kind": info.kind,
-                "hidden_size": info.hidden_size,
-                "vocab_size": info.vocab_size,
-                "mask_token": info.mask_token,
-                "embedding_std": info.embedding_std,
-            },
+            "model": model_record(info),
             "service": {
                 **{k: v for k, v in (service_info or {}).items() if k != "base_url"},
                 "base_url": safe_url(base_url or getattr(service, "base_url", None)),

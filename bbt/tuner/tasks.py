@@ -340,27 +340,26 @@ MOCK_WORDS = ("bad", "great")
 MOCK_CAUSAL_TEMPLATE = "{text} It was"
 MOCK_CAUSAL_WORDS = (" bad", " great")
 
+
 # Decoder templates end where the label word comes; their words carry the leading space a
 # byte-level BPE (GPT-2 "Ġ") or SentencePiece ("▁") model predicts there. The words are
 # common English words, one token in the GPT-2 and Llama vocabularies as far as we know; the
 # tuner checks each against the served tokenizer and names any that is not.
+def _review_sentiment(name: str, field: str) -> Task:
+    """A binary review-sentiment task (SST-2, Yelp polarity) on the text field ``field``."""
+    return Task(
+        name,
+        f"{{{field}}} . It was {{mask}} .",
+        ("negative", "positive"),
+        ("bad", "great"),
+        causal_template=f"Review: {{{field}}}\nSentiment:",
+        causal_words=(" negative", " positive"),
+    )
+
+
 PRESETS: dict[str, Task] = {
-    "sst2": Task(
-        "sst2",
-        "{sentence} . It was {mask} .",
-        ("negative", "positive"),
-        ("bad", "great"),
-        causal_template="Review: {sentence}\nSentiment:",
-        causal_words=(" negative", " positive"),
-    ),
-    "yelp": Task(
-        "yelp",
-        "{text} . It was {mask} .",
-        ("negative", "positive"),
-        ("bad", "great"),
-        causal_template="Review: {text}\nSentiment:",
-        causal_words=(" negative", " positive"),
-    ),
+    "sst2": _review_sentiment("sst2", "sentence"),
+    "yelp": _review_sentiment("yelp", "text"),
     "agnews": Task(
         "agnews",
         "{mask} News: {text}",

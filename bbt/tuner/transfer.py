@@ -7,6 +7,11 @@ prompt is only taken by a run on the same model with the same prompt length: the
 model fingerprint (:func:`model_fingerprint`) must match the service's, one clear error
 otherwise. The manifest of the new run records where p0 came from (the directory, the
 prompt's SHA-256 and the model fingerprint).
+
+A prompt also travels through the service's registry (``--init prompt:ID``, protocol 1.4):
+one the operator published as shared (``bbt registry publish``, which records the model
+fingerprint beside it) or one this key stored; the client fetches its values
+(``fetch_prompt``), checks them against the registry's digest, then as a run's prompt.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from bbt.errors import ConfigurationError, RunError
+from bbt.errors import BBTError, ConfigurationError, NotFoundError, RunError
 from bbt.protocol import ModelInfo
+from bbt.protocol.shared import SHARED_PROMPTS_CAPABILITY
 from bbt.tuner.manifest import PROMPT, read_manifest
 from bbt.tuner.rundir import load_npy
 
@@ -67,9 +73,9 @@ def check_transfer(
         )
 
 
-def load_run_prompt(run_dir: str, info: ModelInfo, n_tokens: int) -> tuple[F32, str, str]:
-    """The selected prompt of the finished run in ``run_dir``, checked against the service's
-    model and ``n_tokens``: (prompt [n, H], its SHA-256, the model fingerprint)."""
+def read_run_prompt(run_dir: str) -> tuple[F32, dict[str, Any], str]:
+    """The selected prompt of the finished run in ``run_dir``, unchecked: (prompt, the run's
+    manifest, the fingerprint of the model it was tuned on)."""
     source = f"run {run_dir}"
     try:
         manifest = read_manifest(run_dir)
@@ -87,9 +93,76 @@ def load_run_prompt(run_dir: str, info: ModelInfo, n_tokens: int) -> tuple[F32, 
         ) from None
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read the prompt of {source}: {exc}") from None
-    check_transfer(source, prompt, fingerprint, info, n_tokens)
-    arr = np.ascontiguousarray(prompt, dtype=np.float32)
+    return np.ascontiguousarray(prompt, dtype=np.float32), manifest, fingerprint
+
+
+def load_run_prompt(run_dir: str, info: ModelInfo, n_tokens: int) -> tuple[F32, str, str]:
+    """The selected prompt of the finished run in ``run_dir``, checked against the service's
+    model and ``n_tokens``: (prompt [n, H], its SHA-256, the model fingerprint)."""
+    arr, _, fingerprint = read_run_prompt(run_dir)
+    check_transfer(f"run {run_dir}", arr, fingerprint, info, n_tokens)
     return arr, prompt_sha256(arr), fingerprint
+
+
+def publication(run_dir: str) -> tuple[F32, str, dict[str, Any]]:
+    """What publishing the run in ``run_dir`` as a shared prompt stores: (prompt, model id,
+    provenance: source task, model fingerprint, tokens, and for a ``bbt pretrain`` run its
+    steps and source accuracy)."""
+    prompt, manifest, fingerprint = read_run_prompt(run_dir)
+    task, found = manifest.get("task"), manifest.get("pretrain")
+    pre: dict[str, Any] = found if isinstance(found, dict) else {}
+    name = task.get("name") if isinstance(task, dict) else None
+    meta: dict[str, Any] = {
+        "source_task": pre.get("source_task") or name,
+        "fingerprint": fingerprint,
+        "tokens": int(prompt.shape[0]) if prompt.ndim >= 2 else None,
+        "steps": pre.get("steps"),
+        "source_accuracy": pre.get("source_accuracy"),
+    }
+    return prompt, str(manifest["model"].get("id")), meta
+
+
+def load_registry_prompt(
+    service: object, prompt_id: str, info: ModelInfo, n_tokens: int, sha256: str | None = None
+) -> tuple[F32, str, str]:
+    """The registry prompt ``prompt_id`` fetched through ``service`` and checked against its
+    model and ``n_tokens``: (prompt [n, H], its SHA-256, the model fingerprint). ``sha256``:
+    what a resumed run recorded; a prompt that changed since is refused."""
+    source = f"registry prompt {prompt_id}"
+    fetch = getattr(service, "fetch_prompt", None)
+    in_process = bool(getattr(service, "in_process", False))  # a LocalClient: the server's code
+    served = in_process or SHARED_PROMPTS_CAPABILITY in info.capabilities
+    if not callable(fetch) or not served:
+        raise ConfigurationError(
+            f"cannot start from {source}: this service does not hand out registry prompts "
+            "(it needs protocol 1.4 and the 'shared_prompts' capability)"
+        )
+    try:
+        got = fetch(prompt_id)
+        prompt = np.ascontiguousarray(got.tensor.to_numpy(), dtype=np.float32)
+    except NotFoundError:
+        raise ConfigurationError(
+            f"cannot start from {source}: the service has no such prompt for this API key"
+        ) from None
+    except (BBTError, ValueError) as exc:
+        raise ConfigurationError(f"cannot fetch {source}: {exc}") from None
+    digest = prompt_sha256(prompt)
+    if digest != got.sha256:
+        raise ConfigurationError(f"{source} arrived damaged (its digest does not match)")
+    if sha256 is not None and sha256 != digest:
+        raise ConfigurationError(f"{source} changed since this run started")
+    fingerprint = got.recipe.get("fingerprint")
+    if not isinstance(fingerprint, str):
+        # A key's own stored prompt records no fingerprint: its model id must be the served
+        # model's (the registry refuses to score it on another model for the same reason).
+        if got.model != info.id:
+            raise ConfigurationError(
+                f"{source} was stored for model {got.model!r}; this service serves "
+                f"{info.id!r}: a prompt only transfers within a model"
+            )
+        fingerprint = model_fingerprint(info)
+    check_transfer(source, prompt, fingerprint, info, n_tokens)
+    return prompt, digest, fingerprint
 
 
 def load_sources(

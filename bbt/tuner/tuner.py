@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ from bbt.tuner.config import (
 )
 from bbt.tuner.data import Example
 from bbt.tuner.evaluator import Evaluator, EvaluatorFactory, make_evaluator
+from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.losses import get_loss, get_metric
 from bbt.tuner.optimizers import OptimizerSpec, cma_seed
 from bbt.tuner.projection import Projection, ProjectionRecipe
@@ -141,13 +143,15 @@ class Tuner:
         callbacks: Sequence[Callback] = (),
         evaluator: EvaluatorFactory | None = None,
     ) -> None:
-        self.service = service
-        self.task = task
-        self.config = config or TuneConfig()
-        self.callbacks: list[Callback] = list(callbacks)
-        cfg = self.config
-        info = service.model_info()
-        self.model_info = info
+        inputs = self._prepare(
+            TunerInputs(service, task, train, dev, config, initial_prompt, p0, callbacks, evaluator)
+        )
+        self.service = service = inputs.service
+        self.task = task = inputs.task
+        self.config = cfg = inputs.config or TuneConfig()
+        self.callbacks: list[Callback] = list(inputs.callbacks)
+        train, dev, p0, evaluator = inputs.train, inputs.dev, inputs.p0, inputs.evaluator
+        self.model_info = info = service.model_info()
         if cfg.n_tokens > info.limits.max_prompt_tokens:
             raise ConfigurationError(
                 f"n={cfg.n_tokens} prompt tokens; model {info.id!r} takes at most "
@@ -157,8 +161,7 @@ class Tuner:
             raise TaskError("the training set is empty")
         if not dev and cfg.eval_initial:
             raise TaskError("the dev set is empty; dev-set selection needs examples")
-        self.train = list(train)
-        self.dev = list(dev)
+        self.train, self.dev = list(train), list(dev)
         self.candidate_ids = verbalizer_ids(task, service)
         # The template matching the served kind (masked: {mask}; causal: ends at the word).
         self.train_texts = [task.render_for(info, e.fields) for e in self.train]
@@ -168,7 +171,7 @@ class Tuner:
         self._loss = get_loss(cfg.loss)
         self._metric = get_metric(task.metric)
 
-        self.initial_prompt = initial_prompt or InitialPrompt()
+        self.initial_prompt = inputs.initial_prompt or InitialPrompt()
         if p0 is None:
             p0, self.initial_prompt = build_initial_prompt(
                 self.initial_prompt, service, cfg.n_tokens
@@ -180,16 +183,17 @@ class Tuner:
         self.p0: F32 = np.ascontiguousarray(p0, dtype=np.float32)
         self.recipe: ProjectionRecipe = cfg.recipe(info.hidden_size, info.embedding_std)
         if evaluator is None:
-            self.evaluator: Evaluator = make_evaluator(
-                service, self.recipe, self.p0, sessions=cfg.sessions
-            )
-        else:
-            self.evaluator = evaluator(service, self.recipe, self.p0)
+            evaluator = partial(make_evaluator, sessions=cfg.sessions)
+        self.evaluator: Evaluator = evaluator(service, self.recipe, self.p0)
         self._state = RunState()
         self._warned_nonfinite = False
         self._session_start = time.perf_counter()
         self._elapsed_base = 0.0
         self.optimizer: optimizers.Optimizer = self._make_optimizer()
+
+    def _prepare(self, inputs: TunerInputs) -> TunerInputs:
+        """A subclass's checks and changes to its inputs before the set-up (none here)."""
+        return inputs
 
     def _make_optimizer(self) -> optimizers.Optimizer:
         """The optimiser ``config.optimizer`` names, over z in R^d."""

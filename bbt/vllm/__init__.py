@@ -6,7 +6,9 @@ vllm+http://HOST:PORT?config=PATH`` selects it from the command line. docs/vllm.
 server command line, what a generation costs and a worked example.
 """
 
+from bbt.vllm._layout import special_prefix
 from bbt.vllm._model import ModelFacts, load_embedding_table, model_facts, read_config
+from bbt.vllm._scale import apply_scale, embedding_scale
 from bbt.vllm._service import (
     CHAT_TEMPLATE_PATH,
     DEFAULT_TOP_LOGPROBS,
@@ -41,8 +43,10 @@ __all__ = [
     "URL_OPTIONS",
     "ModelFacts",
     "VLLMService",
+    "apply_scale",
     "chat_template",
     "decode_embeds",
+    "embedding_scale",
     "encode_embeds",
     "fill_candidates",
     "is_vllm_url",
@@ -52,4 +56,5 @@ __all__ = [
     "parse_vllm_url",
     "read_config",
     "service_from_settings",
+    "special_prefix",
 ]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from bbt.errors import ConfigurationError
+from bbt.client.engine_urls import split_engine_url
 
 #: The URL scheme prefix that selects this adapter in ``bbt tune --base-url``.
 URL_SCHEME_PREFIX = "vllm+"
@@ -29,33 +28,17 @@ URL_OPTIONS: dict[str, str] = {
     "top_logprobs": "top_logprobs",
     "dtype": "dtype",
 }
-_INT_OPTIONS = {"hidden_size", "vocab_size", "max_concurrency", "top_logprobs"}
+_INT_OPTIONS = frozenset({"hidden_size", "vocab_size", "max_concurrency", "top_logprobs"})
 
 
 def parse_vllm_url(url: str) -> tuple[str, dict[str, Any]]:
     """``vllm+http://host:8000?config=PATH&embeddings=PATH`` -> (``http://host:8000``,
     keyword arguments for :class:`VLLMService`). Unknown parameters are an error."""
-    raw = url[len(URL_SCHEME_PREFIX) :] if is_vllm_url(url) else url
-    parts = urlsplit(raw)
-    options: dict[str, Any] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name not in URL_OPTIONS:
-            known = ", ".join(URL_OPTIONS)
-            raise ConfigurationError(f"unknown option {name!r} in the vLLM URL; known: {known}")
-        key = URL_OPTIONS[name]
-        try:
-            if key in _INT_OPTIONS:
-                options[key] = int(value)
-            elif key in ("embedding_std", "embedding_scale"):
-                options[key] = float(value)
-            else:
-                options[key] = value
-        except ValueError:
-            raise ConfigurationError(
-                f"option {name}={value!r} in the vLLM URL is not a number"
-            ) from None
-    if parts.username or parts.password:
-        raise ConfigurationError(
-            "the vLLM URL holds credentials: pass the key with --api-key or BBT_API_KEY instead"
-        )
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), options
+    return split_engine_url(
+        url,
+        URL_SCHEME_PREFIX,
+        URL_OPTIONS,
+        ints=_INT_OPTIONS,
+        floats=frozenset({"embedding_std", "embedding_scale"}),
+        engine="vLLM",
+    )

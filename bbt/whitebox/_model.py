@@ -10,6 +10,7 @@ outside ``inference_mode`` so that gradients reach the prompt, the prefix or the
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -25,31 +26,28 @@ from bbt.tuner.tasks import Task, verbalizer_ids
 WHITEBOX_EXTRA_HINT = "pip install 'bbt[whitebox]'"
 
 
-def require_torch() -> Any:
+def _require(module: str, needed_for: str) -> Any:
+    """``import module``, or one clear line saying what it is ``needed_for`` and how to
+    install it."""
     try:
-        import torch
+        return importlib.import_module(module)
     except ImportError:  # pragma: no cover - exercised only without the extra
-        raise ConfigurationError(
-            f"white-box training needs torch, transformers and peft: {WHITEBOX_EXTRA_HINT}"
-        ) from None
-    return torch
+        raise ConfigurationError(f"{needed_for}: {WHITEBOX_EXTRA_HINT}") from None
+
+
+def require_torch() -> Any:
+    return _require("torch", "white-box training needs torch, transformers and peft")
 
 
 def require_peft() -> Any:
-    try:
-        import peft
-    except ImportError:  # pragma: no cover - exercised only without the extra
-        raise ConfigurationError(
-            f"prefix tuning and LoRA need peft: {WHITEBOX_EXTRA_HINT}"
-        ) from None
-    return peft
+    return _require("peft", "prefix tuning and LoRA need peft")
 
 
 class LocalModel:
     """A served model (the embedded default or ``model_dir``), frozen, for training around it.
 
-    The backend's internals are used as its forward pass defines them (``_forward_chunk``'s
-    documented call), so a prompt scores here as it scores through the server.
+    The backend's white-box hooks (``forward``, ``encode``, ``trunk``, ``head_logits``...) run
+    its own forward pass, so a prompt scores here as it scores through the server.
     """
 
     def __init__(self, model_dir: str | None, task: Task) -> None:
@@ -68,11 +66,8 @@ class LocalModel:
         self.info: ModelInfo = self.service.model_info()
         self.task = task.for_kind(self.info.kind, self.info.id)
         self.candidate_ids = verbalizer_ids(task, self.service)
-        b = self.backend
-        b._model.requires_grad_(False)
-        if b._built_head is not None:
-            b._built_head.requires_grad_(False)
-        self.device = b._word_emb.device
+        self.backend.freeze()
+        self.device = self.backend.word_embeddings.device
         self.cand_t = self.torch.tensor(self.candidate_ids, device=self.device)
 
     @property
@@ -84,15 +79,15 @@ class LocalModel:
 
     def embeddings(self) -> Any:
         """The input embedding table [V, H] (frozen)."""
-        return self.backend._word_emb
+        return self.backend.word_embeddings
 
     def prompt_logits(self, prompt: Any, texts: list[str]) -> Any:
         """Candidate logits [B, C] of ``texts`` with soft prompt ``prompt`` [n, H] (a tensor
         that may require grad) placed as the server places it."""
         b = self.backend
         n = int(prompt.shape[0])
-        encoded = [b._encode(t, n, j) for j, t in enumerate(texts)]
-        emb = b._word_emb
+        encoded = [b.encode(t, n, j) for j, t in enumerate(texts)]
+        emb = b.word_embeddings
         text_embs = {
             j: emb[self.torch.tensor(e.ids, device=self.device)] for j, e in enumerate(encoded)
         }
@@ -101,14 +96,14 @@ class LocalModel:
         from bbt.server.hf import ForwardChunk
 
         job = ForwardChunk(chunk, encoded, text_embs, prompt[None], n, longest, self.cand_t)
-        out = b._forward_chunk(job)
+        out = b.forward(job)
         return out.float()
 
     def plain_inputs(self, texts: list[str]) -> tuple[Any, Any, Any]:
         """(input ids [B, T], attention mask [B, T], scored positions [B]), right-padded."""
-        encoded = [self.backend._encode(t, 0, j) for j, t in enumerate(texts)]
+        encoded = [self.backend.encode(t, 0, j) for j, t in enumerate(texts)]
         width = max(len(e.ids) for e in encoded)
-        ids = np.full((len(texts), width), int(self.backend._pad_id), dtype=np.int64)
+        ids = np.full((len(texts), width), int(self.backend.pad_id), dtype=np.int64)
         attn = np.zeros((len(texts), width), dtype=np.int64)
         for i, e in enumerate(encoded):
             ids[i, : len(e.ids)] = e.ids
@@ -124,8 +119,7 @@ class LocalModel:
     def trunk(self) -> Any:
         """The module that peft wraps: the causal LM (logits out), or the masked LM's encoder
         (hidden states out, the head applied by :meth:`plain_logits`)."""
-        b = self.backend
-        return b._model if self.causal else b._encoder
+        return self.backend.trunk()
 
     def plain_logits(self, net: Any, texts: list[str]) -> Any:
         """Candidate logits [B, C] of ``texts`` through ``net`` (a peft-wrapped
@@ -140,8 +134,4 @@ class LocalModel:
         if self.causal:
             return out.logits[rows, pos][:, self.cand_t].float()
         hidden = out.last_hidden_state[rows, pos]
-        b = self.backend
-        if b._built_head is not None:
-            decoder_rows = b._word_emb[self.cand_t].float()
-            return b._built_head(hidden.float(), decoder_rows, self.cand_t).float()
-        return b._mlm_head(hidden)[:, self.cand_t].float()
+        return self.backend.head_logits(hidden, self.cand_t).float()

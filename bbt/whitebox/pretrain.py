@@ -21,7 +21,7 @@ import numpy as np
 
 from bbt.errors import ConfigurationError
 from bbt.tuner.data import Example
-from bbt.tuner.manifest import MANIFEST, PROMPT, RUN_FORMAT, now, versions
+from bbt.tuner.manifest import MANIFEST, PROMPT, RUN_FORMAT, model_record, now, versions
 from bbt.tuner.rundir import atomic_write, save_npy
 from bbt.tuner.tasks import Task
 from bbt.tuner.transfer import model_fingerprint, prompt_sha256
@@ -61,14 +61,7 @@ def pretrain_prompt(
         accuracy = float(np.mean(result.predict(heldout) == labels))
     info = result.model_info
     assert info is not None
-    model = {
-        "id": info.id,
-        "kind": info.kind,
-        "hidden_size": info.hidden_size,
-        "vocab_size": info.vocab_size,
-        "mask_token": info.mask_token,
-        "embedding_std": info.embedding_std,
-    }
+    model = model_record(info)
     metadata = {
         "source_task": source_name or task.name,
         "task": task.as_dict(),

@@ -74,3 +74,33 @@ def test_tune_from_runs_and_from_a_mixture_on_the_command_line(tmp_path: Path) -
     assert r.exit_code != 0
     assert "--n-tokens 5" in r.output
     assert "Traceback" not in r.output
+
+
+def test_pretrain_publish_shares_the_prompt(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from bbt.server.registry import PromptRegistry
+    from bbt.server.shared_prompts import SHARED_TENANT
+    from bbt.testing.tiny_models import build_tiny_causal_lm
+
+    model = build_tiny_causal_lm(tmp_path / "gpt2", "gpt2")
+    data = tmp_path / "train.tsv"
+    rows = [("great movie", 1), ("bad film", 0), ("good fun", 1), ("worst film", 0)] * 3
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    path = tmp_path / "registry.sqlite3"
+    res = runner.invoke(
+        app, ["pretrain", "--task", "sst2", "--train", str(data), "--out", str(tmp_path / "pre"),
+              "--model", str(model), "--k", "2", "--heldout-k", "1", "--n-tokens", "3",
+              "--steps", "2", "--publish", "--registry", str(path)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.output.strip().splitlines()[-1])
+    registry = PromptRegistry(path)
+    try:
+        record = registry.get(SHARED_TENANT, meta["shared_id"])
+    finally:
+        registry.close()
+    assert record is not None
+    assert record.shape == (3, record.shape[1])
+    assert record.recipe["fingerprint"] == meta["fingerprint"]
+    assert record.recipe["steps"] == 2
+    assert record.recipe["source_task"] == "sst2"

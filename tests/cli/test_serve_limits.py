@@ -60,6 +60,7 @@ class _FakeHF(MockBackend):
 @pytest.fixture
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
     import bbt.server.hf
+    import bbt.server.hf_causal  # first, so its class derives from the real HFBackend
 
     monkeypatch.setattr(bbt.server.hf, "HFBackend", _FakeHF)
 

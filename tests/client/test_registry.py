@@ -115,6 +115,31 @@ def test_another_key_gets_not_found(kind: str, core: ServiceCore) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_shared_prompts_are_listed_and_fetched_but_not_deleted(
+    kind: str, core: ServiceCore
+) -> None:
+    from bbt.server.shared_prompts import publish
+
+    assert core.prompts is not None
+    shared = _prompt(seed=9)
+    meta = {"fingerprint": "0123456789abcdef", "source_task": "demo", "tokens": 4}
+    sid = publish(core.prompts.registry, shared, model="bbt-mock", metadata=meta)[0].id
+    client = _client(kind, core)
+    own = client.store_prompt(_prompt(seed=1)).id
+    assert {(p.id, p.shared) for p in client.list_prompts()} == {(sid, True), (own, False)}
+    got = client.fetch_prompt(sid)
+    assert got.shared
+    assert got.recipe == meta
+    assert got.tensor.to_numpy().tobytes() == shared.tobytes()
+    assert client.fetch_prompt(own).tensor.to_numpy().tobytes() == _prompt(seed=1).tobytes()
+    with pytest.raises(PermissionDeniedError, match="read-only"):
+        client.delete_prompt(sid)
+    assert client.get_prompt(sid).shared
+    with pytest.raises(InvalidRequestError):
+        client.fetch_prompt("../models")  # no prompt id: refused before any request
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_full_registry_is_refused_once_not_retried(kind: str, core: ServiceCore) -> None:
     client = _client(kind, core)
     for seed in range(3):

@@ -9,6 +9,7 @@ import pytest
 from bbt.client import LocalClient
 from bbt.comparison.base import CompareContext, ComparisonError
 from bbt.comparison.tuned import BBT, BBTPretrained, BBTv2
+from bbt.errors import ConfigurationError
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task
 
@@ -87,3 +88,37 @@ def test_bbt_pretrained_starts_from_the_run_it_is_given(
     with pytest.raises(ComparisonError, match="needs --init run:DIR"):
         BBTPretrained().fit(bare)
     assert (mock_service.usage - before).calls == 0
+
+
+def test_bbt_pretrained_starts_from_a_registry_prompt(
+    task: Task, rows: list[Example], tmp_path: Path
+) -> None:
+    """``--init prompt:ID``: the row's p0 is the shared prompt, fetched through the client."""
+    from bbt.server.mock import MockBackend
+    from bbt.server.registry import PromptRegistry
+    from bbt.server.shared_prompts import publish
+    from bbt.tuner.config import TuneConfig
+    from bbt.tuner.run import tune
+    from bbt.tuner.transfer import publication
+
+    registry = PromptRegistry(tmp_path / "r.sqlite3")
+    service = LocalClient(MockBackend(hidden_size=16), registry=registry)
+    source = tmp_path / "source"
+    tune(
+        service, task, rows[:8], rows[8:16],
+        TuneConfig(budget=40, n_tokens=5, seed=3), run_dir=source, plot=False,
+    )  # fmt: skip
+    prompt, model, meta = publication(str(source))
+    shared = publish(registry, prompt, model=model, metadata=meta)[0].id
+    ctx = CompareContext(
+        service, task, rows[:8], rows[8:16], 0, budget=20, n_tokens=5, init=f"prompt:{shared}"
+    )
+    fitted = BBTPretrained().fit(ctx)
+    assert fitted.notes["init"] == f"prompt:{shared}"
+    assert fitted.notes["tuning_calls"] <= 20
+    wrong = CompareContext(
+        service, task, rows[:8], rows[8:16], 0, budget=20, n_tokens=4, init=f"prompt:{shared}"
+    )
+    with pytest.raises(ConfigurationError, match="--n-tokens 5"):
+        BBTPretrained().fit(wrong)
+    registry.close()

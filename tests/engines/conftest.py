@@ -1,9 +1,10 @@
-"""The engine contract suite: bbt's requests checked by vLLM's own code.
+"""The engine contract suite: bbt's requests checked by vLLM's and SGLang's own code.
 
-Runs only where vLLM's wheel is importable: ``scripts/engine_contracts.sh`` builds
-``.venv-engines`` with pinned versions and runs this folder with ``--import-mode=importlib``
-(pytest's default mode puts ``tests/`` on ``sys.path``, where ``tests/vllm`` would shadow
-the ``vllm`` package); ``.ci/run`` calls the script. Elsewhere nothing here is collected."""
+Each engine's tests run only where its wheel is on the path: ``scripts/engine_contracts.sh``
+builds ``.venv-engines`` with pinned versions and runs this folder with
+``--import-mode=importlib`` (pytest's default mode puts ``tests/`` on ``sys.path``, where
+``tests/vllm`` would shadow the ``vllm`` package), once per engine version; ``.ci/run``
+calls the script. Elsewhere nothing here is collected."""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ def _real_vllm() -> bool:
         return False
 
 
-if not _real_vllm():
-    collect_ignore_glob = ["test_*.py"]
+def _real_sglang() -> bool:
+    # find_spec of the top-level package runs nothing (SGLang's __init__ imports triton).
+    return importlib.util.find_spec("sglang") is not None
+
+
+collect_ignore_glob = [
+    *([] if _real_vllm() else ["test_vllm_*.py"]),
+    *([] if _real_sglang() else ["test_sglang_*.py"]),
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

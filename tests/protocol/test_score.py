@@ -26,10 +26,10 @@ INFO: ModelInfo = MockBackend(causal=True).info
 
 def test_1_6_is_spoken_and_negotiated() -> None:
     assert SCORE_SINCE == "1.6" == PROTOCOL_VERSION
-    assert "1.3" in SUPPORTED_VERSIONS
+    assert "1.4" in SUPPORTED_VERSIONS
     assert "1.6" in SUPPORTED_VERSIONS
     assert negotiate("1.6") == "1.6"
-    assert negotiate("1.5") == "1.3"  # 1.4 and 1.5 are not this package's (yet)
+    assert negotiate("1.5") == "1.4"  # 1.5 is not this package's (yet)
     assert negotiate("1.7") == "1.6"
 
 

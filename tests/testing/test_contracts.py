@@ -94,3 +94,22 @@ def test_the_one_call_check_fails_a_look_alike() -> None:
     assert_is_service(LocalClient(backend), texts(backend.info, 2))
     with pytest.raises(AssertionError):
         assert_is_service(LookAlike(backend), texts(backend.info, 2))
+
+
+class TestSGLangAdapterOverTheFake(ServiceContract):
+    @pytest.fixture
+    def service(self, tmp_path: Path) -> Iterator[Any]:
+        from bbt.sglang import SGLangService
+        from bbt.testing.sglang_fake import FAKE_BASE_URL, SGLangFake
+
+        fake = SGLangFake()
+        cfg, table = fake.write_model_files(tmp_path / "model")
+        svc = SGLangService(
+            FAKE_BASE_URL,
+            transport=fake.transport(),
+            env_file=None,
+            config=cfg,
+            embedding_table=table,
+        )
+        yield svc
+        svc.close()

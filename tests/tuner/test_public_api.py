@@ -30,6 +30,7 @@ def test_all_is_sorted_and_complete() -> None:
         "data",
         "evaluator",
         "heldout",
+        "inputs",
         "losses",
         "manifest",
         "methods",

@@ -4,9 +4,10 @@ method (``TuneConfig.method``)::
 
     from bbt.tuner import methods
     method = methods.get(config.method)
-    tuner = method.build(service, task, train, dev, config)
+    tuner = method.build(TunerInputs(service, task, train, dev, config))
 
-A new method subclasses :class:`Method` and is added with :func:`register`.
+A new method subclasses :class:`Method` and is added with :func:`register`;
+:class:`~bbt.tuner.inputs.TunerInputs` (re-exported here) is what ``build`` takes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.methods.base import CallCounts, Method, PromptLayout, dev_calls, generations
 from bbt.tuner.methods.registry import available, get, register, unregister
 
@@ -27,6 +29,7 @@ __all__ = [
     "CallCounts",
     "Method",
     "PromptLayout",
+    "TunerInputs",
     "available",
     "build_tuner",
     "dev_calls",
@@ -54,5 +57,5 @@ def build_tuner(
     """The tuner of ``config.method``, built by that method."""
     from bbt.tuner.readout import attach_readout
 
-    tuner = get(config.method).build(service, task, train, dev, config, **kwargs)
+    tuner = get(config.method).build(TunerInputs(service, task, train, dev, config, **kwargs))
     return attach_readout(tuner)  # type: ignore[no-any-return]

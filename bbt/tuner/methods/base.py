@@ -9,7 +9,6 @@ registration.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -20,11 +19,8 @@ from bbt.errors import ConfigurationError
 from bbt.protocol import ModelInfo
 
 if TYPE_CHECKING:
-    from bbt.client import Service
-    from bbt.tuner.data import Example
-    from bbt.tuner.prompts import InitialPrompt
-    from bbt.tuner.tasks import Task
-    from bbt.tuner.tuner import Callback, TuneConfig, Tuner
+    from bbt.tuner.inputs import TunerInputs
+    from bbt.tuner.tuner import TuneConfig, Tuner
 
 F32 = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -117,31 +113,11 @@ class Method(ABC):
     #: The tuner class :meth:`build` makes, constructed as ``Tuner`` is.
     tuner_class: ClassVar[type[Tuner]]
 
-    def build(
-        self,
-        service: Service,
-        task: Task,
-        train: Sequence[Example],
-        dev: Sequence[Example],
-        config: TuneConfig,
-        *,
-        initial_prompt: InitialPrompt | None = None,
-        p0: F32 | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> Tuner:
-        """The tuner (optimiser + evaluator) of a new or resumed run. ``p0`` is the one a
-        resumed run recorded (its ``p0.npy``). A method whose tuner is made otherwise
+    def build(self, inputs: TunerInputs) -> Tuner:
+        """The tuner (optimiser + evaluator) of a new or resumed run. ``inputs.p0`` is the
+        one a resumed run recorded (its ``p0.npy``). A method whose tuner is made otherwise
         overrides this."""
-        return self.tuner_class(
-            service,
-            task,
-            train,
-            dev,
-            config,
-            initial_prompt=initial_prompt,
-            p0=p0,
-            callbacks=callbacks,
-        )
+        return inputs.make(self.tuner_class)
 
     @abstractmethod
     def layout(self, tuner: Tuner) -> PromptLayout:

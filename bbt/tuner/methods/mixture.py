@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bbt.errors import ConfigurationError
+from bbt.tuner.config import TuneConfig
 from bbt.tuner.evaluator import Evaluator
+from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.methods.base import F32, Method, PromptLayout
 from bbt.tuner.optimizers import OptimizerSpec, cma_seed, make
 from bbt.tuner.projection import Projection, ProjectionRecipe
@@ -27,10 +30,7 @@ from bbt.tuner.tuner import Candidate, Tuner
 if TYPE_CHECKING:
     from bbt.client import Service
     from bbt.tuner import optimizers
-    from bbt.tuner.data import Example
-    from bbt.tuner.prompts import InitialPrompt
-    from bbt.tuner.tasks import Task
-    from bbt.tuner.tuner import Callback, TuneConfig
+    from bbt.tuner.tuner import TuneConfig
 
 
 class MixtureEvaluator(Evaluator):
@@ -64,33 +64,20 @@ class MixtureTuner(Tuner):
     """:class:`~bbt.tuner.tuner.Tuner` over x = [w, z]; the sources come from the run's
     initial prompt (kind ``mix``), reloaded and checked against its recorded hash on resume."""
 
-    def __init__(
-        self,
-        service: Service,
-        task: Task,
-        train: Sequence[Example],
-        dev: Sequence[Example],
-        config: TuneConfig,
-        *,
-        initial_prompt: InitialPrompt | None = None,
-        p0: F32 | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
+    def _prepare(self, inputs: TunerInputs) -> TunerInputs:
+        initial_prompt = inputs.initial_prompt
         if initial_prompt is None or initial_prompt.kind != "mix":
             raise ConfigurationError(
                 "method mixture needs its source prompts: --init mix:RUN_DIR1,RUN_DIR2,..."
             )
         assert initial_prompt.sources is not None  # checked by InitialPrompt
-        info = service.model_info()
+        info = inputs.service.model_info()
+        n_tokens = (inputs.config or TuneConfig()).n_tokens
         self.stack, _, _ = load_sources(
-            initial_prompt.sources, info, config.n_tokens, initial_prompt.sha256
+            initial_prompt.sources, info, n_tokens, initial_prompt.sha256
         )
         stack = self.stack
-        super().__init__(
-            service, task, train, dev, config,
-            initial_prompt=initial_prompt, p0=p0, callbacks=callbacks,
-            evaluator=lambda s, r, _p0: MixtureEvaluator(s, r, stack),
-        )  # fmt: skip
+        return replace(inputs, evaluator=lambda s, r, _p0: MixtureEvaluator(s, r, stack))
 
     @property
     def n_sources(self) -> int:

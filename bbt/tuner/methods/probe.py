@@ -19,7 +19,6 @@ The selected z's head is fitted on the training shots and saved in the run direc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,16 +27,13 @@ import numpy as np
 from bbt.client.service import FeatureService, offers_features
 from bbt.errors import ConfigurationError
 from bbt.tuner.evaluator import SessionEvaluator
+from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.methods.base import CallCounts, Method, PromptLayout
 from bbt.tuner.probe_head import ProbeHead, cv_score, fit_head
 from bbt.tuner.tuner import Candidate, Tuner
 
 if TYPE_CHECKING:
-    from bbt.client import Service
-    from bbt.tuner.data import Example
-    from bbt.tuner.prompts import InitialPrompt
-    from bbt.tuner.tasks import Task
-    from bbt.tuner.tuner import Callback, TuneConfig
+    from bbt.tuner.tuner import TuneConfig
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -46,27 +42,23 @@ class ProbeTuner(Tuner):
     """BBT's tuner with the loss of a probe: see the module docstring."""
 
     def __init__(
-        self,
-        service: Service,
-        task: Task,
-        train: Sequence[Example],
-        dev: Sequence[Example],
-        config: TuneConfig | None = None,
-        *,
-        head: str = "ridge",
-        pooling: str = "mean",
-        **kwargs: Any,
+        self, *args: Any, head: str = "ridge", pooling: str = "mean", **kwargs: Any
     ) -> None:
-        if not offers_features(service):
-            raise ConfigurationError(
-                "the probe methods need a service that returns features (protocol 1.3, "
-                "the 'features' capability)"
-            )
-        super().__init__(service, task, train, dev, config, **kwargs)
+        """:class:`~bbt.tuner.tuner.Tuner`'s arguments, and the probe's ``head`` and
+        ``pooling``."""
         self.head_kind = head
         self.pooling = pooling
         self._heads: dict[bytes, ProbeHead] = {}
         self._z0_loss: float | None = None
+        super().__init__(*args, **kwargs)
+
+    def _prepare(self, inputs: TunerInputs) -> TunerInputs:
+        if not offers_features(inputs.service):
+            raise ConfigurationError(
+                "the probe methods need a service that returns features (protocol 1.3, "
+                "the 'features' capability)"
+            )
+        return inputs
 
     def features(self, z: np.ndarray[Any, Any], texts: list[str]) -> np.ndarray[Any, Any]:
         """Features [P, B, F] of ``texts`` under the candidates z [P, d]."""
@@ -181,30 +173,8 @@ class _ProbeMethodBase(Method):
         self.head = head
         self.pooling = pooling
 
-    def build(
-        self,
-        service: Service,
-        task: Task,
-        train: Sequence[Example],
-        dev: Sequence[Example],
-        config: TuneConfig,
-        *,
-        initial_prompt: InitialPrompt | None = None,
-        p0: Any = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> Tuner:
-        return self.tuner_class(
-            service,
-            task,
-            train,
-            dev,
-            config,
-            head=self.head,
-            pooling=self.pooling,
-            initial_prompt=initial_prompt,
-            p0=p0,
-            callbacks=callbacks,
-        )
+    def build(self, inputs: TunerInputs) -> Tuner:
+        return inputs.make(self.tuner_class, head=self.head, pooling=self.pooling)
 
     def layout(self, tuner: Tuner) -> PromptLayout:
         return PromptLayout(tuner.config.dim, tuner.config.n_tokens, tuner.model_info.hidden_size)

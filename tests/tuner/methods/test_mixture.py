@@ -16,7 +16,7 @@ from bbt.errors import ConfigurationError
 from bbt.server.mock import MockBackend
 from bbt.tuner import Example, InitialPrompt, Task, resume, tune
 from bbt.tuner.manifest import HISTORY, read_manifest
-from bbt.tuner.methods import available, get
+from bbt.tuner.methods import TunerInputs, available, get
 from bbt.tuner.methods.mixture import MixtureTuner
 from bbt.tuner.options import TuneOptions
 from bbt.tuner.records import GenerationRecord
@@ -59,8 +59,10 @@ def test_mixture_is_registered_and_searches_weights_with_z(
     assert "mixture" in available()
     opts = _opts(sources)
     tuner = get("mixture").build(
-        _service(), mock_task, *split, opts.config,
-        initial_prompt=InitialPrompt.parse(opts.init),
+        TunerInputs(
+            _service(), mock_task, *split, opts.config,
+            initial_prompt=InitialPrompt.parse(opts.init),
+        )
     )  # fmt: skip
     assert isinstance(tuner, MixtureTuner)
     assert get("mixture").layout(tuner).z_size == 20 + 3

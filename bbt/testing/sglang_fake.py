@@ -1,0 +1,78 @@
+"""A fake of SGLang's native HTTP server, for offline tests of BBT over SGLang.
+
+It speaks the shapes of SGLang **0.5.23** as read from the wheel's source
+(``sglang/srt/managers/io_struct.py``: ``GenerateReqInput`` and its
+``normalize_batch_and_arguments``; ``sglang/api/v1/api_types.py``: the JSON contract gate
+``/generate`` runs first; ``sglang/srt/managers/tokenizer_manager.py``: the radix-cache and
+``token_ids_logprob`` checks and the ``meta_info`` log-prob lists;
+``sglang/srt/entrypoints/openai/protocol.py``: ``/tokenize``).
+
+Endpoints: ``GET /server_info`` (``version``), ``GET /model_info``, ``GET /v1/models``,
+``POST /tokenize`` (``prompt``: a string or a list), ``POST /generate`` with
+``input_embeds`` (one sequence ``[L, H]`` or a batch ``[N, L, H]`` of JSON numbers; a
+batch is answered with a list), ``return_logprob`` and ``token_ids_logprob`` (answered in
+``meta_info.output_token_ids_logprobs`` as ``[logprob, token_id, null]``). Errors are
+``{"error": {"message": ...}}`` with status 400, as SGLang answers a ``ValueError``.
+``disable_radix_cache=False`` reproduces a server started without
+``--disable-radix-cache`` (SGLang's refusal of ``input_embeds``).
+
+The model is the vLLM fake's (:mod:`bbt.testing.vllm_fake`): the mock LM read as a decoder,
+a sequence of embeddings split into soft prompt (leading BOS row included) and text by
+matching trailing rows against its table. tests/engines/test_sglang_contract.py checks that
+this fake and SGLang's own request code accept and refuse the same bodies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bbt.testing._sglang_server import (
+    FAKE_BASE_URL,
+    FAKE_SGLANG_VERSION,
+    RADIX_CACHE_ERROR,
+    SGLangFake,
+    serve_sglang_fake,
+)
+from bbt.testing._vllm_model import FAKE_MODEL_ID, FakeError
+
+__all__ = [
+    "FAKE_BASE_URL",
+    "FAKE_MODEL_ID",
+    "FAKE_SGLANG_VERSION",
+    "RADIX_CACHE_ERROR",
+    "FakeError",
+    "SGLangFake",
+    "serve_sglang_fake",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bbt.testing.sglang_fake``: serve the fake on a port (docs and demos)."""
+    import argparse
+
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description="Serve bbt's fake of SGLang's API (offline).")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=30000)
+    ap.add_argument(
+        "--model-files",
+        type=Path,
+        default=None,
+        help="write config.json and embeddings.npy of the fake's model into this directory first",
+    )
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--radix-cache", action="store_true", help="as without --disable-radix-cache")
+    args = ap.parse_args(argv)
+    fake = SGLangFake(
+        keep_requests=0, api_key=args.api_key, disable_radix_cache=not args.radix_cache
+    )
+    if args.model_files is not None:
+        cfg, emb = fake.write_model_files(args.model_files)
+        print(f"wrote {cfg} and {emb}", flush=True)
+    uvicorn.run(fake.app(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

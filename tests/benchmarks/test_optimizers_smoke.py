@@ -1,0 +1,96 @@
+"""``benchmarks/optimizers.py`` and ``benchmarks/stopping.py`` in ``--smoke`` mode: every
+optimiser and the stopping replay at tiny sizes on the mock model (seconds), through the
+shared harness in ``benchmarks/_common.py``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+#: The held-out rows come from SST-2 beside the checkout (as in CI).
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+pytestmark = pytest.mark.skipif(
+    not (SHARED_DATA / "sst2" / "train.tsv").is_file(),
+    reason=f"the benchmark data is not at {SHARED_DATA}",
+)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+def _module(name: str) -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def _result(path: Path) -> dict[str, Any]:
+    assert path.is_file(), f"{path} was not written"
+    data: dict[str, Any] = json.loads(path.read_text())
+    assert data["command"]
+    assert data["machine"]["cpus"]
+    assert data["wall_seconds"] > 0
+    assert isinstance(data["cpu_flags"], list)
+    return data
+
+
+def test_optimizers_smoke_runs_every_optimizer_on_the_mock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _module("optimizers").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| optimizer | held-out @8 |" in out
+    data = _result(tmp_path / "optimizers_smoke.json")
+    assert data["args"]["smoke"] is True
+    runs = {r["optimizer"]: r for r in data["runs"]}
+    assert set(runs) == {"cma", "sepcma", "ipop", "gp"}
+    # cma runs the reference budget, the others --budget; no run passes its budget.
+    assert runs["cma"]["budget"] == 24
+    assert all(r["budget"] == 16 for name, r in runs.items() if name != "cma")
+    for r in runs.values():
+        assert 0 < r["calls"] <= r["budget"]
+        assert 0.0 <= r["heldout"] <= 1.0
+        assert r["curve"][0] == [0, r["p0_heldout"]]
+    assert set(data["summary"]) >= {"target", "cma", "sepcma", "ipop", "gp"}
+
+
+def test_stopping_smoke_replays_the_stopping_rule_on_the_mock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _module("stopping").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| patience (calls) |" in out
+    data = _result(tmp_path / "stopping_smoke.json")
+    (run,) = data["runs"]
+    assert run["optimizer"] == "cma"
+    assert run["budget"] == 24
+    # One dev check a generation (eval_every = popsize): a selection per generation.
+    assert len(run["selections"]) == run["calls"] // 4
+    for patience in ("8", "16"):
+        (saved,) = data["summary"][patience]["calls_saved"]
+        assert 0 <= saved <= 24
+
+
+def test_stopping_from_result_replays_the_optimizers_cma_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _module("optimizers").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    first = tmp_path / "optimizers_smoke.json"
+    argv = ["--from-result", str(first), "--patience", "8", "--out-dir", str(tmp_path)]
+    assert _module("stopping").main([*argv, "--tag", "replayed"]) == 0
+    replayed = _result(tmp_path / "replayed.json")
+    cma = [r for r in json.loads(first.read_text())["runs"] if r["optimizer"] == "cma"]
+    assert replayed["runs"] == cma
+    assert replayed["args"]["budget"] == 24
+    capsys.readouterr()
