@@ -67,8 +67,10 @@ def compare_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Is tuning worth it on my task, and what does it cost? Every method on the same
-    k-shot samples, scored on the same held-out rows, with calls, tokens and money."""
+    """Is tuning worth it on my task, and what does it cost?
+
+    Every method on the same k-shot samples, scored on the same held-out rows, with calls,
+    tokens and money."""
 
     def body() -> None:
         from bbt.comparison import CompareSettings, available, get_method
