@@ -22,6 +22,7 @@ def preflight(run: Any) -> None:
     """Raise the error the run ``run`` (a :class:`~bbt.cli._options.Prepared`) would fail
     with once built, where no service is needed to know it."""
     cfg = run.options.config
+    _check_data_options(run.options)
     _check_init(run.initial_prompt)
     if cfg.method == "mixture" and run.initial_prompt.kind != "mix":
         raise ConfigurationError(
@@ -51,3 +52,29 @@ def _check_init(recipe: Any) -> None:
         )
     elif recipe.kind == "file" and not Path(recipe.path).is_file():
         raise ConfigurationError(f"cannot read initial prompt {recipe.path}: no such file")
+
+
+def _check_data_options(options: Any) -> None:
+    """Options that describe a data file, given with none (the mock task's built-in data):
+    ignored until now, so a typo in them went unnoticed."""
+    from bbt.tuner.readers import parse_label_map
+
+    parse_label_map(options.label_map)  # its syntax, with data or without
+    if options.data is not None or options.dev_data is not None:
+        return
+    given = [
+        flag
+        for flag, value in (
+            ("--label-map", options.label_map),
+            ("--label-column", options.label_column),
+            ("--column", options.columns or None),
+            ("--text-field", options.text_field),
+            ("--text-pair-column", options.text_pair_column),
+            ("--format", options.data_format),
+        )
+        if value is not None
+    ]
+    if given:
+        raise ConfigurationError(
+            f"{', '.join(given)} describe(s) a data file; give it with --data FILE"
+        )

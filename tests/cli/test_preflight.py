@@ -25,6 +25,8 @@ SMALL = ["--mock", "--task", "mock", "--budget", "20", "--popsize", "5", "--dim"
         (["--method", "mixture"], "method mixture needs its source prompts"),
         (["--label-words", "x"], "cannot read label-words item 'x'"),
         (["--label-words", "nolabel=bad"], "unknown label 'nolabel'"),
+        (["--label-map", "x"], "cannot read label map item 'x'"),
+        (["--label-map", "a=0", "--column", "text=body"], "--label-map, --column describe"),
     ],
 )
 def test_a_bad_start_fails_before_any_progress_output(
