@@ -23,7 +23,9 @@ def compare_command(
     template: str | None = typer.Option(None, "--template", help="A template with {mask}."),
     verbalizer: str | None = typer.Option(None, "--verbalizer", help="e.g. 0=bad,1=great"),
     metric: str = typer.Option("accuracy", "--metric", help="accuracy or f1 (custom task)."),
-    data: Path = typer.Option(..., "--data", help="Labelled rows (tsv, csv or jsonl)."),
+    data: Path = typer.Option(
+        ..., "--data", help="Labelled rows (TSV, CSV, JSONL, Parquet, save_to_disk dir)."
+    ),
     test: Path | None = typer.Option(
         None, "--test", help="Held-out rows (default: --n-test rows of --data kept out)."
     ),
@@ -75,8 +77,10 @@ def compare_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Is tuning worth it on my task, and what does it cost? Every method on the same
-    k-shot samples, scored on the same held-out rows, with calls, tokens and money."""
+    """Is tuning worth it on my task, and what does it cost?
+
+    Every method on the same k-shot samples, scored on the same held-out rows, with calls,
+    tokens and money."""
 
     def body() -> None:
         from bbt.comparison import CompareSettings, available, get_method

@@ -39,6 +39,7 @@ from bbt.cli._options import (
     prepare,
     resolve_task,
 )
+from bbt.cli._preflight import preflight
 from bbt.cli._progress import Eta as _Eta
 from bbt.cli._progress import Progress, sayer, summary
 from bbt.cli._service_select import (
@@ -262,7 +263,9 @@ def tune_command(
             init=init,
             config=config,
         )
-        return prepare(options, t)
+        prepared = prepare(options, t)
+        preflight(prepared)  # what can fail without the service fails before any output
+        return prepared
 
     run = _guard(build)
 

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from bbt.errors import TaskError
-from bbt.tuner.readers import map_label, parse_label_map, read_table, rows_of, table_format
+from bbt.tuner.readers import (
+    map_label,
+    parse_label_map,
+    read_table,
+    rows_of,
+    table_format,
+    unwrap_run_rows,
+)
 from bbt.tuner.tasks import Task
 
 FORMATS = ("tsv", "csv", "jsonl", "parquet", "hf")
@@ -157,9 +164,10 @@ def _examples(
     require_labels: bool,
     label_map: Mapping[str, str],
 ) -> list[Example]:
+    lab_col = label_column or task.label_column
+    rows = unwrap_run_rows(rows, task.fields, lab_col)  # a run directory's own JSONL
     available = list(rows[0].keys())
     mapping = _field_columns(where, task, available, columns)
-    lab_col = label_column or task.label_column
     has_labels = lab_col in available
     if require_labels and not has_labels:
         raise TaskError(

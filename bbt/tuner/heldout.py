@@ -19,6 +19,7 @@ from bbt.client import Service
 from bbt.errors import RunError
 from bbt.tuner.data import Example
 from bbt.tuner.predict import TunedPrompt
+from bbt.tuner.probe_baseline import PLAIN_PROBE, plain_probe_head
 from bbt.tuner.run import P0_FILE, load_result
 from bbt.tuner.rundir import load_npy
 
@@ -35,6 +36,8 @@ class HeldOutComparison:
     #: API calls the run spent on its training set, and on dev evaluations besides.
     calls: int
     dev_calls: int
+    #: What ``p0`` scored: p0 through the verbalizer, or for a probe run the plain probe.
+    baseline: str = "p0"
 
     @property
     def gain(self) -> float:
@@ -47,6 +50,7 @@ class HeldOutComparison:
         return {
             **self.tuned,
             "p0": self.p0,
+            "baseline": self.baseline,
             "metric": self.metric,
             "gain": self.gain,
             "calls": self.calls,
@@ -59,7 +63,8 @@ class HeldOutComparison:
         m = self.metric
         return (
             f"held-out {m} on {self.tuned['n']} rows of {source}: "
-            f"p0 {100 * float(self.p0[m]):.1f}% -> tuned {100 * float(self.tuned[m]):.1f}% "
+            f"{self.baseline} {100 * float(self.p0[m]):.1f}% -> "
+            f"tuned {100 * float(self.tuned[m]):.1f}% "
             f"({100 * self.gain:+.1f} points) after {self.calls} API calls "
             f"(+{self.dev_calls} on dev)"
         )
@@ -69,7 +74,8 @@ def initial_prompt(tuned: TunedPrompt, service: Service) -> TunedPrompt:
     """The run's p0 as a :class:`TunedPrompt` bound to ``service``: the prompt at z = 0.
 
     Sent with every request, never stored in the service's registry nor recorded in the run
-    directory, whose prompt ids belong to the tuned prompt."""
+    directory, whose prompt ids belong to the tuned prompt. A probe run's p0 is read by the
+    plain probe's head (:mod:`bbt.tuner.probe_baseline`), the same method at z = 0."""
     run_dir = tuned.run_dir
     if run_dir is None:
         raise RunError("the baseline needs the run directory the prompt was loaded from")
@@ -86,6 +92,9 @@ def initial_prompt(tuned: TunedPrompt, service: Service) -> TunedPrompt:
         raise RunError(
             f"{path} has shape {p0.shape}, the tuned prompt {tuned.prompt.shape}: not the same run"
         )
+    head = None
+    if tuned.head is not None:
+        head = plain_probe_head(tuned, service, p0)
     return TunedPrompt(
         p0,
         tuned.task,
@@ -95,6 +104,7 @@ def initial_prompt(tuned: TunedPrompt, service: Service) -> TunedPrompt:
         use_registry=False,
         label_words=tuned.label_words,
         calibrate=tuned.calibrate,
+        head=head,
     )
 
 
@@ -110,4 +120,5 @@ def compare(tuned: TunedPrompt, service: Service, examples: Sequence[Example]) -
         tuned=tuned.evaluate(examples),
         calls=result.calls,
         dev_calls=result.dev_calls,
+        baseline="p0" if baseline.head is None else PLAIN_PROBE,
     )

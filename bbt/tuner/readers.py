@@ -128,3 +128,22 @@ def map_label(value: Any, label_map: Mapping[str, str]) -> Any:
             f"label {key!r} is not in the label map (it maps {', '.join(sorted(label_map))})"
         )
     return label_map[key]
+
+
+#: The keys of a row of a run directory's ``train.jsonl`` / ``dev.jsonl``
+#: (:func:`bbt.tuner.data.dump_jsonl`): the example's fields, and its label as a class index.
+RUN_ROW_KEYS = frozenset({"fields", "label"})
+
+
+def unwrap_run_rows(
+    rows: list[dict[str, Any]], fields: Sequence[str], label_key: str
+) -> list[dict[str, Any]]:
+    """Rows of a run directory's ``train.jsonl`` / ``dev.jsonl`` as flat rows (each field a
+    column, the label index under ``label_key``), so such a file reads back as data
+    (``bbt eval RUN --data RUN/dev.jsonl``); any other rows unchanged. A task with a field
+    named ``fields`` reads its rows as they are."""
+    if not rows or "fields" in fields:
+        return rows
+    if not all(set(r) == RUN_ROW_KEYS and isinstance(r["fields"], dict) for r in rows):
+        return rows
+    return [{**r["fields"], label_key: r["label"]} for r in rows]

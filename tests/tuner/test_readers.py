@@ -159,3 +159,25 @@ def test_empty_class_and_k_larger_than_a_class() -> None:
     pool += [Example({"sentence": "x"}, 1)] * 3
     with pytest.raises(TaskError, match="class 1: 3\\): k is larger than a class"):
         sample_k_shot(pool, k=2, seed=0, num_classes=2)
+
+
+def test_a_run_directorys_jsonl_reads_back_as_data(tmp_path: Path) -> None:
+    """train.jsonl / dev.jsonl of a run ({"fields": ..., "label": index}, as dump_jsonl
+    writes them) read back as the same examples, for one- and two-field tasks."""
+    from bbt.tuner.data import write_jsonl
+
+    for task, examples in [
+        (get_preset("sst2"), WANT),
+        (get_preset("rte"), [Example({"sentence1": "a b", "sentence2": "c"}, 1)]),
+    ]:
+        path = tmp_path / f"{task.name}.jsonl"
+        write_jsonl(path, examples)
+        assert load_examples(path, task) == examples
+        unlabelled = load_examples(path, task, require_labels=False)
+        assert [e.fields for e in unlabelled] == [e.fields for e in examples]
+
+
+def test_a_flat_row_named_fields_is_not_a_run_row() -> None:
+    rows: list[dict[str, Any]] = [{"fields": "x y", "label": "positive"}]
+    with pytest.raises(TaskError, match="no column for field"):
+        to_examples(rows, get_preset("sst2"))
