@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 from bbt.client.service import offers_score
+from bbt.comparison.base import CompareContext
+from bbt.comparison.perplexity import ManualPerplexity
 from bbt.errors import ProtocolError
 from bbt.protocol import SCORE_CAPABILITY
 from bbt.testing.vllm_fake import FAKE_BASE_URL, VLLMFake
+from bbt.tuner.data import Example
+from bbt.tuner.tasks import Task
 from tests.vllm.conftest import ServiceFactory
 
 TEXTS = ["good great it was", "bad", "the a was bad and very good", "it was great !"]
@@ -135,3 +139,24 @@ def test_a_text_prompt_without_prompt_logprobs_gets_none(vllm_fake: VLLMFake) ->
     body = {"model": vllm_fake.model_id, "prompt": "good fun", "max_tokens": 1}
     ans = client.post("/v1/completions", json=body).json()
     assert ans["choices"][0]["prompt_logprobs"] is None
+
+
+def test_manual_ppl_chooses_by_perplexity_over_vllm(make_service: ServiceFactory) -> None:
+    """``bbt compare``'s manual-ppl scores its templates through the adapter (no fallback)."""
+    svc = make_service()
+    task = Task(
+        name="fake-sentiment",
+        template="{sentence} it was {mask} .",
+        labels=("negative", "positive"),
+        words=("bad", "great"),
+        causal_template="{sentence} it was",
+        causal_words=(" bad", " great"),
+    )
+    words = ["good", "great", "bad", "terrible", "very good", "not bad"]
+    rows = [Example({"sentence": f"the a {words[i % 6]}"}, int(i % 6 < 2)) for i in range(16)]
+    fitted = ManualPerplexity().fit(CompareContext(svc, task, rows[:8], rows[8:], 0, budget=20))
+    assert fitted.notes["selected_by"] == "perplexity"
+    ppl = fitted.notes["perplexity"]
+    assert len(ppl) >= 2
+    assert all(math.isfinite(v) and v > 1.0 for v in ppl.values())
+    assert fitted.notes["template"] == min(ppl, key=lambda t: ppl[t])
