@@ -193,6 +193,28 @@ class FakeModel:
                 out[k] = lp
         return out
 
+    def prompt_logprobs(self, ids: list[int], k: int) -> list[dict[str, Any] | None]:
+        """vLLM's ``prompt_logprobs`` of a token prompt: ``None`` first, then per position t
+        the log-prob of ``ids[t]`` after ``ids[:t]`` (what a one-token completion of
+        ``ids[:t]`` says of it) and of the top ``k`` (-1: all) others, with vocab ranks."""
+        soft = np.zeros((0, self.hidden_size), np.float32)
+        scored = self.batch_logprobs([(soft, ids[:t]) for t in range(1, len(ids))])
+        out: list[dict[str, Any] | None] = [None]
+        for tok, lp in zip(ids[1:], scored, strict=True):
+            top = np.argsort(-lp, kind="stable")[: len(lp) if k == -1 else k]
+            chosen = [tok] + [int(t) for t in top if int(t) != tok]
+            out.append(
+                {
+                    str(t): {
+                        "logprob": float(lp[t]),
+                        "rank": int((lp > lp[t]).sum()) + 1,
+                        "decoded_token": self.token_str(t),
+                    }
+                    for t in chosen
+                }
+            )
+        return out
+
     def split_sequence(self, rows: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], list[int]]:
         """(soft rows, text ids) of a whole embedded sequence (see the module docstring)."""
         r = rows.astype(np.float64)
@@ -217,3 +239,27 @@ class FakeModel:
         model = body.get("model")
         if model is not None and model != self.model_id:
             raise FakeError(404, f"The model `{model}` does not exist.", "model")
+
+
+def is_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value
+    )
+
+
+def prompt_logprobs_field(body: dict[str, Any], max_logprobs: int) -> int | None:
+    """``prompt_logprobs`` after vLLM's checks (SamplingParams and the engine's limit)."""
+    k = body.get("prompt_logprobs")
+    if k is None:
+        return None
+    if not isinstance(k, int) or (k < 0 and k != -1):
+        raise FakeError(
+            400, f"prompt_logprobs must be non-negative or -1, got {k}.", "prompt_logprobs"
+        )
+    if k > max_logprobs:
+        raise FakeError(
+            400,
+            f"Requested prompt logprobs of {k}, which is greater than max allowed: {max_logprobs}",
+            "prompt_logprobs",
+        )
+    return k

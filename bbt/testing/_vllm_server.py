@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 
-from bbt.testing._vllm_model import _BOS, FakeError, FakeModel
+from bbt.testing._vllm_model import _BOS, FakeError, FakeModel, is_ids, prompt_logprobs_field
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -233,23 +233,28 @@ class VLLMFake(FakeModel):
                 soft, text_ids = self.split_sequence(rows)
                 self._check_len(len(rows), "prompt_embeds")
                 sequences.append((soft, text_ids, len(rows)))
+        first_prompt = len(sequences)  # embeddings first, then prompts (with prompt_logprobs)
         if prompt is not None and prompt != "":
-            texts = prompt if isinstance(prompt, list) else [prompt]
+            texts = prompt if isinstance(prompt, list) and not is_ids(prompt) else [prompt]
             for t in texts:
-                if not isinstance(t, str):
-                    raise FakeError(400, "the fake takes text prompts only", "prompt")
-                tids = self.tokenize_ids(t, bool(body.get("add_special_tokens", True)))
+                if isinstance(t, str):
+                    tids = self.tokenize_ids(t, bool(body.get("add_special_tokens", True)))
+                elif is_ids(t) and t and all(0 <= i < len(self.vocab) for i in t):
+                    tids = list(t)
+                else:
+                    raise FakeError(400, "prompt must be texts or token ids in the vocabulary")
                 self._check_len(len(tids), "prompt")
                 sequences.append((np.zeros((0, self.hidden_size), np.float32), tids, len(tids)))
         if not sequences:
             raise FakeError(
                 400, "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
             )
+        pl = prompt_logprobs_field(body, self.max_logprobs)
         self._count(completions=1, sequences=len(sequences))
         choices = []
         total = 0
         scored = self.batch_logprobs([(soft, tids) for soft, tids, _ in sequences])
-        for index, ((_, _, length), lp) in enumerate(zip(sequences, scored, strict=True)):
+        for index, ((_, tids, length), lp) in enumerate(zip(sequences, scored, strict=True)):
             sampled, listed = self._position(lp, k, ids, as_ids)
             token = f"token_id:{sampled}" if as_ids else self.vocab[sampled]
             logprobs = None
@@ -267,7 +272,11 @@ class VLLMFake(FakeModel):
                     "logprobs": logprobs,
                     "finish_reason": "length",
                     "stop_reason": None,
-                    "prompt_logprobs": None,
+                    "prompt_logprobs": (
+                        self.prompt_logprobs(tids, pl)
+                        if pl is not None and index >= first_prompt
+                        else None
+                    ),
                 }
             )
             total += length

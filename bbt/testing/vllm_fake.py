@@ -14,7 +14,8 @@ tokenize models, ``chat_utils`` (content parts, the ``<prompt_embeds>`` placehol
   exactly those ids at each generated position.
 
 Endpoints: ``GET /version``, ``GET /v1/models``, ``POST /tokenize``, ``POST /v1/completions``
-(``prompt`` or ``prompt_embeds``, one base64 tensor or a list), ``POST /v1/chat/completions``;
+(``prompt`` as texts or token ids, with ``prompt_logprobs`` from the model when asked, or
+``prompt_embeds``, one base64 tensor or a list), ``POST /v1/chat/completions``;
 errors as ``{"error": {"message", "type", "param", "code"}}``, 401 as vLLM's auth middleware
 answers it. Prompt tensors are decoded as vLLM does: strict base64,
 ``torch.load(weights_only=True)``, float32/bfloat16/float16, a leading batch of 1 squeezed.

@@ -24,7 +24,7 @@ from bbt.errors import (
     InvalidRequestError,
     ProtocolError,
 )
-from bbt.protocol import Limits, ModelInfo
+from bbt.protocol import SCORE_CAPABILITY, Limits, ModelInfo
 from bbt.vllm._layout import BOS_TEMPLATE_KWARG
 from bbt.vllm._model import FloatArray, ModelFacts
 from bbt.vllm._wire import parse_version, status_error
@@ -116,6 +116,7 @@ def model_info(
         embedding_std=facts.embedding_std,
         dtypes=["float32", "float16"],
         limits=limits,
+        capabilities=[SCORE_CAPABILITY],  # prompt_logprobs (bbt.vllm._score)
     )
 
 

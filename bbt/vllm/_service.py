@@ -49,6 +49,7 @@ from bbt.vllm._codec import CHAT_TEMPLATE_PATH, MAX_LOGPROB_TOKEN_IDS, MIN_VLLM_
 from bbt.vllm._layout import ChatLayout, special_prefix, text_lead
 from bbt.vllm._model import FloatArray, load_embedding_table, model_facts, read_config
 from bbt.vllm._scale import apply_scale
+from bbt.vllm._score import VLLMScore
 from bbt.vllm._url import URL_OPTIONS, URL_SCHEME_PREFIX, is_vllm_url, parse_vllm_url
 from bbt.vllm._wire import (
     DEFAULT_MISSING_MARGIN,
@@ -89,7 +90,7 @@ DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_SEQUENCES_PER_REQUEST = 64
 
 
-class VLLMService(SyncHTTPCore):
+class VLLMService(VLLMScore, SyncHTTPCore):
     """bbt's :class:`~bbt.client.Service` for a vLLM server started with
     ``--enable-prompt-embeds`` (see docs/vllm.md for the full command line).
 
@@ -226,7 +227,6 @@ class VLLMService(SyncHTTPCore):
             if (mode == "completions" or (mode == "auto" and table is not None))
             else "chat"
         )
-        self._concurrency = max_concurrency
         self._per_request = sequences_per_request
         self._top_k = top_logprobs
         self._margin = missing_margin

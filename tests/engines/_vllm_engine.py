@@ -172,6 +172,8 @@ class VLLMEngine:
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         req = CompletionRequest.model_validate(body)
         params = self._verify(req)
+        if req.prompt is not None:
+            return self._prompt_scores(req.prompt, params.prompt_logprobs)
         items = req.prompt_embeds if isinstance(req.prompt_embeds, list) else [req.prompt_embeds]
         choices = []
         total = 0
@@ -182,6 +184,21 @@ class VLLMEngine:
             choices.append({"index": k, "logprobs": {"top_logprobs": [entries]}})
             total += len(rows)
         return {"choices": choices, "usage": {"prompt_tokens": total}}
+
+    def _prompt_scores(self, prompt: Any, k: int | None) -> dict[str, Any]:
+        """Token-id prompts (bbt's score requests): vLLM's ``prompt_logprobs`` of each, as
+        parsed into SamplingParams (``k`` must be set), from the engine's model."""
+        assert k is not None, "SamplingParams lost prompt_logprobs"
+        seqs = prompt if prompt and isinstance(prompt[0], list) else [prompt]
+        choices = []
+        for n, ids in enumerate(seqs):
+            self.scored.append(Scored("score", list(ids), [True] * len(ids), self._token_rows(ids)))
+            entries: list[dict[str, Any] | None] = [None]
+            for t in range(1, len(ids)):
+                lp = self._logprobs(self._token_rows(ids[:t]))
+                entries.append({str(ids[t]): {"logprob": float(lp[ids[t]]), "rank": 1}})
+            choices.append({"index": n, "prompt_logprobs": entries})
+        return {"choices": choices, "usage": {"prompt_tokens": sum(map(len, seqs))}}
 
     def _entries(self, rows: np.ndarray[Any, Any], ids: list[int] | None) -> dict[str, float]:
         lp = self._logprobs(rows)

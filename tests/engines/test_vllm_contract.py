@@ -213,3 +213,24 @@ def test_the_fake_accepts_and_rejects_what_vllm_does(
     fake = VLLMFake(hidden_size=H, model_id=MODEL)
     fake_status, _, answer = fake.handle("POST", path, {}, json.dumps(body).encode())
     assert (status == 200) == (fake_status == 200), (name, status, fake_status, answer)
+
+
+def test_score_requests_pass_vllms_checks_and_sum_its_prompt_logprobs(tokenizer: Any) -> None:
+    """bbt's score bodies are parsed by vLLM's CompletionRequest into SamplingParams with
+    ``prompt_logprobs`` set; each sequence is /tokenize(text) with special tokens (BOS where
+    the tokenizer adds one), and the score is the sum of its prompt log-probs after the first."""
+    engine = VLLMEngine(tokenizer, hidden_size=H)
+    svc = _service(engine, table=False, max_concurrency=1)
+    got = svc.score(TEXTS)
+    scored = [s for s in engine.scored if s.path == "score"]
+    assert [s.token_ids for s in scored] == [
+        engine.tok.encode(t, add_special_tokens=True) for t in TEXTS
+    ]
+    want = []
+    for s in scored:
+        ids = s.token_ids
+        assert ids is not None
+        lps = [engine._logprobs(engine._token_rows(ids[:t]))[ids[t]] for t in range(1, len(ids))]
+        want.append(math.fsum(lps))
+    np.testing.assert_allclose(got.logprobs, want, rtol=1e-9)
+    assert got.token_counts.tolist() == [len(s.token_ids or []) - 1 for s in scored]
