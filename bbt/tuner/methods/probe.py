@@ -53,7 +53,7 @@ class ProbeTuner(Tuner):
         dev: Sequence[Example],
         config: TuneConfig | None = None,
         *,
-        head: str = "ridge",
+        head: str = "centroid",
         pooling: str = "mean",
         **kwargs: Any,
     ) -> None:
@@ -177,7 +177,7 @@ class PlainProbeTuner(ProbeTuner):
 class _ProbeMethodBase(Method):
     tuner_class = ProbeTuner
 
-    def __init__(self, head: str = "ridge", pooling: str = "mean") -> None:
+    def __init__(self, head: str = "centroid", pooling: str = "mean") -> None:
         self.head = head
         self.pooling = pooling
 
