@@ -59,6 +59,7 @@ def one_run(
     scored = TunedPrompt(prompt, task, info.id, service=service, head=head).evaluate(held)
     return {
         "method": method,
+        "head": tuner.head_kind,
         "heldout_accuracy": scored["accuracy"],
         "dev_metric": sel.dev_metric,
         "selected_z0": not sel.z.any(),

@@ -12,7 +12,8 @@ or selection sees. Per model and task:
   training shots under the manual prompt), with and without calibration;
 - BBT (``--budget`` calls, ``--popsize``, n, d; p0 = vocabulary rows from 1000) tuned once
   without and once with ``calibrate=True``, each scored held-out with its own readout; the
-  calls, dev calls and tokens each run spent are recorded.
+  calls, dev calls and tokens each run spent are recorded;
+- BBTv2 (``--methods bbtv2``, the same settings, a prompt at every layer), the task's words.
 
 Usage (background, small scale on a shared CPU)::
 
@@ -63,6 +64,9 @@ from bbt.tuner.readout import (  # noqa: E402
 )
 
 RESULTS = ROOT / "benchmarks" / "results"
+#: The tuned runs per seed: (result key, method, calibrate); ``--methods bbt`` runs BBT
+#: without and with calibration, ``--methods bbtv2`` BBTv2 with the task's own words.
+TUNED = (("bbt", "bbt", False), ("bbt_calibrated", "bbt", True), ("bbtv2", "bbtv2", False))
 
 
 def build_service(model: str, threads: int) -> Any:
@@ -154,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             s_plain, s_cal = score(manual, readout)
             rec["search"] = {"words": spec, "plain": s_plain, "calibrated": s_cal}
             print(f"  seed {seed} search {spec}: {s_plain:.3f} / cal {s_cal:.3f}", flush=True)
-        if "bbt" in methods:
+        runs = [(k, m, c) for k, m, c in TUNED if m in methods]
+        if runs:
             train = [
                 Example({field: r.text}, int(v)) for r, v in zip(train_rows, y_train, strict=True)
             ]
@@ -162,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 Example({field: r.text}, int(v))
                 for r, v in zip(dev_rows, labels(args.task, dev_rows), strict=True)
             ]
-            for cal in (False, True):
+            for key, method, cal in runs:
                 cfg = TuneConfig(
+                    method=method,
                     n_tokens=args.n_tokens,
                     dim=args.dim,
                     popsize=args.popsize,
@@ -182,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
                     Example({field: r.text}, int(v)) for r, v in zip(held_rows, y_held, strict=True)
                 ]
                 a = float(tp.evaluate(held)["accuracy"])
-                key = "bbt_calibrated" if cal else "bbt"
                 rec[key] = {
                     "heldout": a,
                     "calls": res.calls,
@@ -231,6 +236,12 @@ def report(paths: list[Path]) -> None:
             print(
                 f"{head} BBT ({len(b)} seeds) | {_mean([r['bbt']['heldout'] for r in b])} | "
                 f"{_mean([r['bbt_calibrated']['heldout'] for r in b])} | {calls} |"
+            )
+        v2 = [r["bbtv2"] for r in seeds if "bbtv2" in r]
+        if v2:
+            print(
+                f"{head} BBTv2 ({len(v2)} seeds) | {_mean([r['heldout'] for r in v2])} | - | "
+                f"{v2[0]['calls']} |"
             )
 
 

@@ -42,7 +42,7 @@ class ProbeTuner(Tuner):
     """BBT's tuner with the loss of a probe: see the module docstring."""
 
     def __init__(
-        self, *args: Any, head: str = "ridge", pooling: str = "mean", **kwargs: Any
+        self, *args: Any, head: str = "centroid", pooling: str = "mean", **kwargs: Any
     ) -> None:
         """:class:`~bbt.tuner.tuner.Tuner`'s arguments, and the probe's ``head`` and
         ``pooling``."""
@@ -169,7 +169,7 @@ class PlainProbeTuner(ProbeTuner):
 class _ProbeMethodBase(Method):
     tuner_class = ProbeTuner
 
-    def __init__(self, head: str = "ridge", pooling: str = "mean") -> None:
+    def __init__(self, head: str = "centroid", pooling: str = "mean") -> None:
         self.head = head
         self.pooling = pooling
 

@@ -26,6 +26,13 @@ def test_both_methods_are_registered() -> None:
     assert methods.get("probe").cost(small_config(), has_dev=True).train_calls == 0
 
 
+def test_both_methods_default_to_the_centroid_head() -> None:
+    # docs/quality.md: on MiniLM the centroid beat ridge by 2.5-4 points; plain and tuned
+    # must share the default, or z = 0 would not be the plain probe.
+    assert getattr(methods.get("probe"), "head", None) == "centroid"
+    assert getattr(methods.get("probe-tuned"), "head", None) == "centroid"
+
+
 def test_z0_of_the_tuned_probe_is_exactly_the_plain_probe(
     service: LocalClient, mock_task: object, split: Split
 ) -> None:
