@@ -24,8 +24,9 @@ from bbt.protocol._tensor import DType, Tensor
 
 #: The newest protocol version this package speaks (v1 plus additive 1.1, 1.2 and 1.3
 #: features; 1.2 pages the prompt registry's list and marks rows it cannot show; 1.3 adds
-#: the features operation, :mod:`bbt.protocol.features`).
-PROTOCOL_VERSION = "1.3"
+#: the features operation, :mod:`bbt.protocol.features`; 1.5 deep projection sessions,
+#: :mod:`bbt.protocol.deep_sessions`).
+PROTOCOL_VERSION = "1.5"
 #: The original version: what a client that announces nothing (or "1") is answered with.
 PROTOCOL_V1 = "1"
 #: Sessions, causal models, the prompt registry.
@@ -33,7 +34,7 @@ PROTOCOL_V1_1 = "1.1"
 #: Versions a server negotiates, oldest first. Within one major version every change is
 #: additive: a response field new in version X is declared ``json_schema_extra={"since": X}``
 #: and left out of answers to older clients (:func:`bbt.protocol.wire_json`).
-SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_V1, PROTOCOL_V1_1, "1.2", PROTOCOL_VERSION)
+SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_V1, PROTOCOL_V1_1, "1.2", "1.3", PROTOCOL_VERSION)
 API_PREFIX = "/v1"
 #: Header carrying the protocol version on every request and response: the client announces
 #: the newest version it speaks, the server answers with the version it used.

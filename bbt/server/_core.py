@@ -25,7 +25,6 @@ from bbt.protocol import (
     PROMPT_REGISTRY_CAPABILITY,
     PROTOCOL_HEADER,
     REQUEST_ID_HEADER,
-    SESSIONS_CAPABILITY,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ErrorType,
@@ -51,6 +50,7 @@ from bbt.protocol import (
     negotiate,
     wire_json,
 )
+from bbt.protocol.deep_sessions import session_capabilities
 from bbt.protocol.frame import is_frame, split_frame
 from bbt.protocol.validate import DecodedLogitsRequest
 from bbt.server._failures import (
@@ -155,7 +155,7 @@ class ServiceCore:
         if self.settings.sessions:
             self.sessions = session_host(backend, info, self.settings.session_limits())
             info = info.model_copy(
-                update={"capabilities": [*info.capabilities, SESSIONS_CAPABILITY]}
+                update={"capabilities": [*info.capabilities, *session_capabilities(info)]}
             )
             self.sessions.info = info
         self.info: ModelInfo = info

@@ -53,6 +53,7 @@ from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
 from bbt.tuner import optimizers
 from bbt.tuner.data import Example
+from bbt.tuner.deep_sessions import choose_deep_evaluator
 from bbt.tuner.evaluator import Evaluator
 from bbt.tuner.optimizers import LayerSchedule, LayerwiseOptimizer, OptimizerSpec
 from bbt.tuner.projection import Projection, ProjectionRecipe
@@ -208,13 +209,6 @@ class BBTv2Tuner(Tuner):
         callbacks: Sequence[Callback] = (),
     ) -> None:
         cfg = config or TuneConfig(method=METHOD)
-        if cfg.sessions == "on":
-            # A projection session holds one A and takes [P, d] z's; deep prompts go on the
-            # full-prompt path (docs/bbtv2.md says what a session would need).
-            raise ConfigurationError(
-                "--sessions on does not apply to --method bbtv2: its deep prompts are sent "
-                "whole; use --sessions auto or off"
-            )
         info = service.model_info()
         stds = require_deep(info)
         self.num_layers = len(stds)
@@ -275,7 +269,8 @@ class BBTv2Tuner(Tuner):
         else:
             deep[0] = p0
         self.deep_evaluator = DeepEvaluator(service, DeepProjection(self.layer_recipes), deep)
-        return self.deep_evaluator
+        # Through a deep projection session (protocol 1.5) when the service offers one.
+        return choose_deep_evaluator(self.deep_evaluator, self.config.sessions)
 
     @property
     def deep_projection(self) -> DeepProjection:

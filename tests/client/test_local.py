@@ -47,8 +47,8 @@ def test_usage_counts_backend_calls_and_no_bytes() -> None:
 
 def test_tokenize_embed_and_discovery() -> None:
     client = LocalClient(FakeBackend())
-    # What a 1.3 server advertises for this backend: LocalClient hosts sessions itself.
-    served = INFO.model_copy(update={"protocol_version": "1.3", "capabilities": ["sessions"]})
+    # What a 1.5 server advertises for this backend: LocalClient hosts sessions itself.
+    served = INFO.model_copy(update={"protocol_version": "1.5", "capabilities": ["sessions"]})
     assert client.model_info() == served
     assert client.models() == [served]
     assert client.health().models == ["fake-mlm"]

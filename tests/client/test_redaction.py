@@ -27,7 +27,7 @@ MakeClient = Callable[..., Client]
 def test_key_is_sent_as_bearer(make_client: MakeClient, service: FakeService) -> None:
     make_client().health()
     assert service.requests[0].headers["Authorization"] == f"Bearer {API_KEY}"
-    assert service.requests[0].headers["X-BBT-Protocol"] == "1.3"
+    assert service.requests[0].headers["X-BBT-Protocol"] == "1.5"
     assert service.requests[0].headers["User-Agent"].startswith("bbt/")
 
 

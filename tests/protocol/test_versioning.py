@@ -206,8 +206,8 @@ def test_a_new_client_against_a_v1_server_sees_no_capabilities_and_works() -> No
     assert set(server.announced) == {PROTOCOL_VERSION}
 
 
-def test_the_client_announces_1_3() -> None:
+def test_the_client_announces_1_5() -> None:
     server = V1OnlyServer()
     with Client("http://old.test", transport=server, env_file=None) as client:
         client.health()
-    assert server.announced == ["1.3"]
+    assert server.announced == ["1.5"]

@@ -47,9 +47,9 @@ def test_mock_app(mock_app: FastAPI) -> None:
 
 def test_mock_client_matches_the_backend(mock_client: Client, mock_backend: MockBackend) -> None:
     info = mock_client.model_info()
-    # A 1.3 client is told the version and the capabilities the app adds to the backend's.
+    # A 1.5 client is told the version and the capabilities the app adds to the backend's.
     served = {
-        "protocol_version": "1.3",
+        "protocol_version": "1.5",
         "capabilities": [*mock_backend.info.capabilities, "sessions"],
     }
     assert info == mock_backend.info.model_copy(update=served)
