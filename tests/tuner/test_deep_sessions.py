@@ -98,3 +98,38 @@ def test_local_client_sessions_on_matches_full_prompts(
     sess = _run(tmp_path, "sess", local(), mock_task, split, sessions="on", budget=80)
     assert _history(full) == _history(sess)
     np.testing.assert_array_equal(full.prompt, sess.prompt)
+
+
+def test_an_evicted_deep_session_reopens_and_a_resume_on_a_new_server_matches(
+    tmp_path: Path, mock_task: Task, split: Split
+) -> None:
+    from bbt.tuner import resume
+    from bbt.tuner.tuner import GenerationRecord
+
+    with _client(_core()) as c_ref:
+        ref = _run(tmp_path, "ref", c_ref, mock_task, split, sessions="off", budget=96)
+    core = _core()
+    evictions: list[int] = []
+
+    def evict_then_stop(rec: GenerationRecord) -> None:
+        assert core.sessions is not None
+        evictions.append(core.sessions.evict_all())
+        if rec.generation >= 5:
+            raise KeyboardInterrupt
+
+    with _client(core) as c, pytest.raises(KeyboardInterrupt):
+        tune(
+            c,
+            mock_task,
+            *split,
+            small_config(method="bbtv2", sessions="on", budget=96),
+            run_dir=tmp_path / "run",
+            callbacks=[evict_then_stop],
+            plot=False,
+        )
+    assert sum(evictions) >= 4  # evicted after every generation, reopened each time
+    with _client(_core()) as c2:  # a restarted server: the session is opened anew
+        resumed = resume(tmp_path / "run", c2, plot=False)
+        assert resumed.usage["bytes_sent"] > 0
+    assert _history(ref) == _history(resumed)
+    np.testing.assert_array_equal(ref.z, resumed.z)
