@@ -88,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument(
+        "--sessions",
+        action="store_true",
+        help="tune through the HTTP client (into the app's core) with projection sessions on: "
+        "BBTv2 over deep sessions (protocol 1.5); records bytes up per call",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
     args = ap.parse_args(argv)
     if args.budget is None:
@@ -124,7 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         popsize=args.popsize,
         budget=args.budget,
         eval_every=args.eval_every,
+        sessions="on" if args.sessions else "auto",
     )
+    tuning: Any = service
+    if args.sessions:
+        from bbt.client import Client
+        from bbt.server import ServerSettings
+        from bbt.server._core import ServiceCore
+        from bbt.testing import CoreTransport
+
+        core = ServiceCore(backend, ServerSettings(api_keys=[]))
+        tuning = Client("http://bbt.bench", transport=CoreTransport(core), env_file=None)
     runs: list[dict[str, Any]] = []
     wire: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
@@ -134,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             cfg = dataclasses.replace(base, seed=seed, method=method)
             curve: list[GenerationRecord] = []
+            before = tuning.usage.copy()
             tuner = make_tuner(
-                service,
+                tuning,
                 task,
                 train,
                 dev,
@@ -157,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             t = time.time()
             sel = tuner.run()
             seconds = time.time() - t
+            tuner.close()
+            used = tuning.usage - before
             acc = heldout(tuner.prompts(sel.z)[0])
             p0_acc = heldout(tuner.p0)
             rec = {
@@ -175,12 +194,16 @@ def main(argv: list[str] | None = None) -> int:
                 "projection_seconds_per_generation": projection_s,
                 "stop_reason": tuner.stop_reason,
                 "layers": [r.layer for r in curve],
+                "sessions": args.sessions,
+                "bytes_sent": used.bytes_sent,
+                "bytes_per_call": used.bytes_sent / max(used.calls, 1),
             }
             runs.append(rec)
             print(
                 f"[{args.task} seed {seed} {method:5s}] held-out {acc:.4f} (p0 {p0_acc:.4f}) "
                 f"dev {sel.dev_metric} selected@{sel.calls} calls={tuner.calls} "
-                f"{seconds:.0f}s ({rec['seconds_per_generation']:.2f}s/gen)",
+                f"{seconds:.0f}s ({rec['seconds_per_generation']:.2f}s/gen), "
+                f"{rec['bytes_per_call']:,.0f} B up / call",
                 flush=True,
             )
 

@@ -47,12 +47,14 @@ class DeepSessionEvaluator(Evaluator):
         self.projection = local.projection
         self.p0 = local.p0
         recipes = local.projection.recipes
+        deeper = local.p0[1:]
         self.session = service.open_session(
             recipes[0],
             local.p0[0],
             expected_fingerprint=local.projection.fingerprint(),
             layers=recipes[1:],
-            layer_p0=local.p0[1:],
+            # Deeper layers start from 0 (unless resumed from elsewhere): nothing to send.
+            layer_p0=deeper if deeper.any() else None,
         )
 
     def prompts(self, z: np.ndarray[Any, Any]) -> F32:
