@@ -5,12 +5,20 @@ One process, one model (the embedded default, MiniLM, 6 layers), the same popula
 passes for shallow prompts [P, n, H] and for deep prompts [P, L, n, H], interleaved
 ``--repeats`` times (median of each; the ratio is the robust figure on a shared machine),
 the client's projection for each method, and the request-body bytes per candidate (the
-client's own encoding, float32 and float16 on the wire). With a projection session (not
-built) a candidate would carry only its z: d numbers, computed here for comparison.
+client's own encoding, float32 and float16 on the wire).
+
+Bytes up per candidate, measured (``--wire-generations`` > 0): the client's own usage
+counters (``bytes_sent`` / ``calls``) over that many generations of each method through
+the HTTP client (``bbt.testing.CoreTransport`` into the app's core on the same backend):
+BBT over a projection session, BBTv2 over a deep session (protocol 1.5: the varying
+layer's z per candidate, the held layers' z once a request), and both with full prompts.
+The session open (recipes, p0) is counted apart: it is paid once a run.
 
 Usage::
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 nice -n 5 .venv/bin/python benchmarks/bbtv2_cost.py
+    # bytes only (no timing repeats):
+    ... benchmarks/bbtv2_cost.py --repeats 0 --wire-generations 2
 
 Prints a table and writes ``benchmarks/results/bbtv2_cost.json``.
 """
@@ -23,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -53,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="bbtv2_cost")
+    ap.add_argument("--wire-generations", type=int, default=2)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     if args.smoke:
         args.popsize, args.n_tokens, args.dim, args.repeats = 2, 2, 4, 1
+        args.wire_generations = min(args.wire_generations, 1)
         args.name = "bbtv2_cost_smoke"
     args.dtype = args.dtype or default_dtype()
 
@@ -79,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         tuners[method] = make_tuner(
             service, task, train, dev, cfg, initial_prompt=InitialPrompt.parse("vocab:1000")
         )
+    measured = wire_bytes(backend, task, train, dev, args) if args.wire_generations > 0 else {}
+    for name, row in measured.items():
+        print(
+            f"measured bytes up / candidate, {name}: {row['per_candidate']:,.0f} "
+            f"(session open {row['open_bytes']:,} B once)"
+        )
+    if args.repeats < 1:
+        write_result(
+            args.name, {"args": args_record(args), "measured_bytes": measured}, args.out_dir
+        )
+        return 0
     pops = {m: t.ask() for m, t in tuners.items()}
     prompts = {m: tuners[m].prompts(pops[m]) for m in tuners}
     texts = tuners["bbt"].train_texts
@@ -143,10 +165,53 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_deep_over_shallow": ratio if math.isfinite(ratio) else None,
             "bytes_per_candidate": wire,
             "session_bytes_per_candidate": session,
+            "measured_bytes": measured,
         },
         args.out_dir,
     )
     return 0
+
+
+def wire_bytes(
+    backend: Any, task: Any, train: Any, dev: Any, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Bytes up per candidate from the HTTP client's usage counters, per method and
+    sessions mode, over ``args.wire_generations`` generations (no dev check falls in)."""
+    from bbt.client import Client
+    from bbt.server import ServerSettings
+    from bbt.server.local import ServiceCore
+    from bbt.testing import CoreTransport
+
+    core = ServiceCore(backend, ServerSettings(api_keys=[]))
+    out: dict[str, dict[str, float]] = {}
+    for method, sessions in (("bbt", "on"), ("bbtv2", "on"), ("bbt", "off"), ("bbtv2", "off")):
+        cfg = TuneConfig(
+            n_tokens=args.n_tokens,
+            dim=args.dim,
+            popsize=args.popsize,
+            method=method,
+            sessions=sessions,
+            budget=10**6,
+            eval_every=10**6,
+            eval_initial=False,
+        )
+        with Client("http://bbt.bench", transport=CoreTransport(core), env_file=None) as client:
+            start = client.usage.copy()
+            tuner = make_tuner(
+                client, task, train, dev, cfg, initial_prompt=InitialPrompt.parse("vocab:1000")
+            )
+            opened = client.usage.copy()
+            for _ in range(args.wire_generations):
+                tuner.step()
+            used = client.usage - opened
+            tuner.close()
+        out[f"{method} sessions={sessions}"] = {
+            "per_candidate": used.bytes_sent / used.calls,
+            "open_bytes": (opened - start).bytes_sent,
+            "calls": used.calls,
+            "requests": used.requests,
+        }
+    return out
 
 
 if __name__ == "__main__":

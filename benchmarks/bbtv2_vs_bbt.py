@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = bench_parser(__doc__, task="agnews", shots=16, budget=None, heldout=1000)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument(
+        "--sessions",
+        action="store_true",
+        help="tune through the HTTP client (into the app's core) with projection sessions on: "
+        "BBTv2 over deep sessions (protocol 1.5); records bytes up per call",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
     args = ap.parse_args(argv)
     if args.budget is None:
@@ -87,7 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     info = service.model_info()
     task = get_preset(args.task)
     heldout = heldout_scorer(service, args.task, task, args.heldout)
-    base = tune_config(args, ("n_tokens", "dim", "popsize", "budget", "eval_every"))
+    base = tune_config(
+        args,
+        ("n_tokens", "dim", "popsize", "budget", "eval_every"),
+        sessions="on" if args.sessions else "auto",
+    )
+    tuning: Any = service
+    if args.sessions:
+        from bbt.client import Client
+        from bbt.server import ServerSettings
+        from bbt.server.local import ServiceCore
+        from bbt.testing import CoreTransport
+
+        core = ServiceCore(backend, ServerSettings(api_keys=[]))
+        tuning = Client("http://bbt.bench", transport=CoreTransport(core), env_file=None)
     runs: list[dict[str, Any]] = []
     wire: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
@@ -95,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             cfg = dataclasses.replace(base, seed=seed, method=method)
             curve: list[GenerationRecord] = []
+            before = tuning.usage.copy()
             tuner = make_tuner(
-                service,
+                tuning,
                 task,
                 train,
                 dev,
@@ -118,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             t = time.time()
             sel = tuner.run()
             seconds = time.time() - t
+            tuner.close()
+            used = tuning.usage - before
             acc = heldout(tuner.prompts(sel.z)[0])
             p0_acc = heldout(tuner.p0)
             rec = {
@@ -136,12 +158,16 @@ def main(argv: list[str] | None = None) -> int:
                 "projection_seconds_per_generation": projection_s,
                 "stop_reason": tuner.stop_reason,
                 "layers": [r.layer for r in curve],
+                "sessions": args.sessions,
+                "bytes_sent": used.bytes_sent,
+                "bytes_per_call": used.bytes_sent / max(used.calls, 1),
             }
             runs.append(rec)
             print(
                 f"[{args.task} seed {seed} {method:5s}] held-out {acc:.4f} (p0 {p0_acc:.4f}) "
                 f"dev {sel.dev_metric} selected@{sel.calls} calls={tuner.calls} "
-                f"{seconds:.0f}s ({rec['seconds_per_generation']:.2f}s/gen)",
+                f"{seconds:.0f}s ({rec['seconds_per_generation']:.2f}s/gen), "
+                f"{rec['bytes_per_call']:,.0f} B up / call",
                 flush=True,
             )
 

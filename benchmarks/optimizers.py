@@ -83,6 +83,7 @@ def run_one(bench: Bench, task_name: str, cfg: TuneConfig, shots: int, init: str
     train, dev = kshot_examples(task_name, shots, cfg.seed, bench.task)
     curve: list[tuple[int, float]] = []
     selections: list[tuple[int, int]] = []  # (calls, key of the selection then)
+    dev_curve: list[tuple[int, float | None]] = []  # (calls, the selection's dev metric)
     seen: dict[int, float] = {}
     holder: list[Tuner] = []
 
@@ -96,6 +97,7 @@ def run_one(bench: Bench, task_name: str, cfg: TuneConfig, shots: int, init: str
             seen[key] = bench.heldout(t.prompts(sel.z)[0])
         curve.append((rec.calls, seen[key]))
         selections.append((rec.calls, key))
+        dev_curve.append((rec.calls, sel.dev_metric))
 
     tuner = Tuner(
         bench.service,
@@ -120,6 +122,8 @@ def run_one(bench: Bench, task_name: str, cfg: TuneConfig, shots: int, init: str
         "p0_heldout": p0,
         "curve": [(0, p0), *curve],
         "selections": selections,
+        "dev_curve": dev_curve,
+        "initial_dev_metric": tuner.initial_dev_metric,
         "dev_metric": sel.dev_metric,
         "selected_calls": sel.calls,
         "calls": tuner.calls,

@@ -10,6 +10,11 @@ checks: no second run is needed for each P. Per P the table gives the calls save
 (budget - calls at the stop) and the held-out accuracy lost (full run's selection minus the
 selection held at the stop), both averaged over seeds.
 
+``--ucb T ...`` replays the confidence-bound rule (``--stop-ucb T``, with ``--ucb-window``
+and ``--ucb-min-calls``; :func:`bbt.tuner.stopping.ucb_stop_due`) the same way, over the
+improvement curve of the full run (the selection's dev metric at every check; result
+files from before this field cannot be replayed for it).
+
 ``--from-result`` replays runs already in an ``optimizers.py`` result file (its ``cma``
 runs) instead of tuning again.
 
@@ -40,7 +45,7 @@ from _common import (
 )
 from optimizers import at, run_one, setup
 
-from bbt.tuner.stopping import calls_saved, stop_due
+from bbt.tuner.stopping import calls_saved, stop_due, ucb_stop_due
 
 
 def replay(run: dict[str, Any], patience: int, budget: int) -> tuple[int, float]:
@@ -55,9 +60,31 @@ def replay(run: dict[str, Any], patience: int, budget: int) -> tuple[int, float]
     return run["calls"], run["heldout"]
 
 
+def replay_ucb(
+    run: dict[str, Any], threshold: float, window: int, min_calls: int, eval_every: int
+) -> tuple[int, float]:
+    """Where a run with ``stop_ucb = threshold`` stops and its selection's held-out accuracy
+    there, from the full run's improvement curve (as :func:`replay` does for patience)."""
+    if "dev_curve" not in run:
+        raise SystemExit("--ucb needs runs with a dev_curve (optimizers.py from 2026-12-03 on)")
+    initial = run.get("initial_dev_metric")
+    curve: list[float] = [initial] if initial is not None else []
+    budget = run["budget"]
+    for calls, metric in run["dev_curve"]:
+        if metric is None:
+            continue
+        curve.append(metric)
+        if ucb_stop_due(curve, calls, budget, eval_every, threshold, window, min_calls):
+            return calls, at(run["curve"], calls)
+    return run["calls"], run["heldout"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = bench_parser(__doc__, popsize=10)
     ap.add_argument("--patience", type=int, nargs="+", default=[30, 60])
+    ap.add_argument("--ucb", type=float, nargs="*", default=[])
+    ap.add_argument("--ucb-window", type=int, default=4)
+    ap.add_argument("--ucb-min-calls", type=int, default=40)
     ap.add_argument("--from-result", type=Path, nargs="*", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the mock model, for CI")
     args = ap.parse_args(argv)
@@ -106,6 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         summary[str(p)] = {"calls_saved": saved, "points_lost": lost}
         print(
             f"| {p} | {np.mean(saved):.0f} ({', '.join(map(str, saved))}) | "
+            f"{np.mean(lost):.1f} ({', '.join(f'{v:.1f}' for v in lost)}) |"
+        )
+    for thr in args.ucb:
+        saved, lost = [], []
+        for r in runs:
+            full = at(r["curve"], args.budget)
+            stop, acc = replay_ucb(r, thr, args.ucb_window, args.ucb_min_calls, args.popsize)
+            reason = "ucb" if stop < r["calls"] else "budget"
+            saved.append(calls_saved(args.budget, stop, reason))
+            lost.append(100 * (full - acc))
+        summary[f"ucb {thr}"] = {"calls_saved": saved, "points_lost": lost}
+        print(
+            f"| ucb {thr} (window {args.ucb_window}, min {args.ucb_min_calls}) | "
+            f"{np.mean(saved):.0f} ({', '.join(map(str, saved))}) | "
             f"{np.mean(lost):.1f} ({', '.join(f'{v:.1f}' for v in lost)}) |"
         )
     write_bench_result(tag, args, t_all, {"summary": summary, "runs": runs})

@@ -49,6 +49,16 @@ class CallPlan:
         return self.prompts * self.texts
 
 
+def planning_z(session: ProjectionSession, n_prompts: int) -> np.ndarray[Any, Any]:
+    """z to plan a session call with: zeros, but for a deep session (BBTv2, protocol 1.5)
+    with layer 0 differing between the candidates, as one layer does in each generation,
+    so the plan sends what the run will (that layer's z per candidate, the rest once)."""
+    z = np.zeros((n_prompts, session.dim), dtype=np.float32)
+    if session.num_layers > 1:
+        z[:, : session.projection.dim] = np.arange(n_prompts, dtype=np.float32)[:, None] * 1e-3
+    return z
+
+
 def plan_call(
     info: ModelInfo,
     n_prompts: int,
@@ -69,7 +79,7 @@ def plan_call(
     deep = () if layers is None else (layers,)
     chunks: Sequence[PlannedRequest | SessionChunk]
     if session is not None:
-        z = np.zeros((n_prompts, session.dim), dtype=np.float32)
+        z = planning_z(session, n_prompts)
         chunks = plan_session_logits(info, session, z, texts, candidate_ids)
         sizes = [len(c.body.content) for c in chunks]
         out_dtype = chunks[0].request.output_dtype
@@ -235,7 +245,7 @@ def make_plan(
     )[0]
     if session is not None:
         chunk = plan_session_logits(
-            info, session, np.zeros((pop, cfg.dim)), tuner.train_texts, ids
+            info, session, planning_z(session, pop), tuner.train_texts, ids
         )[0]
     t0 = time.perf_counter()
     prompts = tuner.prompts(np.zeros((pop, z_size)))
@@ -244,7 +254,7 @@ def make_plan(
     t0 = time.perf_counter()
     texts = tuner.train_texts[chunk.b0 : chunk.b1]
     if session is not None:
-        service.session_logits(session, np.zeros((chunk.p1 - chunk.p0, cfg.dim)), texts, ids)
+        service.session_logits(session, planning_z(session, chunk.p1 - chunk.p0), texts, ids)
     else:
         service.logits(prompts[chunk.p0 : chunk.p1], texts, ids)
     probe_s = time.perf_counter() - t0

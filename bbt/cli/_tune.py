@@ -114,6 +114,9 @@ def tune_command(
     eval_every: int = option("eval_every", panel=BUDGET_PANEL),
     patience: int | None = option("patience", panel=BUDGET_PANEL),
     patience_calls: int | None = option("patience_calls", panel=BUDGET_PANEL),
+    stop_ucb: float | None = option("stop_ucb", panel=BUDGET_PANEL),
+    stop_window: int = option("stop_window", panel=BUDGET_PANEL),
+    stop_min_calls: int = option("stop_min_calls", panel=BUDGET_PANEL),
     eval_mean: bool | None = option(
         "eval_mean",
         "--eval-mean/--no-eval-mean",
@@ -231,6 +234,9 @@ def tune_command(
             eval_every=eval_every,
             patience=patience,
             patience_calls=patience_calls,
+            stop_ucb=stop_ucb,
+            stop_window=stop_window,
+            stop_min_calls=stop_min_calls,
             seed=seed,
             projection=projection,  # type: ignore[arg-type]
             method=method,

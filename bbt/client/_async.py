@@ -247,9 +247,11 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
         p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
         *,
         expected_fingerprint: str | None = None,
+        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
+        layer_p0: np.ndarray[Any, Any] | None = None,
     ) -> ProjectionSession:
         """See :meth:`bbt.Client.open_session`."""
-        session = new_session(projection, p0, expected_fingerprint)
+        session = new_session(projection, p0, expected_fingerprint, layers, layer_p0)
         await self._run(self._exchange_open(session, reopening=False))
         return session
 

@@ -218,11 +218,17 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
         *,
         expected_fingerprint: str | None = None,
+        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
+        layer_p0: np.ndarray[Any, Any] | None = None,
     ) -> ProjectionSession:
         """Open a projection session: the server rebuilds A from ``projection`` and keeps it
         with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
-        lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`)."""
-        session = new_session(projection, p0, expected_fingerprint)
+        lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`).
+
+        ``layers`` (protocol 1.5, a server with ``"deep_sessions"``) opens a deep session:
+        the projections of layers 1 .. L-1, with ``layer_p0`` [L-1, n, H] (default 0); z is
+        then [P, L * d] (see :mod:`bbt.protocol.deep_sessions`)."""
+        session = new_session(projection, p0, expected_fingerprint, layers, layer_p0)
         self._run(self._exchange_open(session, reopening=False))
         return session
 

@@ -42,7 +42,6 @@ from bbt.protocol import (
     FEATURES_CAPABILITY,
     PROTOCOL_VERSION,
     SCORE_CAPABILITY,
-    SESSIONS_CAPABILITY,
     DecodedLogitsRequest,
     ErrorType,
     FeaturesResponse,
@@ -62,6 +61,7 @@ from bbt.protocol import (
     TokenizeResponse,
 )
 from bbt.protocol.backend import Backend
+from bbt.protocol.deep_sessions import session_capabilities
 from bbt.protocol.features import DecodedFeaturesRequest, Pooling
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
@@ -121,7 +121,7 @@ class LocalClient:
         self._model_info = info.model_copy(
             update={
                 "protocol_version": PROTOCOL_VERSION,
-                "capabilities": [*info.capabilities, SESSIONS_CAPABILITY],
+                "capabilities": [*info.capabilities, *session_capabilities(info)],
             }
         )
         self._sessions: SessionHost | None = None
@@ -364,9 +364,11 @@ class LocalClient:
         p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
         *,
         expected_fingerprint: str | None = None,
+        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
+        layer_p0: np.ndarray[Any, Any] | None = None,
     ) -> ProjectionSession:
         """See :meth:`bbt.Client.open_session`; the session lives in this process."""
-        session = new_session(projection, p0, expected_fingerprint)
+        session = new_session(projection, p0, expected_fingerprint, layers, layer_p0)
         self._open(session, reopening=False)
         return session
 

@@ -28,6 +28,7 @@ from bbt.protocol import (
     SessionOpenRequest,
     Tensor,
     encode_frame,
+    encoded_size,
 )
 from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import check_session_logits, spec_of
@@ -51,6 +52,9 @@ class ProjectionSession:
     info: SessionInfo | None = None
     #: How many times the client reopened the session after the server lost it.
     reopened: int = 0
+    #: A deep session's projections of layers 1 .. L-1 (protocol 1.5), and their p0.
+    layers: list[ProjectionSpec] | None = None
+    layer_p0: Tensor | None = None
 
     @property
     def id(self) -> str:
@@ -59,8 +63,14 @@ class ProjectionSession:
         return self.info.id
 
     @property
+    def num_layers(self) -> int:
+        """L: 1 for a shallow session, the model's layers for a deep one."""
+        return 1 + len(self.layers or [])
+
+    @property
     def dim(self) -> int:
-        return self.projection.dim
+        """Numbers in one candidate z: d, or L * d for a deep session."""
+        return self.projection.dim * self.num_layers
 
 
 def as_spec(projection: ProjectionRecipe | ProjectionSpec) -> ProjectionSpec:
@@ -79,13 +89,30 @@ def new_session(
     projection: ProjectionRecipe | ProjectionSpec,
     p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
     expected_fingerprint: str | None = None,
+    layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
+    layer_p0: np.ndarray[Any, Any] | None = None,
 ) -> ProjectionSession:
-    """A session not yet opened, as every service's ``open_session`` takes its arguments."""
-    return ProjectionSession(as_spec(projection), as_p0(p0), expected_fingerprint)
+    """A session not yet opened, as every service's ``open_session`` takes its arguments
+    (``layers`` and ``layer_p0``: a deep session, protocol 1.5)."""
+    if layers is None and layer_p0 is not None:
+        raise InvalidRequestError("layer_p0 needs layers (a deep session)", field="layer_p0")
+    deep = [as_spec(r) for r in layers] if layers is not None else None
+    lp0 = None
+    if layer_p0 is not None:
+        lp0 = Tensor.from_numpy(np.ascontiguousarray(layer_p0, dtype=np.float32))
+    return ProjectionSession(
+        as_spec(projection), as_p0(p0), expected_fingerprint, layers=deep, layer_p0=lp0
+    )
 
 
 def open_request(info: ModelInfo, session: ProjectionSession) -> SessionOpenRequest:
-    return SessionOpenRequest(model=info.id, projection=session.projection, p0=session.p0)
+    return SessionOpenRequest(
+        model=info.id,
+        projection=session.projection,
+        p0=session.p0,
+        layers=session.layers,
+        layer_p0=session.layer_p0,
+    )
 
 
 def accept_open(session: ProjectionSession, answer: SessionInfo, reopening: bool) -> None:
@@ -97,7 +124,7 @@ def accept_open(session: ProjectionSession, answer: SessionInfo, reopening: bool
             f"{answer.fingerprint[:12]}, expected {expected[:12]}): another NumPy version "
             "on the server; project locally instead (sessions off)"
         )
-    if answer.projection != session.projection:
+    if answer.projection != session.projection or answer.layers != session.layers:
         raise ProtocolError("the server answered a session open with another recipe")
     session.info = answer
     if reopening:
@@ -165,21 +192,50 @@ def plan_session_logits(
             field="z" if arr.shape[0] == 0 else "texts" if not texts else "candidate_ids",
         )
     text_bytes = max(6 * len(t) + 3 for t in texts)
+    sent_z, varying, held = split_held(arr, session.num_layers, session.projection.dim)
+    width = sent_z.shape[1]
+    if held is not None:  # sent once a request, in JSON (base64)
+        text_bytes += encoded_size(held.shape, "float32") // max(1, len(texts))
     groups_p, groups_b = plan_grid(
         arr.shape[0],
         len(texts),
         info.limits,
-        prompt_bytes=4 * session.dim,
+        prompt_bytes=4 * width,
         text_bytes=text_bytes,
     )
     chunks = []
-    for p0, p1, b0, b1, z_frame in z_grid(arr, len(texts), groups_p, groups_b, pad_lone=True):
+    grid = z_grid(sent_z, len(texts), groups_p, groups_b, pad_lone=True)
+    for p0, p1, b0, b1, z_frame in grid:
         tensor, raw, sent = z_frame
         with checked(b0):
-            req = SessionLogitsRequest(z=tensor, texts=texts[b0:b1], candidate_ids=ids)
-            check_session_logits(req, info, session.dim, raw)
+            req = SessionLogitsRequest(
+                z=tensor, texts=texts[b0:b1], candidate_ids=ids, varying=varying, held=held
+            )
+            check_session_logits(req, info, width, raw)
         chunks.append(SessionChunk(p0, p1, b0, b1, req, raw, sent))
     return chunks
+
+
+def split_held(
+    arr: np.ndarray[Any, Any], num_layers: int, dim: int
+) -> tuple[np.ndarray[Any, Any], list[int] | None, Tensor | None]:
+    """What a session call sends of z [P, L * d]: for a deep session whose candidates share
+    some layers' z (BBTv2 varies one layer a generation), only the varying layers' columns,
+    the layers' list and the shared row (protocol 1.5); else z itself. The server rebuilds
+    the whole z by copying float32 values, so the prompts are the same."""
+    if num_layers == 1 or arr.shape[0] < 2:
+        return arr, None, None
+    z32 = np.ascontiguousarray(arr, dtype=np.float32)
+    blocks = z32.reshape(arr.shape[0], num_layers, dim)
+    same = (blocks == blocks[:1]).all(axis=(0, 2))
+    varying = [k for k in range(num_layers) if not same[k]]
+    if not varying or len(varying) == num_layers:
+        return arr, None, None
+    held = z32[0].copy()
+    for k in varying:
+        held[k * dim : (k + 1) * dim] = 0.0
+    cols = np.concatenate([z32[:, k * dim : (k + 1) * dim] for k in varying], axis=1)
+    return cols, varying, Tensor.from_numpy(held)
 
 
 #: z rows as a session request sends them: the tensor header (its data empty), the rows'
@@ -219,5 +275,6 @@ __all__ = [
     "new_session",
     "open_request",
     "plan_session_logits",
+    "split_held",
     "z_grid",
 ]

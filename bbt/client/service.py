@@ -172,6 +172,8 @@ class SessionService(Service, Protocol):
         p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
         *,
         expected_fingerprint: str | None = None,
+        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
+        layer_p0: np.ndarray[Any, Any] | None = None,
     ) -> ProjectionSession:
         """Have the service build A (and keep p0) so that calls send z, not prompts."""
         ...

@@ -26,6 +26,7 @@ from bbt.protocol._models import (
     Usage,
 )
 from bbt.protocol._sessions import (
+    DEEP_SESSIONS_CAPABILITY,
     SESSIONS_CAPABILITY,
     InitialPromptSpec,
     ProjectionSpec,
@@ -74,6 +75,7 @@ from bbt.protocol.validate import (
 __all__ = [
     "API_PREFIX",
     "DEEP_PROMPTS",
+    "DEEP_SESSIONS_CAPABILITY",
     "FEATURES_CAPABILITY",
     "FRAME_CONTENT_TYPE",
     "MODEL_KINDS",

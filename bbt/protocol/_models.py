@@ -22,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bbt.protocol._tensor import DType, Tensor
 
-#: The newest protocol version this package speaks (v1 plus additive 1.1 to 1.4 and 1.6
+#: The newest protocol version this package speaks (v1 plus additive 1.1 to 1.6
 #: features; 1.2 pages the prompt registry's list and marks rows it cannot show; 1.3 adds
 #: the features operation, :mod:`bbt.protocol.features`; 1.4 shared, read-only prompts,
-#: :mod:`bbt.protocol.shared`; 1.6 the score operation, prompt log-probabilities,
+#: :mod:`bbt.protocol.shared`; 1.5 deep projection sessions,
+#: :mod:`bbt.protocol.deep_sessions`; 1.6 the score operation, prompt log-probabilities,
 #: :mod:`bbt.protocol.score`).
 PROTOCOL_VERSION = "1.6"
 #: The original version: what a client that announces nothing (or "1") is answered with.
@@ -41,6 +42,7 @@ SUPPORTED_VERSIONS: tuple[str, ...] = (
     "1.2",
     "1.3",
     "1.4",
+    "1.5",
     PROTOCOL_VERSION,
 )
 API_PREFIX = "/v1"

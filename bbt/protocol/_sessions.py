@@ -23,6 +23,11 @@ from bbt.protocol.projection import RECIPE_VERSION, Distribution
 
 #: The capability a server lists in ``ModelInfo.capabilities`` when it offers sessions.
 SESSIONS_CAPABILITY = "sessions"
+#: The capability of a server that also opens deep sessions (protocol 1.5): one projection
+#: per layer, for a model with deep prompts (BBTv2), z of L * d numbers a candidate.
+DEEP_SESSIONS_CAPABILITY = "deep_sessions"
+#: The protocol version that added deep sessions.
+DEEP_SESSIONS_SINCE = "1.5"
 
 
 class _Wire(BaseModel):
@@ -73,6 +78,19 @@ class SessionOpenRequest(_Wire):
     model: str
     projection: ProjectionSpec
     p0: InitialPromptSpec = Field(default_factory=InitialPromptSpec)
+    layers: list[ProjectionSpec] | None = Field(
+        default=None,
+        description=(
+            "Protocol 1.5, deep sessions (capability 'deep_sessions'): the projections of "
+            "layers 1 .. L-1 (``projection`` is layer 0's), so that a candidate is z of "
+            "L * d numbers, layer-major, and its prompt [L, n, H]. Same n, H and d as "
+            "``projection``; L is the model's num_layers."
+        ),
+    )
+    layer_p0: Tensor | None = Field(
+        default=None,
+        description="Protocol 1.5: p0 of layers 1 .. L-1, shape [L-1, n, H]; none means 0.",
+    )
 
 
 class SessionInfo(_Wire):
@@ -92,6 +110,11 @@ class SessionInfo(_Wire):
     idle_timeout_s: float = Field(
         gt=0, description="The session is dropped after this long without a call."
     )
+    layers: list[ProjectionSpec] | None = Field(
+        default=None,
+        description="A deep session's projections of layers 1 .. L-1, as opened.",
+        json_schema_extra={"since": DEEP_SESSIONS_SINCE},
+    )
 
 
 class SessionLogitsRequest(_Wire):
@@ -102,6 +125,21 @@ class SessionLogitsRequest(_Wire):
     texts: list[str] = Field(min_length=1, description="B input texts, each with one mask token.")
     candidate_ids: list[int] = Field(min_length=1)
     output_dtype: DType = "float32"
+    varying: list[int] | None = Field(
+        default=None,
+        description=(
+            "Protocol 1.5, deep sessions only: the layers (ascending) whose z differ between "
+            "candidates. ``z`` then holds only their columns, [P, len(varying) * d], and "
+            "``held`` the rest; absent, ``z`` is the whole [P, L * d]."
+        ),
+    )
+    held: Tensor | None = Field(
+        default=None,
+        description=(
+            "Protocol 1.5, with ``varying``: the z every candidate shares, shape [L * d] "
+            "(float32); its entries in the varying layers are ignored."
+        ),
+    )
 
 
 class SessionClosed(_Wire):

@@ -63,7 +63,12 @@ def is_at_least(version: str, since: str) -> bool:
 
 #: Capabilities newer than the ``capabilities`` field itself, by the version that added
 #: them: a client older than that is not told of them (it could not use them).
-CAPABILITY_SINCE: dict[str, str] = {"features": "1.3", "shared_prompts": "1.4", "score": "1.6"}
+CAPABILITY_SINCE: dict[str, str] = {
+    "features": "1.3",
+    "shared_prompts": "1.4",
+    "deep_sessions": "1.5",
+    "score": "1.6",
+}
 
 
 def _capabilities(names: list[str], version: str) -> list[str]:

@@ -48,6 +48,16 @@ from bbt.protocol._sessions import (
     SessionLogitsRequest,
     SessionOpenRequest,
 )
+from bbt.protocol.deep_sessions import (
+    all_specs,
+    check_deep_open,
+    deep_fingerprint,
+    deep_projector,
+    deep_session_bytes,
+    expand_deep_z,
+    resolve_layer_p0,
+    sent_z_dim,
+)
 from bbt.protocol.features import (
     DecodedFeaturesRequest,
     SessionFeaturesRequest,
@@ -112,6 +122,8 @@ class HostedSession:
     project: ProjectFn
     last_used: float
     info: SessionInfo = field(repr=False)
+    #: Layers of a deep session (protocol 1.5); 1 for a shallow one.
+    layers: int = 1
 
 
 def numpy_projector(matrix: FloatArray, p0: FloatArray) -> ProjectFn:
@@ -283,16 +295,23 @@ class SessionHost:
 
     def open(self, tenant: str, req: SessionOpenRequest) -> SessionInfo:
         check_session_open(req, self.info, self.limits)
+        check_deep_open(req, self.info, self.limits)
         spec = req.projection
-        need = session_bytes(spec)
+        need = deep_session_bytes(req)
         with self._lock:  # refuse early (cheap) when there will be no room anyway
             now = self._clock()
             self._sweep(now)
             self._check_room(tenant, need, now)
         p0 = resolve_p0(req.p0, self.info, spec.n_tokens, self._embed, self._tokenize)
-        projection = Projection(recipe_of(spec))
-        fingerprint = projection.fingerprint()
-        project = self._projector(projection.matrix, p0)
+        p0s = [p0] if req.layers is None else [p0, *resolve_layer_p0(req, self.info)]
+        projections = [Projection(recipe_of(s)) for s in all_specs(req)]
+        fingerprint = projections[0].fingerprint()
+        project = self._projector(projections[0].matrix, p0)
+        if req.layers is not None:  # a deep session (1.5): one A_l and p0_l per layer
+            fingerprint = deep_fingerprint([p.fingerprint() for p in projections])
+            pairs = zip(projections, p0s, strict=True)
+            layer_fns = [self._projector(p.matrix, q) for p, q in pairs]
+            project = deep_projector(layer_fns, spec.dim)
         sid = secrets.token_urlsafe(24)
         info = SessionInfo(
             id=sid,
@@ -301,6 +320,7 @@ class SessionHost:
             fingerprint=fingerprint,
             nbytes=need,
             idle_timeout_s=self.limits.idle_timeout_s,
+            layers=req.layers,
         )
         with self._lock:
             now = self._clock()
@@ -315,6 +335,7 @@ class SessionHost:
                 project=project,
                 last_used=now,
                 info=info,
+                layers=len(projections),
             )
         return info
 
@@ -331,8 +352,10 @@ class SessionHost:
     ) -> DecodedLogitsRequest:
         """The prompts of a session call, projected and checked as ``/v1/logits`` would."""
         session = self._lookup(tenant, session_id)
-        z, texts, ids = check_session_logits(req, self.info, session.spec.dim, raw)
-        prompts = self._project(session, z)
+        dim = session.spec.dim
+        width = sent_z_dim(req, session.layers, dim)
+        z, texts, ids = check_session_logits(req, self.info, width, raw)
+        prompts = self._project(session, expand_deep_z(req, z, session.layers, dim))
         return DecodedLogitsRequest(prompts=prompts, texts=texts, candidate_ids=ids)
 
     def decode_features(
@@ -344,6 +367,8 @@ class SessionHost:
     ) -> DecodedFeaturesRequest:
         """The prompts of a session features call (1.3), as ``/v1/features`` takes them."""
         session = self._lookup(tenant, session_id)
+        if session.layers > 1:
+            raise ProtocolViolation("a deep session serves logits only", field="session_id")
         z = check_session_features(req, self.info, session.spec.dim, raw)
         prompts = self._project(session, z)
         return DecodedFeaturesRequest(prompts=prompts, texts=list(req.texts), pooling=req.pooling)

@@ -24,7 +24,6 @@ from bbt.protocol import (
     API_PREFIX,
     PROTOCOL_HEADER,
     REQUEST_ID_HEADER,
-    SESSIONS_CAPABILITY,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ErrorType,
@@ -50,6 +49,7 @@ from bbt.protocol import (
     negotiate,
     wire_json,
 )
+from bbt.protocol.deep_sessions import session_capabilities
 from bbt.protocol.frame import is_frame, split_frame
 from bbt.protocol.shared import REGISTRY_CAPABILITIES, lists_shared
 from bbt.protocol.validate import DecodedLogitsRequest
@@ -155,7 +155,7 @@ class ServiceCore:
         if self.settings.sessions:
             self.sessions = session_host(backend, info, self.settings.session_limits())
             info = info.model_copy(
-                update={"capabilities": [*info.capabilities, SESSIONS_CAPABILITY]}
+                update={"capabilities": [*info.capabilities, *session_capabilities(info)]}
             )
             self.sessions.info = info
         self.info: ModelInfo = info

@@ -52,6 +52,7 @@ from bbt.client import Service
 from bbt.errors import ConfigurationError
 from bbt.protocol import DEEP_PROMPTS, ModelInfo
 from bbt.tuner import optimizers
+from bbt.tuner.deep_sessions import choose_deep_evaluator
 from bbt.tuner.evaluator import Evaluator
 from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.optimizers import LayerSchedule, LayerwiseOptimizer, OptimizerSpec
@@ -199,13 +200,6 @@ class BBTv2Tuner(Tuner):
 
     def _prepare(self, inputs: TunerInputs) -> TunerInputs:
         cfg = inputs.config or TuneConfig(method=METHOD)
-        if cfg.sessions == "on":
-            # A projection session holds one A and takes [P, d] z's; deep prompts go on the
-            # full-prompt path (docs/bbtv2.md says what a session would need).
-            raise ConfigurationError(
-                "--sessions on does not apply to --method bbtv2: its deep prompts are sent "
-                "whole; use --sessions auto or off"
-            )
         info = inputs.service.model_info()
         stds = require_deep(info)
         self.num_layers = len(stds)
@@ -261,7 +255,8 @@ class BBTv2Tuner(Tuner):
         else:
             deep[0] = p0
         self.deep_evaluator = DeepEvaluator(service, DeepProjection(self.layer_recipes), deep)
-        return self.deep_evaluator
+        # Through a deep projection session (protocol 1.5) when the service offers one.
+        return choose_deep_evaluator(self.deep_evaluator, self.config.sessions)
 
     @property
     def deep_projection(self) -> DeepProjection:

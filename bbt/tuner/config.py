@@ -51,6 +51,11 @@ class TuneConfig:
     patience: int | None = None
     # Stop when the dev selection has not improved for this many calls (bbt.tuner.stopping).
     patience_calls: int | None = None
+    # Stop when an upper confidence bound on the next stop_window dev checks' gain is below
+    # this (a metric difference), once stop_min_calls are spent (bbt.tuner.stopping).
+    stop_ucb: float | None = None
+    stop_window: int = 4
+    stop_min_calls: int = 0
     seed: int = DEFAULT_SEED
     projection: Distribution = "normal"
     eval_initial: bool = True
@@ -130,6 +135,10 @@ class TuneConfig:
             problems.append("patience must be at least 1 dev evaluation (or unset)")
         if self.patience_calls is not None and self.patience_calls < 1:
             problems.append("patience_calls must be at least 1 API call (or unset)")
+        if self.stop_ucb is not None and not (math.isfinite(self.stop_ucb) and self.stop_ucb > 0):
+            problems.append("stop_ucb must be a positive metric difference (or unset)")
+        if self.stop_window < 2 or self.stop_min_calls < 0:
+            problems.append("stop_window must be at least 2 dev checks, stop_min_calls >= 0")
         return problems
 
     def _choice_problems(self) -> list[str]:

@@ -61,6 +61,10 @@ HELP: dict[str, str] = {
     "eval_every": "Score the best candidate on dev every N calls.",
     "patience": "Stop after N dev evaluations without gain.",
     "patience_calls": "Stop when dev has not improved for N calls (checked every eval_every).",
+    "stop_ucb": "Stop when an upper confidence bound on the dev gain of the next --stop-window "
+    "checks, from the last ones' gains, is below this (0.01 = one accuracy point).",
+    "stop_window": "Dev checks the --stop-ucb rule looks back on and ahead to.",
+    "stop_min_calls": "--stop-ucb never stops a run before this many calls.",
     "eval_mean": "Also score the CMA-ES mean on dev at each check (one more dev call).",
     "method": "bbt (a prompt at the input) or bbtv2 (a prompt at every layer, layers tuned in "
     "turn; needs a server with deep prompts, e.g. bbt's own).",

@@ -468,7 +468,7 @@ class Tuner:
         p = self.config.patience
         if p is not None and st.stale_evals >= p and st.stop_reason is None:
             st.stop_reason = "early_stopping"
-        stopping.after_dev_check(st, improved, self.config.patience_calls)
+        stopping.after_dev_check(st, improved, self.config.patience_calls, self.config)
 
     @property
     def last_mean(self) -> Candidate | None:

@@ -119,3 +119,9 @@ def test_bbtv2_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert data["ratio_deep_over_shallow"] > 0
     session = data["session_bytes_per_candidate"]
     assert session["bbtv2_all_layers_z"] > session["bbtv2_active_layer_z"]
+    measured = data["measured_bytes"]  # the client's usage counters, per candidate
+    v2_sess = measured["bbtv2 sessions=on"]["per_candidate"]
+    assert v2_sess < measured["bbtv2 sessions=off"]["per_candidate"]
+    assert (
+        measured["bbt sessions=on"]["per_candidate"] < measured["bbt sessions=off"]["per_candidate"]
+    )

@@ -113,6 +113,20 @@ def test_http_plan_matches_the_real_run_byte_for_byte(
     assert re.search(r"wall time: about .*estimate", plan)
 
 
+def test_bbtv2_http_plan_over_a_deep_session_matches_the_real_run_byte_for_byte(
+    tmp_path: Path, live_mock_server_factory: Callable[..., str]
+) -> None:
+    # Protocol 1.5: the plan sends what a BBTv2 generation sends through a deep session.
+    url = live_mock_server_factory(backend=MockBackend(hidden_size=32, num_layers=3))
+    args = [*SMALL, "--method", "bbtv2", "--budget", "40", "--eval-every", "16"]
+    plan, usage, _ = _dry_and_real([*args, "--base-url", url], tmp_path / "run")
+    assert _figure(plan, "API calls") == usage["calls"]
+    assert _figure(plan, "requests") == usage["requests"]
+    assert _figure(plan, "bytes up") == usage["bytes_sent"]
+    full, _, _ = _dry_and_real([*args, "--sessions", "off", "--base-url", url], tmp_path / "f")
+    assert usage["bytes_sent"] < _figure(full, "bytes up") / 2
+
+
 def test_body_limit_is_named_as_the_reason(
     tmp_path: Path, live_mock_server_factory: Callable[..., str]
 ) -> None:

@@ -99,12 +99,13 @@ def test_a_service_without_deep_prompts_is_refused(mock_task: Task, split: Split
     assert svc.usage.calls == 0
 
 
-def test_sessions_on_is_refused_and_auto_sends_whole_deep_prompts(
+def test_sessions_on_opens_a_deep_session_and_auto_in_process_sends_whole_deep_prompts(
     mock_task: Task, split: Split
 ) -> None:
+    # Protocol 1.5: deep sessions (tests/tuner/test_deep_sessions.py checks the results).
     train, dev = split
-    with pytest.raises(ConfigurationError, match="sessions"):
-        BBTv2Tuner(deep_service(), mock_task, train, dev, v2_config(sessions="on"))
+    on = BBTv2Tuner(deep_service(), mock_task, train, dev, v2_config(sessions="on"))
+    assert getattr(on.evaluator, "session", None) is not None
     tuner = BBTv2Tuner(deep_service(), mock_task, train, dev, v2_config(sessions="auto"))
     assert getattr(tuner.evaluator, "session", None) is None
 

@@ -152,3 +152,97 @@ def test_a_stopped_run_is_a_prefix_of_the_full_run(mock_task: Task, split: Split
             stop = r.calls
             break
     assert stop == res.calls
+
+
+# --------------------------------------------------------------------------- --stop-ucb
+
+
+def test_the_bound_reads_the_recent_gains() -> None:
+    from bbt.tuner.stopping import UCB_Z, ucb_gain
+
+    assert ucb_gain([0.5, 0.5, 0.5], window=3) is None  # three gains needed
+    assert ucb_gain([0.5] * 5, window=4) == 0.0  # flat: nothing to expect
+    steady = ucb_gain([0.50, 0.51, 0.52, 0.53, 0.54], window=4)
+    assert steady == pytest.approx(4 * 0.01)  # no spread: 4 checks of 0.01
+    jump = ucb_gain([0.5, 0.5, 0.5, 0.5, 0.6], window=4)
+    spread = ((3 * 0.025**2 + 0.075**2) / 3) ** 0.5  # gains 0, 0, 0, 0.1: sample std
+    assert jump == pytest.approx(4 * (0.025 + UCB_Z * spread / 2))
+    assert ucb_gain([0.5, 0.5, 0.5, 0.5, 0.6], window=4, checks_left=1) == pytest.approx(jump / 4)
+
+
+def test_the_rule_waits_for_min_calls_and_a_full_window() -> None:
+    from bbt.tuner.stopping import ucb_stop_due
+
+    flat = [0.5] * 6
+    assert ucb_stop_due(flat, 100, 400, 20, 0.01, 4, min_calls=0)
+    assert not ucb_stop_due(flat, 100, 400, 20, 0.01, 4, min_calls=120)
+    assert not ucb_stop_due(flat[:4], 100, 400, 20, 0.01, 4, min_calls=0)
+    rising = [0.5, 0.52, 0.54, 0.56, 0.58]
+    assert not ucb_stop_due(rising, 100, 400, 20, 0.01, 4, min_calls=0)
+    assert ucb_stop_due(rising, 100, 400, 20, 0.1, 4, min_calls=0)  # gains below 0.1
+
+
+def test_stop_ucb_must_be_positive() -> None:
+    with pytest.raises(ConfigurationError, match="stop_ucb"):
+        TuneConfig(stop_ucb=0.0)
+    with pytest.raises(ConfigurationError, match="stop_window"):
+        TuneConfig(stop_ucb=0.01, stop_window=1)
+
+
+def test_a_ucb_stopped_run_is_a_prefix_of_the_full_run_and_says_what_it_saved(
+    mock_task: Task, split: Split, tmp_path: Path
+) -> None:
+    from bbt.tuner.stopping import DEV_CURVE, ucb_stop_due
+
+    train, dev = _dev_stuck(mock_task, split)
+    full: list[GenerationRecord] = []
+    part: list[GenerationRecord] = []
+    service = LocalClient(MockBackend(hidden_size=H))
+    tune_run(
+        service,
+        mock_task,
+        train,
+        dev,
+        small_config(budget=400, eval_every=8),
+        callbacks=[full.append],
+    )
+    cfg = small_config(budget=400, eval_every=8, stop_ucb=0.01, stop_window=3, stop_min_calls=96)
+    res = tune_run(
+        service, mock_task, train, dev, cfg, run_dir=tmp_path / "r", callbacks=[part.append]
+    )
+    assert res.stop_reason == "ucb"
+    assert 96 <= res.calls < 400  # never before stop_min_calls
+    assert res.calls_saved == 400 - res.calls
+    manifest = read_manifest(tmp_path / "r")
+    assert manifest["config"]["stop_ucb"] == 0.01
+    assert manifest["result"]["calls_saved"] == res.calls_saved
+    keys = ("calls", "loss_min", "best_loss", "dev_metric", "selected_calls", "best_dev_metric")
+    assert [[getattr(r, k) for k in keys] for r in part] == [
+        [getattr(r, k) for k in keys] for r in full[: len(part)]
+    ]
+    # Replaying the rule over the full run's improvement curve stops at the same call.
+    assert res.initial_dev_metric is not None
+    curve = [res.initial_dev_metric]
+    stop = None
+    for r in full:
+        if r.best_dev_metric is None:
+            continue
+        curve.append(r.best_dev_metric)
+        if ucb_stop_due(curve, r.calls, 400, 8, 0.01, 3, 96):
+            stop = r.calls
+            break
+    assert stop == res.calls
+    assert DEV_CURVE not in manifest["config"]
+
+
+def test_the_cli_summary_says_what_ucb_saved(tmp_path: Path) -> None:
+    from bbt.cli import app
+
+    args = ["tune", "--task", "mock", "--mock", "--out", str(tmp_path / "r"), "--budget", "400"]
+    args += ["--dim", "20", "--popsize", "8", "--eval-every", "8", "--stop-ucb", "0.5"]
+    args += ["--stop-window", "2", "--stop-min-calls", "48"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    saved = read_manifest(tmp_path / "r")["result"]["calls_saved"]
+    assert saved > 0
+    assert f"stop: ucb, {saved} calls saved" in r.output
