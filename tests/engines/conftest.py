@@ -9,6 +9,7 @@ calls the script. Elsewhere nothing here is collected."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,18 @@ def _real_vllm() -> bool:
 
 def _real_sglang() -> bool:
     # find_spec of the top-level package runs nothing (SGLang's __init__ imports triton).
-    return importlib.util.find_spec("sglang") is not None
+    # Under pytest's default import mode ``tests/`` is on sys.path and ``tests/sglang`` (bbt's
+    # own adapter tests) is found as "sglang": only a package with SGLang's sources counts.
+    try:
+        spec = importlib.util.find_spec("sglang")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(
+        (Path(p) / "srt" / "managers" / "io_struct.py").is_file()
+        for p in spec.submodule_search_locations
+    )
 
 
 collect_ignore_glob = [

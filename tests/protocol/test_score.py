@@ -29,7 +29,8 @@ def test_1_6_is_spoken_and_negotiated() -> None:
     assert "1.4" in SUPPORTED_VERSIONS
     assert "1.6" in SUPPORTED_VERSIONS
     assert negotiate("1.6") == "1.6"
-    assert negotiate("1.5") == "1.4"  # 1.5 is not this package's (yet)
+    assert "1.5" in SUPPORTED_VERSIONS
+    assert negotiate("1.5") == "1.5"
     assert negotiate("1.7") == "1.6"
 
 
