@@ -8,6 +8,7 @@ so a method never counts its own cost.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +70,20 @@ class Predictor(Protocol):
     def predict(self, examples: Sequence[Example]) -> IntArray:
         """The predicted class index of every example."""
         ...
+
+
+class Classifier(ABC):
+    """A :class:`Predictor` of a method: no rows get no predictions (and cost no service
+    call); :meth:`predict_rows` classifies a non-empty batch."""
+
+    def predict(self, examples: Sequence[Example]) -> IntArray:
+        if not examples:
+            return np.zeros(0, dtype=np.int64)
+        return self.predict_rows(examples)
+
+    @abstractmethod
+    def predict_rows(self, examples: Sequence[Example]) -> IntArray:
+        """The predicted class index of every example of a non-empty batch."""
 
 
 @dataclass

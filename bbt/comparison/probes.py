@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bbt.client.service import FeatureService, offers_features
-from bbt.comparison.base import CompareContext, ComparisonError, Fitted, IntArray, Kind
+from bbt.comparison.base import Classifier, CompareContext, ComparisonError, Fitted, IntArray, Kind
 from bbt.comparison.prompting import labels_of, render_inputs
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task
@@ -36,14 +36,12 @@ def features_of(
 
 
 @dataclass
-class ProbePredictor:
+class ProbePredictor(Classifier):
     service: FeatureService
     task: Task
     model: Any
 
-    def predict(self, examples: Sequence[Example]) -> IntArray:
-        if not examples:
-            return np.zeros(0, dtype=np.int64)
+    def predict_rows(self, examples: Sequence[Example]) -> IntArray:
         x = features_of(self.service, self.task, examples)
         return np.asarray(self.model.predict(x), dtype=np.int64)
 

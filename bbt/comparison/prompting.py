@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bbt.client import Service
-from bbt.comparison.base import CompareContext, Fitted, IntArray, Kind
+from bbt.comparison.base import Classifier, CompareContext, Fitted, IntArray, Kind
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task, verbalizer_ids
 
@@ -40,13 +40,11 @@ def labels_of(examples: Sequence[Example]) -> IntArray:
 
 
 @dataclass
-class TemplatePredictor:
+class TemplatePredictor(Classifier):
     service: Service
     task: Task
 
-    def predict(self, examples: Sequence[Example]) -> IntArray:
-        if not examples:
-            return np.zeros(0, dtype=np.int64)
+    def predict_rows(self, examples: Sequence[Example]) -> IntArray:
         texts = render_inputs(self.task, self.service, examples)
         return np.asarray(zero_prompt_logits(self.service, self.task, texts).argmax(-1), np.int64)
 
@@ -123,7 +121,7 @@ class ManualSelect:
 
 
 @dataclass
-class DemoPredictor:
+class DemoPredictor(Classifier):
     service: Service
     task: Task
     demos: list[str]
@@ -146,9 +144,7 @@ class DemoPredictor:
             n -= 1
         return query
 
-    def predict(self, examples: Sequence[Example]) -> IntArray:
-        if not examples:
-            return np.zeros(0, dtype=np.int64)
+    def predict_rows(self, examples: Sequence[Example]) -> IntArray:
         queries = render_inputs(self.task, self.service, examples)
         texts = [self._fit_demos(q) for q in queries]
         return np.asarray(zero_prompt_logits(self.service, self.task, texts).argmax(-1), np.int64)

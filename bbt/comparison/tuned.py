@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bbt.comparison.base import (
+    Classifier,
     CompareContext,
     ComparisonError,
     CurvePoint,
@@ -26,12 +27,10 @@ from bbt.tuner.records import GenerationRecord
 
 
 @dataclass
-class TunedPredictor:
+class TunedPredictor(Classifier):
     prompt: TunedPrompt
 
-    def predict(self, examples: Sequence[Example]) -> IntArray:
-        if not examples:
-            return np.zeros(0, dtype=np.int64)
+    def predict_rows(self, examples: Sequence[Example]) -> IntArray:
         preds = self.prompt.predict([dict(e.fields) for e in examples])
         return np.array([p.index for p in preds], dtype=np.int64)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bbt.comparison.base import CompareContext, ComparisonError, Fitted, IntArray, Kind
+from bbt.comparison.base import Classifier, CompareContext, ComparisonError, Fitted, IntArray, Kind
 from bbt.tuner.data import Example
 
 
@@ -31,12 +31,10 @@ def _whitebox() -> Any:
 
 
 @dataclass
-class WhiteboxPredictor:
+class WhiteboxPredictor(Classifier):
     result: Any
 
-    def predict(self, examples: Sequence[Example]) -> IntArray:
-        if not examples:
-            return np.zeros(0, dtype=np.int64)
+    def predict_rows(self, examples: Sequence[Example]) -> IntArray:
         return np.asarray(self.result.predict(list(examples)), dtype=np.int64)
 
 

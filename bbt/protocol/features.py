@@ -25,11 +25,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from bbt.protocol._models import ErrorType, ModelInfo, Usage
+from bbt.protocol._models import ModelInfo, Usage
 from bbt.protocol._tensor import DType, Tensor, TensorDecodeError
 from bbt.protocol.session_requests import decode_bounded_z
 from bbt.protocol.validate import (
     ProtocolViolation,
+    capability_missing,
     check_batch,
     check_dtype,
     check_model,
@@ -155,11 +156,12 @@ def check_session_features(
 
 def no_features(model_id: str) -> ProtocolViolation:
     """What a server (or a client, before sending) says when the model serves no features."""
-    return ProtocolViolation(
-        f"model {model_id!r} does not serve features (no {FEATURES_CAPABILITY!r} capability; "
-        f"it needs protocol {FEATURES_SINCE} and a backend that offers them)",
-        field="model",
-        error_type=ErrorType.not_found,
+    return capability_missing(
+        model_id,
+        "does not serve features",
+        FEATURES_CAPABILITY,
+        FEATURES_SINCE,
+        "a backend that offers them",
     )
 
 

@@ -26,8 +26,13 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bbt.protocol._models import ErrorType, ModelInfo, Usage
-from bbt.protocol.validate import ProtocolViolation, check_batch, check_model
+from bbt.protocol._models import ModelInfo, Usage
+from bbt.protocol.validate import (
+    ProtocolViolation,
+    capability_missing,
+    check_batch,
+    check_model,
+)
 
 #: The capability a server lists in ``ModelInfo.capabilities`` when it answers scores.
 SCORE_CAPABILITY = "score"
@@ -79,11 +84,12 @@ def check_score_answer(
 
 def no_score(model_id: str) -> ProtocolViolation:
     """What a server (or a client, before sending) says when the model answers no scores."""
-    return ProtocolViolation(
-        f"model {model_id!r} returns no prompt log-probabilities (no {SCORE_CAPABILITY!r} "
-        f"capability; it needs protocol {SCORE_SINCE} and a causal LM backend that offers it)",
-        field="model",
-        error_type=ErrorType.not_found,
+    return capability_missing(
+        model_id,
+        "returns no prompt log-probabilities",
+        SCORE_CAPABILITY,
+        SCORE_SINCE,
+        "a causal LM backend that offers it",
     )
 
 

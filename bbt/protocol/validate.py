@@ -53,6 +53,20 @@ def check_model(model: str, info: ModelInfo) -> None:
         )
 
 
+def capability_missing(
+    model_id: str, lacks: str, capability: str, since: str, needs: str
+) -> ProtocolViolation:
+    """What a server (or a client, before sending) says when the model lacks an optional
+    capability: ``model 'm' <lacks> (no 'cap' capability; it needs protocol <since> and
+    <needs>)``, as a 404 on ``model``."""
+    return ProtocolViolation(
+        f"model {model_id!r} {lacks} (no {capability!r} capability; it needs protocol "
+        f"{since} and {needs})",
+        field="model",
+        error_type=ErrorType.not_found,
+    )
+
+
 def check_dtype(dtype: str, info: ModelInfo, field: str, what: str = "dtype") -> None:
     """A tensor (or answer) element type the model does not list: a violation on ``field``."""
     if dtype not in info.dtypes:

@@ -58,15 +58,14 @@ from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.optimizers import LayerSchedule, LayerwiseOptimizer, OptimizerSpec
 from bbt.tuner.projection import Projection, ProjectionRecipe
 from bbt.tuner.tuner import (
+    F32,
+    F64,
     NONFINITE_PENALTY,
     Candidate,
     GenerationRecord,
     TuneConfig,
     Tuner,
 )
-
-F32 = np.ndarray[Any, np.dtype[np.float32]]
-F64 = np.ndarray[Any, np.dtype[np.float64]]
 
 METHOD = "bbtv2"
 

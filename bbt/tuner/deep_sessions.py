@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bbt.client import Service, SessionService
-from bbt.errors import APIStatusError, BBTError, ConfigurationError, ProtocolError
+from bbt.errors import APIStatusError, ConfigurationError, ProtocolError
 from bbt.protocol import DEEP_SESSIONS_CAPABILITY
-from bbt.tuner.evaluator import SESSIONS_MODES, Evaluator, offers_sessions
+from bbt.tuner.evaluator import SESSIONS_MODES, Evaluator, close_session, offers_sessions
 
 if TYPE_CHECKING:
     from bbt.tuner.bbtv2 import DeepEvaluator
@@ -67,10 +67,7 @@ class DeepSessionEvaluator(Evaluator):
         return self.service.session_logits(self.session, zz, texts, candidate_ids)
 
     def close(self) -> None:
-        try:
-            self.service.close_session(self.session)
-        except BBTError as exc:  # it expires by itself: never fail a finished run for it
-            log.warning("could not close the deep projection session: %s", exc)
+        close_session(self.service, self.session, "deep projection session")
 
 
 def offers_deep_sessions(service: Service) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bbt.client import Service, SessionService
+from bbt.client import ProjectionSession, Service, SessionService
 from bbt.errors import APIStatusError, BBTError, ConfigurationError, ProtocolError
 from bbt.tuner.projection import Projection, ProjectionRecipe
 
@@ -137,10 +137,16 @@ class SessionEvaluator(_LocalProjection):
         return self.service.session_logits(self.session, z, texts, candidate_ids)
 
     def close(self) -> None:
-        try:
-            self.service.close_session(self.session)
-        except BBTError as exc:  # it expires by itself: never fail a finished run for it
-            log.warning("could not close the projection session: %s", exc)
+        close_session(self.service, self.session, "projection session")
+
+
+def close_session(service: SessionService, session: ProjectionSession, what: str) -> None:
+    """Close ``session``, logging (not raising) a failure: it expires by itself, and a
+    finished run must never fail for it."""
+    try:
+        service.close_session(session)
+    except BBTError as exc:
+        log.warning("could not close the %s: %s", what, exc)
 
 
 def offers_sessions(service: Service) -> bool:
