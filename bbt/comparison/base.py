@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from bbt.client import Service
+from bbt.client import Service, UsageStats
 from bbt.errors import BBTError
 from bbt.tuner.data import Example
 from bbt.tuner.tasks import Task
@@ -121,6 +121,18 @@ class Usage:
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+
+    @classmethod
+    def spent(cls, delta: UsageStats, seconds: float) -> Usage:
+        """The phase whose service usage counters moved by ``delta`` in ``seconds``."""
+        return cls(
+            calls=delta.calls,
+            requests=delta.requests,
+            input_tokens=delta.tokens,
+            bytes_sent=delta.bytes_sent,
+            bytes_received=delta.bytes_received,
+            seconds=seconds,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

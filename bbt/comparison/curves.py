@@ -86,12 +86,4 @@ class HeldOutCurve:
         self.points.append(CurvePoint(tuner.calls, spent.tokens, metric, "test"))
 
     def as_usage(self) -> Usage:
-        u = self.usage
-        return Usage(
-            calls=u.calls,
-            requests=u.requests,
-            input_tokens=u.tokens,
-            bytes_sent=u.bytes_sent,
-            bytes_received=u.bytes_received,
-            seconds=self.seconds,
-        )
+        return Usage.spent(self.usage, self.seconds)

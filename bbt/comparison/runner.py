@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bbt.client import Service, UsageStats
+from bbt.client import Service
 from bbt.comparison.base import (
     CompareContext,
     ComparisonError,
@@ -52,18 +52,6 @@ class Comparison:
     n_test: int = 0
 
 
-def usage_of(delta: UsageStats, seconds: float) -> Usage:
-    return Usage(
-        calls=delta.calls,
-        requests=delta.requests,
-        input_tokens=delta.tokens,
-        output_tokens=0,
-        bytes_sent=delta.bytes_sent,
-        bytes_received=delta.bytes_received,
-        seconds=seconds,
-    )
-
-
 def held_out_split(
     data: Sequence[Example], test: Sequence[Example] | None, n_test: int, seed: int
 ) -> tuple[list[Example], list[Example]]:
@@ -100,12 +88,12 @@ def run_method(
     try:
         fitted = method.fit(ctx)
         mid, t1 = svc.usage.copy(), time.perf_counter()
-        run.fit = usage_of(mid - start, t1 - t0)
+        run.fit = Usage.spent(mid - start, t1 - t0)
         if fitted.curve_usage is not None:
             run.curve_eval = fitted.curve_usage
             run.fit = _minus(run.fit, fitted.curve_usage)
         pred = fitted.predictor.predict(test)
-        run.evaluation = usage_of(svc.usage - mid, time.perf_counter() - t1)
+        run.evaluation = Usage.spent(svc.usage - mid, time.perf_counter() - t1)
     except ComparisonError:
         raise
     except BBTError as exc:

@@ -74,19 +74,10 @@ def no_registry() -> ProtocolViolation:
 
 
 def stored_prompt(record: PromptRecord, shared: bool = False) -> StoredPrompt:
-    return StoredPrompt(
-        id=record.id,
-        model=record.model,
-        kind=record.kind,
-        shape=list(record.shape),
-        nbytes=record.nbytes,
-        sha256=record.sha256,
-        label=record.label,
-        recipe=dict(record.recipe),
-        created_at=record.created_at,
-        damaged=record.damaged,
-        shared=shared,
-    )
+    """The wire metadata of ``record``: its attributes of the same names as StoredPrompt's
+    fields (``stored_bytes``, the row's share of the key's bounds, stays on the server)."""
+    prompt = StoredPrompt.model_validate(record, from_attributes=True)
+    return prompt.model_copy(update={"shared": True}) if shared else prompt
 
 
 class StorageUnavailable(ProtocolViolation):

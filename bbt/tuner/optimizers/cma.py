@@ -293,4 +293,28 @@ class CMAOptimizer:
         self._continue_from(self._es)  # see the module docstring
 
 
+class AroundCMA:
+    """The part of the protocol an optimiser built around one inner CMA-ES run
+    (``_inner``, under ``_spec``) takes from it: the spec's dimension, the run's population,
+    step size and mean. IPOP restarts that run; the GP surrogate filters its candidates."""
+
+    _spec: OptimizerSpec
+    _inner: CMAOptimizer
+
+    @property
+    def dim(self) -> int:
+        return self._spec.dim
+
+    @property
+    def popsize(self) -> int:
+        return self._inner.popsize
+
+    @property
+    def sigma(self) -> float:
+        return self._inner.sigma
+
+    def mean(self) -> F64:
+        return self._inner.mean()
+
+
 register("cma", CMAOptimizer.from_spec)

@@ -38,7 +38,7 @@ import numpy as np
 
 from bbt.errors import ConfigurationError
 from bbt.tuner.optimizers.base import OptimizerSpec, checked_losses, register
-from bbt.tuner.optimizers.cma import CMAOptimizer, pycma_context
+from bbt.tuner.optimizers.cma import AroundCMA, CMAOptimizer, pycma_context
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -56,7 +56,7 @@ def _sklearn_gp() -> Any:
     return gaussian_process
 
 
-class GPOptimizer:
+class GPOptimizer(AroundCMA):
     """CMA-ES whose candidates a Gaussian process pre-selects (see the module docstring)."""
 
     def __init__(
@@ -76,7 +76,7 @@ class GPOptimizer:
         self._kappa = kappa
         self._min_points = 2 * spec.popsize if min_points is None else min_points
         self._max_points = max_points
-        self._cma = CMAOptimizer.from_spec(spec)
+        self._inner = CMAOptimizer.from_spec(spec)
         seq = np.random.SeedSequence([spec.sampler_seed, 0x6770])
         self._rng = np.random.Generator(np.random.PCG64(seq))
         self._x: F64 = np.zeros((0, spec.dim))
@@ -96,32 +96,19 @@ class GPOptimizer:
 
     # ------------------------------------------------------------------ the protocol
 
-    @property
-    def dim(self) -> int:
-        return self._spec.dim
-
-    @property
-    def popsize(self) -> int:
-        return self._spec.popsize
-
-    @property
-    def sigma(self) -> float:
-        return self._cma.sigma
+    # dim, popsize, sigma and mean: AroundCMA (its inner run's population is the spec's)
 
     @property
     def pending(self) -> F64 | None:
         return self._pending
 
-    def mean(self) -> F64:
-        return self._cma.mean()
-
     def stop(self) -> dict[str, Any]:
-        return self._cma.stop()
+        return self._inner.stop()
 
     def ask(self) -> F64:
         if self._pending is not None:
             return self._pending
-        pop = self._cma.ask()
+        pop = self._inner.ask()
         p = pop.shape[0]
         self._cma_pop = pop
         self._rows = np.arange(p, dtype=np.int64)
@@ -157,9 +144,9 @@ class GPOptimizer:
         p = pop.shape[0]
         extra = (self._pool_factor - 1) * p
         with pycma_context():
-            stds = np.asarray(self._cma.es.stds, dtype=np.float64)
+            stds = np.asarray(self._inner.es.stds, dtype=np.float64)
         draws = self._rng.standard_normal((extra, self.dim))
-        more = self._cma.mean() + draws * stds
+        more = self._inner.mean() + draws * stds
         bound = self._spec.bound
         if bound is not None:
             more = np.clip(more, -bound, bound)
@@ -181,7 +168,7 @@ class GPOptimizer:
         pop, values = checked_losses(self._pending, losses)
         rows = self._rows
         cma_losses = np.where(rows >= 0, values[np.maximum(rows, 0)], self._predicted)
-        self._cma.tell(cma_losses)
+        self._inner.tell(cma_losses)
         x = np.concatenate([self._x, pop])[-self._max_points :]
         y = np.concatenate([self._y, values])[-self._max_points :]
         self._x, self._y = np.ascontiguousarray(x), np.ascontiguousarray(y)
@@ -196,7 +183,7 @@ class GPOptimizer:
         rng = self._rng.bit_generator.state
         return {
             "format": STATE_FORMAT,
-            "cma": self._cma.state_dict(),
+            "cma": self._inner.state_dict(),
             "x": self._x.copy(),
             "y": self._y.copy(),
             "rng": {
@@ -212,7 +199,7 @@ class GPOptimizer:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             got = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"not a GP-CMA-ES state (format {got!r})")
-        self._cma.load_state_dict(state["cma"])
+        self._inner.load_state_dict(state["cma"])
         self._x = np.array(state["x"], dtype=np.float64).reshape(-1, self.dim)
         self._y = np.array(state["y"], dtype=np.float64).reshape(-1)
         r = state["rng"]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bbt.tuner.optimizers.base import OptimizerSpec, register
-from bbt.tuner.optimizers.cma import CMAOptimizer, new_strategy
+from bbt.tuner.optimizers.cma import AroundCMA, CMAOptimizer, new_strategy
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -51,7 +51,7 @@ def restart_seed(sampler_seed: int, restart: int) -> int:
     return int(seq.generate_state(1, dtype=np.uint32)[0]) | 1
 
 
-class IPOPOptimizer:
+class IPOPOptimizer(AroundCMA):
     """CMA-ES with restarts at ``factor`` times the population (see the module docstring).
 
     Until its first restart it asks exactly what ``cma`` asks from the same spec.
@@ -89,18 +89,7 @@ class IPOPOptimizer:
 
     # ------------------------------------------------------------------ the protocol
 
-    @property
-    def dim(self) -> int:
-        return self._spec.dim
-
-    @property
-    def popsize(self) -> int:
-        """The current run's population (it grows at every restart)."""
-        return self._inner.popsize
-
-    @property
-    def sigma(self) -> float:
-        return self._inner.sigma
+    # dim, popsize (the current run's: it grows at every restart), sigma and mean: AroundCMA
 
     @property
     def pending(self) -> F64 | None:
@@ -110,9 +99,6 @@ class IPOPOptimizer:
     def restarts(self) -> int:
         """How many times the search restarted."""
         return self._restarts
-
-    def mean(self) -> F64:
-        return self._inner.mean()
 
     def stop(self) -> dict[str, Any]:
         """Nothing: a run that stops is restarted (the budget ends the search)."""
