@@ -206,3 +206,20 @@ def test_lone_surrogates_are_refused_as_invalid_requests(text: str) -> None:
 
 def test_non_ascii_text_that_is_valid_unicode_passes() -> None:
     check_logits_request(_req(np.zeros((1, 2, 4), np.float32), texts=["café ✓ [MASK]"]), INFO)
+
+
+def test_a_missing_capability_is_one_404_on_model_naming_what_it_needs() -> None:
+    from bbt.protocol.features import no_features
+    from bbt.protocol.score import no_score
+
+    features, score = no_features("m"), no_score("m")
+    assert features.message == (
+        "model 'm' does not serve features (no 'features' capability; it needs protocol 1.3 "
+        "and a backend that offers them)"
+    )
+    assert score.message == (
+        "model 'm' returns no prompt log-probabilities (no 'score' capability; it needs "
+        "protocol 1.6 and a causal LM backend that offers it)"
+    )
+    for exc in (features, score):
+        assert (exc.field, exc.error_type) == ("model", ErrorType.not_found)

@@ -74,3 +74,18 @@ def test_the_tuner_scores_only_through_its_evaluator(mock_task: Task, split: Spl
     assert ev.shapes.count((8, cfg.dim)) == tuner.generation == 6
     assert len(ev.shapes) == 1 + tuner.generation + tuner.dev_calls - 1
     assert set(ev.texts) == {len(split[0]), len(split[1])}
+
+
+def test_a_session_that_will_not_close_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bbt.errors import APIConnectionError
+    from bbt.tuner.evaluator import close_session
+
+    class Refusing:
+        def close_session(self, session: Any) -> None:
+            raise APIConnectionError("the server is gone")
+
+    with caplog.at_level("WARNING", logger="bbt.tuner"):
+        close_session(Refusing(), object(), "deep projection session")  # type: ignore[arg-type]
+    assert "could not close the deep projection session: the server is gone" in caplog.text
