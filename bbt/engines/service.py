@@ -204,10 +204,17 @@ class EngineService(SyncHTTPCore):
             else (read_config(config) if config else None)
         )
         self._config = cfg
-        facts = {k: options.get(k) for k in ("hidden_size", "embedding_std", "vocab_size")}
-        self._facts_given = tuple(facts.values())
+        given_facts = (
+            options.get("hidden_size"),
+            options.get("embedding_std"),
+            options.get("vocab_size"),
+        )
+        self._facts_given = given_facts
+        hidden, std, vocab = given_facts
         self._facts, self._table = apply_scale(
-            model_facts(config=cfg, table=table, **facts),
+            model_facts(
+                config=cfg, table=table, hidden_size=hidden, embedding_std=std, vocab_size=vocab
+            ),
             table,
             cfg,
             options.get("embedding_scale"),

@@ -3,15 +3,15 @@ which is where to import them from)."""
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from bbt.testing._fake_server import FakeServer, Route, serve_fake
 from bbt.testing._vllm_model import FakeError
-from bbt.testing._vllm_server import VLLMFake, serve_vllm_fake
 
 FAKE_BASE_URL = "http://sglang-fake.test"
 #: The SGLang release whose ``/generate`` the fake follows.
@@ -50,9 +50,10 @@ def _is(value: Any, kinds: type | tuple[type, ...]) -> bool:
     return isinstance(value, kinds)
 
 
-class SGLangFake(VLLMFake):
+class SGLangFake(FakeServer):
     """The fake server's logic: ``handle(method, path, headers, body) -> (status, headers,
-    JSON)``; the model, the ``httpx`` transport and the Starlette app are the vLLM fake's."""
+    JSON)``; the model is the vLLM fake's, the dispatch, ``httpx`` transport and Starlette
+    app the shared :class:`~bbt.testing._fake_server.FakeServer`'s."""
 
     def __init__(
         self,
@@ -67,42 +68,14 @@ class SGLangFake(VLLMFake):
 
     # ---------------------------------------------------------------- dispatch
 
-    def handle(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, str], Any]:
-        self._count(requests=1)
-        with self._lock:
-            fault = self.faults.pop(0) if self.faults else None
-        if fault is not None:
-            status, retry_after = fault
-            extra = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
-            return status, extra, {"error": {"message": "injected fault"}}
-        wrong_key = headers.get("authorization", "") != f"Bearer {self.api_key}"
-        if self.api_key is not None and wrong_key:
-            return 401, {}, {"error": "Unauthorized"}
-        try:
-            payload: Any = None
-            if method == "POST":
-                try:
-                    payload = json.loads(body or b"null")
-                except ValueError:
-                    raise FakeError(400, "request body is not valid JSON") from None
-                if not isinstance(payload, dict):
-                    raise FakeError(400, "request body must be a JSON object")
-                with self._lock:
-                    self.requests_seen.append({"path": path, "body": payload})
-            route = {
-                ("GET", "/server_info"): self._server_info,
-                ("GET", "/model_info"): self._model_info,
-                ("GET", "/v1/models"): self._models,
-                ("POST", "/tokenize"): self._tokenize,
-                ("POST", "/generate"): self._generate,
-            }.get((method, path))
-            if route is None:
-                return 404, {}, {"detail": "Not Found"}
-            return 200, {}, route(payload)
-        except FakeError as exc:
-            return exc.status, {}, {"error": {"message": exc.message}}
+    def routes(self) -> Mapping[tuple[str, str], Route]:
+        return {
+            ("GET", "/server_info"): self._server_info,
+            ("GET", "/model_info"): self._model_info,
+            ("GET", "/v1/models"): self._models,
+            ("POST", "/tokenize"): self._tokenize,
+            ("POST", "/generate"): self._generate,
+        }
 
     def _server_info(self, _: Any) -> Any:
         if self.version is None:
@@ -252,4 +225,4 @@ class SGLangFake(VLLMFake):
 
 
 #: Serve an :class:`SGLangFake` with uvicorn on a free loopback port (yields its base URL).
-serve_sglang_fake = serve_vllm_fake
+serve_sglang_fake = serve_fake

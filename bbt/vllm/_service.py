@@ -30,6 +30,7 @@ from typing_extensions import Unpack
 
 from bbt.client import ClientSettings
 from bbt.client.request_plans import PlannedRequest
+from bbt.engines.model import require_torch
 from bbt.engines.service import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_SEQUENCES_PER_REQUEST,
@@ -58,7 +59,6 @@ from bbt.vllm._wire import (
     WireDType,
     encode_embeds,
     fill_candidates,
-    require_torch,
     status_error,
     token_logprobs,
 )
