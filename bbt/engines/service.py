@@ -380,10 +380,7 @@ class EngineService(SyncHTTPCore):
     # ---------------------------------------------------------------- scoring
 
     def logits(
-        self,
-        prompts: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        candidate_ids: Sequence[int],
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> FloatArray:
         ids = [int(i) for i in candidate_ids]
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -23,6 +23,28 @@ if TYPE_CHECKING:
 
 Route = Callable[[Any], Any]
 Answer = tuple[int, dict[str, str], Any]
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def route(method: str, path: str) -> Callable[[H], H]:
+    """Mark a :class:`FakeServer` method as the handler of ``method path`` (it takes the
+    request's JSON body, ``None`` for a GET, and returns the answer's JSON)."""
+
+    def mark(fn: H) -> H:
+        fn.__dict__["fake_route"] = (method, path)
+        return fn
+
+    return mark
+
+
+def _routes_of(cls: type) -> dict[tuple[str, str], str]:
+    """``(method, path) -> method name`` of the :func:`route`-marked methods of ``cls``
+    (found once, kept on the class itself)."""
+    if "_fake_routes" not in cls.__dict__:
+        marked = ((getattr(getattr(cls, n, None), "fake_route", None), n) for n in dir(cls))
+        cls._fake_routes = {where: name for where, name in marked if where is not None}  # type: ignore[attr-defined]
+    routes: dict[tuple[str, str], str] = cls.__dict__["_fake_routes"]
+    return routes
 
 
 class FakeServer(FakeModel):
@@ -30,8 +52,9 @@ class FakeServer(FakeModel):
     JSON)``, plus an ``httpx`` transport and a Starlette app over it."""
 
     def routes(self) -> Mapping[tuple[str, str], Route]:
-        """``(method, path) -> handler(parsed JSON body or None)``."""
-        raise NotImplementedError
+        """``(method, path) -> handler(parsed JSON body or None)``: the methods marked
+        with :func:`route` (a subclass's override replaces its base's)."""
+        return {key: getattr(self, name) for key, name in _routes_of(type(self)).items()}
 
     def error_body(self, exc: FakeError) -> Any:
         """The JSON of an error answer, as the engine writes it."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from bbt.testing._fake_server import FakeServer, Route, serve_fake
+from bbt.testing._fake_server import FakeServer, route, serve_fake
 from bbt.testing._vllm_model import FakeError
 
 FAKE_BASE_URL = "http://sglang-fake.test"
@@ -68,23 +67,17 @@ class SGLangFake(FakeServer):
 
     # ---------------------------------------------------------------- dispatch
 
-    def routes(self) -> Mapping[tuple[str, str], Route]:
-        return {
-            ("GET", "/server_info"): self._server_info,
-            ("GET", "/model_info"): self._model_info,
-            ("GET", "/v1/models"): self._models,
-            ("POST", "/tokenize"): self._tokenize,
-            ("POST", "/generate"): self._generate,
-        }
-
+    @route("GET", "/server_info")
     def _server_info(self, _: Any) -> Any:
         if self.version is None:
             raise FakeError(404, "Not Found")
         return {"version": self.version, "disable_radix_cache": self.disable_radix_cache}
 
+    @route("GET", "/model_info")
     def _model_info(self, _: Any) -> Any:
         return {"model_path": self.model_id, "is_generation": True, "model_type": "bbt-fake"}
 
+    @route("GET", "/v1/models")
     def _models(self, _: Any) -> Any:
         card = {
             "id": self.model_id,
@@ -95,6 +88,7 @@ class SGLangFake(FakeServer):
         }
         return {"object": "list", "data": [card]}
 
+    @route("POST", "/tokenize")
     def _tokenize(self, body: dict[str, Any]) -> Any:
         prompt = body.get("prompt")
         special = body.get("add_special_tokens", True)
@@ -192,6 +186,7 @@ class SGLangFake(FakeServer):
         if max_new is not None and max_new < 0:
             raise FakeError(400, f"max_new_tokens must be at least 0, got {max_new}.")
 
+    @route("POST", "/generate")
     def _generate(self, body: dict[str, Any]) -> Any:
         sequences = self.check_generate(body)
         single = not isinstance(body["input_embeds"][0][0], list)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from bbt.testing._fake_server import FakeServer, Route, serve_fake
+from bbt.testing._fake_server import FakeServer, route, serve_fake
 from bbt.testing._vllm_model import _BOS, FakeError, is_ids, prompt_logprobs_field
 
 FAKE_BASE_URL = "http://vllm-fake.test"
@@ -33,15 +33,6 @@ class VLLMFake(FakeServer):
 
     # ---------------------------------------------------------------- dispatch
 
-    def routes(self) -> Mapping[tuple[str, str], Route]:
-        return {
-            ("GET", "/version"): self._version,
-            ("GET", "/v1/models"): self._models,
-            ("POST", "/tokenize"): self._tokenize,
-            ("POST", "/v1/completions"): self._completions,
-            ("POST", "/v1/chat/completions"): self._chat,
-        }
-
     def error_body(self, exc: FakeError) -> Any:
         return _error_body(exc)
 
@@ -49,11 +40,13 @@ class VLLMFake(FakeServer):
         # vLLM's auth middleware guards the OpenAI routes (/v1/...) only.
         return path.startswith("/v1")
 
+    @route("GET", "/version")
     def _version(self, _: Any) -> Any:
         if self.version is None:
             raise FakeError(404, "Not Found")
         return {"version": self.version}
 
+    @route("GET", "/v1/models")
     def _models(self, _: Any) -> Any:
         return {
             "object": "list",
@@ -71,6 +64,7 @@ class VLLMFake(FakeServer):
             ],
         }
 
+    @route("POST", "/tokenize")
     def _tokenize(self, body: dict[str, Any]) -> Any:
         self._check_model(body)
         prompt = body.get("prompt")
@@ -193,6 +187,7 @@ class VLLMFake(FakeServer):
 
     # ---------------------------------------------------------------- completions
 
+    @route("POST", "/v1/completions")
     def _completions(self, body: dict[str, Any]) -> Any:
         self._check_model(body)
         k, ids = self._logprob_request(body, "logprobs", chat=False)
@@ -340,6 +335,7 @@ class VLLMFake(FakeServer):
         )
         return rendered, embeds
 
+    @route("POST", "/v1/chat/completions")
     def _chat(self, body: dict[str, Any]) -> Any:
         self._check_model(body)
         k, ids = self._logprob_request(body, "top_logprobs", chat=True)
