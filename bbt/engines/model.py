@@ -146,7 +146,7 @@ class ModelFacts:
     embedding_mean: float
     embedding_std: float
     std_source: str
-    #: What the engine multiplies token embeddings by (bbt.vllm._scale); 1 for most models.
+    #: What the engine multiplies token embeddings by (bbt.engines.scale); 1 for most models.
     embedding_scale: float = 1.0
 
 

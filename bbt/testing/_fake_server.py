@@ -38,10 +38,15 @@ def route(method: str, path: str) -> Callable[[H], H]:
 
 
 def _routes_of(cls: type) -> dict[tuple[str, str], str]:
-    """``(method, path) -> method name`` of the :func:`route`-marked methods of ``cls``
-    (found once, kept on the class itself)."""
+    """``(method, path) -> method name`` of the :func:`route`-marked methods of ``cls`` and
+    its bases (found once, kept on the class itself)."""
     if "_fake_routes" not in cls.__dict__:
-        marked = ((getattr(getattr(cls, n, None), "fake_route", None), n) for n in dir(cls))
+        # Bases first, so that a subclass's mark of a path replaces its base's.
+        marked = [
+            (getattr(value, "fake_route", None), name)
+            for klass in reversed(cls.__mro__)
+            for name, value in vars(klass).items()
+        ]
         cls._fake_routes = {where: name for where, name in marked if where is not None}  # type: ignore[attr-defined]
     routes: dict[tuple[str, str], str] = cls.__dict__["_fake_routes"]
     return routes
