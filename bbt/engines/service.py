@@ -144,6 +144,11 @@ class EngineService(SyncHTTPCore):
         dtype: str = "float32",
         **options: Unpack[EngineOptions],
     ) -> None:
+        unknown = sorted(set(options) - EngineOptions.__optional_keys__)
+        if unknown:  # as Python says of a misspelt keyword: **options must not hide one
+            raise TypeError(
+                f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}"
+            )
         settings = options.get("settings")
         if settings is None:
             settings = ClientSettings(

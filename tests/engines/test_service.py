@@ -130,6 +130,13 @@ def test_bad_options_are_settings_errors(kw: dict[str, Any], match: str) -> None
         toy(**kw)
 
 
+def test_a_misspelt_option_is_a_type_error_as_without_options() -> None:
+    with pytest.raises(
+        TypeError, match="Toy\\(\\) got an unexpected keyword argument 'embeddings'"
+    ):
+        toy(embeddings=TABLE)
+
+
 def test_an_engine_can_require_the_table() -> None:
     class NeedsTable(Toy):
         def _need_table(self) -> None:
