@@ -12,10 +12,39 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from bbt.errors import ConfigurationError
 
-__all__ = ["ENGINE_PREFIXES", "engine_of", "split_engine_url"]
+__all__ = [
+    "ENGINE_PREFIXES",
+    "TABLE_FLOAT_OPTIONS",
+    "TABLE_INT_OPTIONS",
+    "TABLE_URL_OPTIONS",
+    "engine_of",
+    "has_prefix",
+    "split_engine_url",
+]
 
 #: URL scheme prefixes that select an engine adapter, and the engine each names.
 ENGINE_PREFIXES: dict[str, str] = {"vllm+": "vllm", "sglang+": "sglang"}
+
+
+#: Query parameters every adapter's URL takes (the model's files and facts), and the keyword
+#: each sets; an adapter adds its own after them.
+TABLE_URL_OPTIONS: dict[str, str] = {
+    "config": "config",
+    "embeddings": "embedding_table",
+    "embedding_key": "embedding_key",
+    "hidden_size": "hidden_size",
+    "embedding_std": "embedding_std",
+    "vocab_size": "vocab_size",
+    "embedding_scale": "embedding_scale",
+}
+#: Which of those keywords take whole numbers, and which decimals.
+TABLE_INT_OPTIONS = frozenset({"hidden_size", "vocab_size", "max_concurrency"})
+TABLE_FLOAT_OPTIONS = frozenset({"embedding_std", "embedding_scale"})
+
+
+def has_prefix(url: str | None, prefix: str) -> bool:
+    """Whether ``url`` starts with the scheme prefix ``prefix`` (``"vllm+"``), in any case."""
+    return bool(url) and str(url).lower().startswith(prefix)
 
 
 def engine_of(url: str | None) -> str | None:

@@ -18,17 +18,24 @@ import httpx
 import numpy as np
 from pydantic import SecretStr
 
-from bbt.client.engine_urls import split_engine_url
+from bbt.client.engine_urls import (
+    TABLE_FLOAT_OPTIONS,
+    TABLE_INT_OPTIONS,
+    TABLE_URL_OPTIONS,
+    has_prefix,
+    split_engine_url,
+)
 from bbt.client.failures import error_for_status
 from bbt.client.redaction import redact
+from bbt.engines import codec as engine_codec
+from bbt.engines.codec import json_body
+from bbt.engines.model import ModelFacts
 from bbt.errors import (
     APIStatusError,
     ConfigurationError,
-    InvalidRequestError,
     ProtocolError,
 )
-from bbt.protocol import Limits, ModelInfo
-from bbt.vllm import ModelFacts
+from bbt.protocol import ModelInfo
 
 #: The URL scheme prefix that selects this adapter in ``bbt tune --base-url``.
 URL_SCHEME_PREFIX = "sglang+"
@@ -45,30 +52,24 @@ WIRE_DTYPES: tuple[WireDType, ...] = ("float32", "float16")
 
 #: Query parameters of a ``sglang+http://`` URL and the keyword each sets.
 URL_OPTIONS: dict[str, str] = {
-    "config": "config",
-    "embeddings": "embedding_table",
-    "embedding_key": "embedding_key",
-    "hidden_size": "hidden_size",
-    "embedding_std": "embedding_std",
-    "vocab_size": "vocab_size",
-    "embedding_scale": "embedding_scale",
+    **TABLE_URL_OPTIONS,
     "concurrency": "max_concurrency",
     "per_request": "sequences_per_request",
     "dtype": "dtype",
 }
-_INTS = frozenset({"hidden_size", "vocab_size", "max_concurrency", "sequences_per_request"})
-_FLOATS = frozenset({"embedding_std", "embedding_scale"})
+INT_OPTIONS = TABLE_INT_OPTIONS | {"sequences_per_request"}
+FLOAT_OPTIONS = TABLE_FLOAT_OPTIONS
 
 
 def is_sglang_url(url: str | None) -> bool:
-    return bool(url) and str(url).lower().startswith(URL_SCHEME_PREFIX)
+    return has_prefix(url, URL_SCHEME_PREFIX)
 
 
 def parse_sglang_url(url: str) -> tuple[str, dict[str, Any]]:
     """``sglang+http://host:30000?config=PATH&embeddings=PATH`` -> (``http://host:30000``,
     keyword arguments for :class:`~bbt.sglang.SGLangService`)."""
     return split_engine_url(
-        url, URL_SCHEME_PREFIX, URL_OPTIONS, ints=_INTS, floats=_FLOATS, engine="SGLang"
+        url, URL_SCHEME_PREFIX, URL_OPTIONS, ints=INT_OPTIONS, floats=FLOAT_OPTIONS, engine="SGLang"
     )
 
 
@@ -82,11 +83,6 @@ def parse_version(text: str) -> tuple[int, ...] | None:
 
 
 # --------------------------------------------------------------------------- wire
-
-
-def json_body(body: dict[str, Any]) -> bytes:
-    """A request body as sent: compact JSON."""
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 #: The longest text a number of each type takes (numpy's shortest repr, |x| < 1e8): what
@@ -111,18 +107,6 @@ def rows_json(rows: np.ndarray[Any, Any], dtype: WireDType) -> list[list[float]]
     """:func:`rows_text` as Python lists (the values the server reads)."""
     value: list[list[float]] = json.loads(rows_text(rows, dtype))
     return value
-
-
-def read_json(response: httpx.Response, secret: SecretStr | None) -> Any:
-    """The JSON of an SGLang answer; an error answer raised as :mod:`bbt.errors` says."""
-    if not response.is_success:
-        raise status_error(response, secret)
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise ProtocolError(
-            f"{response.request.url.path} answered with a body that is not JSON"
-        ) from exc
 
 
 def status_error(response: httpx.Response, secret: SecretStr | None) -> APIStatusError:
@@ -160,82 +144,14 @@ def explain(exc: APIStatusError, root: str) -> Exception:
 def model_info(card: dict[str, Any], facts: ModelFacts, per: int) -> ModelInfo:
     """bbt's :class:`ModelInfo` of a served model (one ``/v1/models`` card): one prompt on
     up to ``per`` texts per ``/generate`` request."""
-    max_len = int(card.get("max_model_len") or 2048)
-    limits = Limits(
-        max_prompts_per_request=1,
-        max_texts_per_request=per,
-        max_sequences_per_request=per,
-        max_prompt_tokens=max(1, max_len - 2),
-        max_candidates=max(1, min(facts.vocab_size, 4096)),
-        max_text_chars=max(1, max_len * 16),
-        max_embedding_ids=facts.vocab_size,
-        max_body_bytes=2**31 - 1,
-    )
-    return ModelInfo(
-        id=str(card["id"]),
-        kind="causal_lm",
-        hidden_size=facts.hidden_size,
-        vocab_size=facts.vocab_size,
-        num_layers=facts.num_layers,
-        max_sequence_length=max_len,
-        mask_token=None,
-        mask_token_id=None,
-        embedding_mean=facts.embedding_mean,
-        embedding_std=facts.embedding_std,
-        dtypes=["float32", "float16"],
-        limits=limits,
-    )
+    return engine_codec.model_info(card, facts, per, max(1, min(facts.vocab_size, 4096)))
 
 
 def check_job(info: ModelInfo, arr: np.ndarray[Any, Any], texts: list[str], ids: list[int]) -> None:
     """Refuse, before any request, a logits job SGLang cannot score."""
-    if arr.ndim != 3:
-        raise InvalidRequestError(
-            f"prompts must have shape [P, n, H]; got shape {list(arr.shape)}", field="prompts"
-        )
-    if arr.shape[0] == 0 or not texts or not ids:
-        raise InvalidRequestError("need at least one prompt, one text and one candidate id")
-    if arr.shape[2] != info.hidden_size:
-        raise InvalidRequestError(
-            f"prompts have hidden size {arr.shape[2]}; the model's is {info.hidden_size}",
-            field="prompts",
-        )
-    if not np.isfinite(arr).all():
-        raise InvalidRequestError("prompts hold NaN or infinite values", field="prompts")
-    if len(ids) > info.limits.max_candidates:
-        raise InvalidRequestError(
-            f"{len(ids)} candidate ids; at most {info.limits.max_candidates}",
-            field="candidate_ids",
-        )
-    if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= info.vocab_size:
-        raise InvalidRequestError(
-            "candidate ids must be distinct vocabulary ids", field="candidate_ids"
-        )
-    for j, t in enumerate(texts):
-        if not t:
-            raise InvalidRequestError(
-                "a causal LM is scored after the text: empty text", field=f"texts.{j}"
-            )
-
-
-def check_sequences(
-    info: ModelInfo, prefix: list[int], text_ids: list[list[int]], n: int, table_rows: int
-) -> None:
-    """Refuse sequences too long for the server, or ids the table does not hold."""
-    for j, tids in enumerate(text_ids):
-        length = len(prefix) + n + len(tids) + 1
-        if length > info.max_sequence_length:
-            raise InvalidRequestError(
-                f"text {j} needs {length} tokens with the prompt and the scored token; the "
-                f"server takes {info.max_sequence_length}",
-                field=f"texts.{j}",
-            )
-    for tids in [prefix, *text_ids]:
-        if tids and max(tids) >= table_rows:
-            raise ConfigurationError(
-                f"the server's tokenizer gave token id {max(tids)}, but the embedding table "
-                f"has {table_rows} rows: it is not the served model's input-embedding table"
-            )
+    engine_codec.check_job(
+        info, arr, texts, ids, lambda n: f"{n} candidate ids; at most {info.limits.max_candidates}"
+    )
 
 
 # --------------------------------------------------------------------------- bodies

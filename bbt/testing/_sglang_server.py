@@ -3,15 +3,14 @@ which is where to import them from)."""
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from typing import Any
 
 import numpy as np
 
+from bbt.testing._fake_server import FakeServer, route, serve_fake
 from bbt.testing._vllm_model import FakeError
-from bbt.testing._vllm_server import VLLMFake, serve_vllm_fake
 
 FAKE_BASE_URL = "http://sglang-fake.test"
 #: The SGLang release whose ``/generate`` the fake follows.
@@ -50,9 +49,10 @@ def _is(value: Any, kinds: type | tuple[type, ...]) -> bool:
     return isinstance(value, kinds)
 
 
-class SGLangFake(VLLMFake):
+class SGLangFake(FakeServer):
     """The fake server's logic: ``handle(method, path, headers, body) -> (status, headers,
-    JSON)``; the model, the ``httpx`` transport and the Starlette app are the vLLM fake's."""
+    JSON)``; the model is the vLLM fake's, the dispatch, ``httpx`` transport and Starlette
+    app the shared :class:`~bbt.testing._fake_server.FakeServer`'s."""
 
     def __init__(
         self,
@@ -67,51 +67,17 @@ class SGLangFake(VLLMFake):
 
     # ---------------------------------------------------------------- dispatch
 
-    def handle(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, str], Any]:
-        self._count(requests=1)
-        with self._lock:
-            fault = self.faults.pop(0) if self.faults else None
-        if fault is not None:
-            status, retry_after = fault
-            extra = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
-            return status, extra, {"error": {"message": "injected fault"}}
-        wrong_key = headers.get("authorization", "") != f"Bearer {self.api_key}"
-        if self.api_key is not None and wrong_key:
-            return 401, {}, {"error": "Unauthorized"}
-        try:
-            payload: Any = None
-            if method == "POST":
-                try:
-                    payload = json.loads(body or b"null")
-                except ValueError:
-                    raise FakeError(400, "request body is not valid JSON") from None
-                if not isinstance(payload, dict):
-                    raise FakeError(400, "request body must be a JSON object")
-                with self._lock:
-                    self.requests_seen.append({"path": path, "body": payload})
-            route = {
-                ("GET", "/server_info"): self._server_info,
-                ("GET", "/model_info"): self._model_info,
-                ("GET", "/v1/models"): self._models,
-                ("POST", "/tokenize"): self._tokenize,
-                ("POST", "/generate"): self._generate,
-            }.get((method, path))
-            if route is None:
-                return 404, {}, {"detail": "Not Found"}
-            return 200, {}, route(payload)
-        except FakeError as exc:
-            return exc.status, {}, {"error": {"message": exc.message}}
-
+    @route("GET", "/server_info")
     def _server_info(self, _: Any) -> Any:
         if self.version is None:
             raise FakeError(404, "Not Found")
         return {"version": self.version, "disable_radix_cache": self.disable_radix_cache}
 
+    @route("GET", "/model_info")
     def _model_info(self, _: Any) -> Any:
         return {"model_path": self.model_id, "is_generation": True, "model_type": "bbt-fake"}
 
+    @route("GET", "/v1/models")
     def _models(self, _: Any) -> Any:
         card = {
             "id": self.model_id,
@@ -122,6 +88,7 @@ class SGLangFake(VLLMFake):
         }
         return {"object": "list", "data": [card]}
 
+    @route("POST", "/tokenize")
     def _tokenize(self, body: dict[str, Any]) -> Any:
         prompt = body.get("prompt")
         special = body.get("add_special_tokens", True)
@@ -219,6 +186,7 @@ class SGLangFake(VLLMFake):
         if max_new is not None and max_new < 0:
             raise FakeError(400, f"max_new_tokens must be at least 0, got {max_new}.")
 
+    @route("POST", "/generate")
     def _generate(self, body: dict[str, Any]) -> Any:
         sequences = self.check_generate(body)
         single = not isinstance(body["input_embeds"][0][0], list)
@@ -252,4 +220,4 @@ class SGLangFake(VLLMFake):
 
 
 #: Serve an :class:`SGLangFake` with uvicorn on a free loopback port (yields its base URL).
-serve_sglang_fake = serve_vllm_fake
+serve_sglang_fake = serve_fake

@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-import httpx
 import numpy as np
 
-from bbt.testing._vllm_model import _BOS, FakeError, FakeModel, is_ids, prompt_logprobs_field
-
-if TYPE_CHECKING:
-    from starlette.applications import Starlette
+from bbt.testing._fake_server import FakeServer, route, serve_fake
+from bbt.testing._vllm_model import _BOS, FakeError, is_ids, prompt_logprobs_field
 
 FAKE_BASE_URL = "http://vllm-fake.test"
 #: vLLM's placeholder for a prompt_embeds part inside the rendered chat prompt.
@@ -31,55 +26,27 @@ NO_CHAT_TEMPLATE_ERROR = (
 )
 
 
-class VLLMFake(FakeModel):
+class VLLMFake(FakeServer):
     """The fake server's logic: ``handle(method, path, headers, body) -> (status, headers,
-    JSON)``, plus an ``httpx`` transport and a FastAPI app over it."""
+    JSON)``, plus an ``httpx`` transport and a Starlette app over it (see
+    :class:`~bbt.testing._fake_server.FakeServer`)."""
 
     # ---------------------------------------------------------------- dispatch
 
-    def handle(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, str], Any]:
-        self._count(requests=1)
-        with self._lock:
-            fault = self.faults.pop(0) if self.faults else None
-        if fault is not None:
-            status, retry_after = fault
-            extra = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
-            return status, extra, _error_body(FakeError(status, "injected fault"))
-        if self.api_key is not None and path.startswith("/v1"):
-            auth = headers.get("authorization", "")
-            if auth != f"Bearer {self.api_key}":
-                return 401, {}, {"error": "Unauthorized"}
-        try:
-            payload: Any = None
-            if method == "POST":
-                try:
-                    payload = json.loads(body or b"null")
-                except ValueError:
-                    raise FakeError(400, "request body is not valid JSON") from None
-                if not isinstance(payload, dict):
-                    raise FakeError(400, "request body must be a JSON object")
-                with self._lock:
-                    self.requests_seen.append({"path": path, "body": payload})
-            route = {
-                ("GET", "/version"): self._version,
-                ("GET", "/v1/models"): self._models,
-                ("POST", "/tokenize"): self._tokenize,
-                ("POST", "/v1/completions"): self._completions,
-                ("POST", "/v1/chat/completions"): self._chat,
-            }.get((method, path))
-            if route is None:
-                return 404, {}, {"detail": "Not Found"}
-            return 200, {}, route(payload)
-        except FakeError as exc:
-            return exc.status, {}, _error_body(exc)
+    def error_body(self, exc: FakeError) -> Any:
+        return _error_body(exc)
 
+    def needs_key(self, path: str) -> bool:
+        # vLLM's auth middleware guards the OpenAI routes (/v1/...) only.
+        return path.startswith("/v1")
+
+    @route("GET", "/version")
     def _version(self, _: Any) -> Any:
         if self.version is None:
             raise FakeError(404, "Not Found")
         return {"version": self.version}
 
+    @route("GET", "/v1/models")
     def _models(self, _: Any) -> Any:
         return {
             "object": "list",
@@ -97,6 +64,7 @@ class VLLMFake(FakeModel):
             ],
         }
 
+    @route("POST", "/tokenize")
     def _tokenize(self, body: dict[str, Any]) -> Any:
         self._check_model(body)
         prompt = body.get("prompt")
@@ -219,6 +187,7 @@ class VLLMFake(FakeModel):
 
     # ---------------------------------------------------------------- completions
 
+    @route("POST", "/v1/completions")
     def _completions(self, body: dict[str, Any]) -> Any:
         self._check_model(body)
         k, ids = self._logprob_request(body, "logprobs", chat=False)
@@ -366,6 +335,7 @@ class VLLMFake(FakeModel):
         )
         return rendered, embeds
 
+    @route("POST", "/v1/chat/completions")
     def _chat(self, body: dict[str, Any]) -> Any:
         self._check_model(body)
         k, ids = self._logprob_request(body, "top_logprobs", chat=True)
@@ -430,38 +400,6 @@ class VLLMFake(FakeModel):
             "prompt_token_ids": None,
         }
 
-    # ---------------------------------------------------------------- transports
-
-    def transport(self) -> httpx.MockTransport:
-        """An ``httpx`` transport answering in the caller's thread (no sockets)."""
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            status, extra, payload = self.handle(
-                request.method, request.url.path, headers, request.read()
-            )
-            return httpx.Response(status, json=payload, headers=extra)
-
-        return httpx.MockTransport(handler)
-
-    def app(self) -> Starlette:
-        """An ASGI app serving the fake (Starlette, from ``bbt[server]``), for uvicorn."""
-        from starlette.applications import Starlette
-        from starlette.concurrency import run_in_threadpool
-        from starlette.requests import Request
-        from starlette.responses import JSONResponse
-        from starlette.routing import Route
-
-        async def endpoint(request: Request) -> JSONResponse:
-            body = await request.body()
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            status, extra, payload = await run_in_threadpool(
-                self.handle, request.method, request.url.path, headers, body
-            )
-            return JSONResponse(payload, status_code=status, headers=extra)
-
-        return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
-
 
 def _error_body(exc: FakeError) -> dict[str, Any]:
     return {
@@ -474,10 +412,5 @@ def _error_body(exc: FakeError) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def serve_vllm_fake(fake: VLLMFake) -> Iterator[str]:
-    """Serve ``fake`` with uvicorn on a free loopback port; yields its base URL."""
-    from bbt.testing._live import LiveServer
-
-    with LiveServer(fake.app()) as server:
-        yield server.base_url
+#: Serve a :class:`VLLMFake` with uvicorn on a free loopback port (yields its base URL).
+serve_vllm_fake = serve_fake

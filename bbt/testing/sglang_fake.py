@@ -24,8 +24,9 @@ this fake and SGLang's own request code accept and refuse the same bodies.
 
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 
+from bbt.testing._fake_server import serve_main
 from bbt.testing._sglang_server import (
     FAKE_BASE_URL,
     FAKE_SGLANG_VERSION,
@@ -46,32 +47,19 @@ __all__ = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bbt.testing.sglang_fake``: serve the fake on a port (docs and demos)."""
-    import argparse
-
-    import uvicorn
-
-    ap = argparse.ArgumentParser(description="Serve bbt's fake of SGLang's API (offline).")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=30000)
-    ap.add_argument(
-        "--model-files",
-        type=Path,
-        default=None,
-        help="write config.json and embeddings.npy of the fake's model into this directory first",
-    )
-    ap.add_argument("--api-key", default=None)
+def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--radix-cache", action="store_true", help="as without --disable-radix-cache")
-    args = ap.parse_args(argv)
-    fake = SGLangFake(
+
+
+def _fake(args: argparse.Namespace) -> SGLangFake:
+    return SGLangFake(
         keep_requests=0, api_key=args.api_key, disable_radix_cache=not args.radix_cache
     )
-    if args.model_files is not None:
-        cfg, emb = fake.write_model_files(args.model_files)
-        print(f"wrote {cfg} and {emb}", flush=True)
-    uvicorn.run(fake.app(), host=args.host, port=args.port, log_level="warning")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bbt.testing.sglang_fake``: serve the fake on a port (docs and demos)."""
+    return serve_main(argv, engine="SGLang", port=30000, add_options=_options, make=_fake)
 
 
 if __name__ == "__main__":

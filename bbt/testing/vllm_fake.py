@@ -42,9 +42,10 @@ process, ``fake.app()`` for uvicorn), or the pytest fixtures ``vllm_fake`` and
 
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 from typing import TYPE_CHECKING, Any
 
+from bbt.testing._fake_server import serve_main
 from bbt.testing._vllm_model import FAKE_MODEL_ID, FAKE_VLLM_VERSION, FakeCounters, FakeError
 from bbt.testing._vllm_server import (
     ENABLE_PROMPT_EMBEDS_ERROR,
@@ -88,40 +89,27 @@ __all__ = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bbt.testing.vllm_fake``: serve the fake on a port (for docs and demos)."""
-    import argparse
-
-    import uvicorn
-
-    ap = argparse.ArgumentParser(description="Serve bbt's fake of vLLM's API (offline).")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8001)
-    ap.add_argument(
-        "--model-files",
-        type=Path,
-        default=None,
-        help="write config.json and embeddings.npy of the fake's model into this directory first",
-    )
-    ap.add_argument("--api-key", default=None)
+def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--version", default=FAKE_VLLM_VERSION)
     ap.add_argument(
         "--no-prompt-embeds", action="store_true", help="as without --enable-prompt-embeds"
     )
     ap.add_argument("--no-logprob-token-ids", action="store_true", help="as vLLM before PR #43463")
-    args = ap.parse_args(argv)
-    fake = VLLMFake(
+
+
+def _fake(args: argparse.Namespace) -> VLLMFake:
+    return VLLMFake(
         keep_requests=0,  # a long-running server keeps no request bodies
         api_key=args.api_key,
         version=args.version,
         enable_prompt_embeds=not args.no_prompt_embeds,
         logprob_token_ids=not args.no_logprob_token_ids,
     )
-    if args.model_files is not None:
-        cfg, emb = fake.write_model_files(args.model_files)
-        print(f"wrote {cfg} and {emb}", flush=True)
-    uvicorn.run(fake.app(), host=args.host, port=args.port, log_level="warning")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bbt.testing.vllm_fake``: serve the fake on a port (for docs and demos)."""
+    return serve_main(argv, engine="vLLM", port=8001, add_options=_options, make=_fake)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,12 @@ sending is.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-import numpy as np
-from pydantic import SecretStr
-
+from bbt.engines import codec as engine_codec
+from bbt.engines.codec import json_body as json_body
 from bbt.errors import (
     APIStatusError,
     BadRequestError,
@@ -24,10 +21,10 @@ from bbt.errors import (
     InvalidRequestError,
     ProtocolError,
 )
-from bbt.protocol import SCORE_CAPABILITY, Limits, ModelInfo
+from bbt.protocol import SCORE_CAPABILITY, ModelInfo
 from bbt.vllm._layout import BOS_TEMPLATE_KWARG
 from bbt.vllm._model import FloatArray, ModelFacts
-from bbt.vllm._wire import parse_version, status_error
+from bbt.vllm._wire import parse_version
 
 logger = logging.getLogger("bbt.vllm")
 
@@ -62,23 +59,6 @@ def check_version(text: str) -> None:
         )
 
 
-def json_body(body: dict[str, Any]) -> bytes:
-    """A request body as sent: compact JSON."""
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def read_json(response: httpx.Response, secret: SecretStr | None) -> Any:
-    """The JSON of a vLLM answer; an error answer raised as :mod:`bbt.errors` says."""
-    if not response.is_success:
-        raise status_error(response, secret)
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise ProtocolError(
-            f"{response.request.url.path} answered with a body that is not JSON"
-        ) from exc
-
-
 # --------------------------------------------------------------------------- capabilities
 
 
@@ -91,32 +71,15 @@ def model_info(
     mode, one prompt on up to ``per`` texts in embedding-table mode. The adapter splits jobs
     itself; these make plans (``bbt tune --dry-run``) count requests right.
     """
-    max_len = int(card.get("max_model_len") or 2048)
     per = 1 if mode == "chat" else per
-    limits = Limits(
-        max_prompts_per_request=1,
-        max_texts_per_request=per,
-        max_sequences_per_request=per,
-        max_prompt_tokens=max(1, max_len - 2),
-        max_candidates=MAX_LOGPROB_TOKEN_IDS,
-        max_text_chars=max(1, max_len * 16),
-        max_embedding_ids=facts.vocab_size,
-        max_body_bytes=2**31 - 1,
-    )
-    return ModelInfo(
-        id=str(card["id"]),
-        kind="causal_lm",
-        hidden_size=facts.hidden_size,
-        vocab_size=facts.vocab_size,
-        num_layers=facts.num_layers,
-        max_sequence_length=max_len,
-        mask_token=None,
-        mask_token_id=None,
-        embedding_mean=facts.embedding_mean,
-        embedding_std=facts.embedding_std,
-        dtypes=["float32", "float16"],
-        limits=limits,
-        capabilities=[SCORE_CAPABILITY],  # prompt_logprobs (bbt.vllm._score)
+    # prompt_logprobs (bbt.vllm._score)
+    return engine_codec.model_info(card, facts, per, MAX_LOGPROB_TOKEN_IDS, [SCORE_CAPABILITY])
+
+
+def _too_many(count: int) -> str:
+    return (
+        f"{count} candidate ids; vLLM returns log-probs for at most "
+        f"{MAX_LOGPROB_TOKEN_IDS} (logprob_token_ids)"
     )
 
 
@@ -124,40 +87,13 @@ def check_job(
     info: ModelInfo, arr: FloatArray, texts: list[str], ids: list[int], mode: str
 ) -> None:
     """Refuse, before any request, a logits job vLLM cannot score."""
-    if arr.ndim != 3:
-        raise InvalidRequestError(
-            f"prompts must have shape [P, n, H]; got shape {list(arr.shape)}", field="prompts"
-        )
-    if arr.shape[0] == 0 or not texts or not ids:
-        raise InvalidRequestError("need at least one prompt, one text and one candidate id")
-    if arr.shape[2] != info.hidden_size:
-        raise InvalidRequestError(
-            f"prompts have hidden size {arr.shape[2]}; the model's is {info.hidden_size}",
-            field="prompts",
-        )
+    engine_codec.check_job(info, arr, texts, ids, _too_many)
     if arr.shape[1] == 0 and mode == "chat":
         raise InvalidRequestError(
             "black-box mode sends the soft prompt as a prompt_embeds part, which cannot be "
             "empty: use n >= 1",
             field="prompts",
         )
-    if not np.isfinite(arr).all():
-        raise InvalidRequestError("prompts hold NaN or infinite values", field="prompts")
-    if len(ids) > MAX_LOGPROB_TOKEN_IDS:
-        raise InvalidRequestError(
-            f"{len(ids)} candidate ids; vLLM returns log-probs for at most "
-            f"{MAX_LOGPROB_TOKEN_IDS} (logprob_token_ids)",
-            field="candidate_ids",
-        )
-    if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= info.vocab_size:
-        raise InvalidRequestError(
-            "candidate ids must be distinct vocabulary ids", field="candidate_ids"
-        )
-    for j, t in enumerate(texts):
-        if not t:
-            raise InvalidRequestError(
-                "a causal LM is scored after the text: empty text", field=f"texts.{j}"
-            )
 
 
 def explain(exc: APIStatusError, root: str, facts: ModelFacts, source: str) -> Exception:
@@ -215,27 +151,6 @@ def sampling(ids: list[int]) -> dict[str, Any]:
         # Token ids as keys: no token string to map back (and none that is ambiguous).
         "return_tokens_as_token_ids": True,
     }
-
-
-def check_sequences(
-    info: ModelInfo, prefix: list[int], text_ids: list[list[int]], n: int, table_rows: int
-) -> None:
-    """Refuse, before any scoring request, embedding-table sequences that are too long or
-    whose token ids the table does not hold (it is not the served model's table)."""
-    for j, tids in enumerate(text_ids):
-        length = len(prefix) + n + len(tids) + 1
-        if length > info.max_sequence_length:
-            raise InvalidRequestError(
-                f"text {j} needs {length} tokens with the prompt and the scored token; the "
-                f"server takes {info.max_sequence_length}",
-                field=f"texts.{j}",
-            )
-    for tids in [prefix, *text_ids]:
-        if tids and max(tids) >= table_rows:
-            raise ConfigurationError(
-                f"the server's tokenizer gave token id {max(tids)}, but the embedding table "
-                f"has {table_rows} rows: it is not the served model's input-embedding table"
-            )
 
 
 def chat_body(

@@ -20,8 +20,21 @@ off whatever the request says. Two consequences, both fixed here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from bbt.engines.codec import Tokenize, special_prefix
+
+__all__ = [
+    "BOS_TEMPLATE_KWARG",
+    "LEADS",
+    "PROBE_TEXT",
+    "PROMPT_EMBEDS_PLACEHOLDER",
+    "ChatLayout",
+    "Tokenize",
+    "chat_layout",
+    "special_prefix",
+    "text_lead",
+]
 
 logger = logging.getLogger("bbt.vllm")
 
@@ -34,8 +47,6 @@ PROBE_TEXT = "It was"
 #: Leads tried, in order: the text as is, then one space (SentencePiece's word boundary).
 LEADS = ("", " ")
 
-Tokenize = Callable[[str, bool], list[int]]
-
 
 @dataclass(frozen=True)
 class ChatLayout:
@@ -45,15 +56,6 @@ class ChatLayout:
     lead: str
     #: False when no lead reproduced ``/tokenize`` (the first token may differ).
     exact: bool = True
-
-
-def special_prefix(tokenize: Tokenize, probe: str = "a") -> list[int]:
-    """Ids the tokenizer puts before a text (BOS where the model has one): the first ids of
-    a tokenization with special tokens that the plain one lacks."""
-    plain = tokenize(probe, False)
-    full = tokenize(probe, True)
-    k = len(full) - len(plain)
-    return full[:k] if k > 0 and full[k : k + len(plain)] == plain else []
 
 
 def text_lead(tokenize: Tokenize) -> tuple[str, bool]:

@@ -30,9 +30,9 @@ from pydantic import SecretStr
 
 from bbt.client.redaction import redact
 from bbt.client.transport import error_for_status
+from bbt.engines.model import require_torch
 from bbt.errors import (
     APIStatusError,
-    ConfigurationError,
     ProtocolError,
 )
 
@@ -41,18 +41,6 @@ WIRE_DTYPES: tuple[WireDType, ...] = ("float32", "float16", "bfloat16")
 #: vLLM's prefix for a token given by id in a log-prob answer (``return_tokens_as_token_ids``).
 TOKEN_ID_PREFIX = "token_id:"
 _VERSION_RE = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-def require_torch() -> Any:
-    """torch, imported on first use: the core install has no torch (``pip install 'bbt[vllm]'``)."""
-    try:
-        import torch
-    except ImportError:
-        raise ConfigurationError(
-            "talking to vLLM with prompt embeddings needs torch, to write the tensors vLLM "
-            "reads with torch.load: pip install 'bbt[vllm]'"
-        ) from None
-    return torch
 
 
 def encode_embeds(array: np.ndarray[Any, Any], dtype: WireDType = "float32") -> str:

@@ -4,7 +4,8 @@ Each engine's tests run only where its wheel is on the path: ``scripts/engine_co
 builds ``.venv-engines`` with pinned versions and runs this folder with
 ``--import-mode=importlib`` (pytest's default mode puts ``tests/`` on ``sys.path``, where
 ``tests/vllm`` would shadow the ``vllm`` package), once per engine version; ``.ci/run``
-calls the script. Elsewhere nothing here is collected."""
+calls the script. Elsewhere the contract files are not collected; the tests of the engine
+base itself (``bbt.engines``: test_service.py, test_codec.py) run everywhere."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def _real_sglang() -> bool:
     )
 
 
+_CONTRACTS = ("test_vllm_", "test_sglang_")
+
 collect_ignore_glob = [
     *([] if _real_vllm() else ["test_vllm_*.py"]),
     *([] if _real_sglang() else ["test_sglang_*.py"]),
@@ -44,6 +47,8 @@ collect_ignore_glob = [
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The contract files only: the engine base's own tests (test_service.py, test_codec.py)
+    # need no engine and run with the rest of the suite.
     for item in items:
-        if "/tests/engines/" in str(item.path):
+        if "/tests/engines/" in str(item.path) and item.path.name.startswith(_CONTRACTS):
             item.add_marker(pytest.mark.engines)
