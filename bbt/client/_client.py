@@ -14,14 +14,18 @@ from bbt.client._config import ClientSettings
 from bbt.client._sync_calls import P, StorePlan, SyncServiceCalls
 from bbt.client.features import FeaturesChunk
 from bbt.client.planning import FloatArray, prompt_path, prompts_page_path
-from bbt.client.projection_sessions import ProjectionSession, SessionChunk
+from bbt.client.projection_sessions import (
+    SESSION_FEATURES,
+    SESSION_LOGITS,
+    ProjectionSession,
+    SessionChunk,
+)
 from bbt.client.score import TextScores, exchange_score
 from bbt.client.transport import SyncHTTPCore
 from bbt.protocol import (
     SESSIONS_CAPABILITY,
     FeaturesResponse,
     Health,
-    LogitsResponse,
     ModelInfo,
     PromptDeleted,
     PromptList,
@@ -161,14 +165,14 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore, SyncServiceCalls):
     def _session_logits(
         self, session: ProjectionSession, chunks: list[SessionChunk], n_texts: int, n_cand: int
     ) -> FloatArray:
-        call = partial(self._exchange_session_call, session, op="logits", answer=LogitsResponse)
+        call = partial(self._exchange_session_call, session, SESSION_LOGITS)
         responses = [self._run(call(c)) for c in chunks]
         return self._logits_result(chunks, responses, n_texts, n_cand)
 
     def _session_features(
         self, session: ProjectionSession, chunks: list[FeaturesChunk]
     ) -> list[FeaturesResponse]:
-        call = partial(self._exchange_session_call, session, op="features", answer=FeaturesResponse)
+        call = partial(self._exchange_session_call, session, SESSION_FEATURES)
         return [self._run(call(c)) for c in chunks]
 
     def close_session(self, session: ProjectionSession) -> None:
