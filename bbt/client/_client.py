@@ -97,15 +97,9 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore, SyncServiceCalls):
         """Whether the server offers projection sessions (protocol 1.1)."""
         return SESSIONS_CAPABILITY in self.model_info().capabilities
 
-    def features(
-        self,
-        texts: Sequence[str],
-        prompts: np.ndarray[Any, Any] | None = None,
-        *,
-        pooling: Pooling = "mean",
+    def _features(
+        self, texts: Sequence[str], prompts: np.ndarray[Any, Any] | None, pooling: Pooling
     ) -> FloatArray:
-        """Feature vectors [P, B, F] of ``texts`` under ``prompts`` [P, n, H] (none: P = 1),
-        split over the server's limits like :meth:`logits` (protocol 1.3)."""
         return self._run(self._exchange_features(texts, prompts, pooling))
 
     def score(self, texts: Sequence[str]) -> TextScores:
@@ -119,11 +113,8 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore, SyncServiceCalls):
     def embed(self, token_ids: Sequence[int]) -> FloatArray:
         return self._run(self._exchange_embed(token_ids))
 
-    def logits(
-        self,
-        prompts: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        candidate_ids: Sequence[int],
+    def _logits(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> FloatArray:
         return self._run(self._exchange_logits(prompts, texts, candidate_ids))
 

@@ -184,11 +184,8 @@ class LocalClient(SyncServiceCalls):
             parts.append(emb)
         return np.concatenate(parts, axis=0)
 
-    def logits(
-        self,
-        prompts: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        candidate_ids: Sequence[int],
+    def _logits(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> FloatArray:
         info = self._info()
         # float32: nothing travels, so nothing is gained by rounding prompts to float16.
@@ -361,14 +358,10 @@ class LocalClient(SyncServiceCalls):
 
     # ---------------------------------------------------------------- features (1.3)
 
-    def features(
-        self,
-        texts: Sequence[str],
-        prompts: np.ndarray[Any, Any] | None = None,
-        *,
-        pooling: Pooling = "mean",
+    def _features(
+        self, texts: Sequence[str], prompts: np.ndarray[Any, Any] | None, pooling: Pooling
     ) -> FloatArray:
-        """See :meth:`bbt.Client.features`; float32 prompts, nothing travels."""
+        # float32 prompts: nothing travels.
         chunks = plan_features(self._info(), texts, prompts, pooling)
         answers = [self._features_answer(c.decoded) for c in chunks if c.decoded is not None]
         return assemble_features(chunks, answers, self._usage)

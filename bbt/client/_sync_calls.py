@@ -3,9 +3,11 @@
 :class:`bbt.Client` (over HTTP) and :class:`bbt.client.LocalClient` (a backend in this
 process) offer the same calls with the same arguments and the same checks; they differ
 only in how one planned piece of work is carried out. :class:`SyncServiceCalls` holds the
-public methods (their signatures, documentation and the planning they share); each client
-supplies the few primitives below (``_store``, ``_prompt_page``, ``_open``,
-``_session_logits``, ``_session_features``), which do the I/O its way.
+public methods whose signatures, documentation or planning the two share; each client
+supplies the primitives they call (``_logits``, ``_features``, ``_store``,
+``_prompt_page``, ``_open``, ``_session_logits``, ``_session_features``), which do the
+I/O its way. Calls with nothing to share (``tokenize``, ``embed``, ``score``, the prompt
+registry's ``get_prompt`` and the like) each client writes itself.
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ class SyncServiceCalls:
 
     # ---------------------------------------------------------------- primitives
 
+    def _logits(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
+    ) -> FloatArray:
+        """The logits [P, B, C] of a :meth:`logits` call; counted."""
+        raise NotImplementedError
+
+    def _features(
+        self, texts: Sequence[str], prompts: np.ndarray[Any, Any] | None, pooling: Pooling
+    ) -> FloatArray:
+        """The features [P, B, F] of a :meth:`features` call; counted."""
+        raise NotImplementedError
+
     def _store(self, plan: StorePlan[P], *args: P.args, **kwargs: P.kwargs) -> StoredPrompt:
         """Store the prompt ``plan(info, *args)`` describes; the stored prompt's metadata."""
         raise NotImplementedError
@@ -80,6 +94,30 @@ class SyncServiceCalls:
     ) -> list[FeaturesResponse]:
         """The answers to a session features call planned as ``chunks``, in order."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- calls
+
+    def logits(
+        self,
+        prompts: np.ndarray[Any, Any],
+        texts: Sequence[str],
+        candidate_ids: Sequence[int],
+    ) -> FloatArray:
+        """Logits [P, B, C] of ``texts`` under ``prompts`` [P, n, H], for the
+        ``candidate_ids``; work above the server's limits is split into several requests
+        and reassembled in order. ``usage.calls`` counts P."""
+        return self._logits(prompts, texts, candidate_ids)
+
+    def features(
+        self,
+        texts: Sequence[str],
+        prompts: np.ndarray[Any, Any] | None = None,
+        *,
+        pooling: Pooling = "mean",
+    ) -> FloatArray:
+        """Feature vectors [P, B, F] of ``texts`` under ``prompts`` [P, n, H] (none: P = 1),
+        split over the server's limits like :meth:`logits` (protocol 1.3)."""
+        return self._features(texts, prompts, pooling)
 
     # ---------------------------------------------------------------- capabilities
 
