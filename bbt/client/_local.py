@@ -122,11 +122,6 @@ class LocalClient(SyncServiceCalls):
     def backend(self) -> Backend:
         return self._backend
 
-    @property
-    def usage(self) -> UsageStats:
-        """Live running totals; take ``usage.copy()`` for a snapshot."""
-        return self._usage
-
     def __repr__(self) -> str:
         return f"LocalClient(backend={type(self._backend).__name__}, model={self._info().id!r})"
 

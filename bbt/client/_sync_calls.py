@@ -49,10 +49,12 @@ StorePlan = Callable[Concatenate[ModelInfo, P], PromptCreateRequest]
 class SyncServiceCalls:
     """The sync service API over a client's primitives (see the module's doc)."""
 
+    _usage: UsageStats
+
     @property
     def usage(self) -> UsageStats:
         """Live running totals; take ``usage.copy()`` for a snapshot."""
-        raise NotImplementedError
+        return self._usage
 
     def model_info(self) -> ModelInfo:
         raise NotImplementedError
