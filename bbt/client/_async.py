@@ -10,10 +10,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import BaseModel
 from tenacity import AsyncRetrying
 
-from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
+from bbt.client._base import BaseClient, Batch, Call, Exchange, M, R, Steps
 from bbt.client._config import ClientSettings
 from bbt.client._fanout import gather_ordered
 from bbt.client.features import (
@@ -30,8 +29,11 @@ from bbt.client.planning import (
     prompts_page_path,
 )
 from bbt.client.projection_sessions import (
+    SESSION_FEATURES,
+    SESSION_LOGITS,
     ProjectionSession,
     SessionChunk,
+    SessionOp,
     is_session_gone,
     new_session,
     plan_session_logits,
@@ -41,10 +43,8 @@ from bbt.protocol import (
     FEATURES_CAPABILITY,
     SCORE_CAPABILITY,
     SESSIONS_CAPABILITY,
-    FeaturesResponse,
     Health,
     InitialPromptSpec,
-    LogitsResponse,
     ModelInfo,
     ProjectionSpec,
     PromptDeleted,
@@ -265,9 +265,7 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
         """See :meth:`bbt.Client.session_logits`; sub-requests run concurrently."""
         info = await self.model_info()
         chunks = plan_session_logits(info, session, z, texts, candidate_ids)
-        reopen = asyncio.Lock()
-        jobs = [self._session_call(session, c, reopen) for c in chunks]
-        responses = await gather_ordered(self._max_concurrency, jobs)
+        responses = await self._session_answers(session, SESSION_LOGITS, chunks)
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     async def session_features(
@@ -280,31 +278,38 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
     ) -> FloatArray:
         """See :meth:`bbt.Client.session_features`; sub-requests run concurrently."""
         chunks = plan_session_features(await self.model_info(), session, z, texts, pooling)
-        reopen = asyncio.Lock()
-        answers = await gather_ordered(
-            self._max_concurrency,
-            [self._session_call(session, c, reopen, "features", FeaturesResponse) for c in chunks],
-        )
+        answers = await self._session_answers(session, SESSION_FEATURES, chunks)
         return assemble_features(chunks, answers, self._usage)
+
+    async def _session_answers(
+        self,
+        session: ProjectionSession,
+        op: SessionOp[M],
+        chunks: Sequence[SessionChunk] | Sequence[FeaturesChunk],
+    ) -> list[M]:
+        """Each chunk's answer, at most ``max_concurrency`` in flight; a session the server
+        lost is reopened once, however many of the chunks found it gone."""
+        reopen = asyncio.Lock()
+        jobs = [self._session_call(session, op, chunk, reopen) for chunk in chunks]
+        return await gather_ordered(self._max_concurrency, jobs)
 
     async def _session_call(
         self,
         session: ProjectionSession,
+        op: SessionOp[M],
         chunk: SessionChunk | FeaturesChunk,
         reopen: asyncio.Lock,
-        op: str = "logits",
-        answer: type[BaseModel] = LogitsResponse,
-    ) -> Any:
+    ) -> M:
         sent_to = session.id
         try:
-            return await self._run(self._exchange_session_chunk(session, chunk, op, answer))
+            return await self._run(self._exchange_session_chunk(session, op, chunk))
         except Exception as exc:
             if not is_session_gone(exc):
                 raise
         async with reopen:  # sibling chunks that also found it gone reopen it only once
             if session.id == sent_to:
                 await self._run(self._exchange_open(session, reopening=True))
-        return await self._run(self._exchange_session_chunk(session, chunk, op, answer))
+        return await self._run(self._exchange_session_chunk(session, op, chunk))
 
     async def close_session(self, session: ProjectionSession) -> None:
         """See :meth:`bbt.Client.close_session`."""

@@ -47,6 +47,7 @@ from bbt.client.planning import (
 from bbt.client.projection_sessions import (
     ProjectionSession,
     SessionChunk,
+    SessionOp,
     accept_open,
     is_session_gone,
     open_request,
@@ -124,6 +125,15 @@ class Chunk(Protocol):
     def b1(self) -> int: ...
     @property
     def rows_sent(self) -> int: ...
+
+
+class Sendable(Protocol):
+    """One request's share of a split call: its body and the sequences it carries."""
+
+    @property
+    def body(self) -> BaseModel | RawBody: ...
+    @property
+    def sequences(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -372,6 +382,14 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         (answer,) = yield Batch([Call(method, path, body, model, seq)])
         return cast(M, answer)
 
+    def _exchange_fan_out(
+        self, path: str, model: type[M], chunks: Sequence[Sendable]
+    ) -> Exchange[list[M]]:
+        """A split call's requests to ``path``, spread over the server replicas on the
+        fan-out threads; their answers, in order."""
+        calls = [Call("POST", self._api(path), c.body, model, c.sequences) for c in chunks]
+        return cast(list[M], (yield Batch(calls, fan_out=True)))
+
     def _exchange_models(self) -> Exchange[list[ModelInfo]]:
         return (yield from self._exchange("GET", self._api("/models"), None, ModelList)).data
 
@@ -400,13 +418,9 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> Exchange[FloatArray]:
         info = yield from self._exchange_model_info()
-        settings = self._settings
-        chunks = plan_logits(
-            info, prompts, texts, candidate_ids, settings.dtype, settings.max_concurrency
-        )
-        path = self._api("/logits")
-        calls = [Call("POST", path, c.request, LogitsResponse, c.sequences) for c in chunks]
-        responses = yield Batch(calls, fan_out=True)
+        limits = self._settings.dtype, self._settings.max_concurrency
+        chunks = plan_logits(info, prompts, texts, candidate_ids, *limits)
+        responses = yield from self._exchange_fan_out("/logits", LogitsResponse, chunks)
         return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
 
     def _exchange_store(
@@ -443,42 +457,30 @@ class BaseClient(HTTPCore, Generic[TransportT]):
         self, texts: Sequence[str], prompts: np.ndarray[Any, Any] | None, pooling: Pooling
     ) -> Exchange[FloatArray]:
         info = yield from self._exchange_model_info()
-        settings = self._settings
-        chunks = plan_features(
-            info, texts, prompts, pooling, settings.dtype, settings.max_concurrency
-        )
-        path = self._api("/features")
-        calls = [Call("POST", path, c.body, FeaturesResponse, c.sequences) for c in chunks]
-        answers = yield Batch(calls, fan_out=True)
+        limits = self._settings.dtype, self._settings.max_concurrency
+        chunks = plan_features(info, texts, prompts, pooling, *limits)
+        answers = yield from self._exchange_fan_out("/features", FeaturesResponse, chunks)
         return assemble_features(chunks, answers, self._usage)
 
     def _exchange_session_chunk(
-        self,
-        session: ProjectionSession,
-        chunk: SessionChunk | FeaturesChunk,
-        op: str = "logits",
-        answer: type[M] = LogitsResponse,  # type: ignore[assignment]
+        self, session: ProjectionSession, op: SessionOp[M], chunk: SessionChunk | FeaturesChunk
     ) -> Exchange[M]:
         """One chunk of a session call (``op``: logits or features): the server's answer."""
-        path = self._api(f"/sessions/{session.id}/{op}")
-        return (yield from self._exchange("POST", path, chunk.body, answer, chunk.sequences))
+        path = self._api(f"/sessions/{session.id}/{op.name}")
+        return (yield from self._exchange("POST", path, chunk.body, op.answer, chunk.sequences))
 
     def _exchange_session_call(
-        self,
-        session: ProjectionSession,
-        chunk: SessionChunk | FeaturesChunk,
-        op: str = "logits",
-        answer: type[M] = LogitsResponse,  # type: ignore[assignment]
+        self, session: ProjectionSession, op: SessionOp[M], chunk: SessionChunk | FeaturesChunk
     ) -> Exchange[M]:
         """One chunk of a session call, sent alone; a session the server lost is reopened
         from its recipe once and the chunk sent again (the sync client's way)."""
         try:
-            return (yield from self._exchange_session_chunk(session, chunk, op, answer))
+            return (yield from self._exchange_session_chunk(session, op, chunk))
         except Exception as exc:
             if not is_session_gone(exc):
                 raise
         yield from self._exchange_open(session, reopening=True)
-        return (yield from self._exchange_session_chunk(session, chunk, op, answer))
+        return (yield from self._exchange_session_chunk(session, op, chunk))
 
     def _exchange_close_session(self, session: ProjectionSession) -> Exchange[None]:
         if session.info is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -11,43 +11,32 @@ import numpy as np
 
 from bbt.client._base import BaseClient, Batch, Call, Exchange, R, Steps
 from bbt.client._config import ClientSettings
-from bbt.client.features import assemble_features, plan_session_features
-from bbt.client.planning import (
-    FloatArray,
-    PromptPages,
-    plan_projected_store,
-    plan_prompt_store,
-    prompt_path,
-    prompts_page_path,
-)
+from bbt.client._sync_calls import P, StorePlan, SyncServiceCalls
+from bbt.client.features import FeaturesChunk
+from bbt.client.planning import FloatArray, prompt_path, prompts_page_path
 from bbt.client.projection_sessions import (
+    SESSION_FEATURES,
+    SESSION_LOGITS,
     ProjectionSession,
-    new_session,
-    plan_session_logits,
+    SessionChunk,
 )
 from bbt.client.score import TextScores, exchange_score
 from bbt.client.transport import SyncHTTPCore
 from bbt.protocol import (
-    FEATURES_CAPABILITY,
-    SCORE_CAPABILITY,
     SESSIONS_CAPABILITY,
     FeaturesResponse,
     Health,
-    InitialPromptSpec,
-    LogitsResponse,
     ModelInfo,
-    ProjectionSpec,
     PromptDeleted,
     PromptList,
     StoredPrompt,
     TokenizeResponse,
 )
 from bbt.protocol.features import Pooling
-from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.shared import PromptTensor
 
 
-class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
+class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore, SyncServiceCalls):
     """A blocking client for a protocol v1 service; satisfies :class:`bbt.client.Service`.
 
     Arguments left as ``None`` come from ``BBT_*`` environment variables, then from
@@ -108,24 +97,10 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
         """Whether the server offers projection sessions (protocol 1.1)."""
         return SESSIONS_CAPABILITY in self.model_info().capabilities
 
-    def supports_features(self) -> bool:
-        """Whether the server answers features (protocol 1.3)."""
-        return FEATURES_CAPABILITY in self.model_info().capabilities
-
-    def features(
-        self,
-        texts: Sequence[str],
-        prompts: np.ndarray[Any, Any] | None = None,
-        *,
-        pooling: Pooling = "mean",
+    def _features(
+        self, texts: Sequence[str], prompts: np.ndarray[Any, Any] | None, pooling: Pooling
     ) -> FloatArray:
-        """Feature vectors [P, B, F] of ``texts`` under ``prompts`` [P, n, H] (none: P = 1),
-        split over the server's limits like :meth:`logits` (protocol 1.3)."""
         return self._run(self._exchange_features(texts, prompts, pooling))
-
-    def supports_score(self) -> bool:
-        """Whether the server answers prompt log-probabilities (protocol 1.6)."""
-        return SCORE_CAPABILITY in self.model_info().capabilities
 
     def score(self, texts: Sequence[str]) -> TextScores:
         """Each text's summed token log-probability and token count under the model (a
@@ -138,56 +113,19 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
     def embed(self, token_ids: Sequence[int]) -> FloatArray:
         return self._run(self._exchange_embed(token_ids))
 
-    def logits(
-        self,
-        prompts: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        candidate_ids: Sequence[int],
+    def _logits(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> FloatArray:
         return self._run(self._exchange_logits(prompts, texts, candidate_ids))
 
     # ---------------------------------------------------------------- prompt registry (1.1)
 
-    def store_prompt(
-        self,
-        prompt: np.ndarray[Any, Any],
-        *,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
-    ) -> StoredPrompt:
-        """Store a tuned prompt [n, H] in the server's registry; its metadata, id included.
+    def _store(self, plan: StorePlan[P], *args: P.args, **kwargs: P.kwargs) -> StoredPrompt:
+        return self._run(self._exchange_store(plan, *args, **kwargs))
 
-        Storing the same prompt again answers the same id (so a retried store is harmless).
-        Needs the ``prompt_registry`` capability (``model_info().capabilities``).
-        """
-        return self._run(self._exchange_store(plan_prompt_store, prompt, label, recipe))
-
-    def store_projected_prompt(
-        self,
-        projection: ProjectionSpec,
-        z: np.ndarray[Any, Any],
-        *,
-        p0: InitialPromptSpec | None = None,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
-    ) -> StoredPrompt:
-        """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
-        session does): z (d floats) travels instead of the prompt (n x H)."""
-        store = self._exchange_store(plan_projected_store, projection, z, p0, label, recipe)
-        return self._run(store)
-
-    def list_prompts(self) -> list[StoredPrompt]:
-        """Every prompt this API key stored on the server, oldest first (metadata only);
-        follows the server's pages (1.2) to the end."""
-        return list(self.iter_prompts())
-
-    def iter_prompts(self, page_size: int | None = None) -> Iterator[StoredPrompt]:
-        """This key's prompts, oldest first, fetched a page (``page_size`` prompts; None:
-        the server's default) at a time as the iteration reaches it."""
-        pages = PromptPages()
-        while pages.more():
-            path = prompts_page_path(pages.cursor, page_size)
-            yield from pages.take(self._run(self._exchange("GET", path, None, PromptList)))
+    def _prompt_page(self, cursor: str | None, page_size: int | None) -> PromptList:
+        path = prompts_page_path(cursor, page_size)
+        return self._run(self._exchange("GET", path, None, PromptList))
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """A stored prompt's metadata; :class:`~bbt.errors.NotFoundError` when it is gone
@@ -212,55 +150,21 @@ class Client(BaseClient[httpx.BaseTransport], SyncHTTPCore):
 
     # ---------------------------------------------------------------- sessions (1.1)
 
-    def open_session(
-        self,
-        projection: ProjectionRecipe | ProjectionSpec,
-        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
-        *,
-        expected_fingerprint: str | None = None,
-        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
-        layer_p0: np.ndarray[Any, Any] | None = None,
-    ) -> ProjectionSession:
-        """Open a projection session: the server rebuilds A from ``projection`` and keeps it
-        with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
-        lists ``"sessions"`` in its capabilities (:meth:`supports_sessions`).
+    def _open(self, session: ProjectionSession, reopening: bool) -> None:
+        self._run(self._exchange_open(session, reopening))
 
-        ``layers`` (protocol 1.5, a server with ``"deep_sessions"``) opens a deep session:
-        the projections of layers 1 .. L-1, with ``layer_p0`` [L-1, n, H] (default 0); z is
-        then [P, L * d] (see :mod:`bbt.protocol.deep_sessions`)."""
-        session = new_session(projection, p0, expected_fingerprint, layers, layer_p0)
-        self._run(self._exchange_open(session, reopening=False))
-        return session
-
-    def session_logits(
-        self,
-        session: ProjectionSession,
-        z: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        candidate_ids: Sequence[int],
+    def _session_logits(
+        self, session: ProjectionSession, chunks: list[SessionChunk], n_texts: int, n_cand: int
     ) -> FloatArray:
-        """Logits [P, B, C] of the prompts A z + p0 for z [P, d], projected by the server.
-
-        A session the server no longer has (expired, evicted, a restart) is reopened from
-        its recipe and the request sent once more."""
-        chunks = plan_session_logits(self.model_info(), session, z, texts, candidate_ids)
-        call = partial(self._exchange_session_call, session, op="logits", answer=LogitsResponse)
+        call = partial(self._exchange_session_call, session, SESSION_LOGITS)
         responses = [self._run(call(c)) for c in chunks]
-        return self._logits_result(chunks, responses, len(texts), len(candidate_ids))
+        return self._logits_result(chunks, responses, n_texts, n_cand)
 
-    def session_features(
-        self,
-        session: ProjectionSession,
-        z: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        *,
-        pooling: Pooling = "mean",
-    ) -> FloatArray:
-        """Feature vectors [P, B, F] under the prompts A z + p0 for z [P, d] (1.3)."""
-        chunks = plan_session_features(self.model_info(), session, z, texts, pooling)
-        call = partial(self._exchange_session_call, session, op="features", answer=FeaturesResponse)
-        answers = [self._run(call(c)) for c in chunks]
-        return assemble_features(chunks, answers, self._usage)
+    def _session_features(
+        self, session: ProjectionSession, chunks: list[FeaturesChunk]
+    ) -> list[FeaturesResponse]:
+        call = partial(self._exchange_session_call, session, SESSION_FEATURES)
+        return [self._run(call(c)) for c in chunks]
 
     def close_session(self, session: ProjectionSession) -> None:
         """Close the session on the server (a session already gone is fine)."""

@@ -9,47 +9,40 @@ accounting (``requests`` counts backend calls; bytes stay 0) and the same except
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from bbt.client.features import assemble_features, plan_features, plan_session_features
+from bbt.client._sync_calls import P, StorePlan, SyncServiceCalls
+from bbt.client.features import FeaturesChunk, assemble_features, plan_features
 from bbt.client.planning import (
     FloatArray,
-    PromptPages,
     invalid,
     plan_embed,
     plan_logits,
-    plan_projected_store,
     plan_prompt_logits,
-    plan_prompt_store,
     plan_tokenize,
     prompt_logits_into,
     prompt_path,
 )
 from bbt.client.projection_sessions import (
     ProjectionSession,
+    SessionChunk,
     accept_open,
-    new_session,
     open_request,
-    plan_session_logits,
 )
 from bbt.client.score import TextScores, assemble_score, plan_score
 from bbt.client.transport import UsageStats
 from bbt.errors import BBTError, NotFoundError, PermissionDeniedError, ProtocolError, ServerError
 from bbt.protocol import (
-    FEATURES_CAPABILITY,
     PROTOCOL_VERSION,
-    SCORE_CAPABILITY,
     DecodedLogitsRequest,
     ErrorType,
     FeaturesResponse,
     Health,
-    InitialPromptSpec,
     LogitsResponse,
     ModelInfo,
-    ProjectionSpec,
     PromptCreateRequest,
     PromptDeleted,
     PromptList,
@@ -63,7 +56,6 @@ from bbt.protocol import (
 from bbt.protocol.backend import Backend
 from bbt.protocol.deep_sessions import session_capabilities
 from bbt.protocol.features import DecodedFeaturesRequest, Pooling
-from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.sessions import SessionHost, SessionLimits, SessionNotFound
 from bbt.protocol.shared import PromptTensor
 
@@ -88,7 +80,7 @@ class PromptHost(Protocol):
 PromptHostFactory = Callable[[Backend, Any], PromptHost]
 
 
-class LocalClient:
+class LocalClient(SyncServiceCalls):
     """Serve :class:`bbt.client.Service` calls from ``backend`` directly.
 
     The prompt registry calls (:meth:`store_prompt` and the rest) work on ``registry``, by
@@ -129,11 +121,6 @@ class LocalClient:
     @property
     def backend(self) -> Backend:
         return self._backend
-
-    @property
-    def usage(self) -> UsageStats:
-        """Live running totals; take ``usage.copy()`` for a snapshot."""
-        return self._usage
 
     def __repr__(self) -> str:
         return f"LocalClient(backend={type(self._backend).__name__}, model={self._info().id!r})"
@@ -192,11 +179,8 @@ class LocalClient:
             parts.append(emb)
         return np.concatenate(parts, axis=0)
 
-    def logits(
-        self,
-        prompts: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        candidate_ids: Sequence[int],
+    def _logits(
+        self, prompts: np.ndarray[Any, Any], texts: Sequence[str], candidate_ids: Sequence[int]
     ) -> FloatArray:
         info = self._info()
         # float32: nothing travels, so nothing is gained by rounding prompts to float16.
@@ -244,47 +228,16 @@ class LocalClient:
                     ) from cause
             raise
 
-    def store_prompt(
-        self,
-        prompt: np.ndarray[Any, Any],
-        *,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
-    ) -> StoredPrompt:
-        """As :meth:`bbt.Client.store_prompt`, in this process."""
-        req = plan_prompt_store(self._info(), prompt, label, recipe)
+    def _store(self, plan: StorePlan[P], *args: P.args, **kwargs: P.kwargs) -> StoredPrompt:
+        req = plan(self._info(), *args, **kwargs)
         ep = self._endpoints()
         stored, _ = self._registry_call(ep.create, req, ep.tenant(None))
         return stored
 
-    def store_projected_prompt(
-        self,
-        projection: ProjectionSpec,
-        z: np.ndarray[Any, Any],
-        *,
-        p0: InitialPromptSpec | None = None,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
-    ) -> StoredPrompt:
-        """As :meth:`bbt.Client.store_projected_prompt`, in this process."""
-        req = plan_projected_store(self._info(), projection, z, p0, label, recipe)
-        ep = self._endpoints()
-        stored, _ = self._registry_call(ep.create, req, ep.tenant(None))
-        return stored
-
-    def list_prompts(self) -> list[StoredPrompt]:
-        """As :meth:`bbt.Client.list_prompts`."""
-        return list(self.iter_prompts())
-
-    def iter_prompts(self, page_size: int | None = None) -> Iterator[StoredPrompt]:
-        """As :meth:`bbt.Client.iter_prompts`."""
+    def _prompt_page(self, cursor: str | None, page_size: int | None) -> PromptList:
         ep = self._endpoints()
         limit = None if page_size is None else str(page_size)
-        pages = PromptPages()
-        while pages.more():
-            yield from pages.take(
-                self._registry_call(ep.list_page, ep.tenant(None), limit, pages.cursor)
-            )
+        return self._registry_call(ep.list_page, ep.tenant(None), limit, cursor)
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt:
         """As :meth:`bbt.Client.get_prompt`."""
@@ -358,36 +311,15 @@ class LocalClient:
             )
         return self._sessions
 
-    def open_session(
-        self,
-        projection: ProjectionRecipe | ProjectionSpec,
-        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
-        *,
-        expected_fingerprint: str | None = None,
-        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
-        layer_p0: np.ndarray[Any, Any] | None = None,
-    ) -> ProjectionSession:
-        """See :meth:`bbt.Client.open_session`; the session lives in this process."""
-        session = new_session(projection, p0, expected_fingerprint, layers, layer_p0)
-        self._open(session, reopening=False)
-        return session
-
     def _open(self, session: ProjectionSession, reopening: bool) -> None:
         req = open_request(self._info(), session)
         accept_open(session, self._call(self._host().open, "", req), reopening)
 
-    def session_logits(
-        self,
-        session: ProjectionSession,
-        z: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        candidate_ids: Sequence[int],
+    def _session_logits(
+        self, session: ProjectionSession, chunks: list[SessionChunk], n_texts: int, n_cand: int
     ) -> FloatArray:
-        """See :meth:`bbt.Client.session_logits`."""
-        info = self._info()
-        chunks = plan_session_logits(info, session, z, texts, candidate_ids)
-        n_prompts, n_cand = chunks[-1].p1, len(candidate_ids)
-        out = np.empty((n_prompts, len(texts), n_cand), dtype=np.float32)
+        n_prompts = chunks[-1].p1
+        out = np.empty((n_prompts, n_texts, n_cand), dtype=np.float32)
         host = self._host()
         for chunk in chunks:
             decoded = self._session_decoded(session, host.decode, chunk.request, chunk.raw)
@@ -410,9 +342,6 @@ class LocalClient:
 
     # ---------------------------------------------------------------- score (1.6)
 
-    def supports_score(self) -> bool:
-        return SCORE_CAPABILITY in self._info().capabilities
-
     def score(self, texts: Sequence[str]) -> TextScores:
         """See :meth:`bbt.Client.score`."""
         reqs = plan_score(self._info(), texts)
@@ -424,37 +353,22 @@ class LocalClient:
 
     # ---------------------------------------------------------------- features (1.3)
 
-    def supports_features(self) -> bool:
-        return FEATURES_CAPABILITY in self._info().capabilities
-
-    def features(
-        self,
-        texts: Sequence[str],
-        prompts: np.ndarray[Any, Any] | None = None,
-        *,
-        pooling: Pooling = "mean",
+    def _features(
+        self, texts: Sequence[str], prompts: np.ndarray[Any, Any] | None, pooling: Pooling
     ) -> FloatArray:
-        """See :meth:`bbt.Client.features`; float32 prompts, nothing travels."""
+        # float32 prompts: nothing travels.
         chunks = plan_features(self._info(), texts, prompts, pooling)
         answers = [self._features_answer(c.decoded) for c in chunks if c.decoded is not None]
         return assemble_features(chunks, answers, self._usage)
 
-    def session_features(
-        self,
-        session: ProjectionSession,
-        z: np.ndarray[Any, Any],
-        texts: Sequence[str],
-        *,
-        pooling: Pooling = "mean",
-    ) -> FloatArray:
-        """See :meth:`bbt.Client.session_features`."""
-        chunks = plan_session_features(self._info(), session, z, texts, pooling)
+    def _session_features(
+        self, session: ProjectionSession, chunks: list[FeaturesChunk]
+    ) -> list[FeaturesResponse]:
         decode = self._host().decode_features
-        answers = [
+        return [
             self._features_answer(self._session_decoded(session, decode, c.request, c.raw))
             for c in chunks
         ]
-        return assemble_features(chunks, answers, self._usage)
 
     def _features_answer(self, d: DecodedFeaturesRequest) -> FeaturesResponse:
         out, usage = self._call(self._backend.features, d.prompts, d.texts, d.pooling)

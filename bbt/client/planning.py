@@ -74,6 +74,10 @@ class LogitsChunk:
     decoded: DecodedLogitsRequest
 
     @property
+    def body(self) -> LogitsRequest:
+        return self.request
+
+    @property
     def sequences(self) -> int:
         """Prompt-text pairs the server runs for this request: what its time grows with."""
         return (self.p1 - self.p0) * (self.b1 - self.b0)

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from bbt.client.planning import _even_bounds, checked, plan_grid
 from bbt.client.transport import RawBody
 from bbt.errors import APIStatusError, InvalidRequestError, ProtocolError
 from bbt.protocol import (
     FRAME_CONTENT_TYPE,
+    FeaturesResponse,
     InitialPromptSpec,
+    LogitsResponse,
     ModelInfo,
     ProjectionSpec,
     SessionInfo,
@@ -35,6 +38,20 @@ from bbt.protocol.sessions import check_session_logits, spec_of
 
 #: The error type of a 404 for a session that is gone (protocol 1.1).
 SESSION_NOT_FOUND = "session_not_found"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class SessionOp(Generic[M]):
+    """A call on an open session: its route (``/sessions/{id}/{name}``) and its answer."""
+
+    name: str
+    answer: type[M]
+
+
+SESSION_LOGITS = SessionOp("logits", LogitsResponse)
+SESSION_FEATURES = SessionOp("features", FeaturesResponse)
 
 
 @dataclass
