@@ -10,6 +10,7 @@ import typer
 
 from bbt.cli._errors import guard
 from bbt.cli._options import read_examples, resolve_task
+from bbt.cli._params import from_params
 from bbt.cli._progress import sayer
 from bbt.cli._service_select import DEFAULT_MOCK_HIDDEN, open_service
 from bbt.errors import ConfigurationError
@@ -18,6 +19,7 @@ PANEL = "Comparison"
 
 
 def compare_command(
+    ctx: typer.Context,
     task: str | None = typer.Option(None, "--task", "-t", help="A preset task."),
     task_file: Path | None = typer.Option(None, "--task-file", help="A task TOML file."),
     template: str | None = typer.Option(None, "--template", help="A template with {mask}."),
@@ -97,17 +99,10 @@ def compare_command(
         t = resolve_task(task, task_file, template, verbalizer, metric)
         rows = read_examples(t, data, column, label_column, None)
         held = read_examples(t, test, column, label_column, None) if test else None
-        settings = CompareSettings(
-            methods=names,
-            seeds=seeds,
-            k_shot=k_shot,
-            budget=budget,
-            n_test=n_test,
-            price_per_1k_tokens=price,
-            icl_demos=icl_demos,
-            n_tokens=n_tokens,
-            init=init,
-            curve_points=curve_points,
+        # The options named as CompareSettings' fields travel as parsed; local_model is
+        # settled below, once the service is known.
+        settings = from_params(
+            CompareSettings, ctx.params, methods=names, price_per_1k_tokens=price, local_model=None
         )
         say = sayer(quiet)
         service = open_service(

@@ -6,18 +6,20 @@ message and a non-zero status, never a traceback.
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from bbt.cli._common import bind_listener, fail, one_line_errors
+from bbt.cli._common import bind_listener, one_line_errors
+from bbt.cli._params import from_params
 from bbt.cli._serve import warn_if_exposed
+from bbt.cli._startup import auth_summary, run_uvicorn, start_logging
+from bbt.cli._startup import log_level as parse_log_level
 
 
 def mock_server(
+    ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0: any)."),
     hidden_size: int = typer.Option(64, "--hidden-size", min=8, help="H of the mock model."),
@@ -85,12 +87,10 @@ def mock_server(
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning."),
 ) -> None:
     """Serve the deterministic mock masked (or, with --causal, causal) LM (needs bbt\\[server])."""
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        fail(f"--log-level must be debug, info or warning, not {log_level!r}")
+    level = parse_log_level(log_level)
     # A BBTError here is create_app's own message, which names the extra.
     with one_line_errors("bbt mock-server needs {name}: pip install 'bbt[server]'"):
-        import uvicorn
+        import uvicorn  # noqa: F401  (missing: the one-line message, before any work)
 
         from bbt.server.app import create_app
     from pydantic import SecretStr
@@ -110,27 +110,14 @@ def mock_server(
         if max_queue is not None:
             given["max_queue"] = max_queue
         settings = ServerSettings(**given)
-        faults = FaultConfig(
-            latency_ms=latency_ms,
-            jitter_ms=jitter_ms,
-            rate_429=rate_429,
-            retry_after_s=retry_after,
-            rate_500=rate_500,
-            rate_503=rate_503,
-            rate_timeout=rate_timeout,
-            timeout_s=timeout_s,
-            rate_drop=rate_drop,
-            rate_malformed=rate_malformed,
-            seed=fault_seed,
-        )
+        # The fault flags are FaultConfig's fields but for two names (--seed is the model's).
+        faults = from_params(FaultConfig, ctx.params, retry_after_s=retry_after, seed=fault_seed)
     from bbt.server.registry import open_registry
 
     with one_line_errors():
         store = open_registry(registry, default=None)
 
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    start_logging(level)
     backend = MockBackend(
         hidden_size=hidden_size, seed=seed, model_id=model_id, compute_ms=compute_ms, causal=causal
     )
@@ -138,7 +125,7 @@ def mock_server(
     app = create_app(backend, settings, faults, registry=store)
     sock = bind_listener(host, port)
     bound = sock.getsockname()
-    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no authentication"
+    auth = auth_summary(settings, "no authentication")
     typer.echo(
         f"bbt mock-server: {model_id} ({'causal, ' if causal else ''}H={hidden_size}, "
         f"seed {seed}) on "
@@ -149,20 +136,15 @@ def mock_server(
         err=True,
     )
     warn_if_exposed("bbt mock-server", str(bound[0]), int(bound[1]), len(settings.api_keys))
-    config = uvicorn.Config(
-        app,
-        log_level=log_level.lower(),
-        access_log=False,  # the app logs one structured line per request itself
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-        **settings.uvicorn_options(),  # connection limit and keep-alive, as bbt serve
-    )
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
+
+    def stop() -> None:
         sock.close()
         if store is not None:
             store.close()
+
+    run_uvicorn(
+        app, sock, settings, log_level, cleanup=stop, lifespan="off", timeout_graceful_shutdown=2
+    )
 
 
 def register(app: typer.Typer) -> None:

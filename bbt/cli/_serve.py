@@ -15,14 +15,14 @@ but never silent: :func:`exposure_warning` decides, and both ``bbt serve`` and
 from __future__ import annotations
 
 import ipaddress
-import logging
-import sys
 from pathlib import Path
 from typing import Any, cast
 
 import typer
 
 from bbt.cli._common import bind_listener, fail, one_line_errors
+from bbt.cli._startup import auth_summary, run_uvicorn, start_logging
+from bbt.cli._startup import log_level as parse_log_level
 
 
 def exposure_warning(command: str, bound_host: str, port: int, n_keys: int) -> str | None:
@@ -255,9 +255,7 @@ def _check_options(
         fail(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        fail(f"--log-level must be debug, info or warning, not {log_level!r}")
+    level = parse_log_level(log_level)
     if ray_address is not None and replicas is None:
         fail("--ray-address needs --replicas")
     return level
@@ -289,16 +287,14 @@ def _serve_here(
 ) -> None:
     """``bbt serve`` in this process: one model, uvicorn, the prompt registry."""
     with one_line_errors(NEEDS_SERVE):
-        import uvicorn
+        import uvicorn  # noqa: F401  (missing: the one-line message, before any work)
 
         from bbt.server.app import create_app
         from bbt.server.backend import backend_for, backend_kind
         from bbt.server.hf import HFBackend
         from bbt.server.settings import ServerSettings
 
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    start_logging(level)
     with one_line_errors(invalid="invalid server settings"):
         settings = ServerSettings(**settings_kw)
 
@@ -325,7 +321,7 @@ def _serve_here(
         backend = cast("HFBackend", backend_for(model, head=head, **backend_options))
     info = backend.info
     bound = sock.getsockname()
-    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key"
+    auth = auth_summary(settings, "no API key")
     what = "causal LM" if causal else f"{backend.head_name} head"
     typer.echo(
         f"serving {info.id} ({what}, {backend.compute_dtype} on "
@@ -336,20 +332,12 @@ def _serve_here(
     typer.echo(f"prompt registry: {store.path if store is not None else 'off'}", err=True)
     warn_if_exposed("bbt serve", str(bound[0]), int(bound[1]), len(settings.api_keys))
     app = create_app(backend, settings, registry=store)
-    config = uvicorn.Config(
-        app,
-        log_level=log_level.lower(),
-        access_log=False,
-        log_config=None,
-        # A connection limit (uvicorn's bare 503 past it) and an idle keep-alive longer than
-        # the client's, so the client, not the server, closes idle connections.
-        **settings.uvicorn_options(),
-    )
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
+
+    def stop() -> None:
         backend.close()
         release()
+
+    run_uvicorn(app, sock, settings, log_level, cleanup=stop, log_config=None)
 
 
 def _serve_on_ray(

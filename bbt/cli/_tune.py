@@ -39,6 +39,7 @@ from bbt.cli._options import (
     prepare,
     resolve_task,
 )
+from bbt.cli._params import from_params
 from bbt.cli._preflight import preflight
 from bbt.cli._progress import Eta as _Eta
 from bbt.cli._progress import Progress, sayer, summary
@@ -222,51 +223,16 @@ def tune_command(
 
         # The task first: a wrong task is named before a wrong hyper-parameter.
         t = resolve_task(task, task_file, template, verbalizer, metric)
-        config = TuneConfig(
-            n_tokens=n_tokens,
-            dim=dim,
-            popsize=popsize,
-            sigma=sigma,
-            alpha=alpha,
-            bound=bound,
-            budget=budget,
-            loss=loss,
-            eval_every=eval_every,
-            patience=patience,
-            patience_calls=patience_calls,
-            stop_ucb=stop_ucb,
-            stop_window=stop_window,
-            stop_min_calls=stop_min_calls,
-            seed=seed,
-            projection=projection,  # type: ignore[arg-type]
-            method=method,
-            layer_generations=layer_generations,
-            sessions=sessions,
-            optimizer=optimizer,
-            label_words=label_words,
-            calibrate=calibrate,
-            search_label_words=search_label_words,
-            # Unset: TuneConfig's own default.
-            **({} if eval_mean is None else {"eval_mean": eval_mean}),
-        )
-        options = TuneOptions(
-            task=task,
+        # The options named as TuneConfig's / TuneOptions' fields travel as parsed; an unset
+        # --eval-mean keeps TuneConfig's own default.
+        config = from_params(TuneConfig, ctx.params, unset=("eval_mean",))
+        options = from_params(
+            TuneOptions,
+            ctx.params,
             task_file=None if task_file is None else str(task_file),
-            template=template,
-            verbalizer=verbalizer,
-            metric=metric,
             data=None if data is None else str(data),
             dev_data=None if dev_data is None else str(dev_data),
             columns=tuple(column),
-            text_field=text_field,
-            text_pair_column=text_pair_column,
-            label_column=label_column,
-            label_map=label_map,
-            data_format=data_format,
-            k_shot=k_shot,
-            dev_k=dev_k,
-            data_seed=data_seed,
-            init=init,
             config=config,
         )
         prepared = prepare(options, t)
