@@ -201,6 +201,9 @@ def tune_command(
     if resume is not None and dry_run:
         _fail("--dry-run does not apply to --resume")
     if resume is not None:
+        # Before the service and the progress bar, and with no "continue with --resume" hint:
+        # resuming is what was refused.
+        _guard(lambda: _check_checkpoint(resume, trust_checkpoint))
         _guard(
             lambda: _resume(
                 resume,
@@ -305,6 +308,24 @@ def _dry_run(run: Prepared, service: Any) -> None:
     line = f"tune {t.name} on {len(run.train)} train / {len(run.dev)} dev examples"
     for text in describe(plan, line):
         typer.echo(text)
+
+
+def _check_checkpoint(run_dir: Path, trust_checkpoint: bool) -> None:
+    """Refuse a foreign, edited or damaged checkpoint now, as resume would once the service
+    is open and the tuner built. A completed run's checkpoint is never read; a manifest that
+    cannot be read, or one from before run ids, is left to resume to judge."""
+    from bbt.errors import BBTError
+    from bbt.tuner import read_manifest
+    from bbt.tuner.run import load_checkpoint
+
+    if trust_checkpoint:  # nothing to refuse, and a trusted legacy pickle is read only once
+        return
+    try:
+        manifest = read_manifest(run_dir)
+    except BBTError:
+        return
+    if manifest.get("status") != "completed" and "run_id" in manifest:
+        load_checkpoint(run_dir, str(manifest["run_id"]))
 
 
 def _resume(
