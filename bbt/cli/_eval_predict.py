@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,10 @@ import typer
 
 from bbt.cli._errors import ARG_API_KEY, guard
 from bbt.cli._options import read_examples, text_columns
+from bbt.cli._params import GROUP, grouped
 from bbt.cli._progress import say_err
 from bbt.cli._service_select import (
+    ServerOptions,
     server_device_option,
     server_dtype_option,
     server_options,
@@ -24,22 +29,6 @@ from bbt.errors import TaskError
 
 
 # The options eval and predict share (each call makes a fresh typer.Option).
-def _base_url_option() -> Any:
-    return typer.Option(None, help="Service URL (or BBT_BASE_URL / .env).")
-
-
-def _api_key_option() -> Any:
-    return typer.Option(None, help="API key (or BBT_API_KEY / .env).")
-
-
-def _model_option() -> Any:
-    return typer.Option(None, help="Model id.")
-
-
-def _mock_option() -> Any:
-    return typer.Option(None, "--mock/--no-mock", help="Use the in-process mock.")
-
-
 def _text_column_option() -> Any:
     return typer.Option(None, "--text-column", help="Column of the text (or a pair's first).")
 
@@ -48,15 +37,43 @@ def _pair_column_option() -> Any:
     return typer.Option(None, "--text-pair-column", help="Column of a pair's second text.")
 
 
-def _upload_option() -> Any:
-    return typer.Option(
+@dataclass(frozen=True)
+class RunService:
+    """The options ``bbt eval`` and ``bbt predict`` declare once: which service answers a
+    finished run's prompt, and how the prompt reaches it."""
+
+    base_url: str | None = typer.Option(None, help="Service URL (or BBT_BASE_URL / .env).")
+    api_key: str | None = typer.Option(None, help="API key (or BBT_API_KEY / .env).")
+    model: str | None = typer.Option(None, help="Model id.")
+    mock: bool | None = typer.Option(None, "--mock/--no-mock", help="Use the in-process mock.")
+    server_dtype: str | None = server_dtype_option()
+    server_threads: int | None = server_threads_option()
+    server_device: str | None = server_device_option()
+    upload_prompt: bool = typer.Option(
         False,
         "--upload-prompt",
         help="Send the prompt with every request instead of storing it in the service's "
         "prompt registry once (the default when the service has one).",
     )
 
+    def server(self, ctx: typer.Context) -> ServerOptions:
+        """The embedded server's options; the API key is known to the error messages."""
+        ARG_API_KEY.set(self.api_key)
+        return server_options(ctx, self.server_dtype, self.server_threads, self.server_device)
 
+    @contextmanager
+    def prompt(self, run_dir: Path, server: ServerOptions) -> Iterator[Any]:
+        """The run's :class:`~bbt.tuner.TunedPrompt` on the service, open while in use."""
+        from bbt.tuner import TunedPrompt
+
+        service = service_for_run(
+            run_dir, self.mock, self.base_url, self.api_key, self.model, say_err, server
+        )
+        with service as (svc, _):
+            yield TunedPrompt.load(run_dir, svc, use_registry=not self.upload_prompt), svc
+
+
+@grouped(RunService, "service")
 def eval_command(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
@@ -73,28 +90,16 @@ def eval_command(
     data_format: str | None = typer.Option(
         None, "--format", help="tsv, csv, jsonl, parquet or hf."
     ),
-    base_url: str | None = _base_url_option(),
-    api_key: str | None = _api_key_option(),
-    model: str | None = _model_option(),
-    mock: bool | None = _mock_option(),
-    server_dtype: str | None = server_dtype_option(),
-    server_threads: int | None = server_threads_option(),
-    server_device: str | None = server_device_option(),
-    upload_prompt: bool = _upload_option(),
+    service: RunService = GROUP,
     baseline: bool = typer.Option(
         False, "--baseline", help="Score the run's p0 (z = 0) too: both figures and the gain."
     ),
 ) -> None:
     """Score a tuned prompt on labelled data: prints one JSON object of metrics."""
-    ARG_API_KEY.set(api_key)
-    server = server_options(ctx, server_dtype, server_threads, server_device)
+    server = service.server(ctx)
 
     def go() -> None:
-        from bbt.tuner import TunedPrompt
-
-        service = service_for_run(run_dir, mock, base_url, api_key, model, say_err, server)
-        with service as (svc, _):
-            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
+        with service.prompt(run_dir, server) as (tp, svc):
             cols = text_columns(tp.task, column, text_column, text_pair_column)
             examples = read_examples(
                 tp.task, data, cols, label_column, data_format, label_map=label_map
@@ -113,6 +118,7 @@ def eval_command(
     guard(go)
 
 
+@grouped(RunService, "service")
 def predict_command(
     ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
@@ -126,27 +132,15 @@ def predict_command(
     data_format: str | None = typer.Option(
         None, "--format", help="tsv, csv, jsonl, parquet or hf."
     ),
-    base_url: str | None = _base_url_option(),
-    api_key: str | None = _api_key_option(),
-    model: str | None = _model_option(),
-    mock: bool | None = _mock_option(),
-    server_dtype: str | None = server_dtype_option(),
-    server_threads: int | None = server_threads_option(),
-    server_device: str | None = server_device_option(),
-    upload_prompt: bool = _upload_option(),
+    service: RunService = GROUP,
 ) -> None:
     """Classify texts with a tuned prompt: one JSON line per input (label, probabilities)."""
-    ARG_API_KEY.set(api_key)
-    server = server_options(ctx, server_dtype, server_threads, server_device)
+    server = service.server(ctx)
 
     def go() -> None:
-        from bbt.tuner import TunedPrompt
-
         if bool(texts) == (file is not None):
             raise TaskError("give texts as arguments or --file FILE (one of the two)")
-        service = service_for_run(run_dir, mock, base_url, api_key, model, say_err, server)
-        with service as (svc, _):
-            tp = TunedPrompt.load(run_dir, svc, use_registry=not upload_prompt)
+        with service.prompt(run_dir, server) as (tp, _):
             inputs: list[Any]
             if file is not None:
                 cols = text_columns(tp.task, column, text_column, text_pair_column)

@@ -1,4 +1,5 @@
-"""Options as data: a config object built from a command's parsed options.
+"""Options as data: a config object built from a command's parsed options, and a group of
+options several commands declare once.
 
 Where a command's parameter names are the config's field names, :func:`from_params` takes them
 from ``ctx.params`` (what click parsed, before typer calls the command) instead of copying
@@ -9,10 +10,14 @@ another name, or a value that is converted first.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
-from typing import Any, TypeVar
+import functools
+import inspect
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, ParamSpec, TypeVar, get_type_hints
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 
 def field_names(cls: type[Any]) -> frozenset[str]:
@@ -51,3 +56,45 @@ def from_params(
     }
     kwargs.update(explicit)
     return cls(**kwargs)
+
+
+#: The default of a command's parameter that :func:`grouped` fills (typer never sees it).
+GROUP: Any = object()
+
+
+def grouped(group: type[Any], name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Declare the options of ``group`` once for several commands.
+
+    ``group`` is a dataclass whose field defaults are typer options. The decorated command
+    has a parameter ``name`` (annotated ``group``, default :data:`GROUP`); typer sees the
+    group's fields as options in its place, in the same order, and the command gets them
+    as one ``group`` value.
+    """
+    members = [f.name for f in dataclasses.fields(group)]
+    hints = get_type_hints(group)
+
+    def decorate(command: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(command, eval_str=True)
+        params: list[inspect.Parameter] = []
+        for param in signature.parameters.values():
+            if param.name != name:
+                params.append(param)
+                continue
+            for f in dataclasses.fields(group):
+                params.append(
+                    inspect.Parameter(
+                        f.name, param.kind, default=f.default, annotation=hints[f.name]
+                    )
+                )
+
+        @functools.wraps(command)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            values = {member: kwargs.pop(member) for member in members}
+            kwargs[name] = group(**values)
+            return command(*args, **kwargs)
+
+        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate

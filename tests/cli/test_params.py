@@ -3,6 +3,7 @@ options, and what ``bbt tune`` builds that way is what it built field by field b
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typer.testing import CliRunner
 
 import bbt.cli._tune as tune_module
 from bbt.cli import app
-from bbt.cli._params import field_names, from_params
+from bbt.cli._eval_predict import RunService
+from bbt.cli._params import GROUP, field_names, from_params, grouped
 from bbt.comparison import CompareSettings
 from bbt.errors import TaskError
 from bbt.server.faults import FaultConfig
@@ -220,3 +222,39 @@ def test_mock_server_builds_its_faults_from_its_options(monkeypatch: pytest.Monk
         result = runner.invoke(app, ["mock-server", "--port", "0", *args])
         assert result.exit_code == 0, result.output
         assert repr(seen.pop()) == repr(expected)
+
+
+@dataclass(frozen=True)
+class _Flags:
+    colour: str = typer.Option("red", "--colour", help="A colour.")
+    loud: bool = typer.Option(False, "--loud/--quiet", help="How loud.")
+
+
+def test_grouped_options_stand_in_the_groups_place_and_reach_the_command_as_one() -> None:
+    seen: list[Any] = []
+    toy = typer.Typer(add_completion=False)
+
+    @toy.command()
+    @grouped(_Flags, "flags")
+    def main(first: int = typer.Option(1), flags: _Flags = GROUP, last: int = 2) -> None:
+        seen.append((first, flags, last))
+
+    command = typer.main.get_command(toy)
+    assert [p.name for p in command.params] == ["first", "colour", "loud", "last"]
+    result = runner.invoke(toy, ["--colour", "blue", "--loud", "--last", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen == [(1, _Flags(colour="blue", loud=True), 3)]
+    assert "A colour." in runner.invoke(toy, ["--help"]).output
+
+
+def test_eval_and_predict_declare_the_same_service_options() -> None:
+    command = typer.main.get_command(app)
+    ctx = typer.Context(command)
+    shared = [f.name for f in dataclasses.fields(RunService)]
+
+    def options(name: str) -> list[tuple[Any, ...]]:
+        params = command.get_command(ctx, name).params  # type: ignore[attr-defined]
+        return [(p.name, p.opts, p.secondary_opts, p.help) for p in params if p.name in shared]
+
+    assert [o[0] for o in options("eval")] == shared
+    assert options("eval") == options("predict")
