@@ -21,6 +21,7 @@ from typing import Any, cast
 import typer
 
 from bbt.cli._common import bind_listener, fail, one_line_errors
+from bbt.cli._serve_options import option
 from bbt.cli._startup import auth_summary, run_uvicorn, start_logging
 from bbt.cli._startup import log_level as parse_log_level
 
@@ -54,128 +55,30 @@ def warn_if_exposed(command: str, bound_host: str, port: int, n_keys: int) -> No
         typer.secho(message, err=True, fg=typer.colors.RED, bold=True)
 
 
-# Help panels of `bbt serve --help`: the options grouped by what they set.
 #: What ``bbt serve`` says when an import of the serve extra fails.
 NEEDS_SERVE = "bbt serve needs the serve extra ({name} is missing): pip install 'bbt[serve]'"
 
-_MODEL = "Model"
-_COMPUTE = "Compute"
-_ACCESS = "Listening, access and logs"
-_SESSIONS = "Projection sessions (protocol 1.1)"
-_RAY = "Scale-out on Ray Serve"
-
 
 def serve(
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Model directory (default: the embedded MiniLM); a causal LM's config "
-        "(*ForCausalLM, GPT2LMHeadModel, is_decoder) is detected. smollm2-135m or "
-        "gemma-3-270m: a GGUF model installed from PyPI (docs/quality.md), converted once.",
-        rich_help_panel=_MODEL,
-    ),
-    head: str = typer.Option(
-        "auto",
-        "--head",
-        help="MLM head: auto | model | tied | shipped | PATH to a fitted head file.",
-        rich_help_panel=_MODEL,
-    ),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Interface to listen on.", rich_help_panel=_ACCESS
-    ),
-    port: int = typer.Option(
-        8000, "--port", "-p", min=0, max=65535, help="TCP port.", rich_help_panel=_ACCESS
-    ),
-    dtype: str = typer.Option(
-        "auto",
-        "--dtype",
-        help="Compute dtype: auto (bf16 only where native, else float32) | float32 | bfloat16 "
-        "| float16 (CUDA only).",
-        rich_help_panel=_COMPUTE,
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="auto (CUDA if present) | cpu | cuda.", rich_help_panel=_COMPUTE
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="torch CPU threads.", rich_help_panel=_COMPUTE
-    ),
-    token_budget: int | None = typer.Option(
-        None,
-        "--token-budget",
-        min=1,
-        help="Most padded tokens in one forward pass (default: 4096 on CPU, 16384 on CUDA).",
-        rich_help_panel=_COMPUTE,
-    ),
-    model_id: str | None = typer.Option(
-        None, "--model-id", help="Model id to advertise.", rich_help_panel=_MODEL
-    ),
-    api_key_file: Path | None = typer.Option(
-        None,
-        "--api-key-file",
-        help="File with one accepted API key per line (also BBT_SERVER_API_KEYS / _FILE).",
-        rich_help_panel=_ACCESS,
-    ),
-    max_queue: int | None = typer.Option(
-        None,
-        "--max-queue",
-        min=0,
-        help="Requests that may wait for the model; more get 503 + Retry-After "
-        "(default 16; also BBT_SERVER_MAX_QUEUE).",
-        rich_help_panel=_ACCESS,
-    ),
-    registry: str | None = typer.Option(
-        None,
-        "--registry",
-        help="Prompt registry file (default: $BBT_HOME/registry.sqlite3, else "
-        "~/.local/share/bbt/registry.sqlite3); 'none' turns it off, 'memory' keeps it in RAM.",
-        rich_help_panel=_ACCESS,
-    ),
-    sessions: bool | None = typer.Option(
-        None,
-        "--sessions/--no-sessions",
-        help="Offer projection sessions (protocol 1.1; default on; BBT_SERVER_SESSIONS).",
-        rich_help_panel=_SESSIONS,
-    ),
-    session_idle_timeout: float | None = typer.Option(
-        None,
-        "--session-idle-timeout",
-        min=1,
-        help="Seconds before an unused session is dropped (default 600).",
-        rich_help_panel=_SESSIONS,
-    ),
-    max_sessions_per_key: int | None = typer.Option(
-        None,
-        "--max-sessions-per-key",
-        min=1,
-        help="Sessions one API key holds (default 4).",
-        rich_help_panel=_SESSIONS,
-    ),
-    max_session_memory: int | None = typer.Option(
-        None,
-        "--max-session-memory",
-        min=1,
-        help="MiB all sessions together hold (default 2048; one paper-scale session: 98).",
-        rich_help_panel=_SESSIONS,
-    ),
-    log_level: str = typer.Option(
-        "info", "--log-level", help="debug | info | warning.", rich_help_panel=_ACCESS
-    ),
-    replicas: int | None = typer.Option(
-        None,
-        "--replicas",
-        min=1,
-        help="Scale out on Ray Serve: N replicas, one model each (needs bbt\\[ray]; "
-        "docs/scaling.md).",
-        rich_help_panel=_RAY,
-    ),
-    ray_address: str | None = typer.Option(
-        None,
-        "--ray-address",
-        help="With --replicas: join this Ray cluster (auto | ray://host:10001) instead of "
-        "starting a local one.",
-        rich_help_panel=_RAY,
-    ),
+    model: str | None = option("model", None, "-m"),
+    head: str = option("head", "auto"),
+    host: str = option("host", "127.0.0.1"),
+    port: int = option("port", 8000, "-p", min=0, max=65535),
+    dtype: str = option("dtype", "auto"),
+    device: str = option("device", "auto"),
+    threads: int | None = option("threads", None, min=1),
+    token_budget: int | None = option("token_budget", None, min=1),
+    model_id: str | None = option("model_id", None),
+    api_key_file: Path | None = option("api_key_file", None),
+    max_queue: int | None = option("max_queue", None, min=0),
+    registry: str | None = option("registry", None),
+    sessions: bool | None = option("sessions", None, flag="--sessions/--no-sessions"),
+    session_idle_timeout: float | None = option("session_idle_timeout", None, min=1),
+    max_sessions_per_key: int | None = option("max_sessions_per_key", None, min=1),
+    max_session_memory: int | None = option("max_session_memory", None, min=1),
+    log_level: str = option("log_level", "info"),
+    replicas: int | None = option("replicas", None, min=1),
+    ray_address: str | None = option("ray_address", None),
 ) -> None:
     """Serve a masked or causal LM over protocol v1 (needs bbt\\[serve])."""
     level = _check_options(dtype, device, log_level, replicas, ray_address)
