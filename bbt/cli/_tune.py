@@ -7,7 +7,8 @@ with a one-line message and a non-zero status, never a traceback.
 
 The pieces: :mod:`bbt.cli._options` (the options as data and the k-shot split),
 :mod:`bbt.cli._service_select` (which service), :mod:`bbt.cli._progress` (the bar),
-:mod:`bbt.cli._errors` (how a command fails), :mod:`bbt.cli._eval_predict`.
+:mod:`bbt.cli._errors` (how a command fails), :mod:`bbt.cli._eval_predict`,
+:mod:`bbt.cli._params` (the run's config built from the parsed options).
 """
 
 from __future__ import annotations
