@@ -48,6 +48,8 @@ from bbt.tuner.inputs import TunerInputs
 from bbt.tuner.methods.probe import PlainProbeMethod, ProbeTuner, TunedProbeMethod
 from bbt.tuner.probe_head import OBJECTIVES
 
+METHODS = ("probe", "probe-tuned")
+
 
 class CachedFeatures:
     """``service`` with its ``features`` answers kept per (texts, prompts, pooling): the
@@ -78,14 +80,16 @@ def one_run(
     cfg: TuneConfig,
     held_cache: CachedFeatures | None = None,
     objective: str = "kfold",
+    pooling: str = "mean",
 ) -> dict[str, Any]:
     before = service.usage.copy()
     t0 = time.time()
-    if objective == "kfold":  # the registered methods, as ``bbt tune --method`` builds them
+    if (objective, pooling) == ("kfold", "mean"):  # the registered methods, as in `bbt tune`
         tuner = methods.build_tuner(service, task, train, dev, cfg)
     else:
         cls = PlainProbeMethod if method == "probe" else TunedProbeMethod
-        tuner = cls(objective=objective).build(TunerInputs(service, task, train, dev, cfg))
+        built = cls(pooling=pooling, objective=objective)
+        tuner = built.build(TunerInputs(service, task, train, dev, cfg))
     assert isinstance(tuner, ProbeTuner)
     try:
         sel = tuner.run()
@@ -105,6 +109,7 @@ def one_run(
         "method": method,
         "head": tuner.head_kind,
         "objective": objective,
+        "pooling": pooling,
         "heldout_accuracy": scored["accuracy"],
         "dev_metric": sel.dev_metric,
         "selected_z0": not sel.z.any(),
@@ -130,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--objective", choices=OBJECTIVES, default="kfold")
+    ap.add_argument("--pooling", choices=("mean", "mask"), default="mean")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
@@ -148,15 +155,26 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in args.seeds:
         train, dev = kshot_examples(args.task, args.shots, seed, task)
-        for method in ("probe", "probe-tuned"):
+        for method in args.methods:
             names = ("n_tokens", "dim", "popsize", "sigma", "budget", "eval_every")
             cfg = tune_config(args, names, seed=seed, method=method)
-            run = one_run(service, task, method, train, dev, held, cfg, held_cache, args.objective)
+            run = one_run(
+                service,
+                task,
+                method,
+                train,
+                dev,
+                held,
+                cfg,
+                held_cache,
+                args.objective,
+                args.pooling,
+            )
             rec = {"seed": seed, **run}
             runs.append(rec)
             print(rec, flush=True)
     summary = {}
-    for method in ("probe", "probe-tuned"):
+    for method in args.methods:
         accs = [100 * r["heldout_accuracy"] for r in runs if r["method"] == method]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         summary[method] = {"mean": statistics.mean(accs), "std": sd, "per_seed": accs}
