@@ -14,7 +14,8 @@ held-out rows.
 
 Part 2 (``--part corr``): ``--candidates`` random z around 0 (sigma ``--sigma``); per z the
 k-fold log-loss and accuracy on the training shots and the held-out accuracy of its head,
-and their rank correlation.
+and their rank correlation; ``centroid-loo`` is the centroid head scored by its closed-form
+leave-one-out log-loss (``objective="loo"``) instead, C picked by that loss.
 
 Usage::
 
@@ -141,14 +142,15 @@ def part_corr(service: Any, args: Any, task: Any, held: Any) -> list[Any]:
         zs = np.vstack(
             [np.zeros(args.dim), args.sigma * rng.standard_normal((args.candidates, args.dim))]
         )
-        rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in HEAD_KINDS}
+        scorers = [(k, k, "kfold") for k in HEAD_KINDS] + [("centroid-loo", "centroid", "loo")]
+        rows: dict[str, list[tuple[float, float, float]]] = {s[0]: [] for s in scorers}
         for z in zs:
             f = np.asarray(tuner.features(z, texts)[0], dtype=np.float64)
-            for kind in HEAD_KINDS:
-                loss, acc, c = cv_score(f[:n], y, task.num_classes, kind=kind)
+            for name, kind, objective in scorers:
+                loss, acc, c = cv_score(f[:n], y, task.num_classes, kind=kind, objective=objective)
                 head = fit_head(f[:n], y, task.num_classes, kind=kind, c=c)
                 ho = float((head.logits(f[n:]).argmax(-1) == yt).mean())
-                rows[kind].append((loss, acc, ho))
+                rows[name].append((loss, acc, ho))
             print(seed, {k: v[-1] for k, v in rows.items()}, flush=True)
         rec: dict[str, Any] = {"seed": seed}
         for kind, vals in rows.items():

@@ -13,6 +13,8 @@ scalar (the training features' RMS), so one grid of C values fits every model wi
 :func:`cv_score` is the probe's objective: mean log-loss (and accuracy) over repeated
 stratified folds of the training shots, the best over the C grid. A smooth loss averaged
 over several fold splits ranks candidates with less noise than the accuracy of one split.
+With ``objective="loo"`` (``centroid`` only) it is the exact leave-one-out log-loss instead,
+in closed form: every shot is held out once and the other N - 1 fit the head.
 
 A head is saved as ``head.json`` (kind, pooling, C, shapes) and ``head.npz`` (arrays),
 never pickled, and loaded with ``allow_pickle=False``.
@@ -40,6 +42,8 @@ HEAD_KINDS = ("logreg", "ridge", "centroid")
 #: Regularisation grid, searched by cross-validation (logreg: C; ridge: 1 / lambda).
 C_GRID = (0.1, 1.0, 10.0)
 FOLDS = 4
+#: How :func:`cv_score` holds shots out: repeated stratified k-fold, or leave-one-out.
+OBJECTIVES = ("kfold", "loo")
 REPEATS = 2
 CV_SEED = 0
 
@@ -225,6 +229,36 @@ def _folds(labels: np.ndarray[Any, Any]) -> list[tuple[np.ndarray[Any, Any], ...
     return out
 
 
+def _loo_centroid(
+    features: np.ndarray[Any, Any], y: np.ndarray[Any, Any], k: int, grid: tuple[float, ...]
+) -> tuple[float, float, float]:
+    """Exact leave-one-out of the ``centroid`` head, in closed form.
+
+    Distances over the shared variance do not change when the features are centred or
+    scaled, so the L2-normalised features serve. Leaving shot i out of its class (n shots,
+    centroid mu, r = |x_i - mu|^2) moves that centroid to (n mu - x_i) / (n - 1): the
+    distance to it becomes (n / (n - 1))^2 r, and the within-class scatter S loses
+    n / (n - 1) r; the other centroids stay."""
+    x = _normalise(features)
+    n = x.shape[0]
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    cent = np.stack([x[y == j].mean(0) for j in range(k)])
+    d2 = ((x[:, None, :] - cent[None]) ** 2).sum(-1)  # [N, k]
+    rows = np.arange(n)
+    r = d2[rows, y]
+    shrink = counts[y] / (counts[y] - 1.0)
+    d2[rows, y] = shrink**2 * r
+    var0 = (r.sum() - shrink * r) / (n - 1)  # [N]: the variance without shot i, at C = 1
+    acc = float((d2.argmin(-1) == y).mean())
+    best = (np.inf, acc, grid[0])
+    for c in grid:
+        logp = _log_softmax(-0.5 * d2 / (var0 / c + 1e-12)[:, None])
+        loss = float(-logp[rows, y].mean())
+        if loss < best[0]:
+            best = (loss, acc, c)
+    return best
+
+
 def cv_score(
     features: np.ndarray[Any, Any],
     labels: np.ndarray[Any, Any],
@@ -232,12 +266,25 @@ def cv_score(
     *,
     kind: str = "logreg",
     grid: tuple[float, ...] = C_GRID,
+    objective: str = "kfold",
 ) -> tuple[float, float, float]:
     """(log-loss, accuracy, C): the cross-validated log-loss of the best C in ``grid`` on
-    the training shots, the accuracy at that C, and C. Needs two examples of every class."""
+    the training shots, the accuracy at that C, and C. Needs two examples of every class.
+    ``objective``: ``kfold`` (repeated stratified folds) or ``loo`` (leave-one-out, closed
+    form; ``centroid`` head only)."""
     y = np.asarray(labels, dtype=np.int64)
     if np.bincount(y, minlength=num_classes).min() < 2:
         raise ConfigurationError("a probe needs at least 2 training examples of every class")
+    if objective == "loo":
+        if kind != "centroid":
+            raise ConfigurationError(
+                f"the leave-one-out objective needs the centroid head, not {kind!r}"
+            )
+        return _loo_centroid(features, y, num_classes, grid)
+    if objective != "kfold":
+        raise ConfigurationError(
+            f"unknown probe objective {objective!r}; choose from {', '.join(OBJECTIVES)}"
+        )
     folds = _folds(y)
     best = (np.inf, 0.0, grid[0])
     for c in grid:
@@ -257,6 +304,7 @@ __all__ = [
     "HEAD_JSON",
     "HEAD_KINDS",
     "HEAD_NPZ",
+    "OBJECTIVES",
     "ProbeHead",
     "cv_score",
     "fit_head",

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from bbt.errors import ConfigurationError, RunError
-from bbt.tuner.probe_head import HEAD_JSON, HEAD_KINDS, ProbeHead, cv_score, fit_head
+from bbt.tuner.probe_head import (
+    C_GRID,
+    HEAD_JSON,
+    HEAD_KINDS,
+    OBJECTIVES,
+    ProbeHead,
+    cv_score,
+    fit_head,
+)
 
 
 def blobs(seed: int = 0, n: int = 12, k: int = 3, f: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -64,3 +72,34 @@ def test_a_bad_head_file_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / HEAD_JSON).write_text("{")
     with pytest.raises(RunError, match="cannot read the probe head"):
         ProbeHead.load(tmp_path)
+
+
+@pytest.mark.parametrize(("seed", "k", "n"), [(0, 3, 4), (5, 2, 2), (6, 4, 3)])
+def test_loo_of_the_centroid_is_the_brute_force_leave_one_out(seed: int, k: int, n: int) -> None:
+    x, y = blobs(seed, n=n, k=k)
+    x = x + np.random.default_rng(seed).normal(size=x.shape) * 4  # overlapping classes
+    loss, acc, c = cv_score(x, y, k, kind="centroid", objective="loo")
+    by_c = {}
+    for cc in C_GRID:
+        logps = []
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            head = fit_head(x[keep], y[keep], k, kind="centroid", c=cc)
+            scores = head.logits(x[i : i + 1])[0]
+            logps.append(scores - np.logaddexp.reduce(scores))
+        lp = np.asarray(logps)
+        by_c[cc] = (float(-lp[np.arange(len(y)), y].mean()), float((lp.argmax(-1) == y).mean()))
+    best = min(C_GRID, key=lambda cc: by_c[cc][0])
+    assert c == best
+    assert loss == pytest.approx(by_c[best][0], rel=1e-9)
+    assert acc == by_c[best][1]
+    assert 0.0 < acc < 1.0  # the case is not trivial
+
+
+def test_loo_needs_the_centroid_head_and_a_known_objective() -> None:
+    x, y = blobs(7)
+    with pytest.raises(ConfigurationError, match="centroid head"):
+        cv_score(x, y, 3, kind="ridge", objective="loo")
+    with pytest.raises(ConfigurationError, match="unknown probe objective"):
+        cv_score(x, y, 3, kind="centroid", objective="bootstrap")
+    assert OBJECTIVES[0] == "kfold"  # the default the methods use

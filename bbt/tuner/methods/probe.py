@@ -6,10 +6,12 @@
 - ``probe-tuned``: CMA-ES moves z as BBT does (p = A z + p0); each candidate costs one
   features call on the training shots, and its loss is the head's cross-validated log-loss
   within those shots (:func:`~bbt.tuner.probe_head.cv_score`), so the dev set stays out of
-  the objective. Dev selection is BBT's: p0 (z = 0, exactly the plain probe) is scored first
-  and a later candidate replaces it only when it beats it on dev; a candidate is scored on
-  dev only when its cross-validated loss beats z = 0's, so the run can never select a
-  prompt that fits the shots worse than the plain probe.
+  the objective (``objective="loo"``, centroid head only: the exact leave-one-out log-loss,
+  in closed form, instead of the repeated 4-fold one). Dev selection is BBT's: p0 (z = 0,
+  exactly the plain probe) is scored first and a later candidate replaces it only when it
+  beats it on dev; a candidate is scored on dev only when its cross-validated loss beats
+  z = 0's, so the run can never select a prompt that fits the shots worse than the plain
+  probe.
 
 The selected z's head is fitted on the training shots and saved in the run directory
 (``head.json`` + ``head.npz``); :class:`bbt.tuner.predict.TunedPrompt` (``bbt eval``,
@@ -42,12 +44,19 @@ class ProbeTuner(Tuner):
     """BBT's tuner with the loss of a probe: see the module docstring."""
 
     def __init__(
-        self, *args: Any, head: str = "centroid", pooling: str = "mean", **kwargs: Any
+        self,
+        *args: Any,
+        head: str = "centroid",
+        pooling: str = "mean",
+        objective: str = "kfold",
+        **kwargs: Any,
     ) -> None:
-        """:class:`~bbt.tuner.tuner.Tuner`'s arguments, and the probe's ``head`` and
-        ``pooling``."""
+        """:class:`~bbt.tuner.tuner.Tuner`'s arguments, and the probe's ``head``,
+        ``pooling`` and ``objective`` (how :func:`~bbt.tuner.probe_head.cv_score` holds
+        shots out: ``kfold`` or ``loo``)."""
         self.head_kind = head
         self.pooling = pooling
+        self.objective = objective
         self._heads: dict[bytes, ProbeHead] = {}
         self._z0_loss: float | None = None
         super().__init__(*args, **kwargs)
@@ -75,7 +84,13 @@ class ProbeTuner(Tuner):
         return svc.features(texts, self.prompts(zz), pooling=pooling)
 
     def _cv(self, feats: np.ndarray[Any, Any]) -> tuple[float, float, float]:
-        return cv_score(feats, self.train_labels, self.task.num_classes, kind=self.head_kind)
+        return cv_score(
+            feats,
+            self.train_labels,
+            self.task.num_classes,
+            kind=self.head_kind,
+            objective=self.objective,
+        )
 
     def evaluate(self, candidates: np.ndarray[Any, Any]) -> tuple[F64, F64]:
         """Cross-validated log-loss and accuracy of each candidate's head on the training
@@ -169,12 +184,17 @@ class PlainProbeTuner(ProbeTuner):
 class _ProbeMethodBase(Method):
     tuner_class = ProbeTuner
 
-    def __init__(self, head: str = "centroid", pooling: str = "mean") -> None:
+    def __init__(
+        self, head: str = "centroid", pooling: str = "mean", objective: str = "kfold"
+    ) -> None:
         self.head = head
         self.pooling = pooling
+        self.objective = objective
 
     def build(self, inputs: TunerInputs) -> Tuner:
-        return inputs.make(self.tuner_class, head=self.head, pooling=self.pooling)
+        return inputs.make(
+            self.tuner_class, head=self.head, pooling=self.pooling, objective=self.objective
+        )
 
     def layout(self, tuner: Tuner) -> PromptLayout:
         return PromptLayout(tuner.config.dim, tuner.config.n_tokens, tuner.model_info.hidden_size)
@@ -183,7 +203,10 @@ class _ProbeMethodBase(Method):
         return tuner.projection.fingerprint()
 
     def manifest_extra(self, tuner: Tuner) -> dict[str, Any]:
-        return {"probe": {"head": self.head, "pooling": self.pooling}}
+        extra: dict[str, Any] = {"head": self.head, "pooling": self.pooling}
+        if self.objective != "kfold":  # recorded only when not the default: old runs match
+            extra["objective"] = self.objective
+        return {"probe": extra}
 
     def save_artifacts(self, tuner: Tuner, run_dir: Path, z: np.ndarray[Any, Any]) -> None:
         if isinstance(tuner, ProbeTuner):

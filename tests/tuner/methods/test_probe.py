@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +13,15 @@ import pytest
 from bbt.client import LocalClient
 from bbt.errors import ConfigurationError
 from bbt.tuner import Candidate, Example, TunedPrompt, methods, tune
-from bbt.tuner.methods.probe import PlainProbeTuner, ProbeTuner
-from bbt.tuner.probe_head import HEAD_JSON, HEAD_NPZ, ProbeHead, head_logits
+from bbt.tuner.inputs import TunerInputs
+from bbt.tuner.methods.probe import (
+    PROBE_TUNED,
+    PlainProbeMethod,
+    PlainProbeTuner,
+    ProbeTuner,
+    TunedProbeMethod,
+)
+from bbt.tuner.probe_head import HEAD_JSON, HEAD_NPZ, ProbeHead, cv_score, head_logits
 
 from ..conftest import small_config
 from ..fakes import WordService
@@ -122,3 +130,35 @@ def test_a_candidate_that_fits_the_shots_worse_than_z0_is_never_dev_scored(
     metric, _ = tuner.evaluate_dev(z)
     assert math.isfinite(metric)
     assert service.usage.calls == before + 1
+
+
+def test_the_loo_objective_keeps_z0_the_plain_probe(
+    service: LocalClient, mock_task: Any, split: Split
+) -> None:
+    train, dev = split
+
+    def inputs(method: str) -> TunerInputs:
+        return TunerInputs(service, mock_task, train, dev, small_config(method=method))
+
+    plain = PlainProbeMethod(objective="loo").build(inputs("probe"))
+    tuned = TunedProbeMethod(objective="loo").build(inputs("probe-tuned"))
+    kfold = methods.build_tuner(service, mock_task, train, dev, small_config(method="probe"))
+    assert isinstance(plain, PlainProbeTuner)
+    assert isinstance(tuned, ProbeTuner)
+    assert isinstance(kfold, PlainProbeTuner)
+    plain.run()
+    tuned.start()
+    kfold.run()
+    z0 = np.zeros(tuned.config.dim)
+    a, b = plain.head_for(z0), tuned.head_for(z0)
+    for name in ("mean", "coef", "intercept"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert (a.kind, a.c, a.scale) == (b.kind, b.c, b.scale)
+    loss, _ = tuned.evaluate(z0[None])
+    feats = tuned.features(z0, tuned.train_texts)[0]
+    k = mock_task.num_classes
+    expected = cv_score(feats, tuned.train_labels, k, kind="centroid", objective="loo")[0]
+    assert loss[0] == a.extra["cv_log_loss"] == expected
+    assert expected != kfold.head_for(z0).extra["cv_log_loss"]  # the option is used
+    assert PROBE_TUNED.manifest_extra(tuned) == {"probe": {"head": "centroid", "pooling": "mean"}}
+    assert TunedProbeMethod(objective="loo").manifest_extra(tuned)["probe"]["objective"] == "loo"
