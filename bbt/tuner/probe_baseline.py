@@ -52,5 +52,6 @@ def plain_probe_head(tuned: TunedPrompt, service: object, p0: np.ndarray[Any, An
     labels = np.asarray([e.label for e in train], dtype=np.int64)
     pooling: Any = head.pooling
     feats = service.features(texts, np.asarray(p0, dtype=np.float32)[None], pooling=pooling)[0]
-    _, _, c = cv_score(feats, labels, task.num_classes, kind=head.kind)
+    objective = str(manifest.get("probe", {}).get("objective", "kfold"))  # the run's own
+    _, _, c = cv_score(feats, labels, task.num_classes, kind=head.kind, objective=objective)
     return fit_head(feats, labels, task.num_classes, kind=head.kind, c=c, pooling=head.pooling)

@@ -53,3 +53,36 @@ def test_baseline_of_a_verbalizer_run_is_still_p0(tmp_path: Path) -> None:
     report, line = _baseline(run, _flat(run, tmp_path / "dev.jsonl"))
     assert report["baseline"] == "p0"
     assert ": p0 " in line
+
+
+def test_the_baseline_of_a_loo_run_picks_its_regularisation_by_loo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run tuned with the leave-one-out objective gets a baseline head whose C is chosen by
+    that objective too, not by the default k-fold one."""
+    from bbt.client import LocalClient
+    from bbt.server.mock import MockBackend
+    from bbt.tuner import probe_baseline
+    from bbt.tuner.predict import TunedPrompt
+
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["tune", *SMALL, "--method", "probe-tuned", "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    path = run / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["probe"]["objective"] = "loo"
+    path.write_text(json.dumps(manifest))
+    seen: list[str] = []
+    real = probe_baseline.cv_score
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(str(kwargs.get("objective", "kfold")))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probe_baseline, "cv_score", spy)
+    tuned = TunedPrompt.load(run)
+    service = LocalClient(MockBackend(hidden_size=64))
+    p0 = tuned.prompt + 0.5  # not the run's prompt: the head is refitted under p0
+    head = probe_baseline.plain_probe_head(tuned, service, p0)
+    assert seen == ["loo"]
+    assert head.kind == "centroid"
