@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="summarise the runs of these result files (e.g. one per seed) instead of tuning",
     )
+    ap.add_argument(
+        "--eval-mean",
+        action="store_true",
+        help="TuneConfig.eval_mean: the CMA-ES mean is a dev-selection candidate at each check",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the mock model, for CI")
     return ap
 
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_all = time.time()
     bench = setup(args.task, args.heldout, args.dtype, args.threads, mock=args.smoke)
-    base = tune_config(args, ("n_tokens", "dim", "popsize", "eval_every"))
+    base = tune_config(args, ("n_tokens", "dim", "popsize", "eval_every"), eval_mean=args.eval_mean)
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         for name in args.optimizers:

@@ -45,6 +45,20 @@ def _result(path: Path) -> dict[str, Any]:
     return data
 
 
+def test_optimizers_smoke_with_eval_mean_considers_the_cma_mean(tmp_path: Path) -> None:
+    """``--eval-mean`` reaches the product's TuneConfig: the CMA-ES mean is scored on dev at
+    each check, so the run spends more dev calls than the same run without it."""
+    opt = _module("optimizers")
+    common = ["--smoke", "--optimizers", "cma", "--out-dir", str(tmp_path)]
+    assert opt.main([*common, "--tag", "plain"]) == 0
+    assert opt.main([*common, "--eval-mean", "--tag", "mean"]) == 0
+    plain, mean = _result(tmp_path / "plain.json"), _result(tmp_path / "mean.json")
+    assert mean["args"]["eval_mean"] is True
+    assert plain["args"]["eval_mean"] is False
+    assert mean["runs"][0]["calls"] == plain["runs"][0]["calls"]
+    assert mean["runs"][0]["dev_calls"] > plain["runs"][0]["dev_calls"]
+
+
 def test_optimizers_smoke_runs_every_optimizer_on_the_mock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
