@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from tests.benchmarks._bench import SHARED_DATA, bench_module, go_offline
+
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "agnews" / "train.tsv").is_file(),
     reason=f"the benchmark data is not at {SHARED_DATA}",
@@ -22,15 +19,7 @@ needs_shared_data = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-
-
-def _module(name: str) -> ModuleType:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
+    go_offline(monkeypatch)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -43,7 +32,7 @@ def test_reference_loop_runs_layers_in_turn_on_the_mock() -> None:
     from bbt.server import MockBackend
     from bbt.server.mock import MOCK_TEMPLATE, MOCK_VERBALIZER, sample_mock_dataset
 
-    ref_mod = _module("reference_bbtv2")
+    ref_mod = bench_module("reference_bbtv2")
     backend = MockBackend(hidden_size=16, seed=0, num_layers=3)
     rows = sample_mock_dataset(24, 0)
     texts = [MOCK_TEMPLATE.format(text=t, mask="[MASK]") for t, _ in rows]
@@ -79,7 +68,7 @@ def test_reference_loop_runs_layers_in_turn_on_the_mock() -> None:
 @needs_shared_data
 @pytest.mark.model
 def test_parity_bbtv2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _module("parity_bbtv2").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    assert bench_module("parity_bbtv2").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| API calls | reference held-out" in out
     data = _json(tmp_path / "parity_bbtv2_smoke.json")
@@ -93,7 +82,7 @@ def test_parity_bbtv2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 @pytest.mark.model
 def test_bbtv2_vs_bbt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--smoke", "--out-dir", str(tmp_path), "--task", "agnews"]
-    assert _module("bbtv2_vs_bbt").main(args) == 0
+    assert bench_module("bbtv2_vs_bbt").main(args) == 0
     out = capsys.readouterr().out
     assert "BBTv2 - BBT:" in out
     data = _json(tmp_path / "bbtv2_vs_bbt_agnews_smoke.json")
@@ -112,7 +101,7 @@ def test_bbtv2_vs_bbt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 @needs_shared_data
 @pytest.mark.model
 def test_bbtv2_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _module("bbtv2_cost").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    assert bench_module("bbtv2_cost").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "deep / shallow server time per generation" in out
     data = _json(tmp_path / "bbtv2_cost_smoke.json")

@@ -4,18 +4,14 @@ shared harness in ``benchmarks/_common.py``."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-#: The held-out rows come from SST-2 beside the checkout (as in CI).
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from tests.benchmarks._bench import SHARED_DATA, bench_module, go_offline
+
 pytestmark = pytest.mark.skipif(
     not (SHARED_DATA / "sst2" / "train.tsv").is_file(),
     reason=f"the benchmark data is not at {SHARED_DATA}",
@@ -24,15 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-
-
-def _module(name: str) -> ModuleType:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
+    go_offline(monkeypatch)
 
 
 def _result(path: Path) -> dict[str, Any]:
@@ -48,7 +36,7 @@ def _result(path: Path) -> dict[str, Any]:
 def test_optimizers_smoke_with_eval_mean_considers_the_cma_mean(tmp_path: Path) -> None:
     """``--eval-mean`` reaches the product's TuneConfig: the CMA-ES mean is scored on dev at
     each check, so the run spends more dev calls than the same run without it."""
-    opt = _module("optimizers")
+    opt = bench_module("optimizers")
     common = ["--smoke", "--optimizers", "cma", "--out-dir", str(tmp_path)]
     assert opt.main([*common, "--tag", "plain"]) == 0
     assert opt.main([*common, "--eval-mean", "--tag", "mean"]) == 0
@@ -62,7 +50,7 @@ def test_optimizers_smoke_with_eval_mean_considers_the_cma_mean(tmp_path: Path) 
 def test_optimizers_smoke_runs_every_optimizer_on_the_mock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _module("optimizers").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    assert bench_module("optimizers").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| optimizer | held-out @8 |" in out
     data = _result(tmp_path / "optimizers_smoke.json")
@@ -82,7 +70,7 @@ def test_optimizers_smoke_runs_every_optimizer_on_the_mock(
 def test_stopping_smoke_replays_the_stopping_rule_on_the_mock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _module("stopping").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    assert bench_module("stopping").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| patience (calls) |" in out
     data = _result(tmp_path / "stopping_smoke.json")
@@ -99,10 +87,10 @@ def test_stopping_smoke_replays_the_stopping_rule_on_the_mock(
 def test_stopping_from_result_replays_the_optimizers_cma_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _module("optimizers").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    assert bench_module("optimizers").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     first = tmp_path / "optimizers_smoke.json"
     argv = ["--from-result", str(first), "--patience", "8", "--out-dir", str(tmp_path)]
-    assert _module("stopping").main([*argv, "--tag", "replayed"]) == 0
+    assert bench_module("stopping").main([*argv, "--tag", "replayed"]) == 0
     replayed = _result(tmp_path / "replayed.json")
     cma = [r for r in json.loads(first.read_text())["runs"] if r["optimizer"] == "cma"]
     assert replayed["runs"] == cma

@@ -8,18 +8,15 @@ not checked: at smoke sizes they mean nothing. Scripts that load the real model 
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-#: SST-2 and AG News beside the checkout (as in CI); a bare clone has no copy of them.
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from tests.benchmarks._bench import BENCHMARKS, SHARED_DATA, bench_module, go_offline
+
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "sst2" / "train.tsv").is_file()
     or not (SHARED_DATA / "agnews" / "train.tsv").is_file(),
@@ -29,20 +26,12 @@ needs_shared_data = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    go_offline(monkeypatch)
     monkeypatch.delenv("BBT_BASE_URL", raising=False)
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-
-
-def _module(name: str) -> ModuleType:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
 
 
 def _run(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
-    mod = _module(name)
+    mod = bench_module(name)
     code = mod.main(["--smoke", "--out-dir", str(tmp_path), *extra])
     assert code == 0
     return capsys.readouterr().out
@@ -57,7 +46,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def test_wire_bytes_prints_paper_scale_bodies(capsys: pytest.CaptureFixture[str]) -> None:
-    _module("wire_bytes").main()
+    bench_module("wire_bytes").main()
     out = capsys.readouterr().out
     assert "| float32 |" in out
     assert "| float16 |" in out
@@ -76,7 +65,7 @@ def test_wire_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_reference_losses_match_their_definitions() -> None:
     import numpy as np
 
-    ref = _module("reference_bbt")
+    ref = bench_module("reference_bbt")
     logits = np.array([[2.0, 0.0], [0.0, 1.0]])
     y = np.array([0, 0])
     # CE: mean of -log softmax at the gold class.
@@ -93,7 +82,7 @@ def test_reference_losses_are_the_tuners() -> None:
 
     from bbt.tuner import cross_entropy, hinge
 
-    ref = _module("reference_bbt")
+    ref = bench_module("reference_bbt")
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((6, 4)).astype(np.float32) * 3
     y = np.array([0, 1, 2, 3, 3, 1])
@@ -204,7 +193,7 @@ def test_embedded_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def main_report(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert _module("embedded_quality").main(["--report", str(path)]) == 0
+    assert bench_module("embedded_quality").main(["--report", str(path)]) == 0
     return capsys.readouterr().out
 
 
@@ -227,7 +216,7 @@ def test_tokenizer_cache_memory(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_cpu_ceiling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    mod = _module("cpu_ceiling")
+    mod = bench_module("cpu_ceiling")
     out_json = tmp_path / "ceiling.json"
     assert mod.main(["--repeats", "2", "--budget", "40", "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
