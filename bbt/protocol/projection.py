@@ -142,20 +142,39 @@ class Projection:
         return project_rows(self.matrix, zz, r.n_tokens, p0)
 
 
+#: Rows of z one BLAS product takes in :func:`project_rows` (a shorter last group is padded
+#: with zero rows): every row of two or more is then computed by a product of one shape.
+PROJECT_BLOCK = 8
+
+
 def project_rows(
     matrix: FloatArray, z: FloatArray, n_tokens: int, p0: FloatArray | None = None
 ) -> FloatArray:
     """``(z @ matrix).reshape(P, n, H) + p0`` in float32: the one projection code of the
     client (:meth:`Projection.project`) and of a session server, so both give bitwise the
-    same prompts for the same rows with the same NumPy and BLAS.
+    same prompts for the same rows with the same NumPy, BLAS and BLAS thread count.
 
-    BLAS rounds a one-row product ([1, d] x [d, D], a matrix-vector kernel) differently
-    from the same row inside a product of two rows or more; a client that splits a
-    population over several session requests therefore never sends a lone row of a larger
-    population on its own (see ``bbt.client.projection_sessions.plan_session_logits``).
+    BLAS rounds a row's product differently by the shape of the product it is part of: a
+    lone row ([1, d] x [d, D]) goes to a matrix-vector kernel, and on some CPUs (OpenBLAS's
+    AVX2 kernels) a row among 5 rounds otherwise than the same row among 2. So rows are
+    multiplied in groups of :data:`PROJECT_BLOCK`, the last one padded with zeros: a row's
+    bits do not depend on how a population is split over requests, as long as it is not
+    alone. A client never sends a lone row of a larger population on its own (see
+    ``bbt.client.projection_sessions.plan_session_logits``); a lone z (P = 1) is the
+    matrix-vector product, as it always was.
     """
-    flat = z @ matrix
-    out: FloatArray = flat.reshape(z.shape[0], n_tokens, matrix.shape[1] // n_tokens)
+    rows = z.shape[0]
+    if rows == 1:
+        flat = z @ matrix
+    else:
+        flat = np.empty((rows, matrix.shape[1]), dtype=np.float32)
+        block = np.zeros((PROJECT_BLOCK, z.shape[1]), dtype=np.float32)
+        for start in range(0, rows, PROJECT_BLOCK):
+            part = z[start : start + PROJECT_BLOCK]
+            block[: len(part)] = part
+            block[len(part) :] = 0.0
+            flat[start : start + len(part)] = (block @ matrix)[: len(part)]
+    out: FloatArray = flat.reshape(rows, n_tokens, matrix.shape[1] // n_tokens)
     if p0 is not None:
         out += p0
     return out
