@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 from tenacity import AsyncRetrying
+from typing_extensions import Unpack
 
 from bbt.client._base import BaseClient, Batch, Call, Exchange, M, R, Steps
 from bbt.client._config import ClientSettings
@@ -22,6 +23,8 @@ from bbt.client.features import (
 )
 from bbt.client.planning import (
     FloatArray,
+    ProjectedPromptMeta,
+    PromptMeta,
     PromptPages,
     plan_projected_store,
     plan_prompt_store,
@@ -31,9 +34,12 @@ from bbt.client.planning import (
 from bbt.client.projection_sessions import (
     SESSION_FEATURES,
     SESSION_LOGITS,
+    P0Like,
+    ProjectionLike,
     ProjectionSession,
     SessionChunk,
     SessionOp,
+    SessionOptions,
     is_session_gone,
     new_session,
     plan_session_logits,
@@ -44,7 +50,6 @@ from bbt.protocol import (
     SCORE_CAPABILITY,
     SESSIONS_CAPABILITY,
     Health,
-    InitialPromptSpec,
     ModelInfo,
     ProjectionSpec,
     PromptDeleted,
@@ -53,7 +58,6 @@ from bbt.protocol import (
     TokenizeResponse,
 )
 from bbt.protocol.features import Pooling
-from bbt.protocol.projection import ProjectionRecipe
 from bbt.protocol.shared import PromptTensor
 
 #: Sub-requests of one split call in flight at once when ``max_concurrency`` is not set
@@ -184,26 +188,19 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
     # ---------------------------------------------------------------- prompt registry (1.1)
 
     async def store_prompt(
-        self,
-        prompt: np.ndarray[Any, Any],
-        *,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
+        self, prompt: np.ndarray[Any, Any], **meta: Unpack[PromptMeta]
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_prompt`."""
-        return await self._run(self._exchange_store(plan_prompt_store, prompt, label, recipe))
+        return await self._run(self._exchange_store(plan_prompt_store, prompt, **meta))
 
     async def store_projected_prompt(
         self,
         projection: ProjectionSpec,
         z: np.ndarray[Any, Any],
-        *,
-        p0: InitialPromptSpec | None = None,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
+        **meta: Unpack[ProjectedPromptMeta],
     ) -> StoredPrompt:
         """As :meth:`bbt.Client.store_projected_prompt`."""
-        store = self._exchange_store(plan_projected_store, projection, z, p0, label, recipe)
+        store = self._exchange_store(plan_projected_store, projection, z, **meta)
         return await self._run(store)
 
     async def list_prompts(self) -> list[StoredPrompt]:
@@ -242,16 +239,10 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
     # ---------------------------------------------------------------- sessions (1.1)
 
     async def open_session(
-        self,
-        projection: ProjectionRecipe | ProjectionSpec,
-        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
-        *,
-        expected_fingerprint: str | None = None,
-        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
-        layer_p0: np.ndarray[Any, Any] | None = None,
+        self, projection: ProjectionLike, p0: P0Like = None, **options: Unpack[SessionOptions]
     ) -> ProjectionSession:
         """See :meth:`bbt.Client.open_session`."""
-        session = new_session(projection, p0, expected_fingerprint, layers, layer_p0)
+        session = new_session(projection, p0, **options)
         await self._run(self._exchange_open(session, reopening=False))
         return session
 

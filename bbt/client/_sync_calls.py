@@ -16,12 +16,23 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec
 
 import numpy as np
+from typing_extensions import Unpack
 
 from bbt.client.features import FeaturesChunk, assemble_features, plan_session_features
-from bbt.client.planning import FloatArray, PromptPages, plan_projected_store, plan_prompt_store
+from bbt.client.planning import (
+    FloatArray,
+    ProjectedPromptMeta,
+    PromptMeta,
+    PromptPages,
+    plan_projected_store,
+    plan_prompt_store,
+)
 from bbt.client.projection_sessions import (
+    P0Like,
+    ProjectionLike,
     ProjectionSession,
     SessionChunk,
+    SessionOptions,
     new_session,
     plan_session_logits,
 )
@@ -30,7 +41,6 @@ from bbt.protocol import (
     FEATURES_CAPABILITY,
     SCORE_CAPABILITY,
     FeaturesResponse,
-    InitialPromptSpec,
     ModelInfo,
     ProjectionSpec,
     PromptCreateRequest,
@@ -38,7 +48,6 @@ from bbt.protocol import (
     StoredPrompt,
 )
 from bbt.protocol.features import Pooling
-from bbt.protocol.projection import ProjectionRecipe
 
 P = ParamSpec("P")
 
@@ -134,31 +143,25 @@ class SyncServiceCalls:
     # ---------------------------------------------------------------- prompt registry (1.1)
 
     def store_prompt(
-        self,
-        prompt: np.ndarray[Any, Any],
-        *,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
+        self, prompt: np.ndarray[Any, Any], **meta: Unpack[PromptMeta]
     ) -> StoredPrompt:
         """Store a tuned prompt [n, H] in the server's registry; its metadata, id included.
 
         Storing the same prompt again answers the same id (so a retried store is harmless).
         Needs the ``prompt_registry`` capability (``model_info().capabilities``).
         """
-        return self._store(plan_prompt_store, prompt, label, recipe)
+        return self._store(plan_prompt_store, prompt, **meta)
 
     def store_projected_prompt(
         self,
         projection: ProjectionSpec,
         z: np.ndarray[Any, Any],
-        *,
-        p0: InitialPromptSpec | None = None,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
+        **meta: Unpack[ProjectedPromptMeta],
     ) -> StoredPrompt:
         """Store the prompt ``A z + p0`` that the server computes from ``projection`` (as a
-        session does): z (d floats) travels instead of the prompt (n x H)."""
-        return self._store(plan_projected_store, projection, z, p0, label, recipe)
+        session does): z (d floats) travels instead of the prompt (n x H); ``p0``, ``label``
+        and ``recipe`` as :class:`~bbt.client.planning.ProjectedPromptMeta` says."""
+        return self._store(plan_projected_store, projection, z, **meta)
 
     def list_prompts(self) -> list[StoredPrompt]:
         """Every prompt this API key stored on the server, oldest first (metadata only);
@@ -175,13 +178,7 @@ class SyncServiceCalls:
     # ---------------------------------------------------------------- sessions (1.1)
 
     def open_session(
-        self,
-        projection: ProjectionRecipe | ProjectionSpec,
-        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
-        *,
-        expected_fingerprint: str | None = None,
-        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
-        layer_p0: np.ndarray[Any, Any] | None = None,
+        self, projection: ProjectionLike, p0: P0Like = None, **options: Unpack[SessionOptions]
     ) -> ProjectionSession:
         """Open a projection session: the server rebuilds A from ``projection`` and keeps it
         with p0, so :meth:`session_logits` sends z instead of prompts. Needs a server that
@@ -190,7 +187,7 @@ class SyncServiceCalls:
         ``layers`` (protocol 1.5, a server with ``"deep_sessions"``) opens a deep session:
         the projections of layers 1 .. L-1, with ``layer_p0`` [L-1, n, H] (default 0); z is
         then [P, L * d] (see :mod:`bbt.protocol.deep_sessions`)."""
-        session = new_session(projection, p0, expected_fingerprint, layers, layer_p0)
+        session = new_session(projection, p0, **options)
         self._open(session, reopening=False)
         return session
 

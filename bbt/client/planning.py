@@ -14,11 +14,12 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlencode
 
 import numpy as np
 from pydantic import ValidationError
+from typing_extensions import Unpack
 
 from bbt.client.transport import UsageStats
 from bbt.errors import ConfigurationError, InvalidRequestError, ProtocolError
@@ -57,6 +58,23 @@ BODY_SLACK = 4096
 WIRE_DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+
+
+class PromptMeta(TypedDict, total=False):
+    """What a stored prompt may carry beside its numbers: the keyword arguments of every
+    client's ``store_prompt`` (protocol 1.1's prompt registry)."""
+
+    label: str | None
+    """A short free-form name (at most the protocol's text limit)."""
+    recipe: dict[str, Any] | None
+    """Free-form JSON saying how the prompt was made (bounded in bytes and depth)."""
+
+
+class ProjectedPromptMeta(PromptMeta, total=False):
+    """The keyword arguments of ``store_projected_prompt``: :class:`PromptMeta` and p0."""
+
+    p0: InitialPromptSpec | None
+    """The initial prompt added to A z (default: zeros)."""
 
 
 # --------------------------------------------------------------------------- splitting
@@ -377,13 +395,11 @@ def check_free_form(label: str | None, recipe: dict[str, Any] | None) -> None:
 
 
 def plan_prompt_store(
-    info: ModelInfo,
-    prompt: np.ndarray[Any, Any],
-    label: str | None = None,
-    recipe: dict[str, Any] | None = None,
+    info: ModelInfo, prompt: np.ndarray[Any, Any], **meta: Unpack[PromptMeta]
 ) -> PromptCreateRequest:
     """A checked store request; the prompt travels as float32, so the server keeps (and
     digests) exactly the bytes the caller holds."""
+    label, recipe = meta.get("label"), meta.get("recipe")
     check_free_form(label, recipe)
     arr = np.asarray(prompt)
     try:
@@ -403,11 +419,10 @@ def plan_projected_store(
     info: ModelInfo,
     projection: ProjectionSpec,
     z: np.ndarray[Any, Any],
-    p0: InitialPromptSpec | None = None,
-    label: str | None = None,
-    recipe: dict[str, Any] | None = None,
+    **meta: Unpack[ProjectedPromptMeta],
 ) -> PromptCreateRequest:
     """A store request that names the prompt as A z + p0 (z uploads, not the prompt)."""
+    label, recipe = meta.get("label"), meta.get("recipe")
     check_free_form(label, recipe)
     arr = np.asarray(z)
     if arr.shape != (projection.dim,):
@@ -428,7 +443,7 @@ def plan_projected_store(
             model=info.id,
             projection=projection,
             z=Tensor.from_numpy(arr, "float32"),
-            p0=p0,
+            p0=meta.get("p0"),
             label=label,
             recipe=recipe,
         )

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
 from bbt.client.planning import _even_bounds, checked, plan_grid
 from bbt.client.transport import RawBody
@@ -38,6 +39,24 @@ from bbt.protocol.sessions import check_session_logits, spec_of
 
 #: The error type of a 404 for a session that is gone (protocol 1.1).
 SESSION_NOT_FOUND = "session_not_found"
+
+#: What names a session's projection A: a recipe, or the wire spec made from one.
+ProjectionLike = ProjectionRecipe | ProjectionSpec
+#: A session's p0: the protocol's spec, an array [n, H], or None (zeros).
+P0Like = InitialPromptSpec | np.ndarray[Any, Any] | None
+
+
+class SessionOptions(TypedDict, total=False):
+    """The keyword arguments of every service's ``open_session`` (and :func:`new_session`)."""
+
+    expected_fingerprint: str | None
+    """The fingerprint of the A the caller built itself; a server that builds another A
+    is refused (:class:`~bbt.errors.ProtocolError`)."""
+    layers: Sequence[ProjectionLike] | None
+    """A deep session (protocol 1.5): the projections of layers 1 .. L-1."""
+    layer_p0: np.ndarray[Any, Any] | None
+    """A deep session's p0 of layers 1 .. L-1, [L-1, n, H] (default 0); needs ``layers``."""
+
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -90,11 +109,11 @@ class ProjectionSession:
         return self.projection.dim * self.num_layers
 
 
-def as_spec(projection: ProjectionRecipe | ProjectionSpec) -> ProjectionSpec:
+def as_spec(projection: ProjectionLike) -> ProjectionSpec:
     return projection if isinstance(projection, ProjectionSpec) else spec_of(projection)
 
 
-def as_p0(p0: InitialPromptSpec | np.ndarray[Any, Any] | None) -> InitialPromptSpec:
+def as_p0(p0: P0Like) -> InitialPromptSpec:
     if p0 is None:
         return InitialPromptSpec()
     if isinstance(p0, InitialPromptSpec):
@@ -103,23 +122,19 @@ def as_p0(p0: InitialPromptSpec | np.ndarray[Any, Any] | None) -> InitialPromptS
 
 
 def new_session(
-    projection: ProjectionRecipe | ProjectionSpec,
-    p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
-    expected_fingerprint: str | None = None,
-    layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
-    layer_p0: np.ndarray[Any, Any] | None = None,
+    projection: ProjectionLike, p0: P0Like = None, **options: Unpack[SessionOptions]
 ) -> ProjectionSession:
     """A session not yet opened, as every service's ``open_session`` takes its arguments
     (``layers`` and ``layer_p0``: a deep session, protocol 1.5)."""
+    layers, layer_p0 = options.get("layers"), options.get("layer_p0")
     if layers is None and layer_p0 is not None:
         raise InvalidRequestError("layer_p0 needs layers (a deep session)", field="layer_p0")
     deep = [as_spec(r) for r in layers] if layers is not None else None
     lp0 = None
     if layer_p0 is not None:
         lp0 = Tensor.from_numpy(np.ascontiguousarray(layer_p0, dtype=np.float32))
-    return ProjectionSession(
-        as_spec(projection), as_p0(p0), expected_fingerprint, layers=deep, layer_p0=lp0
-    )
+    fingerprint = options.get("expected_fingerprint")
+    return ProjectionSession(as_spec(projection), as_p0(p0), fingerprint, layers=deep, layer_p0=lp0)
 
 
 def open_request(info: ModelInfo, session: ProjectionSession) -> SessionOpenRequest:

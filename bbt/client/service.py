@@ -13,16 +13,21 @@ import numpy as np
 
 from bbt.client.transport import UsageStats
 from bbt.protocol import (
-    InitialPromptSpec,
     ModelInfo,
-    ProjectionSpec,
     StoredPrompt,
     TokenizeResponse,
 )
-from bbt.protocol.projection import ProjectionRecipe
 
 if TYPE_CHECKING:
-    from bbt.client.projection_sessions import ProjectionSession
+    from typing_extensions import Unpack
+
+    from bbt.client.planning import PromptMeta
+    from bbt.client.projection_sessions import (
+        P0Like,
+        ProjectionLike,
+        ProjectionSession,
+        SessionOptions,
+    )
     from bbt.client.score import TextScores
 
 
@@ -78,11 +83,7 @@ class PromptStore(Protocol):
     def model_info(self) -> ModelInfo: ...
 
     def store_prompt(
-        self,
-        prompt: np.ndarray[Any, Any],
-        *,
-        label: str | None = None,
-        recipe: dict[str, Any] | None = None,
+        self, prompt: np.ndarray[Any, Any], **meta: Unpack[PromptMeta]
     ) -> StoredPrompt: ...
 
     def get_prompt(self, prompt_id: str) -> StoredPrompt: ...
@@ -167,13 +168,7 @@ class SessionService(Service, Protocol):
     def supports_sessions(self) -> bool: ...
 
     def open_session(
-        self,
-        projection: ProjectionRecipe | ProjectionSpec,
-        p0: InitialPromptSpec | np.ndarray[Any, Any] | None = None,
-        *,
-        expected_fingerprint: str | None = None,
-        layers: Sequence[ProjectionRecipe | ProjectionSpec] | None = None,
-        layer_p0: np.ndarray[Any, Any] | None = None,
+        self, projection: ProjectionLike, p0: P0Like = None, **options: Unpack[SessionOptions]
     ) -> ProjectionSession:
         """Have the service build A (and keep p0) so that calls send z, not prompts."""
         ...

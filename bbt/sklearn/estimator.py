@@ -71,6 +71,19 @@ from bbt.tuner.templates import template_kind
 
 #: Inputs sent to the service per request when predicting.
 PREDICT_BATCH = 64
+#: The estimator's parameters that are :class:`~bbt.tuner.TuneConfig` fields, and the
+#: field each sets (``d`` is the estimator's name for ``dim``, scikit-learn style).
+_CONFIG_PARAMS = {
+    "n_tokens": "n_tokens",
+    "d": "dim",
+    "popsize": "popsize",
+    "sigma": "sigma",
+    "alpha": "alpha",
+    "budget": "budget",
+    "loss": "loss",
+    "eval_every": "eval_every",
+    "seed": "seed",
+}
 #: Each estimator's live objects (its service and bound TunedPrompt), kept outside its
 #: ``__dict__``: predicting leaves the estimator's state as fit left it (a scikit-learn
 #: rule), and neither pickling nor cloning carries a connection along.
@@ -154,15 +167,7 @@ class BBTClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 examples, self.k_shot, self.seed, len(classes), dev_k=self.dev_k
             )
         config = TuneConfig(
-            n_tokens=self.n_tokens,
-            dim=self.d,
-            popsize=self.popsize,
-            sigma=self.sigma,
-            alpha=self.alpha,
-            budget=self.budget,
-            loss=self.loss,
-            eval_every=self.eval_every,
-            seed=self.seed,
+            **{field: getattr(self, name) for name, field in _CONFIG_PARAMS.items()}
         )
         service = self._open_service()
         result = tune(
