@@ -13,7 +13,9 @@ or selection sees. Per model and task:
 - BBT (``--budget`` calls, ``--popsize``, n, d; p0 = vocabulary rows from 1000) tuned once
   without and once with ``calibrate=True``, each scored held-out with its own readout; the
   calls, dev calls and tokens each run spent are recorded;
-- BBTv2 (``--methods bbtv2``, the same settings, a prompt at every layer), the task's words.
+- BBTv2 (``--methods bbtv2``, the same settings, a prompt at every layer), the task's words;
+  masked LMs only (the causal backend serves no deep prompts, so tuning stops with its error).
+- p0 (BBT's start: vocabulary rows from 1000, z = 0), plain and calibrated, once per run.
 
 Usage (background, small scale on a shared CPU)::
 
@@ -50,6 +52,7 @@ from bbt.tuner import (  # noqa: E402
     InitialPrompt,
     TuneConfig,
     TunedPrompt,
+    build_initial_prompt,
     get_preset,
     tune,
     verbalizer_ids,
@@ -138,11 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         return acc(no_cal, y_held), acc(plain.reduce(raw), y_held)
 
     t0 = time.perf_counter()
+    one = Readout(tuple(cand), tuple((i,) for i in range(len(cand))))
     if "manual" in methods:
-        one = Readout(tuple(cand), tuple((i,) for i in range(len(cand))))
         m_plain, m_cal = score(manual, one)
         out["manual"] = {"plain": m_plain, "calibrated": m_cal, "seconds": time.perf_counter() - t0}
         print(f"[{args.task} {info.id}] manual {m_plain:.3f} calibrated {m_cal:.3f}", flush=True)
+    init = InitialPrompt.parse("vocab:1000")
+    if any(m in methods for _, m, _ in TUNED):
+        # BBT starts every seed from the same p0 (vocabulary rows from 1000, z = 0): its
+        # held-out score, plain and calibrated from one forward, is where tuning starts.
+        p0, _ = build_initial_prompt(init, service, args.n_tokens)
+        p0_plain, p0_cal = score(p0[None], one)
+        out["p0"] = {"plain": p0_plain, "calibrated": p0_cal, "init": "vocab:1000"}
+        print(f"[{args.task} {info.id}] p0 {p0_plain:.3f} calibrated {p0_cal:.3f}", flush=True)
     for seed in args.seeds:
         train_rows, dev_rows = sample_kshot(args.task, args.shots, seed)
         y_train = labels(args.task, train_rows)
@@ -179,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     calibrate=cal,
                 )
                 t = time.perf_counter()
-                res = tune(
-                    service, task, train, dev, cfg, initial_prompt=InitialPrompt.parse("vocab:1000")
-                )
+                res = tune(service, task, train, dev, cfg, initial_prompt=init)
                 secs = time.perf_counter() - t
                 tp = TunedPrompt(res.prompt, task, info.id, service=service, calibrate=cal)
                 held = [
@@ -193,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                     "calls": res.calls,
                     "dev_calls": res.dev_calls,
                     "usage": res.usage,
+                    "initial_dev": res.initial_dev_metric,
+                    "dev": res.dev_metric,
+                    "selected_at_calls": res.selected_at_calls,
                     "seconds": round(secs, 1),
                 }
                 print(f"  seed {seed} {key}: {a:.3f} ({res.calls} calls, {secs:.0f}s)", flush=True)
@@ -221,6 +233,12 @@ def report(paths: list[Path]) -> None:
             m = d["manual"]
             print(
                 f"{head} manual prompt | {_mean([m['plain']])} | {_mean([m['calibrated']])} | 0 |"
+            )
+        if "p0" in d:
+            p0 = d["p0"]
+            print(
+                f"{head} p0 ({p0['init']}, BBT's start) | {_mean([p0['plain']])} | "
+                f"{_mean([p0['calibrated']])} | 0 |"
             )
         seeds = d["seeds"]
         s = [r["search"] for r in seeds if "search" in r]

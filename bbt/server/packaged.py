@@ -136,6 +136,27 @@ def _gguf_path(entry: PackagedModel, work: Path) -> Path:
         ) from None
 
 
+def _detach_gguf_quantizer(model: Any) -> None:
+    """Let a GGUF model that was loaded dense be saved as plain safetensors.
+
+    Newer transformers (5.x) attach a GGUF quantizer to the model even when, as here, every
+    weight was unpacked to float32 at load time (no GGUF matmul kernel on the machine), and
+    refuse to save a model that carries it. The weights are ordinary tensors then, so the
+    quantizer and its config are dropped; a model whose weights stayed in GGUF blocks (a
+    non-float parameter) is refused instead, since its saved copy would not be float32.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    packed = sorted({str(p.dtype) for p in model.parameters() if not p.dtype.is_floating_point})
+    if packed:
+        raise ConfigurationError(
+            f"transformers kept the GGUF weights packed ({', '.join(packed)}); bbt needs them "
+            "dequantised to float32 (uninstall the 'kernels' package and convert again)"
+        )
+    quantizer.remove_quantization_config(model)
+
+
 def convert(entry: PackagedModel, root: Path | None = None) -> Path:
     """Convert ``entry``'s GGUF to a float32 safetensors directory under ``root`` (once)."""
     _package_dir(entry)  # the model first: its install line is what a new user needs
@@ -164,6 +185,7 @@ def convert(entry: PackagedModel, root: Path | None = None) -> Path:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=name, dtype="float32"
         )
+        _detach_gguf_quantizer(model)
         model.save_pretrained(work)
         tok.save_pretrained(work)
         gguf_bytes = gguf.stat().st_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,61 @@ def test_bbt_serve_fails_in_one_line_when_the_package_is_missing(
     assert "not installed" in lines[0]
     assert "Gemma Terms of Use" in lines[0]
     assert "Traceback" not in result.output
+
+
+@dataclass(frozen=True)
+class _Dtype:
+    name: str
+    is_floating_point: bool
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class _Param:
+    dtype: _Dtype
+
+
+F32, U8 = _Dtype("torch.float32", True), _Dtype("torch.uint8", False)
+
+
+class _Quantizer:
+    """Stands in for transformers' GGUF quantizer: what remove_quantization_config drops."""
+
+    def remove_quantization_config(self, model: _Model) -> None:
+        del model.hf_quantizer
+        model.removed = True
+
+
+class _Model:
+    """A model as _detach_gguf_quantizer sees it: a quantizer and parameters' dtypes."""
+
+    def __init__(self, *dtypes: _Dtype) -> None:
+        self.hf_quantizer = _Quantizer()
+        self.removed = False
+        self._params = [_Param(d) for d in dtypes]
+
+    def parameters(self) -> list[_Param]:
+        return self._params
+
+
+def test_a_dense_gguf_model_drops_its_quantizer_so_it_can_be_saved() -> None:
+    model = _Model(F32, F32)
+    packaged._detach_gguf_quantizer(model)
+    assert model.removed
+    assert getattr(model, "hf_quantizer", None) is None
+
+
+def test_gguf_weights_left_packed_are_refused_not_saved() -> None:
+    model = _Model(F32, U8)
+    with pytest.raises(ConfigurationError, match=r"packed \(torch.uint8\)"):
+        packaged._detach_gguf_quantizer(model)
+    assert not model.removed
+
+
+def test_a_model_without_a_quantizer_is_left_alone() -> None:
+    model = _Model(U8)
+    del model.hf_quantizer
+    packaged._detach_gguf_quantizer(model)
+    assert not model.removed
