@@ -150,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
     ap.add_argument("--at", type=int, default=150, help="the goal's call count (table)")
     ap.add_argument(
+        "--sigma",
+        type=float,
+        default=1.0,
+        help="TuneConfig.sigma: CMA-ES's initial step in z; A's scale divides by it, so "
+        "without a bound the prompts CMA-ES tries do not change (use --alpha)",
+    )
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="TuneConfig.alpha: the projection's scale, the initial step in prompt space",
+    )
+    ap.add_argument(
         "--from-result",
         type=Path,
         nargs="*",
@@ -178,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for f in files for r in f["runs"]]
         for key in ("task", "shots", "n_tokens", "dim", "popsize", "eval_every", "heldout"):
             setattr(args, key, files[0]["args"][key])
+        for key in ("sigma", "alpha"):  # 1.0 in files from before these flags
+            setattr(args, key, files[0]["args"].get(key, 1.0))
         args.budget, args.ref_budget = files[0]["args"]["budget"], files[0]["args"]["ref_budget"]
         args.optimizers = [n for n in OPTIMIZERS if any(r["optimizer"] == n for r in runs)]
         args.seeds = sorted({r["seed"] for r in runs})
@@ -185,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_all = time.time()
     bench = setup(args.task, args.heldout, args.dtype, args.threads, mock=args.smoke)
-    base = tune_config(args, ("n_tokens", "dim", "popsize", "eval_every"), eval_mean=args.eval_mean)
+    names = ("n_tokens", "dim", "popsize", "sigma", "eval_every")
+    base = tune_config(args, names, alpha=args.alpha, eval_mean=args.eval_mean)
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         for name in args.optimizers:
@@ -214,7 +230,8 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
         target = float(np.mean([at(r["curve"], args.ref_budget) for r in by["cma"]]))
     table_head(
         f"{args.task}, {args.shots}-shot, n={args.n_tokens}, d={args.dim}, "
-        f"popsize={args.popsize}, dev check every {args.eval_every} calls, seeds {args.seeds}, "
+        f"popsize={args.popsize}, sigma={args.sigma}, alpha={args.alpha}, "
+        f"dev check every {args.eval_every} calls, seeds {args.seeds}, "
         f"held-out {args.heldout} rows",
         f"optimizer | held-out @{args.at} | held-out @budget | per seed @budget | calls to target",
         "-::-:",

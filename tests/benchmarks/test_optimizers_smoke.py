@@ -47,6 +47,27 @@ def test_optimizers_smoke_with_eval_mean_considers_the_cma_mean(tmp_path: Path) 
     assert mean["runs"][0]["dev_calls"] > plain["runs"][0]["dev_calls"]
 
 
+def test_optimizers_smoke_sigma_is_compensated_by_the_projection_and_alpha_is_not(
+    tmp_path: Path,
+) -> None:
+    """``--sigma`` and ``--alpha`` reach the product's TuneConfig. A's scale is
+    alpha * std_E / (sqrt(d) * sigma) and CMA-ES starts at z = 0 with step sigma, so with no
+    bound a run with another sigma tries the same prompts (the same curve); alpha is the
+    step in prompt space."""
+    opt = bench_module("optimizers")
+    common = ["--smoke", "--optimizers", "cma", "--out-dir", str(tmp_path)]
+    runs = {}
+    for tag, flags in {"base": [], "sigma": ["--sigma", "4"], "alpha": ["--alpha", "2"]}.items():
+        assert opt.main([*common, *flags, "--tag", tag]) == 0
+        runs[tag] = _result(tmp_path / f"{tag}.json")
+    assert runs["sigma"]["args"]["sigma"] == 4.0
+    assert runs["alpha"]["args"]["alpha"] == 2.0
+    base, sigma = runs["base"]["runs"][0], runs["sigma"]["runs"][0]
+    assert sigma["selections"] == base["selections"]
+    assert sigma["curve"] == base["curve"]
+    assert runs["alpha"]["runs"][0]["selections"] != base["selections"]
+
+
 def test_optimizers_smoke_runs_every_optimizer_on_the_mock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
