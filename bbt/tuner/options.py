@@ -49,13 +49,14 @@ HELP: dict[str, str] = {
     ),
     "n_tokens": "Soft prompt length n.",
     "dim": "Intrinsic dimension d.",
-    "alpha": "Projection scale alpha.",
+    "alpha": "Projection scale alpha: it sets the search's step size in prompt space.",
     "projection": "Projection distribution: normal or uniform.",
     # Budget & CMA-ES
     "seed": "Seed of CMA-ES and the projection.",
     "budget": "API calls (one candidate on the training set).",
     "popsize": "CMA-ES population size.",
-    "sigma": "CMA-ES initial step size.",
+    "sigma": "CMA-ES initial step size in z. A's scale divides by it, so without --bound "
+    "the prompts tried stay the same; change --alpha instead.",
     "bound": "Box bound on z (none by default).",
     "loss": "ce, hinge, neg_accuracy or neg_f1.",
     "eval_every": "Score the best candidate on dev every N calls.",
