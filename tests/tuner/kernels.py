@@ -2,13 +2,22 @@
 
 A bit-for-bit figure depends on the kernels as much as on the code: OpenBLAS picks its
 kernels (and so their rounding) by CPU and thread count, and NumPy dispatches its float64
-exp/log to AVX-512 loops where the CPU has them. This project's goldens were recorded with
-OpenBLAS's SkylakeX kernels on 2 threads and NumPy's x86-64-v4 (AVX-512) loops. A golden test
-is marked :data:`pinned_only` and reached through :func:`run_pinned`, which reruns it in a
-subprocess pinned to those kernels (OpenBLAS reads ``OPENBLAS_CORETYPE`` and
-``OPENBLAS_NUM_THREADS`` when it loads): the same check on any AVX-512 machine whatever its
-core count, and a skip that says why on a CPU without AVX-512, which cannot run those
-kernels (there the other tests still hold the behaviour, without bitwise goldens).
+exp/log to AVX-512 or AVX2 loops by what the CPU has. A golden test is marked
+:data:`pinned_only` and reached through :func:`run_pinned`, which reruns it in a subprocess
+pinned to one :class:`KernelSet` (OpenBLAS reads ``OPENBLAS_CORETYPE`` and
+``OPENBLAS_NUM_THREADS`` when it loads), the one this CPU runs natively:
+
+- :data:`SKYLAKEX`: OpenBLAS's SkylakeX kernels on 2 threads and NumPy's x86-64-v4
+  (AVX-512) loops. This project's original goldens, recorded before the redesign of
+  issue 19, so they also show that the redesign changed no result.
+- :data:`HASWELL`: OpenBLAS's Haswell kernels on 2 threads and NumPy's x86-64-v3 (AVX2 +
+  FMA) loops, what an AVX2-only CPU (Intel Haswell and later, AMD Zen) runs. Recorded by
+  ``tests/tuner/record_goldens.py`` from the code of the commit that added them: they hold
+  today's bits against later changes on those machines, not the pre-redesign bits.
+
+A test whose data was written under one set only (a run checkpointed by old code on an
+AVX-512 machine) names that set; elsewhere it skips and says why, and the other tests
+still hold the behaviour without bitwise goldens.
 """
 
 from __future__ import annotations
@@ -16,14 +25,36 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 PINNED = "BBT_GOLDEN_KERNELS_PINNED"
-RECORDING_KERNELS = {"OPENBLAS_CORETYPE": "SkylakeX", "OPENBLAS_NUM_THREADS": "2"}
-#: x86-64-v4, the AVX-512 level of NumPy's loops when the goldens were recorded.
+#: The :attr:`KernelSet.name` a pinned subprocess runs under.
+KERNELS = "BBT_GOLDEN_KERNELS"
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The CPU flags a set needs and the environment that pins OpenBLAS to it."""
+
+    name: str
+    flags: frozenset[str]
+    env: dict[str, str] = field(hash=False)
+
+
+#: x86-64-v4, the AVX-512 level of NumPy's loops when the original goldens were recorded.
 X86_V4_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
+SKYLAKEX = KernelSet(
+    "skylakex", X86_V4_FLAGS, {"OPENBLAS_CORETYPE": "SkylakeX", "OPENBLAS_NUM_THREADS": "2"}
+)
+HASWELL = KernelSet(
+    "haswell",
+    frozenset({"avx2", "fma"}),
+    {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "2"},
+)
+KERNEL_SETS = {k.name: k for k in (SKYLAKEX, HASWELL)}
 
 #: A golden test: runs only inside :func:`run_pinned`'s subprocess.
 pinned_only = pytest.mark.skipif(
@@ -42,11 +73,33 @@ def cpu_flags() -> set[str]:
         return set()
 
 
-def run_pinned(node_ids: list[str]) -> None:
-    """Run ``node_ids`` (pytest node ids) pinned to the recording kernels; all must pass."""
-    if not cpu_flags() >= X86_V4_FLAGS:
-        pytest.skip("bitwise goldens need the AVX-512 kernels they were recorded with")
-    env = {**os.environ, **RECORDING_KERNELS, PINNED: "1"}
+def native_kernels(flags: set[str] | None = None) -> KernelSet | None:
+    """The set this CPU's NumPy dispatches to: AVX-512 before AVX2; None for neither.
+
+    Only that set runs. An AVX-512 machine might run the Haswell set too, with NumPy's
+    ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``, but that is untried."""
+    have = cpu_flags() if flags is None else flags
+    for kernels in (SKYLAKEX, HASWELL):
+        if have >= kernels.flags:
+            return kernels
+    return None
+
+
+def active_kernels() -> KernelSet:
+    """Inside a pinned subprocess: the set it runs under (the original one by default)."""
+    return KERNEL_SETS[os.environ.get(KERNELS, SKYLAKEX.name)]
+
+
+def run_pinned(node_ids: list[str], only: KernelSet | None = None) -> None:
+    """Run ``node_ids`` (pytest node ids) pinned to this CPU's kernel set; all must pass.
+
+    ``only``: the data of these tests was written under that set alone."""
+    kernels = native_kernels()
+    if kernels is None:
+        pytest.skip("bitwise goldens need AVX-512 or AVX2 + FMA kernels")
+    if only is not None and kernels != only:
+        pytest.skip(f"this golden was written under the {only.name} kernels, which this CPU lacks")
+    env = {**os.environ, **kernels.env, PINNED: "1", KERNELS: kernels.name}
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *node_ids]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     tail = proc.stdout[-4000:] + proc.stderr[-2000:]
