@@ -14,7 +14,7 @@ or selection sees. Per model and task:
   without and once with ``calibrate=True``, each scored held-out with its own readout; the
   calls, dev calls and tokens each run spent are recorded;
 - BBTv2 (``--methods bbtv2``, the same settings, a prompt at every layer), the task's words;
-  masked LMs only (the causal backend serves no deep prompts, so tuning stops with its error).
+  on a masked LM or a decoder (both backends serve deep prompts).
 - p0 (BBT's start: vocabulary rows from 1000, z = 0), plain and calibrated, once per run.
 
 Usage (background, small scale on a shared CPU)::

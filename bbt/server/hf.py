@@ -46,6 +46,7 @@ from bbt.protocol import (
     ModelInfo,
     ProtocolViolation,
 )
+from bbt.server._deep_hooks import ENCODER_LAYER_PATHS, find_layers, install_deep_hooks
 from bbt.server._hf_common import (
     _CALIBRATION_TEXTS,
     DEFAULT_MODEL_ID,
@@ -256,49 +257,23 @@ class HFBackend(HFRuntime):
             capabilities=[FEATURES_CAPABILITY],
         )
 
+    #: Where the base model keeps the layers that deep prompts hook (see _deep_hooks).
+    _LAYER_PATHS: tuple[tuple[str, ...], ...] = ENCODER_LAYER_PATHS
+
     def _add_deep_prompts(self) -> None:
-        # Deep prompts (BBTv2): a pre-hook on each encoder layer l >= 1 adds slice l of the
-        # chunk's deep prompts to the hidden states entering it at the prompt positions.
+        # Deep prompts (BBTv2): a pre-hook on each layer l >= 1 adds slice l of the chunk's
+        # deep prompts to the hidden states entering it at the prompt positions.
         self._deep_chunk = None  # [S, L, n, H] while a deep chunk runs, else None
-        self._deep_at = (0, 0)  # (first prompt position, n) of that chunk
-        layers = self._encoder_layers()
+        self._deep_at: Any = (0, 0)  # where that chunk's prompts sit (see _deep_hooks)
+        th = self._torch
+        layers = find_layers(self._encoder, self._LAYER_PATHS, self._info.num_layers, th.nn)
         if layers is not None:
-            for index, layer in enumerate(layers):
-                if index > 0:
-                    layer.register_forward_pre_hook(self._deep_hook(index), with_kwargs=True)
+            install_deep_hooks(self, layers, th)
             layer_std = [self._emb_std, *self._hidden_std(len(layers))]
             capabilities = [*self._info.capabilities, DEEP_PROMPTS]
             self._info = self._info.model_copy(
                 update={"capabilities": capabilities, "layer_std": layer_std}
             )
-
-    def _encoder_layers(self) -> Any:
-        """The encoder's layer list (BERT- and RoBERTa-style ``encoder.layer``), or None when
-        this architecture has none we know how to hook (no deep prompts then)."""
-        nn = self._torch.nn
-        layers = getattr(getattr(self._encoder, "encoder", None), "layer", None)
-        if isinstance(layers, nn.ModuleList) and len(layers) == self._info.num_layers:
-            return layers
-        return None
-
-    def _deep_hook(self, index: int) -> Any:
-        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            deep = self._deep_chunk
-            if deep is None:
-                return None
-            at, n = self._deep_at
-            hidden = args[0] if args else kwargs["hidden_states"]
-            th = self._torch
-            # Out of place: the tensor entering this layer is the previous layer's output.
-            moved = th.cat(
-                [hidden[:, :at], hidden[:, at : at + n] + deep[:, index], hidden[:, at + n :]],
-                dim=1,
-            )
-            if args:
-                return (moved, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": moved}
-
-        return hook
 
     def _hidden_std(self, num_layers: int) -> list[float]:
         """Std of the hidden states entering encoder layers 1..L-1, on a few fixed sentences

@@ -17,6 +17,13 @@ sequence scores the same alone or in a padded batch (``tests/server/test_hf_caus
 
 A text too long for the model loses its *start*, never its end: the end is where the
 template asks its question.
+
+Deep prompts (BBTv2) are served as by the masked backend: pre-hooks on the decoder layers
+(``layers`` / ``h`` / ``decoder.layers`` under the base model) add slice l of a deep prompt
+to the states entering layer l. With left padding each sequence's prompt sits at its own
+positions, so a deep chunk hands the hooks a [S, n] position tensor
+(:mod:`bbt.server._deep_hooks`); an architecture whose layers are not found there offers no
+deep prompts. ``tests/server/test_deep_prompts_causal.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
+import numpy as np
 from typing_extensions import Unpack
 
 from bbt.errors import ConfigurationError
@@ -36,8 +44,17 @@ from bbt.protocol import (
     ProtocolViolation,
     Usage,
 )
+from bbt.server._deep_hooks import DECODER_LAYER_PATHS
 from bbt.server._embed_scale import ScaledRows, embedding_scale
-from bbt.server._hf_common import DeviceSpec, DTypeSpec, ForwardChunk, HeadSpec, _Encoded
+from bbt.server._hf_common import (
+    _CALIBRATION_TEXTS,
+    DeviceSpec,
+    DTypeSpec,
+    ForwardChunk,
+    HeadSpec,
+    _Encoded,
+    clipped_std,
+)
 from bbt.server._hf_score import causal_score
 from bbt.server.hf import HFBackend
 
@@ -162,8 +179,29 @@ class HFCausalBackend(HFBackend):
     def _kind(self) -> dict[str, Any]:
         return {"kind": "causal_lm", "mask_token": None, "mask_token_id": None}
 
-    def _add_deep_prompts(self) -> None:
-        pass  # no layer hooks: a causal LM takes shallow prompts only
+    # Deep prompts: HFBackend._add_deep_prompts hooks the decoder layers found here; the
+    # prompt positions differ per sequence (left padding), so _forward_chunk hands the hooks
+    # a [S, n] position tensor (bbt.server._deep_hooks).
+    _LAYER_PATHS = DECODER_LAYER_PATHS
+
+    def _hidden_std(self, num_layers: int) -> list[float]:
+        """Std of the hidden states entering decoder layers 1..L-1 on the calibration
+        sentences (as the masked backend's), each encoded as the backend does and run alone:
+        no padding, hence no position to correct."""
+        th = self._torch
+        dev = self._word_emb.device
+        values: list[list[Any]] = [[] for _ in range(1, num_layers)]
+        with th.inference_mode():
+            for text in _CALIBRATION_TEXTS:
+                with self._tok_lock:  # not through the cache: the texts are no request's
+                    body = self._tok(text, add_special_tokens=False)["input_ids"]
+                ids = th.tensor([[*self._prefix, *body]], device=dev)
+                states = self._encoder(
+                    inputs_embeds=self._word_emb[ids], use_cache=False, output_hidden_states=True
+                ).hidden_states
+                for layer in range(1, num_layers):
+                    values[layer - 1].append(states[layer][0].float().cpu().numpy().reshape(-1))
+        return [clipped_std(np.concatenate(v).astype(np.float64)) for v in values]
 
     @property
     def bos_ids(self) -> tuple[int, ...]:
@@ -196,6 +234,8 @@ class HFCausalBackend(HFBackend):
         attn = th.zeros((n_seq, longest), dtype=th.long, device=dev)
         keep = th.zeros((n_seq, longest), dtype=th.long, device=dev)  # own tokens, for "mean"
         at = self._insert_at
+        deep = n_tokens > 0 and prompts_t.dim() == 4  # slice 0 here, the hooks add the rest
+        first = th.zeros(n_seq, dtype=th.long, device=dev)  # each prompt's first position
         for j, seqs in job.by_text().items():
             emb = text_embs[j]
             start = longest - (emb.shape[0] + n_tokens)  # left padding before it
@@ -204,10 +244,15 @@ class HFCausalBackend(HFBackend):
             x[idx, start + at + n_tokens :] = emb[at:]
             if n_tokens:
                 prompt_idx = th.tensor([chunk[s][0] for s in seqs], device=dev)
-                x[idx, start + at : start + at + n_tokens] = prompts_t[prompt_idx]
+                rows = prompts_t[prompt_idx, 0] if deep else prompts_t[prompt_idx]
+                x[idx, start + at : start + at + n_tokens] = rows
+                first[idx] = start + at
             attn[idx, start:] = 1
             keep[idx, start:] = 1
             keep[idx, start + at : start + at + n_tokens] = 0
+        if deep:
+            self._deep_chunk = prompts_t[th.tensor([i for i, _ in chunk], device=dev)]
+            self._deep_at = first[:, None] + th.arange(n_tokens, device=dev)
         # Positions count real tokens only, as if each sequence ran alone.
         positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
         kwargs: dict[str, Any] = {
