@@ -219,7 +219,7 @@ def _mean(vals: list[float]) -> str:
     if not vals:
         return "-"
     m = 100 * float(np.mean(vals))
-    sd = 100 * float(np.std(vals))
+    sd = 100 * float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0  # the sample std
     return f"{m:.1f}" if len(vals) == 1 else f"{m:.1f} ± {sd:.1f}"
 
 
