@@ -7,12 +7,23 @@ test_contract.py subclasses it once per backend.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from bbt.server import Backend, MockBackend, ServerSettings
 from bbt.server.app import create_app
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight GPT-2 and Llama causal LMs (bbt.testing.tiny_models), built once
+    for every test that reads them (nothing may write into them: copy first)."""
+    from bbt.testing.tiny_models import build_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("tiny-causal")
+    return {arch: build_tiny_causal_lm(root / arch, arch) for arch in ("gpt2", "llama")}  # type: ignore[arg-type]
 
 
 @pytest.fixture

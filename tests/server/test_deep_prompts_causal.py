@@ -31,7 +31,6 @@ from bbt.server import ServerSettings
 from bbt.server._core import ServiceCore
 from bbt.server.hf_causal import HFCausalBackend
 from bbt.testing import CoreTransport
-from bbt.testing.tiny_models import build_tiny_causal_lm
 from bbt.tuner import GenerationRecord, TuneConfig, get_preset, load_examples, tune
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,14 +48,8 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-causal-deep")
-    return {arch: build_tiny_causal_lm(root / arch, arch) for arch in ("gpt2", "llama")}  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def backends(model_dirs: dict[str, Path]) -> Iterator[dict[str, HFCausalBackend]]:
-    made = {arch: HFCausalBackend(path, num_threads=1) for arch, path in model_dirs.items()}
+def backends(tiny_causal_dirs: dict[str, Path]) -> Iterator[dict[str, HFCausalBackend]]:
+    made = {arch: HFCausalBackend(path, num_threads=1) for arch, path in tiny_causal_dirs.items()}
     yield made
     for b in made.values():
         b.close()

@@ -28,7 +28,6 @@ from bbt.protocol import LogitsRequest, ProtocolViolation, Tensor
 from bbt.server._cancel import Cancelled
 from bbt.server._core import ServiceCore
 from bbt.server.hf_causal import HFCausalBackend, detect_model_kind
-from bbt.testing.tiny_models import build_tiny_causal_lm
 
 TEXTS = [
     "Review: the movie was great\nSentiment:",
@@ -41,14 +40,8 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-causal")
-    return {arch: build_tiny_causal_lm(root / arch, arch) for arch in ("gpt2", "llama")}  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def backends(model_dirs: dict[str, Path]) -> dict[str, HFCausalBackend]:
-    return {arch: HFCausalBackend(path, num_threads=1) for arch, path in model_dirs.items()}
+def backends(tiny_causal_dirs: dict[str, Path]) -> dict[str, HFCausalBackend]:
+    return {arch: HFCausalBackend(path, num_threads=1) for arch, path in tiny_causal_dirs.items()}
 
 
 @pytest.fixture(params=["gpt2", "llama"])
@@ -90,7 +83,7 @@ def test_info_says_causal_with_no_mask_token(backends: dict[str, HFCausalBackend
 
 
 def test_prompt_goes_right_after_bos_and_logits_match_a_manual_forward(
-    arch: str, backends: dict[str, HFCausalBackend], model_dirs: dict[str, Path]
+    arch: str, backends: dict[str, HFCausalBackend], tiny_causal_dirs: dict[str, Path]
 ) -> None:
     b = backends[arch]
     cand = [5, 17, 42]
@@ -98,7 +91,7 @@ def test_prompt_goes_right_after_bos_and_logits_match_a_manual_forward(
     out, usage = b.logits(prompts, TEXTS, np.array(cand))
     for i in range(2):
         for j, text in enumerate(TEXTS):
-            want = _manual(model_dirs[arch], prompts[i], text, cand)
+            want = _manual(tiny_causal_dirs[arch], prompts[i], text, cand)
             np.testing.assert_allclose(out[i, j], want, atol=TOL, rtol=0)
     n_ids = [len(b.encode(t).ids) for t in TEXTS]
     assert usage.tokens == sum((k + 3) * 2 for k in n_ids)
@@ -148,11 +141,11 @@ def test_no_prompt_is_the_plain_model(arch: str, backends: dict[str, HFCausalBac
     np.testing.assert_allclose(got[0, 0], plain, atol=TOL, rtol=0)
 
 
-def test_an_appended_eos_is_left_out(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_an_appended_eos_is_left_out(tiny_causal_dirs: dict[str, Path], tmp_path: Path) -> None:
     # A tokenizer that wraps texts as "<s> text </s>": the EOS would sit between the text
     # and the token being predicted, so the backend must drop it (and keep the BOS).
     path = tmp_path / "eos"
-    shutil.copytree(model_dirs["llama"], path)
+    shutil.copytree(tiny_causal_dirs["llama"], path)
     spec = json.loads((path / "tokenizer.json").read_text())
     bos, eos = 0, 1  # ids of <s> and </s> in the tiny tokenizer (its first specials)
     spec["post_processor"] = {
@@ -174,7 +167,7 @@ def test_an_appended_eos_is_left_out(model_dirs: dict[str, Path], tmp_path: Path
     ids = b.encode("Review: fun").ids
     assert ids[0] == bos
     assert eos not in ids
-    plain = HFCausalBackend(model_dirs["llama"], num_threads=1)
+    plain = HFCausalBackend(tiny_causal_dirs["llama"], num_threads=1)
     prompts = _prompts(1, 2, 32, seed=3)
     a, _ = b.logits(prompts, ["Review: fun"], np.arange(6))
     c, _ = plain.logits(prompts, ["Review: fun"], np.arange(6))
@@ -231,12 +224,12 @@ def test_a_client_that_left_stops_the_work(backends: dict[str, HFCausalBackend])
         b._run(_prompts(2, 2, 32), TEXTS, np.arange(3), should_stop=lambda: True)
 
 
-def test_dtype_auto_and_bfloat16(model_dirs: dict[str, Path]) -> None:
-    auto = HFCausalBackend(model_dirs["gpt2"], dtype="auto", num_threads=1)
+def test_dtype_auto_and_bfloat16(tiny_causal_dirs: dict[str, Path]) -> None:
+    auto = HFCausalBackend(tiny_causal_dirs["gpt2"], dtype="auto", num_threads=1)
     assert auto.compute_dtype in ("float32", "bfloat16")
     assert auto.compute_reason
-    f32 = HFCausalBackend(model_dirs["gpt2"], dtype="float32", num_threads=1)
-    bf16 = HFCausalBackend(model_dirs["gpt2"], dtype="bfloat16", num_threads=1)
+    f32 = HFCausalBackend(tiny_causal_dirs["gpt2"], dtype="float32", num_threads=1)
+    bf16 = HFCausalBackend(tiny_causal_dirs["gpt2"], dtype="bfloat16", num_threads=1)
     assert bf16.compute_dtype == "bfloat16"
     prompts = _prompts(2, 3, 32)
     a, _ = f32.logits(prompts, TEXTS, np.arange(8))
@@ -244,9 +237,9 @@ def test_dtype_auto_and_bfloat16(model_dirs: dict[str, Path]) -> None:
     assert np.abs(a - c).max() < 0.05  # logits of magnitude ~1: bf16's precision
 
 
-def test_detect_model_kind(model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    assert detect_model_kind(model_dirs["gpt2"]) == "causal_lm"  # GPT2LMHeadModel
-    assert detect_model_kind(model_dirs["llama"]) == "causal_lm"  # LlamaForCausalLM
+def test_detect_model_kind(tiny_causal_dirs: dict[str, Path], tmp_path: Path) -> None:
+    assert detect_model_kind(tiny_causal_dirs["gpt2"]) == "causal_lm"  # GPT2LMHeadModel
+    assert detect_model_kind(tiny_causal_dirs["llama"]) == "causal_lm"  # LlamaForCausalLM
     cases = {
         "bert": {"architectures": ["BertForMaskedLM"]},
         "decoder": {"model_type": "bert", "is_decoder": True},
