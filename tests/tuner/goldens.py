@@ -23,11 +23,10 @@ from bbt.tuner import (
     tune,
 )
 
+from .conftest import H
 from .kernels import SKYLAKEX, KernelSet
 
 DATA = Path(__file__).parent / "data"
-#: The mock's hidden size in every golden (conftest.H).
-H = 32
 Split = tuple[list[Example], list[Example]]
 
 
@@ -37,6 +36,12 @@ def sha(a: np.ndarray[Any, Any]) -> str:
 
 def _hex(v: Any) -> Any:
     return float(v).hex() if isinstance(v, float) else v
+
+
+def mock_split() -> Split:
+    """The k-shot train/dev split of every golden: the ``split`` fixture, outside pytest."""
+    pool = [Example({"text": t}, y) for t, y in sample_mock_dataset(200, 0)]
+    return sample_k_shot(pool, 16, 1, 2)
 
 
 def golden_path(kernels: KernelSet) -> Path:
@@ -75,8 +80,7 @@ def run_case(config: dict[str, Any], task: Task, split: Split) -> dict[str, Any]
 
 def fixed_seed_bbtv2_run(layers: int = 4) -> tuple[str, float | None]:
     """(sha256 of z, dev metric) of a fixed-seed BBTv2 run on the deep mock."""
-    pool = [Example({"text": t}, y) for t, y in sample_mock_dataset(200, 0)]
-    train, dev = sample_k_shot(pool, 16, 1, 2)
+    train, dev = mock_split()
     cfg = TuneConfig(n_tokens=5, dim=20, popsize=8, budget=200, eval_every=40, seed=3)
     cfg = TuneConfig(**{**cfg.as_dict(), "method": "bbtv2"})
     service = LocalClient(MockBackend(hidden_size=H, num_layers=layers))

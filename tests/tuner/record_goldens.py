@@ -33,13 +33,11 @@ def main() -> int:
         env["BBT_HOME"] = tempfile.mkdtemp(prefix="bbt-home-")
         return subprocess.call([sys.executable, __file__], env=env)
 
-    from bbt.server.mock import sample_mock_dataset
-    from bbt.tuner import Example, get_preset, sample_k_shot
-    from tuner.goldens import fixed_seed_bbtv2_run, golden_path, run_case
+    from bbt.tuner import get_preset
+    from tuner.goldens import fixed_seed_bbtv2_run, golden_path, mock_split, run_case
 
     task = get_preset("mock")
-    pool = [Example({"text": t}, y) for t, y in sample_mock_dataset(200, 0)]
-    split = sample_k_shot(pool, 16, 1, 2)
+    split = mock_split()
     cases = json.loads(golden_path(SKYLAKEX).read_text())
     out = {name: run_case(case["config"], task, split) for name, case in sorted(cases.items())}
     path = golden_path(kernels)
